@@ -1,0 +1,617 @@
+//! Configuration in two layers.
+//!
+//! [`FileConfig`] mirrors the TOML file exactly (`deny_unknown_fields`, every
+//! key optional with a documented default, durations as strings such as
+//! `"10s"`). [`Config`] is the validated runtime form, made by
+//! `Config::try_from(FileConfig)`, which reports every bad key at once with
+//! its value. Environment variables override file keys:
+//! `TENANTWATCH__SECTION__KEY=value` (for example
+//! `TENANTWATCH__SERVER__LISTEN=0.0.0.0:9645`), and `TENANTWATCH_AUTH_TOKEN`
+//! supplies the bearer token without a file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Environment variable holding the bearer token for `/v1/*`.
+pub const AUTH_TOKEN_ENV: &str = "TENANTWATCH_AUTH_TOKEN";
+/// Prefix of environment variables that override file keys.
+pub const ENV_OVERRIDE_PREFIX: &str = "TENANTWATCH__";
+
+/// The configuration file as written.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: FileServer,
+    pub ingest: FileIngest,
+    pub log: FileLog,
+}
+
+/// `[server]`: the one HTTP listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileServer {
+    /// Address of the HTTP listener (`/metrics`, `/healthz`, `/readyz`,
+    /// `/v1/*`). Loopback by default: exposing it is a deliberate choice.
+    pub listen: String,
+    /// File holding the bearer token that `/v1/*` requires. Unset (and no
+    /// `TENANTWATCH_AUTH_TOKEN`) means no token is required.
+    pub auth_token_file: Option<PathBuf>,
+    /// Concurrent HTTP connections; connections beyond it are closed at once
+    /// and counted, so a connection flood cannot exhaust file descriptors.
+    pub max_connections: usize,
+    /// Time a client has to send its request headers (slowloris guard).
+    pub header_read_timeout: String,
+    /// Time a client has to send a request body.
+    pub body_read_timeout: String,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace: String,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        FileServer {
+            listen: "127.0.0.1:9645".into(),
+            auth_token_file: None,
+            max_connections: 1024,
+            header_read_timeout: "10s".into(),
+            body_read_timeout: "30s".into(),
+            shutdown_grace: "10s".into(),
+        }
+    }
+}
+
+/// `[ingest]`: tenant query events over UDP and HTTP, and the tenant store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileIngest {
+    /// UDP listener for NDJSON and DogStatsD lines; `""` turns UDP off.
+    pub udp_listen: String,
+    /// Receive threads on the UDP socket, each with its own store shard.
+    pub udp_receivers: usize,
+    /// Socket receive buffer requested (`SO_RCVBUF`); it absorbs bursts.
+    /// The kernel caps it at `net.core.rmem_max`; the granted size is exported.
+    pub udp_recv_buffer_bytes: usize,
+    /// Largest datagram accepted; longer ones are refused whole.
+    pub max_datagram_bytes: usize,
+    /// Largest `POST /v1/events` body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest event line accepted.
+    pub max_line_bytes: usize,
+    /// Most tenants tracked at once; events for more go to `__overflow__`.
+    pub max_tenants: usize,
+    /// A tenant with no event for this long is forgotten.
+    pub tenant_idle_ttl: String,
+    /// Window over which `tenantwatch_tenant_db_time_share` is computed.
+    pub share_window: String,
+}
+
+impl Default for FileIngest {
+    fn default() -> Self {
+        FileIngest {
+            udp_listen: "127.0.0.1:8125".into(),
+            udp_receivers: 1,
+            udp_recv_buffer_bytes: 8 * 1024 * 1024,
+            max_datagram_bytes: 65_507,
+            max_body_bytes: 4 * 1024 * 1024,
+            max_line_bytes: 4096,
+            max_tenants: 10_000,
+            tenant_idle_ttl: "15m".into(),
+            share_window: "60s".into(),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileLog {
+    /// `plain` or `json`. The level comes from `TENANTWATCH_LOG` or `RUST_LOG`.
+    pub format: String,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        FileLog {
+            format: "plain".into(),
+        }
+    }
+}
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub ingest: IngestConfig,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub auth_token: Option<Secret>,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub udp_listen: Option<SocketAddr>,
+    pub udp_receivers: usize,
+    pub udp_recv_buffer_bytes: usize,
+    pub max_datagram_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_line_bytes: usize,
+    pub max_tenants: usize,
+    pub tenant_idle_ttl: Duration,
+    pub share_window: Duration,
+}
+
+/// One bad key: its dotted name, the value given, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidKey {
+    pub key: String,
+    pub value: String,
+    pub message: String,
+}
+
+impl fmt::Display for InvalidKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {}: {}", self.key, self.value, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to parse {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<InvalidKey>),
+}
+
+impl Config {
+    /// Reads, overrides from the process environment and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_with_env(&text, path, env)
+    }
+
+    /// Parses TOML text, applies environment overrides, validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let overrides: Vec<(Vec<String>, &str)> = env
+            .iter()
+            .filter_map(|(key, value)| {
+                let rest = key.strip_prefix(ENV_OVERRIDE_PREFIX)?;
+                let path = rest.split("__").map(str::to_ascii_lowercase).collect();
+                Some((path, value.as_str()))
+            })
+            .collect();
+        let file: FileConfig = if overrides.is_empty() {
+            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?
+        } else {
+            let mut table: toml::Table =
+                toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+            for (key_path, value) in &overrides {
+                apply_override(&mut table, key_path, value).map_err(parse_error)?;
+            }
+            table.try_into().map_err(|e: toml::de::Error| {
+                parse_error(format!("after environment overrides: {e}"))
+            })?
+        };
+        let token_from_env = env
+            .iter()
+            .find(|(key, _)| key == AUTH_TOKEN_ENV)
+            .map(|(_, value)| value.clone());
+        let mut config = Config::try_from(file)?;
+        if let Some(token) = token_from_env.filter(|t| !t.trim().is_empty()) {
+            config.server.auth_token = Some(Secret::new(token.trim()));
+        }
+        Ok(config)
+    }
+}
+
+fn apply_override(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    let key = path.join(".");
+    let (last, parents) = path
+        .split_last()
+        .ok_or_else(|| format!("empty environment override key {key}"))?;
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("environment override {key}: {part} is not a table"))?;
+    }
+    // Numbers and booleans keep their type; everything else is a string.
+    let value = if let Ok(n) = raw.parse::<i64>() {
+        toml::Value::Integer(n)
+    } else if let Ok(b) = raw.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(raw.to_owned())
+    };
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Collects every bad key instead of stopping at the first.
+#[derive(Default)]
+struct Validator {
+    errors: Vec<InvalidKey>,
+}
+
+impl Validator {
+    fn fail(&mut self, key: &str, value: impl fmt::Display, message: impl Into<String>) {
+        self.errors.push(InvalidKey {
+            key: key.to_owned(),
+            value: value.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: &str) -> Duration {
+        match humantime::parse_duration(value) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.fail(key, format!("{value:?}"), "must be longer than zero");
+                Duration::from_secs(1)
+            }
+            Err(err) => {
+                self.fail(
+                    key,
+                    format!("{value:?}"),
+                    format!("not a duration ({err}); write e.g. \"10s\", \"5m\""),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn addr(&mut self, key: &str, value: &str) -> SocketAddr {
+        value.parse().unwrap_or_else(|err| {
+            self.fail(
+                key,
+                format!("{value:?}"),
+                format!("not an IP:port address ({err})"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn range(&mut self, key: &str, value: usize, min: usize, max: usize) -> usize {
+        if value < min || value > max {
+            self.fail(key, value, format!("must be between {min} and {max}"));
+        }
+        value
+    }
+}
+
+impl TryFrom<FileConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(file: FileConfig) -> Result<Config, ConfigError> {
+        let mut v = Validator::default();
+        let s = &file.server;
+        let auth_token = s
+            .auth_token_file
+            .as_ref()
+            .and_then(|path| match std::fs::read_to_string(path) {
+                Ok(token) if !token.trim().is_empty() => Some(Secret::new(token.trim())),
+                Ok(_) => {
+                    v.fail(
+                        "server.auth_token_file",
+                        path.display(),
+                        "the file is empty",
+                    );
+                    None
+                }
+                Err(err) => {
+                    v.fail(
+                        "server.auth_token_file",
+                        path.display(),
+                        format!("cannot read it: {err}"),
+                    );
+                    None
+                }
+            });
+        let server = ServerConfig {
+            listen: v.addr("server.listen", &s.listen),
+            auth_token,
+            max_connections: v.range("server.max_connections", s.max_connections, 1, 1_000_000),
+            header_read_timeout: v.duration("server.header_read_timeout", &s.header_read_timeout),
+            body_read_timeout: v.duration("server.body_read_timeout", &s.body_read_timeout),
+            shutdown_grace: v.duration("server.shutdown_grace", &s.shutdown_grace),
+        };
+
+        let i = &file.ingest;
+        let udp_listen = if i.udp_listen.trim().is_empty() {
+            None
+        } else {
+            Some(v.addr("ingest.udp_listen", &i.udp_listen))
+        };
+        let ingest = IngestConfig {
+            udp_listen,
+            udp_receivers: v.range("ingest.udp_receivers", i.udp_receivers, 1, 64),
+            udp_recv_buffer_bytes: v.range(
+                "ingest.udp_recv_buffer_bytes",
+                i.udp_recv_buffer_bytes,
+                4096,
+                1 << 30,
+            ),
+            max_datagram_bytes: v.range(
+                "ingest.max_datagram_bytes",
+                i.max_datagram_bytes,
+                512,
+                65_507,
+            ),
+            max_body_bytes: v.range("ingest.max_body_bytes", i.max_body_bytes, 1024, 1 << 30),
+            max_line_bytes: v.range("ingest.max_line_bytes", i.max_line_bytes, 256, 1 << 20),
+            max_tenants: v.range("ingest.max_tenants", i.max_tenants, 1, 10_000_000),
+            tenant_idle_ttl: v.duration("ingest.tenant_idle_ttl", &i.tenant_idle_ttl),
+            share_window: v.duration("ingest.share_window", &i.share_window),
+        };
+        if ingest.share_window < Duration::from_secs(12) {
+            v.fail(
+                "ingest.share_window",
+                format!("{:?}", i.share_window),
+                "must be at least 12s (the window is kept in 12 slots)",
+            );
+        }
+
+        let log_format = match file.log.format.as_str() {
+            "plain" => LogFormat::Plain,
+            "json" => LogFormat::Json,
+            other => {
+                v.fail(
+                    "log.format",
+                    format!("{other:?}"),
+                    "must be \"plain\" or \"json\"",
+                );
+                LogFormat::Plain
+            }
+        };
+
+        if v.errors.is_empty() {
+            Ok(Config {
+                server,
+                ingest,
+                log_format,
+            })
+        } else {
+            Err(ConfigError::Invalid(v.errors))
+        }
+    }
+}
+
+impl Config {
+    /// The configuration with every default, listening where the defaults say.
+    pub fn defaults() -> Config {
+        Config::try_from(FileConfig::default()).expect("the defaults are valid")
+    }
+
+    /// A few lines for `check-config`: what the daemon would do.
+    pub fn summary(&self) -> String {
+        let udp = self
+            .ingest
+            .udp_listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into());
+        format!(
+            "http listener: {}\n\
+             auth token for /v1/*: {}\n\
+             udp listener: {} ({} receiver thread(s), {} byte receive buffer requested)\n\
+             limits: {} tenants, {} bytes per datagram, {} bytes per body, {} bytes per line\n\
+             tenant idle ttl: {}, db time share window: {}\n",
+            self.server.listen,
+            if self.server.auth_token.is_some() {
+                "required"
+            } else {
+                "not required"
+            },
+            udp,
+            self.ingest.udp_receivers,
+            self.ingest.udp_recv_buffer_bytes,
+            self.ingest.max_tenants,
+            self.ingest.max_datagram_bytes,
+            self.ingest.max_body_bytes,
+            self.ingest.max_line_bytes,
+            humantime::format_duration(self.ingest.tenant_idle_ttl),
+            humantime::format_duration(self.ingest.share_window),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_toml_with_env(text, Path::new("test.toml"), env)
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:9645".parse().unwrap());
+        assert_eq!(
+            config.ingest.udp_listen,
+            Some("127.0.0.1:8125".parse().unwrap())
+        );
+        assert_eq!(config.ingest.max_tenants, 10_000);
+        assert_eq!(config.ingest.share_window, Duration::from_secs(60));
+        assert!(config.server.auth_token.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = load("[server]\nlisten_addr = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+        let err = load("[sever]\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("sever"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_with_its_value() {
+        let err = load(
+            "[server]\nlisten = \"nowhere\"\nshutdown_grace = \"soon\"\n\
+             [ingest]\nmax_tenants = 0\nmax_datagram_bytes = 100000\nshare_window = \"5s\"\n\
+             [log]\nformat = \"xml\"\n",
+            &[],
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(errors) = err else {
+            panic!("expected validation errors, got {err}");
+        };
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.listen",
+                "server.shutdown_grace",
+                "ingest.max_datagram_bytes",
+                "ingest.max_tenants",
+                "ingest.share_window",
+                "log.format"
+            ]
+        );
+        assert_eq!(errors[0].value, "\"nowhere\"");
+        assert_eq!(errors[3].value, "0");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let err = load("[ingest]\nmax_tenants = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_tenants"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file_keys() {
+        let config = load(
+            "[server]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("TENANTWATCH__SERVER__LISTEN", "0.0.0.0:9999"),
+                ("TENANTWATCH__INGEST__MAX_TENANTS", "42"),
+                ("TENANTWATCH__INGEST__UDP_LISTEN", ""),
+                ("TENANTWATCH_AUTH_TOKEN", " s3cret\n"),
+                ("UNRELATED", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:9999".parse().unwrap());
+        assert_eq!(config.ingest.max_tenants, 42);
+        assert_eq!(config.ingest.udp_listen, None);
+        assert_eq!(config.server.auth_token, Some(Secret::new("s3cret")));
+        let err = load("", &[("TENANTWATCH__SERVER__NOPE", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn token_file_is_read_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("tw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "hunter2\n").unwrap();
+        let config = load(&format!("[server]\nauth_token_file = {:?}\n", token), &[]).unwrap();
+        assert_eq!(
+            config.server.auth_token.as_ref().unwrap().expose(),
+            "hunter2"
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!config.summary().contains("hunter2"));
+        let err = load("[server]\nauth_token_file = \"/nonexistent/token\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("server.auth_token_file"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn example_config_equals_the_defaults() {
+        let example = include_str!("../tenantwatch.example.toml");
+        let parsed: FileConfig = toml::from_str(example).expect("example parses");
+        assert_eq!(parsed, FileConfig::default());
+    }
+
+    #[test]
+    fn every_example_key_is_documented() {
+        let example = include_str!("../tenantwatch.example.toml");
+        let docs = include_str!("../docs/configuration.md");
+        let table: toml::Table = toml::from_str(example).unwrap();
+        let mut keys = Vec::new();
+        for (section, value) in &table {
+            for key in value.as_table().unwrap().keys() {
+                keys.push(format!("{section}.{key}"));
+            }
+        }
+        keys.push("server.auth_token_file".into());
+        for key in keys {
+            assert!(
+                docs.contains(&format!("`{key}`")),
+                "docs/configuration.md misses `{key}`"
+            );
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Start-up and shutdown: the one place that binds listeners, starts every
+//! task and stops them again.
+//!
+//! [`Daemon::start`] binds every listener before anything is spawned, so a bad
+//! address fails start-up instead of a task. Readiness turns true once all are
+//! bound. [`Daemon::shutdown`] (or the future given to [`run`]) turns
+//! readiness false, stops the listeners and the UDP threads, and lets open
+//! HTTP requests finish within `server.shutdown_grace`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::ingest::IngestStats;
+use crate::ingest::udp::{UdpLimits, UdpListener};
+use crate::metrics::{HttpMetrics, UdpSocketInfo};
+use crate::server::{self, AppState, HttpLimits};
+use crate::store::{MonotonicClock, Store, StoreLimits};
+
+/// Store shards shared by HTTP requests (round robin).
+const HTTP_SHARDS: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("failed to bind the {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("failed to start the UDP receive threads: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    http_addr: SocketAddr,
+    udp_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    supervisor: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Binds every listener, then starts the server, the UDP receive threads
+    /// and the housekeeping task.
+    pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                what: "HTTP",
+                addr: config.server.listen,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+            what: "HTTP",
+            addr: config.server.listen,
+            source,
+        })?;
+        let ingest = &config.ingest;
+        let udp = match ingest.udp_listen {
+            Some(addr) => Some(
+                UdpListener::bind(addr, ingest.udp_recv_buffer_bytes).map_err(|source| {
+                    DaemonError::Bind {
+                        what: "UDP",
+                        addr,
+                        source,
+                    }
+                })?,
+            ),
+            None => None,
+        };
+        let udp_addr = udp.as_ref().map(|u| u.local_addr);
+
+        let udp_receivers = if udp.is_some() {
+            ingest.udp_receivers
+        } else {
+            0
+        };
+        let store = Arc::new(Store::new(
+            udp_receivers + HTTP_SHARDS,
+            StoreLimits {
+                max_tenants: ingest.max_tenants,
+                tenant_idle_ttl: ingest.tenant_idle_ttl,
+                share_window: ingest.share_window,
+            },
+            Arc::new(MonotonicClock::new()),
+        ));
+        let stats = Arc::new(IngestStats::default());
+        let http_metrics = HttpMetrics::default();
+        let udp_info = udp.as_ref().map(|u| UdpSocketInfo {
+            granted_recv_buffer_bytes: u.granted_recv_buffer_bytes,
+            inode: u.inode,
+        });
+        let registry =
+            crate::metrics::registry(store.clone(), stats.clone(), udp_info, &http_metrics);
+        let state = Arc::new(AppState {
+            registry,
+            store: store.clone(),
+            stats: stats.clone(),
+            http_metrics,
+            ready: AtomicBool::new(false),
+            limits: HttpLimits {
+                max_connections: config.server.max_connections,
+                header_read_timeout: config.server.header_read_timeout,
+                body_read_timeout: config.server.body_read_timeout,
+                max_body_bytes: ingest.max_body_bytes,
+                max_line_bytes: ingest.max_line_bytes,
+                shutdown_grace: config.server.shutdown_grace,
+            },
+            auth_token: config.server.auth_token.clone(),
+            http_shards: (udp_receivers, HTTP_SHARDS),
+            next_shard: AtomicUsize::new(0),
+        });
+
+        let shutdown = CancellationToken::new();
+        let udp_threads = match udp {
+            Some(udp) => udp
+                .spawn(
+                    udp_receivers,
+                    0,
+                    UdpLimits {
+                        max_datagram_bytes: ingest.max_datagram_bytes,
+                        max_line_bytes: ingest.max_line_bytes,
+                    },
+                    store.clone(),
+                    stats,
+                    shutdown.clone(),
+                )
+                .map_err(DaemonError::Spawn)?,
+            None => Vec::new(),
+        };
+        let server = tokio::spawn(server::serve(listener, state.clone(), shutdown.clone()));
+        let housekeeping = tokio::spawn(evict_idle_tenants(
+            store,
+            ingest.tenant_idle_ttl,
+            shutdown.clone(),
+        ));
+        state.ready.store(true, Ordering::Relaxed);
+        tracing::info!(
+            http = %http_addr,
+            udp = ?udp_addr,
+            "tenantwatch is listening"
+        );
+
+        let token = shutdown.clone();
+        let supervisor = tokio::spawn(async move {
+            token.cancelled().await;
+            state.ready.store(false, Ordering::Relaxed);
+            tracing::info!("Shutting down: draining connections");
+            let _ = server.await;
+            let _ = housekeeping.await;
+            // The receive threads notice the token within their poll interval.
+            let _ = tokio::task::spawn_blocking(move || {
+                for thread in udp_threads {
+                    let _ = thread.join();
+                }
+            })
+            .await;
+            tracing::info!("Shutdown complete");
+        });
+
+        Ok(Daemon {
+            http_addr,
+            udp_addr,
+            shutdown,
+            supervisor,
+        })
+    }
+
+    /// Address the HTTP listener is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Address the UDP listener is bound to, if UDP is on.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp_addr
+    }
+
+    /// Starts a graceful shutdown; [`Daemon::wait`] returns when it is done.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until the daemon has shut down.
+    pub async fn wait(self) {
+        let _ = self.supervisor.await;
+    }
+}
+
+/// Runs the daemon until `shutdown` completes, then shuts it down gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let daemon = Daemon::start(config).await?;
+    shutdown.await;
+    daemon.shutdown();
+    daemon.wait().await;
+    Ok(())
+}
+
+async fn evict_idle_tenants(store: Arc<Store>, ttl: Duration, shutdown: CancellationToken) {
+    let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {
+                let evicted = store.evict_idle();
+                if evicted > 0 {
+                    tracing::debug!(evicted, "Evicted idle tenants");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! DogStatsD lines: `tenantwatch.query:12.5|ms|@0.5|#tenant:clinic1,kind:read`.
+//!
+//! The metric names tenantwatch understands (anything else is refused with
+//! `unknown_metric`):
+//!
+//! | metric               | types          | meaning                                           |
+//! |----------------------|----------------|---------------------------------------------------|
+//! | `tenantwatch.query`  | `ms`, `h`, `d` | one query; the value is its duration in ms        |
+//! | `tenantwatch.rows`   | `c`            | rows read or written                              |
+//! | `tenantwatch.errors` | `c`            | failed queries                                    |
+//!
+//! Tags: `tenant` (required), `kind` (`read`, `write`, `other`; default
+//! `other`), and on `tenantwatch.query` also `error:true` and `rows:N`. Other
+//! tags are ignored. A sample rate `|@r` weighs the line by `1/r`, as the
+//! Datadog agent does. Several values in one line (`name:1:2:3|ms`, protocol
+//! v1.1) are several events. Sections the protocol added later (`|T`
+//! timestamps, `|c:` container ids) are skipped. Sets, gauges, events
+//! (`_e{`) and service checks (`_sc`) are refused with `unsupported_type`.
+
+use std::borrow::Cow;
+
+use crate::event::{
+    Event, QueryKind, Reject, RejectReason, Sample, validate_duration_ms, validate_tenant,
+};
+
+/// At most this many values in one multi-value line; more is a malformed line.
+const MAX_VALUES_PER_LINE: usize = 64;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Metric {
+    Query,
+    Rows,
+    Errors,
+}
+
+/// Parses one DogStatsD line (without its newline) and hands each event it
+/// holds to `emit`. Nothing is emitted unless the whole line is valid.
+/// Returns how many events were emitted.
+pub fn parse_line<'a>(line: &'a str, mut emit: impl FnMut(Event<'a>)) -> Result<usize, Reject> {
+    if line.starts_with("_e{") || line.starts_with("_sc|") {
+        return Err(Reject::new(
+            RejectReason::UnsupportedType,
+            "DogStatsD events and service checks are not accepted",
+        ));
+    }
+    let mut sections = line.split('|');
+    let head = sections.next().unwrap_or_default();
+    let (name, values) = head.split_once(':').ok_or(Reject::new(
+        RejectReason::Malformed,
+        "expected name:value|type",
+    ))?;
+    let metric_type = sections.next().ok_or(Reject::new(
+        RejectReason::Malformed,
+        "expected name:value|type",
+    ))?;
+
+    let metric = match name {
+        "tenantwatch.query" => Metric::Query,
+        "tenantwatch.rows" => Metric::Rows,
+        "tenantwatch.errors" => Metric::Errors,
+        _ => {
+            return Err(Reject::new(
+                RejectReason::UnknownMetric,
+                "metric must be tenantwatch.query, tenantwatch.rows or tenantwatch.errors",
+            ));
+        }
+    };
+    let type_ok = match metric {
+        Metric::Query => matches!(metric_type, "ms" | "h" | "d"),
+        Metric::Rows | Metric::Errors => metric_type == "c",
+    };
+    if !type_ok {
+        return Err(Reject::new(
+            RejectReason::UnsupportedType,
+            "tenantwatch.query takes ms, h or d; tenantwatch.rows and tenantwatch.errors take c",
+        ));
+    }
+
+    let mut sample_rate = 1.0;
+    let mut tenant = None;
+    let mut kind = QueryKind::Other;
+    let mut error = false;
+    let mut rows = 0.0;
+    for section in sections {
+        if let Some(rate) = section.strip_prefix('@') {
+            sample_rate = rate
+                .parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1.0)
+                .ok_or(Reject::new(
+                    RejectReason::InvalidSampleRate,
+                    "sample rate must be a number in (0, 1]",
+                ))?;
+        } else if let Some(tags) = section.strip_prefix('#') {
+            for tag in tags.split(',') {
+                let (key, value) = tag.split_once(':').unwrap_or((tag, ""));
+                match key {
+                    "tenant" if tenant.is_none() => tenant = Some(value),
+                    "kind" => {
+                        kind = QueryKind::parse(value).ok_or(Reject::new(
+                            RejectReason::InvalidKind,
+                            "kind must be read, write or other",
+                        ))?
+                    }
+                    "error" if metric == Metric::Query => {
+                        error = match value {
+                            "true" | "1" => true,
+                            "false" | "0" => false,
+                            _ => {
+                                return Err(Reject::new(
+                                    RejectReason::InvalidValue,
+                                    "error tag must be true or false",
+                                ));
+                            }
+                        }
+                    }
+                    "rows" if metric == Metric::Query => {
+                        rows = value.parse::<u64>().map_err(|_| {
+                            Reject::new(
+                                RejectReason::InvalidValue,
+                                "rows tag must be a non-negative integer",
+                            )
+                        })? as f64;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // `T<timestamp>`, `c:<container>`, `e:<external data>` and sections
+        // of later protocol versions carry nothing we use.
+    }
+
+    let tenant = tenant.ok_or(Reject::new(
+        RejectReason::MissingField,
+        "missing tag tenant",
+    ))?;
+    validate_tenant(tenant)?;
+    let weight = 1.0 / sample_rate;
+
+    // Validate every value before emitting any, so a line is all or nothing.
+    let mut count = 0;
+    for value in values.split(':') {
+        count += 1;
+        if count > MAX_VALUES_PER_LINE {
+            return Err(Reject::new(
+                RejectReason::Malformed,
+                "more than 64 values in one line",
+            ));
+        }
+        parse_value(metric, value)?;
+    }
+    for value in values.split(':') {
+        let value = parse_value(metric, value)?;
+        let sample = match metric {
+            Metric::Query => Sample::Query {
+                duration_ms: value,
+                rows,
+                error,
+                weight,
+            },
+            Metric::Rows => Sample::Rows(value * weight),
+            Metric::Errors => Sample::Errors(value * weight),
+        };
+        emit(Event {
+            tenant: Cow::Borrowed(tenant),
+            kind,
+            sample,
+        });
+    }
+    Ok(count)
+}
+
+fn parse_value(metric: Metric, text: &str) -> Result<f64, Reject> {
+    let value: f64 = text.parse().map_err(|_| match metric {
+        Metric::Query => Reject::new(RejectReason::InvalidDuration, "value is not a number"),
+        _ => Reject::new(RejectReason::InvalidValue, "value is not a number"),
+    })?;
+    match metric {
+        Metric::Query => validate_duration_ms(value),
+        Metric::Rows | Metric::Errors => {
+            if value.is_finite() && value >= 0.0 {
+                Ok(value)
+            } else {
+                Err(Reject::new(
+                    RejectReason::InvalidValue,
+                    "count must be a finite non-negative number",
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_all(line: &str) -> Result<Vec<Event<'_>>, Reject> {
+        let mut events = Vec::new();
+        parse_line(line, |e| events.push(e))?;
+        Ok(events)
+    }
+
+    fn reason(line: &str) -> RejectReason {
+        parse_all(line).expect_err("line should be rejected").reason
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let events = parse_all("tenantwatch.query:12.5|ms|#tenant:clinic1,kind:read").unwrap();
+        assert_eq!(
+            events,
+            vec![Event {
+                tenant: Cow::Borrowed("clinic1"),
+                kind: QueryKind::Read,
+                sample: Sample::Query {
+                    duration_ms: 12.5,
+                    rows: 0.0,
+                    error: false,
+                    weight: 1.0
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn sample_rate_multi_values_and_extra_sections() {
+        let events = parse_all(
+            "tenantwatch.query:1:2:3|h|@0.25|#env:prod,tenant:t9,kind:write,error:true,rows:7|T1700000000|c:abc",
+        )
+        .unwrap();
+        assert_eq!(events.len(), 3);
+        for (event, ms) in events.iter().zip([1.0, 2.0, 3.0]) {
+            assert_eq!(event.tenant, "t9");
+            assert_eq!(event.kind, QueryKind::Write);
+            assert_eq!(
+                event.sample,
+                Sample::Query {
+                    duration_ms: ms,
+                    rows: 7.0,
+                    error: true,
+                    weight: 4.0
+                }
+            );
+        }
+        let rows = parse_all("tenantwatch.rows:10|c|@0.5|#tenant:t1,kind:read").unwrap();
+        assert_eq!(rows[0].sample, Sample::Rows(20.0));
+        let errors = parse_all("tenantwatch.errors:1|c|#tenant:t1").unwrap();
+        assert_eq!(errors[0].sample, Sample::Errors(1.0));
+        assert_eq!(errors[0].kind, QueryKind::Other);
+    }
+
+    #[test]
+    fn each_bad_line_has_its_reason() {
+        assert_eq!(reason("garbage"), RejectReason::Malformed);
+        assert_eq!(reason("tenantwatch.query:1"), RejectReason::Malformed);
+        assert_eq!(
+            reason("other.metric:1|c|#tenant:a"),
+            RejectReason::UnknownMetric
+        );
+        assert_eq!(
+            reason("tenantwatch.query:1|s|#tenant:a"),
+            RejectReason::UnsupportedType
+        );
+        assert_eq!(
+            reason("tenantwatch.query:1|g|#tenant:a"),
+            RejectReason::UnsupportedType
+        );
+        assert_eq!(
+            reason("tenantwatch.rows:1|ms|#tenant:a"),
+            RejectReason::UnsupportedType
+        );
+        assert_eq!(reason("_e{5,4}:title|text"), RejectReason::UnsupportedType);
+        assert_eq!(reason("_sc|name|0"), RejectReason::UnsupportedType);
+        assert_eq!(reason("tenantwatch.query:1|ms"), RejectReason::MissingField);
+        assert_eq!(
+            reason("tenantwatch.query:1|ms|#tenant:"),
+            RejectReason::InvalidTenant
+        );
+        assert_eq!(
+            reason("tenantwatch.query:1|ms|#tenant:a,kind:x"),
+            RejectReason::InvalidKind
+        );
+        assert_eq!(
+            reason("tenantwatch.query:-1|ms|#tenant:a"),
+            RejectReason::InvalidDuration
+        );
+        assert_eq!(
+            reason("tenantwatch.query:NaN|ms|#tenant:a"),
+            RejectReason::InvalidDuration
+        );
+        assert_eq!(
+            reason("tenantwatch.query:inf|ms|#tenant:a"),
+            RejectReason::InvalidDuration
+        );
+        assert_eq!(
+            reason("tenantwatch.query:1:x|ms|#tenant:a"),
+            RejectReason::InvalidDuration
+        );
+        assert_eq!(
+            reason("tenantwatch.query:1|ms|@0|#tenant:a"),
+            RejectReason::InvalidSampleRate
+        );
+        assert_eq!(
+            reason("tenantwatch.query:1|ms|@2|#tenant:a"),
+            RejectReason::InvalidSampleRate
+        );
+        assert_eq!(
+            reason("tenantwatch.rows:-4|c|#tenant:a"),
+            RejectReason::InvalidValue
+        );
+        assert_eq!(
+            reason("tenantwatch.query:1|ms|#tenant:a,rows:-1"),
+            RejectReason::InvalidValue
+        );
+        let many = format!("tenantwatch.query:{}|ms|#tenant:a", vec!["1"; 65].join(":"));
+        assert_eq!(reason(&many), RejectReason::Malformed);
+    }
+
+    #[test]
+    fn a_bad_value_emits_nothing() {
+        let mut emitted = 0;
+        let result = parse_line("tenantwatch.query:1:2:oops|ms|#tenant:a", |_| emitted += 1);
+        assert!(result.is_err());
+        assert_eq!(emitted, 0);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_text(line in ".{0,200}") {
+            let _ = parse_all(&line);
+        }
+
+        #[test]
+        fn never_panics_on_near_valid_lines(
+            name in prop::sample::select(vec!["tenantwatch.query", "tenantwatch.rows", "x"]),
+            value in "[-0-9.:eEinfNa]{0,12}",
+            kind in prop::sample::select(vec!["ms", "c", "h", "s", ""]),
+            rest in "[|@#:,a-z0-9.]{0,40}",
+        ) {
+            let _ = parse_all(&format!("{name}:{value}|{kind}{rest}"));
+        }
+
+        #[test]
+        fn valid_timings_round_trip(
+            tenant in "[a-z0-9][a-z0-9_.-]{0,40}",
+            kind in prop::sample::select(vec!["read", "write", "other"]),
+            duration_ms in 0.0f64..86_400_000.0,
+            rate in prop::sample::select(vec![1.0, 0.5, 0.1, 0.01]),
+        ) {
+            let line = format!("tenantwatch.query:{duration_ms}|ms|@{rate}|#kind:{kind},tenant:{tenant}");
+            let events = parse_all(&line).unwrap();
+            prop_assert_eq!(events.len(), 1);
+            prop_assert_eq!(events[0].tenant.as_ref(), tenant.as_str());
+            prop_assert_eq!(events[0].kind.as_str(), kind);
+            prop_assert_eq!(events[0].sample, Sample::Query {
+                duration_ms, rows: 0.0, error: false, weight: 1.0 / rate,
+            });
+        }
+    }
+}

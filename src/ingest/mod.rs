@@ -1,0 +1,221 @@
+//! Ingest: turns datagrams and request bodies into tenant events.
+//!
+//! A payload is split into lines; each line is checked (length, UTF-8), its
+//! format detected (`{` starts NDJSON, anything else is DogStatsD), parsed
+//! and recorded into a store shard. A bad line is counted with its reason and
+//! never stops the lines beside it.
+//!
+//! - [`ndjson`] and [`dogstatsd`] are the two wire-format parsers;
+//! - [`udp`] owns the UDP receive threads;
+//! - the HTTP endpoint lives in [`crate::server`] and calls [`ingest_payload`].
+
+pub mod dogstatsd;
+pub mod ndjson;
+pub mod udp;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::event::{Reject, RejectReason};
+use crate::store::ShardWriter;
+
+/// Where events came from; a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Udp = 0,
+    Http = 1,
+}
+
+impl Source {
+    pub const ALL: [Source; 2] = [Source::Udp, Source::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Udp => "udp",
+            Source::Http => "http",
+        }
+    }
+}
+
+const REASONS: usize = RejectReason::ALL.len();
+
+/// Counters of the ingest path, shared by every source. Plain atomics in
+/// fixed arrays: the label sets are closed, so there is nothing to look up.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    received: [AtomicU64; 2],
+    rejected: [[AtomicU64; REASONS]; 2],
+    pub udp_datagrams: AtomicU64,
+    pub udp_receive_errors: AtomicU64,
+}
+
+impl IngestStats {
+    pub fn add_received(&self, source: Source, n: u64) {
+        if n > 0 {
+            self.received[source as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn add_rejected(&self, source: Source, reason: RejectReason) {
+        self.rejected[source as usize][reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn received(&self, source: Source) -> u64 {
+        self.received[source as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn rejected(&self, source: Source, reason: RejectReason) -> u64 {
+        self.rejected[source as usize][reason.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// What one payload yielded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadOutcome {
+    /// Events recorded (a multi-value DogStatsD line counts each value).
+    pub accepted: u64,
+    /// Lines refused.
+    pub rejected: u64,
+}
+
+/// Parses every line of `payload` into `writer`, counting into `stats`.
+/// `on_reject` gets the 1-based line number and the reason of each refused
+/// line (the HTTP endpoint reports them back; UDP ignores them).
+pub fn ingest_payload(
+    payload: &[u8],
+    max_line_bytes: usize,
+    source: Source,
+    writer: &mut ShardWriter<'_>,
+    stats: &IngestStats,
+    mut on_reject: impl FnMut(usize, Reject),
+) -> PayloadOutcome {
+    let mut outcome = PayloadOutcome::default();
+    for (index, raw_line) in payload.split(|b| *b == b'\n').enumerate() {
+        let line = raw_line.strip_suffix(b"\r").unwrap_or(raw_line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match parse_and_record(line, max_line_bytes, writer) {
+            Ok(events) => outcome.accepted += events as u64,
+            Err(reject) => {
+                outcome.rejected += 1;
+                stats.add_rejected(source, reject.reason);
+                on_reject(index + 1, reject);
+            }
+        }
+    }
+    stats.add_received(source, outcome.accepted + outcome.rejected);
+    outcome
+}
+
+fn parse_and_record(
+    line: &[u8],
+    max_line_bytes: usize,
+    writer: &mut ShardWriter<'_>,
+) -> Result<usize, Reject> {
+    if line.len() > max_line_bytes {
+        return Err(Reject::new(
+            RejectReason::LineTooLong,
+            "line is longer than max_line_bytes",
+        ));
+    }
+    let line = std::str::from_utf8(line)
+        .map_err(|_| Reject::new(RejectReason::InvalidUtf8, "line is not valid UTF-8"))?;
+    let line = line.trim();
+    if line.starts_with('{') {
+        let event = ndjson::parse_line(line)?;
+        writer.record(&event);
+        Ok(1)
+    } else {
+        dogstatsd::parse_line(line, |event| writer.record(&event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ManualClock, Store, StoreLimits};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn store() -> Store {
+        Store::new(
+            1,
+            StoreLimits {
+                max_tenants: 100,
+                tenant_idle_ttl: Duration::from_secs(60),
+                share_window: Duration::from_secs(60),
+            },
+            Arc::new(ManualClock::default()),
+        )
+    }
+
+    #[test]
+    fn good_lines_count_beside_bad_ones() {
+        let store = store();
+        let stats = IngestStats::default();
+        let payload = b"{\"tenant\":\"a\",\"kind\":\"read\",\"duration_ms\":1}\r\n\
+            \n\
+            tenantwatch.query:1:2|ms|#tenant:b\n\
+            \xff\xfe\n\
+            nonsense\n\
+            tenantwatch.rows:3|c|#tenant:a,kind:read";
+        let mut rejects = Vec::new();
+        let outcome = ingest_payload(
+            payload,
+            1024,
+            Source::Http,
+            &mut store.writer(0),
+            &stats,
+            |line, reject| rejects.push((line, reject.reason)),
+        );
+        assert_eq!(
+            outcome,
+            PayloadOutcome {
+                accepted: 4,
+                rejected: 2
+            }
+        );
+        assert_eq!(
+            rejects,
+            vec![(4, RejectReason::InvalidUtf8), (5, RejectReason::Malformed)]
+        );
+        assert_eq!(stats.received(Source::Http), 6);
+        assert_eq!(stats.rejected(Source::Http, RejectReason::InvalidUtf8), 1);
+        let snapshot = store.snapshot();
+        assert_eq!(snapshot.tenants.len(), 2);
+        assert_eq!(snapshot.tenants[0].kinds[0].as_ref().unwrap().rows, 3.0);
+    }
+
+    #[test]
+    fn long_lines_are_refused() {
+        let store = store();
+        let stats = IngestStats::default();
+        let line = format!("tenantwatch.query:1|ms|#tenant:a,pad:{}", "x".repeat(100));
+        let outcome = ingest_payload(
+            line.as_bytes(),
+            64,
+            Source::Udp,
+            &mut store.writer(0),
+            &stats,
+            |_, _| {},
+        );
+        assert_eq!(outcome.rejected, 1);
+        assert_eq!(stats.rejected(Source::Udp, RejectReason::LineTooLong), 1);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_every_line_is_counted(
+            payload in prop::collection::vec(any::<u8>(), 0..2048)
+        ) {
+            let store = store();
+            let stats = IngestStats::default();
+            let outcome = ingest_payload(
+                &payload, 512, Source::Udp, &mut store.writer(0), &stats, |_, _| {},
+            );
+            prop_assert_eq!(stats.received(Source::Udp), outcome.accepted + outcome.rejected);
+            prop_assert!(store.tracked() <= 100);
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! UDP ingest: one socket, one or more blocking receive threads.
+//!
+//! Each thread owns a store shard, so the receive path takes no lock that
+//! another thread wants. Blocking `recv` on a plain thread beats an async
+//! socket here: there is nothing else for the thread to do, and it saves the
+//! readiness round trip per datagram. The receive buffer is set explicitly
+//! (the granted size is exported), a datagram longer than
+//! `max_datagram_bytes` is detected with a buffer one byte longer and refused
+//! whole, and the kernel's own drop counter for the socket is read from
+//! `/proc/net/udp` at scrape time.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::RejectReason;
+use crate::ingest::{IngestStats, Source, ingest_payload};
+use crate::store::Store;
+use crate::telemetry::RateLimitedWarn;
+
+/// How often a receive thread wakes up to check for shutdown.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+
+/// A bound UDP ingest socket, before its threads start.
+#[derive(Debug)]
+pub struct UdpListener {
+    socket: UdpSocket,
+    pub local_addr: SocketAddr,
+    /// The receive buffer the kernel granted (Linux reports twice the
+    /// requested size, capped by `net.core.rmem_max`).
+    pub granted_recv_buffer_bytes: usize,
+    /// The socket's inode, to find its row in `/proc/net/udp`.
+    pub inode: Option<u64>,
+}
+
+impl UdpListener {
+    pub fn bind(addr: SocketAddr, recv_buffer_bytes: usize) -> io::Result<UdpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_recv_buffer_size(recv_buffer_bytes)?;
+        socket.bind(&addr.into())?;
+        let granted_recv_buffer_bytes = socket.recv_buffer_size()?;
+        let socket: UdpSocket = socket.into();
+        socket.set_read_timeout(Some(SHUTDOWN_POLL))?;
+        let local_addr = socket.local_addr()?;
+        let inode = socket_inode(&socket);
+        Ok(UdpListener {
+            socket,
+            local_addr,
+            granted_recv_buffer_bytes,
+            inode,
+        })
+    }
+
+    /// Starts `receivers` threads, thread `i` writing to store shard
+    /// `first_shard + i`. They stop within [`SHUTDOWN_POLL`] of `shutdown`.
+    pub fn spawn(
+        self,
+        receivers: usize,
+        first_shard: usize,
+        limits: UdpLimits,
+        store: Arc<Store>,
+        stats: Arc<IngestStats>,
+        shutdown: CancellationToken,
+    ) -> io::Result<Vec<JoinHandle<()>>> {
+        let mut handles = Vec::with_capacity(receivers);
+        for i in 0..receivers.max(1) {
+            let socket = self.socket.try_clone()?;
+            let (store, stats, shutdown) = (store.clone(), stats.clone(), shutdown.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("tenantwatch-udp-{i}"))
+                .spawn(move || {
+                    receive_loop(&socket, first_shard + i, limits, &store, &stats, &shutdown)
+                })?;
+            handles.push(handle);
+        }
+        Ok(handles)
+    }
+}
+
+/// Size limits of the UDP path.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpLimits {
+    pub max_datagram_bytes: usize,
+    pub max_line_bytes: usize,
+}
+
+fn receive_loop(
+    socket: &UdpSocket,
+    shard: usize,
+    limits: UdpLimits,
+    store: &Store,
+    stats: &IngestStats,
+    shutdown: &CancellationToken,
+) {
+    // One byte more than the limit: a datagram that fills it was truncated.
+    let mut buf = vec![0u8; limits.max_datagram_bytes + 1];
+    let warn = RateLimitedWarn::new(Duration::from_secs(10));
+    while !shutdown.is_cancelled() {
+        match socket.recv(&mut buf) {
+            Ok(len) => {
+                stats.udp_datagrams.fetch_add(1, Ordering::Relaxed);
+                if len > limits.max_datagram_bytes {
+                    stats.add_received(Source::Udp, 1);
+                    stats.add_rejected(Source::Udp, RejectReason::DatagramTooLarge);
+                    continue;
+                }
+                let mut writer = store.writer(shard);
+                ingest_payload(
+                    &buf[..len],
+                    limits.max_line_bytes,
+                    Source::Udp,
+                    &mut writer,
+                    stats,
+                    |_, _| {},
+                );
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(err) => {
+                stats.udp_receive_errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = warn.should_log() {
+                    tracing::warn!(error = %err, suppressed, "UDP receive failed");
+                }
+                // Errors such as ECONNREFUSED from a previous send can repeat;
+                // do not spin on them.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// The inode of a socket, from `/proc/self/fd/N` -> `socket:[INODE]`.
+fn socket_inode(socket: &UdpSocket) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
+    let link = link.to_str()?;
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Datagrams the kernel dropped for the socket with `inode` because its
+/// receive buffer was full: the `drops` column of `/proc/net/udp{,6}`.
+pub fn kernel_drops(inode: u64) -> Option<u64> {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .find_map(|table| parse_drops(&table, inode))
+}
+
+fn parse_drops(table: &str, inode: u64) -> Option<u64> {
+    // Columns: sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 13 || fields[9].parse::<u64>().ok()? != inode {
+            return None;
+        }
+        fields[12].parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_drops_column() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            1234: 0100007F:1FBD 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 55555 2 0000000000000000 17\n\
+            1235: 0100007F:1FBE 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 66666 2 0000000000000000 3\n";
+        assert_eq!(parse_drops(table, 66666), Some(3));
+        assert_eq!(parse_drops(table, 55555), Some(17));
+        assert_eq!(parse_drops(table, 1), None);
+    }
+
+    #[test]
+    fn bound_socket_is_found_in_proc() {
+        let listener = UdpListener::bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let inode = listener.inode.expect("inode of a socket");
+        assert_eq!(kernel_drops(inode), Some(0));
+        assert!(listener.granted_recv_buffer_bytes > 0);
+    }
+}

@@ -1,0 +1,127 @@
+//! The `tenantwatch` binary: parses the command line, loads the
+//! configuration, installs signal handlers and runs the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tenantwatch::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a bad configuration or command line (`EX_USAGE`).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "tenantwatch",
+    version,
+    about = "Per-tenant observability and rate-limit advice for multi-tenant PostgreSQL",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default when no subcommand is given).
+    Run(RunArgs),
+    /// Validate a configuration file: print a summary and exit 0, or print
+    /// every error and exit 64.
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The TOML configuration file; without it every key has its default.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            print!("{}: ok\n{}", file.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{}: {err}", file.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match &args.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::defaults()),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("tenantwatch: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tenantwatch::telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tenantwatch: failed to start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        match tenantwatch::run(config, shutdown.cancelled_owned()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %err, "tenantwatch failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits
+/// at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("Failed to install signal handlers; stop tenantwatch with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "Received signal"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "Received signal"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("Second signal: exiting at once");
+    std::process::exit(130);
+}

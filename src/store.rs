@@ -1,0 +1,546 @@
+//! The tenant store: per-tenant, per-kind figures aggregated from events,
+//! bounded in memory, read by every reader through [`Store::snapshot`].
+//!
+//! Writers never share a lock per event. The store is split into shards; each
+//! ingest task owns one shard (a UDP receive thread) or borrows one of a small
+//! pool (HTTP requests), and locks it once per datagram or body. Readers merge
+//! the shards at read time. A shard lock is uncontended in the steady state, so
+//! it costs an atomic instruction, not a wait.
+//!
+//! Cardinality is bounded by a registry of admitted tenants, consulted only
+//! when a shard meets a tenant it has not seen: at most `max_tenants` are
+//! admitted, and events for any tenant beyond that go to the single
+//! [`OVERFLOW_TENANT`] bucket and are counted. Tenants idle for longer than
+//! `tenant_idle_ttl` are evicted from every shard at once, so a tenant's
+//! counters never go backwards while it is still tracked.
+//!
+//! Lock order: a shard before the registry; [`Store::evict_idle`] takes all
+//! shards in index order, then the registry.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::event::{Event, OVERFLOW_TENANT, QueryKind, Sample};
+
+/// Upper bounds of the latency histogram buckets, in seconds: 0.5 ms to 30 s.
+pub const LATENCY_BUCKETS_SECONDS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const LATENCY_BUCKETS_MS: [f64; 15] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    30000.0,
+];
+/// Buckets including the final `+Inf` one.
+pub const BUCKET_COUNT: usize = LATENCY_BUCKETS_SECONDS.len() + 1;
+
+/// The sliding window for database-time share is kept as this many slots.
+const WINDOW_SLOTS: usize = 12;
+
+/// A source of monotonic milliseconds. The daemon uses [`MonotonicClock`];
+/// tests drive a [`ManualClock`].
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> u64;
+}
+
+/// Milliseconds since the clock was created.
+#[derive(Debug)]
+pub struct MonotonicClock(Instant);
+
+impl MonotonicClock {
+    pub fn new() -> MonotonicClock {
+        MonotonicClock(Instant::now())
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        MonotonicClock::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Limits the store enforces.
+#[derive(Debug, Clone)]
+pub struct StoreLimits {
+    pub max_tenants: usize,
+    pub tenant_idle_ttl: Duration,
+    pub share_window: Duration,
+}
+
+/// Cumulative figures for one tenant and one kind of query. Counts are `f64`
+/// because sampled DogStatsD lines weigh `1/rate`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KindTotals {
+    pub queries: f64,
+    pub errors: f64,
+    pub rows: f64,
+    pub duration_sum_ms: f64,
+    /// Per-bucket (not cumulative) query counts; the last is `+Inf`.
+    pub buckets: [f64; BUCKET_COUNT],
+}
+
+impl KindTotals {
+    fn merge(&mut self, other: &KindTotals) {
+        self.queries += other.queries;
+        self.errors += other.errors;
+        self.rows += other.rows;
+        self.duration_sum_ms += other.duration_sum_ms;
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct TenantAccumulator {
+    kinds: [Option<KindTotals>; 3],
+    /// Database time per window slot: (slot number, milliseconds).
+    window: [(u64, f64); WINDOW_SLOTS],
+    last_seen_ms: u64,
+}
+
+impl TenantAccumulator {
+    fn record(&mut self, kind: QueryKind, sample: Sample, now_ms: u64, slot: u64) {
+        self.last_seen_ms = now_ms;
+        let totals = self.kinds[kind.index()].get_or_insert_with(KindTotals::default);
+        match sample {
+            Sample::Query {
+                duration_ms,
+                rows,
+                error,
+                weight,
+            } => {
+                totals.queries += weight;
+                if error {
+                    totals.errors += weight;
+                }
+                totals.rows += rows * weight;
+                let db_time_ms = duration_ms * weight;
+                totals.duration_sum_ms += db_time_ms;
+                let bucket = LATENCY_BUCKETS_MS.partition_point(|bound| *bound < duration_ms);
+                totals.buckets[bucket] += weight;
+                let entry = &mut self.window[(slot % WINDOW_SLOTS as u64) as usize];
+                if entry.0 != slot {
+                    *entry = (slot, 0.0);
+                }
+                entry.1 += db_time_ms;
+            }
+            Sample::Rows(rows) => totals.rows += rows,
+            Sample::Errors(errors) => totals.errors += errors,
+        }
+    }
+
+    fn window_ms(&self, current_slot: u64) -> f64 {
+        let oldest = current_slot.saturating_sub(WINDOW_SLOTS as u64 - 1);
+        self.window
+            .iter()
+            .filter(|(slot, _)| *slot >= oldest && *slot <= current_slot)
+            .map(|(_, ms)| ms)
+            .sum()
+    }
+}
+
+type TenantMap = HashMap<Box<str>, TenantAccumulator>;
+
+#[derive(Debug, Default)]
+struct Shard {
+    tenants: Mutex<TenantMap>,
+}
+
+/// Locks a mutex, ignoring poisoning: the data behind our locks are plain
+/// counters that stay consistent even if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The per-tenant store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    shards: Box<[Shard]>,
+    /// Tenants admitted under `max_tenants`, excluding the overflow bucket.
+    registry: Mutex<std::collections::HashSet<Box<str>>>,
+    limits: StoreLimits,
+    slot_ms: u64,
+    clock: Arc<dyn Clock>,
+    overflow_events: AtomicU64,
+    evicted: AtomicU64,
+}
+
+/// One tenant's figures at read time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantSnapshot {
+    pub tenant: String,
+    /// Indexed by [`QueryKind::index`]; `None` for kinds never seen.
+    pub kinds: [Option<KindTotals>; 3],
+    /// Database time summed over the sliding window, in milliseconds.
+    pub window_db_time_ms: f64,
+    /// This tenant's share of all tenants' database time over the window.
+    pub db_time_share: f64,
+    /// Milliseconds since the tenant's last event.
+    pub idle_ms: u64,
+}
+
+/// The whole store at read time, tenants sorted by id.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSnapshot {
+    pub tenants: Vec<TenantSnapshot>,
+    /// Admitted tenants, not counting the overflow bucket.
+    pub tracked: usize,
+    /// Events that went to the overflow bucket since start.
+    pub overflow_events: u64,
+    /// Tenants evicted for idleness since start.
+    pub evicted: u64,
+    /// All tenants' database time over the window, in milliseconds.
+    pub window_db_time_ms: f64,
+}
+
+impl Store {
+    pub fn new(shard_count: usize, limits: StoreLimits, clock: Arc<dyn Clock>) -> Store {
+        let slot_ms = (limits.share_window.as_millis() as u64 / WINDOW_SLOTS as u64).max(1);
+        Store {
+            shards: (0..shard_count.max(1)).map(|_| Shard::default()).collect(),
+            registry: Mutex::default(),
+            limits,
+            slot_ms,
+            clock,
+            overflow_events: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Locks shard `index` (modulo the shard count) for a batch of events.
+    pub fn writer(&self, index: usize) -> ShardWriter<'_> {
+        let now_ms = self.clock.now_ms();
+        ShardWriter {
+            tenants: lock(&self.shards[index % self.shards.len()].tenants),
+            store: self,
+            now_ms,
+            slot: now_ms / self.slot_ms,
+        }
+    }
+
+    /// Admits `tenant` if it is known or there is room for it.
+    fn admit(&self, tenant: &str) -> bool {
+        let mut registry = lock(&self.registry);
+        if registry.contains(tenant) {
+            return true;
+        }
+        if registry.len() < self.limits.max_tenants {
+            registry.insert(tenant.into());
+            return true;
+        }
+        false
+    }
+
+    /// Merges every shard into one consistent-enough view (each shard is read
+    /// under its own lock, one after another).
+    pub fn snapshot(&self) -> StoreSnapshot {
+        let now_ms = self.clock.now_ms();
+        let current_slot = now_ms / self.slot_ms;
+        let mut merged: HashMap<Box<str>, TenantSnapshot> = HashMap::new();
+        for shard in self.shards.iter() {
+            let tenants = lock(&shard.tenants);
+            for (name, acc) in tenants.iter() {
+                let snapshot = match merged.get_mut(name) {
+                    Some(snapshot) => snapshot,
+                    None => merged
+                        .entry(name.clone())
+                        .or_insert_with(|| TenantSnapshot {
+                            tenant: name.to_string(),
+                            kinds: Default::default(),
+                            window_db_time_ms: 0.0,
+                            db_time_share: 0.0,
+                            idle_ms: u64::MAX,
+                        }),
+                };
+                for (mine, theirs) in snapshot.kinds.iter_mut().zip(&acc.kinds) {
+                    if let Some(theirs) = theirs {
+                        mine.get_or_insert_with(KindTotals::default).merge(theirs);
+                    }
+                }
+                snapshot.window_db_time_ms += acc.window_ms(current_slot);
+                snapshot.idle_ms = snapshot
+                    .idle_ms
+                    .min(now_ms.saturating_sub(acc.last_seen_ms));
+            }
+        }
+        let mut tenants: Vec<TenantSnapshot> = merged.into_values().collect();
+        tenants.sort_unstable_by(|a, b| a.tenant.cmp(&b.tenant));
+        let window_db_time_ms: f64 = tenants.iter().map(|t| t.window_db_time_ms).sum();
+        if window_db_time_ms > 0.0 {
+            for tenant in &mut tenants {
+                tenant.db_time_share = tenant.window_db_time_ms / window_db_time_ms;
+            }
+        }
+        StoreSnapshot {
+            tracked: lock(&self.registry).len(),
+            tenants,
+            overflow_events: self.overflow_events.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+            window_db_time_ms,
+        }
+    }
+
+    /// Number of admitted tenants (excluding the overflow bucket).
+    pub fn tracked(&self) -> usize {
+        lock(&self.registry).len()
+    }
+
+    /// Removes tenants with no event for `tenant_idle_ttl` from every shard
+    /// and from the registry. Returns how many were evicted.
+    pub fn evict_idle(&self) -> usize {
+        let now_ms = self.clock.now_ms();
+        let ttl_ms = self.limits.tenant_idle_ttl.as_millis() as u64;
+        let mut shards: Vec<MutexGuard<'_, TenantMap>> =
+            self.shards.iter().map(|s| lock(&s.tenants)).collect();
+
+        let mut last_seen: HashMap<&str, u64> = HashMap::new();
+        for shard in &shards {
+            for (name, acc) in shard.iter() {
+                let seen = last_seen.entry(name).or_insert(0);
+                *seen = (*seen).max(acc.last_seen_ms);
+            }
+        }
+        let expired: Vec<Box<str>> = last_seen
+            .into_iter()
+            .filter(|(_, seen)| now_ms.saturating_sub(*seen) >= ttl_ms)
+            .map(|(name, _)| name.into())
+            .collect();
+        if expired.is_empty() {
+            return 0;
+        }
+        for shard in &mut shards {
+            for name in &expired {
+                shard.remove(name);
+            }
+        }
+        let mut registry = lock(&self.registry);
+        let mut evicted = 0;
+        for name in &expired {
+            if registry.remove(name) {
+                evicted += 1;
+            }
+        }
+        self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+        evicted
+    }
+}
+
+/// A locked shard, for recording one batch of events.
+pub struct ShardWriter<'a> {
+    tenants: MutexGuard<'a, TenantMap>,
+    store: &'a Store,
+    now_ms: u64,
+    slot: u64,
+}
+
+impl ShardWriter<'_> {
+    /// Adds one event to its tenant, or to the overflow bucket when the
+    /// tenant is new and `max_tenants` are already tracked.
+    pub fn record(&mut self, event: &Event<'_>) {
+        let (now_ms, slot) = (self.now_ms, self.slot);
+        if let Some(acc) = self.tenants.get_mut(event.tenant.as_ref()) {
+            acc.record(event.kind, event.sample, now_ms, slot);
+            return;
+        }
+        let name: &str = if self.store.admit(&event.tenant) {
+            &event.tenant
+        } else {
+            self.store.overflow_events.fetch_add(1, Ordering::Relaxed);
+            OVERFLOW_TENANT
+        };
+        self.tenants
+            .entry(name.into())
+            .or_default()
+            .record(event.kind, event.sample, now_ms, slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn store(max_tenants: usize, shards: usize) -> (Store, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        let limits = StoreLimits {
+            max_tenants,
+            tenant_idle_ttl: Duration::from_secs(300),
+            share_window: Duration::from_secs(60),
+        };
+        (Store::new(shards, limits, clock.clone()), clock)
+    }
+
+    fn query(tenant: &str, kind: QueryKind, duration_ms: f64) -> Event<'_> {
+        Event {
+            tenant: Cow::Borrowed(tenant),
+            kind,
+            sample: Sample::Query {
+                duration_ms,
+                rows: 2.0,
+                error: false,
+                weight: 1.0,
+            },
+        }
+    }
+
+    fn find<'a>(snapshot: &'a StoreSnapshot, tenant: &str) -> &'a TenantSnapshot {
+        snapshot
+            .tenants
+            .iter()
+            .find(|t| t.tenant == tenant)
+            .expect("tenant present")
+    }
+
+    #[test]
+    fn shards_merge_at_read_time() {
+        let (store, _) = store(10, 3);
+        for shard in 0..3 {
+            let mut writer = store.writer(shard);
+            writer.record(&query("a", QueryKind::Read, 1.0));
+            writer.record(&query("a", QueryKind::Write, 100.0));
+        }
+        let snapshot = store.snapshot();
+        let a = find(&snapshot, "a");
+        let read = a.kinds[0].as_ref().unwrap();
+        assert_eq!(read.queries, 3.0);
+        assert_eq!(read.rows, 6.0);
+        assert_eq!(read.buckets[1], 3.0, "1 ms falls in the le=0.001 bucket");
+        let write = a.kinds[1].as_ref().unwrap();
+        assert_eq!(write.duration_sum_ms, 300.0);
+        assert_eq!(write.buckets[7], 3.0, "100 ms falls in the le=0.1 bucket");
+        assert!(a.kinds[2].is_none());
+        assert_eq!(snapshot.tracked, 1);
+    }
+
+    #[test]
+    fn bucket_edges_are_inclusive_and_slow_queries_go_to_inf() {
+        let (store, _) = store(10, 1);
+        let mut writer = store.writer(0);
+        writer.record(&query("a", QueryKind::Read, 0.5));
+        writer.record(&query("a", QueryKind::Read, 0.0));
+        writer.record(&query("a", QueryKind::Read, 30_000.0));
+        writer.record(&query("a", QueryKind::Read, 30_000.1));
+        drop(writer);
+        let snapshot = store.snapshot();
+        let buckets = &find(&snapshot, "a").kinds[0].as_ref().unwrap().buckets;
+        assert_eq!(buckets[0], 2.0);
+        assert_eq!(buckets[14], 1.0);
+        assert_eq!(buckets[15], 1.0);
+    }
+
+    #[test]
+    fn db_time_share_follows_the_sliding_window() {
+        let (store, clock) = store(10, 2);
+        store.writer(0).record(&query("a", QueryKind::Read, 300.0));
+        store.writer(1).record(&query("b", QueryKind::Read, 100.0));
+        let snapshot = store.snapshot();
+        assert_eq!(find(&snapshot, "a").db_time_share, 0.75);
+        assert_eq!(find(&snapshot, "b").db_time_share, 0.25);
+
+        clock.advance(Duration::from_secs(30));
+        store.writer(0).record(&query("b", QueryKind::Read, 300.0));
+        let snapshot = store.snapshot();
+        assert_eq!(find(&snapshot, "a").db_time_share, 300.0 / 700.0);
+
+        // 61 s after the first events they have left the window.
+        clock.advance(Duration::from_secs(31));
+        let snapshot = store.snapshot();
+        assert_eq!(find(&snapshot, "a").db_time_share, 0.0);
+        assert_eq!(find(&snapshot, "b").db_time_share, 1.0);
+        assert_eq!(snapshot.window_db_time_ms, 300.0);
+        // Cumulative counters are not windowed.
+        assert_eq!(find(&snapshot, "a").kinds[0].as_ref().unwrap().queries, 1.0);
+    }
+
+    #[test]
+    fn tenants_beyond_the_cap_go_to_overflow() {
+        let (store, _) = store(3, 2);
+        for i in 0..10 {
+            let name = format!("t{i}");
+            store.writer(i).record(&query(&name, QueryKind::Read, 1.0));
+        }
+        // A tenant admitted earlier still lands on its own, on any shard.
+        store.writer(1).record(&query("t0", QueryKind::Read, 1.0));
+        let snapshot = store.snapshot();
+        assert_eq!(snapshot.tracked, 3);
+        assert_eq!(snapshot.overflow_events, 7);
+        let overflow = find(&snapshot, OVERFLOW_TENANT);
+        assert_eq!(overflow.kinds[0].as_ref().unwrap().queries, 7.0);
+        assert_eq!(
+            find(&snapshot, "t0").kinds[0].as_ref().unwrap().queries,
+            2.0
+        );
+        assert_eq!(snapshot.tenants.len(), 4);
+    }
+
+    #[test]
+    fn idle_tenants_are_evicted_everywhere_and_make_room() {
+        let (store, clock) = store(2, 2);
+        store.writer(0).record(&query("old", QueryKind::Read, 1.0));
+        store.writer(1).record(&query("old", QueryKind::Read, 1.0));
+        clock.advance(Duration::from_secs(200));
+        store.writer(1).record(&query("busy", QueryKind::Read, 1.0));
+        clock.advance(Duration::from_secs(100));
+        store.writer(0).record(&query("busy", QueryKind::Read, 1.0));
+        assert_eq!(store.evict_idle(), 1);
+        let snapshot = store.snapshot();
+        assert_eq!(snapshot.tracked, 1);
+        assert_eq!(snapshot.evicted, 1);
+        assert!(snapshot.tenants.iter().all(|t| t.tenant != "old"));
+        // "busy" was seen 0 s ago on shard 0 and 100 s ago on shard 1: it stays whole.
+        assert_eq!(
+            find(&snapshot, "busy").kinds[0].as_ref().unwrap().queries,
+            2.0
+        );
+        store.writer(0).record(&query("new", QueryKind::Read, 1.0));
+        assert_eq!(store.snapshot().overflow_events, 0);
+    }
+
+    #[test]
+    fn rows_and_errors_samples() {
+        let (store, _) = store(2, 1);
+        let mut writer = store.writer(0);
+        writer.record(&Event {
+            tenant: Cow::Borrowed("a"),
+            kind: QueryKind::Other,
+            sample: Sample::Rows(5.0),
+        });
+        writer.record(&Event {
+            tenant: Cow::Borrowed("a"),
+            kind: QueryKind::Other,
+            sample: Sample::Errors(2.0),
+        });
+        drop(writer);
+        let snapshot = store.snapshot();
+        let other = find(&snapshot, "a").kinds[2].clone().unwrap();
+        assert_eq!((other.queries, other.rows, other.errors), (0.0, 5.0, 2.0));
+    }
+}
