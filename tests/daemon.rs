@@ -1,0 +1,237 @@
+//! The daemon as a whole: the binary's command line, graceful shutdown on
+//! signals, readiness, and the metrics reference kept equal to `/metrics`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::TestDaemon;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_tenantwatch");
+
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tw-daemon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_every_bad_key() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/tenantwatch.example.toml");
+    let out = Command::new(BINARY)
+        .args(["check-config", example])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("http listener: 127.0.0.1:9645"));
+
+    let bad = temp_file(
+        "bad.toml",
+        "[server]\nlisten = \"localhost\"\n[ingest]\nmax_tenants = 0\ntenant_idle_ttl = \"forever\"\n",
+    );
+    let out = Command::new(BINARY)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "server.listen = \"localhost\"",
+        "ingest.max_tenants = 0",
+        "ingest.tenant_idle_ttl = \"forever\"",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in {stderr}"
+        );
+    }
+
+    let typo = temp_file("typo.toml", "[ingest]\nmax_tenant = 5\n");
+    let out = Command::new(BINARY)
+        .arg("check-config")
+        .arg(&typo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_tenant"));
+
+    // `run` refuses the same file before binding anything.
+    let out = Command::new(BINARY)
+        .arg("run")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn help_and_version() {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check-config", "--help"],
+    ] {
+        let out = Command::new(BINARY).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+    }
+    let out = Command::new(BINARY).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("tenantwatch {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// Starts the binary on free ports and returns it with its HTTP address,
+/// read from its log line.
+fn spawn_binary() -> (std::process::Child, String) {
+    let config = temp_file(
+        &format!("run-{}.toml", rand_suffix()),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[ingest]\nudp_listen = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
+    );
+    let mut child = Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .env("TENANTWATCH_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let http = loop {
+        let line = lines.next().expect("daemon logs that it listens").unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if entry["message"] == "tenantwatch is listening" {
+            break entry["http"].as_str().unwrap().to_string();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, http)
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "daemon did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_shut_down_gracefully_with_exit_zero() {
+    for sig in ["TERM", "INT"] {
+        let (mut child, http) = spawn_binary();
+        let addr: std::net::SocketAddr = http.parse().unwrap();
+        assert!(std::net::TcpStream::connect(addr).is_ok());
+        signal(&child, sig);
+        assert_eq!(
+            wait_exit(&mut child, Duration::from_secs(10)),
+            Some(0),
+            "SIG{sig}"
+        );
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "listener closed after exit"
+        );
+    }
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let (mut child, http) = spawn_binary();
+    // Hold a connection open mid-request so the graceful drain has to wait.
+    let mut stream = std::net::TcpStream::connect(&http).unwrap();
+    use std::io::Write;
+    stream
+        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, "TERM");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still draining after one signal"
+    );
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(130));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_turns_unready_and_closes_listeners() {
+    let daemon = TestDaemon::start().await;
+    let http = daemon.http;
+    assert_eq!(daemon.get("/readyz").await.status, 200);
+    let inner = daemon.daemon.as_ref().unwrap();
+    inner.shutdown();
+    let mut daemon = daemon;
+    let started = Instant::now();
+    daemon.daemon.take().unwrap().wait().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(tokio::net::TcpStream::connect(http).await.is_err());
+}
+
+/// Metric names listed in docs/metrics.md: the first backticked name of each
+/// table row.
+fn documented_metrics() -> std::collections::BTreeSet<String> {
+    let docs = include_str!("../docs/metrics.md");
+    docs.lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .filter(|name| name.starts_with("tenantwatch_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_metrics_lists_exactly_the_exposed_families() {
+    let daemon = TestDaemon::start().await;
+    // Some traffic so that every kind of family is present with samples
+    // (a labelled family without samples is not declared at all).
+    daemon.get("/healthz").await;
+    daemon.send_udp(b"tenantwatch.query:1|ms|#tenant:t1,kind:read");
+    let m = daemon
+        .metrics_when("one event", |m| {
+            m.value_or_zero("tenantwatch_events_received_total", &[("source", "udp")]) == 1.0
+        })
+        .await;
+    let exposed = m.family_names();
+    let documented = documented_metrics();
+    let missing: Vec<_> = exposed.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&exposed).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "docs/metrics.md is out of date: undocumented {missing:?}, no longer exposed {stale:?}"
+    );
+    daemon.stop().await;
+}

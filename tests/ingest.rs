@@ -1,0 +1,370 @@
+//! Events sent over UDP and HTTP against the real daemon, read back from
+//! `/metrics`.
+
+mod support;
+
+use std::time::Duration;
+
+use support::TestDaemon;
+
+const QUERIES: &str = "tenantwatch_tenant_queries_total";
+const ERRORS: &str = "tenantwatch_tenant_query_errors_total";
+const ROWS: &str = "tenantwatch_tenant_rows_total";
+const COUNT: &str = "tenantwatch_tenant_query_duration_seconds_count";
+const SUM: &str = "tenantwatch_tenant_query_duration_seconds_sum";
+const BUCKET: &str = "tenantwatch_tenant_query_duration_seconds_bucket";
+const RECEIVED: &str = "tenantwatch_events_received_total";
+const REJECTED: &str = "tenantwatch_events_rejected_total";
+
+fn tk<'a>(tenant: &'a str, kind: &'a str) -> [(&'a str, &'a str); 2] {
+    [("tenant", tenant), ("kind", kind)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_events_appear_with_exact_counts() {
+    let daemon = TestDaemon::start().await;
+    // 3 datagrams: NDJSON, DogStatsD with a sample rate and several values,
+    // and a mix with bad lines beside good ones.
+    daemon.send_udp(
+        b"{\"tenant\":\"clinic1\",\"kind\":\"read\",\"duration_ms\":12.5,\"rows\":100,\"error\":false}\n\
+          {\"tenant\":\"clinic1\",\"kind\":\"read\",\"duration_ms\":700,\"rows\":1,\"error\":true}\n",
+    );
+    daemon.send_udp(b"tenantwatch.query:2:4|ms|@0.5|#tenant:dental7,kind:write,rows:3");
+    daemon.send_udp(
+        b"tenantwatch.rows:10|c|#tenant:clinic1,kind:read\n\
+          tenantwatch.errors:2|c|#tenant:dental7,kind:write\n\
+          tenantwatch.query:1|s|#tenant:clinic1\n\
+          {\"tenant\":\"clinic1\",\"kind\":\"read\",\"duration_ms\":-5}\n\
+          tenantwatch.query:1|ms|#kind:read\n\
+          {\"tenant\":\"clinic1\",\"kind\":\"read\",\"duration_ms\":1}\n",
+    );
+    // 2 + 2 + 6 lines; the multi-value line counts 2 events.
+    let m = daemon
+        .metrics_when("10 UDP events", |m| {
+            m.value_or_zero(RECEIVED, &[("source", "udp")]) == 10.0
+        })
+        .await;
+
+    assert_eq!(m.value(QUERIES, &tk("clinic1", "read")), Some(3.0));
+    assert_eq!(m.value(ERRORS, &tk("clinic1", "read")), Some(1.0));
+    assert_eq!(m.value(ROWS, &tk("clinic1", "read")), Some(111.0));
+    assert_eq!(m.value(COUNT, &tk("clinic1", "read")), Some(3.0));
+    assert!((m.value(SUM, &tk("clinic1", "read")).unwrap() - 0.7135).abs() < 1e-9);
+    let bucket = |le: &str| {
+        m.value(
+            BUCKET,
+            &[("tenant", "clinic1"), ("kind", "read"), ("le", le)],
+        )
+        .unwrap()
+    };
+    assert_eq!(bucket("0.001"), 1.0);
+    assert_eq!(bucket("0.025"), 2.0);
+    assert_eq!(bucket("0.5"), 2.0);
+    assert_eq!(bucket("1.0"), 3.0);
+    assert_eq!(bucket("+Inf"), 3.0);
+
+    // Sampled at 0.5: each of the two values weighs 2.
+    assert_eq!(m.value(QUERIES, &tk("dental7", "write")), Some(4.0));
+    assert_eq!(m.value(ROWS, &tk("dental7", "write")), Some(12.0));
+    assert_eq!(m.value(ERRORS, &tk("dental7", "write")), Some(2.0));
+    assert!((m.value(SUM, &tk("dental7", "write")).unwrap() - 0.012).abs() < 1e-9);
+
+    let rejected = |reason| {
+        m.value(REJECTED, &[("source", "udp"), ("reason", reason)])
+            .unwrap()
+    };
+    assert_eq!(rejected("unsupported_type"), 1.0);
+    assert_eq!(rejected("invalid_duration"), 1.0);
+    assert_eq!(rejected("missing_field"), 1.0);
+    assert_eq!(rejected("malformed"), 0.0);
+    assert_eq!(
+        m.value("tenantwatch_udp_datagrams_received_total", &[]),
+        Some(3.0)
+    );
+    assert_eq!(m.value("tenantwatch_tenants_tracked", &[]), Some(2.0));
+    assert_eq!(
+        m.value("tenantwatch_udp_kernel_drops_total", &[]),
+        Some(0.0)
+    );
+    assert!(
+        m.value("tenantwatch_udp_receive_buffer_bytes", &[])
+            .unwrap()
+            >= 4096.0
+    );
+
+    // db time share: clinic1 713.5 ms, dental7 (2 + 4) * 2 = 12 ms.
+    let share = m
+        .value("tenantwatch_tenant_db_time_share", &[("tenant", "clinic1")])
+        .unwrap();
+    assert!((share - 713.5 / 725.5).abs() < 1e-9, "{share}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_datagrams_are_refused_whole() {
+    let daemon = TestDaemon::start_with(|c| c.ingest.max_datagram_bytes = 1024).await;
+    let mut big = Vec::new();
+    while big.len() < 2000 {
+        big.extend_from_slice(b"tenantwatch.query:1|ms|#tenant:big\n");
+    }
+    daemon.send_udp(&big);
+    daemon.send_udp(b"tenantwatch.query:1|ms|#tenant:small");
+    let m = daemon
+        .metrics_when("2 datagrams", |m| {
+            m.value_or_zero("tenantwatch_udp_datagrams_received_total", &[]) == 2.0
+        })
+        .await;
+    assert_eq!(
+        m.value(
+            REJECTED,
+            &[("source", "udp"), ("reason", "datagram_too_large")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(m.value(QUERIES, &tk("small", "other")), Some(1.0));
+    assert_eq!(m.value(QUERIES, &tk("big", "other")), None);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_reports_which_lines_failed() {
+    let daemon = TestDaemon::start().await;
+    let ndjson = [("content-type", "application/x-ndjson")];
+    let reply = daemon
+        .post(
+            "/v1/events",
+            &ndjson,
+            "{\"tenant\":\"t1\",\"kind\":\"read\",\"duration_ms\":5}\n\
+             {\"tenant\":\"t1\",\"kind\":\"lookup\",\"duration_ms\":5}\n\
+             tenantwatch.query:3|ms|#tenant:t2,kind:write\n\
+             \n\
+             {\"tenant\":\"t1\",\"kind\":\"read\",\"duration_ms\":\"fast\"}\n",
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(body["rejected_count"], 2);
+    assert_eq!(body["rejected"][0]["line"], 2);
+    assert_eq!(body["rejected"][0]["reason"], "invalid_kind");
+    assert_eq!(body["rejected"][1]["line"], 5);
+    assert_eq!(body["rejected"][1]["reason"], "invalid_duration");
+
+    // Nothing good: 400 with the same shape.
+    let reply = daemon.post("/v1/events", &ndjson, "nope\n{}\n").await;
+    assert_eq!(reply.status, 400);
+    let body = reply.json();
+    assert_eq!(body["accepted"], 0);
+    assert_eq!(body["rejected"][0]["reason"], "malformed");
+    assert_eq!(body["rejected"][1]["reason"], "missing_field");
+
+    // Content types: plain text is fine, forms are not.
+    let reply = daemon
+        .post(
+            "/v1/events",
+            &[("content-type", "text/plain; charset=utf-8")],
+            "tenantwatch.query:1|ms|#tenant:t3",
+        )
+        .await;
+    assert_eq!(reply.status, 202);
+    let reply = daemon
+        .post(
+            "/v1/events",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "a=b",
+        )
+        .await;
+    assert_eq!(reply.status, 415);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+
+    let m = daemon.metrics().await;
+    assert_eq!(m.value(QUERIES, &tk("t1", "read")), Some(1.0));
+    assert_eq!(m.value(QUERIES, &tk("t2", "write")), Some(1.0));
+    assert_eq!(m.value(QUERIES, &tk("t3", "other")), Some(1.0));
+    assert_eq!(m.value(RECEIVED, &[("source", "http")]), Some(7.0));
+    assert_eq!(
+        m.value(
+            "tenantwatch_http_requests_total",
+            &[("endpoint", "events"), ("code", "415")]
+        ),
+        Some(1.0)
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_limits_and_routes() {
+    let daemon = TestDaemon::start_with(|c| c.ingest.max_body_bytes = 2048).await;
+    let line = "tenantwatch.query:1|ms|#tenant:big\n";
+    let reply = daemon.post("/v1/events", &[], line.repeat(100)).await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()["status"], 413);
+
+    let reply = daemon.get("/v1/events").await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("allow"), Some("POST"));
+    let reply = daemon.post("/metrics", &[], "").await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("allow"), Some("GET, HEAD"));
+    let reply = daemon.get("/nowhere").await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json()["detail"], "no endpoint at /nowhere");
+
+    assert_eq!(daemon.get("/healthz").await.status, 200);
+    assert_eq!(daemon.get("/readyz").await.status, 200);
+
+    let m = daemon.metrics().await;
+    assert_eq!(
+        m.value(
+            REJECTED,
+            &[("source", "http"), ("reason", "body_too_large")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(m.value(QUERIES, &tk("big", "other")), None);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_endpoints_require_the_token_when_one_is_set() {
+    let dir = std::env::temp_dir().join(format!("tw-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let daemon =
+        TestDaemon::start_with(|c| c.server.auth_token_file = Some(token_file.clone())).await;
+    let line = "tenantwatch.query:1|ms|#tenant:t1";
+
+    let reply = daemon.post("/v1/events", &[], line).await;
+    assert_eq!(reply.status, 401);
+    assert!(
+        reply
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let reply = daemon
+        .post(
+            "/v1/events",
+            &[("authorization", "Bearer wrong-token!")],
+            line,
+        )
+        .await;
+    assert_eq!(reply.status, 401);
+    let reply = daemon
+        .post(
+            "/v1/events",
+            &[("authorization", "Bearer s3cret-token")],
+            line,
+        )
+        .await;
+    assert_eq!(reply.status, 202);
+    // Reads stay open.
+    assert_eq!(daemon.get("/metrics").await.status, 200);
+    assert!(!daemon.get("/metrics").await.text().contains("s3cret"));
+    daemon.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_dogstatsd_client_library_is_understood() {
+    use cadence::prelude::*;
+    use cadence::{StatsdClient, UdpMetricSink};
+
+    let daemon = TestDaemon::start().await;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sink = UdpMetricSink::from(daemon.udp.unwrap(), socket).unwrap();
+    let client = StatsdClient::builder("tenantwatch", sink)
+        .with_tag("env", "test")
+        .build();
+
+    client
+        .time_with_tags("query", Duration::from_millis(12))
+        .with_tag("tenant", "clinic1")
+        .with_tag("kind", "read")
+        .try_send()
+        .unwrap();
+    client
+        .histogram_with_tags("query", 250.0)
+        .with_tag("tenant", "clinic1")
+        .with_tag("kind", "write")
+        .with_tag("error", "true")
+        .try_send()
+        .unwrap();
+    client
+        .distribution_with_tags("query", 40.0)
+        .with_tag("tenant", "clinic1")
+        .with_tag("kind", "read")
+        .with_sampling_rate(0.25)
+        .try_send()
+        .unwrap();
+    client
+        .count_with_tags("rows", 42)
+        .with_tag("tenant", "clinic1")
+        .with_tag("kind", "read")
+        .try_send()
+        .unwrap();
+    // A set is refused with a reason.
+    client
+        .set_with_tags("users", 7)
+        .with_tag("tenant", "clinic1")
+        .try_send()
+        .unwrap();
+
+    let m = daemon
+        .metrics_when("5 statsd events", |m| {
+            m.value_or_zero(RECEIVED, &[("source", "udp")]) == 5.0
+        })
+        .await;
+    assert_eq!(m.value(QUERIES, &tk("clinic1", "read")), Some(5.0));
+    assert_eq!(m.value(ROWS, &tk("clinic1", "read")), Some(42.0));
+    assert_eq!(m.value(QUERIES, &tk("clinic1", "write")), Some(1.0));
+    assert_eq!(m.value(ERRORS, &tk("clinic1", "write")), Some(1.0));
+    assert!((m.value(SUM, &tk("clinic1", "read")).unwrap() - 0.172).abs() < 1e-9);
+    assert_eq!(
+        m.value(REJECTED, &[("source", "udp"), ("reason", "unknown_metric")]),
+        Some(1.0)
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_tenant_ids_stays_bounded() {
+    let daemon = TestDaemon::start().await;
+    // 100,000 distinct tenants in 10 bodies of 10,000 lines.
+    for batch in 0..10 {
+        let mut body = String::with_capacity(10_000 * 48);
+        for i in 0..10_000 {
+            let id = batch * 10_000 + i;
+            body.push_str(&format!("tenantwatch.query:1|ms|#tenant:flood{id}\n"));
+        }
+        let reply = daemon.post("/v1/events", &[], body).await;
+        assert_eq!(reply.status, 202);
+        assert_eq!(reply.json()["accepted"], 10_000);
+    }
+    let m = daemon.metrics().await;
+    assert_eq!(m.value("tenantwatch_tenants_tracked", &[]), Some(10_000.0));
+    assert_eq!(
+        m.value("tenantwatch_tenants_overflow_total", &[]),
+        Some(90_000.0)
+    );
+    assert_eq!(
+        m.value(QUERIES, &tk("__overflow__", "other")),
+        Some(90_000.0)
+    );
+    let tenants: std::collections::BTreeSet<&str> = m
+        .samples_named(QUERIES)
+        .map(|s| s.labels["tenant"].as_str())
+        .collect();
+    assert_eq!(tenants.len(), 10_001);
+    // A tenant admitted early still counts on its own.
+    daemon
+        .post("/v1/events", &[], "tenantwatch.query:1|ms|#tenant:flood5")
+        .await;
+    let m = daemon.metrics().await;
+    assert_eq!(m.value(QUERIES, &tk("flood5", "other")), Some(2.0));
+    daemon.stop().await;
+}
