@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every test of tenantwatch. Installs the system packages the tests need
+# when they are missing (with apt-get, when run as root), then runs the Rust
+# test suite: unit, property and integration tests against the real daemon.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh ingest     # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use, as "command:package".
+needed=(
+  "python3:python3"
+  "node:nodejs"
+  "java:default-jdk-headless"
+)
+
+missing=()
+for pair in "${needed[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "scripts/test.sh: missing packages: ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
+    exit 1
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "scripts/test.sh: cargo is missing; install the Rust toolchain (https://rustup.rs)" >&2
+  exit 1
+fi
+
+cargo test --locked --all-targets "$@"
+# Doc tests are not part of --all-targets.
+cargo test --locked --doc
