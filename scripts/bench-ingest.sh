@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Ingest benchmark: the highest event rate the daemon sustains over loopback
+# UDP with zero loss, beside a raw-receive baseline measured in the same run,
+# plus RSS and /metrics scrape cost with 10,000 active tenants.
+#
+#   scripts/bench-ingest.sh                 # all of it (about 10 minutes)
+#   REPEATS=1 TRIAL_SECONDS=2 scripts/bench-ingest.sh   # quicker, noisier
+#
+# A trial sends at a fixed rate from a separate process (examples/udp_bench.rs)
+# for TRIAL_SECONDS, waits for the receiver to drain, and passes when every
+# event sent was counted. The search doubles the rate until a trial fails,
+# then bisects. Each search runs REPEATS times; the median is reported.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPEATS=${REPEATS:-3}
+TRIAL_SECONDS=${TRIAL_SECONDS:-3}
+TENANTS=${TENANTS:-10000}
+RECV_BUFFER=${RECV_BUFFER:-8388608}
+BISECT_STEPS=${BISECT_STEPS:-4}
+
+for tool in curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench-ingest.sh: $tool is missing (apt-get install $tool)" >&2; exit 1; }
+done
+
+cargo build --release --locked --quiet --bin tenantwatch --example udp_bench
+BIN=target/release/tenantwatch
+BENCH=target/release/examples/udp_bench
+WORK=$(mktemp -d)
+DAEMON_PID=""
+cleanup() {
+  [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+HTTP_PORT=$(free_port)
+DAEMON_UDP=$(free_port)
+cat > "$WORK/tenantwatch.toml" <<EOF
+[server]
+listen = "127.0.0.1:$HTTP_PORT"
+[ingest]
+udp_listen = "127.0.0.1:$DAEMON_UDP"
+udp_recv_buffer_bytes = $RECV_BUFFER
+max_tenants = $TENANTS
+EOF
+TENANTWATCH_LOG=warn "$BIN" run --config "$WORK/tenantwatch.toml" &
+DAEMON_PID=$!
+for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break; sleep 0.1; done
+
+scrape() { curl -sf "http://127.0.0.1:$HTTP_PORT/metrics"; }
+udp_received() { scrape | awk '$1 == "tenantwatch_events_received_total{source=\"udp\"}" {printf "%d\n", $2}'; }
+
+# sent_ok RATE "SENT ACHIEVED" -> exit 0 when the sender kept within 3% of RATE
+sent_ok() { python3 -c "import sys; sys.exit(0 if float('$2'.split()[1]) >= 0.97 * $1 else 1)"; }
+
+# trial_daemon RATE PER_DATAGRAM -> exit 0 when the rate was sent and nothing was lost
+trial_daemon() {
+  local before out after
+  before=$(udp_received)
+  out=$("$BENCH" send "127.0.0.1:$DAEMON_UDP" "$1" "$2" "$TRIAL_SECONDS" "$TENANTS")
+  sleep 1
+  after=$(udp_received)
+  sent_ok "$1" "$out" && [ $((after - before)) -eq "${out%% *}" ]
+}
+
+# trial_raw RATE PER_DATAGRAM -> exit 0 when nothing was lost
+trial_raw() {
+  local port out got
+  port=$(free_port)
+  "$BENCH" sink "127.0.0.1:$port" "$RECV_BUFFER" 1000 > "$WORK/sink.out" &
+  local sink=$!
+  sleep 0.2
+  out=$("$BENCH" send "127.0.0.1:$port" "$1" "$2" "$TRIAL_SECONDS" "$TENANTS")
+  wait "$sink"
+  got=$(awk '{print $2}' "$WORK/sink.out")
+  sent_ok "$1" "$out" && [ "$got" -eq "${out%% *}" ]
+}
+
+# search TRIAL PER_DATAGRAM START_RATE -> the highest passing rate
+search() {
+  local trial=$1 per=$2 rate=$3 lo=0 hi=0
+  while [ "$rate" -le 64000000 ]; do
+    if "$trial" "$rate" "$per"; then lo=$rate; rate=$((rate * 2)); else hi=$rate; break; fi
+  done
+  [ "$hi" -eq 0 ] && { echo "$lo"; return; }
+  for _ in $(seq "$BISECT_STEPS"); do
+    local mid=$(((lo + hi) / 2))
+    if "$trial" "$mid" "$per"; then lo=$mid; else hi=$mid; fi
+  done
+  echo "$lo"
+}
+
+run_searches() {
+  local trial=$1 per=$2 start=$3 i
+  for i in $(seq "$REPEATS"); do search "$trial" "$per" "$start"; done | median
+}
+
+echo "== zero-loss UDP ingest, ${TRIAL_SECONDS}s trials, median of $REPEATS searches, $TENANTS tenants"
+raw1=$(run_searches trial_raw 1 50000)
+daemon1=$(run_searches trial_daemon 1 50000)
+raw20=$(run_searches trial_raw 20 500000)
+daemon20=$(run_searches trial_daemon 20 500000)
+ratio() { python3 -c "print(f'{$1/$2:.2f}' if $2 else 'n/a')"; }
+printf '%-34s %14s %14s %8s\n' "mode" "raw baseline/s" "tenantwatch/s" "ratio"
+printf '%-34s %14s %14s %8s\n' "1 event per datagram" "$raw1" "$daemon1" "$(ratio "$daemon1" "$raw1")"
+printf '%-34s %14s %14s %8s\n' "20 events per datagram" "$raw20" "$daemon20" "$(ratio "$daemon20" "$raw20")"
+
+echo "== with $TENANTS active tenants"
+tracked=$(scrape | awk '$1 == "tenantwatch_tenants_tracked" {print $2}')
+rss_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$DAEMON_PID/status")
+echo "tenants tracked: $tracked"
+echo "daemon RSS: $((rss_kb / 1024)) MiB"
+for _ in 1 2 3 4 5; do
+  curl -s -o "$WORK/metrics.txt" -w '%{time_total}\n' "http://127.0.0.1:$HTTP_PORT/metrics"
+done | median > "$WORK/scrape_time"
+echo "/metrics scrape: $(python3 -c "print(f'{float(open(\"$WORK/scrape_time\").read())*1000:.0f}')") ms (median of 5), $(($(wc -c < "$WORK/metrics.txt") / 1024 / 1024)) MiB, $(grep -vc '^#' "$WORK/metrics.txt") series"
