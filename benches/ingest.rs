@@ -32,7 +32,9 @@ fn payload(lines: usize, tenants: usize, json: bool) -> Vec<u8> {
                 "{{\"tenant\":\"tenant{tenant}\",\"kind\":\"{kind}\",\"duration_ms\":{ms},\"rows\":{i}}}\n"
             ));
         } else {
-            out.push_str(&format!("tenantwatch.query:{ms}|ms|#tenant:tenant{tenant},kind:{kind}\n"));
+            out.push_str(&format!(
+                "tenantwatch.query:{ms}|ms|#tenant:tenant{tenant},kind:{kind}\n"
+            ));
         }
     }
     out.into_bytes()
@@ -47,12 +49,19 @@ fn bench(c: &mut Criterion) {
         ("ndjson_20_per_payload", true, 20),
     ] {
         // 1,000 payloads cycled over 10,000 tenants, like a busy fleet.
-        let payloads: Vec<Vec<u8>> = payload(1000 * per_payload, std::env::var("BENCH_TENANTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000), json)
-            .split_inclusive(|b| *b == b'\n')
-            .collect::<Vec<_>>()
-            .chunks(per_payload)
-            .map(|lines| lines.concat())
-            .collect();
+        let payloads: Vec<Vec<u8>> = payload(
+            1000 * per_payload,
+            std::env::var("BENCH_TENANTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10_000),
+            json,
+        )
+        .split_inclusive(|b| *b == b'\n')
+        .collect::<Vec<_>>()
+        .chunks(per_payload)
+        .map(|lines| lines.concat())
+        .collect();
         let store = store();
         let stats = IngestStats::default();
         group.throughput(Throughput::Elements(per_payload as u64));

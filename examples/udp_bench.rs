@@ -33,7 +33,9 @@ fn main() {
         ),
         "sink" => sink(
             arg(1).parse().unwrap_or_else(|_| usage("bad ADDR")),
-            arg(2).parse().unwrap_or_else(|_| usage("bad RECV_BUFFER_BYTES")),
+            arg(2)
+                .parse()
+                .unwrap_or_else(|_| usage("bad RECV_BUFFER_BYTES")),
             arg(3).parse().unwrap_or_else(|_| usage("bad IDLE_MS")),
         ),
         _ => usage("unknown mode"),
@@ -92,14 +94,20 @@ fn send(addr: SocketAddr, rate: u64, per_datagram: u64, seconds: f64, tenants: u
     }
     let elapsed = start.elapsed().as_secs_f64();
     // "events sent" and "events per second achieved"
-    println!("{} {:.0}", sent * per_datagram, (sent * per_datagram) as f64 / elapsed);
+    println!(
+        "{} {:.0}",
+        sent * per_datagram,
+        (sent * per_datagram) as f64 / elapsed
+    );
 }
 
 fn sink(addr: SocketAddr, recv_buffer_bytes: usize, idle_ms: u64) {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-        .expect("socket");
-    socket.set_recv_buffer_size(recv_buffer_bytes).expect("SO_RCVBUF");
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+    socket
+        .set_recv_buffer_size(recv_buffer_bytes)
+        .expect("SO_RCVBUF");
     socket.bind(&addr.into()).expect("bind sink");
     let socket: UdpSocket = socket.into();
     let mut buf = vec![0u8; 65_536];

@@ -18,6 +18,7 @@ TRIAL_SECONDS=${TRIAL_SECONDS:-3}
 TENANTS=${TENANTS:-10000}
 RECV_BUFFER=${RECV_BUFFER:-8388608}
 BISECT_STEPS=${BISECT_STEPS:-4}
+UDP_RECEIVERS=${UDP_RECEIVERS:-2}
 
 for tool in curl python3; do
   command -v "$tool" >/dev/null || { echo "bench-ingest.sh: $tool is missing (apt-get install $tool)" >&2; exit 1; }
@@ -45,6 +46,7 @@ listen = "127.0.0.1:$HTTP_PORT"
 [ingest]
 udp_listen = "127.0.0.1:$DAEMON_UDP"
 udp_recv_buffer_bytes = $RECV_BUFFER
+udp_receivers = $UDP_RECEIVERS
 max_tenants = $TENANTS
 EOF
 TENANTWATCH_LOG=warn "$BIN" run --config "$WORK/tenantwatch.toml" &
@@ -99,7 +101,7 @@ run_searches() {
   for i in $(seq "$REPEATS"); do search "$trial" "$per" "$start"; done | median
 }
 
-echo "== zero-loss UDP ingest, ${TRIAL_SECONDS}s trials, median of $REPEATS searches, $TENANTS tenants"
+echo "== zero-loss UDP ingest, ${TRIAL_SECONDS}s trials, median of $REPEATS searches, $TENANTS tenants, $UDP_RECEIVERS receive thread(s)"
 raw1=$(run_searches trial_raw 1 50000)
 daemon1=$(run_searches trial_daemon 1 50000)
 raw20=$(run_searches trial_raw 20 500000)

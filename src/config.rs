@@ -93,7 +93,7 @@ impl Default for FileIngest {
     fn default() -> Self {
         FileIngest {
             udp_listen: "127.0.0.1:8125".into(),
-            udp_receivers: 1,
+            udp_receivers: 2,
             udp_recv_buffer_bytes: 8 * 1024 * 1024,
             max_datagram_bytes: 65_507,
             max_body_bytes: 4 * 1024 * 1024,

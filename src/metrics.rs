@@ -8,6 +8,7 @@
 //! PostgreSQL or touches a socket.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -57,9 +58,14 @@ fn counter(
     labels: &impl EncodeLabelSet,
     value: f64,
 ) -> std::fmt::Result {
-    encoder
-        .encode_family(labels)?
-        .encode_counter::<NoLabelSet, _, f64>(&value, None)
+    let mut encoder = encoder.encode_family(labels)?;
+    // Counts are whole numbers unless a sample rate made them fractional;
+    // integers format several times faster, which matters at 10,000 tenants.
+    if value.fract() == 0.0 && (0.0..9.0e15).contains(&value) {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&(value as u64), None)
+    } else {
+        encoder.encode_counter::<NoLabelSet, _, f64>(&value, None)
+    }
 }
 
 fn gauge(
@@ -241,7 +247,7 @@ impl Collector for IngestCollector {
             }
         }
 
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut metric = family(
             &mut encoder,
             "tenantwatch_udp_datagrams_received",
@@ -321,13 +327,19 @@ impl Collector for BuildInfo {
     }
 }
 
+/// Size of the last exposition, so the next one is allocated once instead of
+/// growing (and copying) its way up to tens of megabytes.
+static LAST_EXPOSITION_BYTES: AtomicUsize = AtomicUsize::new(64 * 1024);
+
 /// Encodes the registry in the OpenMetrics text format.
 pub fn encode(registry: &Registry) -> String {
-    let mut out = String::with_capacity(64 * 1024);
+    let expected = LAST_EXPOSITION_BYTES.load(Ordering::Relaxed);
+    let mut out = String::with_capacity(expected + expected / 8);
     // Writing into a String cannot fail; an error here would be a bug in a
     // collector, and a partial exposition is still better than none.
     if let Err(err) = prometheus_client::encoding::text::encode(&mut out, registry) {
         tracing::error!(error = %err, "Failed to encode metrics");
     }
+    LAST_EXPOSITION_BYTES.store(out.len(), Ordering::Relaxed);
     out
 }

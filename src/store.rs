@@ -267,7 +267,8 @@ impl Store {
     pub fn snapshot(&self) -> StoreSnapshot {
         let now_ms = self.clock.now_ms();
         let current_slot = now_ms / self.slot_ms;
-        let mut merged: HashMap<Box<str>, TenantSnapshot> = HashMap::new();
+        let mut merged: HashMap<Box<str>, TenantSnapshot, foldhash::fast::RandomState> =
+            HashMap::default();
         for shard in self.shards.iter() {
             let tenants = lock(&shard.tenants);
             for (name, acc) in tenants.iter() {

@@ -368,3 +368,64 @@ async fn a_flood_of_tenant_ids_stays_bounded() {
     assert_eq!(m.value(QUERIES, &tk("flood5", "other")), Some(2.0));
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_excess_connections_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let daemon = TestDaemon::start_with(|c| {
+        c.server.max_connections = 2;
+        c.server.header_read_timeout = "500ms".into();
+    })
+    .await;
+
+    // A client that never finishes its headers is disconnected.
+    let mut slow = tokio::net::TcpStream::connect(daemon.http).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("the server closes a connection stuck in its headers");
+    let closed = match read {
+        Ok(0) => true,
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).contains("408"),
+        Err(_) => true,
+    };
+    assert!(closed);
+
+    // Two idle connections use the cap; a third is closed at once.
+    let _first = tokio::net::TcpStream::connect(daemon.http).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(daemon.http).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(daemon.http).await.unwrap();
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("the excess connection is closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop((_first, _second));
+
+    // Once the idle ones time out, the server answers again and has counted.
+    let m = support::eventually(
+        "a free connection slot",
+        Duration::from_secs(10),
+        || async {
+            let stream = tokio::net::TcpStream::connect(daemon.http).await.ok()?;
+            drop(stream);
+            let reply = tokio::time::timeout(Duration::from_secs(2), daemon.get("/metrics"))
+                .await
+                .ok()?;
+            (reply.status == 200).then(|| support::Exposition::parse(&reply.text()))
+        },
+    )
+    .await;
+    assert!(
+        m.value("tenantwatch_http_connections_rejected_total", &[])
+            .unwrap()
+            >= 1.0
+    );
+    daemon.stop().await;
+}

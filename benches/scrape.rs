@@ -1,0 +1,62 @@
+//! `/metrics` encoding cost with 10,000 tenants doing reads, writes and
+//! other queries: one store merge plus the text exposition.
+//! `cargo bench --bench scrape`.
+
+use std::borrow::Cow;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tenantwatch::event::{Event, QueryKind, Sample};
+use tenantwatch::ingest::IngestStats;
+use tenantwatch::metrics::{self, HttpMetrics};
+use tenantwatch::store::{MonotonicClock, Store, StoreLimits};
+
+fn bench(c: &mut Criterion) {
+    let store = Arc::new(Store::new(
+        3,
+        StoreLimits {
+            max_tenants: 10_000,
+            tenant_idle_ttl: Duration::from_secs(900),
+            share_window: Duration::from_secs(60),
+        },
+        Arc::new(MonotonicClock::new()),
+    ));
+    for shard in 0..3 {
+        let mut writer = store.writer(shard);
+        for tenant in 0..10_000 {
+            let name = format!("tenant{tenant}");
+            for (i, kind) in QueryKind::ALL.into_iter().enumerate() {
+                writer.record(&Event {
+                    tenant: Cow::Borrowed(&name),
+                    kind,
+                    sample: Sample::Query {
+                        duration_ms: (tenant % 100 + i) as f64 * 3.7,
+                        rows: 10.0,
+                        error: tenant % 7 == 0,
+                        weight: 1.0,
+                    },
+                });
+            }
+        }
+    }
+    let registry = metrics::registry(
+        store.clone(),
+        Arc::new(IngestStats::default()),
+        None,
+        &HttpMetrics::default(),
+    );
+    let mut group = c.benchmark_group("scrape");
+    group.sample_size(10);
+    group.bench_function("snapshot_10k_tenants", |b| {
+        b.iter(|| black_box(store.snapshot()))
+    });
+    group.bench_function("encode_10k_tenants", |b| {
+        b.iter(|| black_box(metrics::encode(&registry).len()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
