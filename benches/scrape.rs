@@ -46,6 +46,7 @@ fn bench(c: &mut Criterion) {
         Arc::new(IngestStats::default()),
         None,
         &HttpMetrics::default(),
+        Vec::new(),
     );
     let mut group = c.benchmark_group("scrape");
     group.sample_size(10);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of tenantwatch. Installs the system packages the tests need
 # when they are missing (with apt-get, when run as root), then runs the Rust
-# test suite: unit, property and integration tests against the real daemon.
+# test suite: unit, property and integration tests against the real daemon
+# and throwaway PostgreSQL clusters (run as the postgres user when root).
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh ingest     # extra arguments go to `cargo test`
@@ -19,6 +20,10 @@ missing=()
 for pair in "${needed[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
+# PostgreSQL's server binaries (initdb, pg_ctl) for the throwaway clusters.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=("postgresql")
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing ${missing[*]}"

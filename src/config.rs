@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::attribution::{Attribution, Rule, RuleSource};
+
 /// Environment variable holding the bearer token for `/v1/*`.
 pub const AUTH_TOKEN_ENV: &str = "TENANTWATCH_AUTH_TOKEN";
 /// Prefix of environment variables that override file keys.
@@ -28,6 +30,135 @@ pub struct FileConfig {
     pub server: FileServer,
     pub ingest: FileIngest,
     pub log: FileLog,
+    /// PostgreSQL instances to poll, each by name.
+    pub targets: Vec<FileTarget>,
+    pub tenants: FileTenants,
+}
+
+/// `[[targets]]`: one PostgreSQL instance.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTarget {
+    /// Name of the target: the `target` label. Unique.
+    pub name: String,
+    /// libpq connection string, `key=value` or `postgresql://` URL. Never
+    /// logged: only host, port and database are.
+    pub dsn: String,
+    /// File holding the password (overrides one in the DSN).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password (overrides one in the DSN).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// How often activity, schema and database statistics are polled.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: String,
+    /// How often exact schema sizes are measured (in batches).
+    #[serde(default = "default_size_interval")]
+    pub size_interval: String,
+    /// Server-side `statement_timeout` of our queries; the client gives up
+    /// one second later.
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout: String,
+    /// Server-side `lock_timeout` of our queries.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout: String,
+    /// Time allowed to connect.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Databases to watch for schema statistics: empty for the DSN's
+    /// database, a list of names, or `["*"]` for every database that accepts
+    /// connections (at most `max_databases`).
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// Cap on databases watched with `["*"]`.
+    #[serde(default = "default_max_databases")]
+    pub max_databases: usize,
+    /// Relations measured per statement by the size collector.
+    #[serde(default = "default_size_batch")]
+    pub size_batch: usize,
+}
+
+impl FileTarget {
+    /// A target with every optional key at its default.
+    pub fn new(name: impl Into<String>, dsn: impl Into<String>) -> FileTarget {
+        FileTarget {
+            name: name.into(),
+            dsn: dsn.into(),
+            password_file: None,
+            password_env: None,
+            poll_interval: default_poll_interval(),
+            size_interval: default_size_interval(),
+            statement_timeout: default_statement_timeout(),
+            lock_timeout: default_lock_timeout(),
+            connect_timeout: default_connect_timeout(),
+            databases: Vec::new(),
+            max_databases: default_max_databases(),
+            size_batch: default_size_batch(),
+        }
+    }
+}
+
+fn default_poll_interval() -> String {
+    "10s".into()
+}
+fn default_size_interval() -> String {
+    "5m".into()
+}
+fn default_statement_timeout() -> String {
+    "5s".into()
+}
+fn default_lock_timeout() -> String {
+    "1s".into()
+}
+fn default_connect_timeout() -> String {
+    "5s".into()
+}
+fn default_max_databases() -> usize {
+    100
+}
+fn default_size_batch() -> usize {
+    2000
+}
+
+/// `[tenants]`: how activity and schemas are attributed to tenants.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileTenants {
+    /// Ordered rules; the first that matches decides.
+    pub rules: Vec<FileRule>,
+}
+
+impl Default for FileTenants {
+    fn default() -> Self {
+        FileTenants {
+            rules: vec![
+                FileRule {
+                    source: "schema".into(),
+                    pattern: "^tenant_(?P<tenant>.+)$".into(),
+                    key: None,
+                },
+                FileRule {
+                    source: "query_comment".into(),
+                    pattern: "^(?P<tenant>.+)$".into(),
+                    key: None,
+                },
+            ],
+        }
+    }
+}
+
+/// `[[tenants.rules]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRule {
+    /// `schema`, `database`, `role`, `application_name` or `query_comment`.
+    pub source: String,
+    /// Regular expression with a named group `tenant`.
+    pub pattern: String,
+    /// For `query_comment`: the sqlcommenter key (default `tenant`).
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// `[server]`: the one HTTP listener.
@@ -153,6 +284,36 @@ pub struct Config {
     pub server: ServerConfig,
     pub ingest: IngestConfig,
     pub log_format: LogFormat,
+    pub targets: Vec<TargetConfig>,
+    pub attribution: Attribution,
+}
+
+/// Which databases of an instance are watched for schema statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseSelection {
+    /// The database the DSN names.
+    Dsn,
+    List(Vec<String>),
+    /// Every database that accepts connections, at most this many.
+    All(usize),
+}
+
+/// One validated target.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub name: String,
+    /// Connection settings, password included: never log this.
+    pub pg: tokio_postgres::Config,
+    /// `host:port/dbname`, the only description of the target that may be
+    /// logged or shown.
+    pub description: String,
+    pub poll_interval: Duration,
+    pub size_interval: Duration,
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub databases: DatabaseSelection,
+    pub size_batch: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -429,16 +590,188 @@ impl TryFrom<FileConfig> for Config {
             }
         };
 
+        let targets = file
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, target)| validate_target(&mut v, i, target))
+            .collect::<Vec<_>>();
+        for (i, target) in targets.iter().enumerate() {
+            if targets[..i].iter().any(|t| t.name == target.name) {
+                v.fail(
+                    &format!("targets[{i}].name"),
+                    format!("{:?}", target.name),
+                    "target names must be unique",
+                );
+            }
+        }
+        let attribution = validate_rules(&mut v, &file.tenants.rules);
+
         if v.errors.is_empty() {
             Ok(Config {
                 server,
                 ingest,
                 log_format,
+                targets,
+                attribution,
             })
         } else {
             Err(ConfigError::Invalid(v.errors))
         }
     }
+}
+
+fn validate_target(v: &mut Validator, i: usize, file: &FileTarget) -> Option<TargetConfig> {
+    let key = |field: &str| format!("targets[{i}].{field}");
+    let errors_before = v.errors.len();
+    let name_ok = !file.name.is_empty()
+        && file
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !name_ok {
+        v.fail(
+            &key("name"),
+            format!("{:?}", file.name),
+            "must be 1 or more ASCII letters, digits and _-.",
+        );
+    }
+    // The DSN may hold a password: its value is never echoed.
+    let mut pg: tokio_postgres::Config = match file.dsn.parse() {
+        Ok(pg) => pg,
+        Err(err) => {
+            let reason = err.to_string();
+            let reason = if reason.contains(&file.dsn) {
+                "cannot be parsed".into()
+            } else {
+                reason
+            };
+            v.fail(
+                &key("dsn"),
+                "<hidden>",
+                format!("not a libpq connection string: {reason}"),
+            );
+            return None;
+        }
+    };
+    if let Some(path) = &file.password_file {
+        match std::fs::read_to_string(path) {
+            Ok(password) => {
+                pg.password(password.trim_end_matches(['\n', '\r']));
+            }
+            Err(err) => v.fail(
+                &key("password_file"),
+                path.display(),
+                format!("cannot read it: {err}"),
+            ),
+        }
+    }
+    if let Some(var) = &file.password_env {
+        match std::env::var(var) {
+            Ok(password) => {
+                pg.password(password);
+            }
+            Err(_) => v.fail(
+                &key("password_env"),
+                var,
+                "the environment variable is not set",
+            ),
+        }
+    }
+    let connect_timeout = v.duration(&key("connect_timeout"), &file.connect_timeout);
+    pg.connect_timeout(connect_timeout);
+    pg.application_name("tenantwatch");
+    let databases = match file.databases.as_slice() {
+        [] => DatabaseSelection::Dsn,
+        [all] if all == "*" => {
+            DatabaseSelection::All(v.range(&key("max_databases"), file.max_databases, 1, 10_000))
+        }
+        list => {
+            if list.iter().any(|d| d == "*" || d.is_empty()) {
+                v.fail(
+                    &key("databases"),
+                    format!("{list:?}"),
+                    "use [\"*\"] alone, or a list of database names",
+                );
+            }
+            DatabaseSelection::List(list.to_vec())
+        }
+    };
+    let target = TargetConfig {
+        name: file.name.clone(),
+        description: describe_pg(&pg),
+        poll_interval: v.duration(&key("poll_interval"), &file.poll_interval),
+        size_interval: v.duration(&key("size_interval"), &file.size_interval),
+        statement_timeout: v.duration(&key("statement_timeout"), &file.statement_timeout),
+        lock_timeout: v.duration(&key("lock_timeout"), &file.lock_timeout),
+        connect_timeout,
+        databases,
+        size_batch: v.range(&key("size_batch"), file.size_batch, 1, 100_000),
+        pg,
+    };
+    (v.errors.len() == errors_before).then_some(target)
+}
+
+/// `host:port/dbname` from a parsed config: no user, no password, no options.
+pub fn describe_pg(pg: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let host = match pg.get_hosts().first() {
+        Some(Host::Tcp(host)) => host.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let dbname = pg.get_dbname().or(pg.get_user()).unwrap_or("postgres");
+    format!("{host}:{port}/{dbname}")
+}
+
+fn validate_rules(v: &mut Validator, rules: &[FileRule]) -> Attribution {
+    let mut valid = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let key = |field: &str| format!("tenants.rules[{i}].{field}");
+        let source = RuleSource::parse(&rule.source);
+        if source.is_none() {
+            v.fail(
+                &key("source"),
+                format!("{:?}", rule.source),
+                "must be schema, database, role, application_name or query_comment",
+            );
+        }
+        let pattern = match regex::Regex::new(&rule.pattern) {
+            Ok(pattern) if pattern.capture_names().any(|n| n == Some("tenant")) => Some(pattern),
+            Ok(_) => {
+                v.fail(
+                    &key("pattern"),
+                    format!("{:?}", rule.pattern),
+                    "needs a named group (?P<tenant>...)",
+                );
+                None
+            }
+            Err(err) => {
+                v.fail(
+                    &key("pattern"),
+                    format!("{:?}", rule.pattern),
+                    format!("not a regular expression: {err}"),
+                );
+                None
+            }
+        };
+        if rule.key.is_some() && source != Some(RuleSource::QueryComment) {
+            v.fail(
+                &key("key"),
+                format!("{:?}", rule.key),
+                "only query_comment rules take a key",
+            );
+        }
+        if let (Some(source), Some(pattern)) = (source, pattern) {
+            valid.push(Rule {
+                source,
+                pattern,
+                comment_key: rule.key.clone().unwrap_or_else(|| "tenant".into()),
+            });
+        }
+    }
+    Attribution::new(valid)
 }
 
 impl Config {
@@ -454,7 +787,7 @@ impl Config {
             .udp_listen
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into());
-        format!(
+        let mut summary = format!(
             "http listener: {}\n\
              auth token for /v1/*: {}\n\
              udp listener: {} ({} receiver thread(s), {} byte receive buffer requested)\n\
@@ -475,7 +808,25 @@ impl Config {
             self.ingest.max_line_bytes,
             humantime::format_duration(self.ingest.tenant_idle_ttl),
             humantime::format_duration(self.ingest.share_window),
-        )
+        );
+        for target in &self.targets {
+            summary.push_str(&format!(
+                "target {}: {} every {}, sizes every {}, databases {:?}\n",
+                target.name,
+                target.description,
+                humantime::format_duration(target.poll_interval),
+                humantime::format_duration(target.size_interval),
+                target.databases,
+            ));
+        }
+        if self.targets.is_empty() {
+            summary.push_str("targets: none (events only)\n");
+        }
+        summary.push_str(&format!(
+            "tenant rules: {}\n",
+            self.attribution.rules().len()
+        ));
+        summary
     }
 }
 
@@ -607,6 +958,25 @@ mod tests {
             }
         }
         keys.push("server.auth_token_file".into());
+        for key in [
+            "name",
+            "dsn",
+            "password_file",
+            "password_env",
+            "poll_interval",
+            "size_interval",
+            "statement_timeout",
+            "lock_timeout",
+            "connect_timeout",
+            "databases",
+            "max_databases",
+            "size_batch",
+        ] {
+            keys.push(format!("targets.{key}"));
+        }
+        for key in ["source", "pattern", "key"] {
+            keys.push(format!("tenants.rules.{key}"));
+        }
         for key in keys {
             assert!(
                 docs.contains(&format!("`{key}`")),

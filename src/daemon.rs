@@ -9,8 +9,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::collect::{self, SharedStatus, TargetStatus};
 use crate::config::Config;
 use crate::ingest::IngestStats;
 use crate::ingest::udp::{UdpLimits, UdpListener};
@@ -45,6 +46,8 @@ pub enum DaemonError {
 pub struct Daemon {
     http_addr: SocketAddr,
     udp_addr: Option<SocketAddr>,
+    store: Arc<Store>,
+    target_statuses: Vec<SharedStatus>,
     shutdown: CancellationToken,
     supervisor: JoinHandle<()>,
 }
@@ -100,8 +103,24 @@ impl Daemon {
             granted_recv_buffer_bytes: u.granted_recv_buffer_bytes,
             inode: u.inode,
         });
-        let registry =
-            crate::metrics::registry(store.clone(), stats.clone(), udp_info, &http_metrics);
+        let target_statuses: Vec<SharedStatus> = config
+            .targets
+            .iter()
+            .map(|target| {
+                Arc::new(Mutex::new(TargetStatus {
+                    name: target.name.clone(),
+                    description: target.description.clone(),
+                    ..TargetStatus::default()
+                }))
+            })
+            .collect();
+        let registry = crate::metrics::registry(
+            store.clone(),
+            stats.clone(),
+            udp_info,
+            &http_metrics,
+            target_statuses.clone(),
+        );
         let state = Arc::new(AppState {
             registry,
             store: store.clone(),
@@ -139,6 +158,21 @@ impl Daemon {
             None => Vec::new(),
         };
         let server = tokio::spawn(server::serve(listener, state.clone(), shutdown.clone()));
+        let attribution = Arc::new(config.attribution.clone());
+        let pollers: Vec<JoinHandle<()>> = config
+            .targets
+            .iter()
+            .zip(target_statuses.iter())
+            .map(|(target, status)| {
+                tokio::spawn(collect::run_target(
+                    target.clone(),
+                    attribution.clone(),
+                    status.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        let store_for_readers = store.clone();
         let housekeeping = tokio::spawn(evict_idle_tenants(
             store,
             ingest.tenant_idle_ttl,
@@ -148,6 +182,7 @@ impl Daemon {
         tracing::info!(
             http = %http_addr,
             udp = ?udp_addr,
+            targets = config.targets.len(),
             "tenantwatch is listening"
         );
 
@@ -158,6 +193,9 @@ impl Daemon {
             tracing::info!("Shutting down: draining connections");
             let _ = server.await;
             let _ = housekeeping.await;
+            for poller in pollers {
+                let _ = poller.await;
+            }
             // The receive threads notice the token within their poll interval.
             let _ = tokio::task::spawn_blocking(move || {
                 for thread in udp_threads {
@@ -171,6 +209,8 @@ impl Daemon {
         Ok(Daemon {
             http_addr,
             udp_addr,
+            store: store_for_readers,
+            target_statuses,
             shutdown,
             supervisor,
         })
@@ -184,6 +224,16 @@ impl Daemon {
     /// Address the UDP listener is bound to, if UDP is on.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp_addr
+    }
+
+    /// The tenant store, for in-process readers (the demo's live table).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// What each PostgreSQL target's collectors last saw, in config order.
+    pub fn target_statuses(&self) -> &[SharedStatus] {
+        &self.target_statuses
     }
 
     /// Starts a graceful shutdown; [`Daemon::wait`] returns when it is done.

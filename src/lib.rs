@@ -4,11 +4,17 @@
 //! Data flows one way: **sources → tenant store → readers**.
 //!
 //! - sources: [`ingest`] turns UDP datagrams and `POST /v1/events` bodies
-//!   (NDJSON and DogStatsD lines) into typed [`event::Event`]s;
+//!   (NDJSON and DogStatsD lines) into typed [`event::Event`]s; [`collect`]
+//!   polls each PostgreSQL target (one task per target) into a
+//!   [`collect::TargetStatus`], attributing sessions and schemas to tenants
+//!   with the rules of [`attribution`];
 //! - [`store`] aggregates events per tenant and kind, sharded per writer and
 //!   bounded by `max_tenants`;
-//! - readers: [`metrics`] exposes the store on `/metrics`; they never touch a
-//!   socket or the database.
+//! - readers: [`metrics`] and [`metrics_pg`] expose the store and the target
+//!   statuses on `/metrics`; they never touch a socket or the database.
+//!
+//! [`pg_cluster`] starts throwaway PostgreSQL clusters for `tenantwatch
+//! demo` and the tests.
 //!
 //! [`config`] owns the TOML file and its validation, [`daemon`] owns start-up
 //! and graceful shutdown, [`server`] the HTTP listener, [`telemetry`] logging.
@@ -17,11 +23,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attribution;
+pub mod collect;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod event;
 pub mod ingest;
 pub mod metrics;
+pub mod metrics_pg;
+pub mod pg_cluster;
 pub mod server;
 pub mod store;
 pub mod telemetry;

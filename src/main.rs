@@ -35,6 +35,22 @@ enum Command {
         /// The TOML configuration file.
         file: PathBuf,
     },
+    /// Start a throwaway PostgreSQL with tenant schemas and a workload in
+    /// which one tenant misbehaves, and run tenantwatch on it.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Stop by itself after this long (e.g. "90s", "5m"); default: until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Address of the HTTP listener.
+    #[arg(long, default_value = "127.0.0.1:9645")]
+    listen: std::net::SocketAddr,
+    /// Number of tenant schemas to create.
+    #[arg(long, default_value_t = 40)]
+    tenants: usize,
 }
 
 #[derive(Args)]
@@ -49,6 +65,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Run(args)) => run(args),
+        Some(Command::Demo(args)) => demo(args),
         None => run(cli.run),
     }
 }
@@ -96,6 +113,37 @@ fn run(args: RunArgs) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!(error = %err, "tenantwatch failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn demo(args: DemoArgs) -> ExitCode {
+    tenantwatch::telemetry::init(tenantwatch::config::LogFormat::Plain);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tenantwatch: failed to start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = tenantwatch::demo::DemoOptions {
+        tenants: args.tenants,
+        listen: args.listen,
+        duration: args.duration,
+        ..Default::default()
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        match tenantwatch::demo::run(options, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("tenantwatch demo: {err}");
                 ExitCode::FAILURE
             }
         }

@@ -44,7 +44,7 @@ pub struct HttpMetrics {
 }
 
 /// Starts a metric family in a collector.
-fn family<'a>(
+pub(crate) fn family<'a>(
     encoder: &'a mut DescriptorEncoder<'_>,
     name: &'a str,
     help: &str,
@@ -53,7 +53,7 @@ fn family<'a>(
     encoder.encode_descriptor(name, help, None, metric_type)
 }
 
-fn counter(
+pub(crate) fn counter(
     encoder: &mut MetricEncoder<'_>,
     labels: &impl EncodeLabelSet,
     value: f64,
@@ -68,7 +68,7 @@ fn counter(
     }
 }
 
-fn gauge(
+pub(crate) fn gauge(
     encoder: &mut MetricEncoder<'_>,
     labels: &impl EncodeLabelSet,
     value: f64,
@@ -293,6 +293,7 @@ pub fn registry(
     stats: Arc<IngestStats>,
     udp: Option<UdpSocketInfo>,
     http: &HttpMetrics,
+    targets: Vec<crate::collect::SharedStatus>,
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register(
@@ -308,6 +309,7 @@ pub fn registry(
     registry.register_collector(Box::new(BuildInfo));
     registry.register_collector(Box::new(StoreCollector { store }));
     registry.register_collector(Box::new(IngestCollector { stats, udp }));
+    registry.register_collector(Box::new(crate::metrics_pg::PgCollector { targets }));
     registry
 }
 

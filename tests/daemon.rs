@@ -215,14 +215,24 @@ fn documented_metrics() -> std::collections::BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_metrics_lists_exactly_the_exposed_families() {
-    let daemon = TestDaemon::start().await;
+    let pg = tokio::task::spawn_blocking(tenantwatch::pg_cluster::Cluster::start_new)
+        .await
+        .unwrap()
+        .expect("a throwaway PostgreSQL starts (needs the postgresql server package)");
+    let daemon = TestDaemon::start_with(|c| {
+        let mut target = tenantwatch::config::FileTarget::new("main", pg.dsn("postgres"));
+        target.poll_interval = "200ms".into();
+        c.targets.push(target);
+    })
+    .await;
     // Some traffic so that every kind of family is present with samples
     // (a labelled family without samples is not declared at all).
     daemon.get("/healthz").await;
     daemon.send_udp(b"tenantwatch.query:1|ms|#tenant:t1,kind:read");
     let m = daemon
-        .metrics_when("one event", |m| {
+        .metrics_when("one event and one poll", |m| {
             m.value_or_zero("tenantwatch_events_received_total", &[("source", "udp")]) == 1.0
+                && m.value("tenantwatch_target_up", &[("target", "main")]) == Some(1.0)
         })
         .await;
     let exposed = m.family_names();

@@ -1,0 +1,281 @@
+//! Tenant attribution: which tenant a schema, a session or a query belongs
+//! to, by ordered rules. The first rule that matches decides.
+//!
+//! A rule reads one source (schema name, database name, role name,
+//! `application_name`, or a sqlcommenter tag in the query text) and matches a
+//! regular expression whose named group `tenant` is the tenant id. Whatever
+//! no rule matches is not a tenant (it still counts at target level).
+
+use std::borrow::Cow;
+
+use regex::Regex;
+
+use crate::event::validate_tenant;
+
+/// What a rule reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleSource {
+    Schema,
+    Database,
+    Role,
+    ApplicationName,
+    QueryComment,
+}
+
+impl RuleSource {
+    pub fn parse(text: &str) -> Option<RuleSource> {
+        match text {
+            "schema" => Some(RuleSource::Schema),
+            "database" => Some(RuleSource::Database),
+            "role" => Some(RuleSource::Role),
+            "application_name" => Some(RuleSource::ApplicationName),
+            "query_comment" => Some(RuleSource::QueryComment),
+            _ => None,
+        }
+    }
+}
+
+/// One validated rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub source: RuleSource,
+    pub pattern: Regex,
+    /// For `query_comment`: the sqlcommenter key holding the tenant.
+    pub comment_key: String,
+}
+
+/// A backend as `pg_stat_activity` shows it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Session<'a> {
+    pub database: &'a str,
+    pub role: &'a str,
+    pub application_name: &'a str,
+    pub query: &'a str,
+}
+
+/// The ordered rules.
+#[derive(Debug, Clone, Default)]
+pub struct Attribution {
+    rules: Vec<Rule>,
+}
+
+impl Attribution {
+    pub fn new(rules: Vec<Rule>) -> Attribution {
+        Attribution { rules }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The tenant of a schema in a database (schema and database rules).
+    pub fn schema_tenant(&self, database: &str, schema: &str) -> Option<String> {
+        self.rules.iter().find_map(|rule| match rule.source {
+            RuleSource::Schema => capture(&rule.pattern, schema),
+            RuleSource::Database => capture(&rule.pattern, database),
+            _ => None,
+        })
+    }
+
+    /// The tenant of a backend (database, role, application and query rules).
+    pub fn session_tenant(&self, session: &Session<'_>) -> Option<String> {
+        self.rules.iter().find_map(|rule| match rule.source {
+            RuleSource::Schema => None,
+            RuleSource::Database => capture(&rule.pattern, session.database),
+            RuleSource::Role => capture(&rule.pattern, session.role),
+            RuleSource::ApplicationName => capture(&rule.pattern, session.application_name),
+            RuleSource::QueryComment => comment_tag(session.query, &rule.comment_key)
+                .and_then(|value| capture(&rule.pattern, &value)),
+        })
+    }
+}
+
+fn capture(pattern: &Regex, text: &str) -> Option<String> {
+    let tenant = pattern.captures(text)?.name("tenant")?.as_str();
+    validate_tenant(tenant).ok()?;
+    Some(tenant.to_owned())
+}
+
+/// The value of `key` in a sqlcommenter comment (`/*key='value',…*/`) at the
+/// start or the end of `query`. `pg_stat_activity.query` is cut at
+/// `track_activity_query_size`, so a trailing comment on a long query may be
+/// gone; a leading one survives.
+pub fn comment_tag<'q>(query: &'q str, key: &str) -> Option<Cow<'q, str>> {
+    let trimmed = query.trim();
+    let leading = trimmed
+        .strip_prefix("/*")
+        .and_then(|rest| rest.split_once("*/"))
+        .map(|(comment, _)| comment);
+    let trailing = trimmed
+        .trim_end_matches(';')
+        .trim_end()
+        .strip_suffix("*/")
+        .and_then(|rest| rest.rsplit_once("/*"))
+        .map(|(_, comment)| comment);
+    [leading, trailing]
+        .into_iter()
+        .flatten()
+        .find_map(|comment| tag_value(comment, key))
+}
+
+fn tag_value<'q>(comment: &'q str, key: &str) -> Option<Cow<'q, str>> {
+    for pair in comment.split(',') {
+        let Some((k, v)) = pair.split_once('=') else {
+            continue;
+        };
+        if k.trim() != key {
+            continue;
+        }
+        let v = v.trim();
+        let v = v
+            .strip_prefix('\'')
+            .and_then(|v| v.strip_suffix('\''))
+            .unwrap_or(v);
+        return Some(percent_decode(v));
+    }
+    None
+}
+
+/// sqlcommenter URL-encodes values; tenant ids rarely need it, but decode
+/// `%XX` so that they compare equal either way.
+fn percent_decode(value: &str) -> Cow<'_, str> {
+    if !value.contains('%') {
+        return Cow::Borrowed(value);
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(byte) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(source: RuleSource, pattern: &str) -> Rule {
+        Rule {
+            source,
+            pattern: Regex::new(pattern).unwrap(),
+            comment_key: "tenant".into(),
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let attribution = Attribution::new(vec![
+            rule(RuleSource::Schema, "^tenant_(?P<tenant>.+)$"),
+            rule(
+                RuleSource::Database,
+                "^tenant_(?P<tenant>[a-z0-9]+)_[a-z]+$",
+            ),
+            rule(RuleSource::Role, "^app_(?P<tenant>.+)$"),
+            rule(RuleSource::ApplicationName, "^web-(?P<tenant>.+)$"),
+            rule(RuleSource::QueryComment, "^(?P<tenant>.+)$"),
+        ]);
+        assert_eq!(
+            attribution
+                .schema_tenant("app", "tenant_clinic1")
+                .as_deref(),
+            Some("clinic1")
+        );
+        assert_eq!(attribution.schema_tenant("app", "public"), None);
+        assert_eq!(
+            attribution
+                .schema_tenant("tenant_acme_core", "public")
+                .as_deref(),
+            Some("acme")
+        );
+        let session = |database, role, application_name, query| Session {
+            database,
+            role,
+            application_name,
+            query,
+        };
+        assert_eq!(
+            attribution
+                .session_tenant(&session("tenant_acme_identity", "x", "", ""))
+                .as_deref(),
+            Some("acme")
+        );
+        assert_eq!(
+            attribution
+                .session_tenant(&session("app", "app_dental7", "", ""))
+                .as_deref(),
+            Some("dental7")
+        );
+        assert_eq!(
+            attribution
+                .session_tenant(&session("app", "x", "web-clinic9", ""))
+                .as_deref(),
+            Some("clinic9")
+        );
+        assert_eq!(
+            attribution
+                .session_tenant(&session(
+                    "app",
+                    "x",
+                    "psql",
+                    "SELECT 1 /*tenant='c4',route='/x'*/"
+                ))
+                .as_deref(),
+            Some("c4")
+        );
+        assert_eq!(
+            attribution.session_tenant(&session("app", "x", "psql", "SELECT 1")),
+            None
+        );
+    }
+
+    #[test]
+    fn comment_tags_at_either_end() {
+        assert_eq!(
+            comment_tag("/* tenant='a1' */ SELECT 1", "tenant").as_deref(),
+            Some("a1")
+        );
+        assert_eq!(
+            comment_tag("SELECT 1 /*tenant='a2'*/;", "tenant").as_deref(),
+            Some("a2")
+        );
+        assert_eq!(
+            comment_tag("SELECT 1 /*action='x',tenant='a%2F3'*/", "tenant").as_deref(),
+            Some("a/3")
+        );
+        assert_eq!(
+            comment_tag("SELECT 1 /*tenant=a4*/", "tenant").as_deref(),
+            Some("a4")
+        );
+        assert_eq!(comment_tag("SELECT '/*tenant=x*/' || 1", "tenant"), None);
+        assert_eq!(comment_tag("/*org='o'*/ SELECT 1", "tenant"), None);
+        // A truncated trailing comment is simply not found.
+        assert_eq!(comment_tag("SELECT 1 /*tenant='a", "tenant"), None);
+        assert_eq!(
+            comment_tag("/*tenant='%zz'*/", "tenant").as_deref(),
+            Some("%zz")
+        );
+    }
+
+    #[test]
+    fn invalid_tenant_ids_are_not_tenants() {
+        let attribution =
+            Attribution::new(vec![rule(RuleSource::QueryComment, "^(?P<tenant>.*)$")]);
+        let session = Session {
+            query: "/*tenant='a b'*/ SELECT 1",
+            ..Session::default()
+        };
+        assert_eq!(attribution.session_tenant(&session), None);
+    }
+}

@@ -1,0 +1,545 @@
+//! PostgreSQL collectors: one task per target polls activity, per-schema
+//! statistics, `pg_stat_database` and (on a slower schedule) exact schema
+//! sizes, and publishes the result as a [`TargetStatus`] that readers copy.
+//!
+//! Discipline, because the database we watch must never suffer for it:
+//! - one connection per watched database, opened once and reused; the
+//!   connection is only replaced after it failed;
+//! - `application_name=tenantwatch`, `statement_timeout` and `lock_timeout`
+//!   set on the session, plus a client deadline one second longer, after which
+//!   the query is cancelled and the connection dropped;
+//! - polls run one after another in the task, so one never starts while the
+//!   previous is still running; the interval delays instead of bursting;
+//! - a failure is data: `up` 0, a counted error kind, a rate-limited log
+//!   line; reconnects back off exponentially, capped at the poll interval;
+//! - readers (the `/metrics` scrape) never query PostgreSQL.
+
+pub mod queries;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::time::MissedTickBehavior;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::attribution::Attribution;
+use crate::config::{DatabaseSelection, TargetConfig};
+use crate::telemetry::RateLimitedWarn;
+use queries::{ActivitySnapshot, DatabaseStats, SchemaTotals};
+
+/// The collectors, as the `collector` label.
+pub const COLLECTORS: [&str; 5] = ["connect", "activity", "schema_stats", "database", "sizes"];
+
+/// Why a poll failed: a closed set, used as the `error` label.
+pub const ERROR_KINDS: [&str; 8] = [
+    "connect",
+    "auth",
+    "timeout",
+    "statement_timeout",
+    "lock_timeout",
+    "permission",
+    "connection_lost",
+    "query",
+];
+
+/// What the readers see of one target: the last successful result of each
+/// collector, and health.
+#[derive(Debug, Clone, Default)]
+pub struct TargetStatus {
+    pub name: String,
+    /// `host:port/dbname`; never the DSN.
+    pub description: String,
+    pub up: bool,
+    pub last_success: Option<SystemTime>,
+    pub last_error: Option<&'static str>,
+    pub server_version: Option<String>,
+    pub max_connections: Option<u64>,
+    pub reserved_connections: Option<u64>,
+    pub activity: Option<Arc<ActivitySnapshot>>,
+    pub schemas: Option<Arc<BTreeMap<String, SchemaTotals>>>,
+    /// Exact sizes per tenant from the last complete size cycle.
+    pub exact_sizes: Option<Arc<BTreeMap<String, u64>>>,
+    pub databases: Option<Arc<BTreeMap<String, DatabaseStats>>>,
+    /// Databases currently watched for schema statistics.
+    pub watched_databases: Vec<String>,
+    /// Seconds the last run of each collector took.
+    pub poll_seconds: BTreeMap<&'static str, f64>,
+    /// Wall-clock time of each collector's last success.
+    pub last_poll_success: BTreeMap<&'static str, SystemTime>,
+    /// Errors per (collector, kind) since start.
+    pub poll_errors: BTreeMap<(&'static str, &'static str), u64>,
+    /// Polls started since start.
+    pub polls: u64,
+}
+
+/// Shared handle on a target's status.
+pub type SharedStatus = Arc<Mutex<TargetStatus>>;
+
+pub fn lock(status: &SharedStatus) -> MutexGuard<'_, TargetStatus> {
+    status.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Maps a driver error to a bounded kind.
+pub fn error_kind(err: &tokio_postgres::Error) -> &'static str {
+    match err.code() {
+        Some(code) if *code == SqlState::QUERY_CANCELED => "statement_timeout",
+        Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => "lock_timeout",
+        Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => "permission",
+        Some(code)
+            if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            "auth"
+        }
+        Some(_) => "query",
+        None if err.is_closed() => "connection_lost",
+        None => "connect",
+    }
+}
+
+/// An error of one collector run.
+#[derive(Debug)]
+struct PollError {
+    kind: &'static str,
+    /// Safe to log: driver messages never include the password.
+    detail: String,
+}
+
+impl PollError {
+    fn from_pg(err: tokio_postgres::Error, fallback: &'static str) -> PollError {
+        let kind = match error_kind(&err) {
+            "connect" => fallback,
+            kind => kind,
+        };
+        PollError {
+            kind,
+            detail: err.to_string(),
+        }
+    }
+
+    fn timeout() -> PollError {
+        PollError {
+            kind: "timeout",
+            detail: "no answer within statement_timeout plus one second".into(),
+        }
+    }
+}
+
+/// One open session on one database of the target.
+struct Session {
+    client: Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// Runs a target's poll loop until `shutdown`.
+pub async fn run_target(
+    target: TargetConfig,
+    attribution: Arc<Attribution>,
+    status: SharedStatus,
+    shutdown: CancellationToken,
+) {
+    let mut poller = Poller {
+        target,
+        attribution,
+        status,
+        sessions: HashMap::new(),
+        warn: RateLimitedWarn::new(Duration::from_secs(60)),
+        size_cycle: None,
+        next_size_cycle: Instant::now(),
+    };
+    let mut interval = tokio::time::interval(poller.target.poll_interval);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut backoff = poller.base_backoff();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let ok = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ok = poller.poll() => ok,
+        };
+        if ok {
+            backoff = poller.base_backoff();
+            continue;
+        }
+        // Down: retry sooner than the next tick, backing off exponentially
+        // but never waiting longer than a poll interval.
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(poller.target.poll_interval);
+            let ok = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ok = poller.poll() => ok,
+            };
+            if ok {
+                backoff = poller.base_backoff();
+                interval.reset();
+                break;
+            }
+        }
+    }
+}
+
+/// State of a size cycle: the relations still to measure, and the sums so far.
+struct SizeCycle {
+    /// (database, relation oid, schema) still to measure.
+    pending: Vec<(String, i64, String)>,
+    sizes: BTreeMap<String, u64>,
+}
+
+struct Poller {
+    target: TargetConfig,
+    attribution: Arc<Attribution>,
+    status: SharedStatus,
+    /// Open sessions by database name.
+    sessions: HashMap<String, Session>,
+    warn: RateLimitedWarn,
+    size_cycle: Option<SizeCycle>,
+    next_size_cycle: Instant,
+}
+
+impl Poller {
+    fn base_backoff(&self) -> Duration {
+        (self.target.poll_interval / 8).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
+    fn deadline(&self) -> Duration {
+        self.target.statement_timeout + Duration::from_secs(1)
+    }
+
+    fn primary_database(&self) -> String {
+        self.target
+            .pg
+            .get_dbname()
+            .or(self.target.pg.get_user())
+            .unwrap_or("postgres")
+            .to_owned()
+    }
+
+    /// Opens (or reuses) the session on `database`.
+    async fn session(&mut self, database: &str) -> Result<&Client, PollError> {
+        let closed = self
+            .sessions
+            .get(database)
+            .is_none_or(|s| s.client.is_closed());
+        if closed {
+            self.sessions.remove(database);
+            let mut config = self.target.pg.clone();
+            config.dbname(database);
+            let connect = config.connect(NoTls);
+            let (client, connection) = tokio::time::timeout(
+                self.target.connect_timeout + Duration::from_secs(1),
+                connect,
+            )
+            .await
+            .map_err(|_| PollError {
+                kind: "connect",
+                detail: "connect timed out".into(),
+            })?
+            .map_err(|err| PollError::from_pg(err, "connect"))?;
+            let connection = tokio::spawn(async move {
+                // Ends when the server or the network closes the session; the
+                // next poll sees `is_closed` and reconnects.
+                let _ = connection.await;
+            });
+            let setup = format!(
+                "SET statement_timeout = {}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {};",
+                self.target.statement_timeout.as_millis(),
+                self.target.lock_timeout.as_millis(),
+                self.deadline().as_millis() * 2,
+            );
+            let session = Session { client, connection };
+            tokio::time::timeout(self.deadline(), session.client.batch_execute(&setup))
+                .await
+                .map_err(|_| PollError::timeout())?
+                .map_err(|err| PollError::from_pg(err, "connect"))?;
+            self.sessions.insert(database.to_owned(), session);
+        }
+        Ok(&self.sessions[database].client)
+    }
+
+    /// Runs `statement` with parameters on `database` under the client deadline.
+    async fn query(
+        &mut self,
+        database: &str,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, PollError> {
+        let deadline = self.deadline();
+        let client = self.session(database).await?;
+        let cancel = client.cancel_token();
+        match tokio::time::timeout(deadline, client.query(statement, params)).await {
+            Ok(result) => result.map_err(|err| PollError::from_pg(err, "query")),
+            Err(_) => {
+                // The server did not honour statement_timeout (or the network
+                // is gone): cancel, and start the next poll on a new session.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), cancel.cancel_query(NoTls)).await;
+                self.sessions.remove(database);
+                Err(PollError::timeout())
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        collector: &'static str,
+        started: Instant,
+        result: &Result<(), PollError>,
+    ) {
+        let mut status = lock(&self.status);
+        status
+            .poll_seconds
+            .insert(collector, started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                status
+                    .last_poll_success
+                    .insert(collector, SystemTime::now());
+            }
+            Err(err) => {
+                *status.poll_errors.entry((collector, err.kind)).or_default() += 1;
+                status.last_error = Some(err.kind);
+                drop(status);
+                if let Some(suppressed) = self.warn.should_log() {
+                    tracing::warn!(
+                        target_name = %self.target.name,
+                        target_addr = %self.target.description,
+                        collector,
+                        kind = err.kind,
+                        error = %err.detail,
+                        suppressed,
+                        "Poll failed"
+                    );
+                }
+            }
+        }
+    }
+
+    /// One poll of every collector. Returns whether the target is up.
+    async fn poll(&mut self) -> bool {
+        lock(&self.status).polls += 1;
+        let primary = self.primary_database();
+        let started = Instant::now();
+        let connected = self.connect_primary(&primary).await;
+        self.record("connect", started, &connected);
+        if connected.is_err() {
+            let mut status = lock(&self.status);
+            if status.up {
+                tracing::warn!(target_name = %self.target.name, target_addr = %self.target.description, "Target is down");
+            }
+            status.up = false;
+            return false;
+        }
+        {
+            let mut status = lock(&self.status);
+            if !status.up {
+                tracing::info!(target_name = %self.target.name, target_addr = %self.target.description, "Target is up");
+            }
+            status.up = true;
+            status.last_success = Some(SystemTime::now());
+        }
+
+        let started = Instant::now();
+        let result = self.poll_activity(&primary).await;
+        self.record("activity", started, &result);
+
+        let started = Instant::now();
+        let result = self.poll_database(&primary).await;
+        self.record("database", started, &result);
+
+        let started = Instant::now();
+        let result = self.poll_schemas(&primary).await;
+        self.record("schema_stats", started, &result);
+
+        if self.size_cycle.is_some() || Instant::now() >= self.next_size_cycle {
+            let started = Instant::now();
+            let result = self.poll_sizes().await;
+            self.record("sizes", started, &result);
+        }
+        // Only a lost primary session makes the target down; a failing
+        // collector is counted but the others still report.
+        !self
+            .sessions
+            .get(&primary)
+            .is_none_or(|s| s.client.is_closed())
+    }
+
+    async fn connect_primary(&mut self, primary: &str) -> Result<(), PollError> {
+        let rows = self.query(primary, queries::SETTINGS_SQL, &[]).await?;
+        let row = rows.first().ok_or(PollError {
+            kind: "query",
+            detail: "settings query returned no row".into(),
+        })?;
+        let read = || -> Result<(i64, i64, String), tokio_postgres::Error> {
+            Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+        };
+        let (max, reserved, version) = read().map_err(|err| PollError::from_pg(err, "query"))?;
+        let mut status = lock(&self.status);
+        status.max_connections = Some(max.max(0) as u64);
+        status.reserved_connections = Some(reserved.max(0) as u64);
+        status.server_version = Some(version);
+        Ok(())
+    }
+
+    async fn poll_activity(&mut self, primary: &str) -> Result<(), PollError> {
+        let rows = self.query(primary, queries::ACTIVITY_SQL, &[]).await?;
+        let snapshot = queries::activity_from_rows(&rows, &self.attribution)
+            .map_err(|err| PollError::from_pg(err, "query"))?;
+        lock(&self.status).activity = Some(Arc::new(snapshot));
+        Ok(())
+    }
+
+    async fn poll_database(&mut self, primary: &str) -> Result<(), PollError> {
+        let rows = self.query(primary, queries::DATABASE_SQL, &[]).await?;
+        let databases =
+            queries::databases_from_rows(&rows).map_err(|err| PollError::from_pg(err, "query"))?;
+        lock(&self.status).databases = Some(Arc::new(databases));
+        Ok(())
+    }
+
+    /// The databases to watch now.
+    async fn watched_databases(&mut self, primary: &str) -> Result<Vec<String>, PollError> {
+        match &self.target.databases {
+            DatabaseSelection::Dsn => Ok(vec![primary.to_owned()]),
+            DatabaseSelection::List(list) => Ok(list.clone()),
+            DatabaseSelection::All(cap) => {
+                let cap = *cap as i64;
+                let rows = self
+                    .query(primary, queries::DATABASE_LIST_SQL, &[&cap])
+                    .await?;
+                rows.iter()
+                    .map(|row| row.try_get::<_, String>(0))
+                    .collect::<Result<_, _>>()
+                    .map_err(|err| PollError::from_pg(err, "query"))
+            }
+        }
+    }
+
+    async fn poll_schemas(&mut self, primary: &str) -> Result<(), PollError> {
+        let databases = self.watched_databases(primary).await?;
+        // Close sessions on databases no longer watched (dropped, or over the cap).
+        self.sessions
+            .retain(|name, _| name == primary || databases.contains(name));
+        let mut totals = BTreeMap::new();
+        let mut first_error = None;
+        for database in &databases {
+            match self.query(database, queries::SCHEMA_STATS_SQL, &[]).await {
+                Ok(rows) => {
+                    if let Err(err) =
+                        queries::add_schema_rows(&mut totals, database, &rows, &self.attribution)
+                    {
+                        first_error.get_or_insert(PollError::from_pg(err, "query"));
+                    }
+                }
+                // One database failing does not hide the others.
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        {
+            let mut status = lock(&self.status);
+            status.schemas = Some(Arc::new(totals));
+            status.watched_databases = databases;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Measures the next batch of exact sizes. A cycle lists every relation
+    /// once, then measures `size_batch` of them per poll, so no poll stats
+    /// every relation file; the per-tenant sums are published when the
+    /// cycle completes.
+    async fn poll_sizes(&mut self) -> Result<(), PollError> {
+        if self.size_cycle.is_none() {
+            let databases = lock(&self.status).watched_databases.clone();
+            let mut pending = Vec::new();
+            for database in databases {
+                let rows = self
+                    .query(&database, queries::SIZE_RELATIONS_SQL, &[])
+                    .await?;
+                for row in rows {
+                    let oid: i64 = row
+                        .try_get(0)
+                        .map_err(|err| PollError::from_pg(err, "query"))?;
+                    let schema: String = row
+                        .try_get(1)
+                        .map_err(|err| PollError::from_pg(err, "query"))?;
+                    if self.attribution.schema_tenant(&database, &schema).is_some() {
+                        pending.push((database.clone(), oid, schema));
+                    }
+                }
+            }
+            pending.reverse();
+            self.size_cycle = Some(SizeCycle {
+                pending,
+                sizes: BTreeMap::new(),
+            });
+            self.next_size_cycle = Instant::now() + self.target.size_interval;
+        }
+        let Some(mut cycle) = self.size_cycle.take() else {
+            return Ok(());
+        };
+        // One batch per poll, from one database.
+        let Some(database) = cycle.pending.last().map(|(db, _, _)| db.clone()) else {
+            lock(&self.status).exact_sizes = Some(Arc::new(cycle.sizes));
+            return Ok(());
+        };
+        let mut batch: Vec<(i64, String)> = Vec::new();
+        while batch.len() < self.target.size_batch {
+            match cycle.pending.last() {
+                Some((db, _, _)) if *db == database => {
+                    let (_, oid, schema) = cycle.pending.pop().unwrap_or_default();
+                    batch.push((oid, schema));
+                }
+                _ => break,
+            }
+        }
+        let oids: Vec<i64> = batch.iter().map(|(oid, _)| *oid).collect();
+        let result = self
+            .query(&database, queries::SIZE_BATCH_SQL, &[&oids])
+            .await;
+        match result {
+            Ok(rows) => {
+                let schema_of: HashMap<i64, &str> =
+                    batch.iter().map(|(oid, s)| (*oid, s.as_str())).collect();
+                for row in rows {
+                    let (Ok(oid), Ok(bytes)) = (row.try_get::<_, i64>(0), row.try_get::<_, i64>(1))
+                    else {
+                        continue;
+                    };
+                    let Some(schema) = schema_of.get(&oid) else {
+                        continue;
+                    };
+                    if let Some(tenant) = self.attribution.schema_tenant(&database, schema) {
+                        *cycle.sizes.entry(tenant).or_default() += bytes.max(0) as u64;
+                    }
+                }
+            }
+            Err(err) => {
+                // Locked or slow relations: skip this batch; the next cycle retries.
+                self.size_cycle = Some(cycle);
+                return Err(err);
+            }
+        }
+        if cycle.pending.is_empty() {
+            lock(&self.status).exact_sizes = Some(Arc::new(cycle.sizes));
+        } else {
+            self.size_cycle = Some(cycle);
+        }
+        Ok(())
+    }
+}

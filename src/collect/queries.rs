@@ -1,0 +1,348 @@
+//! The SQL the collectors run, and the typed snapshots made from its rows.
+//!
+//! Every query is one pass over a catalog or statistics view, grouped on the
+//! server where it can be, so the cost does not grow with a round trip per
+//! schema or table. Rows are read with `try_get`: a row of an unexpected
+//! shape is an error of the poll (`bad_row`), never a panic.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tokio_postgres::Row;
+
+use crate::attribution::{Attribution, Session};
+
+/// Connection states of `pg_stat_activity.state`, as label values.
+pub fn state_label(state: Option<&str>) -> &'static str {
+    match state {
+        Some("active") => "active",
+        Some("idle") => "idle",
+        Some("idle in transaction") => "idle_in_transaction",
+        Some("idle in transaction (aborted)") => "idle_in_transaction_aborted",
+        Some("fastpath function call") => "fastpath",
+        Some("disabled") => "disabled",
+        _ => "unknown",
+    }
+}
+
+pub const ACTIVITY_SQL: &str = "\
+SELECT pid,
+       COALESCE(datname, '') AS datname,
+       COALESCE(usename, '') AS usename,
+       COALESCE(application_name, '') AS application_name,
+       state,
+       COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - xact_start), 0)::float8 AS xact_age,
+       COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - query_start), 0)::float8 AS query_age,
+       COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - state_change), 0)::float8 AS state_age,
+       COALESCE(wait_event_type = 'Lock', false) AS waiting_on_lock,
+       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) ELSE '{}'::int[] END AS blockers,
+       COALESCE(query, '') AS query
+  FROM pg_stat_activity
+ WHERE backend_type = 'client backend'
+   AND pid <> pg_backend_pid()
+   AND COALESCE(application_name, '') <> 'tenantwatch'";
+
+pub const SETTINGS_SQL: &str = "\
+SELECT current_setting('max_connections')::int8,
+       current_setting('superuser_reserved_connections')::int8,
+       current_setting('server_version')";
+
+/// One tenant's sessions on a target.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantActivity {
+    pub connections: BTreeMap<&'static str, u64>,
+    pub oldest_transaction_seconds: f64,
+    pub longest_query_seconds: f64,
+    pub idle_in_transaction_max_seconds: f64,
+    pub lock_waiting: u64,
+    /// Other backends waiting on a lock held by this tenant's sessions.
+    pub blocking: u64,
+}
+
+/// `pg_stat_activity` reduced to counts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActivitySnapshot {
+    pub by_state: BTreeMap<&'static str, u64>,
+    pub by_database: BTreeMap<String, u64>,
+    pub by_user: BTreeMap<String, u64>,
+    pub by_application: BTreeMap<String, u64>,
+    pub lock_waiting: u64,
+    pub tenants: BTreeMap<String, TenantActivity>,
+}
+
+/// Distinct database, user and application values kept per target; the rest
+/// are summed under `__other__`, because these are metric labels.
+pub const MAX_LABEL_VALUES: usize = 100;
+
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    if let Some(count) = map.get_mut(key) {
+        *count += 1;
+    } else if map.len() < MAX_LABEL_VALUES {
+        map.insert(key.to_owned(), 1);
+    } else {
+        *map.entry("__other__".into()).or_default() += 1;
+    }
+}
+
+pub fn activity_from_rows(
+    rows: &[Row],
+    attribution: &Attribution,
+) -> Result<ActivitySnapshot, tokio_postgres::Error> {
+    let mut snapshot = ActivitySnapshot::default();
+    let mut tenant_of_pid: HashMap<i32, String> = HashMap::new();
+    let mut blockers_of_waiting: Vec<Vec<i32>> = Vec::new();
+    for row in rows {
+        let pid: i32 = row.try_get("pid")?;
+        let database: &str = row.try_get("datname")?;
+        let role: &str = row.try_get("usename")?;
+        let application_name: &str = row.try_get("application_name")?;
+        let state = state_label(row.try_get::<_, Option<&str>>("state")?);
+        let xact_age: f64 = row.try_get("xact_age")?;
+        let query_age: f64 = row.try_get("query_age")?;
+        let state_age: f64 = row.try_get("state_age")?;
+        let waiting: bool = row.try_get("waiting_on_lock")?;
+        let blockers: Vec<i32> = row.try_get("blockers")?;
+        let query: &str = row.try_get("query")?;
+
+        *snapshot.by_state.entry(state).or_default() += 1;
+        bump(&mut snapshot.by_database, database);
+        bump(&mut snapshot.by_user, role);
+        bump(&mut snapshot.by_application, application_name);
+        if waiting {
+            snapshot.lock_waiting += 1;
+            blockers_of_waiting.push(blockers);
+        }
+        let session = Session {
+            database,
+            role,
+            application_name,
+            query,
+        };
+        let Some(tenant) = attribution.session_tenant(&session) else {
+            continue;
+        };
+        let activity = snapshot.tenants.entry(tenant.clone()).or_default();
+        *activity.connections.entry(state).or_default() += 1;
+        activity.oldest_transaction_seconds = activity.oldest_transaction_seconds.max(xact_age);
+        if state == "active" {
+            activity.longest_query_seconds = activity.longest_query_seconds.max(query_age);
+        }
+        if state.starts_with("idle_in_transaction") {
+            // Measured from state_change: how long it has sat idle, not how
+            // old the transaction is.
+            activity.idle_in_transaction_max_seconds =
+                activity.idle_in_transaction_max_seconds.max(state_age);
+        }
+        if waiting {
+            activity.lock_waiting += 1;
+        }
+        tenant_of_pid.insert(pid, tenant);
+    }
+    // A waiting backend counts once against each tenant blocking it.
+    for blockers in blockers_of_waiting {
+        let mut tenants: Vec<&String> = blockers
+            .iter()
+            .filter_map(|pid| tenant_of_pid.get(pid))
+            .collect();
+        tenants.sort();
+        tenants.dedup();
+        for tenant in tenants {
+            if let Some(activity) = snapshot.tenants.get_mut(tenant) {
+                activity.blocking += 1;
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
+/// Per-schema sums of `pg_stat_user_tables` and `pg_statio_user_tables`, and
+/// a size estimate from `pg_class` page counts (heap, indexes, TOAST), in one
+/// pass grouped by schema.
+pub const SCHEMA_STATS_SQL: &str = "\
+SELECT s.schemaname::text AS schema,
+       count(*)::int8 AS tables,
+       COALESCE(sum(s.seq_scan), 0)::int8 AS seq_scan,
+       COALESCE(sum(s.idx_scan), 0)::int8 AS idx_scan,
+       COALESCE(sum(s.seq_tup_read), 0)::int8 AS seq_tup_read,
+       COALESCE(sum(s.idx_tup_fetch), 0)::int8 AS idx_tup_fetch,
+       COALESCE(sum(s.n_tup_ins), 0)::int8 AS n_tup_ins,
+       COALESCE(sum(s.n_tup_upd), 0)::int8 AS n_tup_upd,
+       COALESCE(sum(s.n_tup_del), 0)::int8 AS n_tup_del,
+       COALESCE(sum(s.n_tup_hot_upd), 0)::int8 AS n_tup_hot_upd,
+       COALESCE(sum(s.n_live_tup), 0)::int8 AS n_live_tup,
+       COALESCE(sum(s.n_dead_tup), 0)::int8 AS n_dead_tup,
+       COALESCE(sum(io.heap_blks_read), 0)::int8 AS heap_blks_read,
+       COALESCE(sum(io.heap_blks_hit), 0)::int8 AS heap_blks_hit,
+       COALESCE(sum(io.idx_blks_read), 0)::int8 AS idx_blks_read,
+       COALESCE(sum(io.idx_blks_hit), 0)::int8 AS idx_blks_hit,
+       COALESCE(sum(s.vacuum_count + s.autovacuum_count), 0)::int8 AS vacuums,
+       COALESCE(sum(s.analyze_count + s.autoanalyze_count), 0)::int8 AS analyzes,
+       EXTRACT(EPOCH FROM now() - max(GREATEST(s.last_vacuum, s.last_autovacuum)))::float8 AS last_vacuum_age,
+       EXTRACT(EPOCH FROM now() - max(GREATEST(s.last_analyze, s.last_autoanalyze)))::float8 AS last_analyze_age,
+       COALESCE(sum(c.relpages::int8 + COALESCE(t.relpages, 0)::int8
+                     + COALESCE(ix.pages, 0)), 0)::int8
+         * current_setting('block_size')::int8 AS estimated_bytes
+  FROM pg_stat_user_tables s
+  JOIN pg_statio_user_tables io ON io.relid = s.relid
+  JOIN pg_class c ON c.oid = s.relid
+  LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
+  LEFT JOIN (SELECT i.indrelid, sum(ic.relpages)::int8 AS pages
+               FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+              GROUP BY i.indrelid) ix ON ix.indrelid = s.relid
+ GROUP BY s.schemaname";
+
+/// One tenant's schema figures on a target (summed over its schemas).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchemaTotals {
+    pub schemas: u64,
+    pub tables: u64,
+    pub seq_scan: u64,
+    pub idx_scan: u64,
+    pub seq_tup_read: u64,
+    pub idx_tup_fetch: u64,
+    pub n_tup_ins: u64,
+    pub n_tup_upd: u64,
+    pub n_tup_del: u64,
+    pub n_tup_hot_upd: u64,
+    pub n_live_tup: u64,
+    pub n_dead_tup: u64,
+    pub heap_blks_read: u64,
+    pub heap_blks_hit: u64,
+    pub idx_blks_read: u64,
+    pub idx_blks_hit: u64,
+    pub vacuums: u64,
+    pub analyzes: u64,
+    /// Seconds since the most recent (auto)vacuum of any of its tables.
+    pub last_vacuum_age_seconds: Option<f64>,
+    pub last_analyze_age_seconds: Option<f64>,
+    /// From `pg_class` page counts, refreshed every poll.
+    pub estimated_bytes: u64,
+}
+
+fn nonneg(value: i64) -> u64 {
+    value.max(0) as u64
+}
+
+fn min_age(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Adds a database's schema rows into per-tenant totals.
+pub fn add_schema_rows(
+    totals: &mut BTreeMap<String, SchemaTotals>,
+    database: &str,
+    rows: &[Row],
+    attribution: &Attribution,
+) -> Result<(), tokio_postgres::Error> {
+    for row in rows {
+        let schema: &str = row.try_get("schema")?;
+        let Some(tenant) = attribution.schema_tenant(database, schema) else {
+            continue;
+        };
+        let t = totals.entry(tenant).or_default();
+        let get = |name: &str| -> Result<u64, tokio_postgres::Error> {
+            Ok(nonneg(row.try_get::<_, i64>(name)?))
+        };
+        t.schemas += 1;
+        t.tables += get("tables")?;
+        t.seq_scan += get("seq_scan")?;
+        t.idx_scan += get("idx_scan")?;
+        t.seq_tup_read += get("seq_tup_read")?;
+        t.idx_tup_fetch += get("idx_tup_fetch")?;
+        t.n_tup_ins += get("n_tup_ins")?;
+        t.n_tup_upd += get("n_tup_upd")?;
+        t.n_tup_del += get("n_tup_del")?;
+        t.n_tup_hot_upd += get("n_tup_hot_upd")?;
+        t.n_live_tup += get("n_live_tup")?;
+        t.n_dead_tup += get("n_dead_tup")?;
+        t.heap_blks_read += get("heap_blks_read")?;
+        t.heap_blks_hit += get("heap_blks_hit")?;
+        t.idx_blks_read += get("idx_blks_read")?;
+        t.idx_blks_hit += get("idx_blks_hit")?;
+        t.vacuums += get("vacuums")?;
+        t.analyzes += get("analyzes")?;
+        t.last_vacuum_age_seconds =
+            min_age(t.last_vacuum_age_seconds, row.try_get("last_vacuum_age")?);
+        t.last_analyze_age_seconds =
+            min_age(t.last_analyze_age_seconds, row.try_get("last_analyze_age")?);
+        t.estimated_bytes += get("estimated_bytes")?;
+    }
+    Ok(())
+}
+
+/// The relations whose exact size the size collector measures: user tables,
+/// materialized views (with their indexes and TOAST via
+/// `pg_total_relation_size`), in a stable order for batching.
+pub const SIZE_RELATIONS_SQL: &str = "\
+SELECT c.oid::int8, n.nspname::text
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'm', 'p')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg_toast%'
+   AND n.nspname NOT LIKE 'pg_temp%'
+ ORDER BY c.oid";
+
+/// Exact sizes of a batch of relations, skipping any that someone holds an
+/// AccessExclusiveLock on (DDL, VACUUM FULL): those would make us wait.
+pub const SIZE_BATCH_SQL: &str = "\
+SELECT c.oid::int8, pg_total_relation_size(c.oid)::int8
+  FROM pg_class c
+ WHERE c.oid = ANY($1::int8[]::oid[])
+   AND NOT EXISTS (SELECT 1 FROM pg_locks l
+                    WHERE l.locktype = 'relation' AND l.relation = c.oid
+                      AND l.mode = 'AccessExclusiveLock')";
+
+pub const DATABASE_SQL: &str = "\
+SELECT datname::text,
+       xact_commit::int8, xact_rollback::int8, deadlocks::int8,
+       temp_files::int8, temp_bytes::int8, conflicts::int8,
+       blks_read::int8, blks_hit::int8
+  FROM pg_stat_database
+ WHERE datname IS NOT NULL";
+
+/// `pg_stat_database` for one database.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DatabaseStats {
+    pub xact_commit: u64,
+    pub xact_rollback: u64,
+    pub deadlocks: u64,
+    pub temp_files: u64,
+    pub temp_bytes: u64,
+    pub conflicts: u64,
+    pub blks_read: u64,
+    pub blks_hit: u64,
+}
+
+pub fn databases_from_rows(
+    rows: &[Row],
+) -> Result<BTreeMap<String, DatabaseStats>, tokio_postgres::Error> {
+    let mut out = BTreeMap::new();
+    for row in rows.iter().take(MAX_LABEL_VALUES) {
+        let get = |i: usize| -> Result<u64, tokio_postgres::Error> {
+            Ok(nonneg(row.try_get::<_, i64>(i)?))
+        };
+        out.insert(
+            row.try_get::<_, String>(0)?,
+            DatabaseStats {
+                xact_commit: get(1)?,
+                xact_rollback: get(2)?,
+                deadlocks: get(3)?,
+                temp_files: get(4)?,
+                temp_bytes: get(5)?,
+                conflicts: get(6)?,
+                blks_read: get(7)?,
+                blks_hit: get(8)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+pub const DATABASE_LIST_SQL: &str = "\
+SELECT datname::text FROM pg_database
+ WHERE datallowconn AND NOT datistemplate
+ ORDER BY datname
+ LIMIT $1";

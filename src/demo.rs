@@ -1,0 +1,353 @@
+//! `tenantwatch demo`: the embedded default. Starts a throwaway PostgreSQL,
+//! creates tenant schemas with data, runs a workload in which one tenant
+//! misbehaves while the applications send events, runs the daemon on it, and
+//! prints a live table of the top tenants until Ctrl-C (or `--duration`).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, FileConfig, FileTarget};
+use crate::daemon::Daemon;
+use crate::pg_cluster::{Cluster, ClusterError};
+
+/// The tenant that misbehaves: heavy queries, many connections, and a
+/// session left idle in a transaction.
+pub const NOISY_TENANT: &str = "clinic7";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("demo database set-up failed: {0}")]
+    Setup(#[from] tokio_postgres::Error),
+    #[error("demo configuration is invalid: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
+    #[error("the demo's PostgreSQL helper thread failed")]
+    Join,
+}
+
+/// Options of `tenantwatch demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub tenants: usize,
+    pub listen: SocketAddr,
+    pub duration: Option<Duration>,
+    /// Seconds between two live tables.
+    pub report_every: Duration,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            tenants: 40,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9645)),
+            duration: None,
+            report_every: Duration::from_secs(5),
+        }
+    }
+}
+
+fn tenant_names(count: usize) -> Vec<String> {
+    (1..=count.max(8)).map(|i| format!("clinic{i}")).collect()
+}
+
+async fn connect(dsn: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(dsn, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+async fn create_schemas(
+    cluster: &Cluster,
+    tenants: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    let admin = connect(&cluster.dsn("postgres")).await?;
+    admin.batch_execute("CREATE DATABASE app").await?;
+    let app = connect(&cluster.dsn("app")).await?;
+    for (i, tenant) in tenants.iter().enumerate() {
+        let rows = 2_000 + 500 * (i % 7);
+        app.batch_execute(&format!(
+            "CREATE SCHEMA tenant_{tenant};
+             CREATE TABLE tenant_{tenant}.patients (id bigserial PRIMARY KEY, name text NOT NULL, born date);
+             CREATE TABLE tenant_{tenant}.appointments (id bigserial PRIMARY KEY, patient_id bigint NOT NULL,
+                 at timestamptz NOT NULL, notes text);
+             CREATE INDEX ON tenant_{tenant}.appointments (patient_id);
+             INSERT INTO tenant_{tenant}.patients (name, born)
+               SELECT 'patient ' || g, date '1950-01-01' + (g % 20000) FROM generate_series(1, {rows}) g;
+             INSERT INTO tenant_{tenant}.appointments (patient_id, at, notes)
+               SELECT 1 + g % {rows}, now() - (g || ' minutes')::interval, repeat('note ', 10)
+                 FROM generate_series(1, {rows} * 3) g;
+             ANALYZE tenant_{tenant}.patients; ANALYZE tenant_{tenant}.appointments;"
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sends tenant query events the way an application would: NDJSON over
+/// UDP, batched.
+struct EventSender {
+    socket: std::net::UdpSocket,
+    batch: String,
+    lines: usize,
+}
+
+impl EventSender {
+    fn new(daemon_udp: SocketAddr) -> std::io::Result<EventSender> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        socket.connect(daemon_udp)?;
+        Ok(EventSender {
+            socket,
+            batch: String::new(),
+            lines: 0,
+        })
+    }
+
+    fn add(&mut self, tenant: &str, kind: &str, duration: Duration, rows: usize, error: bool) {
+        let _ = writeln!(
+            self.batch,
+            r#"{{"tenant":"{tenant}","kind":"{kind}","duration_ms":{:.3},"rows":{rows},"error":{error}}}"#,
+            duration.as_secs_f64() * 1000.0
+        );
+        self.lines += 1;
+        if self.lines >= 20 {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            let _ = self.socket.send(self.batch.as_bytes());
+        }
+        self.batch.clear();
+        self.lines = 0;
+    }
+}
+
+/// A well-behaved application worker: short, tagged queries for tenants
+/// picked by weight (a few big tenants, a long tail).
+async fn healthy_worker(
+    dsn: String,
+    tenants: Arc<Vec<String>>,
+    daemon_udp: SocketAddr,
+    seed: u64,
+    shutdown: CancellationToken,
+) {
+    let Ok(client) = connect(&dsn).await else {
+        return;
+    };
+    let Ok(mut events) = EventSender::new(daemon_udp) else {
+        return;
+    };
+    let mut rng = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    while !shutdown.is_cancelled() {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        // Squaring a uniform number favours the first tenants.
+        let u = (rng >> 33) as f64 / (1u64 << 31) as f64;
+        let index = ((u * u) * tenants.len() as f64) as usize % tenants.len();
+        let tenant = &tenants[index];
+        if tenant == NOISY_TENANT {
+            continue;
+        }
+        let write = rng.is_multiple_of(5);
+        let sql = if write {
+            format!(
+                "/*tenant='{tenant}'*/ INSERT INTO tenant_{tenant}.appointments (patient_id, at, notes) VALUES ({}, now(), 'checkup')",
+                1 + rng % 1000
+            )
+        } else {
+            format!(
+                "/*tenant='{tenant}'*/ SELECT a.id, a.at FROM tenant_{tenant}.appointments a WHERE a.patient_id = {} ORDER BY a.at DESC LIMIT 20",
+                1 + rng % 1000
+            )
+        };
+        let started = Instant::now();
+        let result = client.query(&sql, &[]).await;
+        let rows = result.as_ref().map(|r| r.len()).unwrap_or(0);
+        events.add(
+            tenant,
+            if write { "write" } else { "read" },
+            started.elapsed(),
+            if write { 1 } else { rows },
+            result.is_err(),
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
+    events.flush();
+}
+
+/// The misbehaving tenant's worker: a heavy query in a loop.
+async fn noisy_worker(dsn: String, daemon_udp: SocketAddr, shutdown: CancellationToken) {
+    let Ok(client) = connect(&dsn).await else {
+        return;
+    };
+    let Ok(mut events) = EventSender::new(daemon_udp) else {
+        return;
+    };
+    let tenant = NOISY_TENANT;
+    let sql = format!(
+        "/*tenant='{tenant}'*/ SELECT count(*), max(a.notes) FROM tenant_{tenant}.appointments a
+           JOIN tenant_{tenant}.appointments b ON a.patient_id = b.patient_id
+          WHERE a.at > b.at"
+    );
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            result = client.query(&sql, &[]) => result,
+        };
+        events.add(tenant, "read", started.elapsed(), 1, result.is_err());
+        events.flush();
+    }
+}
+
+/// Holds one of the noisy tenant's sessions idle in a transaction.
+async fn idle_in_transaction(dsn: String, shutdown: CancellationToken) {
+    let Ok(client) = connect(&dsn).await else {
+        return;
+    };
+    let tenant = NOISY_TENANT;
+    let _ = client
+        .batch_execute(&format!(
+            "BEGIN; UPDATE tenant_{tenant}.patients SET name = name WHERE id = 1 /*tenant='{tenant}'*/"
+        ))
+        .await;
+    shutdown.cancelled().await;
+    let _ = client.batch_execute("ROLLBACK").await;
+}
+
+/// Runs the demo until `shutdown` (Ctrl-C) or the configured duration.
+pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<(), DemoError> {
+    println!("Starting a throwaway PostgreSQL cluster...");
+    let cluster = tokio::task::spawn_blocking(Cluster::start_new)
+        .await
+        .map_err(|_| DemoError::Join)??;
+    let tenants = Arc::new(tenant_names(options.tenants));
+    println!(
+        "PostgreSQL is up on 127.0.0.1:{} ({}); creating {} tenant schemas...",
+        cluster.port(),
+        cluster.dir().display(),
+        tenants.len()
+    );
+    create_schemas(&cluster, &tenants).await?;
+
+    let mut file = FileConfig::default();
+    file.server.listen = options.listen.to_string();
+    file.ingest.udp_listen = "127.0.0.1:0".into();
+    file.targets.push(FileTarget {
+        poll_interval: "2s".into(),
+        size_interval: "30s".into(),
+        ..FileTarget::new("demo", cluster.dsn("app"))
+    });
+    let config = Config::try_from(file)?;
+    let daemon = Daemon::start(config).await?;
+    let http = daemon.http_addr();
+    let udp = daemon
+        .udp_addr()
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8125)));
+
+    let workload = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    for seed in 0..6 {
+        tasks.spawn(healthy_worker(
+            cluster.dsn("app"),
+            tenants.clone(),
+            udp,
+            seed + 1,
+            workload.clone(),
+        ));
+    }
+    for _ in 0..6 {
+        tasks.spawn(noisy_worker(cluster.dsn("app"), udp, workload.clone()));
+    }
+    tasks.spawn(idle_in_transaction(cluster.dsn("app"), workload.clone()));
+
+    println!(
+        "\ntenantwatch is running on the demo database. Open:\n  \
+         http://{http}/metrics       the Prometheus exposition\n  \
+         http://{http}/readyz        readiness\n\
+         Events go to udp://{udp}. Tenant {NOISY_TENANT} misbehaves: heavy queries on 6 connections and a session idle in transaction.\n\
+         Press Ctrl-C to stop; the cluster is removed on exit.\n"
+    );
+
+    let started = Instant::now();
+    let deadline = options.duration.map(|d| started + d);
+    let mut report = tokio::time::interval(options.report_every);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    report.tick().await;
+    loop {
+        let until_deadline = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(until_deadline.unwrap_or(Duration::MAX)), if until_deadline.is_some() => break,
+            _ = report.tick() => print!("{}", live_table(&daemon, started.elapsed())),
+        }
+    }
+
+    println!("Stopping the workload, the daemon and PostgreSQL...");
+    workload.cancel();
+    while tasks.join_next().await.is_some() {}
+    daemon.shutdown();
+    daemon.wait().await;
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .map_err(|_| DemoError::Join)?;
+    println!("Done.");
+    Ok(())
+}
+
+/// The top tenants by database-time share, with their connections.
+pub fn live_table(daemon: &Daemon, elapsed: Duration) -> String {
+    let snapshot = daemon.store().snapshot();
+    let statuses = daemon.target_statuses();
+    let activity = statuses
+        .first()
+        .and_then(|s| crate::collect::lock(s).activity.clone());
+    let mut tenants: Vec<_> = snapshot.tenants.iter().collect();
+    tenants.sort_by(|a, b| b.db_time_share.total_cmp(&a.db_time_share));
+    let mut out = format!(
+        "\n[{:>4}s] top tenants by share of database time (last {}s)\n{:<12} {:>7} {:>8} {:>6} {:>16}\n",
+        elapsed.as_secs(),
+        60,
+        "tenant",
+        "share",
+        "queries",
+        "conns",
+        "idle in txn (s)"
+    );
+    for tenant in tenants.iter().take(8) {
+        let queries: f64 = tenant.kinds.iter().flatten().map(|k| k.queries).sum();
+        let pg = activity
+            .as_ref()
+            .and_then(|a| a.tenants.get(&tenant.tenant));
+        let connections: u64 = pg.map(|a| a.connections.values().sum()).unwrap_or(0);
+        let idle = pg.map(|a| a.idle_in_transaction_max_seconds).unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "{:<12} {:>6.1}% {:>8.0} {:>6} {:>16.0}",
+            tenant.tenant,
+            tenant.db_time_share * 100.0,
+            queries,
+            connections,
+            idle
+        );
+    }
+    out
+}

@@ -1,0 +1,257 @@
+//! Throwaway PostgreSQL clusters, for `tenantwatch demo` and the tests.
+//!
+//! A cluster lives in a fresh temporary directory, listens on a free
+//! loopback port (and a Unix socket inside its directory), trusts local
+//! connections, and is stopped and removed on drop. PostgreSQL refuses to run
+//! as root, so as root the server binaries run as the `postgres` user, which
+//! then owns the directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under /usr/lib/postgresql/*/bin; install them (Debian: apt-get install postgresql)"
+    )]
+    BinariesNotFound,
+    #[error("running as root, but there is no postgres user to run PostgreSQL as: {0}")]
+    NoPostgresUser(String),
+    #[error("failed to {action}: {detail}")]
+    Command { action: String, detail: String },
+    #[error("failed to prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A running throwaway cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    bin_dir: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    /// (uid, gid) of the postgres user when we are root.
+    run_as: Option<(u32, u32)>,
+}
+
+static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Finds `initdb` and `pg_ctl`: on PATH, else the newest
+/// `/usr/lib/postgresql/<version>/bin`.
+pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
+                return Ok(dir);
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| ClusterError::BinariesNotFound)?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            (bin.join("initdb").is_file() && bin.join("pg_ctl").is_file()).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or(ClusterError::BinariesNotFound)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn postgres_ids() -> Result<(u32, u32), ClusterError> {
+    let id = |flag: &str| -> Result<u32, ClusterError> {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .map_err(|e| ClusterError::NoPostgresUser(e.to_string()))?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| ClusterError::NoPostgresUser(String::from_utf8_lossy(&out.stderr).into()))
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+/// A free TCP port on loopback (free when asked; the server binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+impl Cluster {
+    /// Initialises and starts a new cluster.
+    pub fn start_new() -> Result<Cluster, ClusterError> {
+        let bin_dir = find_bin_dir()?;
+        let run_as = if is_root() {
+            Some(postgres_ids()?)
+        } else {
+            None
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "tenantwatch-pg-{}-{}",
+            std::process::id(),
+            CLUSTER_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let io = |source| ClusterError::Io {
+            path: dir.clone(),
+            source,
+        };
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(io)?;
+        }
+        let cluster = Cluster {
+            bin_dir,
+            dir,
+            port: free_port(),
+            run_as,
+        };
+        let data = cluster.data_dir();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            "initialise a cluster",
+        )?;
+        cluster.start()?;
+        Ok(cluster)
+    }
+
+    fn data_dir(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn run(&self, program: &str, args: &[&str], action: &str) -> Result<String, ClusterError> {
+        let program = self.bin_dir.join(program);
+        let mut command = if self.run_as.is_some() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = command
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .map_err(|e| ClusterError::Command {
+                action: action.into(),
+                detail: format!("{}: {e}", program.display()),
+            })?;
+        if !out.status.success() {
+            return Err(ClusterError::Command {
+                action: action.into(),
+                detail: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts the (stopped) cluster on its port and waits until it accepts
+    /// connections.
+    pub fn start(&self) -> Result<(), ClusterError> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100 -c track_activity_query_size=2048",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("postgres.log").display().to_string();
+        let data = self.data_dir();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D", &data, "-o", &options, "-l", &log, "-w", "-t", "60", "start",
+            ],
+            "start PostgreSQL",
+        )
+        .map_err(|err| match err {
+            ClusterError::Command { action, detail } => ClusterError::Command {
+                action,
+                detail: format!(
+                    "{detail}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ),
+            },
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    /// Stops the cluster (fast shutdown: connections are cut).
+    pub fn stop(&self) -> Result<(), ClusterError> {
+        let data = self.data_dir();
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-m", "fast", "-w", "stop"],
+            "stop PostgreSQL",
+        )?;
+        Ok(())
+    }
+
+    /// Stops and starts the cluster on the same port.
+    pub fn restart(&self) -> Result<(), ClusterError> {
+        self.stop()?;
+        self.start()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A libpq key=value DSN for `dbname` as the `postgres` superuser.
+    pub fn dsn(&self, dbname: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={dbname}",
+            self.port
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data_dir();
+        let _ = self.run(
+            "pg_ctl",
+            &["-D", &data, "-m", "immediate", "-w", "stop"],
+            "stop",
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,529 @@
+//! The PostgreSQL collectors against real, throwaway clusters: attribution by
+//! each source, per-schema figures against direct SQL, several instances,
+//! faults (down at start, restart, held locks), and secrets.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Exposition, TestDaemon, connect};
+use tenantwatch::config::{FileRule, FileTarget};
+use tenantwatch::pg_cluster::Cluster;
+
+fn rule(source: &str, pattern: &str) -> FileRule {
+    FileRule {
+        source: source.into(),
+        pattern: pattern.into(),
+        key: None,
+    }
+}
+
+fn fast_target(name: &str, dsn: String) -> FileTarget {
+    FileTarget {
+        poll_interval: "500ms".into(),
+        size_interval: "1s".into(),
+        statement_timeout: "2s".into(),
+        lock_timeout: "500ms".into(),
+        connect_timeout: "2s".into(),
+        ..FileTarget::new(name, dsn)
+    }
+}
+
+async fn cluster() -> Cluster {
+    tokio::task::spawn_blocking(Cluster::start_new)
+        .await
+        .unwrap()
+        .expect("a throwaway PostgreSQL starts (needs the postgresql server package)")
+}
+
+fn up(m: &Exposition, target: &str) -> Option<f64> {
+    m.value("tenantwatch_target_up", &[("target", target)])
+}
+
+fn tenant_value(m: &Exposition, name: &str, target: &str, tenant: &str) -> Option<f64> {
+    m.value(name, &[("target", target), ("tenant", tenant)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_is_attributed_by_each_source() {
+    let pg = cluster().await;
+    let admin = connect(&pg.dsn("postgres")).await;
+    for statement in [
+        "CREATE DATABASE tenant_dbt_core",
+        "CREATE DATABASE app",
+        "CREATE ROLE app_rolet LOGIN",
+    ] {
+        admin.batch_execute(statement).await.unwrap();
+    }
+    let app = connect(&pg.dsn("app")).await;
+    app.batch_execute("CREATE SCHEMA tenant_scht; CREATE TABLE tenant_scht.t (id int)")
+        .await
+        .unwrap();
+
+    let daemon = TestDaemon::start_with(|c| {
+        c.targets.push(fast_target("main", pg.dsn("app")));
+        c.tenants.rules = vec![
+            rule("schema", "^tenant_(?P<tenant>.+)$"),
+            rule("database", "^tenant_(?P<tenant>[a-z0-9]+)_[a-z]+$"),
+            rule("role", "^app_(?P<tenant>.+)$"),
+            rule("application_name", "^web-(?P<tenant>.+)$"),
+            rule("query_comment", "^(?P<tenant>.+)$"),
+        ];
+    })
+    .await;
+
+    // One idle session per source.
+    let by_database = connect(&pg.dsn("tenant_dbt_core")).await;
+    let by_role = connect(&format!("{} user=app_rolet", pg.dsn("app"))).await;
+    let by_application = connect(&format!("{} application_name=web-appt", pg.dsn("app"))).await;
+    let by_comment = connect(&pg.dsn("app")).await;
+    by_comment
+        .batch_execute("/*tenant='cmtt'*/ SELECT 1")
+        .await
+        .unwrap();
+    // And one that nothing attributes: it counts at target level only.
+    let unattributed = connect(&pg.dsn("app")).await;
+    unattributed.batch_execute("SELECT 1").await.unwrap();
+
+    let m = daemon
+        .metrics_when("sessions of four tenants", |m| {
+            ["dbt", "rolet", "appt", "cmtt"].iter().all(|t| {
+                m.value(
+                    "tenantwatch_tenant_connections",
+                    &[("target", "main"), ("tenant", t), ("state", "idle")],
+                ) == Some(1.0)
+            })
+        })
+        .await;
+    // The schema rule applies to schema statistics.
+    assert_eq!(
+        tenant_value(&m, "tenantwatch_tenant_tables", "main", "scht"),
+        Some(1.0)
+    );
+    assert_eq!(up(&m, "main"), Some(1.0));
+    // admin, app, four tenants' sessions, one unattributed (tenantwatch's own excluded).
+    let idle = m.value(
+        "tenantwatch_target_connections",
+        &[("target", "main"), ("state", "idle")],
+    );
+    assert_eq!(idle, Some(7.0));
+    drop((
+        by_database,
+        by_role,
+        by_application,
+        by_comment,
+        unattributed,
+    ));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_figures_equal_direct_sql_and_long_transactions_show() {
+    let pg = cluster().await;
+    let admin = connect(&pg.dsn("postgres")).await;
+    admin.batch_execute("CREATE DATABASE app").await.unwrap();
+    let app = connect(&pg.dsn("app")).await;
+    app.batch_execute(
+        "CREATE SCHEMA tenant_a; CREATE SCHEMA tenant_b; CREATE SCHEMA public_stuff;
+         CREATE TABLE tenant_a.t1 (id int PRIMARY KEY, v text);
+         CREATE TABLE tenant_a.t2 (id int PRIMARY KEY, v text);
+         CREATE TABLE tenant_b.t1 (id int PRIMARY KEY, v text);
+         CREATE TABLE public_stuff.t (id int);
+         INSERT INTO tenant_a.t1 SELECT g, 'x' FROM generate_series(1, 1000) g;
+         INSERT INTO tenant_a.t2 SELECT g, 'y' FROM generate_series(1, 500) g;
+         UPDATE tenant_a.t1 SET v = 'z' WHERE id <= 100;
+         DELETE FROM tenant_a.t2 WHERE id <= 50;
+         INSERT INTO tenant_b.t1 SELECT g, 'b' FROM generate_series(1, 10) g;
+         SELECT count(*) FROM tenant_a.t1;",
+    )
+    .await
+    .unwrap();
+    // A backend flushes its statistics when it exits.
+    drop(app);
+    // A session of tenant a sits idle in a transaction (attributed by comment).
+    let idle = connect(&pg.dsn("app")).await;
+    idle.batch_execute("BEGIN; SELECT 1 /*tenant='a'*/")
+        .await
+        .unwrap();
+
+    let daemon =
+        TestDaemon::start_with(|c| c.targets.push(fast_target("main", pg.dsn("app")))).await;
+    let expected = |sql: &str| {
+        let sql = sql.to_owned();
+        let dsn = pg.dsn("app");
+        async move {
+            let client = connect(&dsn).await;
+            let row = client.query_one(&sql, &[]).await.unwrap();
+            row.get::<_, i64>(0) as f64
+        }
+    };
+    // Statistics reach the views within a second or so; wait for the inserts.
+    let sum = |column: &str| {
+        format!(
+            "SELECT COALESCE(sum({column}), 0)::int8 FROM pg_stat_user_tables WHERE schemaname = 'tenant_a'"
+        )
+    };
+    let want_ins = expected(&sum("n_tup_ins")).await;
+    let m = daemon
+        .metrics_when("tenant a's inserts", |m| {
+            m.value(
+                "tenantwatch_tenant_tuples_total",
+                &[("target", "main"), ("tenant", "a"), ("op", "inserted")],
+            ) == Some(1500.0)
+        })
+        .await;
+    assert!(
+        want_ins == 1500.0 || want_ins == 0.0,
+        "stats flushed partially: {want_ins}"
+    );
+    for (op, column) in [
+        ("updated", "n_tup_upd"),
+        ("deleted", "n_tup_del"),
+        ("seq_read", "seq_tup_read"),
+    ] {
+        let want = expected(&sum(column)).await;
+        let got = m.value(
+            "tenantwatch_tenant_tuples_total",
+            &[("target", "main"), ("tenant", "a"), ("op", op)],
+        );
+        assert_eq!(got, Some(want), "{op}");
+    }
+    let live = expected(&sum("n_live_tup")).await;
+    assert_eq!(
+        tenant_value(&m, "tenantwatch_tenant_live_tuples", "main", "a"),
+        Some(live)
+    );
+    assert_eq!(live, 1450.0);
+    let dead = expected(&sum("n_dead_tup")).await;
+    assert_eq!(
+        tenant_value(&m, "tenantwatch_tenant_dead_tuples", "main", "a"),
+        Some(dead)
+    );
+    assert_eq!(
+        tenant_value(&m, "tenantwatch_tenant_tables", "main", "a"),
+        Some(2.0)
+    );
+    assert_eq!(
+        tenant_value(&m, "tenantwatch_tenant_tables", "main", "b"),
+        Some(1.0)
+    );
+    // public_stuff matches no rule: not a tenant.
+    assert!(
+        m.samples_named("tenantwatch_tenant_tables")
+            .all(|s| s.labels["tenant"] != "public_stuff")
+    );
+
+    // Exact sizes replace the estimate once a size cycle completes.
+    let size_sql = "SELECT sum(pg_total_relation_size(c.oid))::int8 FROM pg_class c
+                      JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = 'tenant_a' AND c.relkind = 'r'";
+    let want_size = expected(size_sql).await;
+    let m = daemon
+        .metrics_when("tenant a's exact size", |m| {
+            tenant_value(m, "tenantwatch_tenant_schema_size_bytes", "main", "a") == Some(want_size)
+        })
+        .await;
+    assert!(
+        tenant_value(
+            &m,
+            "tenantwatch_tenant_schema_size_estimate_bytes",
+            "main",
+            "a"
+        )
+        .unwrap()
+            > 0.0
+    );
+
+    // The idle-in-transaction session is measured from its state change.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let m = daemon
+        .metrics_when("idle in transaction", |m| {
+            tenant_value(
+                m,
+                "tenantwatch_tenant_idle_in_transaction_max_seconds",
+                "main",
+                "a",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        })
+        .await;
+    assert_eq!(
+        m.value(
+            "tenantwatch_tenant_connections",
+            &[
+                ("target", "main"),
+                ("tenant", "a"),
+                ("state", "idle_in_transaction")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        m.value(
+            "tenantwatch_database_commits_total",
+            &[("target", "main"), ("database", "app")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    drop(idle);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_with_a_database_per_tenant_and_service() {
+    let services = ["identity", "core", "billing"];
+    let mut clusters = Vec::new();
+    for service in services {
+        let pg = cluster().await;
+        let admin = connect(&pg.dsn("postgres")).await;
+        for tenant in ["acme", "globex"] {
+            admin
+                .batch_execute(&format!("CREATE DATABASE tenant_{tenant}_{service}"))
+                .await
+                .unwrap();
+            let db = connect(&pg.dsn(&format!("tenant_{tenant}_{service}"))).await;
+            db.batch_execute("CREATE TABLE accounts (id int); CREATE TABLE events (id int); INSERT INTO accounts VALUES (1), (2)")
+                .await
+                .unwrap();
+        }
+        clusters.push(pg);
+    }
+    let daemon = TestDaemon::start_with(|c| {
+        for (service, pg) in services.iter().zip(&clusters) {
+            let mut target = fast_target(service, pg.dsn("postgres"));
+            target.databases = vec!["*".into()];
+            c.targets.push(target);
+        }
+        c.tenants.rules = vec![rule("database", "^tenant_(?P<tenant>[a-z0-9]+)_[a-z]+$")];
+    })
+    .await;
+    let m = daemon
+        .metrics_when("two tenants on three targets", |m| {
+            services.iter().all(|service| {
+                ["acme", "globex"].iter().all(|tenant| {
+                    tenant_value(m, "tenantwatch_tenant_tables", service, tenant) == Some(2.0)
+                })
+            })
+        })
+        .await;
+    for service in services {
+        assert_eq!(up(&m, service), Some(1.0));
+        // postgres plus two tenant databases.
+        assert_eq!(
+            m.value(
+                "tenantwatch_target_watched_databases",
+                &[("target", service)]
+            ),
+            Some(3.0)
+        );
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_down_at_start_comes_up_and_a_restart_recovers() {
+    let pg = cluster().await;
+    let stop = |pg: &Cluster| pg.stop().expect("stop");
+    stop(&pg);
+    let daemon =
+        TestDaemon::start_with(|c| c.targets.push(fast_target("main", pg.dsn("postgres")))).await;
+    let m = daemon
+        .metrics_when("a failed connect", |m| {
+            m.value(
+                "tenantwatch_poll_errors_total",
+                &[
+                    ("target", "main"),
+                    ("collector", "connect"),
+                    ("error", "connect"),
+                ],
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        })
+        .await;
+    assert_eq!(up(&m, "main"), Some(0.0));
+    assert_eq!(
+        daemon.get("/healthz").await.status,
+        200,
+        "the daemon keeps serving"
+    );
+
+    pg.start().expect("start");
+    daemon
+        .metrics_when("the target up", |m| up(m, "main") == Some(1.0))
+        .await;
+
+    // Restart mid-run: up again within two poll intervals of the server
+    // accepting connections (plus a margin for this shared machine).
+    pg.restart().expect("restart");
+    let restarted = Instant::now();
+    let m = daemon
+        .metrics_when("a poll after the restart", |m| {
+            let last = m
+                .value(
+                    "tenantwatch_poll_last_success_timestamp_seconds",
+                    &[("target", "main"), ("collector", "activity")],
+                )
+                .unwrap_or(0.0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            up(m, "main") == Some(1.0) && now - last < 0.4
+        })
+        .await;
+    assert!(
+        restarted.elapsed() < Duration::from_millis(2 * 500 + 1500),
+        "took {:?}",
+        restarted.elapsed()
+    );
+    assert_eq!(up(&m, "main"), Some(1.0));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_does_not_stall_polls() {
+    let pg = cluster().await;
+    let admin = connect(&pg.dsn("postgres")).await;
+    admin.batch_execute("CREATE DATABASE app").await.unwrap();
+    let app = connect(&pg.dsn("app")).await;
+    app.batch_execute("CREATE SCHEMA tenant_locked; CREATE TABLE tenant_locked.t (id int); INSERT INTO tenant_locked.t VALUES (1)")
+        .await
+        .unwrap();
+    // DDL-style lock held for the whole test.
+    app.batch_execute("BEGIN; LOCK TABLE tenant_locked.t IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let daemon =
+        TestDaemon::start_with(|c| c.targets.push(fast_target("main", pg.dsn("app")))).await;
+    let polls_before =
+        |m: &Exposition| m.value_or_zero("tenantwatch_polls_total", &[("target", "main")]);
+    let m = daemon
+        .metrics_when("several polls", |m| polls_before(m) >= 6.0)
+        .await;
+    assert_eq!(up(&m, "main"), Some(1.0));
+    for collector in ["activity", "schema_stats", "sizes"] {
+        let seconds = m
+            .value(
+                "tenantwatch_poll_duration_seconds",
+                &[("target", "main"), ("collector", collector)],
+            )
+            .unwrap_or_else(|| panic!("{collector} ran"));
+        assert!(seconds < 2.0, "{collector} took {seconds}s behind the lock");
+    }
+    assert_eq!(
+        tenant_value(&m, "tenantwatch_tenant_tables", "main", "locked"),
+        Some(1.0)
+    );
+    app.batch_execute("ROLLBACK").await.unwrap();
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_never_overlap() {
+    let pg = cluster().await;
+    // A poll interval far below what a poll takes: the loop must delay, not pile up.
+    let daemon = TestDaemon::start_with(|c| {
+        let mut target = fast_target("main", pg.dsn("postgres"));
+        target.poll_interval = "1ms".into();
+        c.targets.push(target);
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = daemon.metrics().await;
+    let polls = m.value_or_zero("tenantwatch_polls_total", &[("target", "main")]);
+    assert!(polls > 3.0);
+    // Our own sessions: one per watched database, never one per poll.
+    let check = connect(&pg.dsn("postgres")).await;
+    let ours: i64 = check
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantwatch'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ours, 1);
+    daemon.stop().await;
+}
+
+#[test]
+fn the_dsn_password_never_appears_in_logs_errors_or_metrics() {
+    use std::io::Read;
+    let secret = "hunter2-very-secret";
+    let dir = std::env::temp_dir().join(format!("tw-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = tenantwatch::pg_cluster::free_port();
+    let http = tenantwatch::pg_cluster::free_port();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{http}\"\n[ingest]\nudp_listen = \"\"\n\
+             [[targets]]\nname = \"down\"\ndsn = \"host=127.0.0.1 port={port} user=u password={secret} dbname=app\"\npoll_interval = \"200ms\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenantwatch"))
+        .arg("--config")
+        .arg(&config)
+        .env("TENANTWATCH_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let _ = child.kill();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let _ = child.wait();
+    assert!(
+        logs.contains("Poll failed"),
+        "the failing target is logged: {logs}"
+    );
+    assert!(
+        logs.contains(&format!("127.0.0.1:{port}/app")),
+        "sanitized address logged"
+    );
+    assert!(!logs.contains(secret), "password in logs: {logs}");
+    assert!(
+        metrics.contains("tenantwatch_target_up{target=\"down\"} 0"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(secret));
+
+    // A DSN that does not parse is refused without echoing it.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!("[[targets]]\nname = \"x\"\ndsn = \"host=a password={secret} port=notaport\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantwatch"))
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("targets[0].dsn"), "{stderr}");
+    assert!(!stderr.contains(secret), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
