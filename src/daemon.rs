@@ -110,6 +110,7 @@ impl Daemon {
                 Arc::new(Mutex::new(TargetStatus {
                     name: target.name.clone(),
                     description: target.description.clone(),
+                    schema_detail: target.schema_detail,
                     ..TargetStatus::default()
                 }))
             })

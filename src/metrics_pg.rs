@@ -8,6 +8,7 @@ use prometheus_client::metrics::MetricType;
 
 use crate::collect::queries::SchemaTotals;
 use crate::collect::{COLLECTORS, ERROR_KINDS, SharedStatus, TargetStatus, lock};
+use crate::config::SchemaDetail;
 use crate::metrics::{counter, family, gauge};
 
 /// Exposes every target's last status.
@@ -23,7 +24,8 @@ struct SchemaCounterFamily {
     name: &'static str,
     help: &'static str,
     label: &'static str,
-    values: &'static [(&'static str, SchemaField)],
+    /// (label value, field, only with `schema_detail = "full"`)
+    values: &'static [(&'static str, SchemaField, bool)],
 }
 
 const SCHEMA_COUNTERS: [SchemaCounterFamily; 3] = [
@@ -32,12 +34,12 @@ const SCHEMA_COUNTERS: [SchemaCounterFamily; 3] = [
         help: "Rows read and written in the tenant's tables (pg_stat_user_tables).",
         label: "op",
         values: &[
-            ("seq_read", |s| s.seq_tup_read as f64),
-            ("idx_fetch", |s| s.idx_tup_fetch as f64),
-            ("inserted", |s| s.n_tup_ins as f64),
-            ("updated", |s| s.n_tup_upd as f64),
-            ("deleted", |s| s.n_tup_del as f64),
-            ("hot_updated", |s| s.n_tup_hot_upd as f64),
+            ("seq_read", |s| s.seq_tup_read as f64, false),
+            ("idx_fetch", |s| s.idx_tup_fetch as f64, false),
+            ("inserted", |s| s.n_tup_ins as f64, false),
+            ("updated", |s| s.n_tup_upd as f64, false),
+            ("deleted", |s| s.n_tup_del as f64, false),
+            ("hot_updated", |s| s.n_tup_hot_upd as f64, true),
         ],
     },
     SchemaCounterFamily {
@@ -45,8 +47,8 @@ const SCHEMA_COUNTERS: [SchemaCounterFamily; 3] = [
         help: "Sequential and index scans on the tenant's tables.",
         label: "type",
         values: &[
-            ("seq", |s| s.seq_scan as f64),
-            ("idx", |s| s.idx_scan as f64),
+            ("seq", |s| s.seq_scan as f64, false),
+            ("idx", |s| s.idx_scan as f64, false),
         ],
     },
     SchemaCounterFamily {
@@ -54,8 +56,8 @@ const SCHEMA_COUNTERS: [SchemaCounterFamily; 3] = [
         help: "(Auto)vacuum and (auto)analyze runs on the tenant's tables.",
         label: "op",
         values: &[
-            ("vacuum", |s| s.vacuums as f64),
-            ("analyze", |s| s.analyzes as f64),
+            ("vacuum", |s| s.vacuums as f64, true),
+            ("analyze", |s| s.analyzes as f64, true),
         ],
     },
 ];
@@ -344,46 +346,57 @@ impl Collector for PgCollector {
                 )?;
             }
         }
-        let schema_gauges: [(&str, &str, SchemaField); 7] = [
+        // (name, help, value, only with schema_detail = "full")
+        let schema_gauges: [(&str, &str, SchemaField, bool); 7] = [
             (
                 "tenantwatch_tenant_schema_size_estimate_bytes",
                 "Size estimated from pg_class page counts every poll.",
                 |s| s.estimated_bytes as f64,
+                true,
             ),
             (
                 "tenantwatch_tenant_live_tuples",
                 "Estimated live rows in the tenant's tables.",
                 |s| s.n_live_tup as f64,
+                false,
             ),
             (
                 "tenantwatch_tenant_dead_tuples",
                 "Estimated dead rows in the tenant's tables.",
                 |s| s.n_dead_tup as f64,
+                false,
             ),
             (
                 "tenantwatch_tenant_tables",
                 "Tables in the tenant's schemas.",
                 |s| s.tables as f64,
+                true,
             ),
             (
                 "tenantwatch_tenant_schemas",
                 "Schemas attributed to the tenant.",
                 |s| s.schemas as f64,
+                true,
             ),
             (
                 "tenantwatch_tenant_last_vacuum_age_seconds",
                 "Seconds since the most recent (auto)vacuum of any of the tenant's tables.",
                 |s| s.last_vacuum_age_seconds.unwrap_or(f64::NAN),
+                false,
             ),
             (
                 "tenantwatch_tenant_last_analyze_age_seconds",
                 "Seconds since the most recent (auto)analyze of any of the tenant's tables.",
                 |s| s.last_analyze_age_seconds.unwrap_or(f64::NAN),
+                true,
             ),
         ];
-        for (name, help, field) in schema_gauges {
+        for (name, help, field, full_only) in schema_gauges {
             let mut m = family(&mut encoder, name, help, MetricType::Gauge)?;
             for t in &targets {
+                if full_only && t.schema_detail != SchemaDetail::Full {
+                    continue;
+                }
                 let Some(schemas) = &t.schemas else { continue };
                 for (tenant, totals) in schemas.iter() {
                     let value = field(totals);
@@ -402,7 +415,10 @@ impl Collector for PgCollector {
             for t in &targets {
                 let Some(schemas) = &t.schemas else { continue };
                 for (tenant, totals) in schemas.iter() {
-                    for (value, field) in fam.values {
+                    for (value, field, full_only) in fam.values {
+                        if *full_only && t.schema_detail != SchemaDetail::Full {
+                            continue;
+                        }
                         let labels = [
                             ("target", t.name.as_str()),
                             ("tenant", tenant.as_str()),
@@ -422,12 +438,15 @@ impl Collector for PgCollector {
         for t in &targets {
             let Some(schemas) = &t.schemas else { continue };
             for (tenant, s) in schemas.iter() {
-                for (object, source, value) in [
-                    ("heap", "read", s.heap_blks_read),
-                    ("heap", "hit", s.heap_blks_hit),
-                    ("index", "read", s.idx_blks_read),
-                    ("index", "hit", s.idx_blks_hit),
+                for (object, source, value, full_only) in [
+                    ("heap", "read", s.heap_blks_read, false),
+                    ("heap", "hit", s.heap_blks_hit, false),
+                    ("index", "read", s.idx_blks_read, true),
+                    ("index", "hit", s.idx_blks_hit, true),
                 ] {
+                    if full_only && t.schema_detail != SchemaDetail::Full {
+                        continue;
+                    }
                     counter(
                         &mut m,
                         &[

@@ -25,6 +25,7 @@ fn fast_target(name: &str, dsn: String) -> FileTarget {
         statement_timeout: "2s".into(),
         lock_timeout: "500ms".into(),
         connect_timeout: "2s".into(),
+        schema_detail: "full".into(),
         ..FileTarget::new(name, dsn)
     }
 }

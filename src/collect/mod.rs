@@ -52,6 +52,8 @@ pub struct TargetStatus {
     pub name: String,
     /// `host:port/dbname`; never the DSN.
     pub description: String,
+    /// Which per-tenant schema series this target exports.
+    pub schema_detail: crate::config::SchemaDetail,
     pub up: bool,
     pub last_success: Option<SystemTime>,
     pub last_error: Option<&'static str>,

@@ -1,0 +1,264 @@
+//! Poll benchmark for `scripts/bench-poll.sh`: a throwaway PostgreSQL with
+//! SCHEMAS tenant schemas of 5 tables each, watched side by side by
+//! tenantwatch and by prometheus-postgres-exporter with its example
+//! queries.yaml (per-table statistics, the way users get per-schema numbers
+//! today).
+//!
+//! ```text
+//! bench_poll TENANTWATCH_BIN EXPORTER_BIN QUERIES_YAML SCHEMAS
+//! ```
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tenantwatch::collect::queries::{ACTIVITY_SQL, SCHEMA_STATS_SQL};
+use tenantwatch::pg_cluster::{Cluster, free_port};
+use tokio_postgres::NoTls;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn get(url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "120", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Scrapes `url` `times` times: (median seconds, bytes, samples).
+fn scrape(url: &str, times: usize) -> (f64, usize, usize) {
+    let mut seconds = Vec::new();
+    let mut last = String::new();
+    for _ in 0..times {
+        let started = Instant::now();
+        last = get(url).unwrap_or_default();
+        seconds.push(started.elapsed().as_secs_f64());
+    }
+    let samples = last
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    (median(seconds), last.len(), samples)
+}
+
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [tenantwatch, exporter, queries, schemas] = args.as_slice() else {
+        eprintln!("usage: bench_poll TENANTWATCH_BIN EXPORTER_BIN QUERIES_YAML SCHEMAS");
+        std::process::exit(2);
+    };
+    let schemas: usize = schemas.parse().expect("SCHEMAS is a number");
+
+    let cluster = Cluster::start_new().expect("start PostgreSQL");
+    let (admin, connection) = tokio_postgres::connect(&cluster.dsn("postgres"), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    admin
+        .batch_execute("CREATE DATABASE app")
+        .await
+        .expect("create database");
+    let (app, connection) = tokio_postgres::connect(&cluster.dsn("app"), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+
+    let started = Instant::now();
+    let batch = 100;
+    for first in (0..schemas).step_by(batch) {
+        let last = (first + batch).min(schemas) - 1;
+        app.batch_execute(&format!(
+            "DO $$ BEGIN FOR i IN {first}..{last} LOOP
+               EXECUTE format('CREATE SCHEMA tenant_t%s', i);
+               EXECUTE format('CREATE TABLE tenant_t%s.users (id bigint PRIMARY KEY, name text)', i);
+               EXECUTE format('CREATE TABLE tenant_t%s.orders (id bigint PRIMARY KEY, user_id bigint, total numeric)', i);
+               EXECUTE format('CREATE TABLE tenant_t%s.items (id bigint PRIMARY KEY, order_id bigint, sku text)', i);
+               EXECUTE format('CREATE TABLE tenant_t%s.events (id bigint PRIMARY KEY, at timestamptz, payload text)', i);
+               EXECUTE format('CREATE TABLE tenant_t%s.settings (key text PRIMARY KEY, value text)', i);
+               EXECUTE format('INSERT INTO tenant_t%s.users VALUES (1, ''a''), (2, ''b'')', i);
+             END LOOP; END $$"
+        ))
+        .await
+        .expect("create schemas");
+    }
+    app.batch_execute("ANALYZE").await.expect("analyze");
+    println!(
+        "created {schemas} schemas x 5 tables in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Database-side time of tenantwatch's per-poll queries.
+    for (name, sql) in [
+        ("schema_stats", SCHEMA_STATS_SQL),
+        ("activity", ACTIVITY_SQL),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let rows = app
+                .query(&format!("EXPLAIN (ANALYZE, TIMING OFF) {sql}"), &[])
+                .await
+                .expect("explain");
+            let line: String = rows.last().map(|r| r.get(0)).unwrap_or_default();
+            let ms: f64 = line
+                .split_whitespace()
+                .find_map(|w| w.parse().ok())
+                .unwrap_or(f64::NAN);
+            times.push(ms);
+        }
+        println!(
+            "database-side time of the {name} query: {:.0} ms (median of 5, EXPLAIN ANALYZE)",
+            median(times)
+        );
+    }
+
+    // tenantwatch.
+    let http = free_port();
+    let config = cluster.dir().join("tenantwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{http}\"\n[ingest]\nudp_listen = \"\"\n\
+             [[targets]]\nname = \"bench\"\ndsn = \"{}\"\npoll_interval = \"10s\"\nsize_interval = \"5m\"\n\
+             statement_timeout = \"30s\"\n",
+            cluster.dsn("app")
+        ),
+    )
+    .expect("write config");
+    let daemon = Killed(
+        Command::new(tenantwatch)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("TENANTWATCH_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start tenantwatch"),
+    );
+    let url = format!("http://127.0.0.1:{http}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let text = loop {
+        if let Some(text) = get(&url)
+            && text.contains("collector=\"schema_stats\"")
+            && text.contains("tenantwatch_tenant_live_tuples{")
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "tenantwatch did not poll");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for collector in ["connect", "activity", "schema_stats", "database", "sizes"] {
+        if let Some(seconds) = metric(
+            &text,
+            &format!(
+                "tenantwatch_poll_duration_seconds{{target=\"bench\",collector=\"{collector}\"}}"
+            ),
+        ) {
+            println!("tenantwatch {collector} poll: {:.0} ms", seconds * 1000.0);
+        }
+    }
+    let (tw_seconds, tw_bytes, tw_samples) = scrape(&url, 5);
+    let tw_rss = rss_mib(daemon.0.id(), "VmRSS:");
+    let tw_hwm = rss_mib(daemon.0.id(), "VmHWM:");
+    drop(daemon);
+
+    // prometheus-postgres-exporter 0.11 with its example queries.
+    let exporter_port = free_port();
+    let exporter = Killed(
+        Command::new(exporter)
+            .arg(format!("--extend.query-path={queries}"))
+            .arg(format!("--web.listen-address=127.0.0.1:{exporter_port}"))
+            .env(
+                "DATA_SOURCE_NAME",
+                format!(
+                    "postgresql://postgres@127.0.0.1:{}/app?sslmode=disable",
+                    cluster.port()
+                ),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus-postgres-exporter"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let exporter_url = format!("http://127.0.0.1:{exporter_port}/metrics");
+    let (pe_seconds, pe_bytes, pe_samples) = scrape(&exporter_url, 3);
+    let pe_rss = rss_mib(exporter.0.id(), "VmRSS:");
+    let pe_hwm = rss_mib(exporter.0.id(), "VmHWM:");
+    drop(exporter);
+
+    println!();
+    println!(
+        "{:<28} {:>14} {:>14} {:>8}",
+        "", "exporter", "tenantwatch", "ratio"
+    );
+    println!(
+        "{:<28} {:>14.3} {:>14.3} {:>7.0}x",
+        "scrape seconds (median)",
+        pe_seconds,
+        tw_seconds,
+        pe_seconds / tw_seconds
+    );
+    println!(
+        "{:<28} {:>14} {:>14} {:>7.0}x",
+        "samples",
+        pe_samples,
+        tw_samples,
+        pe_samples as f64 / tw_samples as f64
+    );
+    println!(
+        "{:<28} {:>14.1} {:>14.1} {:>7.0}x",
+        "exposition MiB",
+        pe_bytes as f64 / 1048576.0,
+        tw_bytes as f64 / 1048576.0,
+        pe_bytes as f64 / tw_bytes as f64
+    );
+    println!(
+        "{:<28} {:>14.0} {:>14.0} {:>7.0}x",
+        "RSS MiB",
+        pe_rss,
+        tw_rss,
+        pe_rss / tw_rss
+    );
+    println!(
+        "{:<28} {:>14.0} {:>14.0} {:>7.0}x",
+        "peak RSS MiB",
+        pe_hwm,
+        tw_hwm,
+        pe_hwm / tw_hwm
+    );
+}
