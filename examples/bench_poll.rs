@@ -118,6 +118,8 @@ async fn main() {
         .expect("create schemas");
     }
     app.batch_execute("ANALYZE").await.expect("analyze");
+    // Let autovacuum's reaction to 50,000 new tables pass before measuring.
+    tokio::time::sleep(Duration::from_secs(20)).await;
     println!(
         "created {schemas} schemas x 5 tables in {:.0}s",
         started.elapsed().as_secs_f64()
@@ -192,6 +194,18 @@ async fn main() {
         }
     }
     let (tw_seconds, tw_bytes, tw_samples) = scrape(&url, 5);
+    // The size collector measures one batch per poll; its first run also
+    // lists every relation.
+    let text = get(&url).unwrap_or_default();
+    if let Some(seconds) = metric(
+        &text,
+        "tenantwatch_poll_duration_seconds{target=\"bench\",collector=\"sizes\"}",
+    ) {
+        println!(
+            "tenantwatch sizes poll (one batch of 2,000 relations): {:.0} ms",
+            seconds * 1000.0
+        );
+    }
     let tw_rss = rss_mib(daemon.0.id(), "VmRSS:");
     let tw_hwm = rss_mib(daemon.0.id(), "VmHWM:");
     drop(daemon);

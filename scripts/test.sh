@@ -14,6 +14,7 @@ needed=(
   "python3:python3"
   "node:nodejs"
   "java:default-jdk-headless"
+  "openssl:openssl"
 )
 
 missing=()

@@ -77,6 +77,11 @@ pub struct FileTarget {
     /// Relations measured per statement by the size collector.
     #[serde(default = "default_size_batch")]
     pub size_batch: usize,
+    /// PEM file of the CA that signed the server's certificate: with it the
+    /// certificate and host name are verified (libpq's `verify-full`);
+    /// without it `sslmode=prefer|require` encrypts without verifying.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Per-tenant schema series exported: `basic` (13 per tenant) or `full`
     /// (22 per tenant), to keep 10,000 tenants within one Prometheus.
     #[serde(default = "default_schema_detail")]
@@ -116,6 +121,7 @@ impl FileTarget {
             max_databases: default_max_databases(),
             size_batch: default_size_batch(),
             schema_detail: default_schema_detail(),
+            tls_ca_file: None,
         }
     }
 }
@@ -336,6 +342,7 @@ pub struct TargetConfig {
     pub databases: DatabaseSelection,
     pub size_batch: usize,
     pub schema_detail: SchemaDetail,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -700,6 +707,14 @@ fn validate_target(v: &mut Validator, i: usize, file: &FileTarget) -> Option<Tar
             ),
         }
     }
+    if let Err(err) = crate::collect::tls::connector(file.tls_ca_file.as_deref()) {
+        let path = file
+            .tls_ca_file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        v.fail(&key("tls_ca_file"), path, err.to_string());
+    }
     let connect_timeout = v.duration(&key("connect_timeout"), &file.connect_timeout);
     pg.connect_timeout(connect_timeout);
     pg.application_name("tenantwatch");
@@ -729,6 +744,7 @@ fn validate_target(v: &mut Validator, i: usize, file: &FileTarget) -> Option<Tar
         connect_timeout,
         databases,
         size_batch: v.range(&key("size_batch"), file.size_batch, 1, 100_000),
+        tls_ca_file: file.tls_ca_file.clone(),
         schema_detail: match file.schema_detail.as_str() {
             "basic" => SchemaDetail::Basic,
             "full" => SchemaDetail::Full,
@@ -1006,6 +1022,7 @@ mod tests {
             "max_databases",
             "size_batch",
             "schema_detail",
+            "tls_ca_file",
         ] {
             keys.push(format!("targets.{key}"));
         }

@@ -227,6 +227,113 @@ impl Cluster {
         self.start()
     }
 
+    /// Turns TLS on with a server certificate for `127.0.0.1` signed by a
+    /// fresh CA (made with the `openssl` command), restarts, and returns the
+    /// CA certificate's path.
+    pub fn enable_tls(&self) -> Result<PathBuf, ClusterError> {
+        let data = self.dir.join("data");
+        let ca = self.dir.join("ca.crt");
+        let openssl = |args: &[&str], action: &str| -> Result<(), ClusterError> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&data)
+                .output()
+                .map_err(|e| ClusterError::Command {
+                    action: action.into(),
+                    detail: format!("openssl: {e} (install the openssl package)"),
+                })?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(ClusterError::Command {
+                    action: action.into(),
+                    detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+                })
+            }
+        };
+        let ca_path = ca.display().to_string();
+        let ca_key = self.dir.join("ca.key").display().to_string();
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tenantwatch test CA",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca_path,
+            ],
+            "make a CA",
+        )?;
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+            "make a server key",
+        )?;
+        let ext = self.dir.join("san.ext");
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\n").map_err(|source| {
+            ClusterError::Io {
+                path: ext.clone(),
+                source,
+            }
+        })?;
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                &ca_path,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext.display().to_string(),
+                "-out",
+                "server.crt",
+            ],
+            "sign the server certificate",
+        )?;
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ClusterError::Io { path, source }
+        };
+        let key = data.join("server.key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io(&key))?;
+        if let Some((uid, gid)) = self.run_as {
+            for file in ["server.key", "server.crt"] {
+                let path = data.join(file);
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(io(&path))?;
+            }
+        }
+        let conf = data.join("postgresql.auto.conf");
+        let mut settings = std::fs::read_to_string(&conf).unwrap_or_default();
+        settings.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, settings).map_err(io(&conf))?;
+        self.restart()?;
+        Ok(ca)
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -528,3 +528,60 @@ fn the_dsn_password_never_appears_in_logs_errors_or_metrics() {
     assert!(!stderr.contains(secret), "{stderr}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_encrypts_and_verifies_against_a_given_ca() {
+    let pg = cluster().await;
+    let ca = pg
+        .enable_tls()
+        .expect("TLS on the test cluster (needs the openssl command)");
+    let wrong_ca = {
+        let other = cluster().await;
+        let path = other.enable_tls().expect("a second CA");
+        let copy = pg.dir().join("wrong-ca.crt");
+        std::fs::copy(path, &copy).unwrap();
+        copy
+    };
+
+    let daemon = TestDaemon::start_with(|c| {
+        let dsn = format!("{} sslmode=require", pg.dsn("postgres"));
+        c.targets.push(fast_target("encrypted", dsn.clone()));
+        let mut verified = fast_target("verified", dsn.clone());
+        verified.tls_ca_file = Some(ca.clone());
+        c.targets.push(verified);
+        let mut wrong = fast_target("wrong_ca", dsn);
+        wrong.tls_ca_file = Some(wrong_ca.clone());
+        c.targets.push(wrong);
+    })
+    .await;
+    let m = daemon
+        .metrics_when("two TLS targets up and one refused", |m| {
+            up(m, "encrypted") == Some(1.0)
+                && up(m, "verified") == Some(1.0)
+                && m.value_or_zero(
+                    "tenantwatch_poll_errors_total",
+                    &[
+                        ("target", "wrong_ca"),
+                        ("collector", "connect"),
+                        ("error", "connect"),
+                    ],
+                ) >= 1.0
+        })
+        .await;
+    assert_eq!(up(&m, "wrong_ca"), Some(0.0));
+    let check = connect(&pg.dsn("postgres")).await;
+    let encrypted: i64 = check
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+              WHERE a.application_name = 'tenantwatch' AND s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        encrypted, 2,
+        "both sessions of the up targets are encrypted"
+    );
+    daemon.stop().await;
+}

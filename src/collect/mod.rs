@@ -15,12 +15,14 @@
 //! - readers (the `/metrics` scrape) never query PostgreSQL.
 
 pub mod queries;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::time::MissedTickBehavior;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -149,7 +151,17 @@ pub async fn run_target(
     status: SharedStatus,
     shutdown: CancellationToken,
 ) {
+    let tls = match tls::connector(target.tls_ca_file.as_deref()) {
+        Ok(tls) => tls,
+        Err(err) => {
+            // Validated at start-up; only a CA file changed since can get here.
+            tracing::error!(target_name = %target.name, error = %err, "Target disabled: TLS set-up failed");
+            lock(&status).last_error = Some("connect");
+            return;
+        }
+    };
     let mut poller = Poller {
+        tls,
         target,
         attribution,
         status,
@@ -203,6 +215,8 @@ struct SizeCycle {
 }
 
 struct Poller {
+    /// Used unless the DSN says `sslmode=disable`.
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     target: TargetConfig,
     attribution: Arc<Attribution>,
     status: SharedStatus,
@@ -241,22 +255,28 @@ impl Poller {
             self.sessions.remove(database);
             let mut config = self.target.pg.clone();
             config.dbname(database);
-            let connect = config.connect(NoTls);
-            let (client, connection) = tokio::time::timeout(
-                self.target.connect_timeout + Duration::from_secs(1),
-                connect,
-            )
-            .await
-            .map_err(|_| PollError {
+            let within = self.target.connect_timeout + Duration::from_secs(1);
+            let timed_out = |_| PollError {
                 kind: "connect",
                 detail: "connect timed out".into(),
-            })?
-            .map_err(|err| PollError::from_pg(err, "connect"))?;
-            let connection = tokio::spawn(async move {
-                // Ends when the server or the network closes the session; the
-                // next poll sees `is_closed` and reconnects.
-                let _ = connection.await;
-            });
+            };
+            // Each branch has its own stream type; both end in a task that
+            // drives the connection until the server or the network closes
+            // it, after which the next poll sees `is_closed` and reconnects.
+            let (client, connection) = if config.get_ssl_mode() == SslMode::Disable {
+                let (client, connection) = tokio::time::timeout(within, config.connect(NoTls))
+                    .await
+                    .map_err(timed_out)?
+                    .map_err(|err| PollError::from_pg(err, "connect"))?;
+                (client, tokio::spawn(async move { drop(connection.await) }))
+            } else {
+                let (client, connection) =
+                    tokio::time::timeout(within, config.connect(self.tls.clone()))
+                        .await
+                        .map_err(timed_out)?
+                        .map_err(|err| PollError::from_pg(err, "connect"))?;
+                (client, tokio::spawn(async move { drop(connection.await) }))
+            };
             let setup = format!(
                 "SET statement_timeout = {}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {};",
                 self.target.statement_timeout.as_millis(),
