@@ -215,10 +215,7 @@ fn documented_metrics() -> std::collections::BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_metrics_lists_exactly_the_exposed_families() {
-    let pg = tokio::task::spawn_blocking(tenantwatch::pg_cluster::Cluster::start_new)
-        .await
-        .unwrap()
-        .expect("a throwaway PostgreSQL starts (needs the postgresql server package)");
+    let pg = support::cluster().await;
     let daemon = TestDaemon::start_with(|c| {
         let mut target = tenantwatch::config::FileTarget::new("main", pg.dsn("postgres"));
         target.poll_interval = "200ms".into();

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Exposition, TestDaemon, connect};
+use support::{Exposition, TestDaemon, cluster, connect};
 use tenantwatch::config::{FileRule, FileTarget};
 use tenantwatch::pg_cluster::Cluster;
 
@@ -28,13 +28,6 @@ fn fast_target(name: &str, dsn: String) -> FileTarget {
         schema_detail: "full".into(),
         ..FileTarget::new(name, dsn)
     }
-}
-
-async fn cluster() -> Cluster {
-    tokio::task::spawn_blocking(Cluster::start_new)
-        .await
-        .unwrap()
-        .expect("a throwaway PostgreSQL starts (needs the postgresql server package)")
 }
 
 fn up(m: &Exposition, target: &str) -> Option<f64> {

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: the real daemon started
-//! in-process on loopback with free ports, a small HTTP client, and a parser
-//! for the exposition so tests assert on values, not on substrings.
+//! in-process on loopback with free ports, throwaway PostgreSQL clusters, a
+//! small HTTP client, and a parser for the exposition so tests assert on
+//! values, not on substrings.
 
 #![allow(dead_code)]
 
@@ -303,6 +304,16 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A throwaway PostgreSQL cluster on a free port (several can run at once;
+/// each is stopped and removed on drop; `stop`, `start` and `restart` keep
+/// its port). See `tenantwatch::pg_cluster`, which `tenantwatch demo` uses too.
+pub async fn cluster() -> tenantwatch::pg_cluster::Cluster {
+    tokio::task::spawn_blocking(tenantwatch::pg_cluster::Cluster::start_new)
+        .await
+        .expect("cluster start-up thread")
+        .expect("a throwaway PostgreSQL starts (needs the postgresql server package: apt-get install postgresql)")
 }
 
 /// A PostgreSQL client for test set-up (the connection runs in the background).
