@@ -96,6 +96,20 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     tenantwatch::telemetry::init(config.log_format);
+    with_runtime_and_signals(|shutdown| async move {
+        tenantwatch::run(config, shutdown.cancelled_owned())
+            .await
+            .map_err(|err| err.to_string())
+    })
+}
+
+/// Runs `main` on a multi-threaded runtime with the signal handlers
+/// installed; an error is printed and exits 1.
+fn with_runtime_and_signals<F, Fut>(main: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,10 +123,10 @@ fn run(args: RunArgs) -> ExitCode {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        match tenantwatch::run(config, shutdown.cancelled_owned()).await {
+        match main(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                tracing::error!(error = %err, "tenantwatch failed");
+                eprintln!("tenantwatch: {err}");
                 ExitCode::FAILURE
             }
         }
@@ -121,32 +135,16 @@ fn run(args: RunArgs) -> ExitCode {
 
 fn demo(args: DemoArgs) -> ExitCode {
     tenantwatch::telemetry::init(tenantwatch::config::LogFormat::Plain);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("tenantwatch: failed to start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
     let options = tenantwatch::demo::DemoOptions {
         tenants: args.tenants,
         listen: args.listen,
         duration: args.duration,
         ..Default::default()
     };
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        match tenantwatch::demo::run(options, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("tenantwatch demo: {err}");
-                ExitCode::FAILURE
-            }
-        }
+    with_runtime_and_signals(|shutdown| async move {
+        tenantwatch::demo::run(options, shutdown)
+            .await
+            .map_err(|err| err.to_string())
     })
 }
 
