@@ -9,6 +9,7 @@
 //! `TENANTWATCH__SERVER__LISTEN=0.0.0.0:9645`), and `TENANTWATCH_AUTH_TOKEN`
 //! supplies the bearer token without a file.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,97 @@ pub struct FileConfig {
     /// PostgreSQL instances to poll, each by name.
     pub targets: Vec<FileTarget>,
     pub tenants: FileTenants,
+    pub detect: FileDetect,
+    pub ratelimit: FileRateLimit,
+}
+
+/// `[detect]`: problematic-tenant rules.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileDetect {
+    /// How often every rule is evaluated.
+    pub interval: String,
+    /// Half-life of each tenant's query-rate baseline (`rate_spike`).
+    pub baseline_half_life: String,
+    /// Advice never tightens a quota below this many queries per second.
+    pub floor_qps: f64,
+    /// After a flag clears, the quota grows back by this factor per interval.
+    pub relax_factor: f64,
+    /// Per-rule overrides, `[detect.rules.<name>]`.
+    pub rules: BTreeMap<String, FileRuleSettings>,
+}
+
+impl Default for FileDetect {
+    fn default() -> Self {
+        FileDetect {
+            interval: "10s".into(),
+            baseline_half_life: "1h".into(),
+            floor_qps: 1.0,
+            relax_factor: 2.0,
+            rules: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[detect.rules.<name>]`: every key optional; unset keys keep the default.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileRuleSettings {
+    pub enabled: Option<bool>,
+    pub threshold: Option<f64>,
+    pub min: Option<f64>,
+    pub factor: Option<f64>,
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
+    pub cooldown: Option<String>,
+    pub severity: Option<String>,
+    pub tighten: Option<bool>,
+}
+
+/// `[ratelimit]`: per-tenant quotas for `POST /v1/ratelimit/check`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileRateLimit {
+    pub default_qps: f64,
+    pub default_burst: u32,
+    /// Always allow, but count what would have been denied.
+    pub shadow: bool,
+    /// A tenant's limiter is dropped after this long without a check.
+    pub idle_ttl: String,
+    pub tiers: BTreeMap<String, FileTier>,
+    pub tenants: BTreeMap<String, FileTenantQuota>,
+}
+
+impl Default for FileRateLimit {
+    fn default() -> Self {
+        FileRateLimit {
+            default_qps: 100.0,
+            default_burst: 200,
+            shadow: false,
+            idle_ttl: "10m".into(),
+            tiers: BTreeMap::new(),
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[ratelimit.tiers.<name>]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTier {
+    pub qps: f64,
+    pub burst: u32,
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// `[ratelimit.tenants.<tenant>]`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileTenantQuota {
+    pub tier: Option<String>,
+    pub qps: Option<f64>,
+    pub burst: Option<u32>,
 }
 
 /// `[[targets]]`: one PostgreSQL instance.
@@ -313,6 +405,10 @@ pub struct Config {
     pub log_format: LogFormat,
     pub targets: Vec<TargetConfig>,
     pub attribution: Attribution,
+    pub detect: crate::detect::DetectSettings,
+    pub ratelimit: crate::ratelimit::RatePolicy,
+    /// Limiters unused this long are dropped.
+    pub ratelimit_idle_ttl: Duration,
 }
 
 /// Which databases of an instance are watched for schema statistics.
@@ -635,6 +731,9 @@ impl TryFrom<FileConfig> for Config {
             }
         }
         let attribution = validate_rules(&mut v, &file.tenants.rules);
+        let detect = validate_detect(&mut v, &file.detect, ingest.share_window);
+        let ratelimit = validate_ratelimit(&mut v, &file.ratelimit);
+        let ratelimit_idle_ttl = v.duration("ratelimit.idle_ttl", &file.ratelimit.idle_ttl);
 
         if v.errors.is_empty() {
             Ok(Config {
@@ -643,6 +742,9 @@ impl TryFrom<FileConfig> for Config {
                 log_format,
                 targets,
                 attribution,
+                detect,
+                ratelimit,
+                ratelimit_idle_ttl,
             })
         } else {
             Err(ConfigError::Invalid(v.errors))
@@ -773,6 +875,166 @@ pub fn describe_pg(pg: &tokio_postgres::Config) -> String {
     let port = pg.get_ports().first().copied().unwrap_or(5432);
     let dbname = pg.get_dbname().or(pg.get_user()).unwrap_or("postgres");
     format!("{host}:{port}/{dbname}")
+}
+
+fn validate_detect(
+    v: &mut Validator,
+    file: &FileDetect,
+    window: Duration,
+) -> crate::detect::DetectSettings {
+    use crate::detect::{DetectSettings, RuleName, Severity};
+    let mut settings = DetectSettings {
+        interval: v.duration("detect.interval", &file.interval),
+        window,
+        baseline_half_life: v.duration("detect.baseline_half_life", &file.baseline_half_life),
+        floor_qps: file.floor_qps,
+        relax_factor: file.relax_factor,
+        ..DetectSettings::default()
+    };
+    if !(file.floor_qps.is_finite() && file.floor_qps > 0.0) {
+        v.fail(
+            "detect.floor_qps",
+            file.floor_qps,
+            "must be a number above 0",
+        );
+    }
+    if !(file.relax_factor.is_finite() && file.relax_factor > 1.0) {
+        v.fail(
+            "detect.relax_factor",
+            file.relax_factor,
+            "must be a number above 1",
+        );
+    }
+    for (name, over) in &file.rules {
+        let Some(rule) = RuleName::parse(name) else {
+            let names: Vec<&str> = RuleName::ALL.iter().map(|r| r.as_str()).collect();
+            v.fail(
+                &format!("detect.rules.{name}"),
+                format!("{name:?}"),
+                format!("unknown rule; rules are {}", names.join(", ")),
+            );
+            continue;
+        };
+        let key = |field: &str| format!("detect.rules.{name}.{field}");
+        let Some(r) = settings.rules.get_mut(&rule) else {
+            continue;
+        };
+        if let Some(enabled) = over.enabled {
+            r.enabled = enabled;
+        }
+        for (field, value, target) in [
+            ("threshold", over.threshold, &mut r.threshold),
+            ("min", over.min, &mut r.min),
+            ("factor", over.factor, &mut r.factor),
+        ] {
+            if let Some(value) = value {
+                if value.is_finite() && value >= 0.0 {
+                    *target = value;
+                } else {
+                    v.fail(&key(field), value, "must be a finite number >= 0");
+                }
+            }
+        }
+        if let Some(for_) = &over.for_ {
+            r.for_ = humantime::parse_duration(for_).unwrap_or_else(|err| {
+                v.fail(
+                    &key("for"),
+                    format!("{for_:?}"),
+                    format!("not a duration ({err})"),
+                );
+                r.for_
+            });
+        }
+        if let Some(cooldown) = &over.cooldown {
+            r.cooldown = humantime::parse_duration(cooldown).unwrap_or_else(|err| {
+                v.fail(
+                    &key("cooldown"),
+                    format!("{cooldown:?}"),
+                    format!("not a duration ({err})"),
+                );
+                r.cooldown
+            });
+        }
+        if let Some(severity) = &over.severity {
+            match Severity::parse(severity) {
+                Some(severity) => r.severity = severity,
+                None => v.fail(
+                    &key("severity"),
+                    format!("{severity:?}"),
+                    "must be info, warning or critical",
+                ),
+            }
+        }
+        if let Some(tighten) = over.tighten {
+            r.tighten = tighten;
+        }
+    }
+    settings
+}
+
+fn validate_ratelimit(v: &mut Validator, file: &FileRateLimit) -> crate::ratelimit::RatePolicy {
+    use crate::ratelimit::{Rate, RatePolicy, TenantOverride, Tier};
+    let mut rate = |key: &str, qps: f64, burst: u32| {
+        if !(qps.is_finite() && qps > 0.0) {
+            v.fail(&format!("{key}qps"), qps, "must be a number above 0");
+        }
+        if burst == 0 {
+            v.fail(&format!("{key}burst"), burst, "must be at least 1");
+        }
+        Rate { qps, burst }
+    };
+    let default = rate("ratelimit.default_", file.default_qps, file.default_burst);
+    let tiers = file
+        .tiers
+        .iter()
+        .map(|(name, tier)| {
+            let key = format!("ratelimit.tiers.{name}.");
+            (
+                name.clone(),
+                Tier {
+                    rate: rate(&key, tier.qps, tier.burst),
+                    shadow: tier.shadow,
+                },
+            )
+        })
+        .collect::<std::collections::HashMap<_, _>>();
+    let mut tenants = std::collections::HashMap::new();
+    for (tenant, quota) in &file.tenants {
+        let key = format!("ratelimit.tenants.{tenant}");
+        if let Some(tier) = &quota.tier
+            && !tiers.contains_key(tier)
+        {
+            v.fail(
+                &format!("{key}.tier"),
+                format!("{tier:?}"),
+                "no such tier in [ratelimit.tiers]",
+            );
+        }
+        if quota.qps.is_some_and(|q| !(q.is_finite() && q > 0.0)) {
+            v.fail(
+                &format!("{key}.qps"),
+                quota.qps.unwrap_or_default(),
+                "must be a number above 0",
+            );
+        }
+        if quota.burst == Some(0) {
+            v.fail(&format!("{key}.burst"), 0, "must be at least 1");
+        }
+        tenants.insert(
+            tenant.clone(),
+            TenantOverride {
+                tier: quota.tier.clone(),
+                qps: quota.qps,
+                burst: quota.burst,
+            },
+        );
+    }
+    RatePolicy {
+        default,
+        shadow: file.shadow,
+        tiers,
+        tenants,
+    }
 }
 
 fn validate_rules(v: &mut Validator, rules: &[FileRule]) -> Attribution {

@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::collect::{self, SharedStatus, TargetStatus};
 use crate::config::Config;
+use crate::detect::{DetectSettings, Detector, Judgement, SharedJudgement, Transition};
 use crate::ingest::IngestStats;
 use crate::ingest::udp::{UdpLimits, UdpListener};
 use crate::metrics::{HttpMetrics, UdpSocketInfo};
+use crate::ratelimit::RateLimits;
 use crate::server::{self, AppState, HttpLimits};
 use crate::store::{MonotonicClock, Store, StoreLimits};
 
@@ -48,6 +50,8 @@ pub struct Daemon {
     udp_addr: Option<SocketAddr>,
     store: Arc<Store>,
     target_statuses: Vec<SharedStatus>,
+    judgement: SharedJudgement,
+    rate_limits: Arc<RateLimits>,
     shutdown: CancellationToken,
     supervisor: JoinHandle<()>,
 }
@@ -115,13 +119,23 @@ impl Daemon {
                 }))
             })
             .collect();
-        let registry = crate::metrics::registry(
+        let limits = Arc::new(RateLimits::new(
+            config.ratelimit.clone(),
+            ingest.max_tenants,
+            config.ratelimit_idle_ttl,
+        ));
+        let judgement: SharedJudgement = Arc::default();
+        let mut registry = crate::metrics::registry(
             store.clone(),
             stats.clone(),
             udp_info,
             &http_metrics,
             target_statuses.clone(),
         );
+        registry.register_collector(Box::new(crate::metrics::DetectCollector {
+            judgement: judgement.clone(),
+            limits: limits.clone(),
+        }));
         let state = Arc::new(AppState {
             registry,
             store: store.clone(),
@@ -138,6 +152,8 @@ impl Daemon {
             },
             auth_token: config.server.auth_token.clone(),
             http_shards: (udp_receivers, HTTP_SHARDS),
+            rate_limits: limits.clone(),
+            judgement: judgement.clone(),
             next_shard: AtomicUsize::new(0),
         });
 
@@ -174,6 +190,14 @@ impl Daemon {
             })
             .collect();
         let store_for_readers = store.clone();
+        let detector = tokio::spawn(run_detector(
+            config.detect.clone(),
+            store.clone(),
+            target_statuses.clone(),
+            limits.clone(),
+            judgement.clone(),
+            shutdown.clone(),
+        ));
         let housekeeping = tokio::spawn(evict_idle_tenants(
             store,
             ingest.tenant_idle_ttl,
@@ -194,6 +218,7 @@ impl Daemon {
             tracing::info!("Shutting down: draining connections");
             let _ = server.await;
             let _ = housekeeping.await;
+            let _ = detector.await;
             for poller in pollers {
                 let _ = poller.await;
             }
@@ -212,6 +237,8 @@ impl Daemon {
             udp_addr,
             store: store_for_readers,
             target_statuses,
+            judgement,
+            rate_limits: limits,
             shutdown,
             supervisor,
         })
@@ -237,6 +264,16 @@ impl Daemon {
         &self.target_statuses
     }
 
+    /// The detector's last flags and advice.
+    pub fn judgement(&self) -> Arc<Judgement> {
+        crate::detect::read_judgement(&self.judgement)
+    }
+
+    /// The rate limiters.
+    pub fn rate_limits(&self) -> &Arc<RateLimits> {
+        &self.rate_limits
+    }
+
     /// Starts a graceful shutdown; [`Daemon::wait`] returns when it is done.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -255,6 +292,72 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     daemon.shutdown();
     daemon.wait().await;
     Ok(())
+}
+
+/// Evaluates the detection rules every interval, publishes the flags and
+/// advice, logs each flag once when raised and once when cleared, and prunes
+/// idle rate limiters.
+async fn run_detector(
+    settings: DetectSettings,
+    store: Arc<Store>,
+    statuses: Vec<SharedStatus>,
+    limits: Arc<RateLimits>,
+    judgement: SharedJudgement,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(settings.interval);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut detector = Detector::new(settings);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let snapshot = store.snapshot();
+        let targets: Vec<TargetStatus> =
+            statuses.iter().map(|s| collect::lock(s).clone()).collect();
+        let policy = limits.policy();
+        let transitions = detector.evaluate(
+            std::time::Instant::now(),
+            std::time::SystemTime::now(),
+            &snapshot,
+            &targets,
+            |tenant| policy.base_quota(tenant).rate.qps,
+        );
+        for transition in transitions {
+            match transition {
+                Transition::Raised(flag) => tracing::warn!(
+                    tenant = %flag.tenant,
+                    reason = flag.reason.as_str(),
+                    severity = ?flag.severity,
+                    value = flag.value,
+                    threshold = flag.threshold,
+                    target = ?flag.target,
+                    "Tenant flagged"
+                ),
+                Transition::Cleared(flag) => tracing::info!(
+                    tenant = %flag.tenant,
+                    reason = flag.reason.as_str(),
+                    "Tenant flag cleared"
+                ),
+            }
+        }
+        let advice = detector.advice();
+        limits.set_advice(
+            advice
+                .iter()
+                .map(|a| (a.tenant.clone(), a.effective_qps))
+                .collect(),
+        );
+        let view = Arc::new(Judgement {
+            flags: detector.flags(),
+            advice,
+        });
+        *judgement
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = view;
+        limits.prune();
+    }
 }
 
 async fn evict_idle_tenants(store: Arc<Store>, ttl: Duration, shutdown: CancellationToken) {

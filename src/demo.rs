@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FileConfig, FileTarget};
+use crate::config::{Config, FileConfig, FileRuleSettings, FileTarget};
 use crate::daemon::Daemon;
 use crate::pg_cluster::{Cluster, ClusterError};
 
@@ -256,6 +256,24 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
         size_interval: "30s".into(),
         ..FileTarget::new("demo", cluster.dsn("app"))
     });
+    // Detection tuned to show within the demo's first minute what the
+    // shipped defaults (2m for db_time_hog, 60s idle in transaction) show in
+    // two.
+    file.detect.interval = "5s".into();
+    file.detect.rules.insert(
+        "db_time_hog".into(),
+        FileRuleSettings {
+            for_: Some("30s".into()),
+            ..Default::default()
+        },
+    );
+    file.detect.rules.insert(
+        "idle_in_transaction".into(),
+        FileRuleSettings {
+            threshold: Some(30.0),
+            ..Default::default()
+        },
+    );
     let config = Config::try_from(file)?;
     let daemon = Daemon::start(config).await?;
     let http = daemon.http_addr();
@@ -322,15 +340,18 @@ pub fn live_table(daemon: &Daemon, elapsed: Duration) -> String {
         .and_then(|s| crate::collect::lock(s).activity.clone());
     let mut tenants: Vec<_> = snapshot.tenants.iter().collect();
     tenants.sort_by(|a, b| b.db_time_share.total_cmp(&a.db_time_share));
+    let judgement = daemon.judgement();
     let mut out = format!(
-        "\n[{:>4}s] top tenants by share of database time (last {}s)\n{:<12} {:>7} {:>8} {:>6} {:>16}\n",
+        "\n[{:>4}s] top tenants by share of database time (last {}s)\n{:<12} {:>7} {:>8} {:>6} {:>16} {:>8}  {}\n",
         elapsed.as_secs(),
         60,
         "tenant",
         "share",
         "queries",
         "conns",
-        "idle in txn (s)"
+        "idle in txn (s)",
+        "qps cap",
+        "flags"
     );
     for tenant in tenants.iter().take(8) {
         let queries: f64 = tenant.kinds.iter().flatten().map(|k| k.queries).sum();
@@ -339,14 +360,23 @@ pub fn live_table(daemon: &Daemon, elapsed: Duration) -> String {
             .and_then(|a| a.tenants.get(&tenant.tenant));
         let connections: u64 = pg.map(|a| a.connections.values().sum()).unwrap_or(0);
         let idle = pg.map(|a| a.idle_in_transaction_max_seconds).unwrap_or(0.0);
+        let flags: Vec<&str> = judgement
+            .flags
+            .iter()
+            .filter(|f| f.tenant == tenant.tenant)
+            .map(|f| f.reason.as_str())
+            .collect();
+        let cap = daemon.rate_limits().effective(&tenant.tenant).1.qps;
         let _ = writeln!(
             out,
-            "{:<12} {:>6.1}% {:>8.0} {:>6} {:>16.0}",
+            "{:<12} {:>6.1}% {:>8.0} {:>6} {:>16.0} {:>8.0}  {}",
             tenant.tenant,
             tenant.db_time_share * 100.0,
             queries,
             connections,
-            idle
+            idle,
+            cap,
+            flags.join(",")
         );
     }
     out

@@ -345,3 +345,100 @@ pub fn encode(registry: &Registry) -> String {
     LAST_EXPOSITION_BYTES.store(out.len(), Ordering::Relaxed);
     out
 }
+
+/// Exposes the detector's flags and the rate limiter's decisions.
+#[derive(Debug)]
+pub struct DetectCollector {
+    pub judgement: crate::detect::SharedJudgement,
+    pub limits: Arc<crate::ratelimit::RateLimits>,
+}
+
+impl Collector for DetectCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let judgement = crate::detect::read_judgement(&self.judgement);
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_tenant_flagged",
+            "1 while the tenant is flagged by the rule named in reason.",
+            MetricType::Gauge,
+        )?;
+        for flag in &judgement.flags {
+            let labels = [
+                ("tenant", flag.tenant.as_str()),
+                ("reason", flag.reason.as_str()),
+            ];
+            gauge(&mut metric, &labels, 1.0)?;
+        }
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_tenant_flag_value",
+            "The observed value of each raised flag (its threshold is in tenantwatch_tenant_flag_threshold).",
+            MetricType::Gauge,
+        )?;
+        for flag in &judgement.flags {
+            let labels = [
+                ("tenant", flag.tenant.as_str()),
+                ("reason", flag.reason.as_str()),
+            ];
+            gauge(&mut metric, &labels, flag.value)?;
+        }
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_tenant_flag_threshold",
+            "The threshold each raised flag's value crossed.",
+            MetricType::Gauge,
+        )?;
+        for flag in &judgement.flags {
+            let labels = [
+                ("tenant", flag.tenant.as_str()),
+                ("reason", flag.reason.as_str()),
+            ];
+            gauge(&mut metric, &labels, flag.threshold)?;
+        }
+
+        let limiters = self.limits.snapshot();
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_ratelimit_decisions",
+            "POST /v1/ratelimit/check answers per tenant: allowed, denied, or shadow_denied (allowed in shadow mode, over quota).",
+            MetricType::Counter,
+        )?;
+        for (tenant, _, counts) in &limiters {
+            for (decision, counter) in [
+                ("allowed", &counts.allowed),
+                ("denied", &counts.denied),
+                ("shadow_denied", &counts.shadow_denied),
+            ] {
+                let labels = [("tenant", tenant.as_str()), ("decision", decision)];
+                counter_u64(&mut metric, &labels, counter.load(Ordering::Relaxed))?;
+            }
+        }
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_tenant_ratelimit_qps",
+            "The tenant's effective quota in checks per second (tightened while flagged).",
+            MetricType::Gauge,
+        )?;
+        for (tenant, rate, _) in &limiters {
+            gauge(&mut metric, &[("tenant", tenant.as_str())], rate.qps)?;
+        }
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_ratelimit_limiters",
+            "Per-tenant rate limiters held in memory (at most ingest.max_tenants plus one overflow limiter).",
+            MetricType::Gauge,
+        )?;
+        metric.encode_gauge(&(limiters.len() as i64))?;
+        Ok(())
+    }
+}
+
+fn counter_u64(
+    encoder: &mut MetricEncoder<'_>,
+    labels: &impl EncodeLabelSet,
+    value: u64,
+) -> std::fmt::Result {
+    encoder
+        .encode_family(labels)?
+        .encode_counter::<NoLabelSet, _, u64>(&value, None)
+}

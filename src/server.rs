@@ -65,6 +65,8 @@ pub struct AppState {
     /// Store shards `[first, first + count)` serve HTTP requests, round robin.
     pub http_shards: (usize, usize),
     pub next_shard: AtomicUsize,
+    pub rate_limits: Arc<crate::ratelimit::RateLimits>,
+    pub judgement: crate::detect::SharedJudgement,
 }
 
 /// Size and time limits of the HTTP listener.
@@ -150,6 +152,9 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
         "/healthz" => ("healthz", "GET, HEAD"),
         "/readyz" => ("readyz", "GET, HEAD"),
         "/v1/events" => ("events", "POST"),
+        "/v1/ratelimit/check" => ("ratelimit_check", "POST"),
+        "/api/v1/flags" => ("flags", "GET, HEAD"),
+        "/api/v1/advice" => ("advice", "GET, HEAD"),
         _ => {
             let detail = format!("no endpoint at {path}");
             return ("unknown", problem(StatusCode::NOT_FOUND, &detail));
@@ -187,6 +192,15 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
+        "flags" => json(
+            StatusCode::OK,
+            &serde_json::json!({ "flags": crate::detect::read_judgement(&state.judgement).flags }),
+        ),
+        "advice" => json(
+            StatusCode::OK,
+            &serde_json::json!({ "advice": crate::detect::read_judgement(&state.judgement).advice }),
+        ),
+        "ratelimit_check" => ratelimit_check(state, req).await,
         _ => post_events(state, req).await,
     };
     (endpoint, response)
@@ -324,6 +338,127 @@ async fn post_events(state: &AppState, req: Request<Incoming>) -> Response<Body>
             rejected,
         },
     )
+}
+
+/// Largest body of a rate-limit check.
+const MAX_CHECK_BODY_BYTES: usize = 4096;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    tenant: String,
+    #[serde(default = "one")]
+    cost: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Serialize)]
+struct CheckReply<'a> {
+    allowed: bool,
+    tenant: &'a str,
+    limit: u32,
+    qps: f64,
+    remaining: u32,
+    retry_after_ms: u64,
+    policy: &'a str,
+    reason: &'a str,
+}
+
+/// `POST /v1/ratelimit/check`: 200 when allowed, 429 when denied, with the
+/// IETF draft `RateLimit-Policy` and `RateLimit` headers and `Retry-After`.
+async fn ratelimit_check(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+    if !authorized(state, &req) {
+        return unauthorized();
+    }
+    let collect = Limited::new(req.into_body(), MAX_CHECK_BODY_BYTES).collect();
+    let body = match tokio::time::timeout(state.limits.body_read_timeout, collect).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "a check body is at most 4096 bytes",
+            );
+        }
+        Err(_) => {
+            return problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body was not received in time",
+            );
+        }
+    };
+    let request: CheckRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"tenant\": \"...\", \"cost\": 1}}: {err}"),
+            );
+        }
+    };
+    if let Err(reject) = crate::event::validate_tenant(&request.tenant) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            &format!("tenant: {}", reject.detail),
+        );
+    }
+    if request.cost == 0 || request.cost > 1_000_000 {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "cost must be between 1 and 1000000",
+        );
+    }
+    let decision = state.rate_limits.check(&request.tenant, request.cost);
+    let retry_after_ms = decision.retry_after.as_millis() as u64;
+    let status = if decision.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
+    let mut response = json(
+        status,
+        &CheckReply {
+            allowed: decision.allowed,
+            tenant: &request.tenant,
+            limit: decision.rate.burst,
+            qps: decision.rate.qps,
+            remaining: decision.remaining,
+            retry_after_ms,
+            policy: &decision.policy,
+            reason: decision.reason,
+        },
+    );
+    // draft-ietf-httpapi-ratelimit-headers: the policy (quota q over window w
+    // seconds) and the current state (remaining r, seconds until reset t).
+    let window = (decision.rate.burst as f64 / decision.rate.qps)
+        .ceil()
+        .max(1.0) as u64;
+    let reset = if decision.limited {
+        decision.retry_after.as_secs_f64().ceil() as u64
+    } else {
+        0
+    };
+    let headers = response.headers_mut();
+    let policy_name = decision.policy.replace('"', "");
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "\"{policy_name}\";q={};w={window}",
+        decision.rate.burst
+    )) {
+        headers.insert("ratelimit-policy", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "\"{policy_name}\";r={};t={reset}",
+        decision.remaining
+    )) {
+        headers.insert("ratelimit", value);
+    }
+    if !decision.allowed {
+        let seconds = decision.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 fn body_too_large(state: &AppState, max: usize) -> Response<Body> {

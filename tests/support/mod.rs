@@ -136,10 +136,25 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> HttpReply {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    try_http(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|err| panic!("{method} {path}: {err}"))
+}
+
+/// As [`http`], with connection errors returned instead of panicking.
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<HttpReply, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .expect("handshake");
+        .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
     let mut request = Request::builder()
         .method(method)
@@ -149,20 +164,23 @@ pub async fn http(
         request = request.header(*name, *value);
     }
     let request = request.body(Full::new(Bytes::from(body))).unwrap();
-    let response = sender.send_request(request).await.expect("request");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
-        .expect("body")
+        .map_err(|e| format!("body: {e}"))?
         .to_bytes();
-    HttpReply {
+    Ok(HttpReply {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// One sample of the exposition.
