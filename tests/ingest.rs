@@ -413,10 +413,10 @@ async fn slow_and_excess_connections_are_cut_off() {
         "a free connection slot",
         Duration::from_secs(10),
         || async {
-            let stream = tokio::net::TcpStream::connect(daemon.http).await.ok()?;
-            drop(stream);
-            let reply = tokio::time::timeout(Duration::from_secs(2), daemon.get("/metrics"))
+            let get = support::try_http(daemon.http, "GET", "/metrics", &[], Vec::new());
+            let reply = tokio::time::timeout(Duration::from_secs(2), get)
                 .await
+                .ok()?
                 .ok()?;
             (reply.status == 200).then(|| support::Exposition::parse(&reply.text()))
         },
