@@ -814,3 +814,409 @@ pub fn read_judgement(shared: &SharedJudgement) -> std::sync::Arc<Judgement> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::queries::{ActivitySnapshot, SchemaTotals, TenantActivity};
+    use crate::event::{Event, QueryKind, Sample};
+    use crate::store::{ManualClock, Store, StoreLimits};
+    use std::borrow::Cow;
+    use std::sync::Arc;
+
+    const TICK: Duration = Duration::from_secs(10);
+
+    /// A fleet of `n` tenants with Zipf-like skew (tenant i weighs 1/(i+1)),
+    /// realistic latencies and a 0.5% error rate, on one healthy target.
+    struct Fleet {
+        store: Store,
+        clock: Arc<ManualClock>,
+        start: Instant,
+        elapsed: Duration,
+        detector: Detector,
+        tenants: usize,
+        target: TargetStatus,
+        transitions: Vec<(Duration, Transition)>,
+    }
+
+    fn query(tenant: &str, duration_ms: f64, weight: f64, error: bool) -> Event<'_> {
+        Event {
+            tenant: Cow::Borrowed(tenant),
+            kind: QueryKind::Read,
+            sample: Sample::Query {
+                duration_ms,
+                rows: 1.0,
+                error,
+                weight,
+            },
+        }
+    }
+
+    impl Fleet {
+        fn new(tenants: usize) -> Fleet {
+            let clock = Arc::new(ManualClock::default());
+            let store = Store::new(
+                1,
+                StoreLimits {
+                    max_tenants: 10_000,
+                    tenant_idle_ttl: Duration::from_secs(3600),
+                    share_window: Duration::from_secs(60),
+                },
+                clock.clone(),
+            );
+            let mut activity = ActivitySnapshot::default();
+            let mut schemas = BTreeMap::new();
+            for i in 0..tenants {
+                let name = format!("t{i}");
+                let mut a = TenantActivity::default();
+                a.connections.insert("idle", 1 + (i % 3) as u64);
+                a.idle_in_transaction_max_seconds = if i % 10 == 0 { 2.0 } else { 0.0 };
+                a.longest_query_seconds = 0.05;
+                activity.tenants.insert(name.clone(), a);
+                schemas.insert(
+                    name,
+                    SchemaTotals {
+                        n_live_tup: 100_000 * (1 + i as u64 % 5),
+                        n_dead_tup: 3_000,
+                        estimated_bytes: 50_000_000,
+                        ..SchemaTotals::default()
+                    },
+                );
+            }
+            let target = TargetStatus {
+                name: "main".into(),
+                up: true,
+                max_connections: Some(1000),
+                activity: Some(Arc::new(activity)),
+                schemas: Some(Arc::new(schemas)),
+                ..TargetStatus::default()
+            };
+            Fleet {
+                store,
+                clock,
+                start: Instant::now(),
+                elapsed: Duration::ZERO,
+                detector: Detector::new(DetectSettings::default()),
+                tenants,
+                target,
+                transitions: Vec::new(),
+            }
+        }
+
+        /// Ten seconds of healthy traffic, plus whatever `extra` records.
+        fn tick(&mut self, extra: impl Fn(&mut crate::store::ShardWriter<'_>)) {
+            self.clock.advance(TICK);
+            self.elapsed += TICK;
+            {
+                let mut w = self.store.writer(0);
+                for i in 0..self.tenants {
+                    let name = format!("t{i}");
+                    // 100 queries/s for the biggest tenant, down the tail.
+                    let queries = 1000.0 / (i + 1) as f64;
+                    let fast = (queries * 0.9).max(0.0);
+                    w.record(&query(&name, 4.0 + (i % 7) as f64, fast, false));
+                    w.record(&query(
+                        &name,
+                        40.0 + (i % 5) as f64 * 10.0,
+                        queries * 0.095,
+                        false,
+                    ));
+                    w.record(&query(&name, 30.0, queries * 0.005, true));
+                }
+                extra(&mut w);
+            }
+            let snapshot = self.store.snapshot();
+            let now = self.start + self.elapsed;
+            let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + self.elapsed;
+            let targets = [self.target.clone()];
+            for t in self
+                .detector
+                .evaluate(now, wall, &snapshot, &targets, |_| 100.0)
+            {
+                self.transitions.push((self.elapsed, t));
+            }
+        }
+
+        fn run(&mut self, ticks: usize, extra: impl Fn(&mut crate::store::ShardWriter<'_>)) {
+            for _ in 0..ticks {
+                self.tick(&extra);
+            }
+        }
+
+        fn raised(&self, rule: RuleName) -> Vec<(Duration, String)> {
+            self.transitions
+                .iter()
+                .filter_map(|(at, t)| match t {
+                    Transition::Raised(f) if f.reason == rule => Some((*at, f.tenant.clone())),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn activity(&mut self, tenant: &str, change: impl FnOnce(&mut TenantActivity)) {
+            let mut activity = (**self.target.activity.as_ref().unwrap()).clone();
+            change(activity.tenants.entry(tenant.to_owned()).or_default());
+            self.target.activity = Some(Arc::new(activity));
+        }
+
+        fn schema(&mut self, tenant: &str, change: impl FnOnce(&mut SchemaTotals)) {
+            let mut schemas = (**self.target.schemas.as_ref().unwrap()).clone();
+            change(schemas.entry(tenant.to_owned()).or_default());
+            self.target.schemas = Some(Arc::new(schemas));
+        }
+    }
+
+    #[test]
+    fn quantile_interpolates_like_prometheus() {
+        let mut buckets = [0.0; BUCKET_COUNT];
+        buckets[4] = 100.0; // (0.005, 0.01]
+        assert!((quantile(0.5, &buckets).unwrap() - 0.0075).abs() < 1e-12);
+        buckets[15] = 100.0; // +Inf
+        assert_eq!(quantile(0.99, &buckets), Some(30.0));
+        assert_eq!(quantile(0.5, &[0.0; BUCKET_COUNT]), None);
+    }
+
+    #[test]
+    fn a_healthy_fleet_of_200_skewed_tenants_stays_silent() {
+        let mut fleet = Fleet::new(200);
+        fleet.run(90, |_| {});
+        assert!(fleet.transitions.is_empty(), "{:?}", fleet.transitions);
+        assert!(fleet.detector.advice().is_empty());
+    }
+
+    #[test]
+    fn db_time_hog_fires_after_its_for_and_tightens() {
+        let mut fleet = Fleet::new(200);
+        fleet.run(20, |_| {});
+        // 200 slow queries/s: several times everyone else's database time.
+        fleet.run(20, |w| w.record(&query("t150", 500.0, 2000.0, false)));
+        let raised = fleet.raised(RuleName::DbTimeHog);
+        assert_eq!(raised.len(), 1, "{:?}", fleet.transitions);
+        assert_eq!(raised[0].1, "t150");
+        // Held from the first hot tick (200 s) for 2m; the window fills over 60 s.
+        assert!(raised[0].0 >= Duration::from_secs(320) && raised[0].0 <= Duration::from_secs(400));
+        let advice = fleet.detector.advice();
+        assert_eq!(advice.len(), 1);
+        assert!(advice[0].effective_qps < 100.0 && advice[0].effective_qps >= 1.0);
+        assert_eq!(
+            fleet
+                .raised(RuleName::LatencyOutlier)
+                .iter()
+                .filter(|(_, t)| t != "t150")
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn latency_outlier_fires() {
+        let mut fleet = Fleet::new(200);
+        fleet.run(10, |_| {});
+        fleet.run(20, |w| w.record(&query("t40", 2000.0, 20.0, false)));
+        let raised = fleet.raised(RuleName::LatencyOutlier);
+        assert_eq!(
+            raised.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["t40"]
+        );
+    }
+
+    #[test]
+    fn error_storm_fires() {
+        let mut fleet = Fleet::new(200);
+        fleet.run(10, |_| {});
+        fleet.run(12, |w| w.record(&query("t3", 10.0, 50.0, true)));
+        let raised = fleet.raised(RuleName::ErrorStorm);
+        assert_eq!(
+            raised.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["t3"]
+        );
+    }
+
+    #[test]
+    fn rate_spike_fires_against_the_tenants_own_baseline() {
+        let mut fleet = Fleet::new(200);
+        fleet.run(30, |_| {});
+        // t100 normally runs 1 query/s; now 100/s of fast queries.
+        fleet.run(20, |w| w.record(&query("t100", 1.0, 1000.0, false)));
+        let raised = fleet.raised(RuleName::RateSpike);
+        assert_eq!(
+            raised.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["t100"]
+        );
+    }
+
+    #[test]
+    fn connection_hog_fires() {
+        let mut fleet = Fleet::new(200);
+        fleet.activity("t7", |a| {
+            a.connections.insert("active", 300);
+        });
+        fleet.run(10, |_| {});
+        let raised = fleet.raised(RuleName::ConnectionHog);
+        assert_eq!(
+            raised.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["t7"]
+        );
+        assert!(raised[0].0 >= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn session_rules_fire() {
+        let mut fleet = Fleet::new(200);
+        fleet.activity("t1", |a| a.idle_in_transaction_max_seconds = 61.0);
+        fleet.activity("t2", |a| a.longest_query_seconds = 301.0);
+        fleet.activity("t3", |a| a.blocking = 3);
+        fleet.run(5, |_| {});
+        assert_eq!(
+            fleet
+                .raised(RuleName::IdleInTransaction)
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>(),
+            ["t1"]
+        );
+        assert_eq!(
+            fleet
+                .raised(RuleName::LongQuery)
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>(),
+            ["t2"]
+        );
+        let blockers = fleet.raised(RuleName::LockBlocker);
+        assert_eq!(
+            blockers.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["t3"]
+        );
+        assert!(
+            blockers[0].0 >= Duration::from_secs(40),
+            "after its 30 s for"
+        );
+    }
+
+    #[test]
+    fn bloat_fires() {
+        let mut fleet = Fleet::new(200);
+        fleet.schema("t9", |s| {
+            s.n_live_tup = 5_000_000;
+            s.n_dead_tup = 2_000_000;
+        });
+        fleet.schema("t10", |s| {
+            // A high ratio on a small table is not bloat worth a flag.
+            s.n_live_tup = 1_000;
+            s.n_dead_tup = 900;
+        });
+        fleet.run(3, |_| {});
+        assert_eq!(
+            fleet
+                .raised(RuleName::Bloat)
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>(),
+            ["t9"]
+        );
+    }
+
+    #[test]
+    fn runaway_growth_fires() {
+        let mut fleet = Fleet::new(20);
+        // 90 minutes of 15-minute steps: t5 grows 2 GiB per hour.
+        for step in 0..7u64 {
+            fleet.schema("t5", |s| {
+                s.estimated_bytes = 1_000_000_000 + step * 512 * 1024 * 1024
+            });
+            fleet.clock.advance(Duration::from_secs(15 * 60) - TICK);
+            fleet.elapsed += Duration::from_secs(15 * 60) - TICK;
+            fleet.tick(|_| {});
+        }
+        assert_eq!(
+            fleet
+                .raised(RuleName::RunawayGrowth)
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>(),
+            ["t5"]
+        );
+    }
+
+    #[test]
+    fn a_flag_does_not_flap_around_its_threshold() {
+        let mut fleet = Fleet::new(50);
+        // Idle in transaction alternating just above and below 60 s every tick.
+        for i in 0..30 {
+            fleet.activity("t4", |a| {
+                a.idle_in_transaction_max_seconds = if i % 2 == 0 { 61.0 } else { 59.0 }
+            });
+            fleet.tick(|_| {});
+        }
+        let changes: Vec<_> = fleet
+            .transitions
+            .iter()
+            .filter(|(_, t)| matches!(t, Transition::Raised(f) | Transition::Cleared(f) if f.tenant == "t4"))
+            .collect();
+        assert_eq!(
+            changes.len(),
+            1,
+            "raised once, never cleared while it hovers: {changes:?}"
+        );
+        // Below the threshold for the whole cool-down: cleared, once.
+        fleet.activity("t4", |a| a.idle_in_transaction_max_seconds = 0.0);
+        fleet.run(13, |_| {});
+        let cleared = fleet
+            .transitions
+            .iter()
+            .filter(|(_, t)| matches!(t, Transition::Cleared(f) if f.tenant == "t4"))
+            .count();
+        assert_eq!(cleared, 1);
+        assert!(fleet.detector.flags().is_empty());
+    }
+
+    #[test]
+    fn advice_relaxes_step_by_step_after_the_flag_clears() {
+        let mut fleet = Fleet::new(50);
+        fleet.run(10, |_| {});
+        fleet.run(22, |w| w.record(&query("t30", 500.0, 2000.0, false)));
+        let tightened = fleet.detector.advice()[0].effective_qps;
+        assert!(tightened < 100.0);
+        // Healthy again: after the 2m cool-down the quota doubles per tick.
+        let mut seen = Vec::new();
+        for _ in 0..30 {
+            fleet.tick(|_| {});
+            seen.push(
+                fleet
+                    .detector
+                    .advice()
+                    .first()
+                    .map(|a| (a.effective_qps, a.relaxing)),
+            );
+        }
+        let relaxing: Vec<f64> = seen
+            .iter()
+            .flatten()
+            .filter(|(_, r)| *r)
+            .map(|(q, _)| *q)
+            .collect();
+        assert!(relaxing.len() >= 2, "{seen:?}");
+        assert!(
+            relaxing
+                .windows(2)
+                .all(|w| (w[1] - 2.0 * w[0]).abs() < 1e-9)
+        );
+        assert_eq!(seen.last(), Some(&None), "back to the base quota");
+    }
+
+    #[test]
+    fn a_disabled_rule_never_fires() {
+        let mut fleet = Fleet::new(20);
+        let mut settings = DetectSettings::default();
+        settings
+            .rules
+            .get_mut(&RuleName::IdleInTransaction)
+            .unwrap()
+            .enabled = false;
+        fleet.detector.set_settings(settings);
+        fleet.activity("t1", |a| a.idle_in_transaction_max_seconds = 600.0);
+        fleet.run(5, |_| {});
+        assert!(fleet.raised(RuleName::IdleInTransaction).is_empty());
+    }
+}
