@@ -1,6 +1,7 @@
 //! `tenantwatch demo` end to end: the binary starts its own PostgreSQL, runs
-//! the workload and the daemon, shows the misbehaving tenant on top, and
-//! removes everything when it stops by itself.
+//! the workload and the daemon, shows the misbehaving tenant on top, flagged
+//! and with its quota tightened within a minute while no healthy tenant is,
+//! and removes everything when it stops by itself.
 
 use std::process::Command;
 
@@ -10,7 +11,7 @@ fn the_demo_runs_shows_the_noisy_tenant_on_top_and_cleans_up() {
         .args([
             "demo",
             "--duration",
-            "25s",
+            "58s",
             "--listen",
             "127.0.0.1:0",
             "--tenants",
@@ -41,6 +42,16 @@ fn the_demo_runs_shows_the_noisy_tenant_on_top_and_cleans_up() {
         .and_then(|s| s.trim_end_matches('%').parse().ok())
         .expect("a share column");
     assert!(share > 30.0, "{last_table}");
+    // Within the minute it is flagged and its quota is tightened; nobody else is.
+    let cap: f64 = first_row.split_whitespace().nth(5).and_then(|c| c.parse().ok()).expect("a qps cap column");
+    assert!(cap < 100.0, "quota tightened: {last_table}");
+    assert!(first_row.contains("db_time_hog"), "{last_table}");
+    for row in last_table.lines().skip(3).filter(|l| !l.trim().is_empty()) {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        if columns.len() >= 6 && columns[0].starts_with("clinic") {
+            assert_eq!(columns.len(), 6, "a healthy tenant is flagged: {row}");
+        }
+    }
     assert!(stdout.contains("Done."));
 
     // The cluster directory named in the output is gone.

@@ -1,0 +1,121 @@
+//! `POST /v1/ratelimit/check` against the real daemon: quotas from the
+//! default, tiers and overrides, the IETF draft headers, shadow mode, bad
+//! requests, and the decision counters; the flags and advice endpoints.
+
+mod support;
+
+use support::TestDaemon;
+use tenantwatch::config::{FileTenantQuota, FileTier};
+
+async fn daemon() -> TestDaemon {
+    TestDaemon::start_with(|c| {
+        c.ratelimit.default_qps = 1.0;
+        c.ratelimit.default_burst = 3;
+        c.ratelimit.tiers.insert("gold".into(), FileTier { qps: 1000.0, burst: 100, shadow: false });
+        c.ratelimit.tiers.insert("trial".into(), FileTier { qps: 1.0, burst: 1, shadow: true });
+        c.ratelimit.tenants.insert("vip".into(), FileTenantQuota { tier: Some("gold".into()), ..Default::default() });
+        c.ratelimit.tenants.insert("newbie".into(), FileTenantQuota { tier: Some("trial".into()), ..Default::default() });
+    })
+    .await
+}
+
+async fn check(daemon: &TestDaemon, body: &str) -> support::HttpReply {
+    daemon
+        .post("/v1/ratelimit/check", &[("content-type", "application/json")], body)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_burst_is_allowed_then_denied_with_headers() {
+    let daemon = daemon().await;
+    for remaining in [2, 1, 0] {
+        let reply = check(&daemon, r#"{"tenant":"clinic1"}"#).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let body = reply.json();
+        assert_eq!(body["allowed"], true);
+        assert_eq!(body["remaining"], remaining);
+        assert_eq!(body["limit"], 3);
+        assert_eq!(body["policy"], "default");
+        assert_eq!(reply.header("ratelimit-policy"), Some("\"default\";q=3;w=3"));
+        assert_eq!(reply.header("ratelimit"), Some(format!("\"default\";r={remaining};t=0").as_str()));
+        assert!(reply.header("retry-after").is_none());
+    }
+    let reply = check(&daemon, r#"{"tenant":"clinic1","cost":1}"#).await;
+    assert_eq!(reply.status, 429);
+    let body = reply.json();
+    assert_eq!(body["allowed"], false);
+    assert_eq!(body["reason"], "quota exceeded");
+    let retry_ms = body["retry_after_ms"].as_u64().unwrap();
+    assert!(retry_ms > 0 && retry_ms <= 1000, "{retry_ms}");
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(reply.header("ratelimit"), Some("\"default\";r=0;t=1"));
+
+    // A cost larger than the burst can never pass.
+    let reply = check(&daemon, r#"{"tenant":"other","cost":10}"#).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.json()["reason"], "cost exceeds the burst");
+
+    // Another tenant has its own bucket; a gold tenant its tier's quota.
+    assert_eq!(check(&daemon, r#"{"tenant":"clinic2"}"#).await.status, 200);
+    for _ in 0..50 {
+        let reply = check(&daemon, r#"{"tenant":"vip"}"#).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["policy"], "tier:gold");
+    }
+
+    let m = daemon.metrics().await;
+    let decisions = |tenant: &str, decision: &str| {
+        m.value("tenantwatch_ratelimit_decisions_total", &[("tenant", tenant), ("decision", decision)])
+    };
+    assert_eq!(decisions("clinic1", "allowed"), Some(3.0));
+    assert_eq!(decisions("clinic1", "denied"), Some(1.0));
+    assert_eq!(decisions("vip", "allowed"), Some(50.0));
+    assert_eq!(m.value("tenantwatch_tenant_ratelimit_qps", &[("tenant", "vip")]), Some(1000.0));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_allows_and_counts_what_it_would_deny() {
+    let daemon = daemon().await;
+    for _ in 0..4 {
+        let reply = check(&daemon, r#"{"tenant":"newbie"}"#).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["allowed"], true);
+    }
+    let m = daemon.metrics().await;
+    let decisions = |decision: &str| {
+        m.value("tenantwatch_ratelimit_decisions_total", &[("tenant", "newbie"), ("decision", decision)])
+    };
+    assert_eq!(decisions("allowed"), Some(1.0));
+    assert_eq!(decisions("shadow_denied"), Some(3.0));
+    assert_eq!(decisions("denied"), Some(0.0));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_checks_are_refused_with_problem_details() {
+    let daemon = daemon().await;
+    for (body, needle) in [
+        ("not json", "expected"),
+        (r#"{"cost":1}"#, "tenant"),
+        (r#"{"tenant":"a b"}"#, "tenant"),
+        (r#"{"tenant":"a","cost":0}"#, "cost"),
+        (r#"{"tenant":"a","cost":-1}"#, "expected"),
+        (r#"{"tenant":"a","extra":true}"#, "unknown field"),
+    ] {
+        let reply = check(&daemon, body).await;
+        assert_eq!(reply.status, 400, "{body}");
+        assert_eq!(reply.header("content-type"), Some("application/problem+json"));
+        assert!(reply.json()["detail"].as_str().unwrap().contains(needle), "{body}: {}", reply.text());
+    }
+    let reply = daemon.get("/v1/ratelimit/check").await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("allow"), Some("POST"));
+
+    let flags = daemon.get("/api/v1/flags").await;
+    assert_eq!(flags.status, 200);
+    assert_eq!(flags.json(), serde_json::json!({"flags": []}));
+    let advice = daemon.get("/api/v1/advice").await;
+    assert_eq!(advice.json(), serde_json::json!({"advice": []}));
+    daemon.stop().await;
+}
