@@ -52,6 +52,7 @@ pub struct Daemon {
     target_statuses: Vec<SharedStatus>,
     judgement: SharedJudgement,
     rate_limits: Arc<RateLimits>,
+    detect_settings: tokio::sync::watch::Sender<DetectSettings>,
     shutdown: CancellationToken,
     supervisor: JoinHandle<()>,
 }
@@ -190,8 +191,10 @@ impl Daemon {
             })
             .collect();
         let store_for_readers = store.clone();
+        let (detect_settings, detect_settings_rx) =
+            tokio::sync::watch::channel(config.detect.clone());
         let detector = tokio::spawn(run_detector(
-            config.detect.clone(),
+            detect_settings_rx,
             store.clone(),
             target_statuses.clone(),
             limits.clone(),
@@ -239,6 +242,7 @@ impl Daemon {
             target_statuses,
             judgement,
             rate_limits: limits,
+            detect_settings,
             shutdown,
             supervisor,
         })
@@ -274,6 +278,20 @@ impl Daemon {
         &self.rate_limits
     }
 
+    /// Applies what can change without a restart: quotas, tiers, per-tenant
+    /// overrides and detection rules. Listeners, targets and ingest limits
+    /// keep their start-up values (a warning names what would need a
+    /// restart).
+    pub fn reload(&self, config: &Config) {
+        self.rate_limits.set_policy(config.ratelimit.clone());
+        self.detect_settings.send_replace(config.detect.clone());
+        tracing::info!(
+            tiers = config.ratelimit.tiers.len(),
+            tenant_overrides = config.ratelimit.tenants.len(),
+            "Configuration reloaded: quotas and detection rules"
+        );
+    }
+
     /// Starts a graceful shutdown; [`Daemon::wait`] returns when it is done.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -287,8 +305,51 @@ impl Daemon {
 
 /// Runs the daemon until `shutdown` completes, then shuts it down gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    run_with_reload(config, None, shutdown).await
+}
+
+/// As [`run`]; on SIGHUP, re-reads `config_path` and applies its quotas and
+/// detection rules. An invalid file is refused with an error log and the
+/// running configuration stays.
+pub async fn run_with_reload(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
     let daemon = Daemon::start(config).await?;
-    shutdown.await;
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(err) => {
+            tracing::warn!(error = %err, "Cannot listen for SIGHUP; reload is off");
+            None
+        }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangup => {
+                let Some(path) = &config_path else {
+                    tracing::warn!("SIGHUP: started without --config, nothing to reload");
+                    continue;
+                };
+                match Config::load(path) {
+                    Ok(config) => daemon.reload(&config),
+                    Err(err) => tracing::error!(
+                        path = %path.display(),
+                        error = %err,
+                        "Reload refused: the running configuration stays"
+                    ),
+                }
+            }
+        }
+    }
     daemon.shutdown();
     daemon.wait().await;
     Ok(())
@@ -298,20 +359,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// advice, logs each flag once when raised and once when cleared, and prunes
 /// idle rate limiters.
 async fn run_detector(
-    settings: DetectSettings,
+    mut settings: tokio::sync::watch::Receiver<DetectSettings>,
     store: Arc<Store>,
     statuses: Vec<SharedStatus>,
     limits: Arc<RateLimits>,
     judgement: SharedJudgement,
     shutdown: CancellationToken,
 ) {
-    let mut interval = tokio::time::interval(settings.interval);
+    let initial = settings.borrow_and_update().clone();
+    let mut interval = tokio::time::interval(initial.interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut detector = Detector::new(settings);
+    let mut detector = Detector::new(initial);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
+        }
+        if settings.has_changed().unwrap_or(false) {
+            let new = settings.borrow_and_update().clone();
+            if new.interval != detector.settings().interval {
+                interval = tokio::time::interval(new.interval);
+                interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                interval.tick().await;
+            }
+            detector.set_settings(new);
         }
         let snapshot = store.snapshot();
         let targets: Vec<TargetStatus> =

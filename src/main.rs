@@ -96,8 +96,9 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     tenantwatch::telemetry::init(config.log_format);
+    let path = args.config.clone();
     with_runtime_and_signals(|shutdown| async move {
-        tenantwatch::run(config, shutdown.cancelled_owned())
+        tenantwatch::daemon::run_with_reload(config, path, shutdown.cancelled_owned())
             .await
             .map_err(|err| err.to_string())
     })

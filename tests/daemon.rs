@@ -243,3 +243,103 @@ async fn docs_metrics_lists_exactly_the_exposed_families() {
     );
     daemon.stop().await;
 }
+
+/// A blocking HTTP/1.1 POST on a fresh connection: (status, body).
+fn post_blocking(addr: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = reply
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn sighup_reloads_quotas_and_refuses_an_invalid_file() {
+    let config = temp_file(
+        &format!("reload-{}.toml", rand_suffix()),
+        "[server]\nlisten = \"127.0.0.1:0\"\n[ingest]\nudp_listen = \"\"\n[log]\nformat = \"json\"\n\
+         [ratelimit]\ndefault_qps = 0.01\ndefault_burst = 1\n",
+    );
+    let mut child = Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .env("TENANTWATCH_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let http = loop {
+        let line = lines.next().expect("daemon logs that it listens").unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if entry["message"] == "tenantwatch is listening" {
+            break entry["http"].as_str().unwrap().to_string();
+        }
+    };
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    let wait_for_log = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(line) = log_rx.recv_timeout(Duration::from_millis(100))
+                && line.contains(needle)
+            {
+                return;
+            }
+        }
+        panic!("no log line with {needle:?}");
+    };
+    let check = |tenant: &str| {
+        post_blocking(
+            &http,
+            "/v1/ratelimit/check",
+            &format!("{{\"tenant\":\"{tenant}\"}}"),
+        )
+        .0
+    };
+
+    assert_eq!(check("a"), 200);
+    assert_eq!(check("a"), 429, "burst of 1");
+
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[ingest]\nudp_listen = \"\"\n[log]\nformat = \"json\"\n\
+         [ratelimit]\ndefault_qps = 1000.0\ndefault_burst = 100\n",
+    )
+    .unwrap();
+    signal(&child, "HUP");
+    wait_for_log("Configuration reloaded");
+    for _ in 0..20 {
+        assert_eq!(check("a"), 200, "the new quota applies");
+    }
+
+    std::fs::write(&config, "[ratelimit]\ndefault_qps = -5\n").unwrap();
+    signal(&child, "HUP");
+    wait_for_log("Reload refused");
+    for _ in 0..20 {
+        assert_eq!(check("b"), 200, "the running quota stays");
+    }
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(0));
+}

@@ -43,7 +43,11 @@ fn the_demo_runs_shows_the_noisy_tenant_on_top_and_cleans_up() {
         .expect("a share column");
     assert!(share > 30.0, "{last_table}");
     // Within the minute it is flagged and its quota is tightened; nobody else is.
-    let cap: f64 = first_row.split_whitespace().nth(5).and_then(|c| c.parse().ok()).expect("a qps cap column");
+    let cap: f64 = first_row
+        .split_whitespace()
+        .nth(5)
+        .and_then(|c| c.parse().ok())
+        .expect("a qps cap column");
     assert!(cap < 100.0, "quota tightened: {last_table}");
     assert!(first_row.contains("db_time_hog"), "{last_table}");
     for row in last_table.lines().skip(3).filter(|l| !l.trim().is_empty()) {

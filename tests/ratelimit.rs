@@ -11,17 +11,47 @@ async fn daemon() -> TestDaemon {
     TestDaemon::start_with(|c| {
         c.ratelimit.default_qps = 1.0;
         c.ratelimit.default_burst = 3;
-        c.ratelimit.tiers.insert("gold".into(), FileTier { qps: 1000.0, burst: 100, shadow: false });
-        c.ratelimit.tiers.insert("trial".into(), FileTier { qps: 1.0, burst: 1, shadow: true });
-        c.ratelimit.tenants.insert("vip".into(), FileTenantQuota { tier: Some("gold".into()), ..Default::default() });
-        c.ratelimit.tenants.insert("newbie".into(), FileTenantQuota { tier: Some("trial".into()), ..Default::default() });
+        c.ratelimit.tiers.insert(
+            "gold".into(),
+            FileTier {
+                qps: 1000.0,
+                burst: 100,
+                shadow: false,
+            },
+        );
+        c.ratelimit.tiers.insert(
+            "trial".into(),
+            FileTier {
+                qps: 1.0,
+                burst: 1,
+                shadow: true,
+            },
+        );
+        c.ratelimit.tenants.insert(
+            "vip".into(),
+            FileTenantQuota {
+                tier: Some("gold".into()),
+                ..Default::default()
+            },
+        );
+        c.ratelimit.tenants.insert(
+            "newbie".into(),
+            FileTenantQuota {
+                tier: Some("trial".into()),
+                ..Default::default()
+            },
+        );
     })
     .await
 }
 
 async fn check(daemon: &TestDaemon, body: &str) -> support::HttpReply {
     daemon
-        .post("/v1/ratelimit/check", &[("content-type", "application/json")], body)
+        .post(
+            "/v1/ratelimit/check",
+            &[("content-type", "application/json")],
+            body,
+        )
         .await
 }
 
@@ -36,8 +66,14 @@ async fn the_burst_is_allowed_then_denied_with_headers() {
         assert_eq!(body["remaining"], remaining);
         assert_eq!(body["limit"], 3);
         assert_eq!(body["policy"], "default");
-        assert_eq!(reply.header("ratelimit-policy"), Some("\"default\";q=3;w=3"));
-        assert_eq!(reply.header("ratelimit"), Some(format!("\"default\";r={remaining};t=0").as_str()));
+        assert_eq!(
+            reply.header("ratelimit-policy"),
+            Some("\"default\";q=3;w=3")
+        );
+        assert_eq!(
+            reply.header("ratelimit"),
+            Some(format!("\"default\";r={remaining};t=0").as_str())
+        );
         assert!(reply.header("retry-after").is_none());
     }
     let reply = check(&daemon, r#"{"tenant":"clinic1","cost":1}"#).await;
@@ -65,12 +101,18 @@ async fn the_burst_is_allowed_then_denied_with_headers() {
 
     let m = daemon.metrics().await;
     let decisions = |tenant: &str, decision: &str| {
-        m.value("tenantwatch_ratelimit_decisions_total", &[("tenant", tenant), ("decision", decision)])
+        m.value(
+            "tenantwatch_ratelimit_decisions_total",
+            &[("tenant", tenant), ("decision", decision)],
+        )
     };
     assert_eq!(decisions("clinic1", "allowed"), Some(3.0));
     assert_eq!(decisions("clinic1", "denied"), Some(1.0));
     assert_eq!(decisions("vip", "allowed"), Some(50.0));
-    assert_eq!(m.value("tenantwatch_tenant_ratelimit_qps", &[("tenant", "vip")]), Some(1000.0));
+    assert_eq!(
+        m.value("tenantwatch_tenant_ratelimit_qps", &[("tenant", "vip")]),
+        Some(1000.0)
+    );
     daemon.stop().await;
 }
 
@@ -84,7 +126,10 @@ async fn shadow_mode_allows_and_counts_what_it_would_deny() {
     }
     let m = daemon.metrics().await;
     let decisions = |decision: &str| {
-        m.value("tenantwatch_ratelimit_decisions_total", &[("tenant", "newbie"), ("decision", decision)])
+        m.value(
+            "tenantwatch_ratelimit_decisions_total",
+            &[("tenant", "newbie"), ("decision", decision)],
+        )
     };
     assert_eq!(decisions("allowed"), Some(1.0));
     assert_eq!(decisions("shadow_denied"), Some(3.0));
@@ -105,8 +150,15 @@ async fn bad_checks_are_refused_with_problem_details() {
     ] {
         let reply = check(&daemon, body).await;
         assert_eq!(reply.status, 400, "{body}");
-        assert_eq!(reply.header("content-type"), Some("application/problem+json"));
-        assert!(reply.json()["detail"].as_str().unwrap().contains(needle), "{body}: {}", reply.text());
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert!(
+            reply.json()["detail"].as_str().unwrap().contains(needle),
+            "{body}: {}",
+            reply.text()
+        );
     }
     let reply = daemon.get("/v1/ratelimit/check").await;
     assert_eq!(reply.status, 405);
