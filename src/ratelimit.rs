@@ -8,6 +8,7 @@
 //! 100,000 distinct keys cannot grow memory without bound. Shadow mode
 //! (global or per tier) always allows but counts what would have been denied.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,7 +84,7 @@ impl Default for RatePolicy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BaseQuota {
     pub rate: Rate,
-    pub policy: String,
+    pub policy: Cow<'static, str>,
     pub shadow: bool,
 }
 
@@ -101,9 +102,10 @@ impl RatePolicy {
             over.is_some_and(|o| o.qps.is_some() || o.burst.is_some()),
             tier_name,
         ) {
-            (true, _) => format!("tenant:{tenant}"),
-            (false, Some(name)) if tier.is_some() => format!("tier:{name}"),
-            _ => "default".to_owned(),
+            (true, _) => Cow::Owned(format!("tenant:{tenant}")),
+            (false, Some(name)) if tier.is_some() => Cow::Owned(format!("tier:{name}")),
+            // The common case allocates nothing: checks are a hot path.
+            _ => Cow::Borrowed("default"),
         };
         BaseQuota {
             rate,
@@ -123,7 +125,7 @@ pub struct Decision {
     pub rate: Rate,
     pub remaining: u32,
     pub retry_after: Duration,
-    pub policy: String,
+    pub policy: Cow<'static, str>,
     pub reason: &'static str,
 }
 
