@@ -15,6 +15,7 @@ needed=(
   "node:nodejs"
   "java:default-jdk-headless"
   "openssl:openssl"
+  "promtool:prometheus"
 )
 
 missing=()

@@ -1,0 +1,122 @@
+//! The shipped Prometheus rules: promtool checks and unit-tests them, every
+//! alert has a severity, a summary, a description and a runbook that exists,
+//! and every metric the rules use is one tenantwatch exports (per
+//! docs/metrics.md, which another test keeps equal to /metrics). Needs
+//! `promtool` (Debian's prometheus package; scripts/test.sh installs it).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+const RULES: &str = include_str!("../alerts/tenantwatch.rules.yml");
+
+fn promtool(args: &[&str]) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("promtool is needed: apt-get install prometheus (scripts/test.sh does it): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "promtool {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn promtool_checks_and_unit_tests_the_rules() {
+    promtool(&["check", "rules", "alerts/tenantwatch.rules.yml"]);
+    promtool(&["test", "rules", "alerts/tests/tenantwatch.test.yml"]);
+}
+
+fn alert_names() -> Vec<String> {
+    RULES
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_alert_is_labelled_annotated_tested_and_has_a_runbook() {
+    let tests = include_str!("../alerts/tests/tenantwatch.test.yml");
+    let alerts = alert_names();
+    assert!(alerts.len() >= 11);
+    // Each alert's block runs to the next "- alert:" or group.
+    for (i, name) in alerts.iter().enumerate() {
+        let start = RULES.find(&format!("- alert: {name}\n")).unwrap();
+        let end = alerts
+            .get(i + 1)
+            .and_then(|next| RULES.find(&format!("- alert: {next}\n")))
+            .unwrap_or(RULES.len());
+        let block = &RULES[start..end];
+        for needle in [
+            "severity: ",
+            "summary: ",
+            "description: ",
+            &format!("runbook_url: \"docs/runbooks/{name}.md\""),
+        ] {
+            assert!(block.contains(needle), "{name} lacks {needle}");
+        }
+        let runbook =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("docs/runbooks/{name}.md"));
+        let text = std::fs::read_to_string(&runbook)
+            .unwrap_or_else(|_| panic!("missing {}", runbook.display()));
+        for section in ["## Meaning", "## Impact", "## Diagnose", "## Mitigate"] {
+            assert!(text.contains(section), "{name}'s runbook lacks {section}");
+        }
+        assert!(
+            tests.contains(&format!("alertname: {name}\n")),
+            "{name} has no promtool test"
+        );
+    }
+}
+
+#[test]
+fn rules_use_only_exported_metrics() {
+    let docs = include_str!("../docs/metrics.md");
+    let exported: BTreeSet<String> = docs
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .filter(|name| name.starts_with("tenantwatch_"))
+        .map(str::to_owned)
+        .collect();
+    let known = |name: &str| {
+        exported.contains(name)
+            || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                name.strip_suffix(suffix)
+                    .is_some_and(|base| exported.contains(base))
+            })
+    };
+    let mut used = BTreeSet::new();
+    for expr_line in RULES.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        let bytes = expr_line.as_bytes();
+        let mut i = 0;
+        while let Some(offset) = expr_line[i..].find("tenantwatch_") {
+            let start = i + offset;
+            // Recording-rule names (level:metric:ops) start after a colon.
+            let preceded_by_colon = start > 0 && bytes[start - 1] == b':';
+            let end = expr_line[start..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(expr_line.len(), |e| start + e);
+            let name = &expr_line[start..end];
+            let in_annotation = expr_line.contains("summary:")
+                || expr_line.contains("description:")
+                || expr_line.contains("runbook_url");
+            if !preceded_by_colon && !in_annotation {
+                used.insert(name.to_owned());
+            }
+            i = end;
+        }
+    }
+    assert!(used.len() > 10, "{used:?}");
+    let unknown: Vec<_> = used.iter().filter(|name| !known(name)).collect();
+    assert!(
+        unknown.is_empty(),
+        "the rules use metrics tenantwatch does not export: {unknown:?}"
+    );
+}
