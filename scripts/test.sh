@@ -16,6 +16,7 @@ needed=(
   "java:default-jdk-headless"
   "openssl:openssl"
   "promtool:prometheus"
+  "amtool:prometheus-alertmanager"
 )
 
 missing=()

@@ -120,3 +120,86 @@ fn rules_use_only_exported_metrics() {
         "the rules use metrics tenantwatch does not export: {unknown:?}"
     );
 }
+
+fn amtool(args: &[&str]) -> std::process::Output {
+    Command::new("amtool")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("amtool is needed: apt-get install prometheus-alertmanager (scripts/test.sh does it): {e}"))
+}
+
+#[test]
+fn the_example_alertmanager_config_routes_pages_and_tenant_warnings() {
+    let config = "alerts/alertmanager.example.yml";
+    let out = amtool(&["check-config", config]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let file_flag = format!("--config.file={config}");
+    for (receiver, labels) in [
+        (
+            "pager",
+            &[
+                "severity=critical",
+                "alertname=TenantwatchTargetDown",
+                "target=shard1",
+            ][..],
+        ),
+        (
+            "pager",
+            &[
+                "severity=critical",
+                "alertname=TenantwatchTargetConnectionsNearMax",
+                "target=shard2",
+            ],
+        ),
+        (
+            "tenant-owners",
+            &[
+                "severity=warning",
+                "alertname=TenantwatchTenantFlagged",
+                "tenant=clinic7",
+                "reason=db_time_hog",
+            ],
+        ),
+        (
+            "tenant-owners",
+            &[
+                "severity=warning",
+                "alertname=TenantwatchIdleInTransaction",
+                "tenant=clinic7",
+                "target=shard1",
+            ],
+        ),
+        (
+            "platform",
+            &[
+                "severity=warning",
+                "alertname=TenantwatchPollsSlow",
+                "target=shard1",
+            ],
+        ),
+        (
+            "platform",
+            &["severity=warning", "alertname=TenantwatchTenantOverflow"],
+        ),
+    ] {
+        let verify = format!("--verify.receivers={receiver}");
+        let mut args = vec!["config", "routes", "test", &file_flag, &verify];
+        args.extend_from_slice(labels);
+        let out = amtool(&args);
+        assert!(
+            out.status.success(),
+            "{labels:?} should reach {receiver}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // Target down inhibits its tenants' alerts and its poll alerts.
+    let config_text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(config)).unwrap();
+    assert!(config_text.contains("source_matchers: ['alertname=\"TenantwatchTargetDown\"']"));
+    assert!(config_text.contains("equal: [target]"));
+}
