@@ -4,6 +4,8 @@
 //! docs/metrics.md, which another test keeps equal to /metrics). Needs
 //! `promtool` (Debian's prometheus package; scripts/test.sh installs it).
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -77,44 +79,22 @@ fn every_alert_is_labelled_annotated_tested_and_has_a_runbook() {
 
 #[test]
 fn rules_use_only_exported_metrics() {
-    let docs = include_str!("../docs/metrics.md");
-    let exported: BTreeSet<String> = docs
+    let documented = support::documented_metrics();
+    let used: BTreeSet<String> = RULES
         .lines()
-        .filter_map(|line| line.strip_prefix("| `"))
-        .filter_map(|rest| rest.split('`').next())
-        .filter(|name| name.starts_with("tenantwatch_"))
-        .map(str::to_owned)
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter(|l| {
+            !["summary:", "description:", "runbook_url:"]
+                .iter()
+                .any(|k| l.contains(k))
+        })
+        .flat_map(support::metric_names_in)
         .collect();
-    let known = |name: &str| {
-        exported.contains(name)
-            || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
-                name.strip_suffix(suffix)
-                    .is_some_and(|base| exported.contains(base))
-            })
-    };
-    let mut used = BTreeSet::new();
-    for expr_line in RULES.lines().filter(|l| !l.trim_start().starts_with('#')) {
-        let bytes = expr_line.as_bytes();
-        let mut i = 0;
-        while let Some(offset) = expr_line[i..].find("tenantwatch_") {
-            let start = i + offset;
-            // Recording-rule names (level:metric:ops) start after a colon.
-            let preceded_by_colon = start > 0 && bytes[start - 1] == b':';
-            let end = expr_line[start..]
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .map_or(expr_line.len(), |e| start + e);
-            let name = &expr_line[start..end];
-            let in_annotation = expr_line.contains("summary:")
-                || expr_line.contains("description:")
-                || expr_line.contains("runbook_url");
-            if !preceded_by_colon && !in_annotation {
-                used.insert(name.to_owned());
-            }
-            i = end;
-        }
-    }
     assert!(used.len() > 10, "{used:?}");
-    let unknown: Vec<_> = used.iter().filter(|name| !known(name)).collect();
+    let unknown: Vec<_> = used
+        .iter()
+        .filter(|name| !support::is_exported(name, &documented))
+        .collect();
     assert!(
         unknown.is_empty(),
         "the rules use metrics tenantwatch does not export: {unknown:?}"

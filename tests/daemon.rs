@@ -201,18 +201,6 @@ async fn shutdown_drains_turns_unready_and_closes_listeners() {
     assert!(tokio::net::TcpStream::connect(http).await.is_err());
 }
 
-/// Metric names listed in docs/metrics.md: the first backticked name of each
-/// table row.
-fn documented_metrics() -> std::collections::BTreeSet<String> {
-    let docs = include_str!("../docs/metrics.md");
-    docs.lines()
-        .filter_map(|line| line.strip_prefix("| `"))
-        .filter_map(|rest| rest.split('`').next())
-        .filter(|name| name.starts_with("tenantwatch_"))
-        .map(str::to_owned)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_metrics_lists_exactly_the_exposed_families() {
     let pg = support::cluster().await;
@@ -234,7 +222,7 @@ async fn docs_metrics_lists_exactly_the_exposed_families() {
         })
         .await;
     let exposed = m.family_names();
-    let documented = documented_metrics();
+    let documented = support::documented_metrics();
     let missing: Vec<_> = exposed.difference(&documented).collect();
     let stale: Vec<_> = documented.difference(&exposed).collect();
     assert!(

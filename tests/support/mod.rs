@@ -344,3 +344,44 @@ pub async fn connect(dsn: &str) -> tokio_postgres::Client {
     });
     client
 }
+
+/// Metric families listed in docs/metrics.md: the first backticked name of
+/// each table row.
+pub fn documented_metrics() -> BTreeSet<String> {
+    include_str!("../../docs/metrics.md")
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .filter(|name| name.starts_with("tenantwatch_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `name` is an exported series name: a documented family, or a
+/// histogram's `_bucket`, `_sum` or `_count`.
+pub fn is_exported(name: &str, documented: &BTreeSet<String>) -> bool {
+    documented.contains(name)
+        || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            name.strip_suffix(suffix)
+                .is_some_and(|base| documented.contains(base))
+        })
+}
+
+/// The `tenantwatch_*` metric names a PromQL expression reads (recording-rule
+/// names, `level:tenantwatch_…:op`, are skipped).
+pub fn metric_names_in(expr: &str) -> Vec<String> {
+    let bytes = expr.as_bytes();
+    let mut names = Vec::new();
+    let mut i = 0;
+    while let Some(offset) = expr[i..].find("tenantwatch_") {
+        let start = i + offset;
+        let end = expr[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(expr.len(), |e| start + e);
+        if start == 0 || bytes[start - 1] != b':' {
+            names.push(expr[start..end].to_owned());
+        }
+        i = end;
+    }
+    names
+}
