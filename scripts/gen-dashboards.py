@@ -188,7 +188,7 @@ def health():
     b.panel(TS, "Seconds since the last successful poll", [t('time() - max by (target, collector) (tenantwatch_poll_last_success_timestamp_seconds{target=~"$target"})', "{{target}} {{collector}}")], "s")
     b.row("Ingest")
     b.panel(TS, "Events received/s", [t("sum by (source) (rate(tenantwatch_events_received_total[$__rate_interval]))", "{{source}}")], "reqps")
-    b.panel(TS, "Events rejected/s by reason", [t("sum by (source, reason) (rate(tenantwatch_events_rejected_total[$__rate_interval])) > 0", "{{source}} {{reason}}")], "reqps")
+    b.panel(TS, "Events rejected/s by reason", [t("sum by (source, reason) (rate(tenantwatch_events_rejected_total[$__rate_interval]))", "{{source}} {{reason}}")], "reqps")
     b.panel(TS, "UDP kernel drops/s", [t("sum(rate(tenantwatch_udp_kernel_drops_total[$__rate_interval]))", "drops")], "reqps")
     b.panel(TS, "Tenants tracked and overflow", [
         t("sum(tenantwatch_tenants_tracked)", "tracked"),

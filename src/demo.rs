@@ -134,15 +134,83 @@ impl EventSender {
     }
 }
 
+/// Asks tenantwatch before running a tenant's work, as applications should:
+/// `POST /v1/ratelimit/check` on one keep-alive connection. Fails open.
+struct CheckClient {
+    addr: SocketAddr,
+    stream: Option<tokio::io::BufReader<tokio::net::TcpStream>>,
+}
+
+impl CheckClient {
+    fn new(addr: SocketAddr) -> CheckClient {
+        CheckClient { addr, stream: None }
+    }
+
+    async fn allowed(&mut self, tenant: &str) -> bool {
+        match self.try_check(tenant).await {
+            Ok(allowed) => allowed,
+            Err(_) => {
+                self.stream = None;
+                true
+            }
+        }
+    }
+
+    async fn try_check(&mut self, tenant: &str) -> std::io::Result<bool> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        if self.stream.is_none() {
+            let stream = tokio::net::TcpStream::connect(self.addr).await?;
+            self.stream = Some(tokio::io::BufReader::new(stream));
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(true);
+        };
+        let body = format!(r#"{{"tenant":"{tenant}","cost":1}}"#);
+        let request = format!(
+            "POST /v1/ratelimit/check HTTP/1.1\r\nHost: tenantwatch\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.get_mut().write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        stream.read_line(&mut line).await?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if stream.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut reply = vec![0; length];
+        stream.read_exact(&mut reply).await?;
+        Ok(status != 429)
+    }
+}
+
 /// A well-behaved application worker: short, tagged queries for tenants
 /// picked by weight (a few big tenants, a long tail).
 async fn healthy_worker(
     dsn: String,
     tenants: Arc<Vec<String>>,
-    daemon_udp: SocketAddr,
+    daemon: (SocketAddr, SocketAddr),
     seed: u64,
     shutdown: CancellationToken,
 ) {
+    let (daemon_http, daemon_udp) = daemon;
+    let mut limits = CheckClient::new(daemon_http);
     let Ok(client) = connect(&dsn).await else {
         return;
     };
@@ -161,6 +229,9 @@ async fn healthy_worker(
         let index = ((u * u) * tenants.len() as f64) as usize % tenants.len();
         let tenant = &tenants[index];
         if tenant == NOISY_TENANT {
+            continue;
+        }
+        if !limits.allowed(tenant).await {
             continue;
         }
         let write = rng.is_multiple_of(5);
@@ -193,8 +264,11 @@ async fn healthy_worker(
     events.flush();
 }
 
-/// The misbehaving tenant's worker: a heavy query in a loop.
-async fn noisy_worker(dsn: String, daemon_udp: SocketAddr, shutdown: CancellationToken) {
+/// The misbehaving tenant's worker: a heavy query in a loop. It asks for
+/// permission and backs off when denied, so the tightened quota shows.
+async fn noisy_worker(daemon: (SocketAddr, SocketAddr), dsn: String, shutdown: CancellationToken) {
+    let (daemon_http, daemon_udp) = daemon;
+    let mut limits = CheckClient::new(daemon_http);
     let Ok(client) = connect(&dsn).await else {
         return;
     };
@@ -208,6 +282,12 @@ async fn noisy_worker(dsn: String, daemon_udp: SocketAddr, shutdown: Cancellatio
           WHERE a.at > b.at"
     );
     while !shutdown.is_cancelled() {
+        if !limits.allowed(tenant).await {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            }
+        }
         let started = Instant::now();
         let result = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -233,69 +313,113 @@ async fn idle_in_transaction(dsn: String, shutdown: CancellationToken) {
     let _ = client.batch_execute("ROLLBACK").await;
 }
 
+/// The demo's database, daemon and workload, without the printing: what
+/// [`run`] shows and what the end-to-end tests drive.
+pub struct DemoEnvironment {
+    pub cluster: Cluster,
+    pub daemon: Daemon,
+    pub tenants: Arc<Vec<String>>,
+    workload: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl DemoEnvironment {
+    /// Starts PostgreSQL, creates `tenants` tenant schemas, starts the
+    /// daemon on `listen` and the workload.
+    pub async fn start(tenants: usize, listen: SocketAddr) -> Result<DemoEnvironment, DemoError> {
+        let cluster = tokio::task::spawn_blocking(Cluster::start_new)
+            .await
+            .map_err(|_| DemoError::Join)??;
+        let tenants = Arc::new(tenant_names(tenants));
+        create_schemas(&cluster, &tenants).await?;
+
+        let mut file = FileConfig::default();
+        file.server.listen = listen.to_string();
+        file.ingest.udp_listen = "127.0.0.1:0".into();
+        file.targets.push(FileTarget {
+            poll_interval: "2s".into(),
+            size_interval: "30s".into(),
+            ..FileTarget::new("demo", cluster.dsn("app"))
+        });
+        // Detection tuned to show within the demo's first minute what the
+        // shipped defaults (2m for db_time_hog, 60s idle in transaction) show
+        // in two.
+        file.detect.interval = "5s".into();
+        file.detect.rules.insert(
+            "db_time_hog".into(),
+            FileRuleSettings {
+                for_: Some("30s".into()),
+                ..Default::default()
+            },
+        );
+        file.detect.rules.insert(
+            "idle_in_transaction".into(),
+            FileRuleSettings {
+                threshold: Some(30.0),
+                ..Default::default()
+            },
+        );
+        let config = Config::try_from(file)?;
+        let daemon = Daemon::start(config).await?;
+        let udp = daemon
+            .udp_addr()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8125)));
+        let addrs = (daemon.http_addr(), udp);
+
+        let workload = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        for seed in 0..6 {
+            tasks.spawn(healthy_worker(
+                cluster.dsn("app"),
+                tenants.clone(),
+                addrs,
+                seed + 1,
+                workload.clone(),
+            ));
+        }
+        for _ in 0..6 {
+            tasks.spawn(noisy_worker(addrs, cluster.dsn("app"), workload.clone()));
+        }
+        tasks.spawn(idle_in_transaction(cluster.dsn("app"), workload.clone()));
+        Ok(DemoEnvironment {
+            cluster,
+            daemon,
+            tenants,
+            workload,
+            tasks,
+        })
+    }
+
+    /// Stops the workload, the daemon and PostgreSQL (removing its files).
+    pub async fn stop(mut self) -> Result<(), DemoError> {
+        self.workload.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.daemon.shutdown();
+        self.daemon.wait().await;
+        let cluster = self.cluster;
+        tokio::task::spawn_blocking(move || drop(cluster))
+            .await
+            .map_err(|_| DemoError::Join)
+    }
+}
+
 /// Runs the demo until `shutdown` (Ctrl-C) or the configured duration.
 pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<(), DemoError> {
-    println!("Starting a throwaway PostgreSQL cluster...");
-    let cluster = tokio::task::spawn_blocking(Cluster::start_new)
-        .await
-        .map_err(|_| DemoError::Join)??;
-    let tenants = Arc::new(tenant_names(options.tenants));
     println!(
-        "PostgreSQL is up on 127.0.0.1:{} ({}); creating {} tenant schemas...",
-        cluster.port(),
-        cluster.dir().display(),
-        tenants.len()
+        "Starting a throwaway PostgreSQL cluster with {} tenant schemas...",
+        options.tenants.max(8)
     );
-    create_schemas(&cluster, &tenants).await?;
-
-    let mut file = FileConfig::default();
-    file.server.listen = options.listen.to_string();
-    file.ingest.udp_listen = "127.0.0.1:0".into();
-    file.targets.push(FileTarget {
-        poll_interval: "2s".into(),
-        size_interval: "30s".into(),
-        ..FileTarget::new("demo", cluster.dsn("app"))
-    });
-    // Detection tuned to show within the demo's first minute what the
-    // shipped defaults (2m for db_time_hog, 60s idle in transaction) show in
-    // two.
-    file.detect.interval = "5s".into();
-    file.detect.rules.insert(
-        "db_time_hog".into(),
-        FileRuleSettings {
-            for_: Some("30s".into()),
-            ..Default::default()
-        },
-    );
-    file.detect.rules.insert(
-        "idle_in_transaction".into(),
-        FileRuleSettings {
-            threshold: Some(30.0),
-            ..Default::default()
-        },
-    );
-    let config = Config::try_from(file)?;
-    let daemon = Daemon::start(config).await?;
-    let http = daemon.http_addr();
-    let udp = daemon
+    let env = DemoEnvironment::start(options.tenants, options.listen).await?;
+    let http = env.daemon.http_addr();
+    let udp = env
+        .daemon
         .udp_addr()
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8125)));
-
-    let workload = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    for seed in 0..6 {
-        tasks.spawn(healthy_worker(
-            cluster.dsn("app"),
-            tenants.clone(),
-            udp,
-            seed + 1,
-            workload.clone(),
-        ));
-    }
-    for _ in 0..6 {
-        tasks.spawn(noisy_worker(cluster.dsn("app"), udp, workload.clone()));
-    }
-    tasks.spawn(idle_in_transaction(cluster.dsn("app"), workload.clone()));
+    println!(
+        "PostgreSQL is up on 127.0.0.1:{} ({})",
+        env.cluster.port(),
+        env.cluster.dir().display()
+    );
 
     println!(
         "\ntenantwatch is running on the demo database. Open:\n  \
@@ -315,18 +439,12 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(until_deadline.unwrap_or(Duration::MAX)), if until_deadline.is_some() => break,
-            _ = report.tick() => print!("{}", live_table(&daemon, started.elapsed())),
+            _ = report.tick() => print!("{}", live_table(&env.daemon, started.elapsed())),
         }
     }
 
     println!("Stopping the workload, the daemon and PostgreSQL...");
-    workload.cancel();
-    while tasks.join_next().await.is_some() {}
-    daemon.shutdown();
-    daemon.wait().await;
-    tokio::task::spawn_blocking(move || drop(cluster))
-        .await
-        .map_err(|_| DemoError::Join)?;
+    env.stop().await?;
     println!("Done.");
     Ok(())
 }
