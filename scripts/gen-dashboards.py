@@ -184,7 +184,7 @@ def health():
     b.row("Polls")
     b.panel(TS, "Target up", [t('tenantwatch_target_up{target=~"$target"}', "{{target}}")], "short")
     b.panel(TS, "Poll duration by collector", [t('max by (target, collector) (tenantwatch_poll_duration_seconds{target=~"$target"})', "{{target}} {{collector}}")], "s")
-    b.panel(TS, "Poll errors/s by kind", [t('sum by (target, collector, error) (rate(tenantwatch_poll_errors_total{target=~"$target"}[$__rate_interval])) > 0', "{{target}} {{collector}} {{error}}")], "ops")
+    b.panel(TS, "Poll errors/s by kind", [t('sum by (target, collector, error) (rate(tenantwatch_poll_errors_total{target=~"$target"}[$__rate_interval]))', "{{target}} {{collector}} {{error}}")], "ops")
     b.panel(TS, "Seconds since the last successful poll", [t('time() - max by (target, collector) (tenantwatch_poll_last_success_timestamp_seconds{target=~"$target"})', "{{target}} {{collector}}")], "s")
     b.row("Ingest")
     b.panel(TS, "Events received/s", [t("sum by (source) (rate(tenantwatch_events_received_total[$__rate_interval]))", "{{source}}")], "reqps")

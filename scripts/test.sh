@@ -17,6 +17,8 @@ needed=(
   "openssl:openssl"
   "promtool:prometheus"
   "amtool:prometheus-alertmanager"
+  "prometheus:prometheus"
+  "prometheus-alertmanager:prometheus-alertmanager"
 )
 
 missing=()

@@ -1,0 +1,188 @@
+//! End to end with the real monitoring stack: the demo's PostgreSQL and
+//! workload, tenantwatch, a real Prometheus scraping it every second with the
+//! shipped rules, and a real Alertmanager with the example configuration, all
+//! on loopback. The misbehaving tenant's alert reaches Alertmanager while no
+//! healthy tenant has one, and every dashboard panel's query returns data.
+//! Needs `prometheus` and `prometheus-alertmanager` (scripts/test.sh installs
+//! them).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tenantwatch::demo::{DemoEnvironment, NOISY_TENANT};
+use tenantwatch::pg_cluster::free_port;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(program: &str, package: &str, args: &[String]) -> Killed {
+    let child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{program} is needed: apt-get install {package} (scripts/test.sh does it): {e}")
+        });
+    Killed(child)
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
+    let reply = support::try_http(addr, "GET", path, &[], Vec::new())
+        .await
+        .ok()?;
+    (reply.status == 200)
+        .then(|| serde_json::from_slice(&reply.body).ok())
+        .flatten()
+}
+
+/// Every panel expression of every dashboard, with its place.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for name in ["fleet", "tenant", "noisy-neighbours", "capacity", "health"] {
+        let path = format!("{}/dashboards/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let board: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for panel in board["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["type"] != "row")
+        {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "30s")
+                    .replace("$limit", "10")
+                    .replace("$tenant", NOISY_TENANT)
+                    .replace("$target", ".*");
+                out.push((
+                    format!("{name} / {}", panel["title"].as_str().unwrap()),
+                    expr,
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_alertmanager_and_every_panel_has_data() {
+    let env = DemoEnvironment::start(12, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("the demo environment starts");
+    let tenantwatch = env.daemon.http_addr();
+    let dir = env.cluster.dir().join("monitoring");
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let (prometheus_port, alertmanager_port) = (free_port(), free_port());
+    let prometheus_config = dir.join("prometheus.yml");
+    std::fs::write(
+        &prometheus_config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {root}/alerts/tenantwatch.rules.yml\n\
+             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager_port}']\n\
+             scrape_configs:\n  - job_name: tenantwatch\n    static_configs:\n      - targets: ['{tenantwatch}']\n"
+        ),
+    )
+    .unwrap();
+    let _alertmanager = spawn(
+        "prometheus-alertmanager",
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={root}/alerts/alertmanager.example.yml"),
+            format!("--storage.path={}", dir.join("alertmanager").display()),
+            format!("--web.listen-address=127.0.0.1:{alertmanager_port}"),
+            "--cluster.listen-address=".into(),
+        ],
+    );
+    let _prometheus = spawn(
+        "prometheus",
+        "prometheus",
+        &[
+            format!("--config.file={}", prometheus_config.display()),
+            format!("--storage.tsdb.path={}", dir.join("prometheus").display()),
+            format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
+        ],
+    );
+    let prometheus: SocketAddr = format!("127.0.0.1:{prometheus_port}").parse().unwrap();
+    let alertmanager: SocketAddr = format!("127.0.0.1:{alertmanager_port}").parse().unwrap();
+
+    // The noisy tenant's flag becomes an alert in Alertmanager.
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let alerts = loop {
+        if let Some(Value::Array(alerts)) = get_json(alertmanager, "/api/v2/alerts").await {
+            let noisy = alerts.iter().any(|a| {
+                a["labels"]["alertname"] == "TenantwatchTenantFlagged"
+                    && a["labels"]["tenant"] == NOISY_TENANT
+            });
+            if noisy {
+                break alerts;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TenantwatchTenantFlagged alert for {NOISY_TENANT} in Alertmanager"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let healthy: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| {
+            a["labels"]["tenant"]
+                .as_str()
+                .is_some_and(|t| t != NOISY_TENANT)
+        })
+        .collect();
+    assert!(healthy.is_empty(), "healthy tenants alerted: {healthy:?}");
+    // Routed to the tenant owners, as the example configuration says.
+    let receivers: Vec<&str> = alerts
+        .iter()
+        .filter(|a| a["labels"]["tenant"] == NOISY_TENANT)
+        .flat_map(|a| a["receivers"].as_array().into_iter().flatten())
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(receivers.contains(&"tenant-owners"), "{receivers:?}");
+
+    // Every dashboard panel's query returns data.
+    let mut empty = Vec::new();
+    for (place, expr) in dashboard_queries() {
+        let path = format!("/api/v1/query?query={}", percent_encode(&expr));
+        let reply = get_json(prometheus, &path).await;
+        let has_data = reply
+            .as_ref()
+            .and_then(|r| r["data"]["result"].as_array())
+            .is_some_and(|result| !result.is_empty());
+        if !has_data {
+            empty.push(format!("{place}: {expr} -> {reply:?}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "panels without data:\n{}",
+        empty.join("\n")
+    );
+    env.stop().await.unwrap();
+}
