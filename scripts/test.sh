@@ -19,6 +19,7 @@ needed=(
   "amtool:prometheus-alertmanager"
   "prometheus:prometheus"
   "prometheus-alertmanager:prometheus-alertmanager"
+  "kubectl:kubernetes-client"
 )
 
 missing=()
@@ -38,6 +39,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "scripts/test.sh: missing packages: ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
     exit 1
   fi
+fi
+
+# kubernetes-validate (offline Kubernetes schemas) comes from PyPI.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing kubernetes-validate (pip)"
+  python3 -m pip install --quiet kubernetes-validate || {
+    echo "scripts/test.sh: pip install kubernetes-validate failed" >&2; exit 1; }
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
+  export PATH="$PATH:$(python3 -m site --user-base)/bin"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

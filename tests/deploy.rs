@@ -1,0 +1,154 @@
+//! The deployment files: kustomize overlays build and validate against the
+//! Kubernetes schemas (kubectl kustomize + kubernetes-validate, offline), the
+//! PrometheusRule is the alerts/ rules verbatim, the example Prometheus
+//! configuration checks with promtool, every shipped tenantwatch.toml passes
+//! `tenantwatch check-config`, and the image and unit run as non-root.
+//! Needs kubectl and kubernetes-validate (scripts/test.sh installs them).
+
+use std::process::{Command, Stdio};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn run(program: &str, install: &str, args: &[&str], stdin: Option<&[u8]>) -> String {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(ROOT)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{program} is needed ({install}; scripts/test.sh does it): {e}")
+        });
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn kustomize_overlays_build_and_validate() {
+    for (overlay, workload) in [("sidecar", "StatefulSet"), ("standalone", "Deployment")] {
+        let manifests = run(
+            "kubectl",
+            "apt-get install kubernetes-client",
+            &["kustomize", &format!("deploy/kustomize/overlays/{overlay}")],
+            None,
+        );
+        for kind in [
+            workload,
+            "Service",
+            "ConfigMap",
+            "ServiceMonitor",
+            "PrometheusRule",
+        ] {
+            assert!(
+                manifests.contains(&format!("kind: {kind}\n")),
+                "{overlay} lacks a {kind}"
+            );
+        }
+        let file = std::env::temp_dir().join(format!("tw-{overlay}-{}.yaml", std::process::id()));
+        std::fs::write(&file, &manifests).unwrap();
+        let report = run(
+            "kubernetes-validate",
+            "pip install kubernetes-validate",
+            &["--strict", file.to_str().unwrap()],
+            None,
+        );
+        for kind in [
+            workload.to_ascii_lowercase(),
+            "service".into(),
+            "configmap".into(),
+        ] {
+            assert!(
+                report.contains(&format!("passed for resource {kind}/")),
+                "{overlay}: {kind} not validated:\n{report}"
+            );
+        }
+        std::fs::remove_file(file).unwrap();
+    }
+}
+
+#[test]
+fn the_prometheusrule_is_the_alert_rules_verbatim() {
+    let fresh = std::env::temp_dir().join(format!("tw-prometheusrule-{}.yaml", std::process::id()));
+    run(
+        "python3",
+        "apt-get install python3",
+        &["scripts/gen-prometheusrule.py", fresh.to_str().unwrap()],
+        None,
+    );
+    let committed =
+        std::fs::read_to_string(format!("{ROOT}/deploy/kustomize/base/prometheusrule.yaml"))
+            .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&fresh).unwrap(),
+        committed,
+        "deploy/kustomize/base/prometheusrule.yaml is stale: run scripts/gen-prometheusrule.py"
+    );
+    std::fs::remove_file(fresh).unwrap();
+}
+
+#[test]
+fn the_example_prometheus_config_checks() {
+    run(
+        "promtool",
+        "apt-get install prometheus",
+        &["check", "config", "deploy/prometheus/prometheus.yml"],
+        None,
+    );
+}
+
+#[test]
+fn every_shipped_config_passes_check_config() {
+    for file in [
+        "deploy/kustomize/base/tenantwatch.toml",
+        "deploy/kustomize/overlays/sidecar/tenantwatch.toml",
+        "tenantwatch.example.toml",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tenantwatch"))
+            .args(["check-config", &format!("{ROOT}/{file}")])
+            .env("PGPASSWORD", "from-a-secret")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_image_and_the_unit_run_unprivileged() {
+    let dockerfile = std::fs::read_to_string(format!("{ROOT}/deploy/Dockerfile")).unwrap();
+    assert_eq!(
+        dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM ")),
+        2,
+        "multi-stage"
+    );
+    assert!(dockerfile.contains("AS build") && dockerfile.contains("COPY --from=build"));
+    assert!(dockerfile.contains("\nUSER 10001:10001\n"), "non-root");
+    let unit =
+        std::fs::read_to_string(format!("{ROOT}/deploy/systemd/tenantwatch.service")).unwrap();
+    for line in [
+        "User=tenantwatch",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "NoNewPrivileges=yes",
+        "RestartPreventExitStatus=64",
+    ] {
+        assert!(unit.contains(line), "the unit lacks {line}");
+    }
+}
