@@ -155,6 +155,7 @@ impl Daemon {
             http_shards: (udp_receivers, HTTP_SHARDS),
             rate_limits: limits.clone(),
             judgement: judgement.clone(),
+            targets: target_statuses.clone(),
             next_shard: AtomicUsize::new(0),
         });
 

@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod attribution;
 pub mod collect;
 pub mod config;

@@ -67,6 +67,7 @@ pub struct AppState {
     pub next_shard: AtomicUsize,
     pub rate_limits: Arc<crate::ratelimit::RateLimits>,
     pub judgement: crate::detect::SharedJudgement,
+    pub targets: Vec<crate::collect::SharedStatus>,
 }
 
 /// Size and time limits of the HTTP listener.
@@ -155,6 +156,9 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
         "/v1/ratelimit/check" => ("ratelimit_check", "POST"),
         "/api/v1/flags" => ("flags", "GET, HEAD"),
         "/api/v1/advice" => ("advice", "GET, HEAD"),
+        "/api/v1/tenants" => ("tenants", "GET, HEAD"),
+        "/api/v1/targets" => ("targets", "GET, HEAD"),
+        p if p.starts_with("/api/v1/tenants/") => ("tenant", "GET, HEAD"),
         _ => {
             let detail = format!("no endpoint at {path}");
             return ("unknown", problem(StatusCode::NOT_FOUND, &detail));
@@ -201,6 +205,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
             &serde_json::json!({ "advice": crate::detect::read_judgement(&state.judgement).advice }),
         ),
         "ratelimit_check" => ratelimit_check(state, req).await,
+        "tenants" | "tenant" | "targets" => read_api(state, endpoint, &req),
         _ => post_events(state, req).await,
     };
     (endpoint, response)
@@ -338,6 +343,81 @@ async fn post_events(state: &AppState, req: Request<Incoming>) -> Response<Body>
             rejected,
         },
     )
+}
+
+fn target_statuses(state: &AppState) -> Vec<crate::collect::TargetStatus> {
+    state
+        .targets
+        .iter()
+        .map(|t| crate::collect::lock(t).clone())
+        .collect()
+}
+
+/// `GET /api/v1/tenants`, `/api/v1/tenants/{tenant}` and `/api/v1/targets`.
+fn read_api(state: &AppState, endpoint: &str, req: &Request<Incoming>) -> Response<Body> {
+    let targets = target_statuses(state);
+    if endpoint == "targets" {
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "targets": crate::api::target_views(&targets) }),
+        );
+    }
+    let store = state.store.snapshot();
+    let judgement = crate::detect::read_judgement(&state.judgement);
+    let rows = crate::api::tenant_rows(&store, &targets, &judgement, &state.rate_limits);
+    if endpoint == "tenant" {
+        let tenant =
+            crate::api::url_decode(req.uri().path().trim_start_matches("/api/v1/tenants/"));
+        return match crate::api::tenant_detail(
+            &tenant,
+            &rows,
+            &store,
+            &targets,
+            &judgement.flags,
+            &state.rate_limits,
+        ) {
+            Some(detail) => json(StatusCode::OK, &detail),
+            None => problem(
+                StatusCode::NOT_FOUND,
+                &format!("no tenant {tenant:?} is tracked"),
+            ),
+        };
+    }
+    let accept_csv = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/csv"));
+    let query = match crate::api::parse_list_query(req.uri().query(), accept_csv) {
+        Ok(query) => query,
+        Err(bad) => {
+            let mut response = problem(
+                StatusCode::BAD_REQUEST,
+                &format!("parameter {}: {}", bad.name, bad.detail),
+            );
+            if let Ok(value) = HeaderValue::from_str(&bad.name) {
+                response.headers_mut().insert("x-invalid-parameter", value);
+            }
+            return response;
+        }
+    };
+    let page = crate::api::page(&rows, &query);
+    if query.csv {
+        let mut response = Response::new(Full::new(Bytes::from(crate::api::csv(&page.tenants))));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        if let Some(cursor) = page
+            .next_cursor
+            .as_deref()
+            .and_then(|c| HeaderValue::from_str(c).ok())
+        {
+            response.headers_mut().insert("x-next-cursor", cursor);
+        }
+        return response;
+    }
+    json(StatusCode::OK, &page)
 }
 
 /// Largest body of a rate-limit check.
