@@ -81,22 +81,7 @@ pub fn tenant_rows(
     limits: &RateLimits,
 ) -> Vec<TenantRow> {
     let mut rows: BTreeMap<String, TenantRow> = BTreeMap::new();
-    let empty = |tenant: &str| TenantRow {
-        tenant: tenant.to_owned(),
-        queries: 0.0,
-        errors: 0.0,
-        error_ratio: 0.0,
-        rows: 0.0,
-        db_time_share: 0.0,
-        connections: 0.0,
-        idle_in_transaction_max_seconds: 0.0,
-        schema_size_bytes: 0.0,
-        live_tuples: 0.0,
-        dead_tuples: 0.0,
-        effective_qps: 0.0,
-        targets: Vec::new(),
-        flags: Vec::new(),
-    };
+    let empty = TenantRow::probe;
     for t in &store.tenants {
         let row = rows
             .entry(t.tenant.clone())
@@ -353,6 +338,7 @@ pub fn page<'a>(rows: &'a [TenantRow], q: &ListQuery) -> Page<'a> {
 }
 
 impl TenantRow {
+    /// A row with every figure at zero.
     fn probe(tenant: &str) -> TenantRow {
         TenantRow {
             tenant: tenant.to_owned(),

@@ -93,13 +93,17 @@ fn help_and_version() {
     );
 }
 
-/// Starts the binary on free ports and returns it with its HTTP address,
-/// read from its log line.
-fn spawn_binary() -> (std::process::Child, String) {
-    let config = temp_file(
-        &format!("run-{}.toml", rand_suffix()),
-        "[server]\nlisten = \"127.0.0.1:0\"\n[ingest]\nudp_listen = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
-    );
+/// Starts the binary with `config` (which must log JSON) and returns it
+/// with its HTTP address, read from its log line, and its later log lines.
+struct Spawned {
+    child: std::process::Child,
+    http: String,
+    logs: std::sync::mpsc::Receiver<String>,
+    config: std::path::PathBuf,
+}
+
+fn spawn_binary_with(config_text: &str) -> Spawned {
+    let config = temp_file(&format!("run-{}.toml", rand_suffix()), config_text);
     let mut child = Command::new(BINARY)
         .arg("--config")
         .arg(&config)
@@ -118,8 +122,26 @@ fn spawn_binary() -> (std::process::Child, String) {
         }
     };
     // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, http)
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    Spawned {
+        child,
+        http,
+        logs: log_rx,
+        config,
+    }
+}
+
+/// The binary on free ports with the defaults otherwise.
+fn spawn_binary() -> (std::process::Child, String) {
+    let spawned = spawn_binary_with(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[ingest]\nudp_listen = \"127.0.0.1:0\"\n[log]\nformat = \"json\"\n",
+    );
+    (spawned.child, spawned.http)
 }
 
 fn rand_suffix() -> u128 {
@@ -259,34 +281,15 @@ fn post_blocking(addr: &str, path: &str, body: &str) -> (u16, String) {
 
 #[test]
 fn sighup_reloads_quotas_and_refuses_an_invalid_file() {
-    let config = temp_file(
-        &format!("reload-{}.toml", rand_suffix()),
+    let Spawned {
+        mut child,
+        http,
+        logs: log_rx,
+        config,
+    } = spawn_binary_with(
         "[server]\nlisten = \"127.0.0.1:0\"\n[ingest]\nudp_listen = \"\"\n[log]\nformat = \"json\"\n\
          [ratelimit]\ndefault_qps = 0.01\ndefault_burst = 1\n",
     );
-    let mut child = Command::new(BINARY)
-        .arg("--config")
-        .arg(&config)
-        .env("TENANTWATCH_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let http = loop {
-        let line = lines.next().expect("daemon logs that it listens").unwrap();
-        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if entry["message"] == "tenantwatch is listening" {
-            break entry["http"].as_str().unwrap().to_string();
-        }
-    };
-    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = log_tx.send(line);
-        }
-    });
     let wait_for_log = |needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
