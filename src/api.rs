@@ -532,6 +532,140 @@ pub fn tenant_detail(
     }))
 }
 
+/// `GET /api/v1/capacity`: headroom and growth per target, the heaviest
+/// tenants, placement advice across targets, and a fleet projection.
+pub fn capacity(
+    targets: &[TargetStatus],
+    histories: &BTreeMap<String, crate::capacity::History>,
+    rows: &[TenantRow],
+    api: &crate::config::ApiConfig,
+) -> serde_json::Value {
+    use crate::capacity::{Footprint, place, slope};
+    let share_of: HashMap<&str, (f64, usize)> = rows
+        .iter()
+        .map(|r| (r.tenant.as_str(), (r.db_time_share, r.targets.len().max(1))))
+        .collect();
+    let mut footprints = Vec::new();
+    let mut per_target = Vec::new();
+    for t in targets {
+        let mut tenants: BTreeMap<String, [f64; 3]> = BTreeMap::new();
+        if let Some(a) = &t.activity {
+            for (tenant, activity) in &a.tenants {
+                tenants.entry(tenant.clone()).or_default()[1] =
+                    activity.connections.values().sum::<u64>() as f64;
+            }
+        }
+        if let Some(schemas) = &t.schemas {
+            for (tenant, s) in schemas.iter() {
+                let size = t
+                    .exact_sizes
+                    .as_ref()
+                    .and_then(|e| e.get(tenant).copied())
+                    .unwrap_or(s.estimated_bytes);
+                tenants.entry(tenant.clone()).or_default()[2] = size as f64;
+            }
+        }
+        for (tenant, load) in tenants.iter_mut() {
+            if let Some((share, n)) = share_of.get(tenant.as_str()) {
+                load[0] = share / *n as f64;
+            }
+            footprints.push(Footprint {
+                tenant: tenant.clone(),
+                target: t.name.clone(),
+                load: *load,
+            });
+        }
+        let in_use = t
+            .activity
+            .as_ref()
+            .map(|a| a.by_state.values().sum::<u64>())
+            .unwrap_or(0) as f64;
+        let size: f64 = tenants.values().map(|l| l[2]).sum();
+        let history = histories.get(&t.name);
+        let peak = history
+            .map(|h| h.samples().map(|s| s.connections).fold(in_use, f64::max))
+            .unwrap_or(in_use);
+        let growth_per_day = history
+            .and_then(|h| slope(h.samples().map(|s| (s.unix, s.size_bytes))))
+            .map(|per_second| per_second * 86400.0);
+        let usable = t
+            .max_connections
+            .map(|m| m as f64 - t.reserved_connections.unwrap_or(0) as f64);
+        let budget = api.size_budget_bytes as f64;
+        let days_until_budget = match growth_per_day {
+            Some(g) if budget > 0.0 && g > 0.0 => Some(((budget - size) / g).max(0.0)),
+            _ => None,
+        };
+        let top = |d: usize| -> Vec<serde_json::Value> {
+            let mut v: Vec<(&String, f64)> = tenants
+                .iter()
+                .map(|(k, l)| (k, l[d]))
+                .filter(|(_, x)| *x > 0.0)
+                .collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+            v.into_iter()
+                .take(5)
+                .map(|(k, x)| serde_json::json!({"tenant": k, "value": x}))
+                .collect()
+        };
+        per_target.push(serde_json::json!({
+            "target": t.name,
+            "up": t.up,
+            "max_connections": t.max_connections,
+            "usable_connections": usable,
+            "connections_in_use": in_use,
+            "connections_peak": peak,
+            "connection_headroom": usable.map(|u| u - in_use),
+            "size_bytes": size,
+            "growth_bytes_per_day": growth_per_day,
+            "history_samples": history.map(|h| h.len()).unwrap_or(0),
+            "size_budget_bytes": (budget > 0.0).then_some(budget),
+            "days_until_budget": days_until_budget,
+            "heaviest": { "db_time_share": top(0), "connections": top(1), "size_bytes": top(2) },
+        }));
+    }
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let placement =
+        (names.len() > 1).then(|| place(&names, &footprints, api.balance_tolerance, 50));
+    let median = |d: usize| -> f64 {
+        let mut v: Vec<f64> = footprints.iter().map(|f| f.load[d]).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (median_connections, median_size) = (median(1), median(2));
+    let more_tenants_fit: Option<f64> = {
+        let per_target: Vec<f64> = per_target
+            .iter()
+            .filter_map(|t| {
+                let by_connections = t["connection_headroom"]
+                    .as_f64()
+                    .filter(|_| median_connections > 0.0)
+                    .map(|h| (h / median_connections).floor().max(0.0));
+                let by_size = (api.size_budget_bytes > 0 && median_size > 0.0).then(|| {
+                    ((api.size_budget_bytes as f64 - t["size_bytes"].as_f64().unwrap_or(0.0))
+                        / median_size)
+                        .floor()
+                        .max(0.0)
+                });
+                match (by_connections, by_size) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .collect();
+        (!per_target.is_empty()).then(|| per_target.iter().sum())
+    };
+    serde_json::json!({
+        "targets": per_target,
+        "placement": placement,
+        "fleet": {
+            "tenants": rows.len(),
+            "median_tenant": { "connections": median_connections, "size_bytes": median_size },
+            "more_tenants_fit": more_tenants_fit,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,33 @@ pub struct FileConfig {
     pub tenants: FileTenants,
     pub detect: FileDetect,
     pub ratelimit: FileRateLimit,
+    pub api: FileApi,
+}
+
+/// `[api]`: the capacity planners' API.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileApi {
+    /// How much target history (connections, size) is kept for growth fits.
+    pub history: String,
+    /// Time between two history samples.
+    pub history_resolution: String,
+    /// Size budget per target for "days until full"; 0 for none.
+    pub size_budget_bytes: u64,
+    /// Placement advice keeps every target's share of each load within this
+    /// fraction above its fair share.
+    pub balance_tolerance: f64,
+}
+
+impl Default for FileApi {
+    fn default() -> Self {
+        FileApi {
+            history: "24h".into(),
+            history_resolution: "1m".into(),
+            size_budget_bytes: 0,
+            balance_tolerance: 0.2,
+        }
+    }
 }
 
 /// `[detect]`: problematic-tenant rules.
@@ -409,6 +436,16 @@ pub struct Config {
     pub ratelimit: crate::ratelimit::RatePolicy,
     /// Limiters unused this long are dropped.
     pub ratelimit_idle_ttl: Duration,
+    pub api: ApiConfig,
+}
+
+/// The validated `[api]`.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub history: Duration,
+    pub history_resolution: Duration,
+    pub size_budget_bytes: u64,
+    pub balance_tolerance: f64,
 }
 
 /// Which databases of an instance are watched for schema statistics.
@@ -734,6 +771,26 @@ impl TryFrom<FileConfig> for Config {
         let detect = validate_detect(&mut v, &file.detect, ingest.share_window);
         let ratelimit = validate_ratelimit(&mut v, &file.ratelimit);
         let ratelimit_idle_ttl = v.duration("ratelimit.idle_ttl", &file.ratelimit.idle_ttl);
+        let api = ApiConfig {
+            history: v.duration("api.history", &file.api.history),
+            history_resolution: v.duration("api.history_resolution", &file.api.history_resolution),
+            size_budget_bytes: file.api.size_budget_bytes,
+            balance_tolerance: file.api.balance_tolerance,
+        };
+        if !(api.balance_tolerance.is_finite() && api.balance_tolerance >= 0.0) {
+            v.fail(
+                "api.balance_tolerance",
+                api.balance_tolerance,
+                "must be a number >= 0",
+            );
+        }
+        if api.history_resolution > api.history {
+            v.fail(
+                "api.history_resolution",
+                &file.api.history_resolution,
+                "must not be longer than api.history",
+            );
+        }
 
         if v.errors.is_empty() {
             Ok(Config {
@@ -745,6 +802,7 @@ impl TryFrom<FileConfig> for Config {
                 detect,
                 ratelimit,
                 ratelimit_idle_ttl,
+                api,
             })
         } else {
             Err(ConfigError::Invalid(v.errors))

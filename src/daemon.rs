@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::capacity::{History, TargetSample};
 use crate::collect::{self, SharedStatus, TargetStatus};
 use crate::config::Config;
 use crate::detect::{DetectSettings, Detector, Judgement, SharedJudgement, Transition};
@@ -126,6 +127,8 @@ impl Daemon {
             config.ratelimit_idle_ttl,
         ));
         let judgement: SharedJudgement = Arc::default();
+        let histories: Arc<std::sync::Mutex<std::collections::BTreeMap<String, History>>> =
+            Arc::default();
         let mut registry = crate::metrics::registry(
             store.clone(),
             stats.clone(),
@@ -156,6 +159,8 @@ impl Daemon {
             rate_limits: limits.clone(),
             judgement: judgement.clone(),
             targets: target_statuses.clone(),
+            histories: histories.clone(),
+            api: config.api.clone(),
             next_shard: AtomicUsize::new(0),
         });
 
@@ -192,6 +197,12 @@ impl Daemon {
             })
             .collect();
         let store_for_readers = store.clone();
+        let sampler = tokio::spawn(sample_history(
+            config.api.clone(),
+            target_statuses.clone(),
+            histories.clone(),
+            shutdown.clone(),
+        ));
         let (detect_settings, detect_settings_rx) =
             tokio::sync::watch::channel(config.detect.clone());
         let detector = tokio::spawn(run_detector(
@@ -223,6 +234,7 @@ impl Daemon {
             let _ = server.await;
             let _ = housekeeping.await;
             let _ = detector.await;
+            let _ = sampler.await;
             for poller in pollers {
                 let _ = poller.await;
             }
@@ -429,6 +441,68 @@ async fn run_detector(
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = view;
         limits.prune();
+    }
+}
+
+/// Records each target's connections and size every `history_resolution`,
+/// keeping `history` of them, for the capacity view.
+async fn sample_history(
+    api: crate::config::ApiConfig,
+    statuses: Vec<SharedStatus>,
+    histories: Arc<std::sync::Mutex<std::collections::BTreeMap<String, History>>>,
+    shutdown: CancellationToken,
+) {
+    let capacity = (api.history.as_secs_f64() / api.history_resolution.as_secs_f64().max(0.001))
+        .ceil() as usize;
+    let mut interval = tokio::time::interval(api.history_resolution);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        for status in &statuses {
+            let status = collect::lock(status).clone();
+            if !status.up {
+                continue;
+            }
+            let connections = status
+                .activity
+                .as_ref()
+                .map(|a| a.by_state.values().sum::<u64>())
+                .unwrap_or(0) as f64;
+            let size_bytes: f64 = status
+                .schemas
+                .as_ref()
+                .map(|schemas| {
+                    schemas
+                        .iter()
+                        .map(|(tenant, s)| {
+                            status
+                                .exact_sizes
+                                .as_ref()
+                                .and_then(|e| e.get(tenant).copied())
+                                .unwrap_or(s.estimated_bytes) as f64
+                        })
+                        .sum()
+                })
+                .unwrap_or(0.0);
+            let mut histories = histories
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            histories
+                .entry(status.name.clone())
+                .or_insert_with(|| History::new(capacity))
+                .push(TargetSample {
+                    unix,
+                    connections,
+                    size_bytes,
+                });
+        }
     }
 }
 

@@ -25,6 +25,7 @@
 
 pub mod api;
 pub mod attribution;
+pub mod capacity;
 pub mod collect;
 pub mod config;
 pub mod daemon;

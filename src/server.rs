@@ -68,6 +68,9 @@ pub struct AppState {
     pub rate_limits: Arc<crate::ratelimit::RateLimits>,
     pub judgement: crate::detect::SharedJudgement,
     pub targets: Vec<crate::collect::SharedStatus>,
+    pub histories:
+        Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::capacity::History>>>,
+    pub api: crate::config::ApiConfig,
 }
 
 /// Size and time limits of the HTTP listener.
@@ -158,6 +161,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
         "/api/v1/advice" => ("advice", "GET, HEAD"),
         "/api/v1/tenants" => ("tenants", "GET, HEAD"),
         "/api/v1/targets" => ("targets", "GET, HEAD"),
+        "/api/v1/capacity" => ("capacity", "GET, HEAD"),
         p if p.starts_with("/api/v1/tenants/") => ("tenant", "GET, HEAD"),
         _ => {
             let detail = format!("no endpoint at {path}");
@@ -205,7 +209,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
             &serde_json::json!({ "advice": crate::detect::read_judgement(&state.judgement).advice }),
         ),
         "ratelimit_check" => ratelimit_check(state, req).await,
-        "tenants" | "tenant" | "targets" => read_api(state, endpoint, &req),
+        "tenants" | "tenant" | "targets" | "capacity" => read_api(state, endpoint, &req),
         _ => post_events(state, req).await,
     };
     (endpoint, response)
@@ -365,6 +369,17 @@ fn read_api(state: &AppState, endpoint: &str, req: &Request<Incoming>) -> Respon
     let store = state.store.snapshot();
     let judgement = crate::detect::read_judgement(&state.judgement);
     let rows = crate::api::tenant_rows(&store, &targets, &judgement, &state.rate_limits);
+    if endpoint == "capacity" {
+        let histories = state
+            .histories
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        return json(
+            StatusCode::OK,
+            &crate::api::capacity(&targets, &histories, &rows, &state.api),
+        );
+    }
     if endpoint == "tenant" {
         let tenant =
             crate::api::url_decode(req.uri().path().trim_start_matches("/api/v1/tenants/"));

@@ -18,7 +18,7 @@ async fn tenants_targets_and_detail() {
     let app = connect(&pg.dsn("app")).await;
     for i in 0..5 {
         app.batch_execute(&format!(
-            "CREATE SCHEMA tenant_s{i}; CREATE TABLE tenant_s{i}.t (id int)"
+            "CREATE SCHEMA tenant_s{i}; CREATE TABLE tenant_s{i}.t (id int); INSERT INTO tenant_s{i}.t VALUES (1)"
         ))
         .await
         .unwrap();
@@ -27,6 +27,8 @@ async fn tenants_targets_and_detail() {
         let mut target = FileTarget::new("main", pg.dsn("app"));
         target.poll_interval = "200ms".into();
         c.targets.push(target);
+        c.api.history_resolution = "200ms".into();
+        c.api.size_budget_bytes = 1 << 40;
     })
     .await;
     // 37 tenants from events, with distinct and tied query counts.
@@ -154,6 +156,30 @@ async fn tenants_targets_and_detail() {
     assert_eq!(bad.header("x-invalid-parameter"), Some("sort"));
     let wrong_method = daemon.post("/api/v1/tenants", &[], "").await;
     assert_eq!(wrong_method.status, 405);
+
+    // Capacity: headroom, size, history, heaviest tenants, fleet projection.
+    let capacity = support::eventually(
+        "two history samples",
+        std::time::Duration::from_secs(10),
+        || async {
+            let c = daemon.get("/api/v1/capacity").await.json();
+            (c["targets"][0]["history_samples"].as_u64().unwrap_or(0) >= 2).then_some(c)
+        },
+    )
+    .await;
+    let main = &capacity["targets"][0];
+    assert_eq!(main["target"], "main");
+    assert_eq!(main["max_connections"], 100);
+    assert!(main["connection_headroom"].as_f64().unwrap() > 0.0);
+    assert!(main["size_bytes"].as_f64().unwrap() > 0.0);
+    assert_eq!(main["heaviest"]["size_bytes"].as_array().unwrap().len(), 5);
+    assert!(main["growth_bytes_per_day"].is_number());
+    assert!(
+        capacity["placement"].is_null(),
+        "one target: nothing to balance"
+    );
+    assert_eq!(capacity["fleet"]["tenants"], 42);
+    assert!(capacity["fleet"]["more_tenants_fit"].as_f64().unwrap() > 0.0);
 
     let targets = daemon.get("/api/v1/targets").await.json();
     let main = &targets["targets"][0];

@@ -1,0 +1,320 @@
+//! Capacity planning: growth fits over the targets' history and placement
+//! advice that balances tenants across targets (shards). Pure functions; the
+//! daemon samples the history and the API serves the result.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+
+/// One sample of a target's history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TargetSample {
+    pub unix: f64,
+    pub connections: f64,
+    pub size_bytes: f64,
+}
+
+/// A bounded history of samples, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    samples: VecDeque<TargetSample>,
+    capacity: usize,
+}
+
+impl History {
+    pub fn new(capacity: usize) -> History {
+        History {
+            samples: VecDeque::with_capacity(capacity.min(4096)),
+            capacity: capacity.max(2),
+        }
+    }
+
+    pub fn push(&mut self, sample: TargetSample) {
+        if self.samples.len() == self.capacity {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(sample);
+    }
+
+    pub fn samples(&self) -> impl Iterator<Item = &TargetSample> {
+        self.samples.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+/// The least-squares slope of `y` over `x` (units of y per unit of x), or
+/// `None` with fewer than two distinct x values.
+pub fn slope(points: impl IntoIterator<Item = (f64, f64)>) -> Option<f64> {
+    let points: Vec<(f64, f64)> = points.into_iter().collect();
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+    Some(sxy / sxx)
+}
+
+/// The dimensions placement balances.
+pub const DIMENSIONS: [&str; 3] = ["db_time", "connections", "size_bytes"];
+
+/// A tenant's footprint on one target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Footprint {
+    pub tenant: String,
+    pub target: String,
+    /// db time share, connections, size bytes.
+    pub load: [f64; 3],
+}
+
+/// A suggested move and what it does to both targets' loads.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Move {
+    pub tenant: String,
+    pub from: String,
+    pub to: String,
+    /// Per dimension: (from before, from after, to before, to after), as
+    /// shares of the fleet's total.
+    pub effect: BTreeMap<&'static str, [f64; 4]>,
+}
+
+/// Placement advice: the moves, and every target's load shares after them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Placement {
+    pub tolerance: f64,
+    pub balanced_before: bool,
+    pub balanced_after: bool,
+    pub moves: Vec<Move>,
+    /// Target -> per-dimension share of the fleet after the moves.
+    pub shares_after: BTreeMap<String, BTreeMap<&'static str, f64>>,
+}
+
+/// The worst overload: max over targets and dimensions of
+/// share / fair share - 1 (0 when every target is at or under fair share).
+fn overload(loads: &BTreeMap<String, [f64; 3]>, totals: &[f64; 3]) -> f64 {
+    let fair = 1.0 / loads.len().max(1) as f64;
+    loads
+        .values()
+        .flat_map(|load| (0..3).map(move |d| (d, load[d])))
+        .filter(|(d, _)| totals[*d] > 0.0)
+        .map(|(d, value)| value / totals[d] / fair - 1.0)
+        .fold(0.0, f64::max)
+}
+
+fn add_into(into: &mut [f64; 3], load: &[f64; 3], sign: f64) {
+    for (sum, value) in into.iter_mut().zip(load) {
+        *sum += sign * value;
+    }
+}
+
+fn add(loads: &mut BTreeMap<String, [f64; 3]>, target: &str, load: &[f64; 3], sign: f64) {
+    if let Some(sum) = loads.get_mut(target) {
+        add_into(sum, load, sign);
+    }
+}
+
+/// Suggests at most `max_moves` tenant moves so that every target's share of
+/// every dimension is within `tolerance` above its fair share (1 / targets),
+/// greedily taking the move that lowers the worst overload most.
+pub fn place(
+    targets: &[String],
+    footprints: &[Footprint],
+    tolerance: f64,
+    max_moves: usize,
+) -> Placement {
+    let mut loads: BTreeMap<String, [f64; 3]> =
+        targets.iter().map(|t| (t.clone(), [0.0; 3])).collect();
+    let mut placed: Vec<Footprint> = footprints
+        .iter()
+        .filter(|f| loads.contains_key(&f.target))
+        .cloned()
+        .collect();
+    let mut totals = [0.0; 3];
+    for f in &placed {
+        add(&mut loads, &f.target, &f.load, 1.0);
+        add_into(&mut totals, &f.load, 1.0);
+    }
+    let balanced_before = overload(&loads, &totals) <= tolerance;
+    let mut moves = Vec::new();
+    while moves.len() < max_moves && loads.len() > 1 {
+        let current = overload(&loads, &totals);
+        if current <= tolerance {
+            break;
+        }
+        let mut best: Option<(f64, usize, String)> = None;
+        for (i, f) in placed.iter().enumerate() {
+            for to in loads.keys().filter(|t| **t != f.target) {
+                let mut trial = loads.clone();
+                add(&mut trial, &f.target, &f.load, -1.0);
+                add(&mut trial, to, &f.load, 1.0);
+                let after = overload(&trial, &totals);
+                if after < current - 1e-12 && best.as_ref().is_none_or(|(b, _, _)| after < *b) {
+                    best = Some((after, i, to.clone()));
+                }
+            }
+        }
+        let Some((_, i, to)) = best else { break };
+        let from = placed[i].target.clone();
+        let share = |load: f64, d: usize| {
+            if totals[d] > 0.0 {
+                load / totals[d]
+            } else {
+                0.0
+            }
+        };
+        let mut effect = BTreeMap::new();
+        for (d, name) in DIMENSIONS.iter().enumerate() {
+            let (from_before, to_before) = (loads[&from][d], loads[&to][d]);
+            let moved = placed[i].load[d];
+            effect.insert(
+                *name,
+                [
+                    share(from_before, d),
+                    share(from_before - moved, d),
+                    share(to_before, d),
+                    share(to_before + moved, d),
+                ],
+            );
+        }
+        let moved = placed[i].load;
+        add(&mut loads, &from, &moved, -1.0);
+        add(&mut loads, &to, &moved, 1.0);
+        moves.push(Move {
+            tenant: placed[i].tenant.clone(),
+            from,
+            to: to.clone(),
+            effect,
+        });
+        placed[i].target = to;
+    }
+    let balanced_after = overload(&loads, &totals) <= tolerance;
+    let shares_after = loads
+        .iter()
+        .map(|(target, load)| {
+            let shares = DIMENSIONS
+                .iter()
+                .enumerate()
+                .map(|(d, name)| {
+                    (
+                        *name,
+                        if totals[d] > 0.0 {
+                            load[d] / totals[d]
+                        } else {
+                            0.0
+                        },
+                    )
+                })
+                .collect();
+            (target.clone(), shares)
+        })
+        .collect();
+    Placement {
+        tolerance,
+        balanced_before,
+        balanced_after,
+        moves,
+        shares_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fit_returns_the_exact_slope_of_a_linear_history() {
+        // 1 MiB per minute for a day, sampled every minute.
+        let points = (0..1440).map(|m| (1.7e9 + 60.0 * m as f64, 5e9 + 1048576.0 * m as f64));
+        let per_second = slope(points).unwrap();
+        assert!((per_second * 86400.0 - 1048576.0 * 1440.0).abs() < 1e-3);
+        assert_eq!(slope([(1.0, 2.0)]), None);
+        assert_eq!(slope([(1.0, 2.0), (1.0, 3.0)]), None);
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut h = History::new(3);
+        for i in 0..10 {
+            h.push(TargetSample {
+                unix: i as f64,
+                connections: 0.0,
+                size_bytes: 0.0,
+            });
+        }
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.samples().next().unwrap().unix, 7.0);
+    }
+
+    #[test]
+    fn placement_brings_three_imbalanced_targets_within_tolerance() {
+        let targets: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let mut footprints = Vec::new();
+        // Everything on "a": 12 tenants of varied weight; "b" and "c" nearly empty.
+        for i in 0..12 {
+            footprints.push(Footprint {
+                tenant: format!("t{i}"),
+                target: "a".into(),
+                load: [
+                    0.05 + 0.01 * (i % 3) as f64,
+                    3.0 + (i % 4) as f64,
+                    1e9 * (1.0 + (i % 5) as f64),
+                ],
+            });
+        }
+        footprints.push(Footprint {
+            tenant: "small_b".into(),
+            target: "b".into(),
+            load: [0.01, 1.0, 1e8],
+        });
+        footprints.push(Footprint {
+            tenant: "small_c".into(),
+            target: "c".into(),
+            load: [0.01, 1.0, 1e8],
+        });
+        let placement = place(&targets, &footprints, 0.2, 50);
+        assert!(!placement.balanced_before);
+        assert!(placement.balanced_after, "{placement:#?}");
+        assert!(!placement.moves.is_empty());
+        for shares in placement.shares_after.values() {
+            for share in shares.values() {
+                assert!(*share <= (1.0 / 3.0) * 1.2 + 1e-9, "{placement:#?}");
+            }
+        }
+        // A balanced fleet needs no move.
+        let even = place(
+            &targets,
+            &[
+                Footprint {
+                    tenant: "x".into(),
+                    target: "a".into(),
+                    load: [1.0, 1.0, 1.0],
+                },
+                Footprint {
+                    tenant: "y".into(),
+                    target: "b".into(),
+                    load: [1.0, 1.0, 1.0],
+                },
+                Footprint {
+                    tenant: "z".into(),
+                    target: "c".into(),
+                    load: [1.0, 1.0, 1.0],
+                },
+            ],
+            0.2,
+            50,
+        );
+        assert!(even.balanced_before && even.moves.is_empty());
+    }
+}
