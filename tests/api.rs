@@ -190,3 +190,39 @@ async fn tenants_targets_and_detail() {
     assert!(main["address"].as_str().unwrap().ends_with("/app"));
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_in_bounded_pages_with_10000_tenants() {
+    let daemon = TestDaemon::start().await;
+    for batch in 0..10 {
+        let body: String = (0..1000)
+            .map(|i| {
+                format!(
+                    "tenantwatch.query:{}|ms|#tenant:big{:05}\n",
+                    1 + i % 7,
+                    batch * 1000 + i
+                )
+            })
+            .collect();
+        assert_eq!(daemon.post("/v1/events", &[], body).await.status, 202);
+    }
+    let page = daemon.get("/api/v1/tenants?limit=25&sort=queries").await;
+    assert_eq!(page.status, 200);
+    let page = page.json();
+    assert_eq!(page["total"], 10_000);
+    assert_eq!(page["tenants"].as_array().unwrap().len(), 25);
+    assert!(page["next_cursor"].is_string());
+    // A page's size depends on the limit, not on the fleet.
+    let csv = daemon.get("/api/v1/tenants?limit=25&format=csv").await;
+    assert_eq!(csv.text().lines().count(), 26);
+    assert!(csv.body.len() < 10_000);
+    assert_eq!(daemon.get("/api/v1/tenants/big09999").await.status, 200);
+    let capacity = daemon.get("/api/v1/capacity").await.json();
+    assert_eq!(capacity["fleet"]["tenants"], 10_000);
+    let flagged = daemon
+        .get("/api/v1/tenants?flagged=true&limit=1000")
+        .await
+        .json();
+    assert_eq!(flagged["total"], 0);
+    daemon.stop().await;
+}
