@@ -49,6 +49,70 @@ impl History {
     }
 }
 
+/// Each target's history, shared by the sampler and the API.
+pub type SharedTargetHistories = std::sync::Arc<std::sync::Mutex<BTreeMap<String, History>>>;
+
+/// The tenants' histories, shared by the sampler and the API.
+pub type SharedTenantHistories = std::sync::Arc<std::sync::Mutex<TenantHistories>>;
+
+/// One sample of a tenant's history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TenantSample {
+    pub unix: f64,
+    /// Queries reported since start (cumulative).
+    pub queries: f64,
+    pub db_time_share: f32,
+    pub connections: f32,
+    pub size_bytes: f64,
+}
+
+/// Per-tenant histories, bounded twice: `capacity` samples per tenant and at
+/// most `max_tenants` tenants (the first ones seen keep their history;
+/// tenants that disappear free their slot).
+#[derive(Debug, Clone, Default)]
+pub struct TenantHistories {
+    tenants: std::collections::HashMap<String, VecDeque<TenantSample>>,
+    capacity: usize,
+    max_tenants: usize,
+}
+
+impl TenantHistories {
+    pub fn new(capacity: usize, max_tenants: usize) -> TenantHistories {
+        TenantHistories {
+            tenants: Default::default(),
+            capacity: capacity.max(2),
+            max_tenants,
+        }
+    }
+
+    /// Records one sample for each of `samples`' tenants and forgets the
+    /// tenants that are not among them.
+    pub fn record(&mut self, samples: Vec<(String, TenantSample)>) {
+        let present: std::collections::HashSet<&str> =
+            samples.iter().map(|(t, _)| t.as_str()).collect();
+        self.tenants
+            .retain(|tenant, _| present.contains(tenant.as_str()));
+        for (tenant, sample) in samples {
+            if !self.tenants.contains_key(&tenant) && self.tenants.len() >= self.max_tenants {
+                continue;
+            }
+            let ring = self.tenants.entry(tenant).or_default();
+            if ring.len() == self.capacity {
+                ring.pop_front();
+            }
+            ring.push_back(sample);
+        }
+    }
+
+    pub fn get(&self, tenant: &str) -> Option<&VecDeque<TenantSample>> {
+        self.tenants.get(tenant)
+    }
+
+    pub fn tenants(&self) -> usize {
+        self.tenants.len()
+    }
+}
+
 /// The least-squares slope of `y` over `x` (units of y per unit of x), or
 /// `None` with fewer than two distinct x values.
 pub fn slope(points: impl IntoIterator<Item = (f64, f64)>) -> Option<f64> {
@@ -241,6 +305,32 @@ mod tests {
         assert!((per_second * 86400.0 - 1048576.0 * 1440.0).abs() < 1e-3);
         assert_eq!(slope([(1.0, 2.0)]), None);
         assert_eq!(slope([(1.0, 2.0), (1.0, 3.0)]), None);
+    }
+
+    #[test]
+    fn tenant_histories_are_bounded_in_length_and_tenants() {
+        let mut h = TenantHistories::new(3, 2);
+        let sample = |unix: f64| TenantSample {
+            unix,
+            queries: 0.0,
+            db_time_share: 0.0,
+            connections: 0.0,
+            size_bytes: 0.0,
+        };
+        for i in 0..5 {
+            h.record(vec![
+                ("a".into(), sample(i as f64)),
+                ("b".into(), sample(i as f64)),
+                ("c".into(), sample(i as f64)),
+            ]);
+        }
+        assert_eq!(h.tenants(), 2);
+        assert_eq!(h.get("a").unwrap().len(), 3);
+        assert!(h.get("c").is_none());
+        // "a" goes away: its slot frees up for "c".
+        h.record(vec![("b".into(), sample(9.0)), ("c".into(), sample(9.0))]);
+        assert!(h.get("a").is_none());
+        assert_eq!(h.get("c").unwrap().len(), 1);
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct FileApi {
     pub history_resolution: String,
     /// Size budget per target for "days until full"; 0 for none.
     pub size_budget_bytes: u64,
+    /// Tenants that keep a history for `GET /api/v1/tenants/{tenant}` (about
+    /// 35 KB each at the default history and resolution).
+    pub history_tenants: usize,
     /// Placement advice keeps every target's share of each load within this
     /// fraction above its fair share.
     pub balance_tolerance: f64,
@@ -60,6 +63,7 @@ impl Default for FileApi {
             history: "24h".into(),
             history_resolution: "1m".into(),
             size_budget_bytes: 0,
+            history_tenants: 1000,
             balance_tolerance: 0.2,
         }
     }
@@ -445,6 +449,7 @@ pub struct ApiConfig {
     pub history: Duration,
     pub history_resolution: Duration,
     pub size_budget_bytes: u64,
+    pub history_tenants: usize,
     pub balance_tolerance: f64,
 }
 
@@ -775,6 +780,7 @@ impl TryFrom<FileConfig> for Config {
             history: v.duration("api.history", &file.api.history),
             history_resolution: v.duration("api.history_resolution", &file.api.history_resolution),
             size_budget_bytes: file.api.size_budget_bytes,
+            history_tenants: v.range("api.history_tenants", file.api.history_tenants, 0, 100_000),
             balance_tolerance: file.api.balance_tolerance,
         };
         if !(api.balance_tolerance.is_finite() && api.balance_tolerance >= 0.0) {

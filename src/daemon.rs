@@ -18,7 +18,10 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::capacity::{History, TargetSample};
+use crate::capacity::{
+    History, SharedTargetHistories, SharedTenantHistories, TargetSample, TenantHistories,
+    TenantSample,
+};
 use crate::collect::{self, SharedStatus, TargetStatus};
 use crate::config::Config;
 use crate::detect::{DetectSettings, Detector, Judgement, SharedJudgement, Transition};
@@ -127,6 +130,13 @@ impl Daemon {
             config.ratelimit_idle_ttl,
         ));
         let judgement: SharedJudgement = Arc::default();
+        let history_len = (config.api.history.as_secs_f64()
+            / config.api.history_resolution.as_secs_f64().max(0.001))
+        .ceil() as usize;
+        let tenant_histories = Arc::new(Mutex::new(TenantHistories::new(
+            history_len,
+            config.api.history_tenants,
+        )));
         let histories: Arc<std::sync::Mutex<std::collections::BTreeMap<String, History>>> =
             Arc::default();
         let mut registry = crate::metrics::registry(
@@ -160,6 +170,7 @@ impl Daemon {
             judgement: judgement.clone(),
             targets: target_statuses.clone(),
             histories: histories.clone(),
+            tenant_histories: tenant_histories.clone(),
             api: config.api.clone(),
             next_shard: AtomicUsize::new(0),
         });
@@ -199,8 +210,9 @@ impl Daemon {
         let store_for_readers = store.clone();
         let sampler = tokio::spawn(sample_history(
             config.api.clone(),
+            store.clone(),
             target_statuses.clone(),
-            histories.clone(),
+            (histories.clone(), tenant_histories.clone()),
             shutdown.clone(),
         ));
         let (detect_settings, detect_settings_rx) =
@@ -448,8 +460,9 @@ async fn run_detector(
 /// keeping `history` of them, for the capacity view.
 async fn sample_history(
     api: crate::config::ApiConfig,
+    store: Arc<Store>,
     statuses: Vec<SharedStatus>,
-    histories: Arc<std::sync::Mutex<std::collections::BTreeMap<String, History>>>,
+    (histories, tenant_histories): (SharedTargetHistories, SharedTenantHistories),
     shutdown: CancellationToken,
 ) {
     let capacity = (api.history.as_secs_f64() / api.history_resolution.as_secs_f64().max(0.001))
@@ -465,8 +478,62 @@ async fn sample_history(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
+        let statuses: Vec<TargetStatus> =
+            statuses.iter().map(|s| collect::lock(s).clone()).collect();
+        if api.history_tenants > 0 {
+            let snapshot = store.snapshot();
+            let mut samples: std::collections::HashMap<String, TenantSample> = snapshot
+                .tenants
+                .iter()
+                .map(|t| {
+                    let queries = t.kinds.iter().flatten().map(|k| k.queries).sum();
+                    let sample = TenantSample {
+                        unix,
+                        queries,
+                        db_time_share: t.db_time_share as f32,
+                        connections: 0.0,
+                        size_bytes: 0.0,
+                    };
+                    (t.tenant.clone(), sample)
+                })
+                .collect();
+            let empty = || TenantSample {
+                unix,
+                queries: 0.0,
+                db_time_share: 0.0,
+                connections: 0.0,
+                size_bytes: 0.0,
+            };
+            for status in &statuses {
+                if let Some(activity) = &status.activity {
+                    for (tenant, a) in &activity.tenants {
+                        let sample = samples.entry(tenant.clone()).or_insert_with(empty);
+                        sample.connections += a.connections.values().sum::<u64>() as f32;
+                    }
+                }
+                if let Some(schemas) = &status.schemas {
+                    for (tenant, totals) in schemas.iter() {
+                        let size = status
+                            .exact_sizes
+                            .as_ref()
+                            .and_then(|e| e.get(tenant).copied())
+                            .unwrap_or(totals.estimated_bytes);
+                        samples
+                            .entry(tenant.clone())
+                            .or_insert_with(empty)
+                            .size_bytes += size as f64;
+                    }
+                }
+            }
+            let mut samples: Vec<(String, TenantSample)> = samples.into_iter().collect();
+            // The first tenants by name keep their slots when over the cap.
+            samples.sort_by(|a, b| a.0.cmp(&b.0));
+            tenant_histories
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(samples);
+        }
         for status in &statuses {
-            let status = collect::lock(status).clone();
             if !status.up {
                 continue;
             }

@@ -70,6 +70,7 @@ pub struct AppState {
     pub targets: Vec<crate::collect::SharedStatus>,
     pub histories:
         Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::capacity::History>>>,
+    pub tenant_histories: Arc<std::sync::Mutex<crate::capacity::TenantHistories>>,
     pub api: crate::config::ApiConfig,
 }
 
@@ -391,7 +392,14 @@ fn read_api(state: &AppState, endpoint: &str, req: &Request<Incoming>) -> Respon
             &judgement.flags,
             &state.rate_limits,
         ) {
-            Some(detail) => json(StatusCode::OK, &detail),
+            Some(mut detail) => {
+                let histories = state
+                    .tenant_histories
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                detail["history"] = serde_json::json!(histories.get(&tenant));
+                json(StatusCode::OK, &detail)
+            }
             None => problem(
                 StatusCode::NOT_FOUND,
                 &format!("no tenant {tenant:?} is tracked"),

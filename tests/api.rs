@@ -136,6 +136,18 @@ async fn tenants_targets_and_detail() {
     let detail = detail.json();
     assert_eq!(detail["summary"]["queries"], 6.0);
     assert_eq!(detail["quota"]["policy"], "default");
+    // History: one sample per api.history_resolution (200 ms here).
+    let history = support::eventually(
+        "tenant history",
+        std::time::Duration::from_secs(10),
+        || async {
+            let d = daemon.get("/api/v1/tenants/e05").await.json();
+            (d["history"].as_array().map_or(0, Vec::len) >= 2).then_some(d["history"].clone())
+        },
+    )
+    .await;
+    assert_eq!(history[0]["queries"], 6.0);
+    assert!(history[1]["unix"].as_f64().unwrap() > history[0]["unix"].as_f64().unwrap());
     let schema_tenant = daemon.get("/api/v1/tenants/s3").await.json();
     assert_eq!(schema_tenant["targets"][0]["target"], "main");
     assert_eq!(schema_tenant["targets"][0]["tables"], 1);
