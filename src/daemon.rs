@@ -133,12 +133,11 @@ impl Daemon {
         let history_len = (config.api.history.as_secs_f64()
             / config.api.history_resolution.as_secs_f64().max(0.001))
         .ceil() as usize;
-        let tenant_histories = Arc::new(Mutex::new(TenantHistories::new(
+        let tenant_histories: SharedTenantHistories = Arc::new(Mutex::new(TenantHistories::new(
             history_len,
             config.api.history_tenants,
         )));
-        let histories: Arc<std::sync::Mutex<std::collections::BTreeMap<String, History>>> =
-            Arc::default();
+        let histories: SharedTargetHistories = Arc::default();
         let mut registry = crate::metrics::registry(
             store.clone(),
             stats.clone(),

@@ -11,7 +11,10 @@
 //! - [`store`] aggregates events per tenant and kind, sharded per writer and
 //!   bounded by `max_tenants`;
 //! - readers: [`metrics`] and [`metrics_pg`] expose the store and the target
-//!   statuses on `/metrics`; they never touch a socket or the database.
+//!   statuses on `/metrics`; [`detect`] flags problematic tenants and
+//!   advises [`ratelimit`], which answers `/v1/ratelimit/check`; [`api`]
+//!   (with [`capacity`]) serves the planners' JSON and CSV. Readers never
+//!   touch a socket or the database.
 //!
 //! [`pg_cluster`] starts throwaway PostgreSQL clusters for `tenantwatch
 //! demo` and the tests.

@@ -68,9 +68,9 @@ pub struct AppState {
     pub rate_limits: Arc<crate::ratelimit::RateLimits>,
     pub judgement: crate::detect::SharedJudgement,
     pub targets: Vec<crate::collect::SharedStatus>,
-    pub histories:
-        Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::capacity::History>>>,
-    pub tenant_histories: Arc<std::sync::Mutex<crate::capacity::TenantHistories>>,
+    /// Samples for the capacity view and the tenant detail.
+    pub histories: crate::capacity::SharedTargetHistories,
+    pub tenant_histories: crate::capacity::SharedTenantHistories,
     pub api: crate::config::ApiConfig,
 }
 

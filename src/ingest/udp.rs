@@ -59,7 +59,7 @@ impl UdpListener {
     }
 
     /// Starts `receivers` threads, thread `i` writing to store shard
-    /// `first_shard + i`. They stop within [`SHUTDOWN_POLL`] of `shutdown`.
+    /// `first_shard + i`. They stop within 100 ms of `shutdown`.
     pub fn spawn(
         self,
         receivers: usize,
