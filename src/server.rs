@@ -163,6 +163,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
         "/api/v1/tenants" => ("tenants", "GET, HEAD"),
         "/api/v1/targets" => ("targets", "GET, HEAD"),
         "/api/v1/capacity" => ("capacity", "GET, HEAD"),
+        "/api/v1/openapi.json" => ("openapi", "GET, HEAD"),
         p if p.starts_with("/api/v1/tenants/") => ("tenant", "GET, HEAD"),
         _ => {
             let detail = format!("no endpoint at {path}");
@@ -211,6 +212,14 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
         ),
         "ratelimit_check" => ratelimit_check(state, req).await,
         "tenants" | "tenant" | "targets" | "capacity" => read_api(state, endpoint, &req),
+        "openapi" => {
+            let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
         _ => post_events(state, req).await,
     };
     (endpoint, response)
@@ -442,6 +451,9 @@ fn read_api(state: &AppState, endpoint: &str, req: &Request<Incoming>) -> Respon
     }
     json(StatusCode::OK, &page)
 }
+
+/// The OpenAPI 3.1 description of every endpoint (`GET /api/v1/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Largest body of a rate-limit check.
 const MAX_CHECK_BODY_BYTES: usize = 4096;
