@@ -238,3 +238,66 @@ async fn the_api_answers_in_bounded_pages_with_10000_tenants() {
     assert_eq!(flagged["total"], 0);
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_advice_balances_three_targets() {
+    // Shard "a" holds nine tenants of real data; "b" and "c" one small each.
+    let mut clusters = Vec::new();
+    for (shard, tenants) in [("a", 9), ("b", 1), ("c", 1)] {
+        let pg = cluster().await;
+        let db = connect(&pg.dsn("postgres")).await;
+        for i in 0..tenants {
+            let rows = if shard == "a" { 3000 + 500 * i } else { 10 };
+            db.batch_execute(&format!(
+                "CREATE SCHEMA tenant_{shard}{i}; CREATE TABLE tenant_{shard}{i}.t (id int, v text);
+                 INSERT INTO tenant_{shard}{i}.t SELECT g, repeat('x', 100) FROM generate_series(1, {rows}) g;"
+            ))
+            .await
+            .unwrap();
+        }
+        clusters.push((shard, pg));
+    }
+    let daemon = TestDaemon::start_with(|c| {
+        for (shard, pg) in &clusters {
+            let mut target = FileTarget::new(*shard, pg.dsn("postgres"));
+            target.poll_interval = "200ms".into();
+            c.targets.push(target);
+        }
+        c.api.balance_tolerance = 0.2;
+    })
+    .await;
+    let capacity = support::eventually(
+        "exact sizes on three targets",
+        std::time::Duration::from_secs(15),
+        || async {
+            let c = daemon.get("/api/v1/capacity").await.json();
+            let sized = c["targets"]
+                .as_array()?
+                .iter()
+                .filter(|t| t["size_bytes"].as_f64().unwrap_or(0.0) > 0.0)
+                .count();
+            (sized == 3 && c["fleet"]["tenants"] == 11).then_some(c)
+        },
+    )
+    .await;
+    let placement = &capacity["placement"];
+    assert_eq!(placement["balanced_before"], false, "{placement}");
+    assert_eq!(placement["balanced_after"], true, "{placement}");
+    let moves = placement["moves"].as_array().unwrap();
+    assert!(!moves.is_empty());
+    assert!(
+        moves
+            .iter()
+            .all(|m| m["tenant"].as_str().unwrap().starts_with('a')),
+        "{moves:?}"
+    );
+    for (target, shares) in placement["shares_after"].as_object().unwrap() {
+        let size = shares["size_bytes"].as_f64().unwrap();
+        assert!(size <= 1.0 / 3.0 * 1.2 + 1e-9, "{target}: {size}");
+    }
+    // Each move states its effect on both ends.
+    let effect = &moves[0]["effect"]["size_bytes"];
+    assert!(effect[1].as_f64().unwrap() < effect[0].as_f64().unwrap());
+    assert!(effect[3].as_f64().unwrap() > effect[2].as_f64().unwrap());
+    daemon.stop().await;
+}
