@@ -345,6 +345,9 @@ impl DemoEnvironment {
         // shipped defaults (2m for db_time_hog, 60s idle in transaction) show
         // in two.
         file.detect.interval = "5s".into();
+        // History every 10 s, so the API's history and growth fit show data
+        // within the demo's first minutes.
+        file.api.history_resolution = "10s".into();
         file.detect.rules.insert(
             "db_time_hog".into(),
             FileRuleSettings {
