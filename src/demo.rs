@@ -200,6 +200,18 @@ impl CheckClient {
     }
 }
 
+/// What an application worker talks to: tenantwatch's rate limiter (HTTP),
+/// the database, and tenantwatch's event socket (UDP). `None` if the
+/// database or the socket cannot be reached (the worker then does nothing).
+async fn app_clients(
+    (daemon_http, daemon_udp): (SocketAddr, SocketAddr),
+    dsn: &str,
+) -> Option<(CheckClient, Client, EventSender)> {
+    let client = connect(dsn).await.ok()?;
+    let events = EventSender::new(daemon_udp).ok()?;
+    Some((CheckClient::new(daemon_http), client, events))
+}
+
 /// A well-behaved application worker: short, tagged queries for tenants
 /// picked by weight (a few big tenants, a long tail).
 async fn healthy_worker(
@@ -209,12 +221,7 @@ async fn healthy_worker(
     seed: u64,
     shutdown: CancellationToken,
 ) {
-    let (daemon_http, daemon_udp) = daemon;
-    let mut limits = CheckClient::new(daemon_http);
-    let Ok(client) = connect(&dsn).await else {
-        return;
-    };
-    let Ok(mut events) = EventSender::new(daemon_udp) else {
+    let Some((mut limits, client, mut events)) = app_clients(daemon, &dsn).await else {
         return;
     };
     let mut rng = seed
@@ -267,12 +274,7 @@ async fn healthy_worker(
 /// The misbehaving tenant's worker: a heavy query in a loop. It asks for
 /// permission and backs off when denied, so the tightened quota shows.
 async fn noisy_worker(daemon: (SocketAddr, SocketAddr), dsn: String, shutdown: CancellationToken) {
-    let (daemon_http, daemon_udp) = daemon;
-    let mut limits = CheckClient::new(daemon_http);
-    let Ok(client) = connect(&dsn).await else {
-        return;
-    };
-    let Ok(mut events) = EventSender::new(daemon_udp) else {
+    let Some((mut limits, client, mut events)) = app_clients(daemon, &dsn).await else {
         return;
     };
     let tenant = NOISY_TENANT;

@@ -356,44 +356,33 @@ pub struct DetectCollector {
 impl Collector for DetectCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let judgement = crate::detect::read_judgement(&self.judgement);
-        let mut metric = family(
-            &mut encoder,
-            "tenantwatch_tenant_flagged",
-            "1 while the tenant is flagged by the rule named in reason.",
-            MetricType::Gauge,
-        )?;
-        for flag in &judgement.flags {
-            let labels = [
-                ("tenant", flag.tenant.as_str()),
-                ("reason", flag.reason.as_str()),
-            ];
-            gauge(&mut metric, &labels, 1.0)?;
-        }
-        let mut metric = family(
-            &mut encoder,
-            "tenantwatch_tenant_flag_value",
-            "The observed value of each raised flag (its threshold is in tenantwatch_tenant_flag_threshold).",
-            MetricType::Gauge,
-        )?;
-        for flag in &judgement.flags {
-            let labels = [
-                ("tenant", flag.tenant.as_str()),
-                ("reason", flag.reason.as_str()),
-            ];
-            gauge(&mut metric, &labels, flag.value)?;
-        }
-        let mut metric = family(
-            &mut encoder,
-            "tenantwatch_tenant_flag_threshold",
-            "The threshold each raised flag's value crossed.",
-            MetricType::Gauge,
-        )?;
-        for flag in &judgement.flags {
-            let labels = [
-                ("tenant", flag.tenant.as_str()),
-                ("reason", flag.reason.as_str()),
-            ];
-            gauge(&mut metric, &labels, flag.threshold)?;
+        type FlagField = fn(&crate::detect::Flag) -> f64;
+        let flag_families: [(&str, &str, FlagField); 3] = [
+            (
+                "tenantwatch_tenant_flagged",
+                "1 while the tenant is flagged by the rule named in reason.",
+                |_| 1.0,
+            ),
+            (
+                "tenantwatch_tenant_flag_value",
+                "The observed value of each raised flag (its threshold is in tenantwatch_tenant_flag_threshold).",
+                |f| f.value,
+            ),
+            (
+                "tenantwatch_tenant_flag_threshold",
+                "The threshold each raised flag's value crossed.",
+                |f| f.threshold,
+            ),
+        ];
+        for (name, help, field) in flag_families {
+            let mut metric = family(&mut encoder, name, help, MetricType::Gauge)?;
+            for flag in &judgement.flags {
+                let labels = [
+                    ("tenant", flag.tenant.as_str()),
+                    ("reason", flag.reason.as_str()),
+                ];
+                gauge(&mut metric, &labels, field(flag))?;
+            }
         }
 
         let limiters = self.limits.snapshot();

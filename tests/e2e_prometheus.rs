@@ -37,17 +37,6 @@ fn spawn(program: &str, package: &str, args: &[String]) -> Killed {
     Killed(child)
 }
 
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 async fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
     let reply = support::try_http(addr, "GET", path, &[], Vec::new())
         .await
@@ -169,7 +158,10 @@ async fn alerts_reach_alertmanager_and_every_panel_has_data() {
     // Every dashboard panel's query returns data.
     let mut empty = Vec::new();
     for (place, expr) in dashboard_queries() {
-        let path = format!("/api/v1/query?query={}", percent_encode(&expr));
+        let path = format!(
+            "/api/v1/query?query={}",
+            tenantwatch::api::url_encode(&expr)
+        );
         let reply = get_json(prometheus, &path).await;
         let has_data = reply
             .as_ref()
