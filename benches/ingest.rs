@@ -1,12 +1,16 @@
 //! Parse + aggregate cost per event: the work a UDP receive thread does for
 //! each line, without the socket. `cargo bench --bench ingest`.
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tenantwatch::ingest::{IngestStats, Source, ingest_payload};
+use tenantwatch::ingest::ingest_payload;
+use tenantwatch::store::{IngestStats, Source};
 use tenantwatch::store::{MonotonicClock, Store, StoreLimits};
 
 fn store() -> Store {

@@ -2,6 +2,9 @@
 //! other queries: one store merge plus the text exposition.
 //! `cargo bench --bench scrape`.
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -9,9 +12,9 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tenantwatch::event::{Event, QueryKind, Sample};
-use tenantwatch::ingest::IngestStats;
 use tenantwatch::metrics::{self, HttpMetrics};
-use tenantwatch::store::{MonotonicClock, Store, StoreLimits};
+use tenantwatch::ratelimit::{RateLimits, RatePolicy};
+use tenantwatch::store::{IngestStats, MonotonicClock, Store, StoreLimits, TargetStatuses};
 
 fn bench(c: &mut Criterion) {
     let store = Arc::new(Store::new(
@@ -44,9 +47,14 @@ fn bench(c: &mut Criterion) {
     let registry = metrics::registry(
         store.clone(),
         Arc::new(IngestStats::default()),
-        None,
         &HttpMetrics::default(),
-        Vec::new(),
+        TargetStatuses::default(),
+        Arc::default(),
+        Arc::new(RateLimits::new(
+            RatePolicy::default(),
+            10_000,
+            Duration::from_secs(600),
+        )),
     );
     let mut group = c.benchmark_group("scrape");
     group.sample_size(10);

@@ -8,11 +8,14 @@
 //! bench_poll TENANTWATCH_BIN EXPORTER_BIN QUERIES_YAML SCHEMAS
 //! ```
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tenantwatch::collect::queries::{ACTIVITY_SQL, SCHEMA_STATS_SQL};
-use tenantwatch::pg_cluster::{Cluster, free_port};
+use tenantwatch::demo::cluster::{Cluster, free_port};
 use tokio_postgres::NoTls;
 
 struct Killed(Child);

@@ -13,6 +13,9 @@
 //! The sink is the baseline: the most a receiver that does nothing but count
 //! can take, on the same socket settings as the daemon.
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 

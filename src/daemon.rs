@@ -1,5 +1,6 @@
-//! Start-up and shutdown: the one place that binds listeners, starts every
-//! task and stops them again.
+//! Start-up, reload and shutdown: the one place that binds listeners,
+//! starts every task and stops them again. Wiring only: what each task does
+//! lives in its module.
 //!
 //! [`Daemon::start`] binds every listener before anything is spawned, so a bad
 //! address fails start-up instead of a task. Readiness turns true once all are
@@ -18,19 +19,15 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::capacity::{
-    History, SharedTargetHistories, SharedTenantHistories, TargetSample, TenantHistories,
-    TenantSample,
-};
-use crate::collect::{self, SharedStatus, TargetStatus};
+use crate::capacity::{SharedTargetHistories, SharedTenantHistories, TenantHistories};
+use crate::collect;
 use crate::config::Config;
-use crate::detect::{DetectSettings, Detector, Judgement, SharedJudgement, Transition};
-use crate::ingest::IngestStats;
+use crate::detect::{DetectSettings, Judgement, SharedJudgement};
+use crate::http::{self, AppState, HttpLimits};
 use crate::ingest::udp::{UdpLimits, UdpListener};
-use crate::metrics::{HttpMetrics, UdpSocketInfo};
+use crate::metrics::HttpMetrics;
 use crate::ratelimit::RateLimits;
-use crate::server::{self, AppState, HttpLimits};
-use crate::store::{MonotonicClock, Store, StoreLimits};
+use crate::store::{IngestStats, MonotonicClock, Store, TargetStatus, TargetStatuses};
 
 /// Store shards shared by HTTP requests (round robin).
 const HTTP_SHARDS: usize = 2;
@@ -53,7 +50,7 @@ pub struct Daemon {
     http_addr: SocketAddr,
     udp_addr: Option<SocketAddr>,
     store: Arc<Store>,
-    target_statuses: Vec<SharedStatus>,
+    target_statuses: TargetStatuses,
     judgement: SharedJudgement,
     rate_limits: Arc<RateLimits>,
     detect_settings: tokio::sync::watch::Sender<DetectSettings>,
@@ -61,22 +58,23 @@ pub struct Daemon {
     supervisor: JoinHandle<()>,
 }
 
-impl Daemon {
-    /// Binds every listener, then starts the server, the UDP receive threads
-    /// and the housekeeping task.
-    pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|source| DaemonError::Bind {
-                what: "HTTP",
-                addr: config.server.listen,
-                source,
-            })?;
-        let http_addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+/// The listeners, bound before anything is spawned.
+struct Listeners {
+    http: TcpListener,
+    http_addr: SocketAddr,
+    udp: Option<UdpListener>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
+        let listen = config.server.listen;
+        let http_bind_error = |source| DaemonError::Bind {
             what: "HTTP",
-            addr: config.server.listen,
+            addr: listen,
             source,
-        })?;
+        };
+        let http = TcpListener::bind(listen).await.map_err(http_bind_error)?;
+        let http_addr = http.local_addr().map_err(http_bind_error)?;
         let ingest = &config.ingest;
         let udp = match ingest.udp_listen {
             Some(addr) => Some(
@@ -90,113 +88,108 @@ impl Daemon {
             ),
             None => None,
         };
-        let udp_addr = udp.as_ref().map(|u| u.local_addr);
+        Ok(Listeners {
+            http,
+            http_addr,
+            udp,
+        })
+    }
+}
 
-        let udp_receivers = if udp.is_some() {
-            ingest.udp_receivers
-        } else {
-            0
-        };
-        let store = Arc::new(Store::new(
-            udp_receivers + HTTP_SHARDS,
-            StoreLimits {
-                max_tenants: ingest.max_tenants,
-                tenant_idle_ttl: ingest.tenant_idle_ttl,
-                share_window: ingest.share_window,
-            },
-            Arc::new(MonotonicClock::new()),
-        ));
-        let stats = Arc::new(IngestStats::default());
-        let http_metrics = HttpMetrics::default();
-        let udp_info = udp.as_ref().map(|u| UdpSocketInfo {
-            granted_recv_buffer_bytes: u.granted_recv_buffer_bytes,
-            inode: u.inode,
-        });
-        let target_statuses: Vec<SharedStatus> = config
+/// The stores and readers' shared state, built once and handed to the tasks.
+struct Shared {
+    store: Arc<Store>,
+    stats: Arc<IngestStats>,
+    targets: TargetStatuses,
+    limits: Arc<RateLimits>,
+    judgement: SharedJudgement,
+    histories: SharedTargetHistories,
+    tenant_histories: SharedTenantHistories,
+}
+
+impl Shared {
+    fn new(config: &Config, udp_receivers: usize) -> Shared {
+        let targets = config
             .targets
             .iter()
-            .map(|target| {
-                Arc::new(Mutex::new(TargetStatus {
-                    name: target.name.clone(),
-                    description: target.description.clone(),
-                    schema_detail: target.schema_detail,
-                    ..TargetStatus::default()
-                }))
+            .map(|t| {
+                let status = TargetStatus::new(&t.name, &t.description, t.schema_detail);
+                Arc::new(Mutex::new(status))
             })
             .collect();
-        let limits = Arc::new(RateLimits::new(
-            config.ratelimit.clone(),
-            ingest.max_tenants,
-            config.ratelimit_idle_ttl,
-        ));
-        let judgement: SharedJudgement = Arc::default();
-        let history_len = (config.api.history.as_secs_f64()
-            / config.api.history_resolution.as_secs_f64().max(0.001))
-        .ceil() as usize;
-        let tenant_histories: SharedTenantHistories = Arc::new(Mutex::new(TenantHistories::new(
-            history_len,
-            config.api.history_tenants,
-        )));
-        let histories: SharedTargetHistories = Arc::default();
-        let mut registry = crate::metrics::registry(
-            store.clone(),
-            stats.clone(),
-            udp_info,
+        Shared {
+            store: Arc::new(Store::new(
+                udp_receivers + HTTP_SHARDS,
+                config.ingest.store_limits(),
+                Arc::new(MonotonicClock::new()),
+            )),
+            stats: Arc::new(IngestStats::default()),
+            targets: TargetStatuses::new(targets),
+            limits: Arc::new(RateLimits::new(
+                config.ratelimit.clone(),
+                config.ingest.max_tenants,
+                config.ratelimit_idle_ttl,
+            )),
+            judgement: Arc::default(),
+            histories: Arc::default(),
+            tenant_histories: Arc::new(Mutex::new(TenantHistories::new(
+                config.api.history_len(),
+                config.api.history_tenants,
+            ))),
+        }
+    }
+
+    /// What the HTTP handlers share.
+    fn app_state(&self, config: &Config, udp_receivers: usize) -> AppState {
+        let http_metrics = HttpMetrics::default();
+        let registry = crate::metrics::registry(
+            self.store.clone(),
+            self.stats.clone(),
             &http_metrics,
-            target_statuses.clone(),
+            self.targets.clone(),
+            self.judgement.clone(),
+            self.limits.clone(),
         );
-        registry.register_collector(Box::new(crate::metrics::DetectCollector {
-            judgement: judgement.clone(),
-            limits: limits.clone(),
-        }));
-        let state = Arc::new(AppState {
+        AppState {
             registry,
-            store: store.clone(),
-            stats: stats.clone(),
+            store: self.store.clone(),
+            stats: self.stats.clone(),
             http_metrics,
             ready: AtomicBool::new(false),
             limits: HttpLimits {
                 max_connections: config.server.max_connections,
                 header_read_timeout: config.server.header_read_timeout,
                 body_read_timeout: config.server.body_read_timeout,
-                max_body_bytes: ingest.max_body_bytes,
-                max_line_bytes: ingest.max_line_bytes,
+                max_body_bytes: config.ingest.max_body_bytes,
+                max_line_bytes: config.ingest.max_line_bytes,
                 shutdown_grace: config.server.shutdown_grace,
             },
             auth_token: config.server.auth_token.clone(),
             http_shards: (udp_receivers, HTTP_SHARDS),
-            rate_limits: limits.clone(),
-            judgement: judgement.clone(),
-            targets: target_statuses.clone(),
-            histories: histories.clone(),
-            tenant_histories: tenant_histories.clone(),
+            rate_limits: self.limits.clone(),
+            judgement: self.judgement.clone(),
+            targets: self.targets.clone(),
+            histories: self.histories.clone(),
+            tenant_histories: self.tenant_histories.clone(),
             api: config.api.clone(),
             next_shard: AtomicUsize::new(0),
-        });
+        }
+    }
+}
 
-        let shutdown = CancellationToken::new();
-        let udp_threads = match udp {
-            Some(udp) => udp
-                .spawn(
-                    udp_receivers,
-                    0,
-                    UdpLimits {
-                        max_datagram_bytes: ingest.max_datagram_bytes,
-                        max_line_bytes: ingest.max_line_bytes,
-                    },
-                    store.clone(),
-                    stats,
-                    shutdown.clone(),
-                )
-                .map_err(DaemonError::Spawn)?,
-            None => Vec::new(),
-        };
-        let server = tokio::spawn(server::serve(listener, state.clone(), shutdown.clone()));
+/// The async tasks (and their settings channel), started once.
+struct Tasks {
+    handles: Vec<JoinHandle<()>>,
+    detect_settings: tokio::sync::watch::Sender<DetectSettings>,
+}
+
+impl Tasks {
+    fn spawn(config: &Config, shared: &Shared, shutdown: &CancellationToken) -> Tasks {
         let attribution = Arc::new(config.attribution.clone());
-        let pollers: Vec<JoinHandle<()>> = config
+        let mut handles: Vec<JoinHandle<()>> = config
             .targets
             .iter()
-            .zip(target_statuses.iter())
+            .zip(shared.targets.handles())
             .map(|(target, status)| {
                 tokio::spawn(collect::run_target(
                     target.clone(),
@@ -206,29 +199,64 @@ impl Daemon {
                 ))
             })
             .collect();
-        let store_for_readers = store.clone();
-        let sampler = tokio::spawn(sample_history(
+        handles.push(tokio::spawn(crate::capacity::sampler::run(
             config.api.clone(),
-            store.clone(),
-            target_statuses.clone(),
-            (histories.clone(), tenant_histories.clone()),
+            shared.store.clone(),
+            shared.targets.clone(),
+            (shared.histories.clone(), shared.tenant_histories.clone()),
             shutdown.clone(),
-        ));
+        )));
         let (detect_settings, detect_settings_rx) =
             tokio::sync::watch::channel(config.detect.clone());
-        let detector = tokio::spawn(run_detector(
+        handles.push(tokio::spawn(crate::detect::task::run(
             detect_settings_rx,
-            store.clone(),
-            target_statuses.clone(),
-            limits.clone(),
-            judgement.clone(),
+            shared.store.clone(),
+            shared.targets.clone(),
+            shared.limits.clone(),
+            shared.judgement.clone(),
             shutdown.clone(),
-        ));
-        let housekeeping = tokio::spawn(evict_idle_tenants(
-            store,
-            ingest.tenant_idle_ttl,
+        )));
+        handles.push(tokio::spawn(evict_idle_tenants(
+            shared.store.clone(),
+            config.ingest.tenant_idle_ttl,
             shutdown.clone(),
-        ));
+        )));
+        Tasks {
+            handles,
+            detect_settings,
+        }
+    }
+}
+
+impl Daemon {
+    /// Binds every listener, then starts the server, the UDP receive threads,
+    /// the pollers, the detector and the housekeeping tasks.
+    pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
+        let listeners = Listeners::bind(&config).await?;
+        let http_addr = listeners.http_addr;
+        let udp_addr = listeners.udp.as_ref().map(|u| u.local_addr);
+        let udp_receivers = match listeners.udp {
+            Some(_) => config.ingest.udp_receivers,
+            None => 0,
+        };
+        let shared = Shared::new(&config, udp_receivers);
+        let state = Arc::new(shared.app_state(&config, udp_receivers));
+        let shutdown = CancellationToken::new();
+        let udp_threads = match listeners.udp {
+            Some(udp) => {
+                udp.publish_socket_figures(&shared.stats);
+                let limits = UdpLimits {
+                    max_datagram_bytes: config.ingest.max_datagram_bytes,
+                    max_line_bytes: config.ingest.max_line_bytes,
+                };
+                let (store, stats) = (shared.store.clone(), shared.stats.clone());
+                udp.spawn(udp_receivers, 0, limits, store, stats, shutdown.clone())
+                    .map_err(DaemonError::Spawn)?
+            }
+            None => Vec::new(),
+        };
+        let server = tokio::spawn(http::serve(listeners.http, state.clone(), shutdown.clone()));
+        let tasks = Tasks::spawn(&config, &shared, &shutdown);
         state.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             http = %http_addr,
@@ -238,16 +266,14 @@ impl Daemon {
         );
 
         let token = shutdown.clone();
+        let handles = tasks.handles;
         let supervisor = tokio::spawn(async move {
             token.cancelled().await;
             state.ready.store(false, Ordering::Relaxed);
             tracing::info!("Shutting down: draining connections");
             let _ = server.await;
-            let _ = housekeeping.await;
-            let _ = detector.await;
-            let _ = sampler.await;
-            for poller in pollers {
-                let _ = poller.await;
+            for handle in handles {
+                let _ = handle.await;
             }
             // The receive threads notice the token within their poll interval.
             let _ = tokio::task::spawn_blocking(move || {
@@ -262,11 +288,11 @@ impl Daemon {
         Ok(Daemon {
             http_addr,
             udp_addr,
-            store: store_for_readers,
-            target_statuses,
-            judgement,
-            rate_limits: limits,
-            detect_settings,
+            store: shared.store,
+            target_statuses: shared.targets,
+            judgement: shared.judgement,
+            rate_limits: shared.limits,
+            detect_settings: tasks.detect_settings,
             shutdown,
             supervisor,
         })
@@ -288,7 +314,7 @@ impl Daemon {
     }
 
     /// What each PostgreSQL target's collectors last saw, in config order.
-    pub fn target_statuses(&self) -> &[SharedStatus] {
+    pub fn target_statuses(&self) -> &TargetStatuses {
         &self.target_statuses
     }
 
@@ -377,199 +403,6 @@ pub async fn run_with_reload(
     daemon.shutdown();
     daemon.wait().await;
     Ok(())
-}
-
-/// Evaluates the detection rules every interval, publishes the flags and
-/// advice, logs each flag once when raised and once when cleared, and prunes
-/// idle rate limiters.
-async fn run_detector(
-    mut settings: tokio::sync::watch::Receiver<DetectSettings>,
-    store: Arc<Store>,
-    statuses: Vec<SharedStatus>,
-    limits: Arc<RateLimits>,
-    judgement: SharedJudgement,
-    shutdown: CancellationToken,
-) {
-    let initial = settings.borrow_and_update().clone();
-    let mut interval = tokio::time::interval(initial.interval);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut detector = Detector::new(initial);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        if settings.has_changed().unwrap_or(false) {
-            let new = settings.borrow_and_update().clone();
-            if new.interval != detector.settings().interval {
-                interval = tokio::time::interval(new.interval);
-                interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                interval.tick().await;
-            }
-            detector.set_settings(new);
-        }
-        let snapshot = store.snapshot();
-        let targets: Vec<TargetStatus> =
-            statuses.iter().map(|s| collect::lock(s).clone()).collect();
-        let policy = limits.policy();
-        let transitions = detector.evaluate(
-            std::time::Instant::now(),
-            std::time::SystemTime::now(),
-            &snapshot,
-            &targets,
-            |tenant| policy.base_quota(tenant).rate.qps,
-        );
-        for transition in transitions {
-            match transition {
-                Transition::Raised(flag) => tracing::warn!(
-                    tenant = %flag.tenant,
-                    reason = flag.reason.as_str(),
-                    severity = ?flag.severity,
-                    value = flag.value,
-                    threshold = flag.threshold,
-                    target = ?flag.target,
-                    "Tenant flagged"
-                ),
-                Transition::Cleared(flag) => tracing::info!(
-                    tenant = %flag.tenant,
-                    reason = flag.reason.as_str(),
-                    "Tenant flag cleared"
-                ),
-            }
-        }
-        let advice = detector.advice();
-        limits.set_advice(
-            advice
-                .iter()
-                .map(|a| (a.tenant.clone(), a.effective_qps))
-                .collect(),
-        );
-        let view = Arc::new(Judgement {
-            flags: detector.flags(),
-            advice,
-        });
-        *judgement
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = view;
-        limits.prune();
-    }
-}
-
-/// Records each target's connections and size every `history_resolution`,
-/// keeping `history` of them, for the capacity view.
-async fn sample_history(
-    api: crate::config::ApiConfig,
-    store: Arc<Store>,
-    statuses: Vec<SharedStatus>,
-    (histories, tenant_histories): (SharedTargetHistories, SharedTenantHistories),
-    shutdown: CancellationToken,
-) {
-    let capacity = (api.history.as_secs_f64() / api.history_resolution.as_secs_f64().max(0.001))
-        .ceil() as usize;
-    let mut interval = tokio::time::interval(api.history_resolution);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let statuses: Vec<TargetStatus> =
-            statuses.iter().map(|s| collect::lock(s).clone()).collect();
-        if api.history_tenants > 0 {
-            let snapshot = store.snapshot();
-            let mut samples: std::collections::HashMap<String, TenantSample> = snapshot
-                .tenants
-                .iter()
-                .map(|t| {
-                    let queries = t.kinds.iter().flatten().map(|k| k.queries).sum();
-                    let sample = TenantSample {
-                        unix,
-                        queries,
-                        db_time_share: t.db_time_share as f32,
-                        connections: 0.0,
-                        size_bytes: 0.0,
-                    };
-                    (t.tenant.clone(), sample)
-                })
-                .collect();
-            let empty = || TenantSample {
-                unix,
-                queries: 0.0,
-                db_time_share: 0.0,
-                connections: 0.0,
-                size_bytes: 0.0,
-            };
-            for status in &statuses {
-                if let Some(activity) = &status.activity {
-                    for (tenant, a) in &activity.tenants {
-                        let sample = samples.entry(tenant.clone()).or_insert_with(empty);
-                        sample.connections += a.connections.values().sum::<u64>() as f32;
-                    }
-                }
-                if let Some(schemas) = &status.schemas {
-                    for (tenant, totals) in schemas.iter() {
-                        let size = status
-                            .exact_sizes
-                            .as_ref()
-                            .and_then(|e| e.get(tenant).copied())
-                            .unwrap_or(totals.estimated_bytes);
-                        samples
-                            .entry(tenant.clone())
-                            .or_insert_with(empty)
-                            .size_bytes += size as f64;
-                    }
-                }
-            }
-            let mut samples: Vec<(String, TenantSample)> = samples.into_iter().collect();
-            // The first tenants by name keep their slots when over the cap.
-            samples.sort_by(|a, b| a.0.cmp(&b.0));
-            tenant_histories
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .record(samples);
-        }
-        for status in &statuses {
-            if !status.up {
-                continue;
-            }
-            let connections = status
-                .activity
-                .as_ref()
-                .map(|a| a.by_state.values().sum::<u64>())
-                .unwrap_or(0) as f64;
-            let size_bytes: f64 = status
-                .schemas
-                .as_ref()
-                .map(|schemas| {
-                    schemas
-                        .iter()
-                        .map(|(tenant, s)| {
-                            status
-                                .exact_sizes
-                                .as_ref()
-                                .and_then(|e| e.get(tenant).copied())
-                                .unwrap_or(s.estimated_bytes) as f64
-                        })
-                        .sum()
-                })
-                .unwrap_or(0.0);
-            let mut histories = histories
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            histories
-                .entry(status.name.clone())
-                .or_insert_with(|| History::new(capacity))
-                .push(TargetSample {
-                    unix,
-                    connections,
-                    size_bytes,
-                });
-        }
-    }
 }
 
 async fn evict_idle_tenants(store: Arc<Store>, ttl: Duration, shutdown: CancellationToken) {

@@ -1,26 +1,34 @@
 //! tenantwatch: an observability sidecar and metrics daemon for multi-tenant
 //! PostgreSQL.
 //!
-//! Data flows one way: **sources → tenant store → readers**.
+//! Data flows one way: **sources → stores → readers**. The folders say which
+//! is which:
 //!
-//! - sources: [`ingest`] turns UDP datagrams and `POST /v1/events` bodies
-//!   (NDJSON and DogStatsD lines) into typed [`event::Event`]s; [`collect`]
-//!   polls each PostgreSQL target (one task per target) into a
-//!   [`collect::TargetStatus`], attributing sessions and schemas to tenants
-//!   with the rules of [`attribution`];
-//! - [`store`] aggregates events per tenant and kind, sharded per writer and
-//!   bounded by `max_tenants`;
-//! - readers: [`metrics`] and [`metrics_pg`] expose the store and the target
-//!   statuses on `/metrics`; [`detect`] flags problematic tenants and
-//!   advises [`ratelimit`], which answers `/v1/ratelimit/check`; [`api`]
-//!   (with [`capacity`]) serves the planners' JSON and CSV. Readers never
-//!   touch a socket or the database.
+//! ```text
+//! shared vocabulary  event        the typed tenant query event, reject reasons
+//!                    attribution  which tenant a schema, session or query is
+//!                    telemetry    logging set-up, rate-limited warnings
+//! sources            ingest/      UDP datagrams and event bodies -> tenant store
+//!                    collect/     one poller per PostgreSQL target -> target statuses
+//! stores             store/       tenant aggregates, target statuses, ingest counters
+//! readers            detect/      rules, hysteresis, advice
+//!                    ratelimit    GCRA decisions per tenant, tightened by advice
+//!                    capacity/    history, growth, headroom, placement
+//!                    api/         typed views for the planners' API
+//!                    metrics/     the Prometheus exposition, one collector per area
+//! edges and wiring   http/        the listener: endpoints, auth, handlers
+//!                    config/      the TOML file; assembles each module's settings
+//!                    daemon       bind, spawn, reload, drain
+//!                    demo/        the embedded demo and throwaway clusters
+//! ```
 //!
-//! [`pg_cluster`] starts throwaway PostgreSQL clusters for `tenantwatch
-//! demo` and the tests.
+//! Sources write to the stores and read nothing else; readers read the
+//! stores through snapshots and never import a source, talk to PostgreSQL or
+//! touch a socket. Each module owns its types and settings; [`config`] only
+//! reads the file and assembles them. `tests/architecture.rs` keeps the
+//! layering true: no import cycle between top-level modules, no reader
+//! importing a source.
 //!
-//! [`config`] owns the TOML file and its validation, [`daemon`] owns start-up
-//! and graceful shutdown, [`server`] the HTTP listener, [`telemetry`] logging.
 //! `main.rs` only parses the command line and calls [`daemon::run`], so tests
 //! run the real daemon in-process with [`daemon::Daemon::start`].
 
@@ -35,12 +43,10 @@ pub mod daemon;
 pub mod demo;
 pub mod detect;
 pub mod event;
+pub mod http;
 pub mod ingest;
 pub mod metrics;
-pub mod metrics_pg;
-pub mod pg_cluster;
 pub mod ratelimit;
-pub mod server;
 pub mod store;
 pub mod telemetry;
 

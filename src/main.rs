@@ -135,7 +135,7 @@ where
 }
 
 fn demo(args: DemoArgs) -> ExitCode {
-    tenantwatch::telemetry::init(tenantwatch::config::LogFormat::Plain);
+    tenantwatch::telemetry::init(tenantwatch::telemetry::LogFormat::Plain);
     let options = tenantwatch::demo::DemoOptions {
         tenants: args.tenants,
         listen: args.listen,

@@ -22,6 +22,10 @@ use governor::{Quota, RateLimiter};
 
 use crate::event::OVERFLOW_TENANT;
 
+/// A tenant's limiter is dropped after this long without a check
+/// (`ratelimit.idle_ttl`).
+pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
+
 const SHARDS: usize = 16;
 
 /// A quota: sustained rate and burst.

@@ -4,6 +4,9 @@
 //! docs/metrics.md, which another test keeps equal to /metrics). Needs
 //! `promtool` (Debian's prometheus package; scripts/test.sh installs it).
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,9 @@
 //! is stable across pages, CSV with the same rows as JSON, one tenant's
 //! detail, targets, and problem details for bad requests.
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -2,6 +2,9 @@
 //! documentation cannot drift from the wire formats. Needs `python3`, `node`
 //! and `java` (scripts/test.sh installs them).
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::process::Command;

@@ -1,6 +1,9 @@
 //! The daemon as a whole: the binary's command line, graceful shutdown on
 //! signals, readiness, and the metrics reference kept equal to `/metrics`.
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::io::{BufRead, BufReader};

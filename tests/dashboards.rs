@@ -3,6 +3,9 @@
 //! rates, a latency heatmap, top-k instead of a line per tenant), every
 //! expression parses (promtool) and reads only exported metrics.
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -5,6 +5,9 @@
 //! `tenantwatch check-config`, and the image and unit run as non-root.
 //! Needs kubectl and kubernetes-validate (scripts/test.sh installs them).
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Command, Stdio};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

@@ -6,6 +6,9 @@
 //! Needs `prometheus` and `prometheus-alertmanager` (scripts/test.sh installs
 //! them).
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::net::SocketAddr;
@@ -13,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tenantwatch::demo::cluster::free_port;
 use tenantwatch::demo::{DemoEnvironment, NOISY_TENANT};
-use tenantwatch::pg_cluster::free_port;
 
 struct Killed(Child);
 

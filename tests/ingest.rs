@@ -1,6 +1,9 @@
 //! Events sent over UDP and HTTP against the real daemon, read back from
 //! `/metrics`.
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -4,6 +4,9 @@
 //! subset of JSON Schema the document uses: `$ref`, `type`, `required`,
 //! `properties`, `items`, `enum`).
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use serde_json::Value;

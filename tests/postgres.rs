@@ -2,13 +2,16 @@
 //! each source, per-schema figures against direct SQL, several instances,
 //! faults (down at start, restart, held locks), and secrets.
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::{Duration, Instant};
 
 use support::{Exposition, TestDaemon, cluster, connect};
 use tenantwatch::config::{FileRule, FileTarget};
-use tenantwatch::pg_cluster::Cluster;
+use tenantwatch::demo::cluster::Cluster;
 
 fn rule(source: &str, pattern: &str) -> FileRule {
     FileRule {
@@ -450,8 +453,8 @@ fn the_dsn_password_never_appears_in_logs_errors_or_metrics() {
     let secret = "hunter2-very-secret";
     let dir = std::env::temp_dir().join(format!("tw-secret-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = tenantwatch::pg_cluster::free_port();
-    let http = tenantwatch::pg_cluster::free_port();
+    let port = tenantwatch::demo::cluster::free_port();
+    let http = tenantwatch::demo::cluster::free_port();
     let config = dir.join("config.toml");
     std::fs::write(
         &config,

@@ -2,6 +2,9 @@
 //! default, tiers and overrides, the IETF draft headers, shadow mode, bad
 //! requests, and the decision counters; the flags and advice endpoints.
 
+// Tests and benches may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use support::TestDaemon;

@@ -1,6 +1,6 @@
 //! PostgreSQL collectors: one task per target polls activity, per-schema
 //! statistics, `pg_stat_database` and (on a slower schedule) exact schema
-//! sizes, and publishes the result as a [`TargetStatus`] that readers copy.
+//! sizes, and publishes the result as a [`crate::store::TargetStatus`] that readers copy.
 //!
 //! Discipline, because the database we watch must never suffer for it:
 //! - one connection per watched database, opened once and reused; the
@@ -15,10 +15,11 @@
 //! - readers (the `/metrics` scrape) never query PostgreSQL.
 
 pub mod queries;
+pub mod settings;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::time::MissedTickBehavior;
@@ -28,94 +29,40 @@ use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::attribution::Attribution;
-use crate::config::{DatabaseSelection, TargetConfig};
+use crate::store::{CollectorName, PollErrorKind, SharedStatus, lock};
 use crate::telemetry::RateLimitedWarn;
-use queries::{ActivitySnapshot, DatabaseStats, SchemaTotals};
-
-/// The collectors, as the `collector` label.
-pub const COLLECTORS: [&str; 5] = ["connect", "activity", "schema_stats", "database", "sizes"];
-
-/// Why a poll failed: a closed set, used as the `error` label.
-pub const ERROR_KINDS: [&str; 8] = [
-    "connect",
-    "auth",
-    "timeout",
-    "statement_timeout",
-    "lock_timeout",
-    "permission",
-    "connection_lost",
-    "query",
-];
-
-/// What the readers see of one target: the last successful result of each
-/// collector, and health.
-#[derive(Debug, Clone, Default)]
-pub struct TargetStatus {
-    pub name: String,
-    /// `host:port/dbname`; never the DSN.
-    pub description: String,
-    /// Which per-tenant schema series this target exports.
-    pub schema_detail: crate::config::SchemaDetail,
-    pub up: bool,
-    pub last_success: Option<SystemTime>,
-    pub last_error: Option<&'static str>,
-    pub server_version: Option<String>,
-    pub max_connections: Option<u64>,
-    pub reserved_connections: Option<u64>,
-    pub activity: Option<Arc<ActivitySnapshot>>,
-    pub schemas: Option<Arc<BTreeMap<String, SchemaTotals>>>,
-    /// Exact sizes per tenant from the last complete size cycle.
-    pub exact_sizes: Option<Arc<BTreeMap<String, u64>>>,
-    pub databases: Option<Arc<BTreeMap<String, DatabaseStats>>>,
-    /// Databases currently watched for schema statistics.
-    pub watched_databases: Vec<String>,
-    /// Seconds the last run of each collector took.
-    pub poll_seconds: BTreeMap<&'static str, f64>,
-    /// Wall-clock time of each collector's last success.
-    pub last_poll_success: BTreeMap<&'static str, SystemTime>,
-    /// Errors per (collector, kind) since start.
-    pub poll_errors: BTreeMap<(&'static str, &'static str), u64>,
-    /// Polls started since start.
-    pub polls: u64,
-}
-
-/// Shared handle on a target's status.
-pub type SharedStatus = Arc<Mutex<TargetStatus>>;
-
-pub fn lock(status: &SharedStatus) -> MutexGuard<'_, TargetStatus> {
-    status.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub use settings::{DatabaseSelection, TargetConfig};
 
 /// Maps a driver error to a bounded kind.
-pub fn error_kind(err: &tokio_postgres::Error) -> &'static str {
+pub fn error_kind(err: &tokio_postgres::Error) -> PollErrorKind {
     match err.code() {
-        Some(code) if *code == SqlState::QUERY_CANCELED => "statement_timeout",
-        Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => "lock_timeout",
-        Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => "permission",
+        Some(code) if *code == SqlState::QUERY_CANCELED => PollErrorKind::StatementTimeout,
+        Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => PollErrorKind::LockTimeout,
+        Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => PollErrorKind::Permission,
         Some(code)
             if *code == SqlState::INVALID_PASSWORD
                 || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
         {
-            "auth"
+            PollErrorKind::Auth
         }
-        Some(_) => "query",
-        None if err.is_closed() => "connection_lost",
-        None => "connect",
+        Some(_) => PollErrorKind::Query,
+        None if err.is_closed() => PollErrorKind::ConnectionLost,
+        None => PollErrorKind::Connect,
     }
 }
 
 /// An error of one collector run.
 #[derive(Debug)]
 struct PollError {
-    kind: &'static str,
+    kind: PollErrorKind,
     /// Safe to log: driver messages never include the password.
     detail: String,
 }
 
 impl PollError {
-    fn from_pg(err: tokio_postgres::Error, fallback: &'static str) -> PollError {
+    fn from_pg(err: tokio_postgres::Error, fallback: PollErrorKind) -> PollError {
         let kind = match error_kind(&err) {
-            "connect" => fallback,
+            PollErrorKind::Connect => fallback,
             kind => kind,
         };
         PollError {
@@ -126,7 +73,7 @@ impl PollError {
 
     fn timeout() -> PollError {
         PollError {
-            kind: "timeout",
+            kind: PollErrorKind::Timeout,
             detail: "no answer within statement_timeout plus one second".into(),
         }
     }
@@ -156,7 +103,7 @@ pub async fn run_target(
         Err(err) => {
             // Validated at start-up; only a CA file changed since can get here.
             tracing::error!(target_name = %target.name, error = %err, "Target disabled: TLS set-up failed");
-            lock(&status).last_error = Some("connect");
+            lock(&status).last_error = Some(PollErrorKind::Connect);
             return;
         }
     };
@@ -257,7 +204,7 @@ impl Poller {
             config.dbname(database);
             let within = self.target.connect_timeout + Duration::from_secs(1);
             let timed_out = |_| PollError {
-                kind: "connect",
+                kind: PollErrorKind::Connect,
                 detail: "connect timed out".into(),
             };
             // Each branch has its own stream type; both end in a task that
@@ -267,14 +214,14 @@ impl Poller {
                 let (client, connection) = tokio::time::timeout(within, config.connect(NoTls))
                     .await
                     .map_err(timed_out)?
-                    .map_err(|err| PollError::from_pg(err, "connect"))?;
+                    .map_err(|err| PollError::from_pg(err, PollErrorKind::Connect))?;
                 (client, tokio::spawn(async move { drop(connection.await) }))
             } else {
                 let (client, connection) =
                     tokio::time::timeout(within, config.connect(self.tls.clone()))
                         .await
                         .map_err(timed_out)?
-                        .map_err(|err| PollError::from_pg(err, "connect"))?;
+                        .map_err(|err| PollError::from_pg(err, PollErrorKind::Connect))?;
                 (client, tokio::spawn(async move { drop(connection.await) }))
             };
             let setup = format!(
@@ -287,7 +234,7 @@ impl Poller {
             tokio::time::timeout(self.deadline(), session.client.batch_execute(&setup))
                 .await
                 .map_err(|_| PollError::timeout())?
-                .map_err(|err| PollError::from_pg(err, "connect"))?;
+                .map_err(|err| PollError::from_pg(err, PollErrorKind::Connect))?;
             self.sessions.insert(database.to_owned(), session);
         }
         Ok(&self.sessions[database].client)
@@ -304,7 +251,7 @@ impl Poller {
         let client = self.session(database).await?;
         let cancel = client.cancel_token();
         match tokio::time::timeout(deadline, client.query(statement, params)).await {
-            Ok(result) => result.map_err(|err| PollError::from_pg(err, "query")),
+            Ok(result) => result.map_err(|err| PollError::from_pg(err, PollErrorKind::Query)),
             Err(_) => {
                 // The server did not honour statement_timeout (or the network
                 // is gone): cancel, and start the next poll on a new session.
@@ -318,7 +265,7 @@ impl Poller {
 
     fn record(
         &mut self,
-        collector: &'static str,
+        collector: CollectorName,
         started: Instant,
         result: &Result<(), PollError>,
     ) {
@@ -340,8 +287,8 @@ impl Poller {
                     tracing::warn!(
                         target_name = %self.target.name,
                         target_addr = %self.target.description,
-                        collector,
-                        kind = err.kind,
+                        collector = collector.as_str(),
+                        kind = err.kind.as_str(),
                         error = %err.detail,
                         suppressed,
                         "Poll failed"
@@ -357,7 +304,7 @@ impl Poller {
         let primary = self.primary_database();
         let started = Instant::now();
         let connected = self.connect_primary(&primary).await;
-        self.record("connect", started, &connected);
+        self.record(CollectorName::Connect, started, &connected);
         if connected.is_err() {
             let mut status = lock(&self.status);
             if status.up {
@@ -377,20 +324,20 @@ impl Poller {
 
         let started = Instant::now();
         let result = self.poll_activity(&primary).await;
-        self.record("activity", started, &result);
+        self.record(CollectorName::Activity, started, &result);
 
         let started = Instant::now();
         let result = self.poll_database(&primary).await;
-        self.record("database", started, &result);
+        self.record(CollectorName::Database, started, &result);
 
         let started = Instant::now();
         let result = self.poll_schemas(&primary).await;
-        self.record("schema_stats", started, &result);
+        self.record(CollectorName::SchemaStats, started, &result);
 
         if self.size_cycle.is_some() || Instant::now() >= self.next_size_cycle {
             let started = Instant::now();
             let result = self.poll_sizes().await;
-            self.record("sizes", started, &result);
+            self.record(CollectorName::Sizes, started, &result);
         }
         // Only a lost primary session makes the target down; a failing
         // collector is counted but the others still report.
@@ -403,13 +350,14 @@ impl Poller {
     async fn connect_primary(&mut self, primary: &str) -> Result<(), PollError> {
         let rows = self.query(primary, queries::SETTINGS_SQL, &[]).await?;
         let row = rows.first().ok_or(PollError {
-            kind: "query",
+            kind: PollErrorKind::Query,
             detail: "settings query returned no row".into(),
         })?;
         let read = || -> Result<(i64, i64, String), tokio_postgres::Error> {
             Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
         };
-        let (max, reserved, version) = read().map_err(|err| PollError::from_pg(err, "query"))?;
+        let (max, reserved, version) =
+            read().map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
         let mut status = lock(&self.status);
         status.max_connections = Some(max.max(0) as u64);
         status.reserved_connections = Some(reserved.max(0) as u64);
@@ -420,15 +368,15 @@ impl Poller {
     async fn poll_activity(&mut self, primary: &str) -> Result<(), PollError> {
         let rows = self.query(primary, queries::ACTIVITY_SQL, &[]).await?;
         let snapshot = queries::activity_from_rows(&rows, &self.attribution)
-            .map_err(|err| PollError::from_pg(err, "query"))?;
+            .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
         lock(&self.status).activity = Some(Arc::new(snapshot));
         Ok(())
     }
 
     async fn poll_database(&mut self, primary: &str) -> Result<(), PollError> {
         let rows = self.query(primary, queries::DATABASE_SQL, &[]).await?;
-        let databases =
-            queries::databases_from_rows(&rows).map_err(|err| PollError::from_pg(err, "query"))?;
+        let databases = queries::databases_from_rows(&rows)
+            .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
         lock(&self.status).databases = Some(Arc::new(databases));
         Ok(())
     }
@@ -446,7 +394,7 @@ impl Poller {
                 rows.iter()
                     .map(|row| row.try_get::<_, String>(0))
                     .collect::<Result<_, _>>()
-                    .map_err(|err| PollError::from_pg(err, "query"))
+                    .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))
             }
         }
     }
@@ -464,7 +412,7 @@ impl Poller {
                     if let Err(err) =
                         queries::add_schema_rows(&mut totals, database, &rows, &self.attribution)
                     {
-                        first_error.get_or_insert(PollError::from_pg(err, "query"));
+                        first_error.get_or_insert(PollError::from_pg(err, PollErrorKind::Query));
                     }
                 }
                 // One database failing does not hide the others.
@@ -496,10 +444,10 @@ impl Poller {
                 for row in rows {
                     let oid: i64 = row
                         .try_get(0)
-                        .map_err(|err| PollError::from_pg(err, "query"))?;
+                        .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
                     let schema: String = row
                         .try_get(1)
-                        .map_err(|err| PollError::from_pg(err, "query"))?;
+                        .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
                     if self.attribution.schema_tenant(&database, &schema).is_some() {
                         pending.push((database.clone(), oid, schema));
                     }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use tokio_postgres::Row;
 
 use crate::attribution::{Attribution, Session};
+use crate::store::{ActivitySnapshot, DatabaseStats, SchemaTotals};
 
 /// Connection states of `pg_stat_activity.state`, as label values.
 pub fn state_label(state: Option<&str>) -> &'static str {
@@ -45,29 +46,6 @@ pub const SETTINGS_SQL: &str = "\
 SELECT current_setting('max_connections')::int8,
        current_setting('superuser_reserved_connections')::int8,
        current_setting('server_version')";
-
-/// One tenant's sessions on a target.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TenantActivity {
-    pub connections: BTreeMap<&'static str, u64>,
-    pub oldest_transaction_seconds: f64,
-    pub longest_query_seconds: f64,
-    pub idle_in_transaction_max_seconds: f64,
-    pub lock_waiting: u64,
-    /// Other backends waiting on a lock held by this tenant's sessions.
-    pub blocking: u64,
-}
-
-/// `pg_stat_activity` reduced to counts.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ActivitySnapshot {
-    pub by_state: BTreeMap<&'static str, u64>,
-    pub by_database: BTreeMap<String, u64>,
-    pub by_user: BTreeMap<String, u64>,
-    pub by_application: BTreeMap<String, u64>,
-    pub lock_waiting: u64,
-    pub tenants: BTreeMap<String, TenantActivity>,
-}
 
 /// Distinct database, user and application values kept per target; the rest
 /// are summed under `__other__`, because these are metric labels.
@@ -203,34 +181,6 @@ SELECT n.nspname::text AS schema,
  GROUP BY n.nspname
 HAVING count(*) FILTER (WHERE c.relkind <> 'i') > 0";
 
-/// One tenant's schema figures on a target (summed over its schemas).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SchemaTotals {
-    pub schemas: u64,
-    pub tables: u64,
-    pub seq_scan: u64,
-    pub idx_scan: u64,
-    pub seq_tup_read: u64,
-    pub idx_tup_fetch: u64,
-    pub n_tup_ins: u64,
-    pub n_tup_upd: u64,
-    pub n_tup_del: u64,
-    pub n_tup_hot_upd: u64,
-    pub n_live_tup: u64,
-    pub n_dead_tup: u64,
-    pub heap_blks_read: u64,
-    pub heap_blks_hit: u64,
-    pub idx_blks_read: u64,
-    pub idx_blks_hit: u64,
-    pub vacuums: u64,
-    pub analyzes: u64,
-    /// Seconds since the most recent (auto)vacuum of any of its tables.
-    pub last_vacuum_age_seconds: Option<f64>,
-    pub last_analyze_age_seconds: Option<f64>,
-    /// From `pg_class` page counts, refreshed every poll.
-    pub estimated_bytes: u64,
-}
-
 fn nonneg(value: i64) -> u64 {
     value.max(0) as u64
 }
@@ -315,19 +265,6 @@ SELECT datname::text,
        blks_read::int8, blks_hit::int8
   FROM pg_stat_database
  WHERE datname IS NOT NULL";
-
-/// `pg_stat_database` for one database.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DatabaseStats {
-    pub xact_commit: u64,
-    pub xact_rollback: u64,
-    pub deadlocks: u64,
-    pub temp_files: u64,
-    pub temp_bytes: u64,
-    pub conflicts: u64,
-    pub blks_read: u64,
-    pub blks_hit: u64,
-}
 
 pub fn databases_from_rows(
     rows: &[Row],

@@ -114,64 +114,13 @@ pub fn parse_line<'a>(line: &'a str, mut emit: impl FnMut(Event<'a>)) -> Result<
         ));
     }
 
-    let mut sample_rate = 1.0;
-    let mut tenant = None;
-    let mut kind = QueryKind::Other;
-    let mut error = false;
-    let mut rows = 0.0;
-    for section in sections {
-        match section.as_bytes().first() {
-            Some(b'@') => {
-                sample_rate = section[1..]
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1.0)
-                    .ok_or(Reject::new(
-                        RejectReason::InvalidSampleRate,
-                        "sample rate must be a number in (0, 1]",
-                    ))?;
-            }
-            Some(b'#') => {
-                for tag in split_byte(&section[1..], b',') {
-                    let (key, value) = split_once_byte(tag, b':').unwrap_or((tag, ""));
-                    match key {
-                        "tenant" if tenant.is_none() => tenant = Some(value),
-                        "kind" => {
-                            kind = QueryKind::parse(value).ok_or(Reject::new(
-                                RejectReason::InvalidKind,
-                                "kind must be read, write or other",
-                            ))?
-                        }
-                        "error" if metric == Metric::Query => {
-                            error = match value {
-                                "true" | "1" => true,
-                                "false" | "0" => false,
-                                _ => {
-                                    return Err(Reject::new(
-                                        RejectReason::InvalidValue,
-                                        "error tag must be true or false",
-                                    ));
-                                }
-                            }
-                        }
-                        "rows" if metric == Metric::Query => {
-                            rows = value.parse::<u64>().map_err(|_| {
-                                Reject::new(
-                                    RejectReason::InvalidValue,
-                                    "rows tag must be a non-negative integer",
-                                )
-                            })? as f64;
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            // `T<timestamp>`, `c:<container>`, `e:<external data>` and
-            // sections of later protocol versions carry nothing we use.
-            _ => {}
-        }
-    }
-
+    let Sections {
+        sample_rate,
+        tenant,
+        kind,
+        error,
+        rows,
+    } = parse_sections(metric, sections)?;
     let tenant = tenant.ok_or(Reject::new(
         RejectReason::MissingField,
         "missing tag tenant",
@@ -214,6 +163,91 @@ pub fn parse_line<'a>(line: &'a str, mut emit: impl FnMut(Event<'a>)) -> Result<
         emit(make_event(parse_value(metric, value)?));
     }
     Ok(count)
+}
+
+/// What the `|@rate` and `|#tags` sections of a line say.
+struct Sections<'a> {
+    sample_rate: f64,
+    tenant: Option<&'a str>,
+    kind: QueryKind,
+    error: bool,
+    rows: f64,
+}
+
+fn parse_sections<'a>(
+    metric: Metric,
+    sections: impl Iterator<Item = &'a str>,
+) -> Result<Sections<'a>, Reject> {
+    let mut out = Sections {
+        sample_rate: 1.0,
+        tenant: None,
+        kind: QueryKind::Other,
+        error: false,
+        rows: 0.0,
+    };
+    for section in sections {
+        match section.as_bytes().first() {
+            Some(b'@') => {
+                out.sample_rate = section[1..]
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1.0)
+                    .ok_or(Reject::new(
+                        RejectReason::InvalidSampleRate,
+                        "sample rate must be a number in (0, 1]",
+                    ))?;
+            }
+            Some(b'#') => {
+                for tag in split_byte(&section[1..], b',') {
+                    let (key, value) = split_once_byte(tag, b':').unwrap_or((tag, ""));
+                    apply_tag(metric, key, value, &mut out)?;
+                }
+            }
+            // `T<timestamp>`, `c:<container>`, `e:<external data>` and
+            // sections of later protocol versions carry nothing we use.
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn apply_tag<'a>(
+    metric: Metric,
+    key: &'a str,
+    value: &'a str,
+    out: &mut Sections<'a>,
+) -> Result<(), Reject> {
+    match key {
+        "tenant" if out.tenant.is_none() => out.tenant = Some(value),
+        "kind" => {
+            out.kind = QueryKind::parse(value).ok_or(Reject::new(
+                RejectReason::InvalidKind,
+                "kind must be read, write or other",
+            ))?
+        }
+        "error" if metric == Metric::Query => {
+            out.error = match value {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(Reject::new(
+                        RejectReason::InvalidValue,
+                        "error tag must be true or false",
+                    ));
+                }
+            }
+        }
+        "rows" if metric == Metric::Query => {
+            out.rows = value.parse::<u64>().map_err(|_| {
+                Reject::new(
+                    RejectReason::InvalidValue,
+                    "rows tag must be a non-negative integer",
+                )
+            })? as f64;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn parse_value(metric: Metric, text: &str) -> Result<f64, Reject> {

@@ -7,64 +7,63 @@
 //!
 //! - [`ndjson`] and [`dogstatsd`] are the two wire-format parsers;
 //! - [`udp`] owns the UDP receive threads;
-//! - the HTTP endpoint lives in [`crate::server`] and calls [`ingest_payload`].
+//! - the HTTP endpoint lives in [`crate::http`] and calls [`ingest_payload`].
 
 pub mod dogstatsd;
 pub mod ndjson;
 pub mod udp;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use crate::event::{Reject, RejectReason};
-use crate::store::ShardWriter;
+use crate::store::{IngestStats, ShardWriter, Source};
 
-/// Where events came from; a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Udp = 0,
-    Http = 1,
+/// The ingest settings (`[ingest]`): listeners, size limits, and the
+/// tenant store's bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestSettings {
+    /// UDP listener for NDJSON and DogStatsD lines; `None` turns UDP off.
+    pub udp_listen: Option<std::net::SocketAddr>,
+    /// Receive threads on the UDP socket, each with its own store shard.
+    pub udp_receivers: usize,
+    /// Socket receive buffer requested (`SO_RCVBUF`).
+    pub udp_recv_buffer_bytes: usize,
+    /// Largest datagram accepted; longer ones are refused whole.
+    pub max_datagram_bytes: usize,
+    /// Largest `POST /v1/events` body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest event line accepted.
+    pub max_line_bytes: usize,
+    /// Most tenants tracked at once; events for more go to `__overflow__`.
+    pub max_tenants: usize,
+    /// A tenant with no event for this long is forgotten.
+    pub tenant_idle_ttl: std::time::Duration,
+    /// Window over which `tenantwatch_tenant_db_time_share` is computed.
+    pub share_window: std::time::Duration,
 }
 
-impl Source {
-    pub const ALL: [Source; 2] = [Source::Udp, Source::Http];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Udp => "udp",
-            Source::Http => "http",
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            udp_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8125))),
+            udp_receivers: 2,
+            udp_recv_buffer_bytes: 8 * 1024 * 1024,
+            max_datagram_bytes: 65_507,
+            max_body_bytes: 4 * 1024 * 1024,
+            max_line_bytes: 4096,
+            max_tenants: 10_000,
+            tenant_idle_ttl: std::time::Duration::from_secs(15 * 60),
+            share_window: std::time::Duration::from_secs(60),
         }
     }
 }
 
-const REASONS: usize = RejectReason::ALL.len();
-
-/// Counters of the ingest path, shared by every source. Plain atomics in
-/// fixed arrays: the label sets are closed, so there is nothing to look up.
-#[derive(Debug, Default)]
-pub struct IngestStats {
-    received: [AtomicU64; 2],
-    rejected: [[AtomicU64; REASONS]; 2],
-    pub udp_datagrams: AtomicU64,
-    pub udp_receive_errors: AtomicU64,
-}
-
-impl IngestStats {
-    pub fn add_received(&self, source: Source, n: u64) {
-        if n > 0 {
-            self.received[source as usize].fetch_add(n, Ordering::Relaxed);
+impl IngestSettings {
+    /// The bounds the tenant store enforces.
+    pub fn store_limits(&self) -> crate::store::StoreLimits {
+        crate::store::StoreLimits {
+            max_tenants: self.max_tenants,
+            tenant_idle_ttl: self.tenant_idle_ttl,
+            share_window: self.share_window,
         }
-    }
-
-    pub fn add_rejected(&self, source: Source, reason: RejectReason) {
-        self.rejected[source as usize][reason.index()].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn received(&self, source: Source) -> u64 {
-        self.received[source as usize].load(Ordering::Relaxed)
-    }
-
-    pub fn rejected(&self, source: Source, reason: RejectReason) -> u64 {
-        self.rejected[source as usize][reason.index()].load(Ordering::Relaxed)
     }
 }
 

@@ -7,7 +7,8 @@
 //! (the granted size is exported), a datagram longer than
 //! `max_datagram_bytes` is detected with a buffer one byte longer and refused
 //! whole, and the kernel's own drop counter for the socket is read from
-//! `/proc/net/udp` at scrape time.
+//! `/proc/net/udp` by the first receive thread about once a second and left
+//! in [`IngestStats`] for the exposition.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -15,18 +16,20 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::RejectReason;
-use crate::ingest::{IngestStats, Source, ingest_payload};
-use crate::store::Store;
+use crate::ingest::ingest_payload;
+use crate::store::{IngestStats, Source, Store};
 use crate::telemetry::RateLimitedWarn;
 
 /// How often a receive thread wakes up to check for shutdown.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// How often the first receive thread refreshes the kernel's drop counter.
+const DROPS_REFRESH: Duration = Duration::from_secs(1);
 
 /// A bound UDP ingest socket, before its threads start.
 #[derive(Debug)]
@@ -58,6 +61,18 @@ impl UdpListener {
         })
     }
 
+    /// Leaves the socket's granted buffer and current kernel drops in
+    /// `stats`, for the exposition.
+    pub fn publish_socket_figures(&self, stats: &IngestStats) {
+        stats.udp_enabled.store(true, Ordering::Relaxed);
+        stats
+            .udp_recv_buffer_bytes
+            .store(self.granted_recv_buffer_bytes as u64, Ordering::Relaxed);
+        if let Some(drops) = self.inode.and_then(kernel_drops) {
+            stats.udp_kernel_drops.store(drops, Ordering::Relaxed);
+        }
+    }
+
     /// Starts `receivers` threads, thread `i` writing to store shard
     /// `first_shard + i`. They stop within 100 ms of `shutdown`.
     pub fn spawn(
@@ -73,10 +88,13 @@ impl UdpListener {
         for i in 0..receivers.max(1) {
             let socket = self.socket.try_clone()?;
             let (store, stats, shutdown) = (store.clone(), stats.clone(), shutdown.clone());
+            // One thread keeps the kernel's drop counter fresh.
+            let inode = if i == 0 { self.inode } else { None };
             let handle = std::thread::Builder::new()
                 .name(format!("tenantwatch-udp-{i}"))
                 .spawn(move || {
-                    receive_loop(&socket, first_shard + i, limits, &store, &stats, &shutdown)
+                    let shard = first_shard + i;
+                    receive_loop(&socket, shard, limits, &store, &stats, inode, &shutdown)
                 })?;
             handles.push(handle);
         }
@@ -97,12 +115,26 @@ fn receive_loop(
     limits: UdpLimits,
     store: &Store,
     stats: &IngestStats,
+    inode: Option<u64>,
     shutdown: &CancellationToken,
 ) {
     // One byte more than the limit: a datagram that fills it was truncated.
     let mut buf = vec![0u8; limits.max_datagram_bytes + 1];
     let warn = RateLimitedWarn::new(Duration::from_secs(10));
+    let mut drops_read = Instant::now();
+    // The clock is read once per 1024 datagrams, not per datagram.
+    let mut datagrams_since_check = 0u32;
     while !shutdown.is_cancelled() {
+        datagrams_since_check += 1;
+        if let Some(inode) = inode.filter(|_| datagrams_since_check >= 1024) {
+            datagrams_since_check = 0;
+            if drops_read.elapsed() >= DROPS_REFRESH {
+                drops_read = Instant::now();
+                if let Some(drops) = kernel_drops(inode) {
+                    stats.udp_kernel_drops.store(drops, Ordering::Relaxed);
+                }
+            }
+        }
         match socket.recv(&mut buf) {
             Ok(len) => {
                 stats.udp_datagrams.fetch_add(1, Ordering::Relaxed);
@@ -127,7 +159,11 @@ fn receive_loop(
                     io::ErrorKind::WouldBlock
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted
-                ) => {}
+                ) =>
+            {
+                // Idle: let the next turn look at the drop counter.
+                datagrams_since_check = 1024;
+            }
             Err(err) => {
                 stats.udp_receive_errors.fetch_add(1, Ordering::Relaxed);
                 if let Some(suppressed) = warn.should_log() {

@@ -326,9 +326,9 @@ where
 
 /// A throwaway PostgreSQL cluster on a free port (several can run at once;
 /// each is stopped and removed on drop; `stop`, `start` and `restart` keep
-/// its port). See `tenantwatch::pg_cluster`, which `tenantwatch demo` uses too.
-pub async fn cluster() -> tenantwatch::pg_cluster::Cluster {
-    tokio::task::spawn_blocking(tenantwatch::pg_cluster::Cluster::start_new)
+/// its port). See `tenantwatch::demo::cluster`, which `tenantwatch demo` uses too.
+pub async fn cluster() -> tenantwatch::demo::cluster::Cluster {
+    tokio::task::spawn_blocking(tenantwatch::demo::cluster::Cluster::start_new)
         .await
         .expect("cluster start-up thread")
         .expect("a throwaway PostgreSQL starts (needs the postgresql server package: apt-get install postgresql)")

@@ -1,10 +1,55 @@
-//! Capacity planning: growth fits over the targets' history and placement
-//! advice that balances tenants across targets (shards). Pure functions; the
-//! daemon samples the history and the API serves the result.
+//! Capacity planning: the targets' and tenants' sampled history, growth
+//! fits over it, headroom, and placement advice that balances tenants
+//! across targets (shards). A reader of the stores.
+//!
+//! - this file: the history types and the pure maths (least-squares
+//!   growth, placement search);
+//! - [`sampler`]: the task that records the history;
+//! - [`view`]: the typed `GET /api/v1/capacity` view.
+
+pub mod sampler;
+pub mod view;
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
+
+/// Capacity settings (the `[api]` section): how much target and tenant
+/// history is kept and how placement advice balances targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacitySettings {
+    /// How much target history (connections, size) is kept for growth fits.
+    pub history: std::time::Duration,
+    /// Time between two history samples.
+    pub history_resolution: std::time::Duration,
+    /// Size budget per target for "days until full"; 0 for none.
+    pub size_budget_bytes: u64,
+    /// Tenants that keep a history for the tenant detail.
+    pub history_tenants: usize,
+    /// Placement advice keeps every target's share of each load within this
+    /// fraction above its fair share.
+    pub balance_tolerance: f64,
+}
+
+impl Default for CapacitySettings {
+    fn default() -> Self {
+        CapacitySettings {
+            history: std::time::Duration::from_secs(24 * 3600),
+            history_resolution: std::time::Duration::from_secs(60),
+            size_budget_bytes: 0,
+            history_tenants: 1000,
+            balance_tolerance: 0.2,
+        }
+    }
+}
+
+impl CapacitySettings {
+    /// Samples kept per history.
+    pub fn history_len(&self) -> usize {
+        (self.history.as_secs_f64() / self.history_resolution.as_secs_f64().max(0.001)).ceil()
+            as usize
+    }
+}
 
 /// One sample of a target's history.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

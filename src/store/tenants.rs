@@ -35,6 +35,33 @@ const LATENCY_BUCKETS_MS: [f64; 15] = [
 /// Buckets including the final `+Inf` one.
 pub const BUCKET_COUNT: usize = LATENCY_BUCKETS_SECONDS.len() + 1;
 
+/// Quantile from per-bucket counts, interpolated as Prometheus'
+/// `histogram_quantile` does.
+pub fn quantile(q: f64, buckets: &[f64; BUCKET_COUNT]) -> Option<f64> {
+    let total: f64 = buckets.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut cumulative = 0.0;
+    for (i, count) in buckets.iter().enumerate() {
+        let previous = cumulative;
+        cumulative += count;
+        if cumulative >= rank && *count > 0.0 {
+            let Some(upper) = LATENCY_BUCKETS_SECONDS.get(i) else {
+                return LATENCY_BUCKETS_SECONDS.last().copied();
+            };
+            let lower = if i == 0 {
+                0.0
+            } else {
+                LATENCY_BUCKETS_SECONDS[i - 1]
+            };
+            return Some(lower + (upper - lower) * (rank - previous) / count);
+        }
+    }
+    LATENCY_BUCKETS_SECONDS.last().copied()
+}
+
 /// The sliding window for database-time share is kept as this many slots.
 const WINDOW_SLOTS: usize = 12;
 
@@ -193,7 +220,7 @@ pub struct Store {
 }
 
 /// One tenant's figures at read time.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TenantSnapshot {
     pub tenant: String,
     /// Indexed by [`QueryKind::index`]; `None` for kinds never seen.

@@ -2,6 +2,11 @@
 //! creates tenant schemas with data, runs a workload in which one tenant
 //! misbehaves while the applications send events, runs the daemon on it, and
 //! prints a live table of the top tenants until Ctrl-C (or `--duration`).
+//!
+//! [`cluster`] starts the throwaway PostgreSQL clusters, for the demo and
+//! for the tests.
+
+pub mod cluster;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -14,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FileConfig, FileRuleSettings, FileTarget};
 use crate::daemon::Daemon;
-use crate::pg_cluster::{Cluster, ClusterError};
+use cluster::{Cluster, ClusterError};
 
 /// The tenant that misbehaves: heavy queries, many connections, and a
 /// session left idle in a transaction.
@@ -459,8 +464,9 @@ pub fn live_table(daemon: &Daemon, elapsed: Duration) -> String {
     let snapshot = daemon.store().snapshot();
     let statuses = daemon.target_statuses();
     let activity = statuses
+        .handles()
         .first()
-        .and_then(|s| crate::collect::lock(s).activity.clone());
+        .and_then(|s| crate::store::lock(s).activity.clone());
     let mut tenants: Vec<_> = snapshot.tenants.iter().collect();
     tenants.sort_by(|a, b| b.db_time_share.total_cmp(&a.db_time_share));
     let judgement = daemon.judgement();

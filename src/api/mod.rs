@@ -1,0 +1,125 @@
+//! The capacity planners' read API, as typed views: `GET /api/v1/tenants`
+//! (sortable, paged, filterable, JSON or CSV), `GET /api/v1/tenants/{tenant}`
+//! and `GET /api/v1/targets`. A reader: it joins the store snapshot, the
+//! targets' last polls, the detector's judgement and the rate limits, and
+//! never talks to PostgreSQL or a socket. The HTTP handlers in
+//! [`crate::http`] serialize what it returns.
+//!
+//! - [`query`]: URL decoding and the list's query string;
+//! - [`tenants`]: tenant rows, sort fields, paging, CSV;
+//! - [`detail`]: one tenant in detail;
+//! - [`targets`]: the targets view.
+
+pub mod detail;
+pub mod query;
+pub mod targets;
+pub mod tenants;
+
+pub use detail::{DetailSources, TenantDetail, tenant_detail};
+pub use query::{
+    BadParameter, ListQuery, MAX_LIMIT, SortKey, parse_list_query, url_decode, url_encode,
+};
+pub use targets::{TargetView, target_views};
+pub use tenants::{Page, SortField, TenantRow, csv, page, tenant_rows};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(tenant: &str, share: f64, flagged: bool, target: &str) -> TenantRow {
+        TenantRow {
+            db_time_share: share,
+            flags: if flagged {
+                vec!["db_time_hog".into()]
+            } else {
+                vec![]
+            },
+            targets: vec![target.into()],
+            ..TenantRow::probe(tenant)
+        }
+    }
+
+    #[test]
+    fn paging_is_stable_and_complete_with_ties() {
+        let rows: Vec<TenantRow> = (0..57)
+            .map(|i| {
+                row(
+                    &format!("t{i:02}"),
+                    (i % 5) as f64 / 10.0,
+                    i % 7 == 0,
+                    if i % 2 == 0 { "a" } else { "b" },
+                )
+            })
+            .collect();
+        let mut q =
+            parse_list_query(Some("sort=db_time_share&order=desc&limit=10"), false).unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let p = page(&rows, &q);
+            assert_eq!(p.total, 57);
+            seen.extend(
+                p.tenants
+                    .iter()
+                    .map(|r| (r.db_time_share, r.tenant.clone())),
+            );
+            match p.next_cursor {
+                Some(cursor) => {
+                    q.cursor = parse_list_query(Some(&format!("cursor={cursor}")), false)
+                        .unwrap()
+                        .cursor
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 57);
+        let mut sorted = seen.clone();
+        sorted.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        assert_eq!(seen, sorted);
+    }
+
+    #[test]
+    fn filters_and_bad_parameters() {
+        let rows: Vec<TenantRow> = (0..20)
+            .map(|i| row(&format!("t{i}"), 0.0, i < 3, if i < 5 { "a" } else { "b" }))
+            .collect();
+        let q = parse_list_query(Some("flagged=true&target=a"), false).unwrap();
+        assert_eq!(page(&rows, &q).total, 3);
+        let q = parse_list_query(Some("target=b&sort=tenant"), false).unwrap();
+        let p = page(&rows, &q);
+        assert_eq!(p.total, 15);
+        assert_eq!(p.tenants[0].tenant, "t10");
+        for (query, name) in [
+            ("sort=size", "sort"),
+            ("order=up", "order"),
+            ("limit=0", "limit"),
+            ("limit=5000", "limit"),
+            ("cursor=x", "cursor"),
+            ("flagged=yes", "flagged"),
+            ("format=xml", "format"),
+            ("colour=red", "colour"),
+        ] {
+            assert_eq!(
+                parse_list_query(Some(query), false).unwrap_err().name,
+                name,
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn csv_has_a_header_and_a_line_per_row() {
+        let rows = [row("t1", 0.5, true, "a"), row("t2", 0.25, false, "b")];
+        let text = csv(&rows.iter().collect::<Vec<_>>());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("tenant,queries,errors"));
+        assert!(lines[1].starts_with("t1,0,0,0,0,0.5,"));
+        assert!(lines[1].ends_with(",a,db_time_hog"));
+    }
+
+    #[test]
+    fn url_decoding() {
+        assert_eq!(url_decode("a%7Cb+c"), "a|b c");
+        assert_eq!(url_decode("%zz%"), "%zz%");
+    }
+}

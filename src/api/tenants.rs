@@ -1,0 +1,281 @@
+//! Tenant rows: one tenant's current figures joined from the store, every
+//! target's last poll, the flags and the rate limits; sorting, cursor
+//! paging and CSV.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::query::{ListQuery, SortKey, url_encode};
+use crate::detect::Judgement;
+use crate::ratelimit::RateLimits;
+use crate::store::{StoreSnapshot, TargetStatus};
+
+/// The numeric figures of a row: what a list can be sorted by, in CSV
+/// column order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortField {
+    Queries,
+    Errors,
+    ErrorRatio,
+    Rows,
+    DbTimeShare,
+    Connections,
+    IdleInTransactionMaxSeconds,
+    SchemaSizeBytes,
+    LiveTuples,
+    DeadTuples,
+    EffectiveQps,
+}
+
+impl SortField {
+    pub const ALL: [SortField; 11] = [
+        SortField::Queries,
+        SortField::Errors,
+        SortField::ErrorRatio,
+        SortField::Rows,
+        SortField::DbTimeShare,
+        SortField::Connections,
+        SortField::IdleInTransactionMaxSeconds,
+        SortField::SchemaSizeBytes,
+        SortField::LiveTuples,
+        SortField::DeadTuples,
+        SortField::EffectiveQps,
+    ];
+
+    /// The field's name: the JSON key, the CSV column, the `sort` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SortField::Queries => "queries",
+            SortField::Errors => "errors",
+            SortField::ErrorRatio => "error_ratio",
+            SortField::Rows => "rows",
+            SortField::DbTimeShare => "db_time_share",
+            SortField::Connections => "connections",
+            SortField::IdleInTransactionMaxSeconds => "idle_in_transaction_max_seconds",
+            SortField::SchemaSizeBytes => "schema_size_bytes",
+            SortField::LiveTuples => "live_tuples",
+            SortField::DeadTuples => "dead_tuples",
+            SortField::EffectiveQps => "effective_qps",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SortField> {
+        SortField::ALL.into_iter().find(|f| f.as_str() == text)
+    }
+
+    /// The row's figure for this field.
+    pub fn get(self, row: &TenantRow) -> f64 {
+        match self {
+            SortField::Queries => row.queries,
+            SortField::Errors => row.errors,
+            SortField::ErrorRatio => row.error_ratio,
+            SortField::Rows => row.rows,
+            SortField::DbTimeShare => row.db_time_share,
+            SortField::Connections => row.connections,
+            SortField::IdleInTransactionMaxSeconds => row.idle_in_transaction_max_seconds,
+            SortField::SchemaSizeBytes => row.schema_size_bytes,
+            SortField::LiveTuples => row.live_tuples,
+            SortField::DeadTuples => row.dead_tuples,
+            SortField::EffectiveQps => row.effective_qps,
+        }
+    }
+
+    /// The row's figure for this field, to write.
+    pub fn slot(self, row: &mut TenantRow) -> &mut f64 {
+        match self {
+            SortField::Queries => &mut row.queries,
+            SortField::Errors => &mut row.errors,
+            SortField::ErrorRatio => &mut row.error_ratio,
+            SortField::Rows => &mut row.rows,
+            SortField::DbTimeShare => &mut row.db_time_share,
+            SortField::Connections => &mut row.connections,
+            SortField::IdleInTransactionMaxSeconds => &mut row.idle_in_transaction_max_seconds,
+            SortField::SchemaSizeBytes => &mut row.schema_size_bytes,
+            SortField::LiveTuples => &mut row.live_tuples,
+            SortField::DeadTuples => &mut row.dead_tuples,
+            SortField::EffectiveQps => &mut row.effective_qps,
+        }
+    }
+}
+
+/// One tenant's current figures, from events and from every target.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TenantRow {
+    pub tenant: String,
+    pub queries: f64,
+    pub errors: f64,
+    pub error_ratio: f64,
+    pub rows: f64,
+    pub db_time_share: f64,
+    pub connections: f64,
+    pub idle_in_transaction_max_seconds: f64,
+    pub schema_size_bytes: f64,
+    pub live_tuples: f64,
+    pub dead_tuples: f64,
+    pub effective_qps: f64,
+    /// Targets the tenant has sessions or schemas on.
+    pub targets: Vec<String>,
+    pub flags: Vec<String>,
+}
+
+/// Builds every tenant's row.
+pub fn tenant_rows(
+    store: &StoreSnapshot,
+    targets: &[TargetStatus],
+    judgement: &Judgement,
+    limits: &RateLimits,
+) -> Vec<TenantRow> {
+    let mut rows: BTreeMap<String, TenantRow> = BTreeMap::new();
+    let empty = TenantRow::probe;
+    for t in &store.tenants {
+        let row = rows
+            .entry(t.tenant.clone())
+            .or_insert_with(|| empty(&t.tenant));
+        for kind in t.kinds.iter().flatten() {
+            row.queries += kind.queries;
+            row.errors += kind.errors;
+            row.rows += kind.rows;
+        }
+        row.db_time_share = t.db_time_share;
+    }
+    for target in targets {
+        if let Some(activity) = &target.activity {
+            for (tenant, a) in &activity.tenants {
+                let row = rows.entry(tenant.clone()).or_insert_with(|| empty(tenant));
+                row.connections += a.total_connections() as f64;
+                row.idle_in_transaction_max_seconds = row
+                    .idle_in_transaction_max_seconds
+                    .max(a.idle_in_transaction_max_seconds);
+                if !row.targets.contains(&target.name) {
+                    row.targets.push(target.name.clone());
+                }
+            }
+        }
+        if let Some(schemas) = &target.schemas {
+            for (tenant, s) in schemas.iter() {
+                let row = rows.entry(tenant.clone()).or_insert_with(|| empty(tenant));
+                row.schema_size_bytes += target.size_of(tenant, s) as f64;
+                row.live_tuples += s.n_live_tup as f64;
+                row.dead_tuples += s.n_dead_tup as f64;
+                if !row.targets.contains(&target.name) {
+                    row.targets.push(target.name.clone());
+                }
+            }
+        }
+    }
+    for flag in &judgement.flags {
+        if let Some(row) = rows.get_mut(&flag.tenant) {
+            row.flags.push(flag.reason.as_str().to_owned());
+        }
+    }
+    rows.into_values()
+        .map(|mut row| {
+            row.error_ratio = if row.queries > 0.0 {
+                row.errors / row.queries
+            } else {
+                0.0
+            };
+            row.effective_qps = limits.effective(&row.tenant).1.qps;
+            row.targets.sort();
+            row
+        })
+        .collect()
+}
+
+/// One page of rows and the cursor of the next.
+#[derive(Debug, Serialize)]
+pub struct Page<'a> {
+    pub tenants: Vec<&'a TenantRow>,
+    pub total: usize,
+    pub next_cursor: Option<String>,
+}
+
+/// Filters, sorts (ties broken by tenant id, so pages are stable) and pages.
+pub fn page<'a>(rows: &'a [TenantRow], q: &ListQuery) -> Page<'a> {
+    let mut selected: Vec<&TenantRow> = rows
+        .iter()
+        .filter(|r| q.target.as_ref().is_none_or(|t| r.targets.contains(t)))
+        .filter(|r| q.flagged.is_none_or(|f| f != r.flags.is_empty()))
+        .collect();
+    let key = |r: &TenantRow| match q.sort {
+        SortKey::Tenant => 0.0,
+        SortKey::Field(field) => field.get(r),
+    };
+    let cmp = |a: &&TenantRow, b: &&TenantRow| {
+        let by_value = key(a).total_cmp(&key(b));
+        let by_value = if q.descending {
+            by_value.reverse()
+        } else {
+            by_value
+        };
+        by_value.then_with(|| a.tenant.cmp(&b.tenant))
+    };
+    selected.sort_by(cmp);
+    let total = selected.len();
+    let start = match &q.cursor {
+        None => 0,
+        Some((value, tenant)) => {
+            let mut probe = TenantRow::probe(tenant);
+            if let SortKey::Field(field) = q.sort {
+                *field.slot(&mut probe) = *value;
+            }
+            selected.partition_point(|r| cmp(r, &&probe) != std::cmp::Ordering::Greater)
+        }
+    };
+    let tenants: Vec<&TenantRow> = selected.into_iter().skip(start).take(q.limit).collect();
+    let next_cursor = (start + tenants.len() < total)
+        .then(|| {
+            tenants
+                .last()
+                .map(|r| url_encode(&format!("{}|{}", key(r), r.tenant)))
+        })
+        .flatten();
+    Page {
+        tenants,
+        total,
+        next_cursor,
+    }
+}
+
+impl TenantRow {
+    /// A row with every figure at zero.
+    pub(crate) fn probe(tenant: &str) -> TenantRow {
+        TenantRow {
+            tenant: tenant.to_owned(),
+            queries: 0.0,
+            errors: 0.0,
+            error_ratio: 0.0,
+            rows: 0.0,
+            db_time_share: 0.0,
+            connections: 0.0,
+            idle_in_transaction_max_seconds: 0.0,
+            schema_size_bytes: 0.0,
+            live_tuples: 0.0,
+            dead_tuples: 0.0,
+            effective_qps: 0.0,
+            targets: Vec::new(),
+            flags: Vec::new(),
+        }
+    }
+}
+
+/// The rows as CSV: a header, then one line per tenant; lists joined by `;`.
+pub fn csv(rows: &[&TenantRow]) -> String {
+    let mut out = String::from("tenant");
+    for field in SortField::ALL {
+        out.push(',');
+        out.push_str(field.as_str());
+    }
+    out.push_str(",targets,flags\n");
+    for row in rows {
+        // Tenant ids and target names never contain commas or quotes.
+        out.push_str(&row.tenant);
+        for field in SortField::ALL {
+            let _ = write!(out, ",{}", field.get(row));
+        }
+        let _ = writeln!(out, ",{},{}", row.targets.join(";"), row.flags.join(";"));
+    }
+    out
+}

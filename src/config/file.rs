@@ -1,0 +1,405 @@
+//! The configuration file as written: one serde struct per TOML section,
+//! `deny_unknown_fields`, every key optional. Each section's defaults are
+//! taken from the settings type of the module that owns it, so a default
+//! is written once, in that module.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::capacity::CapacitySettings;
+use crate::collect::settings::defaults as target_defaults;
+use crate::detect::DetectSettings;
+use crate::http::ServerSettings;
+use crate::ingest::IngestSettings;
+use crate::ratelimit::RatePolicy;
+use crate::store::SchemaDetail;
+use crate::telemetry::LogFormat;
+
+/// A duration as the file writes it, in the largest unit that divides it:
+/// `"10s"`, `"5m"`, `"24h"`, `"250ms"`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+/// The configuration file as written.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: FileServer,
+    pub ingest: FileIngest,
+    pub log: FileLog,
+    /// PostgreSQL instances to poll, each by name.
+    pub targets: Vec<FileTarget>,
+    pub tenants: FileTenants,
+    pub detect: FileDetect,
+    pub ratelimit: FileRateLimit,
+    pub api: FileApi,
+}
+
+/// `[api]`: the capacity planners' API.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileApi {
+    /// How much target history (connections, size) is kept for growth fits.
+    pub history: String,
+    /// Time between two history samples.
+    pub history_resolution: String,
+    /// Size budget per target for "days until full"; 0 for none.
+    pub size_budget_bytes: u64,
+    /// Tenants that keep a history for `GET /api/v1/tenants/{tenant}` (about
+    /// 35 KB each at the default history and resolution).
+    pub history_tenants: usize,
+    /// Placement advice keeps every target's share of each load within this
+    /// fraction above its fair share.
+    pub balance_tolerance: f64,
+}
+
+impl Default for FileApi {
+    fn default() -> Self {
+        let d = CapacitySettings::default();
+        FileApi {
+            history: format_duration(d.history),
+            history_resolution: format_duration(d.history_resolution),
+            size_budget_bytes: d.size_budget_bytes,
+            history_tenants: d.history_tenants,
+            balance_tolerance: d.balance_tolerance,
+        }
+    }
+}
+
+/// `[detect]`: problematic-tenant rules.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileDetect {
+    /// How often every rule is evaluated.
+    pub interval: String,
+    /// Half-life of each tenant's query-rate baseline (`rate_spike`).
+    pub baseline_half_life: String,
+    /// Advice never tightens a quota below this many queries per second.
+    pub floor_qps: f64,
+    /// After a flag clears, the quota grows back by this factor per interval.
+    pub relax_factor: f64,
+    /// Per-rule overrides, `[detect.rules.<name>]`.
+    pub rules: BTreeMap<String, FileRuleSettings>,
+}
+
+impl Default for FileDetect {
+    fn default() -> Self {
+        let d = DetectSettings::default();
+        FileDetect {
+            interval: format_duration(d.interval),
+            baseline_half_life: format_duration(d.baseline_half_life),
+            floor_qps: d.floor_qps,
+            relax_factor: d.relax_factor,
+            rules: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[detect.rules.<name>]`: every key optional; unset keys keep the default.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileRuleSettings {
+    pub enabled: Option<bool>,
+    pub threshold: Option<f64>,
+    pub min: Option<f64>,
+    pub factor: Option<f64>,
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
+    pub cooldown: Option<String>,
+    pub severity: Option<String>,
+    pub tighten: Option<bool>,
+}
+
+/// `[ratelimit]`: per-tenant quotas for `POST /v1/ratelimit/check`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileRateLimit {
+    pub default_qps: f64,
+    pub default_burst: u32,
+    /// Always allow, but count what would have been denied.
+    pub shadow: bool,
+    /// A tenant's limiter is dropped after this long without a check.
+    pub idle_ttl: String,
+    pub tiers: BTreeMap<String, FileTier>,
+    pub tenants: BTreeMap<String, FileTenantQuota>,
+}
+
+impl Default for FileRateLimit {
+    fn default() -> Self {
+        let d = RatePolicy::default();
+        FileRateLimit {
+            default_qps: d.default.qps,
+            default_burst: d.default.burst,
+            shadow: d.shadow,
+            idle_ttl: format_duration(crate::ratelimit::DEFAULT_IDLE_TTL),
+            tiers: BTreeMap::new(),
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[ratelimit.tiers.<name>]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTier {
+    pub qps: f64,
+    pub burst: u32,
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+/// `[ratelimit.tenants.<tenant>]`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileTenantQuota {
+    pub tier: Option<String>,
+    pub qps: Option<f64>,
+    pub burst: Option<u32>,
+}
+
+/// `[[targets]]`: one PostgreSQL instance.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTarget {
+    /// Name of the target: the `target` label. Unique.
+    pub name: String,
+    /// libpq connection string, `key=value` or `postgresql://` URL. Never
+    /// logged: only host, port and database are.
+    pub dsn: String,
+    /// File holding the password (overrides one in the DSN).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password (overrides one in the DSN).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// How often activity, schema and database statistics are polled.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: String,
+    /// How often exact schema sizes are measured (in batches).
+    #[serde(default = "default_size_interval")]
+    pub size_interval: String,
+    /// Server-side `statement_timeout` of our queries; the client gives up
+    /// one second later.
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout: String,
+    /// Server-side `lock_timeout` of our queries.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout: String,
+    /// Time allowed to connect.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Databases to watch for schema statistics: empty for the DSN's
+    /// database, a list of names, or `["*"]` for every database that accepts
+    /// connections (at most `max_databases`).
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// Cap on databases watched with `["*"]`.
+    #[serde(default = "default_max_databases")]
+    pub max_databases: usize,
+    /// Relations measured per statement by the size collector.
+    #[serde(default = "default_size_batch")]
+    pub size_batch: usize,
+    /// PEM file of the CA that signed the server's certificate: with it the
+    /// certificate and host name are verified (libpq's `verify-full`);
+    /// without it `sslmode=prefer|require` encrypts without verifying.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Per-tenant schema series exported: `basic` (13 per tenant) or `full`
+    /// (22 per tenant), to keep 10,000 tenants within one Prometheus.
+    #[serde(default = "default_schema_detail")]
+    pub schema_detail: String,
+}
+
+fn default_schema_detail() -> String {
+    SchemaDetail::default().as_str().into()
+}
+
+impl FileTarget {
+    /// A target with every optional key at its default.
+    pub fn new(name: impl Into<String>, dsn: impl Into<String>) -> FileTarget {
+        FileTarget {
+            name: name.into(),
+            dsn: dsn.into(),
+            password_file: None,
+            password_env: None,
+            poll_interval: default_poll_interval(),
+            size_interval: default_size_interval(),
+            statement_timeout: default_statement_timeout(),
+            lock_timeout: default_lock_timeout(),
+            connect_timeout: default_connect_timeout(),
+            databases: Vec::new(),
+            max_databases: default_max_databases(),
+            size_batch: default_size_batch(),
+            schema_detail: default_schema_detail(),
+            tls_ca_file: None,
+        }
+    }
+}
+
+fn default_poll_interval() -> String {
+    format_duration(target_defaults::POLL_INTERVAL)
+}
+fn default_size_interval() -> String {
+    format_duration(target_defaults::SIZE_INTERVAL)
+}
+fn default_statement_timeout() -> String {
+    format_duration(target_defaults::STATEMENT_TIMEOUT)
+}
+fn default_lock_timeout() -> String {
+    format_duration(target_defaults::LOCK_TIMEOUT)
+}
+fn default_connect_timeout() -> String {
+    format_duration(target_defaults::CONNECT_TIMEOUT)
+}
+fn default_max_databases() -> usize {
+    target_defaults::MAX_DATABASES
+}
+fn default_size_batch() -> usize {
+    target_defaults::SIZE_BATCH
+}
+
+/// `[tenants]`: how activity and schemas are attributed to tenants.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileTenants {
+    /// Ordered rules; the first that matches decides.
+    pub rules: Vec<FileRule>,
+}
+
+impl Default for FileTenants {
+    fn default() -> Self {
+        FileTenants {
+            rules: vec![
+                FileRule {
+                    source: "schema".into(),
+                    pattern: "^tenant_(?P<tenant>.+)$".into(),
+                    key: None,
+                },
+                FileRule {
+                    source: "query_comment".into(),
+                    pattern: "^(?P<tenant>.+)$".into(),
+                    key: None,
+                },
+            ],
+        }
+    }
+}
+
+/// `[[tenants.rules]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRule {
+    /// `schema`, `database`, `role`, `application_name` or `query_comment`.
+    pub source: String,
+    /// Regular expression with a named group `tenant`.
+    pub pattern: String,
+    /// For `query_comment`: the sqlcommenter key (default `tenant`).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// `[server]`: the one HTTP listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileServer {
+    /// Address of the HTTP listener (`/metrics`, `/healthz`, `/readyz`,
+    /// `/v1/*`). Loopback by default: exposing it is a deliberate choice.
+    pub listen: String,
+    /// File holding the bearer token that `/v1/*` requires. Unset (and no
+    /// `TENANTWATCH_AUTH_TOKEN`) means no token is required.
+    pub auth_token_file: Option<PathBuf>,
+    /// Concurrent HTTP connections; connections beyond it are closed at once
+    /// and counted, so a connection flood cannot exhaust file descriptors.
+    pub max_connections: usize,
+    /// Time a client has to send its request headers (slowloris guard).
+    pub header_read_timeout: String,
+    /// Time a client has to send a request body.
+    pub body_read_timeout: String,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub shutdown_grace: String,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        let d = ServerSettings::default();
+        FileServer {
+            listen: d.listen.to_string(),
+            auth_token_file: None,
+            max_connections: d.max_connections,
+            header_read_timeout: format_duration(d.header_read_timeout),
+            body_read_timeout: format_duration(d.body_read_timeout),
+            shutdown_grace: format_duration(d.shutdown_grace),
+        }
+    }
+}
+
+/// `[ingest]`: tenant query events over UDP and HTTP, and the tenant store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileIngest {
+    /// UDP listener for NDJSON and DogStatsD lines; `""` turns UDP off.
+    pub udp_listen: String,
+    /// Receive threads on the UDP socket, each with its own store shard.
+    pub udp_receivers: usize,
+    /// Socket receive buffer requested (`SO_RCVBUF`); it absorbs bursts.
+    /// The kernel caps it at `net.core.rmem_max`; the granted size is exported.
+    pub udp_recv_buffer_bytes: usize,
+    /// Largest datagram accepted; longer ones are refused whole.
+    pub max_datagram_bytes: usize,
+    /// Largest `POST /v1/events` body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest event line accepted.
+    pub max_line_bytes: usize,
+    /// Most tenants tracked at once; events for more go to `__overflow__`.
+    pub max_tenants: usize,
+    /// A tenant with no event for this long is forgotten.
+    pub tenant_idle_ttl: String,
+    /// Window over which `tenantwatch_tenant_db_time_share` is computed.
+    pub share_window: String,
+}
+
+impl Default for FileIngest {
+    fn default() -> Self {
+        let d = IngestSettings::default();
+        FileIngest {
+            udp_listen: d.udp_listen.map(|a| a.to_string()).unwrap_or_default(),
+            udp_receivers: d.udp_receivers,
+            udp_recv_buffer_bytes: d.udp_recv_buffer_bytes,
+            max_datagram_bytes: d.max_datagram_bytes,
+            max_body_bytes: d.max_body_bytes,
+            max_line_bytes: d.max_line_bytes,
+            max_tenants: d.max_tenants,
+            tenant_idle_ttl: format_duration(d.tenant_idle_ttl),
+            share_window: format_duration(d.share_window),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileLog {
+    /// `plain` or `json`. The level comes from `TENANTWATCH_LOG` or `RUST_LOG`.
+    pub format: String,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        FileLog {
+            format: LogFormat::default().as_str().into(),
+        }
+    }
+}

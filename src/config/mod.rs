@@ -1,0 +1,387 @@
+//! Configuration: the TOML file, environment overrides and validation.
+//!
+//! [`FileConfig`] (in [`mod@file`]) mirrors the TOML file exactly
+//! (`deny_unknown_fields`, every key optional, durations as strings such as
+//! `"10s"`). [`Config`] is the validated runtime form: one settings value per
+//! module, each type owned by the module that runs on it (the HTTP server's
+//! [`ServerSettings`], ingest's [`IngestSettings`], a target's
+//! [`TargetConfig`], the detector's [`DetectSettings`], the rate limiter's
+//! [`RatePolicy`], capacity's [`CapacitySettings`]). This module only reads
+//! the file and assembles them, reporting every bad key at once with its
+//! value.
+//!
+//! Environment variables override file keys:
+//! `TENANTWATCH__SECTION__KEY=value` (for example
+//! `TENANTWATCH__SERVER__LISTEN=0.0.0.0:9645`), and `TENANTWATCH_AUTH_TOKEN`
+//! supplies the bearer token without a file. The environment is an argument
+//! ([`Config::load_with_env`]), so tests never touch the process's.
+
+pub mod file;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use file::*;
+
+use crate::attribution::Attribution;
+use crate::capacity::CapacitySettings;
+use crate::collect::TargetConfig;
+use crate::detect::DetectSettings;
+use crate::http::ServerSettings;
+use crate::ingest::IngestSettings;
+use crate::ratelimit::RatePolicy;
+use crate::telemetry::LogFormat;
+
+/// Environment variable holding the bearer token for `/v1/*`.
+pub const AUTH_TOKEN_ENV: &str = "TENANTWATCH_AUTH_TOKEN";
+/// Prefix of environment variables that override file keys.
+pub const ENV_OVERRIDE_PREFIX: &str = "TENANTWATCH__";
+
+/// The validated runtime configuration: each module's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub ingest: IngestSettings,
+    pub log_format: LogFormat,
+    pub targets: Vec<TargetConfig>,
+    pub attribution: Attribution,
+    pub detect: DetectSettings,
+    pub ratelimit: RatePolicy,
+    /// Limiters unused this long are dropped.
+    pub ratelimit_idle_ttl: Duration,
+    pub api: CapacitySettings,
+}
+
+impl TryFrom<FileConfig> for Config {
+    type Error = ConfigError;
+
+    /// Validates a file as [`Config::load`] does, with an empty environment:
+    /// files it names (tokens, passwords, CAs) are read, but `password_env`
+    /// has no variable to find.
+    fn try_from(file: FileConfig) -> Result<Config, ConfigError> {
+        validate::assemble(&file, &[])
+    }
+}
+
+/// One bad key: its dotted name, the value given, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidKey {
+    pub key: String,
+    pub value: String,
+    pub message: String,
+}
+
+impl fmt::Display for InvalidKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {}: {}", self.key, self.value, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to parse {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<InvalidKey>),
+}
+
+impl Config {
+    /// Reads, overrides from the process environment and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_with_env(&text, path, env)
+    }
+
+    /// Parses TOML text, applies environment overrides, validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let overrides: Vec<(Vec<String>, &str)> = env
+            .iter()
+            .filter_map(|(key, value)| {
+                let rest = key.strip_prefix(ENV_OVERRIDE_PREFIX)?;
+                let path = rest.split("__").map(str::to_ascii_lowercase).collect();
+                Some((path, value.as_str()))
+            })
+            .collect();
+        let file: FileConfig = if overrides.is_empty() {
+            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?
+        } else {
+            let mut table: toml::Table =
+                toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+            for (key_path, value) in &overrides {
+                apply_override(&mut table, key_path, value).map_err(parse_error)?;
+            }
+            table.try_into().map_err(|e: toml::de::Error| {
+                parse_error(format!("after environment overrides: {e}"))
+            })?
+        };
+        validate::assemble(&file, &env)
+    }
+}
+
+fn apply_override(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    let key = path.join(".");
+    let (last, parents) = path
+        .split_last()
+        .ok_or_else(|| format!("empty environment override key {key}"))?;
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("environment override {key}: {part} is not a table"))?;
+    }
+    // Numbers and booleans keep their type; everything else is a string.
+    let value = if let Ok(n) = raw.parse::<i64>() {
+        toml::Value::Integer(n)
+    } else if let Ok(b) = raw.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(raw.to_owned())
+    };
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+impl Config {
+    /// The configuration with every default, listening where the defaults say.
+    pub fn defaults() -> Config {
+        validate::assemble(&FileConfig::default(), &[]).expect("the defaults are valid")
+    }
+
+    /// A few lines for `check-config`: what the daemon would do.
+    pub fn summary(&self) -> String {
+        let udp = self
+            .ingest
+            .udp_listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into());
+        let mut summary = format!(
+            "http listener: {}\n\
+             auth token for /v1/*: {}\n\
+             udp listener: {} ({} receiver thread(s), {} byte receive buffer requested)\n\
+             limits: {} tenants, {} bytes per datagram, {} bytes per body, {} bytes per line\n\
+             tenant idle ttl: {}, db time share window: {}\n",
+            self.server.listen,
+            if self.server.auth_token.is_some() {
+                "required"
+            } else {
+                "not required"
+            },
+            udp,
+            self.ingest.udp_receivers,
+            self.ingest.udp_recv_buffer_bytes,
+            self.ingest.max_tenants,
+            self.ingest.max_datagram_bytes,
+            self.ingest.max_body_bytes,
+            self.ingest.max_line_bytes,
+            humantime::format_duration(self.ingest.tenant_idle_ttl),
+            humantime::format_duration(self.ingest.share_window),
+        );
+        for target in &self.targets {
+            summary.push_str(&format!(
+                "target {}: {} every {}, sizes every {}, databases {:?}\n",
+                target.name,
+                target.description,
+                humantime::format_duration(target.poll_interval),
+                humantime::format_duration(target.size_interval),
+                target.databases,
+            ));
+        }
+        if self.targets.is_empty() {
+            summary.push_str("targets: none (events only)\n");
+        }
+        summary.push_str(&format!(
+            "tenant rules: {}\n",
+            self.attribution.rules().len()
+        ));
+        summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Secret;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_toml_with_env(text, Path::new("test.toml"), env)
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:9645".parse().unwrap());
+        assert_eq!(
+            config.ingest.udp_listen,
+            Some("127.0.0.1:8125".parse().unwrap())
+        );
+        assert_eq!(config.ingest.max_tenants, 10_000);
+        assert_eq!(config.ingest.share_window, Duration::from_secs(60));
+        assert!(config.server.auth_token.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = load("[server]\nlisten_addr = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+        let err = load("[sever]\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("sever"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_with_its_value() {
+        let err = load(
+            "[server]\nlisten = \"nowhere\"\nshutdown_grace = \"soon\"\n\
+             [ingest]\nmax_tenants = 0\nmax_datagram_bytes = 100000\nshare_window = \"5s\"\n\
+             [log]\nformat = \"xml\"\n",
+            &[],
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(errors) = err else {
+            panic!("expected validation errors, got {err}");
+        };
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.listen",
+                "server.shutdown_grace",
+                "ingest.max_datagram_bytes",
+                "ingest.max_tenants",
+                "ingest.share_window",
+                "log.format"
+            ]
+        );
+        assert_eq!(errors[0].value, "\"nowhere\"");
+        assert_eq!(errors[3].value, "0");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let err = load("[ingest]\nmax_tenants = \"many\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_tenants"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file_keys() {
+        let config = load(
+            "[server]\nlisten = \"127.0.0.1:1\"\n",
+            &[
+                ("TENANTWATCH__SERVER__LISTEN", "0.0.0.0:9999"),
+                ("TENANTWATCH__INGEST__MAX_TENANTS", "42"),
+                ("TENANTWATCH__INGEST__UDP_LISTEN", ""),
+                ("TENANTWATCH_AUTH_TOKEN", " s3cret\n"),
+                ("UNRELATED", "1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.server.listen, "0.0.0.0:9999".parse().unwrap());
+        assert_eq!(config.ingest.max_tenants, 42);
+        assert_eq!(config.ingest.udp_listen, None);
+        assert_eq!(config.server.auth_token, Some(Secret::new("s3cret")));
+        let err = load("", &[("TENANTWATCH__SERVER__NOPE", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn token_file_is_read_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("tw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "hunter2\n").unwrap();
+        let config = load(&format!("[server]\nauth_token_file = {:?}\n", token), &[]).unwrap();
+        assert_eq!(
+            config.server.auth_token.as_ref().unwrap().expose(),
+            "hunter2"
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!config.summary().contains("hunter2"));
+        let err = load("[server]\nauth_token_file = \"/nonexistent/token\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("server.auth_token_file"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn example_config_equals_the_defaults() {
+        let example = include_str!("../../tenantwatch.example.toml");
+        let parsed: FileConfig = toml::from_str(example).expect("example parses");
+        assert_eq!(parsed, FileConfig::default());
+    }
+
+    #[test]
+    fn every_example_key_is_documented() {
+        let example = include_str!("../../tenantwatch.example.toml");
+        let docs = include_str!("../../docs/configuration.md");
+        let table: toml::Table = toml::from_str(example).unwrap();
+        let mut keys = Vec::new();
+        for (section, value) in &table {
+            for key in value.as_table().unwrap().keys() {
+                keys.push(format!("{section}.{key}"));
+            }
+        }
+        keys.push("server.auth_token_file".into());
+        for key in [
+            "name",
+            "dsn",
+            "password_file",
+            "password_env",
+            "poll_interval",
+            "size_interval",
+            "statement_timeout",
+            "lock_timeout",
+            "connect_timeout",
+            "databases",
+            "max_databases",
+            "size_batch",
+            "schema_detail",
+            "tls_ca_file",
+        ] {
+            keys.push(format!("targets.{key}"));
+        }
+        for key in ["source", "pattern", "key"] {
+            keys.push(format!("tenants.rules.{key}"));
+        }
+        for key in keys {
+            assert!(
+                docs.contains(&format!("`{key}`")),
+                "docs/configuration.md misses `{key}`"
+            );
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! Validation: every key of the file checked at once, each bad one reported
+//! with its dotted name and value, and each module's settings built from
+//! its section.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::file::*;
+use super::{AUTH_TOKEN_ENV, Config, ConfigError, InvalidKey};
+use crate::attribution::{Attribution, Rule, RuleSource};
+use crate::capacity::CapacitySettings;
+use crate::collect::{DatabaseSelection, TargetConfig};
+use crate::detect::DetectSettings;
+use crate::http::{Secret, ServerSettings};
+use crate::ingest::IngestSettings;
+use crate::ratelimit::RatePolicy;
+use crate::store::SchemaDetail;
+use crate::telemetry::LogFormat;
+
+/// Collects every bad key instead of stopping at the first.
+#[derive(Default)]
+struct Validator {
+    errors: Vec<InvalidKey>,
+}
+
+impl Validator {
+    fn fail(&mut self, key: &str, value: impl fmt::Display, message: impl Into<String>) {
+        self.errors.push(InvalidKey {
+            key: key.to_owned(),
+            value: value.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: &str) -> Duration {
+        match humantime::parse_duration(value) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.fail(key, format!("{value:?}"), "must be longer than zero");
+                Duration::from_secs(1)
+            }
+            Err(err) => {
+                self.fail(
+                    key,
+                    format!("{value:?}"),
+                    format!("not a duration ({err}); write e.g. \"10s\", \"5m\""),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn addr(&mut self, key: &str, value: &str) -> SocketAddr {
+        value.parse().unwrap_or_else(|err| {
+            self.fail(
+                key,
+                format!("{value:?}"),
+                format!("not an IP:port address ({err})"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    fn range(&mut self, key: &str, value: usize, min: usize, max: usize) -> usize {
+        if value < min || value > max {
+            self.fail(key, value, format!("must be between {min} and {max}"));
+        }
+        value
+    }
+}
+
+/// Validates `file` and resolves what it names outside itself: the token
+/// and password files and CA files it points to are read, and
+/// `password_env` and [`AUTH_TOKEN_ENV`] are looked up in `env`, never in
+/// the process environment.
+pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut v = Validator::default();
+    let server = validate_server(&mut v, &file.server, env);
+    let ingest = validate_ingest(&mut v, &file.ingest);
+    let log_format = LogFormat::parse(&file.log.format).unwrap_or_else(|| {
+        v.fail(
+            "log.format",
+            format!("{:?}", file.log.format),
+            "must be \"plain\" or \"json\"",
+        );
+        LogFormat::Plain
+    });
+    let targets = validate_targets(&mut v, &file.targets, env);
+    let attribution = validate_rules(&mut v, &file.tenants.rules);
+    let detect = validate_detect(&mut v, &file.detect, ingest.share_window);
+    let ratelimit = validate_ratelimit(&mut v, &file.ratelimit);
+    let ratelimit_idle_ttl = v.duration("ratelimit.idle_ttl", &file.ratelimit.idle_ttl);
+    let api = validate_api(&mut v, &file.api);
+    if !v.errors.is_empty() {
+        return Err(ConfigError::Invalid(v.errors));
+    }
+    Ok(Config {
+        server,
+        ingest,
+        log_format,
+        targets,
+        attribution,
+        detect,
+        ratelimit,
+        ratelimit_idle_ttl,
+        api,
+    })
+}
+
+fn validate_server(v: &mut Validator, s: &FileServer, env: &[(String, String)]) -> ServerSettings {
+    let auth_token =
+        s.auth_token_file
+            .as_ref()
+            .and_then(|path| match std::fs::read_to_string(path) {
+                Ok(token) if !token.trim().is_empty() => Some(Secret::new(token.trim())),
+                Ok(_) => {
+                    v.fail(
+                        "server.auth_token_file",
+                        path.display(),
+                        "the file is empty",
+                    );
+                    None
+                }
+                Err(err) => {
+                    v.fail(
+                        "server.auth_token_file",
+                        path.display(),
+                        format!("cannot read it: {err}"),
+                    );
+                    None
+                }
+            });
+    let token_from_env = env
+        .iter()
+        .find(|(key, _)| key == AUTH_TOKEN_ENV)
+        .map(|(_, value)| value.trim())
+        .filter(|token| !token.is_empty())
+        .map(Secret::new);
+    ServerSettings {
+        listen: v.addr("server.listen", &s.listen),
+        auth_token: token_from_env.or(auth_token),
+        max_connections: v.range("server.max_connections", s.max_connections, 1, 1_000_000),
+        header_read_timeout: v.duration("server.header_read_timeout", &s.header_read_timeout),
+        body_read_timeout: v.duration("server.body_read_timeout", &s.body_read_timeout),
+        shutdown_grace: v.duration("server.shutdown_grace", &s.shutdown_grace),
+    }
+}
+
+fn validate_ingest(v: &mut Validator, i: &FileIngest) -> IngestSettings {
+    let udp_listen = if i.udp_listen.trim().is_empty() {
+        None
+    } else {
+        Some(v.addr("ingest.udp_listen", &i.udp_listen))
+    };
+    let ingest = IngestSettings {
+        udp_listen,
+        udp_receivers: v.range("ingest.udp_receivers", i.udp_receivers, 1, 64),
+        udp_recv_buffer_bytes: v.range(
+            "ingest.udp_recv_buffer_bytes",
+            i.udp_recv_buffer_bytes,
+            4096,
+            1 << 30,
+        ),
+        max_datagram_bytes: v.range(
+            "ingest.max_datagram_bytes",
+            i.max_datagram_bytes,
+            512,
+            65_507,
+        ),
+        max_body_bytes: v.range("ingest.max_body_bytes", i.max_body_bytes, 1024, 1 << 30),
+        max_line_bytes: v.range("ingest.max_line_bytes", i.max_line_bytes, 256, 1 << 20),
+        max_tenants: v.range("ingest.max_tenants", i.max_tenants, 1, 10_000_000),
+        tenant_idle_ttl: v.duration("ingest.tenant_idle_ttl", &i.tenant_idle_ttl),
+        share_window: v.duration("ingest.share_window", &i.share_window),
+    };
+    if ingest.share_window < Duration::from_secs(12) {
+        v.fail(
+            "ingest.share_window",
+            format!("{:?}", i.share_window),
+            "must be at least 12s (the window is kept in 12 slots)",
+        );
+    }
+    ingest
+}
+
+fn validate_targets(
+    v: &mut Validator,
+    files: &[FileTarget],
+    env: &[(String, String)],
+) -> Vec<TargetConfig> {
+    let targets = files
+        .iter()
+        .enumerate()
+        .filter_map(|(i, target)| validate_target(v, i, target, env))
+        .collect::<Vec<_>>();
+    for (i, target) in targets.iter().enumerate() {
+        if targets[..i].iter().any(|t| t.name == target.name) {
+            v.fail(
+                &format!("targets[{i}].name"),
+                format!("{:?}", target.name),
+                "target names must be unique",
+            );
+        }
+    }
+    targets
+}
+
+fn validate_api(v: &mut Validator, a: &FileApi) -> CapacitySettings {
+    let api = CapacitySettings {
+        history: v.duration("api.history", &a.history),
+        history_resolution: v.duration("api.history_resolution", &a.history_resolution),
+        size_budget_bytes: a.size_budget_bytes,
+        history_tenants: v.range("api.history_tenants", a.history_tenants, 0, 100_000),
+        balance_tolerance: a.balance_tolerance,
+    };
+    if !(api.balance_tolerance.is_finite() && api.balance_tolerance >= 0.0) {
+        v.fail(
+            "api.balance_tolerance",
+            api.balance_tolerance,
+            "must be a number >= 0",
+        );
+    }
+    if api.history_resolution > api.history {
+        v.fail(
+            "api.history_resolution",
+            &a.history_resolution,
+            "must not be longer than api.history",
+        );
+    }
+    api
+}
+
+fn validate_target(
+    v: &mut Validator,
+    i: usize,
+    file: &FileTarget,
+    env: &[(String, String)],
+) -> Option<TargetConfig> {
+    let key = |field: &str| format!("targets[{i}].{field}");
+    let errors_before = v.errors.len();
+    let name_ok = !file.name.is_empty()
+        && file
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !name_ok {
+        v.fail(
+            &key("name"),
+            format!("{:?}", file.name),
+            "must be 1 or more ASCII letters, digits and _-.",
+        );
+    }
+    // The DSN may hold a password: its value is never echoed.
+    let mut pg: tokio_postgres::Config = match file.dsn.parse() {
+        Ok(pg) => pg,
+        Err(err) => {
+            let reason = err.to_string();
+            let reason = if reason.contains(&file.dsn) {
+                "cannot be parsed".into()
+            } else {
+                reason
+            };
+            v.fail(
+                &key("dsn"),
+                "<hidden>",
+                format!("not a libpq connection string: {reason}"),
+            );
+            return None;
+        }
+    };
+    if let Some(path) = &file.password_file {
+        match std::fs::read_to_string(path) {
+            Ok(password) => {
+                pg.password(password.trim_end_matches(['\n', '\r']));
+            }
+            Err(err) => v.fail(
+                &key("password_file"),
+                path.display(),
+                format!("cannot read it: {err}"),
+            ),
+        }
+    }
+    if let Some(var) = &file.password_env {
+        match env.iter().find(|(key, _)| key == var) {
+            Some((_, password)) => {
+                pg.password(password);
+            }
+            None => v.fail(
+                &key("password_env"),
+                var,
+                "the environment variable is not set",
+            ),
+        }
+    }
+    if let Err(err) = crate::collect::tls::connector(file.tls_ca_file.as_deref()) {
+        let path = file
+            .tls_ca_file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        v.fail(&key("tls_ca_file"), path, err.to_string());
+    }
+    let connect_timeout = v.duration(&key("connect_timeout"), &file.connect_timeout);
+    pg.connect_timeout(connect_timeout);
+    pg.application_name("tenantwatch");
+    let databases = match file.databases.as_slice() {
+        [] => DatabaseSelection::Dsn,
+        [all] if all == "*" => {
+            DatabaseSelection::All(v.range(&key("max_databases"), file.max_databases, 1, 10_000))
+        }
+        list => {
+            if list.iter().any(|d| d == "*" || d.is_empty()) {
+                v.fail(
+                    &key("databases"),
+                    format!("{list:?}"),
+                    "use [\"*\"] alone, or a list of database names",
+                );
+            }
+            DatabaseSelection::List(list.to_vec())
+        }
+    };
+    let target = TargetConfig {
+        name: file.name.clone(),
+        description: crate::collect::settings::describe_pg(&pg),
+        poll_interval: v.duration(&key("poll_interval"), &file.poll_interval),
+        size_interval: v.duration(&key("size_interval"), &file.size_interval),
+        statement_timeout: v.duration(&key("statement_timeout"), &file.statement_timeout),
+        lock_timeout: v.duration(&key("lock_timeout"), &file.lock_timeout),
+        connect_timeout,
+        databases,
+        size_batch: v.range(&key("size_batch"), file.size_batch, 1, 100_000),
+        tls_ca_file: file.tls_ca_file.clone(),
+        schema_detail: SchemaDetail::parse(&file.schema_detail).unwrap_or_else(|| {
+            v.fail(
+                &key("schema_detail"),
+                format!("{:?}", file.schema_detail),
+                "must be \"basic\" or \"full\"",
+            );
+            SchemaDetail::Basic
+        }),
+        pg,
+    };
+    (v.errors.len() == errors_before).then_some(target)
+}
+
+fn validate_detect(v: &mut Validator, file: &FileDetect, window: Duration) -> DetectSettings {
+    use crate::detect::{RuleName, Severity};
+    let mut settings = DetectSettings {
+        interval: v.duration("detect.interval", &file.interval),
+        window,
+        baseline_half_life: v.duration("detect.baseline_half_life", &file.baseline_half_life),
+        floor_qps: file.floor_qps,
+        relax_factor: file.relax_factor,
+        ..DetectSettings::default()
+    };
+    if !(file.floor_qps.is_finite() && file.floor_qps > 0.0) {
+        v.fail(
+            "detect.floor_qps",
+            file.floor_qps,
+            "must be a number above 0",
+        );
+    }
+    if !(file.relax_factor.is_finite() && file.relax_factor > 1.0) {
+        v.fail(
+            "detect.relax_factor",
+            file.relax_factor,
+            "must be a number above 1",
+        );
+    }
+    for (name, over) in &file.rules {
+        let Some(rule) = RuleName::parse(name) else {
+            let names: Vec<&str> = RuleName::ALL.iter().map(|r| r.as_str()).collect();
+            v.fail(
+                &format!("detect.rules.{name}"),
+                format!("{name:?}"),
+                format!("unknown rule; rules are {}", names.join(", ")),
+            );
+            continue;
+        };
+        let key = |field: &str| format!("detect.rules.{name}.{field}");
+        let Some(r) = settings.rules.get_mut(&rule) else {
+            continue;
+        };
+        if let Some(enabled) = over.enabled {
+            r.enabled = enabled;
+        }
+        for (field, value, target) in [
+            ("threshold", over.threshold, &mut r.threshold),
+            ("min", over.min, &mut r.min),
+            ("factor", over.factor, &mut r.factor),
+        ] {
+            if let Some(value) = value {
+                if value.is_finite() && value >= 0.0 {
+                    *target = value;
+                } else {
+                    v.fail(&key(field), value, "must be a finite number >= 0");
+                }
+            }
+        }
+        if let Some(for_) = &over.for_ {
+            r.for_ = humantime::parse_duration(for_).unwrap_or_else(|err| {
+                v.fail(
+                    &key("for"),
+                    format!("{for_:?}"),
+                    format!("not a duration ({err})"),
+                );
+                r.for_
+            });
+        }
+        if let Some(cooldown) = &over.cooldown {
+            r.cooldown = humantime::parse_duration(cooldown).unwrap_or_else(|err| {
+                v.fail(
+                    &key("cooldown"),
+                    format!("{cooldown:?}"),
+                    format!("not a duration ({err})"),
+                );
+                r.cooldown
+            });
+        }
+        if let Some(severity) = &over.severity {
+            match Severity::parse(severity) {
+                Some(severity) => r.severity = severity,
+                None => v.fail(
+                    &key("severity"),
+                    format!("{severity:?}"),
+                    "must be info, warning or critical",
+                ),
+            }
+        }
+        if let Some(tighten) = over.tighten {
+            r.tighten = tighten;
+        }
+    }
+    settings
+}
+
+fn validate_ratelimit(v: &mut Validator, file: &FileRateLimit) -> RatePolicy {
+    use crate::ratelimit::{Rate, TenantOverride, Tier};
+    let mut rate = |key: &str, qps: f64, burst: u32| {
+        if !(qps.is_finite() && qps > 0.0) {
+            v.fail(&format!("{key}qps"), qps, "must be a number above 0");
+        }
+        if burst == 0 {
+            v.fail(&format!("{key}burst"), burst, "must be at least 1");
+        }
+        Rate { qps, burst }
+    };
+    let default = rate("ratelimit.default_", file.default_qps, file.default_burst);
+    let tiers = file
+        .tiers
+        .iter()
+        .map(|(name, tier)| {
+            let key = format!("ratelimit.tiers.{name}.");
+            (
+                name.clone(),
+                Tier {
+                    rate: rate(&key, tier.qps, tier.burst),
+                    shadow: tier.shadow,
+                },
+            )
+        })
+        .collect::<std::collections::HashMap<_, _>>();
+    let mut tenants = std::collections::HashMap::new();
+    for (tenant, quota) in &file.tenants {
+        let key = format!("ratelimit.tenants.{tenant}");
+        if let Some(tier) = &quota.tier
+            && !tiers.contains_key(tier)
+        {
+            v.fail(
+                &format!("{key}.tier"),
+                format!("{tier:?}"),
+                "no such tier in [ratelimit.tiers]",
+            );
+        }
+        if quota.qps.is_some_and(|q| !(q.is_finite() && q > 0.0)) {
+            v.fail(
+                &format!("{key}.qps"),
+                quota.qps.unwrap_or_default(),
+                "must be a number above 0",
+            );
+        }
+        if quota.burst == Some(0) {
+            v.fail(&format!("{key}.burst"), 0, "must be at least 1");
+        }
+        tenants.insert(
+            tenant.clone(),
+            TenantOverride {
+                tier: quota.tier.clone(),
+                qps: quota.qps,
+                burst: quota.burst,
+            },
+        );
+    }
+    RatePolicy {
+        default,
+        shadow: file.shadow,
+        tiers,
+        tenants,
+    }
+}
+
+fn validate_rules(v: &mut Validator, rules: &[FileRule]) -> Attribution {
+    let mut valid = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let key = |field: &str| format!("tenants.rules[{i}].{field}");
+        let source = RuleSource::parse(&rule.source);
+        if source.is_none() {
+            v.fail(
+                &key("source"),
+                format!("{:?}", rule.source),
+                "must be schema, database, role, application_name or query_comment",
+            );
+        }
+        let pattern = match regex::Regex::new(&rule.pattern) {
+            Ok(pattern) if pattern.capture_names().any(|n| n == Some("tenant")) => Some(pattern),
+            Ok(_) => {
+                v.fail(
+                    &key("pattern"),
+                    format!("{:?}", rule.pattern),
+                    "needs a named group (?P<tenant>...)",
+                );
+                None
+            }
+            Err(err) => {
+                v.fail(
+                    &key("pattern"),
+                    format!("{:?}", rule.pattern),
+                    format!("not a regular expression: {err}"),
+                );
+                None
+            }
+        };
+        if rule.key.is_some() && source != Some(RuleSource::QueryComment) {
+            v.fail(
+                &key("key"),
+                format!("{:?}", rule.key),
+                "only query_comment rules take a key",
+            );
+        }
+        if let (Some(source), Some(pattern)) = (source, pattern) {
+            valid.push(Rule {
+                source,
+                pattern,
+                comment_key: rule.key.clone().unwrap_or_else(|| "tenant".into()),
+            });
+        }
+    }
+    Attribution::new(valid)
+}

@@ -1,0 +1,56 @@
+//! Rate-limit advice: a tenant with a raised flag whose rule tightens is
+//! held to a fair share of the current total query rate (never below
+//! `floor_qps`, never above its configured quota); once no such flag is
+//! raised, its quota grows back by `relax_factor` per evaluation.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::{Advice, DetectSettings, RuleName};
+
+/// Updates `advice` for this evaluation. `tightening` holds each tenant
+/// that must be tightened (with the rule why), `rates` every tenant's query
+/// rate over the window, `base_qps` each tenant's configured quota.
+pub fn update(
+    advice: &mut BTreeMap<String, Advice>,
+    tightening: &BTreeMap<String, RuleName>,
+    rates: &HashMap<&str, f64>,
+    settings: &DetectSettings,
+    wall_s: f64,
+    base_qps: impl Fn(&str) -> f64,
+) {
+    let total_rate: f64 = rates.values().sum();
+    let fair = if rates.is_empty() {
+        f64::INFINITY
+    } else {
+        total_rate / rates.len() as f64
+    };
+    for (tenant, rule) in tightening {
+        let base = base_qps(tenant);
+        let target = fair.min(base).max(settings.floor_qps.min(base));
+        let entry = advice.entry(tenant.clone()).or_insert(Advice {
+            tenant: tenant.clone(),
+            base_qps: base,
+            effective_qps: target,
+            reason: *rule,
+            since: wall_s,
+            relaxing: false,
+        });
+        entry.base_qps = base;
+        entry.effective_qps = if entry.relaxing {
+            entry.effective_qps.min(target)
+        } else {
+            target
+        };
+        entry.relaxing = false;
+    }
+    let relax = settings.relax_factor.max(1.01);
+    advice.retain(|tenant, advice| {
+        if tightening.contains_key(tenant) {
+            return true;
+        }
+        advice.relaxing = true;
+        advice.base_qps = base_qps(tenant);
+        advice.effective_qps *= relax;
+        advice.effective_qps < advice.base_qps
+    });
+}

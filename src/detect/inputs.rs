@@ -1,0 +1,143 @@
+//! What the rules are judged on, gathered once per evaluation whatever rules
+//! are enabled: per-tenant figures over the window (from the store's
+//! cumulative counters), each tenant's query-rate baseline, and each
+//! tenant's size samples per target. Baselines and size samples advance on
+//! every evaluation, so disabling and re-enabling a rule does not restart
+//! its warm-up.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::store::{BUCKET_COUNT, StoreSnapshot, quantile};
+
+/// Size samples of one tenant on one target are kept at most one per
+/// this spacing, for the growth rule...
+pub const SIZE_SAMPLE_SPACING: Duration = Duration::from_secs(15 * 60);
+/// ...and for this long.
+pub const SIZE_HISTORY: Duration = Duration::from_secs(26 * 3600);
+
+/// Cumulative query figures of a tenant (all kinds).
+#[derive(Debug, Clone, Default)]
+struct Cumulative {
+    queries: f64,
+    errors: f64,
+    buckets: [f64; BUCKET_COUNT],
+}
+
+/// Window figures of one tenant.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowFigures {
+    pub queries: f64,
+    pub errors: f64,
+    /// Queries per second over the window.
+    pub rate: f64,
+    pub p95_seconds: Option<f64>,
+}
+
+/// A tenant's query-rate baseline: an exponentially weighted mean.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Baseline {
+    pub rate: f64,
+    /// Evaluations folded in so far.
+    pub samples: u32,
+}
+
+/// Cumulative figures of past evaluations, just enough to reach one window
+/// back.
+#[derive(Debug, Default)]
+pub struct Window {
+    history: VecDeque<(Instant, HashMap<String, Cumulative>)>,
+}
+
+impl Window {
+    /// Records the store's cumulative figures at `now` and returns each
+    /// tenant's figures since the oldest kept record (about `window` ago).
+    pub fn advance(
+        &mut self,
+        now: Instant,
+        store: &StoreSnapshot,
+        horizon: Duration,
+    ) -> HashMap<String, WindowFigures> {
+        let mut current: HashMap<String, Cumulative> = HashMap::with_capacity(store.tenants.len());
+        for tenant in &store.tenants {
+            let mut c = Cumulative::default();
+            for totals in tenant.kinds.iter().flatten() {
+                c.queries += totals.queries;
+                c.errors += totals.errors;
+                for (mine, theirs) in c.buckets.iter_mut().zip(&totals.buckets) {
+                    *mine += theirs;
+                }
+            }
+            current.insert(tenant.tenant.clone(), c);
+        }
+        while self
+            .history
+            .get(1)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= horizon)
+        {
+            self.history.pop_front();
+        }
+        let mut figures = HashMap::with_capacity(current.len());
+        if let Some((then, old)) = self.history.front() {
+            let seconds = now.saturating_duration_since(*then).as_secs_f64();
+            if seconds > 0.0 {
+                for (tenant, now_c) in &current {
+                    figures.insert(tenant.clone(), difference(now_c, old.get(tenant), seconds));
+                }
+            }
+        }
+        self.history.push_back((now, current));
+        figures
+    }
+}
+
+fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> WindowFigures {
+    let zero = Cumulative::default();
+    let old = old.unwrap_or(&zero);
+    let mut buckets = [0.0; BUCKET_COUNT];
+    for (i, b) in buckets.iter_mut().enumerate() {
+        *b = (now.buckets[i] - old.buckets[i]).max(0.0);
+    }
+    let queries = (now.queries - old.queries).max(0.0);
+    WindowFigures {
+        queries,
+        errors: (now.errors - old.errors).max(0.0),
+        rate: queries / seconds,
+        p95_seconds: quantile(0.95, &buckets),
+    }
+}
+
+/// Folds this evaluation's rates into every tenant's baseline (`alpha` is
+/// the weight of the new rate) and forgets tenants without figures.
+pub fn advance_baselines(
+    baselines: &mut HashMap<String, Baseline>,
+    figures: &HashMap<String, WindowFigures>,
+    alpha: f64,
+) {
+    for (tenant, f) in figures {
+        let baseline = baselines.entry(tenant.clone()).or_insert(Baseline {
+            rate: f.rate,
+            samples: 0,
+        });
+        baseline.rate += alpha * (f.rate - baseline.rate);
+        baseline.samples = baseline.samples.saturating_add(1);
+    }
+    baselines.retain(|tenant, _| figures.contains_key(tenant));
+}
+
+/// Adds a size sample (at most one per [`SIZE_SAMPLE_SPACING`]) and drops
+/// those older than [`SIZE_HISTORY`].
+pub fn record_size(samples: &mut VecDeque<(Instant, u64)>, now: Instant, size: u64) {
+    if samples
+        .back()
+        .is_none_or(|(t, _)| now.saturating_duration_since(*t) >= SIZE_SAMPLE_SPACING)
+    {
+        samples.push_back((now, size));
+    }
+    while samples
+        .front()
+        .is_some_and(|(t, _)| now.saturating_duration_since(*t) > SIZE_HISTORY)
+    {
+        samples.pop_front();
+    }
+}

@@ -1,0 +1,809 @@
+//! Problematic-tenant detection: named rules evaluated every interval over
+//! the tenant store and the targets' last polls, with hysteresis, and the
+//! rate-limit advice that follows from the flags. A reader: it never talks
+//! to PostgreSQL or a socket.
+//!
+//! Each evaluation runs in three steps, each in its own place:
+//! 1. gather the inputs ([`inputs`]): window figures, baselines and size
+//!    samples advance every time, whatever rules are enabled;
+//! 2. judge: each enabled rule is a pure function ([`rules`]) from its input
+//!    to a verdict per tenant; with several targets a tenant's worst verdict
+//!    counts;
+//! 3. apply hysteresis and advice: a rule's condition must hold for its
+//!    `for` before the flag is raised, and stay false for its cool-down
+//!    before the flag clears, so a tenant hovering around a threshold does
+//!    not flap; flagged tenants' quotas are tightened ([`advice`]).
+//!
+//! The detector is a plain struct driven by [`Detector::evaluate`] with an
+//! explicit `now`, so tests replay scenarios deterministically; [`task`]
+//! runs it in the daemon.
+
+pub mod advice;
+pub mod inputs;
+pub mod rules;
+pub mod settings;
+pub mod task;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+pub use settings::{DetectSettings, RuleName, RuleSettings, Severity};
+
+use crate::event::OVERFLOW_TENANT;
+use crate::store::{StoreSnapshot, TargetStatus};
+use inputs::{Baseline, Window, WindowFigures};
+use rules::Verdict;
+
+/// A raised flag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Flag {
+    pub tenant: String,
+    pub reason: RuleName,
+    pub severity: Severity,
+    /// Unix seconds when the flag was raised.
+    pub since: f64,
+    pub value: f64,
+    pub threshold: f64,
+    /// The target the observation came from, for PostgreSQL-based rules.
+    pub target: Option<String>,
+}
+
+/// A flag raised or cleared by one evaluation (logged once each).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Raised(Flag),
+    Cleared(Flag),
+}
+
+/// A tenant's tightened quota.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Advice {
+    pub tenant: String,
+    pub base_qps: f64,
+    pub effective_qps: f64,
+    /// The flag that caused it, or the one it is relaxing from.
+    pub reason: RuleName,
+    /// Unix seconds since the quota was first tightened.
+    pub since: f64,
+    /// True once the flag cleared and the quota is growing back.
+    pub relaxing: bool,
+}
+
+/// A rule's verdict on a tenant, with the target it came from.
+#[derive(Debug, Clone, PartialEq)]
+struct Observation {
+    holds: bool,
+    value: f64,
+    threshold: f64,
+    target: Option<String>,
+}
+
+/// Every rule's verdicts of one evaluation, the worst per (tenant, rule).
+#[derive(Debug, Default)]
+struct Observations(HashMap<(String, RuleName), Observation>);
+
+impl Observations {
+    fn add(&mut self, rule: RuleName, verdicts: Vec<Verdict>, target: Option<&str>) {
+        for v in verdicts {
+            let key = (v.tenant, rule);
+            // With several targets, a tenant's worst observation counts.
+            let replace = match self.0.get(&key) {
+                None => true,
+                Some(old) => {
+                    (v.holds && !old.holds) || (v.holds == old.holds && v.value > old.value)
+                }
+            };
+            if replace {
+                self.0.insert(
+                    key,
+                    Observation {
+                        holds: v.holds,
+                        value: v.value,
+                        threshold: v.threshold,
+                        target: target.map(str::to_owned),
+                    },
+                );
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct RuleState {
+    true_since: Option<Instant>,
+    false_since: Option<Instant>,
+    raised: Option<Flag>,
+}
+
+/// The detector.
+#[derive(Debug)]
+pub struct Detector {
+    settings: DetectSettings,
+    window: Window,
+    baselines: HashMap<String, Baseline>,
+    sizes: HashMap<(String, String), VecDeque<(Instant, u64)>>,
+    states: HashMap<(String, RuleName), RuleState>,
+    advice: BTreeMap<String, Advice>,
+    last_evaluation: Option<Instant>,
+}
+
+impl Detector {
+    pub fn new(settings: DetectSettings) -> Detector {
+        Detector {
+            settings,
+            window: Window::default(),
+            baselines: HashMap::new(),
+            sizes: HashMap::new(),
+            states: HashMap::new(),
+            advice: BTreeMap::new(),
+            last_evaluation: None,
+        }
+    }
+
+    pub fn settings(&self) -> &DetectSettings {
+        &self.settings
+    }
+
+    /// Replaces the settings (SIGHUP); state and history are kept.
+    pub fn set_settings(&mut self, settings: DetectSettings) {
+        self.settings = settings;
+    }
+
+    /// The raised flags, by tenant then reason.
+    pub fn flags(&self) -> Vec<Flag> {
+        let mut flags: Vec<Flag> = self
+            .states
+            .values()
+            .filter_map(|s| s.raised.clone())
+            .collect();
+        flags.sort_by(|a, b| (&a.tenant, a.reason).cmp(&(&b.tenant, b.reason)));
+        flags
+    }
+
+    /// Tenants whose quota is tightened, with the effective qps.
+    pub fn advice(&self) -> Vec<Advice> {
+        self.advice.values().cloned().collect()
+    }
+
+    /// Evaluates every rule at `now` (`wall` is the same instant as Unix
+    /// time, for the flags' `since`). Returns the flags raised and cleared.
+    /// `base_qps` gives each tenant's configured quota, for the advice.
+    pub fn evaluate(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        store: &StoreSnapshot,
+        targets: &[TargetStatus],
+        base_qps: impl Fn(&str) -> f64,
+    ) -> Vec<Transition> {
+        let wall_s = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let horizon = self.settings.window + self.settings.interval / 2;
+        let figures = self.window.advance(now, store, horizon);
+        let mut observations = Observations::default();
+        self.judge_events(store, &figures, &mut observations);
+        self.advance_baselines(now, &figures);
+        for target in targets.iter().filter(|t| t.up) {
+            self.judge_target(now, target, &mut observations);
+        }
+        self.last_evaluation = Some(now);
+        let transitions = self.apply_hysteresis(now, wall_s, observations);
+        let rates: HashMap<&str, f64> = figures
+            .iter()
+            .filter(|(t, f)| *t != OVERFLOW_TENANT && f.rate > 0.0)
+            .map(|(t, f)| (t.as_str(), f.rate))
+            .collect();
+        let tightening = self.tightening();
+        advice::update(
+            &mut self.advice,
+            &tightening,
+            &rates,
+            &self.settings,
+            wall_s,
+            base_qps,
+        );
+        transitions
+    }
+
+    fn enabled(&self, rule: RuleName) -> Option<&RuleSettings> {
+        self.settings.rules.get(&rule).filter(|r| r.enabled)
+    }
+
+    /// The rules over application events.
+    fn judge_events(
+        &self,
+        store: &StoreSnapshot,
+        figures: &HashMap<String, WindowFigures>,
+        observations: &mut Observations,
+    ) {
+        let tenants: Vec<_> = store
+            .tenants
+            .iter()
+            .filter(|t| t.tenant != OVERFLOW_TENANT)
+            .collect();
+        if let Some(r) = self.enabled(RuleName::DbTimeHog) {
+            observations.add(RuleName::DbTimeHog, rules::db_time_hog(r, &tenants), None);
+        }
+        if let Some(r) = self.enabled(RuleName::LatencyOutlier) {
+            let verdicts = rules::latency_outlier(r, figures);
+            observations.add(RuleName::LatencyOutlier, verdicts, None);
+        }
+        if let Some(r) = self.enabled(RuleName::ErrorStorm) {
+            observations.add(RuleName::ErrorStorm, rules::error_storm(r, figures), None);
+        }
+        if let Some(r) = self.enabled(RuleName::RateSpike) {
+            // A baseline needs a window's worth of samples before it judges.
+            let warm = (self.settings.window.as_secs_f64()
+                / self.settings.interval.as_secs_f64().max(0.001))
+            .ceil() as u32;
+            let verdicts = rules::rate_spike(r, figures, &self.baselines, warm);
+            observations.add(RuleName::RateSpike, verdicts, None);
+        }
+    }
+
+    /// Folds this evaluation's rates into the baselines, after the rules
+    /// judged against the previous ones.
+    fn advance_baselines(&mut self, now: Instant, figures: &HashMap<String, WindowFigures>) {
+        let dt = self
+            .last_evaluation
+            .map(|t| now.saturating_duration_since(t))
+            .unwrap_or(self.settings.interval);
+        let half_life = self.settings.baseline_half_life.as_secs_f64().max(1.0);
+        let alpha = 1.0 - 0.5f64.powf(dt.as_secs_f64() / half_life);
+        inputs::advance_baselines(&mut self.baselines, figures, alpha);
+    }
+
+    /// The rules over one target's last poll.
+    fn judge_target(
+        &mut self,
+        now: Instant,
+        target: &TargetStatus,
+        observations: &mut Observations,
+    ) {
+        let name = Some(target.name.as_str());
+        if let Some(activity) = &target.activity {
+            type SessionRule = fn(&RuleSettings, &crate::store::ActivitySnapshot) -> Vec<Verdict>;
+            let session_rules: [(RuleName, SessionRule); 3] = [
+                (RuleName::IdleInTransaction, rules::idle_in_transaction),
+                (RuleName::LongQuery, rules::long_query),
+                (RuleName::LockBlocker, rules::lock_blocker),
+            ];
+            if let Some(r) = self.enabled(RuleName::ConnectionHog) {
+                let verdicts = rules::connection_hog(r, activity, target.max_connections);
+                observations.add(RuleName::ConnectionHog, verdicts, name);
+            }
+            for (rule, judge) in session_rules {
+                if let Some(r) = self.enabled(rule) {
+                    observations.add(rule, judge(r, activity), name);
+                }
+            }
+        }
+        let Some(schemas) = &target.schemas else {
+            return;
+        };
+        if let Some(r) = self.enabled(RuleName::Bloat) {
+            observations.add(RuleName::Bloat, rules::bloat(r, schemas), name);
+        }
+        let growth = self.enabled(RuleName::RunawayGrowth).cloned();
+        let mut verdicts = Vec::new();
+        for (tenant, size) in target.tenant_sizes() {
+            let samples = self
+                .sizes
+                .entry((target.name.clone(), tenant.clone()))
+                .or_default();
+            inputs::record_size(samples, now, size);
+            if let Some(r) = &growth {
+                verdicts.extend(rules::runaway_growth(r, tenant, now, size, samples));
+            }
+        }
+        observations.add(RuleName::RunawayGrowth, verdicts, name);
+    }
+
+    /// Raises a flag whose condition held for its `for`, clears one whose
+    /// condition was false for its cool-down (or whose rule was disabled).
+    fn apply_hysteresis(
+        &mut self,
+        now: Instant,
+        wall_s: f64,
+        mut observations: Observations,
+    ) -> Vec<Transition> {
+        let mut transitions = Vec::new();
+        // Rules that did not observe a tenant this time count as false.
+        let keys: Vec<(String, RuleName)> = self.states.keys().cloned().collect();
+        for key in keys {
+            observations.0.entry(key).or_insert(Observation {
+                holds: false,
+                value: 0.0,
+                threshold: 0.0,
+                target: None,
+            });
+        }
+        for ((tenant, rule), obs) in observations.0 {
+            let Some(settings) = self.settings.rules.get(&rule).cloned() else {
+                continue;
+            };
+            let state = self.states.entry((tenant.clone(), rule)).or_default();
+            if obs.holds && settings.enabled {
+                state.false_since = None;
+                let since = *state.true_since.get_or_insert(now);
+                match &mut state.raised {
+                    Some(flag) => {
+                        flag.value = obs.value;
+                        flag.threshold = obs.threshold;
+                    }
+                    None if now.saturating_duration_since(since) >= settings.for_ => {
+                        let flag = Flag {
+                            tenant: tenant.clone(),
+                            reason: rule,
+                            severity: settings.severity,
+                            since: wall_s,
+                            value: obs.value,
+                            threshold: obs.threshold,
+                            target: obs.target.clone(),
+                        };
+                        transitions.push(Transition::Raised(flag.clone()));
+                        state.raised = Some(flag);
+                    }
+                    None => {}
+                }
+            } else {
+                state.true_since = None;
+                if state.raised.is_some() {
+                    let since = *state.false_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) >= settings.cooldown
+                        || !settings.enabled
+                    {
+                        if let Some(flag) = state.raised.take() {
+                            transitions.push(Transition::Cleared(flag));
+                        }
+                        state.false_since = None;
+                    }
+                }
+            }
+        }
+        self.states
+            .retain(|_, s| s.raised.is_some() || s.true_since.is_some());
+        transitions
+    }
+
+    /// Tenants with a raised flag whose rule tightens, with the first such
+    /// rule.
+    fn tightening(&self) -> BTreeMap<String, RuleName> {
+        let mut tightening = BTreeMap::new();
+        for ((tenant, rule), state) in &self.states {
+            if state.raised.is_some() && self.settings.rules.get(rule).is_some_and(|r| r.tighten) {
+                tightening.entry(tenant.clone()).or_insert(*rule);
+            }
+        }
+        tightening
+    }
+}
+
+/// What readers (the API, the exposition) see of the detector: the flags and
+/// advice of its last evaluation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Judgement {
+    pub flags: Vec<Flag>,
+    pub advice: Vec<Advice>,
+}
+
+/// Shared handle on the last judgement.
+pub type SharedJudgement = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Judgement>>>;
+
+pub fn read_judgement(shared: &SharedJudgement) -> std::sync::Arc<Judgement> {
+    shared
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, QueryKind, Sample};
+    use crate::store::{ActivitySnapshot, BUCKET_COUNT, SchemaTotals, TenantActivity, quantile};
+    use crate::store::{ManualClock, Store, StoreLimits};
+    use std::borrow::Cow;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const TICK: Duration = Duration::from_secs(10);
+
+    /// A fleet of `n` tenants with Zipf-like skew (tenant i weighs 1/(i+1)),
+    /// realistic latencies and a 0.5% error rate, on one healthy target.
+    struct Fleet {
+        store: Store,
+        clock: Arc<ManualClock>,
+        start: Instant,
+        elapsed: Duration,
+        detector: Detector,
+        tenants: usize,
+        target: TargetStatus,
+        transitions: Vec<(Duration, Transition)>,
+    }
+
+    fn query(tenant: &str, duration_ms: f64, weight: f64, error: bool) -> Event<'_> {
+        Event {
+            tenant: Cow::Borrowed(tenant),
+            kind: QueryKind::Read,
+            sample: Sample::Query {
+                duration_ms,
+                rows: 1.0,
+                error,
+                weight,
+            },
+        }
+    }
+
+    impl Fleet {
+        fn new(tenants: usize) -> Fleet {
+            let clock = Arc::new(ManualClock::default());
+            let store = Store::new(
+                1,
+                StoreLimits {
+                    max_tenants: 10_000,
+                    tenant_idle_ttl: Duration::from_secs(3600),
+                    share_window: Duration::from_secs(60),
+                },
+                clock.clone(),
+            );
+            let mut activity = ActivitySnapshot::default();
+            let mut schemas = BTreeMap::new();
+            for i in 0..tenants {
+                let name = format!("t{i}");
+                let mut a = TenantActivity::default();
+                a.connections.insert("idle", 1 + (i % 3) as u64);
+                a.idle_in_transaction_max_seconds = if i % 10 == 0 { 2.0 } else { 0.0 };
+                a.longest_query_seconds = 0.05;
+                activity.tenants.insert(name.clone(), a);
+                schemas.insert(
+                    name,
+                    SchemaTotals {
+                        n_live_tup: 100_000 * (1 + i as u64 % 5),
+                        n_dead_tup: 3_000,
+                        estimated_bytes: 50_000_000,
+                        ..SchemaTotals::default()
+                    },
+                );
+            }
+            let target = TargetStatus {
+                name: "main".into(),
+                up: true,
+                max_connections: Some(1000),
+                activity: Some(Arc::new(activity)),
+                schemas: Some(Arc::new(schemas)),
+                ..TargetStatus::default()
+            };
+            Fleet {
+                store,
+                clock,
+                start: Instant::now(),
+                elapsed: Duration::ZERO,
+                detector: Detector::new(DetectSettings::default()),
+                tenants,
+                target,
+                transitions: Vec::new(),
+            }
+        }
+
+        /// Ten seconds of healthy traffic, plus whatever `extra` records.
+        fn tick(&mut self, extra: impl Fn(&mut crate::store::ShardWriter<'_>)) {
+            self.clock.advance(TICK);
+            self.elapsed += TICK;
+            {
+                let mut w = self.store.writer(0);
+                for i in 0..self.tenants {
+                    let name = format!("t{i}");
+                    // 100 queries/s for the biggest tenant, down the tail.
+                    let queries = 1000.0 / (i + 1) as f64;
+                    let fast = (queries * 0.9).max(0.0);
+                    w.record(&query(&name, 4.0 + (i % 7) as f64, fast, false));
+                    w.record(&query(
+                        &name,
+                        40.0 + (i % 5) as f64 * 10.0,
+                        queries * 0.095,
+                        false,
+                    ));
+                    w.record(&query(&name, 30.0, queries * 0.005, true));
+                }
+                extra(&mut w);
+            }
+            let snapshot = self.store.snapshot();
+            let now = self.start + self.elapsed;
+            let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + self.elapsed;
+            let targets = [self.target.clone()];
+            for t in self
+                .detector
+                .evaluate(now, wall, &snapshot, &targets, |_| 100.0)
+            {
+                self.transitions.push((self.elapsed, t));
+            }
+        }
+
+        fn run(&mut self, ticks: usize, extra: impl Fn(&mut crate::store::ShardWriter<'_>)) {
+            for _ in 0..ticks {
+                self.tick(&extra);
+            }
+        }
+
+        fn raised(&self, rule: RuleName) -> Vec<(Duration, String)> {
+            self.transitions
+                .iter()
+                .filter_map(|(at, t)| match t {
+                    Transition::Raised(f) if f.reason == rule => Some((*at, f.tenant.clone())),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn activity(&mut self, tenant: &str, change: impl FnOnce(&mut TenantActivity)) {
+            let mut activity = (**self.target.activity.as_ref().unwrap()).clone();
+            change(activity.tenants.entry(tenant.to_owned()).or_default());
+            self.target.activity = Some(Arc::new(activity));
+        }
+
+        fn schema(&mut self, tenant: &str, change: impl FnOnce(&mut SchemaTotals)) {
+            let mut schemas = (**self.target.schemas.as_ref().unwrap()).clone();
+            change(schemas.entry(tenant.to_owned()).or_default());
+            self.target.schemas = Some(Arc::new(schemas));
+        }
+    }
+
+    #[test]
+    fn quantile_interpolates_like_prometheus() {
+        let mut buckets = [0.0; BUCKET_COUNT];
+        buckets[4] = 100.0; // (0.005, 0.01]
+        assert!((quantile(0.5, &buckets).unwrap() - 0.0075).abs() < 1e-12);
+        buckets[15] = 100.0; // +Inf
+        assert_eq!(quantile(0.99, &buckets), Some(30.0));
+        assert_eq!(quantile(0.5, &[0.0; BUCKET_COUNT]), None);
+    }
+
+    #[test]
+    fn a_healthy_fleet_of_200_skewed_tenants_stays_silent() {
+        let mut fleet = Fleet::new(200);
+        fleet.run(90, |_| {});
+        assert!(fleet.transitions.is_empty(), "{:?}", fleet.transitions);
+        assert!(fleet.detector.advice().is_empty());
+    }
+
+    #[test]
+    fn db_time_hog_fires_after_its_for_and_tightens() {
+        let mut fleet = Fleet::new(200);
+        fleet.run(20, |_| {});
+        // 200 slow queries/s: several times everyone else's database time.
+        fleet.run(20, |w| w.record(&query("t150", 500.0, 2000.0, false)));
+        let raised = fleet.raised(RuleName::DbTimeHog);
+        assert_eq!(raised.len(), 1, "{:?}", fleet.transitions);
+        assert_eq!(raised[0].1, "t150");
+        // Held from the first hot tick (200 s) for 2m; the window fills over 60 s.
+        assert!(raised[0].0 >= Duration::from_secs(320) && raised[0].0 <= Duration::from_secs(400));
+        let advice = fleet.detector.advice();
+        assert_eq!(advice.len(), 1);
+        assert!(advice[0].effective_qps < 100.0 && advice[0].effective_qps >= 1.0);
+        assert_eq!(
+            fleet
+                .raised(RuleName::LatencyOutlier)
+                .iter()
+                .filter(|(_, t)| t != "t150")
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn latency_outlier_fires() {
+        let mut fleet = Fleet::new(200);
+        fleet.run(10, |_| {});
+        fleet.run(20, |w| w.record(&query("t40", 2000.0, 20.0, false)));
+        let raised = fleet.raised(RuleName::LatencyOutlier);
+        assert_eq!(
+            raised.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["t40"]
+        );
+    }
+
+    #[test]
+    fn error_storm_fires() {
+        let mut fleet = Fleet::new(200);
+        fleet.run(10, |_| {});
+        fleet.run(12, |w| w.record(&query("t3", 10.0, 50.0, true)));
+        let raised = fleet.raised(RuleName::ErrorStorm);
+        assert_eq!(
+            raised.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["t3"]
+        );
+    }
+
+    #[test]
+    fn rate_spike_fires_against_the_tenants_own_baseline() {
+        let mut fleet = Fleet::new(200);
+        fleet.run(30, |_| {});
+        // t100 normally runs 1 query/s; now 100/s of fast queries.
+        fleet.run(20, |w| w.record(&query("t100", 1.0, 1000.0, false)));
+        let raised = fleet.raised(RuleName::RateSpike);
+        assert_eq!(
+            raised.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["t100"]
+        );
+    }
+
+    #[test]
+    fn connection_hog_fires() {
+        let mut fleet = Fleet::new(200);
+        fleet.activity("t7", |a| {
+            a.connections.insert("active", 300);
+        });
+        fleet.run(10, |_| {});
+        let raised = fleet.raised(RuleName::ConnectionHog);
+        assert_eq!(
+            raised.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["t7"]
+        );
+        assert!(raised[0].0 >= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn session_rules_fire() {
+        let mut fleet = Fleet::new(200);
+        fleet.activity("t1", |a| a.idle_in_transaction_max_seconds = 61.0);
+        fleet.activity("t2", |a| a.longest_query_seconds = 301.0);
+        fleet.activity("t3", |a| a.blocking = 3);
+        fleet.run(5, |_| {});
+        assert_eq!(
+            fleet
+                .raised(RuleName::IdleInTransaction)
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>(),
+            ["t1"]
+        );
+        assert_eq!(
+            fleet
+                .raised(RuleName::LongQuery)
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>(),
+            ["t2"]
+        );
+        let blockers = fleet.raised(RuleName::LockBlocker);
+        assert_eq!(
+            blockers.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["t3"]
+        );
+        assert!(
+            blockers[0].0 >= Duration::from_secs(40),
+            "after its 30 s for"
+        );
+    }
+
+    #[test]
+    fn bloat_fires() {
+        let mut fleet = Fleet::new(200);
+        fleet.schema("t9", |s| {
+            s.n_live_tup = 5_000_000;
+            s.n_dead_tup = 2_000_000;
+        });
+        fleet.schema("t10", |s| {
+            // A high ratio on a small table is not bloat worth a flag.
+            s.n_live_tup = 1_000;
+            s.n_dead_tup = 900;
+        });
+        fleet.run(3, |_| {});
+        assert_eq!(
+            fleet
+                .raised(RuleName::Bloat)
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>(),
+            ["t9"]
+        );
+    }
+
+    #[test]
+    fn runaway_growth_fires() {
+        let mut fleet = Fleet::new(20);
+        // 90 minutes of 15-minute steps: t5 grows 2 GiB per hour.
+        for step in 0..7u64 {
+            fleet.schema("t5", |s| {
+                s.estimated_bytes = 1_000_000_000 + step * 512 * 1024 * 1024
+            });
+            fleet.clock.advance(Duration::from_secs(15 * 60) - TICK);
+            fleet.elapsed += Duration::from_secs(15 * 60) - TICK;
+            fleet.tick(|_| {});
+        }
+        assert_eq!(
+            fleet
+                .raised(RuleName::RunawayGrowth)
+                .iter()
+                .map(|(_, t)| t.as_str())
+                .collect::<Vec<_>>(),
+            ["t5"]
+        );
+    }
+
+    #[test]
+    fn a_flag_does_not_flap_around_its_threshold() {
+        let mut fleet = Fleet::new(50);
+        // Idle in transaction alternating just above and below 60 s every tick.
+        for i in 0..30 {
+            fleet.activity("t4", |a| {
+                a.idle_in_transaction_max_seconds = if i % 2 == 0 { 61.0 } else { 59.0 }
+            });
+            fleet.tick(|_| {});
+        }
+        let changes: Vec<_> = fleet
+            .transitions
+            .iter()
+            .filter(|(_, t)| matches!(t, Transition::Raised(f) | Transition::Cleared(f) if f.tenant == "t4"))
+            .collect();
+        assert_eq!(
+            changes.len(),
+            1,
+            "raised once, never cleared while it hovers: {changes:?}"
+        );
+        // Below the threshold for the whole cool-down: cleared, once.
+        fleet.activity("t4", |a| a.idle_in_transaction_max_seconds = 0.0);
+        fleet.run(13, |_| {});
+        let cleared = fleet
+            .transitions
+            .iter()
+            .filter(|(_, t)| matches!(t, Transition::Cleared(f) if f.tenant == "t4"))
+            .count();
+        assert_eq!(cleared, 1);
+        assert!(fleet.detector.flags().is_empty());
+    }
+
+    #[test]
+    fn advice_relaxes_step_by_step_after_the_flag_clears() {
+        let mut fleet = Fleet::new(50);
+        fleet.run(10, |_| {});
+        fleet.run(22, |w| w.record(&query("t30", 500.0, 2000.0, false)));
+        let tightened = fleet.detector.advice()[0].effective_qps;
+        assert!(tightened < 100.0);
+        // Healthy again: after the 2m cool-down the quota doubles per tick.
+        let mut seen = Vec::new();
+        for _ in 0..30 {
+            fleet.tick(|_| {});
+            seen.push(
+                fleet
+                    .detector
+                    .advice()
+                    .first()
+                    .map(|a| (a.effective_qps, a.relaxing)),
+            );
+        }
+        let relaxing: Vec<f64> = seen
+            .iter()
+            .flatten()
+            .filter(|(_, r)| *r)
+            .map(|(q, _)| *q)
+            .collect();
+        assert!(relaxing.len() >= 2, "{seen:?}");
+        assert!(
+            relaxing
+                .windows(2)
+                .all(|w| (w[1] - 2.0 * w[0]).abs() < 1e-9)
+        );
+        assert_eq!(seen.last(), Some(&None), "back to the base quota");
+    }
+
+    #[test]
+    fn a_disabled_rule_never_fires() {
+        let mut fleet = Fleet::new(20);
+        let mut settings = DetectSettings::default();
+        settings
+            .rules
+            .get_mut(&RuleName::IdleInTransaction)
+            .unwrap()
+            .enabled = false;
+        fleet.detector.set_settings(settings);
+        fleet.activity("t1", |a| a.idle_in_transaction_max_seconds = 600.0);
+        fleet.run(5, |_| {});
+        assert!(fleet.raised(RuleName::IdleInTransaction).is_empty());
+    }
+}

@@ -1,0 +1,408 @@
+//! The rules: one pure function each, from a typed input (window figures, a
+//! target's snapshot, the rule's settings) to one [`Verdict`] per tenant
+//! judged. No rule keeps state or sees another rule's result; the detector
+//! gathers the inputs and applies hysteresis.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::inputs::{Baseline, WindowFigures};
+use super::settings::RuleSettings;
+use crate::event::OVERFLOW_TENANT;
+use crate::store::{ActivitySnapshot, SchemaTotals, TenantActivity, TenantSnapshot};
+
+/// One rule's verdict on one tenant in one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub tenant: String,
+    pub holds: bool,
+    pub value: f64,
+    pub threshold: f64,
+}
+
+impl Verdict {
+    fn new(tenant: &str, holds: bool, value: f64, threshold: f64) -> Verdict {
+        Verdict {
+            tenant: tenant.to_owned(),
+            holds,
+            value,
+            threshold,
+        }
+    }
+}
+
+/// `db_time_hog`: share of the fleet's reported database time over the
+/// window >= max(`threshold` x fair share, `min`), fair share being one
+/// over the tenants with database time in the window.
+pub fn db_time_hog(r: &RuleSettings, tenants: &[&TenantSnapshot]) -> Vec<Verdict> {
+    let active = tenants.iter().filter(|t| t.window_db_time_ms > 0.0).count();
+    if active == 0 {
+        return Vec::new();
+    }
+    let threshold = (r.threshold / active as f64).max(r.min);
+    tenants
+        .iter()
+        .map(|t| {
+            Verdict::new(
+                &t.tenant,
+                t.db_time_share >= threshold,
+                t.db_time_share,
+                threshold,
+            )
+        })
+        .collect()
+}
+
+/// `latency_outlier`: window p95 >= max(`factor` x the fleet's median p95,
+/// `min` seconds), judged for tenants with at least `threshold` queries.
+pub fn latency_outlier(r: &RuleSettings, figures: &HashMap<String, WindowFigures>) -> Vec<Verdict> {
+    let judged = |f: &WindowFigures| f.p95_seconds.filter(|_| f.queries >= r.threshold);
+    let mut p95s: Vec<f64> = figures
+        .iter()
+        .filter(|(t, _)| *t != OVERFLOW_TENANT)
+        .filter_map(|(_, f)| judged(f))
+        .collect();
+    p95s.sort_by(f64::total_cmp);
+    let Some(median) = p95s.get(p95s.len() / 2).copied() else {
+        return Vec::new();
+    };
+    let threshold = (r.factor * median).max(r.min);
+    figures
+        .iter()
+        .filter_map(|(tenant, f)| {
+            let p95 = judged(f)?;
+            Some(Verdict::new(tenant, p95 >= threshold, p95, threshold))
+        })
+        .collect()
+}
+
+/// `error_storm`: error ratio over the window >= `threshold` with at least
+/// `min` errors.
+pub fn error_storm(r: &RuleSettings, figures: &HashMap<String, WindowFigures>) -> Vec<Verdict> {
+    figures
+        .iter()
+        .map(|(tenant, f)| {
+            let ratio = if f.queries > 0.0 {
+                f.errors / f.queries
+            } else {
+                0.0
+            };
+            Verdict::new(
+                tenant,
+                ratio >= r.threshold && f.errors >= r.min,
+                ratio,
+                r.threshold,
+            )
+        })
+        .collect()
+}
+
+/// `rate_spike`: query rate >= max(`factor` x the tenant's own baseline,
+/// `min` queries/s), once the baseline has `warm` samples.
+pub fn rate_spike(
+    r: &RuleSettings,
+    figures: &HashMap<String, WindowFigures>,
+    baselines: &HashMap<String, Baseline>,
+    warm: u32,
+) -> Vec<Verdict> {
+    figures
+        .iter()
+        .filter_map(|(tenant, f)| {
+            let baseline = baselines.get(tenant).filter(|b| b.samples >= warm)?;
+            let threshold = (r.factor * baseline.rate).max(r.min);
+            Some(Verdict::new(tenant, f.rate >= threshold, f.rate, threshold))
+        })
+        .collect()
+}
+
+/// `connection_hog`: connections on a target >= max(`threshold` x
+/// `max_connections`, `factor` x the mean over connected tenants).
+pub fn connection_hog(
+    r: &RuleSettings,
+    activity: &ActivitySnapshot,
+    max_connections: Option<u64>,
+) -> Vec<Verdict> {
+    let counts: Vec<(&String, u64)> = activity
+        .tenants
+        .iter()
+        .map(|(t, a)| (t, a.total_connections()))
+        .collect();
+    if counts.is_empty() {
+        return Vec::new();
+    }
+    let total: u64 = counts.iter().map(|(_, c)| c).sum();
+    let fair = total as f64 / counts.len() as f64;
+    let max = max_connections.unwrap_or(100) as f64;
+    let threshold = (r.threshold * max).max(r.factor * fair);
+    counts
+        .into_iter()
+        .map(|(tenant, c)| Verdict::new(tenant, c as f64 >= threshold, c as f64, threshold))
+        .collect()
+}
+
+/// A session figure of every tenant on a target against a fixed threshold.
+fn session_figure(
+    r: &RuleSettings,
+    activity: &ActivitySnapshot,
+    figure: impl Fn(&TenantActivity) -> f64,
+) -> Vec<Verdict> {
+    activity
+        .tenants
+        .iter()
+        .map(|(tenant, a)| {
+            let value = figure(a);
+            Verdict::new(tenant, value >= r.threshold, value, r.threshold)
+        })
+        .collect()
+}
+
+/// `idle_in_transaction`: a session idle in a transaction >= `threshold` s.
+pub fn idle_in_transaction(r: &RuleSettings, activity: &ActivitySnapshot) -> Vec<Verdict> {
+    session_figure(r, activity, |a| a.idle_in_transaction_max_seconds)
+}
+
+/// `long_query`: a query running >= `threshold` s.
+pub fn long_query(r: &RuleSettings, activity: &ActivitySnapshot) -> Vec<Verdict> {
+    session_figure(r, activity, |a| a.longest_query_seconds)
+}
+
+/// `lock_blocker`: >= `threshold` other backends waiting on the tenant's locks.
+pub fn lock_blocker(r: &RuleSettings, activity: &ActivitySnapshot) -> Vec<Verdict> {
+    session_figure(r, activity, |a| a.blocking as f64)
+}
+
+/// `bloat`: dead tuples >= `threshold` x live tuples, and >= `min` dead.
+pub fn bloat(r: &RuleSettings, schemas: &BTreeMap<String, SchemaTotals>) -> Vec<Verdict> {
+    schemas
+        .iter()
+        .map(|(tenant, s)| {
+            let dead = s.n_dead_tup as f64;
+            let ratio = if s.n_live_tup > 0 {
+                dead / s.n_live_tup as f64
+            } else if dead > 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            };
+            Verdict::new(
+                tenant,
+                ratio >= r.threshold && dead >= r.min,
+                ratio.min(1e9),
+                r.threshold,
+            )
+        })
+        .collect()
+}
+
+/// `runaway_growth` for one tenant on one target: growth >= `threshold`
+/// bytes per hour (over at least 45 minutes) or >= `factor` (a fraction)
+/// per day (over at least 20 hours), from its size samples. `None` until
+/// the samples span 45 minutes.
+pub fn runaway_growth(
+    r: &RuleSettings,
+    tenant: &str,
+    now: Instant,
+    size: u64,
+    samples: &VecDeque<(Instant, u64)>,
+) -> Option<Verdict> {
+    let at_least = |age: Duration| {
+        samples
+            .iter()
+            .rev()
+            .find(move |(t, _)| now.saturating_duration_since(*t) >= age)
+    };
+    let per_hour = at_least(Duration::from_secs(45 * 60)).map(|(t, old)| {
+        (size as f64 - *old as f64) / now.saturating_duration_since(*t).as_secs_f64() * 3600.0
+    });
+    let per_day = at_least(Duration::from_secs(20 * 3600))
+        .filter(|(_, old)| *old > 0)
+        .map(|(t, old)| {
+            (size as f64 - *old as f64)
+                / *old as f64
+                / now.saturating_duration_since(*t).as_secs_f64()
+                * 86400.0
+        });
+    if per_hour.is_none() && per_day.is_none() {
+        return None;
+    }
+    let hourly = per_hour.unwrap_or(0.0);
+    let daily = per_day.unwrap_or(0.0);
+    let holds = hourly >= r.threshold || daily >= r.factor;
+    Some(Verdict::new(tenant, holds, hourly, r.threshold))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::settings::RuleName;
+
+    fn settings(rule: RuleName) -> RuleSettings {
+        RuleSettings::default_for(rule)
+    }
+
+    fn holding(verdicts: &[Verdict]) -> Vec<&str> {
+        let mut v: Vec<&str> = verdicts
+            .iter()
+            .filter(|v| v.holds)
+            .map(|v| v.tenant.as_str())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn window(queries: f64, errors: f64, p95: Option<f64>) -> WindowFigures {
+        WindowFigures {
+            queries,
+            errors,
+            rate: queries / 60.0,
+            p95_seconds: p95,
+        }
+    }
+
+    fn snapshot(tenant: &str, share: f64) -> TenantSnapshot {
+        TenantSnapshot {
+            tenant: tenant.into(),
+            db_time_share: share,
+            window_db_time_ms: share * 1000.0,
+            ..TenantSnapshot::default()
+        }
+    }
+
+    #[test]
+    fn db_time_hog_judges_against_the_active_tenants_fair_share() {
+        // 20 active tenants: threshold = max(3 x 1/20, 0.2) = 0.2.
+        let mut tenants = vec![snapshot("hog", 0.5)];
+        tenants.extend((0..19).map(|i| snapshot(&format!("t{i}"), 0.5 / 19.0)));
+        let refs: Vec<&TenantSnapshot> = tenants.iter().collect();
+        let verdicts = db_time_hog(&settings(RuleName::DbTimeHog), &refs);
+        assert_eq!(holding(&verdicts), ["hog"]);
+        assert!((verdicts[0].threshold - 0.2).abs() < 1e-12);
+        // Three tenants: 3 x 1/3 = 1.0, so even 0.7 of the time is no hog.
+        let few = [snapshot("a", 0.7), snapshot("b", 0.1), snapshot("c", 0.2)];
+        let refs: Vec<&TenantSnapshot> = few.iter().collect();
+        assert!(holding(&db_time_hog(&settings(RuleName::DbTimeHog), &refs)).is_empty());
+        assert!(db_time_hog(&settings(RuleName::DbTimeHog), &[]).is_empty());
+    }
+
+    #[test]
+    fn latency_outlier_compares_with_the_fleet_median() {
+        let mut figures = HashMap::new();
+        for i in 0..9 {
+            figures.insert(format!("t{i}"), window(100.0, 0.0, Some(0.05)));
+        }
+        figures.insert("slow".into(), window(100.0, 0.0, Some(2.0)));
+        figures.insert("few".into(), window(3.0, 0.0, Some(9.0)));
+        let verdicts = latency_outlier(&settings(RuleName::LatencyOutlier), &figures);
+        assert_eq!(holding(&verdicts), ["slow"]);
+        assert!(!verdicts.iter().any(|v| v.tenant == "few"));
+    }
+
+    #[test]
+    fn error_storm_needs_a_ratio_and_a_count() {
+        let mut figures = HashMap::new();
+        figures.insert("storm".into(), window(100.0, 30.0, None));
+        figures.insert("few".into(), window(10.0, 5.0, None));
+        figures.insert("calm".into(), window(1000.0, 1.0, None));
+        let verdicts = error_storm(&settings(RuleName::ErrorStorm), &figures);
+        assert_eq!(holding(&verdicts), ["storm"]);
+    }
+
+    #[test]
+    fn rate_spike_waits_for_a_warm_baseline() {
+        let mut figures = HashMap::new();
+        figures.insert("spike".into(), window(6000.0, 0.0, None)); // 100/s
+        figures.insert("steady".into(), window(600.0, 0.0, None)); // 10/s
+        let mut baselines = HashMap::new();
+        baselines.insert(
+            "spike".into(),
+            Baseline {
+                rate: 10.0,
+                samples: 6,
+            },
+        );
+        baselines.insert(
+            "steady".into(),
+            Baseline {
+                rate: 10.0,
+                samples: 6,
+            },
+        );
+        let r = settings(RuleName::RateSpike);
+        assert_eq!(holding(&rate_spike(&r, &figures, &baselines, 6)), ["spike"]);
+        assert!(rate_spike(&r, &figures, &baselines, 7).is_empty());
+    }
+
+    #[test]
+    fn connection_hog_against_max_connections_and_fair_share() {
+        let activity = |tenants: &[(&str, u64)]| {
+            let mut activity = ActivitySnapshot::default();
+            for (tenant, n) in tenants {
+                let mut a = TenantActivity::default();
+                a.connections.insert("idle", *n);
+                activity.tenants.insert((*tenant).into(), a);
+            }
+            activity
+        };
+        let r = settings(RuleName::ConnectionHog);
+        // Among 21 connected tenants: max(0.25 x 100, 4 x 50/21) = 25.
+        let mut many = vec![("hog", 30)];
+        let names: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+        many.extend(names.iter().map(|n| (n.as_str(), 1)));
+        assert_eq!(
+            holding(&connection_hog(&r, &activity(&many), Some(100))),
+            ["hog"]
+        );
+        // Among three, the mean includes the hog: max(25, 4 x 11) = 44.
+        let few = activity(&[("hog", 30), ("a", 1), ("b", 2)]);
+        let verdicts = connection_hog(&r, &few, Some(100));
+        assert!(holding(&verdicts).is_empty());
+        assert!((verdicts[0].threshold - 44.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn session_rules_use_their_own_figure() {
+        let mut activity = ActivitySnapshot::default();
+        let a = TenantActivity {
+            idle_in_transaction_max_seconds: 61.0,
+            longest_query_seconds: 10.0,
+            blocking: 3,
+            ..TenantActivity::default()
+        };
+        activity.tenants.insert("x".into(), a);
+        let idle = idle_in_transaction(&settings(RuleName::IdleInTransaction), &activity);
+        let long = long_query(&settings(RuleName::LongQuery), &activity);
+        let blocker = lock_blocker(&settings(RuleName::LockBlocker), &activity);
+        assert_eq!(holding(&idle), ["x"]);
+        assert!(holding(&long).is_empty());
+        assert_eq!(holding(&blocker), ["x"]);
+    }
+
+    #[test]
+    fn bloat_needs_a_ratio_and_dead_rows() {
+        let mut schemas = BTreeMap::new();
+        let totals = |live, dead| SchemaTotals {
+            n_live_tup: live,
+            n_dead_tup: dead,
+            ..SchemaTotals::default()
+        };
+        schemas.insert("bloated".into(), totals(5_000_000, 2_000_000));
+        schemas.insert("small".into(), totals(1000, 900));
+        schemas.insert("empty".into(), totals(0, 2_000_000));
+        let verdicts = bloat(&settings(RuleName::Bloat), &schemas);
+        assert_eq!(holding(&verdicts), ["bloated", "empty"]);
+        assert!(verdicts.iter().all(|v| v.value.is_finite()));
+    }
+
+    #[test]
+    fn runaway_growth_from_size_samples() {
+        let start = Instant::now();
+        let r = settings(RuleName::RunawayGrowth);
+        let hour = Duration::from_secs(3600);
+        let samples: VecDeque<(Instant, u64)> = [(start, 1u64 << 30)].into();
+        assert!(runaway_growth(&r, "t", start + hour / 2, 2 << 30, &samples).is_none());
+        let verdict = runaway_growth(&r, "t", start + hour, 3 << 30, &samples).unwrap();
+        assert!(verdict.holds, "{verdict:?}");
+        let verdict = runaway_growth(&r, "t", start + hour, (1 << 30) + 1000, &samples).unwrap();
+        assert!(!verdict.holds);
+    }
+}

@@ -1,0 +1,163 @@
+//! The detector's settings: the rules by name, each rule's knobs with the
+//! shipped defaults, and the detector-wide settings. Reloadable.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The rules, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleName {
+    DbTimeHog,
+    LatencyOutlier,
+    ErrorStorm,
+    RateSpike,
+    ConnectionHog,
+    IdleInTransaction,
+    LongQuery,
+    LockBlocker,
+    Bloat,
+    RunawayGrowth,
+}
+
+impl RuleName {
+    pub const ALL: [RuleName; 10] = [
+        RuleName::DbTimeHog,
+        RuleName::LatencyOutlier,
+        RuleName::ErrorStorm,
+        RuleName::RateSpike,
+        RuleName::ConnectionHog,
+        RuleName::IdleInTransaction,
+        RuleName::LongQuery,
+        RuleName::LockBlocker,
+        RuleName::Bloat,
+        RuleName::RunawayGrowth,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleName::DbTimeHog => "db_time_hog",
+            RuleName::LatencyOutlier => "latency_outlier",
+            RuleName::ErrorStorm => "error_storm",
+            RuleName::RateSpike => "rate_spike",
+            RuleName::ConnectionHog => "connection_hog",
+            RuleName::IdleInTransaction => "idle_in_transaction",
+            RuleName::LongQuery => "long_query",
+            RuleName::LockBlocker => "lock_blocker",
+            RuleName::Bloat => "bloat",
+            RuleName::RunawayGrowth => "runaway_growth",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RuleName> {
+        RuleName::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn parse(text: &str) -> Option<Severity> {
+        match text {
+            "info" => Some(Severity::Info),
+            "warning" => Some(Severity::Warning),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// One rule's knobs. What `threshold`, `min` and `factor` mean is the
+/// rule's own (see `docs/detection.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSettings {
+    pub enabled: bool,
+    pub threshold: f64,
+    pub min: f64,
+    pub factor: f64,
+    pub for_: Duration,
+    pub cooldown: Duration,
+    pub severity: Severity,
+    /// Whether a raised flag tightens the tenant's rate limit.
+    pub tighten: bool,
+}
+
+impl RuleSettings {
+    /// The shipped defaults.
+    pub fn default_for(rule: RuleName) -> RuleSettings {
+        let s =
+            |threshold: f64, min: f64, factor: f64, for_s: u64, severity, tighten| RuleSettings {
+                enabled: true,
+                threshold,
+                min,
+                factor,
+                for_: Duration::from_secs(for_s),
+                cooldown: Duration::from_secs(120),
+                severity,
+                tighten,
+            };
+        use Severity::*;
+        match rule {
+            // share >= max(threshold x fair share, min)
+            RuleName::DbTimeHog => s(3.0, 0.2, 0.0, 120, Warning, true),
+            // p95 >= factor x fleet median p95 and >= min seconds, >= threshold queries
+            RuleName::LatencyOutlier => s(50.0, 0.25, 4.0, 120, Warning, true),
+            // error ratio >= threshold with >= min errors
+            RuleName::ErrorStorm => s(0.05, 20.0, 0.0, 60, Critical, false),
+            // rate >= factor x baseline and >= min queries/s
+            RuleName::RateSpike => s(0.0, 10.0, 5.0, 120, Warning, true),
+            // connections >= max(threshold x max_connections, factor x fair share)
+            RuleName::ConnectionHog => s(0.25, 0.0, 4.0, 60, Warning, true),
+            // seconds idle in transaction >= threshold
+            RuleName::IdleInTransaction => s(60.0, 0.0, 0.0, 0, Warning, false),
+            // seconds running >= threshold
+            RuleName::LongQuery => s(300.0, 0.0, 0.0, 0, Warning, false),
+            // backends blocked >= threshold
+            RuleName::LockBlocker => s(3.0, 0.0, 0.0, 30, Critical, false),
+            // dead >= threshold x live and >= min dead
+            RuleName::Bloat => s(0.2, 1_000_000.0, 0.0, 0, Warning, false),
+            // growth >= threshold bytes/hour or >= factor (fraction) per day
+            RuleName::RunawayGrowth => s(1024.0 * 1024.0 * 1024.0, 0.0, 0.5, 0, Warning, false),
+        }
+    }
+}
+
+/// Detector settings, reloadable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectSettings {
+    pub interval: Duration,
+    /// Window for rates, error ratios and latency percentiles.
+    pub window: Duration,
+    /// Half-life of each tenant's query-rate baseline.
+    pub baseline_half_life: Duration,
+    pub rules: BTreeMap<RuleName, RuleSettings>,
+    /// Advice never tightens a quota below this.
+    pub floor_qps: f64,
+    /// After a flag clears, the effective quota grows by this factor per
+    /// interval until it is back at the base quota.
+    pub relax_factor: f64,
+}
+
+impl Default for DetectSettings {
+    fn default() -> Self {
+        DetectSettings {
+            interval: Duration::from_secs(10),
+            window: Duration::from_secs(60),
+            baseline_half_life: Duration::from_secs(3600),
+            rules: RuleName::ALL
+                .into_iter()
+                .map(|r| (r, RuleSettings::default_for(r)))
+                .collect(),
+            floor_qps: 1.0,
+            relax_factor: 2.0,
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `POST /v1/events`: the HTTP ingest source. The body is parsed into one
+//! store shard of the HTTP pool; the reply lists which lines failed and why.
+
+use std::sync::atomic::Ordering;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Request, Response, StatusCode};
+use serde::Serialize;
+
+use super::AppState;
+use super::auth::{authorized, unauthorized};
+use super::reply::{Body, json, problem};
+use crate::event::RejectReason;
+use crate::ingest::ingest_payload;
+use crate::store::Source;
+
+/// At most this many refused lines are listed in a `/v1/events` reply; the
+/// count of all of them is always given.
+const MAX_LISTED_REJECTS: usize = 100;
+
+/// Media types `POST /v1/events` accepts. Each line's format is detected by
+/// its first byte, so all of them mean the same.
+const EVENT_MEDIA_TYPES: [&str; 6] = [
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/json",
+    "text/plain",
+    "application/octet-stream",
+];
+
+#[derive(Serialize)]
+struct EventsReply {
+    accepted: u64,
+    rejected_count: u64,
+    rejected: Vec<RejectedLine>,
+}
+
+#[derive(Serialize)]
+struct RejectedLine {
+    line: usize,
+    reason: &'static str,
+    detail: String,
+}
+
+pub(super) async fn post_events(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+    if !authorized(state, &req) {
+        return unauthorized();
+    }
+    if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
+        let media_type = content_type
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if !EVENT_MEDIA_TYPES.contains(&media_type.as_str()) {
+            return problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send application/x-ndjson (NDJSON events) or text/plain (DogStatsD lines)",
+            );
+        }
+    }
+    let max = state.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return body_too_large(state, max);
+    }
+    let collect = Limited::new(req.into_body(), max).collect();
+    let body = match tokio::time::timeout(state.limits.body_read_timeout, collect).await {
+        Err(_) => {
+            return problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body was not received within server.body_read_timeout",
+            );
+        }
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            return body_too_large(state, max);
+        }
+        Ok(Err(_)) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+
+    let (first, count) = state.http_shards;
+    let shard = first + state.next_shard.fetch_add(1, Ordering::Relaxed) % count;
+    let mut rejected = Vec::new();
+    let outcome = {
+        let mut writer = state.store.writer(shard);
+        ingest_payload(
+            &body,
+            state.limits.max_line_bytes,
+            Source::Http,
+            &mut writer,
+            &state.stats,
+            |line, reject| {
+                if rejected.len() < MAX_LISTED_REJECTS {
+                    rejected.push(RejectedLine {
+                        line,
+                        reason: reject.reason.as_str(),
+                        detail: reject.detail.into_owned(),
+                    });
+                }
+            },
+        )
+    };
+    let status = if outcome.accepted > 0 {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    json(
+        status,
+        &EventsReply {
+            accepted: outcome.accepted,
+            rejected_count: outcome.rejected,
+            rejected,
+        },
+    )
+}
+
+fn body_too_large(state: &AppState, max: usize) -> Response<Body> {
+    state.stats.add_received(Source::Http, 1);
+    state
+        .stats
+        .add_rejected(Source::Http, RejectReason::BodyTooLarge);
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the body is larger than ingest.max_body_bytes ({max} bytes)"),
+    )
+}

@@ -1,0 +1,166 @@
+//! The read endpoints: flags, advice, and the planners' API under
+//! `/api/v1/`. Each takes the readers' snapshots and serializes their view.
+
+use std::collections::HashMap;
+use std::sync::PoisonError;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use serde::Serialize;
+
+use super::AppState;
+use super::endpoint::TENANT_PATH_PREFIX;
+use super::reply::{Body, json, problem};
+use crate::api::{self, DetailSources};
+use crate::capacity::view::{TenantShare, capacity_view};
+use crate::detect::{Advice, Flag, read_judgement};
+
+#[derive(Serialize)]
+struct FlagsReply<'a> {
+    flags: &'a [Flag],
+}
+
+#[derive(Serialize)]
+struct AdviceReply<'a> {
+    advice: &'a [Advice],
+}
+
+#[derive(Serialize)]
+struct TargetsReply {
+    targets: Vec<api::TargetView>,
+}
+
+pub(super) fn flags(state: &AppState) -> Response<Body> {
+    let judgement = read_judgement(&state.judgement);
+    json(
+        StatusCode::OK,
+        &FlagsReply {
+            flags: &judgement.flags,
+        },
+    )
+}
+
+pub(super) fn advice(state: &AppState) -> Response<Body> {
+    let judgement = read_judgement(&state.judgement);
+    json(
+        StatusCode::OK,
+        &AdviceReply {
+            advice: &judgement.advice,
+        },
+    )
+}
+
+pub(super) fn targets(state: &AppState) -> Response<Body> {
+    let targets = state.targets.snapshot();
+    json(
+        StatusCode::OK,
+        &TargetsReply {
+            targets: api::target_views(&targets),
+        },
+    )
+}
+
+/// Every tenant's row, joined from the store, the targets, the flags and the
+/// rate limits.
+fn rows(state: &AppState, targets: &[crate::store::TargetStatus]) -> Vec<api::TenantRow> {
+    let store = state.store.snapshot();
+    let judgement = read_judgement(&state.judgement);
+    api::tenant_rows(&store, targets, &judgement, &state.rate_limits)
+}
+
+pub(super) fn capacity(state: &AppState) -> Response<Body> {
+    let targets = state.targets.snapshot();
+    let rows = rows(state, &targets);
+    let shares: HashMap<&str, TenantShare> = rows
+        .iter()
+        .map(|r| {
+            let share = TenantShare {
+                db_time_share: r.db_time_share,
+                targets: r.targets.len(),
+            };
+            (r.tenant.as_str(), share)
+        })
+        .collect();
+    let histories = state
+        .histories
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let view = capacity_view(&targets, &histories, &shares, rows.len(), &state.api);
+    json(StatusCode::OK, &view)
+}
+
+pub(super) fn tenant(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
+    let tenant = api::url_decode(
+        req.uri()
+            .path()
+            .strip_prefix(TENANT_PATH_PREFIX)
+            .unwrap_or_default(),
+    );
+    let targets = state.targets.snapshot();
+    let store = state.store.snapshot();
+    let judgement = read_judgement(&state.judgement);
+    let rows = api::tenant_rows(&store, &targets, &judgement, &state.rate_limits);
+    let histories = state
+        .tenant_histories
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let sources = DetailSources {
+        rows: &rows,
+        store: &store,
+        targets: &targets,
+        flags: &judgement.flags,
+        limits: &state.rate_limits,
+        history: histories.get(&tenant),
+    };
+    match api::tenant_detail(&tenant, &sources) {
+        Some(detail) => json(StatusCode::OK, &detail),
+        None => problem(
+            StatusCode::NOT_FOUND,
+            &format!("no tenant {tenant:?} is tracked"),
+        ),
+    }
+}
+
+pub(super) fn tenants(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
+    let accept_csv = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/csv"));
+    let query = match api::parse_list_query(req.uri().query(), accept_csv) {
+        Ok(query) => query,
+        Err(bad) => {
+            let mut response = problem(
+                StatusCode::BAD_REQUEST,
+                &format!("parameter {}: {}", bad.name, bad.detail),
+            );
+            if let Ok(value) = HeaderValue::from_str(&bad.name) {
+                response.headers_mut().insert("x-invalid-parameter", value);
+            }
+            return response;
+        }
+    };
+    let targets = state.targets.snapshot();
+    let rows = rows(state, &targets);
+    let page = api::page(&rows, &query);
+    if !query.csv {
+        return json(StatusCode::OK, &page);
+    }
+    let mut response = Response::new(Full::new(Bytes::from(api::csv(&page.tenants))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Some(cursor) = page
+        .next_cursor
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        response.headers_mut().insert("x-next-cursor", cursor);
+    }
+    response
+}

@@ -1,0 +1,89 @@
+//! The exposition of the detector's flags and the rate limiter's decisions
+//! and quotas.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+
+use super::encode::{counter_u64, family, gauge};
+use crate::detect::{Flag, SharedJudgement, read_judgement};
+use crate::ratelimit::RateLimits;
+
+/// Exposes the detector's flags and the rate limiter's decisions.
+#[derive(Debug)]
+pub struct DetectCollector {
+    pub judgement: SharedJudgement,
+    pub limits: Arc<RateLimits>,
+}
+
+impl Collector for DetectCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let judgement = read_judgement(&self.judgement);
+        type FlagField = fn(&Flag) -> f64;
+        let flag_families: [(&str, &str, FlagField); 3] = [
+            (
+                "tenantwatch_tenant_flagged",
+                "1 while the tenant is flagged by the rule named in reason.",
+                |_| 1.0,
+            ),
+            (
+                "tenantwatch_tenant_flag_value",
+                "The observed value of each raised flag (its threshold is in tenantwatch_tenant_flag_threshold).",
+                |f| f.value,
+            ),
+            (
+                "tenantwatch_tenant_flag_threshold",
+                "The threshold each raised flag's value crossed.",
+                |f| f.threshold,
+            ),
+        ];
+        for (name, help, field) in flag_families {
+            let mut metric = family(&mut encoder, name, help, MetricType::Gauge)?;
+            for flag in &judgement.flags {
+                let labels = [
+                    ("tenant", flag.tenant.as_str()),
+                    ("reason", flag.reason.as_str()),
+                ];
+                gauge(&mut metric, &labels, field(flag))?;
+            }
+        }
+
+        let limiters = self.limits.snapshot();
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_ratelimit_decisions",
+            "POST /v1/ratelimit/check answers per tenant: allowed, denied, or shadow_denied (allowed in shadow mode, over quota).",
+            MetricType::Counter,
+        )?;
+        for (tenant, _, counts) in &limiters {
+            for (decision, counter) in [
+                ("allowed", &counts.allowed),
+                ("denied", &counts.denied),
+                ("shadow_denied", &counts.shadow_denied),
+            ] {
+                let labels = [("tenant", tenant.as_str()), ("decision", decision)];
+                counter_u64(&mut metric, &labels, counter.load(Ordering::Relaxed))?;
+            }
+        }
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_tenant_ratelimit_qps",
+            "The tenant's effective quota in checks per second (tightened while flagged).",
+            MetricType::Gauge,
+        )?;
+        for (tenant, rate, _) in &limiters {
+            gauge(&mut metric, &[("tenant", tenant.as_str())], rate.qps)?;
+        }
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_ratelimit_limiters",
+            "Per-tenant rate limiters held in memory (at most ingest.max_tenants plus one overflow limiter).",
+            MetricType::Gauge,
+        )?;
+        metric.encode_gauge(&(limiters.len() as i64))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,293 @@
+//! Target statuses: what the PostgreSQL collectors last saw of each target,
+//! written by [`crate::collect`] and read by every reader through
+//! [`TargetStatuses::snapshot`].
+//!
+//! A status holds the last successful result of each collector behind an
+//! `Arc`, so a snapshot is a cheap clone taken under a short lock, and a
+//! reader never waits for a poll. The closed sets a status is labelled with
+//! ([`CollectorName`], [`PollErrorKind`], [`SchemaDetail`]) live here, beside
+//! the data, so sources and readers share one vocabulary.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// The collectors of a target, as the `collector` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CollectorName {
+    Connect,
+    Activity,
+    SchemaStats,
+    Database,
+    Sizes,
+}
+
+impl CollectorName {
+    pub const ALL: [CollectorName; 5] = [
+        CollectorName::Connect,
+        CollectorName::Activity,
+        CollectorName::SchemaStats,
+        CollectorName::Database,
+        CollectorName::Sizes,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CollectorName::Connect => "connect",
+            CollectorName::Activity => "activity",
+            CollectorName::SchemaStats => "schema_stats",
+            CollectorName::Database => "database",
+            CollectorName::Sizes => "sizes",
+        }
+    }
+}
+
+/// Why a poll failed: a closed set, used as the `error` label and in the
+/// targets API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollErrorKind {
+    Connect,
+    Auth,
+    Timeout,
+    StatementTimeout,
+    LockTimeout,
+    Permission,
+    ConnectionLost,
+    Query,
+}
+
+impl PollErrorKind {
+    pub const ALL: [PollErrorKind; 8] = [
+        PollErrorKind::Connect,
+        PollErrorKind::Auth,
+        PollErrorKind::Timeout,
+        PollErrorKind::StatementTimeout,
+        PollErrorKind::LockTimeout,
+        PollErrorKind::Permission,
+        PollErrorKind::ConnectionLost,
+        PollErrorKind::Query,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PollErrorKind::Connect => "connect",
+            PollErrorKind::Auth => "auth",
+            PollErrorKind::Timeout => "timeout",
+            PollErrorKind::StatementTimeout => "statement_timeout",
+            PollErrorKind::LockTimeout => "lock_timeout",
+            PollErrorKind::Permission => "permission",
+            PollErrorKind::ConnectionLost => "connection_lost",
+            PollErrorKind::Query => "query",
+        }
+    }
+}
+
+/// How many per-tenant schema series a target exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchemaDetail {
+    /// Size, live and dead tuples, last vacuum age, five tuple counters, two
+    /// scan counters, heap blocks read and hit.
+    #[default]
+    Basic,
+    /// Also the size estimate, tables, schemas, last analyze age, HOT
+    /// updates, vacuum and analyze counts, index blocks.
+    Full,
+}
+
+impl SchemaDetail {
+    pub fn parse(text: &str) -> Option<SchemaDetail> {
+        match text {
+            "basic" => Some(SchemaDetail::Basic),
+            "full" => Some(SchemaDetail::Full),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaDetail::Basic => "basic",
+            SchemaDetail::Full => "full",
+        }
+    }
+}
+
+/// What the readers see of one target: the last successful result of each
+/// collector, and health.
+#[derive(Debug, Clone, Default)]
+pub struct TargetStatus {
+    pub name: String,
+    /// `host:port/dbname`; never the DSN.
+    pub description: String,
+    /// Which per-tenant schema series this target exports.
+    pub schema_detail: SchemaDetail,
+    pub up: bool,
+    pub last_success: Option<SystemTime>,
+    pub last_error: Option<PollErrorKind>,
+    pub server_version: Option<String>,
+    pub max_connections: Option<u64>,
+    pub reserved_connections: Option<u64>,
+    pub activity: Option<Arc<ActivitySnapshot>>,
+    pub schemas: Option<Arc<BTreeMap<String, SchemaTotals>>>,
+    /// Exact sizes per tenant from the last complete size cycle.
+    pub exact_sizes: Option<Arc<BTreeMap<String, u64>>>,
+    pub databases: Option<Arc<BTreeMap<String, DatabaseStats>>>,
+    /// Databases currently watched for schema statistics.
+    pub watched_databases: Vec<String>,
+    /// Seconds the last run of each collector took.
+    pub poll_seconds: BTreeMap<CollectorName, f64>,
+    /// Wall-clock time of each collector's last success.
+    pub last_poll_success: BTreeMap<CollectorName, SystemTime>,
+    /// Errors per (collector, kind) since start.
+    pub poll_errors: BTreeMap<(CollectorName, PollErrorKind), u64>,
+    /// Polls started since start.
+    pub polls: u64,
+}
+
+impl TargetStatus {
+    /// A status for a target that has not been polled yet.
+    pub fn new(name: &str, description: &str, schema_detail: SchemaDetail) -> TargetStatus {
+        TargetStatus {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            schema_detail,
+            ..TargetStatus::default()
+        }
+    }
+
+    /// The size of a tenant's schemas on this target: exact from the last
+    /// complete size cycle, else the page-count estimate of the last poll.
+    /// `None` when the tenant has no schema here.
+    pub fn tenant_size(&self, tenant: &str) -> Option<u64> {
+        let totals = self.schemas.as_ref()?.get(tenant)?;
+        Some(self.size_of(tenant, totals))
+    }
+
+    /// As [`TargetStatus::tenant_size`], for a tenant's totals at hand.
+    pub fn size_of(&self, tenant: &str, totals: &SchemaTotals) -> u64 {
+        self.exact_sizes
+            .as_ref()
+            .and_then(|sizes| sizes.get(tenant).copied())
+            .unwrap_or(totals.estimated_bytes)
+    }
+
+    /// Every tenant's size on this target, by the same rule.
+    pub fn tenant_sizes(&self) -> impl Iterator<Item = (&String, u64)> {
+        self.schemas
+            .iter()
+            .flat_map(|schemas| schemas.iter())
+            .map(|(tenant, totals)| (tenant, self.size_of(tenant, totals)))
+    }
+
+    /// Client backends on the target (tenantwatch's own excluded).
+    pub fn connections_in_use(&self) -> u64 {
+        self.activity
+            .as_ref()
+            .map(|a| a.by_state.values().sum())
+            .unwrap_or(0)
+    }
+}
+
+impl TenantActivity {
+    /// The tenant's backends, whatever their state.
+    pub fn total_connections(&self) -> u64 {
+        self.connections.values().sum()
+    }
+}
+
+/// Shared handle on one target's status: the collector writes it, readers
+/// copy it.
+pub type SharedStatus = Arc<Mutex<TargetStatus>>;
+
+/// Locks a status, ignoring poisoning: a panicking writer leaves a status
+/// that is still a valid (if stale) picture.
+pub fn lock(status: &SharedStatus) -> MutexGuard<'_, TargetStatus> {
+    status.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Every target's shared status, in configuration order.
+#[derive(Debug, Clone, Default)]
+pub struct TargetStatuses(Arc<[SharedStatus]>);
+
+impl TargetStatuses {
+    pub fn new(statuses: Vec<SharedStatus>) -> TargetStatuses {
+        TargetStatuses(statuses.into())
+    }
+
+    /// A copy of every status, each taken under its lock (cheap: the
+    /// collectors' results are behind `Arc`s).
+    pub fn snapshot(&self) -> Vec<TargetStatus> {
+        self.0.iter().map(|s| lock(s).clone()).collect()
+    }
+
+    /// The shared handles, for the collectors that write them.
+    pub fn handles(&self) -> &[SharedStatus] {
+        &self.0
+    }
+}
+
+/// One tenant's sessions on a target.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantActivity {
+    pub connections: BTreeMap<&'static str, u64>,
+    pub oldest_transaction_seconds: f64,
+    pub longest_query_seconds: f64,
+    pub idle_in_transaction_max_seconds: f64,
+    pub lock_waiting: u64,
+    /// Other backends waiting on a lock held by this tenant's sessions.
+    pub blocking: u64,
+}
+
+/// `pg_stat_activity` reduced to counts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActivitySnapshot {
+    pub by_state: BTreeMap<&'static str, u64>,
+    pub by_database: BTreeMap<String, u64>,
+    pub by_user: BTreeMap<String, u64>,
+    pub by_application: BTreeMap<String, u64>,
+    pub lock_waiting: u64,
+    pub tenants: BTreeMap<String, TenantActivity>,
+}
+
+/// One tenant's schema figures on a target (summed over its schemas).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchemaTotals {
+    pub schemas: u64,
+    pub tables: u64,
+    pub seq_scan: u64,
+    pub idx_scan: u64,
+    pub seq_tup_read: u64,
+    pub idx_tup_fetch: u64,
+    pub n_tup_ins: u64,
+    pub n_tup_upd: u64,
+    pub n_tup_del: u64,
+    pub n_tup_hot_upd: u64,
+    pub n_live_tup: u64,
+    pub n_dead_tup: u64,
+    pub heap_blks_read: u64,
+    pub heap_blks_hit: u64,
+    pub idx_blks_read: u64,
+    pub idx_blks_hit: u64,
+    pub vacuums: u64,
+    pub analyzes: u64,
+    /// Seconds since the most recent (auto)vacuum of any of its tables.
+    pub last_vacuum_age_seconds: Option<f64>,
+    pub last_analyze_age_seconds: Option<f64>,
+    /// From `pg_class` page counts, refreshed every poll.
+    pub estimated_bytes: u64,
+}
+
+/// `pg_stat_database` for one database.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DatabaseStats {
+    pub xact_commit: u64,
+    pub xact_rollback: u64,
+    pub deadlocks: u64,
+    pub temp_files: u64,
+    pub temp_bytes: u64,
+    pub conflicts: u64,
+    pub blks_read: u64,
+    pub blks_hit: u64,
+}
