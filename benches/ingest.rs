@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tenantwatch::ingest::ingest_payload;
+use tenantwatch::ingest::{LineLimits, ingest_payload};
 use tenantwatch::store::{IngestStats, Source};
 use tenantwatch::store::{MonotonicClock, Store, StoreLimits};
 
@@ -77,7 +77,10 @@ fn bench(c: &mut Criterion) {
                 let mut writer = store.writer(0);
                 black_box(ingest_payload(
                     black_box(payload),
-                    4096,
+                    LineLimits {
+                        max_line_bytes: 4096,
+                        min_sample_rate: 0.001,
+                    },
                     Source::Udp,
                     &mut writer,
                     &stats,

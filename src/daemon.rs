@@ -161,7 +161,7 @@ impl Shared {
                 header_read_timeout: config.server.header_read_timeout,
                 body_read_timeout: config.server.body_read_timeout,
                 max_body_bytes: config.ingest.max_body_bytes,
-                max_line_bytes: config.ingest.max_line_bytes,
+                lines: config.ingest.line_limits(),
                 shutdown_grace: config.server.shutdown_grace,
             },
             auth_token: config.server.auth_token.clone(),
@@ -247,7 +247,7 @@ impl Daemon {
                 udp.publish_socket_figures(&shared.stats);
                 let limits = UdpLimits {
                     max_datagram_bytes: config.ingest.max_datagram_bytes,
-                    max_line_bytes: config.ingest.max_line_bytes,
+                    lines: config.ingest.line_limits(),
                 };
                 let (store, stats) = (shared.store.clone(), shared.stats.clone());
                 udp.spawn(udp_receivers, 0, limits, store, stats, shutdown.clone())

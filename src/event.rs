@@ -161,6 +161,30 @@ impl Reject {
 /// mistake (seconds or microseconds sent as milliseconds), not a query.
 pub const MAX_DURATION_MS: f64 = 86_400_000.0;
 
+/// Largest row count one event may report, and largest value of one
+/// `tenantwatch.rows` or `tenantwatch.errors` count: a trillion. With the
+/// sample-rate floor (at most x1000 weight), one line adds at most 1e15,
+/// so no sum of accepted events leaves the finite range in any lifetime.
+pub const MAX_COUNT: f64 = 1e12;
+
+/// Checks a count (rows, errors): finite, not negative, at most
+/// [`MAX_COUNT`].
+pub fn validate_count(value: f64) -> Result<f64, Reject> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(Reject::new(
+            RejectReason::InvalidValue,
+            "count must be a finite non-negative number",
+        ));
+    }
+    if value > MAX_COUNT {
+        return Err(Reject::new(
+            RejectReason::InvalidValue,
+            "count is larger than 1e12",
+        ));
+    }
+    Ok(value)
+}
+
 /// Checks a duration in milliseconds: finite, not negative, at most a day.
 pub fn validate_duration_ms(duration_ms: f64) -> Result<f64, Reject> {
     if !duration_ms.is_finite() {

@@ -363,6 +363,9 @@ pub struct FileIngest {
     pub max_body_bytes: usize,
     /// Longest event line accepted.
     pub max_line_bytes: usize,
+    /// Lowest DogStatsD sample rate accepted; a line sampled more sparsely
+    /// is refused (`invalid_sample_rate`), since `1/rate` weighs it.
+    pub min_sample_rate: f64,
     /// Most tenants tracked at once; events for more go to `__overflow__`.
     pub max_tenants: usize,
     /// A tenant with no event for this long is forgotten.
@@ -381,6 +384,7 @@ impl Default for FileIngest {
             max_datagram_bytes: d.max_datagram_bytes,
             max_body_bytes: d.max_body_bytes,
             max_line_bytes: d.max_line_bytes,
+            min_sample_rate: d.min_sample_rate,
             max_tenants: d.max_tenants,
             tenant_idle_ttl: format_duration(d.tenant_idle_ttl),
             share_window: format_duration(d.share_window),

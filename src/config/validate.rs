@@ -170,10 +170,18 @@ fn validate_ingest(v: &mut Validator, i: &FileIngest) -> IngestSettings {
         ),
         max_body_bytes: v.range("ingest.max_body_bytes", i.max_body_bytes, 1024, 1 << 30),
         max_line_bytes: v.range("ingest.max_line_bytes", i.max_line_bytes, 256, 1 << 20),
+        min_sample_rate: i.min_sample_rate,
         max_tenants: v.range("ingest.max_tenants", i.max_tenants, 1, 10_000_000),
         tenant_idle_ttl: v.duration("ingest.tenant_idle_ttl", &i.tenant_idle_ttl),
         share_window: v.duration("ingest.share_window", &i.share_window),
     };
+    if !(i.min_sample_rate.is_finite() && i.min_sample_rate > 0.0 && i.min_sample_rate <= 1.0) {
+        v.fail(
+            "ingest.min_sample_rate",
+            i.min_sample_rate,
+            "must be a number in (0, 1]",
+        );
+    }
     if ingest.share_window < Duration::from_secs(12) {
         v.fail(
             "ingest.share_window",

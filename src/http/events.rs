@@ -101,7 +101,7 @@ pub(super) async fn post_events(state: &AppState, req: Request<Incoming>) -> Res
         let mut writer = state.store.writer(shard);
         ingest_payload(
             &body,
-            state.limits.max_line_bytes,
+            state.limits.lines,
             Source::Http,
             &mut writer,
             &state.stats,

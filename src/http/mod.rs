@@ -117,7 +117,7 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_body_bytes: usize,
-    pub max_line_bytes: usize,
+    pub lines: crate::ingest::LineLimits,
     pub shutdown_grace: Duration,
 }
 

@@ -20,7 +20,8 @@
 use std::borrow::Cow;
 
 use crate::event::{
-    Event, QueryKind, Reject, RejectReason, Sample, validate_duration_ms, validate_tenant,
+    Event, QueryKind, Reject, RejectReason, Sample, validate_count, validate_duration_ms,
+    validate_tenant,
 };
 
 /// At most this many values in one multi-value line; more is a malformed line.
@@ -74,7 +75,11 @@ fn split_once_byte(text: &str, separator: u8) -> Option<(&str, &str)> {
 /// Parses one DogStatsD line (without its newline) and hands each event it
 /// holds to `emit`. Nothing is emitted unless the whole line is valid.
 /// Returns how many events were emitted.
-pub fn parse_line<'a>(line: &'a str, mut emit: impl FnMut(Event<'a>)) -> Result<usize, Reject> {
+pub fn parse_line<'a>(
+    line: &'a str,
+    min_sample_rate: f64,
+    mut emit: impl FnMut(Event<'a>),
+) -> Result<usize, Reject> {
     if line.starts_with("_e{") || line.starts_with("_sc|") {
         return Err(Reject::new(
             RejectReason::UnsupportedType,
@@ -121,6 +126,14 @@ pub fn parse_line<'a>(line: &'a str, mut emit: impl FnMut(Event<'a>)) -> Result<
         error,
         rows,
     } = parse_sections(metric, sections)?;
+    if sample_rate < min_sample_rate {
+        // 1/rate weighs the line: a tiny rate would let one line outweigh a
+        // fleet (or reach infinity), so it is refused, not clamped.
+        return Err(Reject::new(
+            RejectReason::InvalidSampleRate,
+            "sample rate is below ingest.min_sample_rate",
+        ));
+    }
     let tenant = tenant.ok_or(Reject::new(
         RejectReason::MissingField,
         "missing tag tenant",
@@ -238,12 +251,13 @@ fn apply_tag<'a>(
             }
         }
         "rows" if metric == Metric::Query => {
-            out.rows = value.parse::<u64>().map_err(|_| {
+            let rows = value.parse::<u64>().map_err(|_| {
                 Reject::new(
                     RejectReason::InvalidValue,
                     "rows tag must be a non-negative integer",
                 )
-            })? as f64;
+            })?;
+            out.rows = validate_count(rows as f64)?;
         }
         _ => {}
     }
@@ -257,16 +271,7 @@ fn parse_value(metric: Metric, text: &str) -> Result<f64, Reject> {
     })?;
     match metric {
         Metric::Query => validate_duration_ms(value),
-        Metric::Rows | Metric::Errors => {
-            if value.is_finite() && value >= 0.0 {
-                Ok(value)
-            } else {
-                Err(Reject::new(
-                    RejectReason::InvalidValue,
-                    "count must be a finite non-negative number",
-                ))
-            }
-        }
+        Metric::Rows | Metric::Errors => validate_count(value),
     }
 }
 
@@ -277,7 +282,7 @@ mod tests {
 
     fn parse_all(line: &str) -> Result<Vec<Event<'_>>, Reject> {
         let mut events = Vec::new();
-        parse_line(line, |e| events.push(e))?;
+        parse_line(line, 0.001, |e| events.push(e))?;
         Ok(events)
     }
 
@@ -400,7 +405,9 @@ mod tests {
     #[test]
     fn a_bad_value_emits_nothing() {
         let mut emitted = 0;
-        let result = parse_line("tenantwatch.query:1:2:oops|ms|#tenant:a", |_| emitted += 1);
+        let result = parse_line("tenantwatch.query:1:2:oops|ms|#tenant:a", 0.001, |_| {
+            emitted += 1
+        });
         assert!(result.is_err());
         assert_eq!(emitted, 0);
     }

@@ -32,6 +32,8 @@ pub struct IngestSettings {
     pub max_body_bytes: usize,
     /// Longest event line accepted.
     pub max_line_bytes: usize,
+    /// Lowest DogStatsD sample rate accepted (`|@rate`); lower is refused.
+    pub min_sample_rate: f64,
     /// Most tenants tracked at once; events for more go to `__overflow__`.
     pub max_tenants: usize,
     /// A tenant with no event for this long is forgotten.
@@ -49,6 +51,7 @@ impl Default for IngestSettings {
             max_datagram_bytes: 65_507,
             max_body_bytes: 4 * 1024 * 1024,
             max_line_bytes: 4096,
+            min_sample_rate: 0.001,
             max_tenants: 10_000,
             tenant_idle_ttl: std::time::Duration::from_secs(15 * 60),
             share_window: std::time::Duration::from_secs(60),
@@ -56,7 +59,22 @@ impl Default for IngestSettings {
     }
 }
 
+/// What every line is checked against before it is parsed and recorded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LineLimits {
+    pub max_line_bytes: usize,
+    pub min_sample_rate: f64,
+}
+
 impl IngestSettings {
+    /// The limits each line is held to.
+    pub fn line_limits(&self) -> LineLimits {
+        LineLimits {
+            max_line_bytes: self.max_line_bytes,
+            min_sample_rate: self.min_sample_rate,
+        }
+    }
+
     /// The bounds the tenant store enforces.
     pub fn store_limits(&self) -> crate::store::StoreLimits {
         crate::store::StoreLimits {
@@ -81,7 +99,7 @@ pub struct PayloadOutcome {
 /// line (the HTTP endpoint reports them back; UDP ignores them).
 pub fn ingest_payload(
     payload: &[u8],
-    max_line_bytes: usize,
+    limits: LineLimits,
     source: Source,
     writer: &mut ShardWriter<'_>,
     stats: &IngestStats,
@@ -93,7 +111,7 @@ pub fn ingest_payload(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match parse_and_record(line, max_line_bytes, writer) {
+        match parse_and_record(line, limits, writer) {
             Ok(events) => outcome.accepted += events as u64,
             Err(reject) => {
                 outcome.rejected += 1;
@@ -108,10 +126,10 @@ pub fn ingest_payload(
 
 fn parse_and_record(
     line: &[u8],
-    max_line_bytes: usize,
+    limits: LineLimits,
     writer: &mut ShardWriter<'_>,
 ) -> Result<usize, Reject> {
-    if line.len() > max_line_bytes {
+    if line.len() > limits.max_line_bytes {
         return Err(Reject::new(
             RejectReason::LineTooLong,
             "line is longer than max_line_bytes",
@@ -125,7 +143,7 @@ fn parse_and_record(
         writer.record(&event);
         Ok(1)
     } else {
-        dogstatsd::parse_line(line, |event| writer.record(&event))
+        dogstatsd::parse_line(line, limits.min_sample_rate, |event| writer.record(&event))
     }
 }
 
@@ -149,6 +167,13 @@ mod tests {
         )
     }
 
+    fn limits(max_line_bytes: usize) -> LineLimits {
+        LineLimits {
+            max_line_bytes,
+            min_sample_rate: 0.001,
+        }
+    }
+
     #[test]
     fn good_lines_count_beside_bad_ones() {
         let store = store();
@@ -162,7 +187,7 @@ mod tests {
         let mut rejects = Vec::new();
         let outcome = ingest_payload(
             payload,
-            1024,
+            limits(1024),
             Source::Http,
             &mut store.writer(0),
             &stats,
@@ -193,7 +218,7 @@ mod tests {
         let line = format!("tenantwatch.query:1|ms|#tenant:a,pad:{}", "x".repeat(100));
         let outcome = ingest_payload(
             line.as_bytes(),
-            64,
+            limits(64),
             Source::Udp,
             &mut store.writer(0),
             &stats,
@@ -211,7 +236,12 @@ mod tests {
             let store = store();
             let stats = IngestStats::default();
             let outcome = ingest_payload(
-                &payload, 512, Source::Udp, &mut store.writer(0), &stats, |_, _| {},
+                &payload,
+                limits(512),
+                Source::Udp,
+                &mut store.writer(0),
+                &stats,
+                |_, _| {},
             );
             prop_assert_eq!(stats.received(Source::Udp), outcome.accepted + outcome.rejected);
             prop_assert!(store.tracked() <= 100);

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::event::{
-    Event, QueryKind, Reject, RejectReason, Sample, validate_duration_ms, validate_tenant,
+    Event, QueryKind, Reject, RejectReason, Sample, validate_count, validate_duration_ms,
+    validate_tenant,
 };
 
 /// A JSON value reduced to what the event fields can hold.
@@ -158,7 +159,9 @@ pub fn parse_line(line: &str) -> Result<Event<'_>, Reject> {
 
     let rows = match wire.rows {
         None | Some(Scalar::Null) => 0.0,
-        Some(Scalar::Num(rows)) if rows >= 0.0 && rows.fract() == 0.0 && rows.is_finite() => rows,
+        Some(Scalar::Num(rows)) if rows >= 0.0 && rows.fract() == 0.0 && rows.is_finite() => {
+            validate_count(rows)?
+        }
         Some(_) => {
             return Err(Reject::new(
                 RejectReason::InvalidValue,

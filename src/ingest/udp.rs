@@ -22,7 +22,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::RejectReason;
-use crate::ingest::ingest_payload;
+use crate::ingest::{LineLimits, ingest_payload};
 use crate::store::{IngestStats, Source, Store};
 use crate::telemetry::RateLimitedWarn;
 
@@ -106,7 +106,7 @@ impl UdpListener {
 #[derive(Debug, Clone, Copy)]
 pub struct UdpLimits {
     pub max_datagram_bytes: usize,
-    pub max_line_bytes: usize,
+    pub lines: LineLimits,
 }
 
 fn receive_loop(
@@ -146,7 +146,7 @@ fn receive_loop(
                 let mut writer = store.writer(shard);
                 ingest_payload(
                     &buf[..len],
-                    limits.max_line_bytes,
+                    limits.lines,
                     Source::Udp,
                     &mut writer,
                     stats,
