@@ -118,6 +118,22 @@ mod tests {
     }
 
     #[test]
+    fn csv_quotes_per_rfc_4180_and_neutralises_formulas() {
+        let mut evil = row("=HYPERLINK(\"x\")", 0.0, false, "a,b");
+        evil.flags = vec!["@SUM(1)".into()];
+        let text = csv(&[&evil, &row("-1", 0.0, false, "c\"d")]);
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        assert!(
+            lines[1].starts_with("\"'=HYPERLINK(\"\"x\"\")\","),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].ends_with(",\"a,b\",\"'@SUM(1)\""), "{}", lines[1]);
+        assert!(lines[2].starts_with("\"'-1\","), "{}", lines[2]);
+        assert!(lines[2].contains(",\"c\"\"d\","), "{}", lines[2]);
+    }
+
+    #[test]
     fn url_decoding() {
         assert_eq!(url_decode("a%7Cb+c"), "a|b c");
         assert_eq!(url_decode("%zz%"), "%zz%");

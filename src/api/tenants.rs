@@ -268,14 +268,41 @@ pub fn csv(rows: &[&TenantRow]) -> String {
         out.push(',');
         out.push_str(field.as_str());
     }
-    out.push_str(",targets,flags\n");
+    out.push_str(",targets,flags\r\n");
     for row in rows {
-        // Tenant ids and target names never contain commas or quotes.
-        out.push_str(&row.tenant);
+        push_csv_text(&mut out, &row.tenant);
         for field in SortField::ALL {
             let _ = write!(out, ",{}", field.get(row));
         }
-        let _ = writeln!(out, ",{},{}", row.targets.join(";"), row.flags.join(";"));
+        out.push(',');
+        push_csv_text(&mut out, &row.targets.join(";"));
+        out.push(',');
+        push_csv_text(&mut out, &row.flags.join(";"));
+        out.push_str("\r\n");
     }
     out
+}
+
+/// One text field, quoted per RFC 4180 when it holds a comma, quote or line
+/// break, and with a leading `=`, `+`, `-`, `@` (or tab, carriage return)
+/// neutralised by a `'`, so a spreadsheet opening the file never runs a
+/// tenant id as a formula.
+fn push_csv_text(out: &mut String, text: &str) {
+    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let quote = formula || text.contains([',', '"', '\n', '\r']);
+    if quote {
+        out.push('"');
+    }
+    if formula {
+        out.push('\'');
+    }
+    for c in text.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    if quote {
+        out.push('"');
+    }
 }
