@@ -52,6 +52,9 @@ pub struct Daemon {
     store: Arc<Store>,
     target_statuses: TargetStatuses,
     judgement: SharedJudgement,
+    state: Arc<AppState>,
+    /// The configuration started with, to name what a reload cannot apply.
+    started: Config,
     rate_limits: Arc<RateLimits>,
     detect_settings: tokio::sync::watch::Sender<DetectSettings>,
     shutdown: CancellationToken,
@@ -164,7 +167,7 @@ impl Shared {
                 lines: config.ingest.line_limits(),
                 shutdown_grace: config.server.shutdown_grace,
             },
-            auth_token: config.server.auth_token.clone(),
+            tokens: crate::http::auth::SharedTokens::new(config.server.tokens()),
             http_shards: (udp_receivers, HTTP_SHARDS),
             rate_limits: self.limits.clone(),
             judgement: self.judgement.clone(),
@@ -241,7 +244,10 @@ impl Daemon {
         };
         let shared = Shared::new(&config, udp_receivers);
         let state = Arc::new(shared.app_state(&config, udp_receivers));
+        // `shutdown` is the request; `stop` is what the tasks obey, once
+        // readiness has been false for `server.shutdown_delay`.
         let shutdown = CancellationToken::new();
+        let stop = CancellationToken::new();
         let udp_threads = match listeners.udp {
             Some(udp) => {
                 udp.publish_socket_figures(&shared.stats);
@@ -250,13 +256,13 @@ impl Daemon {
                     lines: config.ingest.line_limits(),
                 };
                 let (store, stats) = (shared.store.clone(), shared.stats.clone());
-                udp.spawn(udp_receivers, 0, limits, store, stats, shutdown.clone())
+                udp.spawn(udp_receivers, 0, limits, store, stats, stop.clone())
                     .map_err(DaemonError::Spawn)?
             }
             None => Vec::new(),
         };
-        let server = tokio::spawn(http::serve(listeners.http, state.clone(), shutdown.clone()));
-        let tasks = Tasks::spawn(&config, &shared, &shutdown);
+        let server = tokio::spawn(http::serve(listeners.http, state.clone(), stop.clone()));
+        let tasks = Tasks::spawn(&config, &shared, &stop);
         state.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             http = %http_addr,
@@ -267,9 +273,14 @@ impl Daemon {
 
         let token = shutdown.clone();
         let handles = tasks.handles;
+        let state_for_reload = state.clone();
+        let delay = config.server.shutdown_delay;
         let supervisor = tokio::spawn(async move {
             token.cancelled().await;
             state.ready.store(false, Ordering::Relaxed);
+            tracing::info!(delay = ?delay, "Shutting down: not ready, still serving");
+            tokio::time::sleep(delay).await;
+            stop.cancel();
             tracing::info!("Shutting down: draining connections");
             let _ = server.await;
             for handle in handles {
@@ -295,6 +306,8 @@ impl Daemon {
             detect_settings: tasks.detect_settings,
             shutdown,
             supervisor,
+            state: state_for_reload,
+            started: config,
         })
     }
 
@@ -329,17 +342,26 @@ impl Daemon {
     }
 
     /// Applies what can change without a restart: quotas, tiers, per-tenant
-    /// overrides and detection rules. Listeners, targets and ingest limits
-    /// keep their start-up values (a warning names what would need a
-    /// restart).
-    pub fn reload(&self, config: &Config) {
+    /// overrides, detection rules and the write and read tokens. Listeners,
+    /// targets and ingest limits keep their start-up values; a warning names
+    /// each changed key that would need a restart. Returns those keys.
+    pub fn reload(&self, config: &Config) -> Vec<&'static str> {
         self.rate_limits.set_policy(config.ratelimit.clone());
         self.detect_settings.send_replace(config.detect.clone());
+        self.state.tokens.set(config.server.tokens());
+        let ignored = self.started.restart_only_changes(config);
+        if !ignored.is_empty() {
+            tracing::warn!(
+                keys = %ignored.join(", "),
+                "Reload cannot apply these changed keys; they take effect at the next restart"
+            );
+        }
         tracing::info!(
             tiers = config.ratelimit.tiers.len(),
             tenant_overrides = config.ratelimit.tenants.len(),
-            "Configuration reloaded: quotas and detection rules"
+            "Configuration reloaded: quotas, detection rules and tokens"
         );
+        ignored
     }
 
     /// Starts a graceful shutdown; [`Daemon::wait`] returns when it is done.
@@ -366,7 +388,8 @@ pub async fn run_with_reload(
     config_path: Option<std::path::PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let daemon = Daemon::start(config).await?;
+    // Installed before start-up: SIGHUP's default action would kill a daemon
+    // still binding its listeners. One that arrives early is served below.
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(hangups) => Some(hangups),
         Err(err) => {
@@ -374,6 +397,7 @@ pub async fn run_with_reload(
             None
         }
     };
+    let daemon = Daemon::start(config).await?;
     tokio::pin!(shutdown);
     loop {
         let hangup = async {
@@ -390,7 +414,9 @@ pub async fn run_with_reload(
                     continue;
                 };
                 match Config::load(path) {
-                    Ok(config) => daemon.reload(&config),
+                    Ok(config) => {
+                        daemon.reload(&config);
+                    }
                     Err(err) => tracing::error!(
                         path = %path.display(),
                         error = %err,

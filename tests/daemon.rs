@@ -334,3 +334,50 @@ fn sighup_reloads_quotas_and_refuses_an_invalid_file() {
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_it_serves_unready_for_the_shutdown_delay() {
+    let mut daemon = TestDaemon::start_with(|c| c.server.shutdown_delay = "1s".into()).await;
+    let http = daemon.http;
+    let inner = daemon.daemon.take().unwrap();
+    inner.shutdown();
+    let started = Instant::now();
+    // Kubernetes sees 503 on /readyz and stops routing; requests still work.
+    assert_eq!(daemon.get("/readyz").await.status, 503);
+    assert_eq!(daemon.get("/healthz").await.status, 200);
+    assert_eq!(
+        daemon
+            .post("/v1/events", &[], "tenantwatch.query:1|ms|#tenant:late")
+            .await
+            .status,
+        202
+    );
+    inner.wait().await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(tokio::net::TcpStream::connect(http).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_queued_at_shutdown_are_still_counted() {
+    let mut daemon = TestDaemon::start_with(|c| c.ingest.udp_receivers = 1).await;
+    let udp = daemon.udp.unwrap();
+    let store = daemon.daemon.as_ref().unwrap().store().clone();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Few enough for the receive buffer to hold them all (no kernel drops).
+    let sent = 5_000;
+    for i in 0..sent {
+        let line = format!("tenantwatch.query:1|ms|#tenant:t{}", i % 10);
+        socket.send_to(line.as_bytes(), udp).unwrap();
+    }
+    let inner = daemon.daemon.take().unwrap();
+    inner.shutdown();
+    inner.wait().await;
+    let counted: f64 = store
+        .snapshot()
+        .tenants
+        .iter()
+        .flat_map(|t| t.kinds.iter().flatten())
+        .map(|k| k.queries)
+        .sum();
+    assert_eq!(counted, f64::from(sent));
+}

@@ -124,6 +124,7 @@ fn every_shipped_config_passes_check_config() {
         let out = Command::new(env!("CARGO_BIN_EXE_tenantwatch"))
             .args(["check-config", &format!("{ROOT}/{file}")])
             .env("PGPASSWORD", "from-a-secret")
+            .env("TENANTWATCH_AUTH_TOKEN", "from-a-secret")
             .output()
             .unwrap();
         assert!(
@@ -132,6 +133,22 @@ fn every_shipped_config_passes_check_config() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn a_shipped_non_loopback_config_without_a_token_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantwatch"))
+        .args([
+            "check-config",
+            &format!("{ROOT}/deploy/kustomize/base/tenantwatch.toml"),
+        ])
+        .env("PGPASSWORD", "from-a-secret")
+        .env_remove("TENANTWATCH_AUTH_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.listen"), "{stderr}");
 }
 
 #[test]

@@ -321,6 +321,11 @@ pub struct FileServer {
     /// File holding the bearer token that `/v1/*` requires. Unset (and no
     /// `TENANTWATCH_AUTH_TOKEN`) means no token is required.
     pub auth_token_file: Option<PathBuf>,
+    /// File holding the bearer token that `/metrics` and `/api/v1/*`
+    /// require (or `TENANTWATCH_READ_TOKEN`). Unset: reads are open.
+    pub read_token_file: Option<PathBuf>,
+    /// Serve a non-loopback `listen` without a write token, on purpose.
+    pub allow_unauthenticated: bool,
     /// Concurrent HTTP connections; connections beyond it are closed at once
     /// and counted, so a connection flood cannot exhaust file descriptors.
     pub max_connections: usize,
@@ -330,6 +335,9 @@ pub struct FileServer {
     pub body_read_timeout: String,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace: String,
+    /// On SIGTERM/SIGINT, how long the listener keeps serving after
+    /// `/readyz` turns 503, so load balancers stop routing first.
+    pub shutdown_delay: String,
 }
 
 impl Default for FileServer {
@@ -338,10 +346,13 @@ impl Default for FileServer {
         FileServer {
             listen: d.listen.to_string(),
             auth_token_file: None,
+            read_token_file: None,
+            allow_unauthenticated: d.allow_unauthenticated,
             max_connections: d.max_connections,
             header_read_timeout: format_duration(d.header_read_timeout),
             body_read_timeout: format_duration(d.body_read_timeout),
             shutdown_grace: format_duration(d.shutdown_grace),
+            shutdown_delay: format_duration(d.shutdown_delay),
         }
     }
 }

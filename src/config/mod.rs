@@ -36,6 +36,8 @@ use crate::telemetry::LogFormat;
 
 /// Environment variable holding the bearer token for `/v1/*`.
 pub const AUTH_TOKEN_ENV: &str = "TENANTWATCH_AUTH_TOKEN";
+/// Environment variable holding the bearer token for `/metrics` and `/api/v1/*`.
+pub const READ_TOKEN_ENV: &str = "TENANTWATCH_READ_TOKEN";
 /// Prefix of environment variables that override file keys.
 pub const ENV_OVERRIDE_PREFIX: &str = "TENANTWATCH__";
 
@@ -52,6 +54,90 @@ pub struct Config {
     /// Limiters unused this long are dropped.
     pub ratelimit_idle_ttl: Duration,
     pub api: CapacitySettings,
+}
+
+impl Config {
+    /// The keys whose value differs between `self` (running) and `new` that
+    /// only a restart applies: reload takes quotas, detection rules and
+    /// tokens, and names each of these in a warning.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (self, new);
+        let (s, t) = (&a.server, &b.server);
+        let (i, j) = (&a.ingest, &b.ingest);
+        [
+            ("server.listen", s.listen != t.listen),
+            (
+                "server.max_connections",
+                s.max_connections != t.max_connections,
+            ),
+            (
+                "server.header_read_timeout",
+                s.header_read_timeout != t.header_read_timeout,
+            ),
+            (
+                "server.body_read_timeout",
+                s.body_read_timeout != t.body_read_timeout,
+            ),
+            (
+                "server.shutdown_grace",
+                s.shutdown_grace != t.shutdown_grace,
+            ),
+            (
+                "server.shutdown_delay",
+                s.shutdown_delay != t.shutdown_delay,
+            ),
+            (
+                "server.allow_unauthenticated",
+                s.allow_unauthenticated != t.allow_unauthenticated,
+            ),
+            ("ingest.udp_listen", i.udp_listen != j.udp_listen),
+            ("ingest.udp_receivers", i.udp_receivers != j.udp_receivers),
+            (
+                "ingest.udp_recv_buffer_bytes",
+                i.udp_recv_buffer_bytes != j.udp_recv_buffer_bytes,
+            ),
+            (
+                "ingest.max_datagram_bytes",
+                i.max_datagram_bytes != j.max_datagram_bytes,
+            ),
+            (
+                "ingest.max_body_bytes",
+                i.max_body_bytes != j.max_body_bytes,
+            ),
+            (
+                "ingest.max_line_bytes",
+                i.max_line_bytes != j.max_line_bytes,
+            ),
+            (
+                "ingest.min_sample_rate",
+                i.min_sample_rate != j.min_sample_rate,
+            ),
+            ("ingest.max_tenants", i.max_tenants != j.max_tenants),
+            (
+                "ingest.tenant_idle_ttl",
+                i.tenant_idle_ttl != j.tenant_idle_ttl,
+            ),
+            ("ingest.share_window", i.share_window != j.share_window),
+            ("log.format", a.log_format != b.log_format),
+            // Debug forms compare every field; they are never logged.
+            (
+                "targets",
+                format!("{:?}", a.targets) != format!("{:?}", b.targets),
+            ),
+            (
+                "tenants.rules",
+                format!("{:?}", a.attribution) != format!("{:?}", b.attribution),
+            ),
+            (
+                "ratelimit.idle_ttl",
+                a.ratelimit_idle_ttl != b.ratelimit_idle_ttl,
+            ),
+            ("api", a.api != b.api),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
 }
 
 impl TryFrom<FileConfig> for Config {
@@ -130,19 +216,86 @@ impl Config {
             })
             .collect();
         let file: FileConfig = if overrides.is_empty() {
-            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?
+            toml::from_str(text).map_err(|e| parse_error(describe_toml_error(&e, text)))?
         } else {
             let mut table: toml::Table =
-                toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+                toml::from_str(text).map_err(|e| parse_error(describe_toml_error(&e, text)))?;
             for (key_path, value) in &overrides {
                 apply_override(&mut table, key_path, value).map_err(parse_error)?;
             }
             table.try_into().map_err(|e: toml::de::Error| {
-                parse_error(format!("after environment overrides: {e}"))
+                parse_error(format!(
+                    "after environment overrides: {}",
+                    redact(e.message(), text)
+                ))
             })?
         };
         validate::assemble(&file, &env)
     }
+}
+
+/// A TOML error as "line L, column C: message", without the source line
+/// that `Display` quotes (it can be a DSN with its password), and with every
+/// password-looking value of the file redacted from the message.
+fn describe_toml_error(err: &toml::de::Error, text: &str) -> String {
+    let message = redact(err.message(), text);
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before.len() - line_start + 1;
+            // The key is named (it is no secret); its value is not quoted.
+            let source_line = text[line_start..].lines().next().unwrap_or_default();
+            match source_line.split_once('=') {
+                Some((key, _)) if !key.trim().is_empty() && !key.contains('"') => format!(
+                    "line {line}, column {column}, key {}: {message}",
+                    key.trim()
+                ),
+                _ => format!("line {line}, column {column}: {message}"),
+            }
+        }
+        None => message,
+    }
+}
+
+/// `message` with every password that `text` holds replaced: libpq
+/// `password=...` values and URL `user:password@` parts.
+pub fn redact(message: &str, text: &str) -> String {
+    let mut out = message.to_owned();
+    for secret in secrets_in(text) {
+        if !secret.is_empty() {
+            out = out.replace(&secret, "<redacted>");
+        }
+    }
+    out
+}
+
+fn secrets_in(text: &str) -> Vec<String> {
+    let mut secrets = Vec::new();
+    for (at, _) in text.match_indices("password") {
+        let rest = text[at + "password".len()..].trim_start();
+        let Some(rest) = rest.strip_prefix('=') else {
+            continue;
+        };
+        let rest = rest.trim_start().trim_start_matches(['\'', '"']);
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+            .unwrap_or(rest.len());
+        secrets.push(rest[..end].to_owned());
+    }
+    for (at, _) in text.match_indices("://") {
+        let rest = &text[at + 3..];
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '/')
+            .unwrap_or(rest.len());
+        if let Some((userinfo, _)) = rest[..end].rsplit_once('@')
+            && let Some((_, password)) = userinfo.split_once(':')
+        {
+            secrets.push(password.to_owned());
+        }
+    }
+    secrets
 }
 
 fn apply_override(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
@@ -335,6 +488,62 @@ mod tests {
         let err = load("[server]\nauth_token_file = \"/nonexistent/token\"\n", &[]).unwrap_err();
         assert!(err.to_string().contains("server.auth_token_file"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn syntax_errors_never_quote_a_password() {
+        for text in [
+            "[[targets]]\nname = \"a\"\ndsn = \"host=h password=hunter2 user=u\" x\n",
+            "[[targets]]\nname = \"a\"\ndsn = \"postgresql://u:hunter2@h/db\nmore",
+            "[[targets]]\nname = 1\ndsn = 'password=hunter2'\n",
+            "[ingest]\nmax_tenants = \"postgresql://u:hunter2@h/db\"\n",
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("line "), "{err}");
+        }
+    }
+
+    #[test]
+    fn reload_names_the_keys_it_cannot_apply() {
+        let old = load("", &[]).unwrap();
+        let new = load(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[ingest]\nmax_tenants = 5\n[ratelimit]\ndefault_qps = 5\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            old.restart_only_changes(&new),
+            ["server.listen", "ingest.max_tenants"]
+        );
+        assert!(old.restart_only_changes(&old.clone()).is_empty());
+    }
+
+    #[test]
+    fn a_non_loopback_listener_needs_a_write_token() {
+        let err = load("[server]\nlisten = \"0.0.0.0:9645\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        let on_purpose = "[server]\nlisten = \"0.0.0.0:9645\"\nallow_unauthenticated = true\n";
+        assert!(load(on_purpose, &[]).is_ok());
+        let with_token = load(
+            "[server]\nlisten = \"0.0.0.0:9645\"\n",
+            &[
+                ("TENANTWATCH_AUTH_TOKEN", "t"),
+                ("TENANTWATCH_READ_TOKEN", "r"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(with_token.server.read_token, Some(Secret::new("r")));
+    }
+
+    #[test]
+    fn password_env_reads_the_environment_given() {
+        let text = "[[targets]]\nname = \"a\"\ndsn = \"host=h user=u\"\npassword_env = \"TW_TEST_PGPASSWORD\"\n";
+        assert!(load(text, &[("TW_TEST_PGPASSWORD", "p")]).is_ok());
+        let err = load(text, &[]).unwrap_err().to_string();
+        assert!(err.contains("password_env"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::file::*;
-use super::{AUTH_TOKEN_ENV, Config, ConfigError, InvalidKey};
+use super::{AUTH_TOKEN_ENV, Config, ConfigError, InvalidKey, READ_TOKEN_ENV};
 use crate::attribution::{Attribution, Rule, RuleSource};
 use crate::capacity::CapacitySettings;
 use crate::collect::{DatabaseSelection, TargetConfig};
@@ -48,6 +48,14 @@ impl Validator {
                 );
                 Duration::from_secs(1)
             }
+        }
+    }
+
+    /// A duration that may be zero ("0s" turns the delay off).
+    fn duration_or_zero(&mut self, key: &str, value: &str) -> Duration {
+        match humantime::parse_duration(value) {
+            Ok(d) => d,
+            Err(_) => self.duration(key, value),
         }
     }
 
@@ -108,42 +116,70 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
     })
 }
 
-fn validate_server(v: &mut Validator, s: &FileServer, env: &[(String, String)]) -> ServerSettings {
-    let auth_token =
-        s.auth_token_file
-            .as_ref()
-            .and_then(|path| match std::fs::read_to_string(path) {
-                Ok(token) if !token.trim().is_empty() => Some(Secret::new(token.trim())),
-                Ok(_) => {
-                    v.fail(
-                        "server.auth_token_file",
-                        path.display(),
-                        "the file is empty",
-                    );
-                    None
-                }
-                Err(err) => {
-                    v.fail(
-                        "server.auth_token_file",
-                        path.display(),
-                        format!("cannot read it: {err}"),
-                    );
-                    None
-                }
-            });
-    let token_from_env = env
+/// A token from the environment variable `var`, else from the file the key
+/// names.
+fn token(
+    v: &mut Validator,
+    key: &str,
+    file: Option<&std::path::PathBuf>,
+    var: &str,
+    env: &[(String, String)],
+) -> Option<Secret> {
+    let from_file = file.and_then(|path| match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => Some(Secret::new(token.trim())),
+        Ok(_) => {
+            v.fail(key, path.display(), "the file is empty");
+            None
+        }
+        Err(err) => {
+            v.fail(key, path.display(), format!("cannot read it: {err}"));
+            None
+        }
+    });
+    let from_env = env
         .iter()
-        .find(|(key, _)| key == AUTH_TOKEN_ENV)
+        .find(|(name, _)| name == var)
         .map(|(_, value)| value.trim())
         .filter(|token| !token.is_empty())
         .map(Secret::new);
+    from_env.or(from_file)
+}
+
+fn validate_server(v: &mut Validator, s: &FileServer, env: &[(String, String)]) -> ServerSettings {
+    let auth_token = token(
+        v,
+        "server.auth_token_file",
+        s.auth_token_file.as_ref(),
+        AUTH_TOKEN_ENV,
+        env,
+    );
+    let read_token = token(
+        v,
+        "server.read_token_file",
+        s.read_token_file.as_ref(),
+        READ_TOKEN_ENV,
+        env,
+    );
+    let listen = v.addr("server.listen", &s.listen);
+    if !listen.ip().is_loopback() && auth_token.is_none() && !s.allow_unauthenticated {
+        v.fail(
+            "server.listen",
+            format!("{:?}", s.listen),
+            "a non-loopback listener needs a write token (server.auth_token_file or \
+             TENANTWATCH_AUTH_TOKEN), or server.allow_unauthenticated = true to serve \
+             without one on purpose",
+        );
+    }
     ServerSettings {
-        listen: v.addr("server.listen", &s.listen),
-        auth_token: token_from_env.or(auth_token),
+        listen,
+        auth_token,
+        read_token,
+        allow_unauthenticated: s.allow_unauthenticated,
         max_connections: v.range("server.max_connections", s.max_connections, 1, 1_000_000),
         header_read_timeout: v.duration("server.header_read_timeout", &s.header_read_timeout),
         body_read_timeout: v.duration("server.body_read_timeout", &s.body_read_timeout),
         shutdown_grace: v.duration("server.shutdown_grace", &s.shutdown_grace),
+        shutdown_delay: v.duration_or_zero("server.shutdown_delay", &s.shutdown_delay),
     }
 }
 

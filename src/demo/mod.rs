@@ -342,6 +342,8 @@ impl DemoEnvironment {
 
         let mut file = FileConfig::default();
         file.server.listen = listen.to_string();
+        // Nothing routes to the demo: stop at once on Ctrl-C.
+        file.server.shutdown_delay = "0s".into();
         file.ingest.udp_listen = "127.0.0.1:0".into();
         file.targets.push(FileTarget {
             poll_interval: "2s".into(),

@@ -1,7 +1,10 @@
-//! Authorization of the write endpoints: an optional bearer token, compared
-//! in constant time, and a [`Secret`] type that never prints.
+//! Who may read and who may spend: an optional write token for `/v1/*`, an
+//! optional read token for `/metrics` and `/api/v1/*` (the write token reads
+//! too), both compared in constant time and swappable on reload, and a
+//! [`Secret`] type that never prints.
 
 use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -30,17 +33,73 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Checks `Authorization: Bearer <token>` when a token is configured.
+/// The tokens in force.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tokens {
+    /// Required by `POST /v1/*` when set.
+    pub write: Option<Secret>,
+    /// Required by `/metrics` and `/api/v1/*` when set (the write token is
+    /// accepted there too).
+    pub read: Option<Secret>,
+}
+
+/// The tokens, replaced as a whole on reload.
+#[derive(Debug, Default)]
+pub struct SharedTokens(RwLock<Arc<Tokens>>);
+
+impl SharedTokens {
+    pub fn new(tokens: Tokens) -> SharedTokens {
+        SharedTokens(RwLock::new(Arc::new(tokens)))
+    }
+
+    pub fn get(&self) -> Arc<Tokens> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set(&self, tokens: Tokens) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
+    }
+}
+
+/// The token of `Authorization: Bearer <token>` (the scheme matched
+/// case-insensitively, as RFC 9110 says).
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Whether the request may spend (`POST /v1/*`).
 pub(super) fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
-    let Some(expected) = &state.auth_token else {
+    let tokens = state.tokens.get();
+    let Some(expected) = &tokens.write else {
         return true;
     };
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    bearer(req)
         .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.expose().as_bytes()))
+}
+
+/// Whether the request may read (`/metrics`, `/api/v1/*`): with a read
+/// token, it or the write token; without one, anyone.
+pub(super) fn may_read(state: &AppState, req: &Request<Incoming>) -> bool {
+    let tokens = state.tokens.get();
+    let Some(read) = &tokens.read else {
+        return true;
+    };
+    let Some(given) = bearer(req) else {
+        return false;
+    };
+    let read_ok = constant_time_eq(given.as_bytes(), read.expose().as_bytes());
+    let write_ok = tokens
+        .write
+        .as_ref()
+        .is_some_and(|w| constant_time_eq(given.as_bytes(), w.expose().as_bytes()));
+    read_ok | write_ok
 }
 
 pub(super) fn unauthorized() -> Response<Body> {
@@ -55,13 +114,16 @@ pub(super) fn unauthorized() -> Response<Body> {
     response
 }
 
-/// Compares without an early exit, so response time says nothing about how
-/// much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Compares without an early exit and in time that depends only on the
+/// expected token's length, so response time says nothing about how much of
+/// a guessed token was right, nor how long the real one is relative to it.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        let g = given.get(i).copied().unwrap_or(!*e);
+        diff |= g ^ e;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    diff == 0
 }
 
 #[cfg(test)]
@@ -73,5 +135,8 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"abcd", b"abc"));
+        assert!(!constant_time_eq(b"", b"abc"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

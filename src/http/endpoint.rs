@@ -82,6 +82,25 @@ impl Endpoint {
         matches!(self, Endpoint::Events | Endpoint::RatelimitCheck)
     }
 
+    /// Whether a configured read token is required: the exposition and the
+    /// planners' API say what tenants exist and how big they are; the
+    /// probes stay open for the kubelet.
+    pub fn needs_read_token(self) -> bool {
+        match self {
+            Endpoint::Healthz | Endpoint::Readyz => false,
+            // The write endpoints check the write token themselves.
+            Endpoint::Events | Endpoint::RatelimitCheck => false,
+            Endpoint::Metrics
+            | Endpoint::Flags
+            | Endpoint::Advice
+            | Endpoint::Tenants
+            | Endpoint::Tenant
+            | Endpoint::Targets
+            | Endpoint::Capacity
+            | Endpoint::OpenApi => true,
+        }
+    }
+
     /// The `Allow` header value.
     pub fn allowed_methods(self) -> &'static str {
         if self.is_post() { "POST" } else { "GET, HEAD" }

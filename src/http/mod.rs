@@ -42,7 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::Secret;
+pub use auth::{Secret, Tokens};
 pub use endpoint::Endpoint;
 pub use reply::problem;
 
@@ -64,6 +64,10 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// The bearer token `/v1/*` requires, if any.
     pub auth_token: Option<Secret>,
+    /// The bearer token `/metrics` and `/api/v1/*` require, if any.
+    pub read_token: Option<Secret>,
+    /// Serve a non-loopback listener without a write token, on purpose.
+    pub allow_unauthenticated: bool,
     /// Concurrent HTTP connections; excess ones are closed and counted.
     pub max_connections: usize,
     /// Time a client has to send its request headers (slowloris guard).
@@ -72,6 +76,9 @@ pub struct ServerSettings {
     pub body_read_timeout: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub shutdown_grace: Duration,
+    /// On SIGTERM/SIGINT, how long the listener keeps serving after
+    /// `/readyz` turns 503 (Kubernetes takes a moment to stop routing).
+    pub shutdown_delay: Duration,
 }
 
 impl Default for ServerSettings {
@@ -79,10 +86,23 @@ impl Default for ServerSettings {
         ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9645)),
             auth_token: None,
+            read_token: None,
+            allow_unauthenticated: false,
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The tokens these settings require.
+    pub fn tokens(&self) -> Tokens {
+        Tokens {
+            write: self.auth_token.clone(),
+            read: self.read_token.clone(),
         }
     }
 }
@@ -97,7 +117,8 @@ pub struct AppState {
     /// True once every listener is bound, false again while draining.
     pub ready: AtomicBool,
     pub limits: HttpLimits,
-    pub auth_token: Option<Secret>,
+    /// The write and read tokens; swapped on reload.
+    pub tokens: auth::SharedTokens,
     /// Store shards `[first, first + count)` serve HTTP requests, round robin.
     pub http_shards: (usize, usize),
     pub next_shard: AtomicUsize,
@@ -192,6 +213,9 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
         let detail = format!("no endpoint at {path}");
         return ("unknown", problem(StatusCode::NOT_FOUND, &detail));
     };
+    if endpoint.needs_read_token() && !auth::may_read(state, &req) {
+        return (endpoint.as_str(), auth::unauthorized());
+    }
     if !endpoint.allows(req.method()) {
         let allowed = endpoint.allowed_methods();
         let mut response = problem(

@@ -28,6 +28,8 @@ use crate::telemetry::RateLimitedWarn;
 
 /// How often a receive thread wakes up to check for shutdown.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// Longest a receive thread spends draining the socket on shutdown.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// How often the first receive thread refreshes the kernel's drop counter.
 const DROPS_REFRESH: Duration = Duration::from_secs(1);
 
@@ -174,6 +176,39 @@ fn receive_loop(
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+    }
+    drain(socket, shard, limits, store, stats);
+}
+
+/// On shutdown, takes what is still queued in the socket's receive buffer
+/// (up to a whole buffer of events that were already accepted by the
+/// kernel), then returns: when the buffer is empty, or after
+/// [`DRAIN_LIMIT`] if senders keep it full.
+fn drain(socket: &UdpSocket, shard: usize, limits: UdpLimits, store: &Store, stats: &IngestStats) {
+    if socket.set_nonblocking(true).is_err() {
+        return;
+    }
+    let started = Instant::now();
+    let mut buf = vec![0u8; limits.max_datagram_bytes + 1];
+    while let Ok(len) = socket.recv(&mut buf) {
+        if started.elapsed() > DRAIN_LIMIT {
+            break;
+        }
+        stats.udp_datagrams.fetch_add(1, Ordering::Relaxed);
+        if len > limits.max_datagram_bytes {
+            stats.add_received(Source::Udp, 1);
+            stats.add_rejected(Source::Udp, RejectReason::DatagramTooLarge);
+            continue;
+        }
+        let mut writer = store.writer(shard);
+        ingest_payload(
+            &buf[..len],
+            limits.lines,
+            Source::Udp,
+            &mut writer,
+            stats,
+            |_, _| {},
+        );
     }
 }
 

@@ -36,6 +36,7 @@ impl TestDaemon {
         file.server.listen = "127.0.0.1:0".into();
         file.ingest.udp_listen = "127.0.0.1:0".into();
         file.server.shutdown_grace = "2s".into();
+        file.server.shutdown_delay = "0s".into();
         customize(&mut file);
         let config = Config::try_from(file).expect("test config is valid");
         let daemon = Daemon::start(config).await.expect("daemon starts");
