@@ -154,7 +154,13 @@ impl Shared {
             self.limits.clone(),
         );
         AppState {
-            registry,
+            exposition: crate::metrics::SharedExposition::new(
+                registry,
+                config.server.metrics_max_age,
+            ),
+            heavy: Arc::new(tokio::sync::Semaphore::new(
+                config.server.max_heavy_requests,
+            )),
             store: self.store.clone(),
             stats: self.stats.clone(),
             http_metrics,
@@ -166,8 +172,10 @@ impl Shared {
                 max_body_bytes: config.ingest.max_body_bytes,
                 lines: config.ingest.line_limits(),
                 shutdown_grace: config.server.shutdown_grace,
+                write_timeout: config.server.write_timeout,
+                request_timeout: config.server.request_timeout,
             },
-            tokens: crate::http::auth::SharedTokens::new(config.server.tokens()),
+            tokens: crate::http::auth::SharedTokens::new(config.tokens()),
             http_shards: (udp_receivers, HTTP_SHARDS),
             rate_limits: self.limits.clone(),
             judgement: self.judgement.clone(),
@@ -348,7 +356,7 @@ impl Daemon {
     pub fn reload(&self, config: &Config) -> Vec<&'static str> {
         self.rate_limits.set_policy(config.ratelimit.clone());
         self.detect_settings.send_replace(config.detect.clone());
-        self.state.tokens.set(config.server.tokens());
+        self.state.tokens.set(config.tokens());
         let ignored = self.started.restart_only_changes(config);
         if !ignored.is_empty() {
             tracing::warn!(

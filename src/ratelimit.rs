@@ -1,12 +1,17 @@
-//! Rate-limit decisions per tenant, with governor's GCRA.
+//! Rate-limit decisions per tenant, with GCRA (the generic cell rate
+//! algorithm, as governor, redis_rate and envoy's limiters run it).
 //!
-//! Each tenant gets its own direct limiter, built from its effective quota:
-//! the per-tenant override, else its tier, else the default, tightened by
-//! the detector's advice while the tenant is flagged. Limiters live in a
-//! sharded map bounded by `max_tenants` (tenants beyond it share one
-//! overflow limiter at the default quota) and idle ones are pruned, so
-//! 100,000 distinct keys cannot grow memory without bound. Shadow mode
-//! (global or per tier) always allows but counts what would have been denied.
+//! Each tenant has one theoretical arrival time (TAT); its effective quota
+//! is the per-tenant override, else its tier, else the default, tightened by
+//! the detector's advice while the tenant is flagged. A quota change (advice,
+//! reload) keeps what the tenant has spent, rescaled to the new rate, so a
+//! tightened tenant gets no fresh burst. The
+//! arithmetic is governor's, to the nanosecond, so answers are unchanged.
+//! Limiters live in a sharded map bounded by `max_tenants`: a new tenant
+//! beyond it evicts the least recently used limiter of its shard, and idle
+//! ones are pruned, so 100,000 distinct keys cannot grow memory without
+//! bound and no tenant shares another's bucket. Shadow mode (global or per
+//! tier) always allows but counts what would have been denied.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -15,18 +20,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use governor::clock::{Clock, MonotonicClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
-
-use crate::event::OVERFLOW_TENANT;
+use std::time::Instant;
 
 /// A tenant's limiter is dropped after this long without a check
 /// (`ratelimit.idle_ttl`).
 pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
 
 const SHARDS: usize = 16;
+
+/// Highest quota a policy may give, in checks per second: one cell per
+/// nanosecond, the resolution of the limiter's clock.
+pub const MAX_QPS: f64 = 1e9;
 
 /// A quota: sustained rate and burst.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,12 +40,78 @@ pub struct Rate {
 }
 
 impl Rate {
-    fn quota(self) -> Quota {
-        let burst = NonZeroU32::new(self.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        let period = Duration::from_secs_f64(1.0 / self.qps.max(0.001));
-        Quota::with_period(period)
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(burst)
+    /// Nanoseconds between two cells (`T` of GCRA), at least 1.
+    fn emission_interval_ns(self) -> u64 {
+        ((1e9 / self.qps.clamp(0.001, MAX_QPS)) as u64).max(1)
+    }
+
+    /// How far ahead of now the TAT may run (`tau`): one interval per cell
+    /// of burst beyond the first.
+    fn tolerance_ns(self) -> u64 {
+        self.emission_interval_ns()
+            .saturating_mul(u64::from(self.burst.max(1) - 1))
+    }
+
+    /// How long an empty bucket takes to fill: one interval per cell.
+    fn refill(self) -> Duration {
+        Duration::from_nanos(
+            self.emission_interval_ns()
+                .saturating_mul(u64::from(self.burst.max(1))),
+        )
+    }
+}
+
+/// One tenant's GCRA state: its theoretical arrival time, in nanoseconds
+/// since the limiter's epoch (0 = never used).
+#[derive(Debug, Clone, Copy, Default)]
+struct Gcra {
+    tat: u64,
+}
+
+/// The outcome of one GCRA test.
+enum Verdict {
+    /// Allowed; this many cells of burst remain.
+    Allowed { remaining: u32 },
+    /// Denied; retry after this long.
+    NotUntil(Duration),
+    /// The cost exceeds the whole burst: never allowed.
+    TooCostly,
+}
+
+impl Gcra {
+    /// Carries the state over to a new quota: the cells already spent
+    /// beyond `now` stay spent, counted in the new rate's intervals. A
+    /// drained bucket stays drained (no fresh burst when advice tightens or
+    /// relaxes), and the wait scales with the new rate.
+    fn rescale(&mut self, from: Rate, to: Rate, now: u64) {
+        if self.tat > now {
+            let cells = (self.tat - now) as f64 / from.emission_interval_ns() as f64;
+            let ahead = cells * to.emission_interval_ns() as f64;
+            self.tat = now.saturating_add(ahead.min(u64::MAX as f64 / 2.0) as u64);
+        }
+    }
+
+    /// Tests `cost` cells at `now` and, when allowed, spends them.
+    fn check(&mut self, rate: Rate, cost: NonZeroU32, now: u64) -> Verdict {
+        let t = rate.emission_interval_ns();
+        let tau = rate.tolerance_ns();
+        let additional = t.saturating_mul(u64::from(cost.get() - 1));
+        if additional > tau {
+            return Verdict::TooCostly;
+        }
+        let tat = if self.tat == 0 { now } else { self.tat };
+        let earliest = tat.saturating_add(additional).saturating_sub(tau);
+        if now < earliest {
+            return Verdict::NotUntil(Duration::from_nanos(earliest - now));
+        }
+        let next = tat.max(now).saturating_add(t).saturating_add(additional);
+        self.tat = next;
+        // governor's StateSnapshot::remaining_burst_capacity.
+        let measured = now.saturating_add(t);
+        let remaining = (measured.saturating_add(tau).saturating_sub(next)).min(tau) / t;
+        Verdict::Allowed {
+            remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
+        }
     }
 }
 
@@ -80,6 +150,34 @@ impl Default for RatePolicy {
             tiers: HashMap::new(),
             tenants: HashMap::new(),
         }
+    }
+}
+
+/// A caller of `POST /v1/ratelimit/check` bound to some tenants
+/// (`[ratelimit.callers.<name>]`): a router or application may spend only
+/// its own tenants' quotas.
+#[derive(Clone)]
+pub struct Caller {
+    pub name: String,
+    /// The caller's bearer token; compared in constant time by the listener,
+    /// never printed.
+    pub token: String,
+    pub tenants: Vec<regex::Regex>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("name", &self.name)
+            .field("token", &"<redacted>")
+            .field("tenants", &self.tenants)
+            .finish()
+    }
+}
+
+impl Caller {
+    pub fn may_check(&self, tenant: &str) -> bool {
+        self.tenants.iter().any(|pattern| pattern.is_match(tenant))
     }
 }
 
@@ -141,13 +239,12 @@ pub struct DecisionCounts {
     pub shadow_denied: AtomicU64,
 }
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, MonotonicClock, StateInformationMiddleware>;
-
 struct Entry {
-    limiter: Limiter,
+    gcra: Gcra,
     rate: Rate,
     counts: Arc<DecisionCounts>,
-    last_used: <MonotonicClock as Clock>::Instant,
+    /// Nanoseconds since the epoch of the last check.
+    last_used: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -160,11 +257,14 @@ pub struct RateLimits {
     policy: RwLock<Arc<RatePolicy>>,
     /// Effective qps for tenants the detector tightened.
     advice: RwLock<Arc<HashMap<String, f64>>>,
-    clock: MonotonicClock,
+    /// Time 0 of every limiter's clock.
+    epoch: Instant,
     max_tenants: usize,
     idle_ttl: Duration,
     /// Limiters in all shards.
     entries: std::sync::atomic::AtomicUsize,
+    /// Limiters evicted for a new tenant.
+    evicted: AtomicU64,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -181,10 +281,11 @@ impl RateLimits {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             policy: RwLock::new(Arc::new(policy)),
             advice: RwLock::new(Arc::new(HashMap::new())),
-            clock: MonotonicClock,
+            epoch: Instant::now(),
             max_tenants,
             idle_ttl,
             entries: Default::default(),
+            evicted: AtomicU64::new(0),
         }
     }
 
@@ -238,50 +339,56 @@ impl RateLimits {
         self.entries.load(Ordering::Relaxed)
     }
 
+    /// Nanoseconds since the epoch, never 0 (0 means "never used").
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
     /// Decides whether `tenant` may spend `cost` units now.
     pub fn check(&self, tenant: &str, cost: u32) -> Decision {
-        let now = self.clock.now();
-        let mut key = tenant;
+        let now = self.now_ns();
+        let (base, rate) = self.effective(tenant);
         let mut shard = lock(self.shard(tenant));
-        if !shard.contains_key(tenant) && self.entries.load(Ordering::Relaxed) >= self.max_tenants {
-            // Full: tenants beyond the cap share one limiter at its quota.
-            drop(shard);
-            key = OVERFLOW_TENANT;
-            shard = lock(self.shard(key));
-        }
-        let (base, rate) = self.effective(key);
-        let entry = shard.entry(key.into()).or_insert_with(|| {
-            self.entries.fetch_add(1, Ordering::Relaxed);
-            Entry {
-                limiter: RateLimiter::direct_with_clock(rate.quota(), self.clock.clone())
-                    .with_middleware(),
-                rate,
-                counts: Arc::default(),
-                last_used: now,
+        if !shard.contains_key(tenant) {
+            if self.entries.load(Ordering::Relaxed) >= self.max_tenants {
+                self.evict_least_recent(&mut shard);
             }
-        });
+            self.entries.fetch_add(1, Ordering::Relaxed);
+            shard.insert(
+                tenant.into(),
+                Entry {
+                    gcra: Gcra::default(),
+                    rate,
+                    counts: Arc::default(),
+                    last_used: now,
+                },
+            );
+        }
+        let Some(entry) = shard.get_mut(tenant) else {
+            // Inserted above under the same lock: cannot happen; fail open.
+            return Decision {
+                allowed: true,
+                limited: false,
+                rate,
+                remaining: 0,
+                retry_after: Duration::ZERO,
+                policy: base.policy,
+                reason: "within quota",
+            };
+        };
         if entry.rate != rate {
-            // The quota changed (advice, reload): start a limiter with it.
-            entry.limiter =
-                RateLimiter::direct_with_clock(rate.quota(), self.clock.clone()).with_middleware();
+            // The quota changed (advice, reload): keep what was spent.
+            entry.gcra.rescale(entry.rate, rate, now);
             entry.rate = rate;
         }
         entry.last_used = now;
         let cost = NonZeroU32::new(cost.max(1)).unwrap_or(NonZeroU32::MIN);
-        let (limited, remaining, retry_after, reason) = match entry.limiter.check_n(cost) {
-            Ok(Ok(snapshot)) => (
-                false,
-                snapshot.remaining_burst_capacity(),
-                Duration::ZERO,
-                "within quota",
-            ),
-            Ok(Err(not_until)) => (true, 0, not_until.wait_time_from(now), "quota exceeded"),
-            Err(_) => (
-                true,
-                0,
-                rate.quota().burst_size_replenished_in(),
-                "cost exceeds the burst",
-            ),
+        let (limited, remaining, retry_after, reason) = match entry.gcra.check(rate, cost, now) {
+            Verdict::Allowed { remaining } => (false, remaining, Duration::ZERO, "within quota"),
+            Verdict::NotUntil(wait) => (true, 0, wait, "quota exceeded"),
+            Verdict::TooCostly => (true, 0, rate.refill(), "cost exceeds the burst"),
         };
         let allowed = !limited || base.shadow;
         let counter = match (limited, base.shadow) {
@@ -305,19 +412,41 @@ impl RateLimits {
         }
     }
 
+    /// Makes room for a new tenant: drops the least recently used limiter
+    /// of its shard (of the fullest other shard when its own is empty).
+    fn evict_least_recent(&self, shard: &mut HashMap<Box<str>, Entry>) {
+        let victim = shard
+            .iter()
+            .min_by_key(|(_, entry)| entry.last_used)
+            .map(|(tenant, _)| tenant.clone());
+        if let Some(victim) = victim {
+            shard.remove(&victim);
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        // An empty shard over a full map is possible only with a tiny
+        // max_tenants; the cap is then exceeded by at most SHARDS.
+    }
+
     /// Drops limiters unused for `idle_ttl`. Returns how many were dropped.
     pub fn prune(&self) -> usize {
-        let now = self.clock.now();
+        let now = self.now_ns();
+        let ttl = u64::try_from(self.idle_ttl.as_nanos()).unwrap_or(u64::MAX);
         let mut pruned = 0;
         for shard in &self.shards {
             let mut shard = lock(shard);
             let before = shard.len();
-            shard.retain(|_, entry| now.duration_since(entry.last_used) < self.idle_ttl);
+            shard.retain(|_, entry| now.saturating_sub(entry.last_used) < ttl);
             pruned += before - shard.len();
             self.entries
                 .fetch_sub(before - shard.len(), Ordering::Relaxed);
         }
         pruned
+    }
+
+    /// Limiters evicted to make room for a new tenant since start.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Decision counts and effective qps per tenant, for the exposition.
@@ -471,9 +600,81 @@ mod tests {
         for i in 0..100_000 {
             limits.check(&format!("tenant{i}"), 1);
         }
-        // 1,000 tenants plus the shared overflow limiter.
-        assert_eq!(limits.tracked_limiters(), 1001);
-        assert_eq!(limits.prune(), 1001);
+        // At most 1,000 limiters; each new tenant evicted the least recent.
+        assert!(limits.tracked_limiters() <= 1000 + SHARDS);
+        assert!(limits.tracked_limiters() >= 1000);
+        assert_eq!(limits.evicted(), 100_000 - limits.tracked_limiters() as u64);
+        let held = limits.tracked_limiters();
+        assert_eq!(limits.prune(), held);
         assert_eq!(limits.tracked_limiters(), 0);
+    }
+
+    #[test]
+    fn no_tenant_shares_a_bucket_once_the_map_is_full() {
+        let limits = RateLimits::new(policy(), 16, Duration::from_secs(60));
+        for i in 0..1000 {
+            limits.check(&format!("flood{i}"), 1);
+        }
+        // A real tenant arriving after the flood has its own full burst.
+        for i in 0..5 {
+            let d = limits.check("latecomer", 1);
+            assert!(d.allowed, "check {i}");
+            assert_eq!(d.remaining, 4 - i);
+        }
+    }
+
+    #[test]
+    fn a_quota_change_keeps_the_limiters_state() {
+        let limits = RateLimits::new(policy(), 100, Duration::from_secs(60));
+        for _ in 0..5 {
+            assert!(limits.check("other", 1).allowed);
+        }
+        assert!(!limits.check("other", 1).allowed);
+        // Advice tightens, then relaxes again: neither hands out a new burst.
+        limits.set_advice(HashMap::from([("other".to_string(), 5.0)]));
+        assert!(!limits.check("other", 1).allowed);
+        limits.set_advice(HashMap::new());
+        assert!(!limits.check("other", 1).allowed);
+        // A looser quota shortens the wait in proportion: 1000/s, burst 100
+        // turns five spent cells into 5 ms of debt, well within the burst.
+        let mut policy = policy();
+        policy.default = Rate {
+            qps: 1000.0,
+            burst: 100,
+        };
+        limits.set_policy(policy);
+        assert!(limits.check("other", 1).allowed);
+    }
+
+    #[test]
+    fn gcra_matches_governor_arithmetic() {
+        // 10/s, burst 5: T = 100 ms, tau = 500 ms.
+        let rate = Rate {
+            qps: 10.0,
+            burst: 5,
+        };
+        let one = NonZeroU32::MIN;
+        let mut g = Gcra::default();
+        let ms = 1_000_000;
+        for left in (0..5).rev() {
+            match g.check(rate, one, ms) {
+                Verdict::Allowed { remaining } => assert_eq!(remaining, left),
+                _ => panic!("within the burst"),
+            }
+        }
+        match g.check(rate, one, ms) {
+            Verdict::NotUntil(wait) => assert_eq!(wait, Duration::from_millis(100)),
+            _ => panic!("over the burst"),
+        }
+        // 100 ms later one cell is back.
+        assert!(matches!(
+            g.check(rate, one, 101 * ms),
+            Verdict::Allowed { remaining: 0 }
+        ));
+        let six = NonZeroU32::new(6).unwrap();
+        assert!(matches!(
+            g.check(rate, six, 10_000 * ms),
+            Verdict::TooCostly
+        ));
     }
 }

@@ -581,3 +581,61 @@ async fn tls_encrypts_and_verifies_against_a_given_ca() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_means_tls_or_nothing() {
+    let pg = cluster().await;
+    let ca = pg
+        .enable_tls()
+        .expect("TLS on the test cluster (needs the openssl command)");
+    // No sslmode in the DSN: libpq's default `prefer` would accept a server
+    // that answers "no TLS". With a CA given, the session must be TLS.
+    let mut file = tenantwatch::config::FileConfig::default();
+    let mut target = fast_target("verified", pg.dsn("postgres"));
+    target.tls_ca_file = Some(ca.clone());
+    file.targets.push(target.clone());
+    let config = tenantwatch::Config::try_from(file).unwrap();
+    assert_eq!(
+        config.targets[0].pg.get_ssl_mode(),
+        tokio_postgres::config::SslMode::Require
+    );
+    let mut file = tenantwatch::config::FileConfig::default();
+    target.dsn = format!("{} sslmode=disable", pg.dsn("postgres"));
+    file.targets.push(target);
+    let err = tenantwatch::Config::try_from(file).unwrap_err().to_string();
+    assert!(err.contains("tls_ca_file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_calling_itself_tenantwatch_is_still_counted() {
+    let pg = cluster().await;
+    let admin = connect(&pg.dsn("postgres")).await;
+    admin.batch_execute("CREATE DATABASE app").await.unwrap();
+    let daemon = TestDaemon::start_with(|c| {
+        c.targets.push(fast_target("main", pg.dsn("app")));
+    })
+    .await;
+    let impostor = connect(&format!("{} application_name=tenantwatch", pg.dsn("app"))).await;
+    impostor
+        .batch_execute("/*tenant='sneaky'*/ SELECT 1")
+        .await
+        .unwrap();
+    let m = daemon
+        .metrics_when("the impostor's session", |m| {
+            m.value(
+                "tenantwatch_tenant_connections",
+                &[("target", "main"), ("tenant", "sneaky"), ("state", "idle")],
+            ) == Some(1.0)
+        })
+        .await;
+    // tenantwatch's own session is still left out: admin + impostor.
+    assert_eq!(
+        m.value(
+            "tenantwatch_target_connections",
+            &[("target", "main"), ("state", "idle")]
+        ),
+        Some(2.0)
+    );
+    drop(impostor);
+    daemon.stop().await;
+}

@@ -174,3 +174,43 @@ async fn bad_checks_are_refused_with_problem_details() {
     assert_eq!(advice.json(), serde_json::json!({"advice": []}));
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_spend_only_their_own_tenants_quota() {
+    let dir = std::env::temp_dir().join(format!("tw-callers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (router, write) = (dir.join("router"), dir.join("write"));
+    std::fs::write(&router, "router-token\n").unwrap();
+    std::fs::write(&write, "admin-token\n").unwrap();
+    let daemon = TestDaemon::start_with(|c| {
+        c.server.auth_token_file = Some(write.clone());
+        c.ratelimit.callers.insert(
+            "router".into(),
+            tenantwatch::config::FileCaller {
+                token_file: router.clone(),
+                tenants: vec!["^clinic[0-9]+$".into()],
+            },
+        );
+    })
+    .await;
+    let check_as = |token: Option<&'static str>, tenant: &'static str| {
+        let addr = daemon.http;
+        async move {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(auth) = &auth {
+                headers.push(("authorization", auth.as_str()));
+            }
+            let body = format!(r#"{{"tenant":"{tenant}"}}"#).into_bytes();
+            support::http(addr, "POST", "/v1/ratelimit/check", &headers, body)
+                .await
+                .status
+        }
+    };
+    assert_eq!(check_as(Some("router-token"), "clinic7").await, 200);
+    assert_eq!(check_as(Some("router-token"), "dental1").await, 403);
+    assert_eq!(check_as(Some("admin-token"), "dental1").await, 200);
+    assert_eq!(check_as(Some("nobody"), "clinic7").await, 401);
+    assert_eq!(check_as(None, "clinic7").await, 401);
+    daemon.stop().await;
+}

@@ -17,7 +17,8 @@ pub mod tenants;
 
 pub use detail::{DetailSources, TenantDetail, tenant_detail};
 pub use query::{
-    BadParameter, ListQuery, MAX_LIMIT, SortKey, parse_list_query, url_decode, url_encode,
+    BadParameter, ListQuery, MAX_LIMIT, SortKey, parse_list_query, url_decode, url_decode_path,
+    url_encode,
 };
 pub use targets::{TargetView, target_views};
 pub use tenants::{Page, SortField, TenantRow, csv, page, tenant_rows};
@@ -137,5 +138,11 @@ mod tests {
     fn url_decoding() {
         assert_eq!(url_decode("a%7Cb+c"), "a|b c");
         assert_eq!(url_decode("%zz%"), "%zz%");
+        // A sign is no hex digit; the old decoder read `%+f` as 0x0f.
+        assert_eq!(url_decode("%+f%-1"), "% f%-1");
+        assert_eq!(url_decode_path("%+f"), "%+f");
+        assert_eq!(url_decode("a%7"), "a%7");
+        // In a path, `+` is a plus.
+        assert_eq!(url_decode_path("team+a%2Fb"), "team+a/b");
     }
 }

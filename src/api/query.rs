@@ -44,21 +44,41 @@ pub struct ListQuery {
     pub csv: bool,
 }
 
-/// Decodes `%XX` and `+` in a query-string component.
+/// Decodes `%XX` and `+` (a space) in a query-string component.
 pub fn url_decode(text: &str) -> String {
+    percent_decode(text, true)
+}
+
+/// Decodes `%XX` in a path segment; `+` stays a `+` there (RFC 3986).
+pub fn url_decode_path(text: &str) -> String {
+    percent_decode(text, false)
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `%` followed by two hex digits is a byte; any other `%` stays as it is.
+fn percent_decode(text: &str, plus_is_space: bool) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
+            b'+' if plus_is_space => out.push(b' '),
+            b'%' => {
+                let byte = bytes
+                    .get(i + 1)
+                    .and_then(|h| hex(*h))
+                    .zip(bytes.get(i + 2).and_then(|l| hex(*l)));
+                match byte {
+                    Some((high, low)) => {
+                        out.push(high << 4 | low);
                         i += 3;
                         continue;
                     }

@@ -83,6 +83,9 @@ impl PollError {
 struct Session {
     client: Client,
     connection: tokio::task::JoinHandle<()>,
+    /// The backend's process id: our own sessions are recognised by it, not
+    /// by `application_name`, which any client can set.
+    pid: i32,
 }
 
 impl Drop for Session {
@@ -230,11 +233,23 @@ impl Poller {
                 self.target.lock_timeout.as_millis(),
                 self.deadline().as_millis() * 2,
             );
-            let session = Session { client, connection };
-            tokio::time::timeout(self.deadline(), session.client.batch_execute(&setup))
+            tokio::time::timeout(self.deadline(), client.batch_execute(&setup))
                 .await
                 .map_err(|_| PollError::timeout())?
                 .map_err(|err| PollError::from_pg(err, PollErrorKind::Connect))?;
+            let pid: i32 = tokio::time::timeout(
+                self.deadline(),
+                client.query_one("SELECT pg_backend_pid()", &[]),
+            )
+            .await
+            .map_err(|_| PollError::timeout())?
+            .and_then(|row| row.try_get(0))
+            .map_err(|err| PollError::from_pg(err, PollErrorKind::Connect))?;
+            let session = Session {
+                client,
+                connection,
+                pid,
+            };
             self.sessions.insert(database.to_owned(), session);
         }
         Ok(&self.sessions[database].client)
@@ -255,8 +270,15 @@ impl Poller {
             Err(_) => {
                 // The server did not honour statement_timeout (or the network
                 // is gone): cancel, and start the next poll on a new session.
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), cancel.cancel_query(NoTls)).await;
+                // The cancel request goes over TLS when the session does.
+                let cancel = async {
+                    if self.target.pg.get_ssl_mode() == SslMode::Disable {
+                        cancel.cancel_query(NoTls).await
+                    } else {
+                        cancel.cancel_query(self.tls.clone()).await
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), cancel).await;
                 self.sessions.remove(database);
                 Err(PollError::timeout())
             }
@@ -366,7 +388,11 @@ impl Poller {
     }
 
     async fn poll_activity(&mut self, primary: &str) -> Result<(), PollError> {
-        let rows = self.query(primary, queries::ACTIVITY_SQL, &[]).await?;
+        // Our own sessions, by process id (the activity query's own
+        // session among them once it is open).
+        self.session(primary).await?;
+        let own: Vec<i32> = self.sessions.values().map(|s| s.pid).collect();
+        let rows = self.query(primary, queries::ACTIVITY_SQL, &[&own]).await?;
         let snapshot = queries::activity_from_rows(&rows, &self.attribution)
             .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
         lock(&self.status).activity = Some(Arc::new(snapshot));
@@ -500,8 +526,11 @@ impl Poller {
                 }
             }
             Err(err) => {
-                // Locked or slow relations: skip this batch; the next cycle retries.
-                self.size_cycle = Some(cycle);
+                // Locked or slow relations: this cycle's sums would miss the
+                // batch and undercount, so the cycle is abandoned and the
+                // last complete one stays published; the error is counted
+                // (`collector="sizes"`) and the next cycle starts on time.
+                drop(cycle);
                 return Err(err);
             }
         }

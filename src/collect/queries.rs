@@ -36,11 +36,11 @@ SELECT pid,
        COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - state_change), 0)::float8 AS state_age,
        COALESCE(wait_event_type = 'Lock', false) AS waiting_on_lock,
        CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) ELSE '{}'::int[] END AS blockers,
-       COALESCE(query, '') AS query
+       CASE WHEN length(query) <= 2048 THEN COALESCE(query, '')
+            ELSE left(query, 1024) || ' ' || right(query, 1024) END AS query
   FROM pg_stat_activity
  WHERE backend_type = 'client backend'
-   AND pid <> pg_backend_pid()
-   AND COALESCE(application_name, '') <> 'tenantwatch'";
+   AND pid <> ALL($1::int4[])";
 
 pub const SETTINGS_SQL: &str = "\
 SELECT current_setting('max_connections')::int8,

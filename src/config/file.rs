@@ -22,7 +22,9 @@ use crate::telemetry::LogFormat;
 /// `"10s"`, `"5m"`, `"24h"`, `"250ms"`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if !ms.is_multiple_of(1000) {
+    if ms == 0 {
+        "0s".into()
+    } else if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
     } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
@@ -135,6 +137,21 @@ pub struct FileRateLimit {
     pub idle_ttl: String,
     pub tiers: BTreeMap<String, FileTier>,
     pub tenants: BTreeMap<String, FileTenantQuota>,
+    /// `[ratelimit.callers.<name>]`: tokens bound to tenants. With any,
+    /// a check needs the write token or a caller's token, and a caller may
+    /// only check tenants its patterns match (403 otherwise).
+    pub callers: BTreeMap<String, FileCaller>,
+}
+
+/// `[ratelimit.callers.<name>]`: one caller of `POST /v1/ratelimit/check`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCaller {
+    /// File holding the caller's bearer token.
+    pub token_file: PathBuf,
+    /// Regular expressions; the caller may check a tenant any of them
+    /// matches (anchor them: `^clinic[0-9]+$`).
+    pub tenants: Vec<String>,
 }
 
 impl Default for FileRateLimit {
@@ -147,6 +164,7 @@ impl Default for FileRateLimit {
             idle_ttl: format_duration(crate::ratelimit::DEFAULT_IDLE_TTL),
             tiers: BTreeMap::new(),
             tenants: BTreeMap::new(),
+            callers: BTreeMap::new(),
         }
     }
 }
@@ -338,6 +356,16 @@ pub struct FileServer {
     /// On SIGTERM/SIGINT, how long the listener keeps serving after
     /// `/readyz` turns 503, so load balancers stop routing first.
     pub shutdown_delay: String,
+    /// A response that makes no write progress for this long (the client
+    /// stopped reading) has its connection closed.
+    pub write_timeout: String,
+    /// Longest a connection stays open (it then finishes its request).
+    pub request_timeout: String,
+    /// Heavy requests (exposition encode, API views, large event bodies)
+    /// at once; beyond it, 503 with Retry-After.
+    pub max_heavy_requests: usize,
+    /// A scrape within this long of the last encode reuses its bytes.
+    pub metrics_max_age: String,
 }
 
 impl Default for FileServer {
@@ -353,6 +381,10 @@ impl Default for FileServer {
             body_read_timeout: format_duration(d.body_read_timeout),
             shutdown_grace: format_duration(d.shutdown_grace),
             shutdown_delay: format_duration(d.shutdown_delay),
+            write_timeout: format_duration(d.write_timeout),
+            request_timeout: format_duration(d.request_timeout),
+            max_heavy_requests: d.max_heavy_requests,
+            metrics_max_age: format_duration(d.metrics_max_age),
         }
     }
 }

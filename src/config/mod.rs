@@ -53,10 +53,20 @@ pub struct Config {
     pub ratelimit: RatePolicy,
     /// Limiters unused this long are dropped.
     pub ratelimit_idle_ttl: Duration,
+    /// Callers bound to tenants (`[ratelimit.callers]`).
+    pub callers: Vec<crate::ratelimit::Caller>,
     pub api: CapacitySettings,
 }
 
 impl Config {
+    /// The tokens the listener enforces: write, read, and the callers'.
+    pub fn tokens(&self) -> crate::http::Tokens {
+        crate::http::Tokens {
+            callers: self.callers.clone(),
+            ..self.server.tokens()
+        }
+    }
+
     /// The keys whose value differs between `self` (running) and `new` that
     /// only a restart applies: reload takes quotas, detection rules and
     /// tokens, and names each of these in a warning.

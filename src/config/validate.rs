@@ -99,6 +99,7 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
     let detect = validate_detect(&mut v, &file.detect, ingest.share_window);
     let ratelimit = validate_ratelimit(&mut v, &file.ratelimit);
     let ratelimit_idle_ttl = v.duration("ratelimit.idle_ttl", &file.ratelimit.idle_ttl);
+    let callers = validate_callers(&mut v, &file.ratelimit.callers);
     let api = validate_api(&mut v, &file.api);
     if !v.errors.is_empty() {
         return Err(ConfigError::Invalid(v.errors));
@@ -112,8 +113,42 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
         detect,
         ratelimit,
         ratelimit_idle_ttl,
+        callers,
         api,
     })
+}
+
+fn validate_callers(
+    v: &mut Validator,
+    callers: &std::collections::BTreeMap<String, FileCaller>,
+) -> Vec<crate::ratelimit::Caller> {
+    let mut valid = Vec::new();
+    for (name, caller) in callers {
+        let key = |field: &str| format!("ratelimit.callers.{name}.{field}");
+        let token = token(v, &key("token_file"), Some(&caller.token_file), "", &[]);
+        if caller.tenants.is_empty() {
+            v.fail(&key("tenants"), "[]", "list at least one tenant pattern");
+        }
+        let mut patterns = Vec::new();
+        for (i, pattern) in caller.tenants.iter().enumerate() {
+            match regex::Regex::new(pattern) {
+                Ok(re) => patterns.push(re),
+                Err(err) => v.fail(
+                    &format!("{}[{i}]", key("tenants")),
+                    format!("{pattern:?}"),
+                    format!("not a regular expression: {err}"),
+                ),
+            }
+        }
+        if let Some(token) = token {
+            valid.push(crate::ratelimit::Caller {
+                name: name.clone(),
+                token: token.expose().to_owned(),
+                tenants: patterns,
+            });
+        }
+    }
+    valid
 }
 
 /// A token from the environment variable `var`, else from the file the key
@@ -180,6 +215,10 @@ fn validate_server(v: &mut Validator, s: &FileServer, env: &[(String, String)]) 
         body_read_timeout: v.duration("server.body_read_timeout", &s.body_read_timeout),
         shutdown_grace: v.duration("server.shutdown_grace", &s.shutdown_grace),
         shutdown_delay: v.duration_or_zero("server.shutdown_delay", &s.shutdown_delay),
+        write_timeout: v.duration("server.write_timeout", &s.write_timeout),
+        request_timeout: v.duration("server.request_timeout", &s.request_timeout),
+        max_heavy_requests: v.range("server.max_heavy_requests", s.max_heavy_requests, 1, 1024),
+        metrics_max_age: v.duration_or_zero("server.metrics_max_age", &s.metrics_max_age),
     }
 }
 
@@ -345,6 +384,19 @@ fn validate_target(
             .unwrap_or_default();
         v.fail(&key("tls_ca_file"), path, err.to_string());
     }
+    if file.tls_ca_file.is_some() {
+        // A CA to verify against means TLS or nothing: with libpq's default
+        // `prefer`, a server (or a man in the middle) answering "no TLS"
+        // would get a plaintext session.
+        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+            v.fail(
+                &key("tls_ca_file"),
+                "<set>",
+                "the DSN says sslmode=disable; remove one of the two",
+            );
+        }
+        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
     let connect_timeout = v.duration(&key("connect_timeout"), &file.connect_timeout);
     pg.connect_timeout(connect_timeout);
     pg.application_name("tenantwatch");
@@ -480,10 +532,14 @@ fn validate_detect(v: &mut Validator, file: &FileDetect, window: Duration) -> De
 }
 
 fn validate_ratelimit(v: &mut Validator, file: &FileRateLimit) -> RatePolicy {
-    use crate::ratelimit::{Rate, TenantOverride, Tier};
+    use crate::ratelimit::{MAX_QPS, Rate, TenantOverride, Tier};
     let mut rate = |key: &str, qps: f64, burst: u32| {
-        if !(qps.is_finite() && qps > 0.0) {
-            v.fail(&format!("{key}qps"), qps, "must be a number above 0");
+        if !(qps.is_finite() && qps > 0.0 && qps <= MAX_QPS) {
+            v.fail(
+                &format!("{key}qps"),
+                qps,
+                "must be a number above 0 and at most 1e9",
+            );
         }
         if burst == 0 {
             v.fail(&format!("{key}burst"), burst, "must be at least 1");
@@ -517,11 +573,14 @@ fn validate_ratelimit(v: &mut Validator, file: &FileRateLimit) -> RatePolicy {
                 "no such tier in [ratelimit.tiers]",
             );
         }
-        if quota.qps.is_some_and(|q| !(q.is_finite() && q > 0.0)) {
+        if quota
+            .qps
+            .is_some_and(|q| !(q.is_finite() && q > 0.0 && q <= MAX_QPS))
+        {
             v.fail(
                 &format!("{key}.qps"),
                 quota.qps.unwrap_or_default(),
-                "must be a number above 0",
+                "must be a number above 0 and at most 1e9",
             );
         }
         if quota.burst == Some(0) {

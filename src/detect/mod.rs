@@ -117,6 +117,9 @@ struct RuleState {
     raised: Option<Flag>,
 }
 
+/// Most (target, tenant) size series the growth rule keeps.
+pub const MAX_SIZE_SERIES: usize = 100_000;
+
 /// The detector.
 #[derive(Debug)]
 pub struct Detector {
@@ -289,6 +292,7 @@ impl Detector {
             observations.add(RuleName::Bloat, rules::bloat(r, schemas), name);
         }
         let growth = self.enabled(RuleName::RunawayGrowth).cloned();
+        self.prune_sizes(now);
         let mut verdicts = Vec::new();
         for (tenant, size) in target.tenant_sizes() {
             let samples = self
@@ -301,6 +305,30 @@ impl Detector {
             }
         }
         observations.add(RuleName::RunawayGrowth, verdicts, name);
+    }
+
+    /// Forgets size samples of tenants not seen for [`inputs::SIZE_HISTORY`]
+    /// (dropped schemas, retired targets), and holds the map to
+    /// [`MAX_SIZE_SERIES`] series: tenants from PostgreSQL are not bounded
+    /// by `max_tenants`.
+    fn prune_sizes(&mut self, now: Instant) {
+        self.sizes.retain(|_, samples| {
+            samples
+                .back()
+                .is_some_and(|(t, _)| now.saturating_duration_since(*t) <= inputs::SIZE_HISTORY)
+        });
+        if self.sizes.len() > MAX_SIZE_SERIES {
+            let mut by_age: Vec<(Instant, (String, String))> = self
+                .sizes
+                .iter()
+                .filter_map(|(key, samples)| samples.back().map(|(t, _)| (*t, key.clone())))
+                .collect();
+            by_age.sort_by_key(|(t, _)| *t);
+            let excess = self.sizes.len() - MAX_SIZE_SERIES;
+            for (_, key) in by_age.into_iter().take(excess) {
+                self.sizes.remove(&key);
+            }
+        }
     }
 
     /// Raises a flag whose condition held for its `for`, clears one whose
@@ -790,6 +818,26 @@ mod tests {
                 .all(|w| (w[1] - 2.0 * w[0]).abs() < 1e-9)
         );
         assert_eq!(seen.last(), Some(&None), "back to the base quota");
+    }
+
+    #[test]
+    fn size_samples_of_vanished_tenants_are_forgotten() {
+        let mut fleet = Fleet::new(3);
+        fleet.run(1, |_| {});
+        assert_eq!(fleet.detector.sizes.len(), 3);
+        let mut schemas = (**fleet.target.schemas.as_ref().unwrap()).clone();
+        schemas.remove("t0");
+        fleet.target.schemas = Some(Arc::new(schemas));
+        fleet.elapsed += Duration::from_secs(27 * 3600);
+        fleet.run(1, |_| {});
+        let tenants: Vec<&str> = fleet
+            .detector
+            .sizes
+            .keys()
+            .map(|(_, t)| t.as_str())
+            .collect();
+        assert!(!tenants.contains(&"t0"), "{tenants:?}");
+        assert_eq!(tenants.len(), 2);
     }
 
     #[test]

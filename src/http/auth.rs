@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use super::AppState;
@@ -34,13 +34,24 @@ impl fmt::Debug for Secret {
 }
 
 /// The tokens in force.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Tokens {
     /// Required by `POST /v1/*` when set.
     pub write: Option<Secret>,
     /// Required by `/metrics` and `/api/v1/*` when set (the write token is
     /// accepted there too).
     pub read: Option<Secret>,
+    /// Tokens bound to tenants, for `POST /v1/ratelimit/check`.
+    pub callers: Vec<crate::ratelimit::Caller>,
+}
+
+/// Why a rate-limit check may not go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SpendDenied {
+    /// No token, or an unknown one: 401.
+    Unauthenticated,
+    /// A caller's token, for a tenant it is not bound to: 403.
+    Forbidden,
 }
 
 /// The tokens, replaced as a whole on reload.
@@ -66,8 +77,8 @@ impl SharedTokens {
 
 /// The token of `Authorization: Bearer <token>` (the scheme matched
 /// case-insensitively, as RFC 9110 says).
-fn bearer(req: &Request<Incoming>) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -80,8 +91,42 @@ pub(super) fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
     let Some(expected) = &tokens.write else {
         return true;
     };
-    bearer(req)
+    bearer(req.headers())
         .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.expose().as_bytes()))
+}
+
+/// Whether the request may spend `tenant`'s quota: the write token spends
+/// any; a caller's token only its tenants; with neither configured, anyone.
+pub(super) fn may_spend(
+    state: &AppState,
+    headers: &HeaderMap,
+    tenant: &str,
+) -> Result<(), SpendDenied> {
+    let tokens = state.tokens.get();
+    if tokens.write.is_none() && tokens.callers.is_empty() {
+        return Ok(());
+    }
+    let Some(given) = bearer(headers) else {
+        return Err(SpendDenied::Unauthenticated);
+    };
+    let writer = tokens
+        .write
+        .as_ref()
+        .is_some_and(|w| constant_time_eq(given.as_bytes(), w.expose().as_bytes()));
+    if writer {
+        return Ok(());
+    }
+    // Every caller's token is compared, so timing does not tell which matched.
+    let caller = tokens
+        .callers
+        .iter()
+        .filter(|c| constant_time_eq(given.as_bytes(), c.token.as_bytes()))
+        .fold(None, |found, c| found.or(Some(c)));
+    match caller {
+        Some(caller) if caller.may_check(tenant) => Ok(()),
+        Some(_) => Err(SpendDenied::Forbidden),
+        None => Err(SpendDenied::Unauthenticated),
+    }
 }
 
 /// Whether the request may read (`/metrics`, `/api/v1/*`): with a read
@@ -91,7 +136,7 @@ pub(super) fn may_read(state: &AppState, req: &Request<Incoming>) -> bool {
     let Some(read) = &tokens.read else {
         return true;
     };
-    let Some(given) = bearer(req) else {
+    let Some(given) = bearer(req.headers()) else {
         return false;
     };
     let read_ok = constant_time_eq(given.as_bytes(), read.expose().as_bytes());

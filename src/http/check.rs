@@ -9,7 +9,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::AppState;
-use super::auth::{authorized, unauthorized};
+use super::auth::{SpendDenied, may_spend, unauthorized};
 use super::reply::{Body, json, problem};
 
 /// Largest body of a rate-limit check.
@@ -42,10 +42,12 @@ struct CheckReply<'a> {
 /// `POST /v1/ratelimit/check`: 200 when allowed, 429 when denied, with the
 /// IETF draft `RateLimit-Policy` and `RateLimit` headers and `Retry-After`.
 pub(super) async fn ratelimit_check(state: &AppState, req: Request<Incoming>) -> Response<Body> {
-    if !authorized(state, &req) {
+    let (parts, body) = req.into_parts();
+    // Who may spend at all is known before the body; which tenant, after.
+    if may_spend(state, &parts.headers, "") == Err(SpendDenied::Unauthenticated) {
         return unauthorized();
     }
-    let collect = Limited::new(req.into_body(), MAX_CHECK_BODY_BYTES).collect();
+    let collect = Limited::new(body, MAX_CHECK_BODY_BYTES).collect();
     let body = match tokio::time::timeout(state.limits.body_read_timeout, collect).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(_)) => {
@@ -80,6 +82,15 @@ pub(super) async fn ratelimit_check(state: &AppState, req: Request<Incoming>) ->
         return problem(
             StatusCode::BAD_REQUEST,
             "cost must be between 1 and 1000000",
+        );
+    }
+    if may_spend(state, &parts.headers, &request.tenant) == Err(SpendDenied::Forbidden) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "this caller's token is not bound to tenant {:?} ([ratelimit.callers])",
+                request.tenant
+            ),
         );
     }
     let decision = state.rate_limits.check(&request.tenant, request.cost);

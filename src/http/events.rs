@@ -1,6 +1,7 @@
 //! `POST /v1/events`: the HTTP ingest source. The body is parsed into one
 //! store shard of the HTTP pool; the reply lists which lines failed and why.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http_body_util::{BodyExt, Limited};
@@ -11,10 +12,14 @@ use serde::Serialize;
 
 use super::AppState;
 use super::auth::{authorized, unauthorized};
-use super::reply::{Body, json, problem};
+use super::reply::{Body, busy, json, problem};
 use crate::event::RejectReason;
 use crate::ingest::ingest_payload;
 use crate::store::Source;
+
+/// Bodies up to this size are parsed inline (microseconds); larger ones on
+/// a blocking thread.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
 
 /// At most this many refused lines are listed in a `/v1/events` reply; the
 /// count of all of them is always given.
@@ -45,7 +50,7 @@ struct RejectedLine {
     detail: String,
 }
 
-pub(super) async fn post_events(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+pub(super) async fn post_events(state: &Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     if !authorized(state, &req) {
         return unauthorized();
     }
@@ -94,13 +99,32 @@ pub(super) async fn post_events(state: &AppState, req: Request<Incoming>) -> Res
         Ok(Ok(collected)) => collected.to_bytes(),
     };
 
+    if body.len() <= INLINE_BODY_BYTES {
+        return record(state, &body);
+    }
+    // A large body takes milliseconds to parse: do it on a blocking thread
+    // under a heavy-work permit, never on an async worker.
+    let Ok(permit) = state.heavy.clone().try_acquire_owned() else {
+        return busy();
+    };
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        record(&state, &body)
+    })
+    .await
+    .unwrap_or_else(|_| problem(StatusCode::INTERNAL_SERVER_ERROR, "ingest failed"))
+}
+
+/// Parses and records a body into one store shard of the HTTP pool.
+fn record(state: &AppState, body: &[u8]) -> Response<Body> {
     let (first, count) = state.http_shards;
     let shard = first + state.next_shard.fetch_add(1, Ordering::Relaxed) % count;
     let mut rejected = Vec::new();
     let outcome = {
         let mut writer = state.store.writer(shard);
         ingest_payload(
-            &body,
+            body,
             state.limits.lines,
             Source::Http,
             &mut writer,

@@ -17,6 +17,7 @@
 
 pub mod auth;
 mod check;
+mod deadline;
 pub mod endpoint;
 mod events;
 mod read;
@@ -36,11 +37,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use auth::{Secret, Tokens};
 pub use endpoint::Endpoint;
@@ -52,6 +52,7 @@ use crate::metrics::{self, HttpLabels, HttpMetrics};
 use crate::ratelimit::RateLimits;
 use crate::store::{IngestStats, Store, TargetStatuses};
 use crate::telemetry::RateLimitedWarn;
+use deadline::WriteDeadline;
 use reply::{Body, text};
 
 /// The OpenAPI 3.1 description of every endpoint (`GET /api/v1/openapi.json`).
@@ -79,6 +80,17 @@ pub struct ServerSettings {
     /// On SIGTERM/SIGINT, how long the listener keeps serving after
     /// `/readyz` turns 503 (Kubernetes takes a moment to stop routing).
     pub shutdown_delay: Duration,
+    /// A connection whose response makes no write progress for this long
+    /// (the client stopped reading) is closed.
+    pub write_timeout: Duration,
+    /// Longest a connection stays open; then it finishes its request in
+    /// flight and closes (keep-alive clients reconnect).
+    pub request_timeout: Duration,
+    /// Heavy requests (an exposition encode, API views, large event bodies)
+    /// run at once on blocking threads; beyond this many, 503.
+    pub max_heavy_requests: usize,
+    /// A scrape within this long of the last encode reuses its bytes.
+    pub metrics_max_age: Duration,
 }
 
 impl Default for ServerSettings {
@@ -93,6 +105,10 @@ impl Default for ServerSettings {
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             shutdown_delay: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(300),
+            max_heavy_requests: 4,
+            metrics_max_age: Duration::from_secs(1),
         }
     }
 }
@@ -103,6 +119,7 @@ impl ServerSettings {
         Tokens {
             write: self.auth_token.clone(),
             read: self.read_token.clone(),
+            callers: Vec::new(),
         }
     }
 }
@@ -110,7 +127,9 @@ impl ServerSettings {
 /// What the request handlers share.
 #[derive(Debug)]
 pub struct AppState {
-    pub registry: Registry,
+    pub exposition: metrics::SharedExposition,
+    /// Permits for heavy work (`server.max_heavy_requests`).
+    pub heavy: Arc<Semaphore>,
     pub store: Arc<Store>,
     pub stats: Arc<IngestStats>,
     pub http_metrics: HttpMetrics,
@@ -140,12 +159,16 @@ pub struct HttpLimits {
     pub max_body_bytes: usize,
     pub lines: crate::ingest::LineLimits,
     pub shutdown_grace: Duration,
+    pub write_timeout: Duration,
+    pub request_timeout: Duration,
 }
 
 /// Serves `listener` until `shutdown`, then drains open connections for at
 /// most the grace period.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    // Cancelled when the grace period is over: what is still open is closed.
+    let hard_stop = CancellationToken::new();
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
     let accept_warn = RateLimitedWarn::new(Duration::from_secs(10));
     loop {
@@ -171,22 +194,45 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         let _ = stream.set_nodelay(true);
         let conn_state = state.clone();
         let service = service_fn(move |req| handle(conn_state.clone(), req));
+        let io = TokioIo::new(WriteDeadline::new(stream, state.limits.write_timeout));
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(state.limits.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            // Connection errors (resets, timeouts) are the client's business.
-            let _ = conn.await;
+            .serve_connection(io, service);
+        let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
+        let lifetime = state.limits.request_timeout;
+        connections.spawn(async move {
+            tokio::pin!(conn);
+            let deadline = tokio::time::sleep(lifetime);
+            tokio::pin!(deadline);
+            let mut closing = false;
+            loop {
+                // Connection errors (resets, timeouts) are the client's business.
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = hard_stop.cancelled() => break,
+                    // Shutdown, or the connection's time is up: finish the
+                    // request in flight, then close.
+                    _ = shutdown.cancelled(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = &mut deadline, if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
             drop(permit);
         });
     }
     drop(listener);
+    connections.close();
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = connections.wait() => {}
         _ = tokio::time::sleep(state.limits.shutdown_grace) => {
             tracing::warn!(grace = ?state.limits.shutdown_grace, "Grace period over; closing open HTTP connections");
+            hard_stop.cancel();
         }
     }
 }
@@ -207,7 +253,7 @@ async fn handle(
     Ok(response)
 }
 
-async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Response<Body>) {
+async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, Response<Body>) {
     let path = req.uri().path();
     let Some(endpoint) = Endpoint::from_path(path) else {
         let detail = format!("no endpoint at {path}");
@@ -228,15 +274,7 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
         return (endpoint.as_str(), response);
     }
     let response = match endpoint {
-        Endpoint::Metrics => {
-            let body = metrics::encode(&state.registry);
-            let mut response = Response::new(Full::new(Bytes::from(body)));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(metrics::CONTENT_TYPE),
-            );
-            response
-        }
+        Endpoint::Metrics => exposition(state, &req).await,
         Endpoint::Healthz => text(StatusCode::OK, "ok\n"),
         Endpoint::Readyz => {
             if state.ready.load(Ordering::Relaxed) {
@@ -249,10 +287,10 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
         Endpoint::RatelimitCheck => check::ratelimit_check(state, req).await,
         Endpoint::Flags => read::flags(state),
         Endpoint::Advice => read::advice(state),
-        Endpoint::Tenants => read::tenants(state, &req),
-        Endpoint::Tenant => read::tenant(state, &req),
-        Endpoint::Targets => read::targets(state),
-        Endpoint::Capacity => read::capacity(state),
+        Endpoint::Tenants => heavy_read(state, read::View::Tenants, req).await,
+        Endpoint::Tenant => heavy_read(state, read::View::Tenant, req).await,
+        Endpoint::Targets => heavy_read(state, read::View::Targets, req).await,
+        Endpoint::Capacity => heavy_read(state, read::View::Capacity, req).await,
         Endpoint::OpenApi => {
             let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
             response.headers_mut().insert(
@@ -263,4 +301,82 @@ async fn route(state: &AppState, req: Request<Incoming>) -> (&'static str, Respo
         }
     };
     (endpoint.as_str(), response)
+}
+
+/// `GET /metrics`: the shared exposition, gzipped when the scraper accepts
+/// it (compressed once per exposition, off the async workers).
+async fn exposition(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
+    let Ok(encoded) = state.exposition.current(&state.heavy).await else {
+        return reply::busy();
+    };
+    let gzip = req
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(accepts_gzip);
+    let body = if gzip {
+        match tokio::task::spawn_blocking(move || encoded.gzip()).await {
+            Ok(body) => body,
+            Err(_) => return reply::busy(),
+        }
+    } else {
+        encoded.plain.clone()
+    };
+    let mut response = Response::new(Full::new(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if gzip {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    response
+}
+
+/// Whether an `Accept-Encoding` value accepts gzip (and does not refuse it
+/// with `q=0`).
+fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|coding| {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let refused = parts.any(|p| p.replace(' ', "").eq_ignore_ascii_case("q=0"));
+        (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+    })
+}
+
+/// The planners' views, built on a blocking thread under a heavy-work
+/// permit (503 when none is free), so a burst of them never stalls the
+/// async workers that answer probes and rate-limit checks.
+async fn heavy_read(
+    state: &Arc<AppState>,
+    view: read::View,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let Ok(permit) = state.heavy.clone().try_acquire_owned() else {
+        return reply::busy();
+    };
+    let (parts, _body) = req.into_parts();
+    let state = state.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        read::build(&state, view, &parts)
+    })
+    .await;
+    built.unwrap_or_else(|_| problem(StatusCode::INTERNAL_SERVER_ERROR, "the view failed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_encoding_is_read_like_rfc_9110() {
+        assert!(accepts_gzip("gzip"));
+        assert!(accepts_gzip("deflate, GZIP;q=0.5"));
+        assert!(accepts_gzip("*"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("identity"));
+    }
 }

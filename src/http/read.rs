@@ -6,9 +6,9 @@ use std::sync::PoisonError;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use hyper::http::request::Parts;
+use hyper::{Response, StatusCode};
 use serde::Serialize;
 
 use super::AppState;
@@ -17,6 +17,24 @@ use super::reply::{Body, json, problem};
 use crate::api::{self, DetailSources};
 use crate::capacity::view::{TenantShare, capacity_view};
 use crate::detect::{Advice, Flag, read_judgement};
+
+/// The heavy views, built on a blocking thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum View {
+    Tenants,
+    Tenant,
+    Targets,
+    Capacity,
+}
+
+pub(super) fn build(state: &AppState, view: View, req: &Parts) -> Response<Body> {
+    match view {
+        View::Tenants => tenants(state, req),
+        View::Tenant => tenant(state, req),
+        View::Targets => targets(state),
+        View::Capacity => capacity(state),
+    }
+}
 
 #[derive(Serialize)]
 struct FlagsReply<'a> {
@@ -53,7 +71,7 @@ pub(super) fn advice(state: &AppState) -> Response<Body> {
     )
 }
 
-pub(super) fn targets(state: &AppState) -> Response<Body> {
+fn targets(state: &AppState) -> Response<Body> {
     let targets = state.targets.snapshot();
     json(
         StatusCode::OK,
@@ -71,7 +89,7 @@ fn rows(state: &AppState, targets: &[crate::store::TargetStatus]) -> Vec<api::Te
     api::tenant_rows(&store, targets, &judgement, &state.rate_limits)
 }
 
-pub(super) fn capacity(state: &AppState) -> Response<Body> {
+fn capacity(state: &AppState) -> Response<Body> {
     let targets = state.targets.snapshot();
     let rows = rows(state, &targets);
     let shares: HashMap<&str, TenantShare> = rows
@@ -93,9 +111,9 @@ pub(super) fn capacity(state: &AppState) -> Response<Body> {
     json(StatusCode::OK, &view)
 }
 
-pub(super) fn tenant(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
-    let tenant = api::url_decode(
-        req.uri()
+fn tenant(state: &AppState, req: &Parts) -> Response<Body> {
+    let tenant = api::url_decode_path(
+        req.uri
             .path()
             .strip_prefix(TENANT_PATH_PREFIX)
             .unwrap_or_default(),
@@ -125,13 +143,13 @@ pub(super) fn tenant(state: &AppState, req: &Request<Incoming>) -> Response<Body
     }
 }
 
-pub(super) fn tenants(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
+fn tenants(state: &AppState, req: &Parts) -> Response<Body> {
     let accept_csv = req
-        .headers()
+        .headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/csv"));
-    let query = match api::parse_list_query(req.uri().query(), accept_csv) {
+    let query = match api::parse_list_query(req.uri.query(), accept_csv) {
         Ok(query) => query,
         Err(bad) => {
             let mut response = problem(

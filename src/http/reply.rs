@@ -29,6 +29,18 @@ pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Response<Body>
     response
 }
 
+/// 503 with `Retry-After`: every permit for heavy work is taken.
+pub(super) fn busy() -> Response<Body> {
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many heavy requests at once (server.max_heavy_requests); retry shortly",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// An RFC 9457 problem details reply.
 pub fn problem(status: StatusCode, detail: &str) -> Response<Body> {
     let body = serde_json::json!({

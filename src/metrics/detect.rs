@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use super::encode::{counter_u64, family, gauge};
@@ -80,10 +80,17 @@ impl Collector for DetectCollector {
         let mut metric = family(
             &mut encoder,
             "tenantwatch_ratelimit_limiters",
-            "Per-tenant rate limiters held in memory (at most ingest.max_tenants plus one overflow limiter).",
+            "Per-tenant rate limiters held in memory (at most ingest.max_tenants).",
             MetricType::Gauge,
         )?;
         metric.encode_gauge(&(limiters.len() as i64))?;
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_ratelimit_limiters_evicted",
+            "Limiters dropped, least recently used first, to make room for a new tenant at ingest.max_tenants.",
+            MetricType::Counter,
+        )?;
+        metric.encode_counter::<NoLabelSet, _, u64>(&self.limits.evicted(), None)?;
         Ok(())
     }
 }

@@ -102,3 +102,83 @@ pub fn encode(registry: &Registry) -> String {
     LAST_EXPOSITION_BYTES.store(out.len(), Ordering::Relaxed);
     out
 }
+
+/// One encoded exposition, shared by every scraper that asks within its
+/// lifetime, and its gzip form, compressed once on first request.
+#[derive(Debug)]
+pub struct Encoded {
+    pub at: std::time::Instant,
+    pub plain: bytes::Bytes,
+    gzip: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl Encoded {
+    /// The exposition gzipped (fast level: scrapes are frequent, and text
+    /// exposition compresses about tenfold even so). Heavy the first time:
+    /// call it off the async workers.
+    pub fn gzip(&self) -> bytes::Bytes {
+        self.gzip
+            .get_or_init(|| {
+                use std::io::Write as _;
+                let mut encoder = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(self.plain.len() / 8),
+                    flate2::Compression::fast(),
+                );
+                // Writing into a Vec cannot fail.
+                let _ = encoder.write_all(&self.plain);
+                bytes::Bytes::from(encoder.finish().unwrap_or_default())
+            })
+            .clone()
+    }
+}
+
+/// The registry's exposition, encoded at most once per `max_age` and once
+/// for every group of concurrent scrapes (single flight): 200 scrapers cost
+/// one encode and share one buffer.
+#[derive(Debug)]
+pub struct SharedExposition {
+    registry: Arc<Registry>,
+    max_age: std::time::Duration,
+    last: tokio::sync::Mutex<Option<Arc<Encoded>>>,
+}
+
+/// No permit for heavy work was free: answer 503 and let the client retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+impl SharedExposition {
+    pub fn new(registry: Registry, max_age: std::time::Duration) -> SharedExposition {
+        SharedExposition {
+            registry: Arc::new(registry),
+            max_age,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The current exposition: the last one if it is younger than `max_age`
+    /// or was encoded after this call began, else a new one, encoded on a
+    /// blocking thread under one of `heavy`'s permits.
+    pub async fn current(&self, heavy: &tokio::sync::Semaphore) -> Result<Arc<Encoded>, Busy> {
+        let arrived = std::time::Instant::now();
+        // Held across the encode on purpose: concurrent scrapers wait for
+        // this encode instead of starting their own.
+        let mut last = self.last.lock().await;
+        if let Some(encoded) = last.as_ref()
+            && (encoded.at >= arrived || encoded.at.elapsed() <= self.max_age)
+        {
+            return Ok(encoded.clone());
+        }
+        let _permit = heavy.try_acquire().map_err(|_| Busy)?;
+        let registry = self.registry.clone();
+        let plain = tokio::task::spawn_blocking(move || encode(&registry))
+            .await
+            .map_err(|_| Busy)?;
+        let encoded = Arc::new(Encoded {
+            at: std::time::Instant::now(),
+            plain: bytes::Bytes::from(plain),
+            gzip: std::sync::OnceLock::new(),
+        });
+        *last = Some(encoded.clone());
+        Ok(encoded)
+    }
+}

@@ -193,7 +193,9 @@ impl TenantAccumulator {
 /// foldhash: several times faster than SipHash on short keys, and seeded per
 /// map at random, so tenant ids cannot be chosen to collide; the number of
 /// keys is capped by `max_tenants` besides.
-type TenantMap = HashMap<Box<str>, TenantAccumulator, foldhash::fast::RandomState>;
+/// Keys are `Arc<str>` so a snapshot copies a shard with a reference count
+/// per tenant, not an allocation, while it holds the shard's lock.
+type TenantMap = HashMap<Arc<str>, TenantAccumulator, foldhash::fast::RandomState>;
 
 #[derive(Debug, Default)]
 struct Shard {
@@ -294,11 +296,16 @@ impl Store {
     pub fn snapshot(&self) -> StoreSnapshot {
         let now_ms = self.clock.now_ms();
         let current_slot = now_ms / self.slot_ms;
-        let mut merged: HashMap<Box<str>, TenantSnapshot, foldhash::fast::RandomState> =
+        let mut merged: HashMap<Arc<str>, TenantSnapshot, foldhash::fast::RandomState> =
             HashMap::default();
         for shard in self.shards.iter() {
-            let tenants = lock(&shard.tenants);
-            for (name, acc) in tenants.iter() {
+            // Copy under the lock, merge after it: a UDP receive thread waits
+            // for a copy, never for the merge's hashing and allocations.
+            let tenants: Vec<(Arc<str>, TenantAccumulator)> = lock(&shard.tenants)
+                .iter()
+                .map(|(name, acc)| (name.clone(), acc.clone()))
+                .collect();
+            for (name, acc) in &tenants {
                 let snapshot = match merged.get_mut(name) {
                     Some(snapshot) => snapshot,
                     None => merged
@@ -369,7 +376,7 @@ impl Store {
         }
         for shard in &mut shards {
             for name in &expired {
-                shard.remove(name);
+                shard.remove(name.as_ref());
             }
         }
         let mut registry = lock(&self.registry);

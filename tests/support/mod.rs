@@ -37,6 +37,8 @@ impl TestDaemon {
         file.ingest.udp_listen = "127.0.0.1:0".into();
         file.server.shutdown_grace = "2s".into();
         file.server.shutdown_delay = "0s".into();
+        // Every scrape encodes afresh, so a test sees what it just sent.
+        file.server.metrics_max_age = "0s".into();
         customize(&mut file);
         let config = Config::try_from(file).expect("test config is valid");
         let daemon = Daemon::start(config).await.expect("daemon starts");
