@@ -176,6 +176,7 @@ impl Shared {
                 request_timeout: config.server.request_timeout,
             },
             tokens: crate::http::auth::SharedTokens::new(config.tokens()),
+            tls: crate::http::tls::SharedTls::new(config.server.tls.clone()),
             http_shards: (udp_receivers, HTTP_SHARDS),
             rate_limits: self.limits.clone(),
             judgement: self.judgement.clone(),
@@ -251,6 +252,21 @@ impl Daemon {
             None => 0,
         };
         let shared = Shared::new(&config, udp_receivers);
+        let persisted = crate::state::Persisted {
+            judgement: shared.judgement.clone(),
+            histories: shared.histories.clone(),
+            tenant_histories: shared.tenant_histories.clone(),
+        };
+        crate::state::load_into(&config.state, &persisted, config.api.history_len());
+        // Restored advice holds from the first check, before any evaluation.
+        let restored = crate::detect::read_judgement(&shared.judgement);
+        shared.limits.set_advice(
+            restored
+                .advice
+                .iter()
+                .map(|a| (a.tenant.clone(), a.effective_qps))
+                .collect(),
+        );
         let state = Arc::new(shared.app_state(&config, udp_receivers));
         // `shutdown` is the request; `stop` is what the tasks obey, once
         // readiness has been false for `server.shutdown_delay`.
@@ -270,7 +286,12 @@ impl Daemon {
             None => Vec::new(),
         };
         let server = tokio::spawn(http::serve(listeners.http, state.clone(), stop.clone()));
-        let tasks = Tasks::spawn(&config, &shared, &stop);
+        let mut tasks = Tasks::spawn(&config, &shared, &stop);
+        tasks.handles.push(tokio::spawn(crate::state::run(
+            config.state.clone(),
+            persisted,
+            stop.clone(),
+        )));
         state.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             http = %http_addr,
@@ -357,6 +378,11 @@ impl Daemon {
         self.rate_limits.set_policy(config.ratelimit.clone());
         self.detect_settings.send_replace(config.detect.clone());
         self.state.tokens.set(config.tokens());
+        // A renewed certificate serves from the next connection on; turning
+        // TLS on or off needs a restart (clients would break mid-flight).
+        if self.started.server.tls.is_some() == config.server.tls.is_some() {
+            self.state.tls.set(config.server.tls.clone());
+        }
         let ignored = self.started.restart_only_changes(config);
         if !ignored.is_empty() {
             tracing::warn!(

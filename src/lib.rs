@@ -19,6 +19,7 @@
 //! edges and wiring   http/        the listener: endpoints, auth, handlers
 //!                    config/      the TOML file; assembles each module's settings
 //!                    daemon       bind, spawn, reload, drain
+//!                    state        flags, quotas, baselines, history across restarts
 //!                    demo/        the embedded demo and throwaway clusters
 //! ```
 //!
@@ -47,6 +48,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 

@@ -52,7 +52,7 @@ impl CapacitySettings {
 }
 
 /// One sample of a target's history.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct TargetSample {
     pub unix: f64,
     pub connections: f64,
@@ -92,6 +92,15 @@ impl History {
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
     }
+
+    /// A history of `capacity` holding the newest of `samples`.
+    pub fn restored(capacity: usize, samples: Vec<TargetSample>) -> History {
+        let mut history = History::new(capacity);
+        for sample in samples {
+            history.push(sample);
+        }
+        history
+    }
 }
 
 /// Each target's history, shared by the sampler and the API.
@@ -101,7 +110,7 @@ pub type SharedTargetHistories = std::sync::Arc<std::sync::Mutex<BTreeMap<String
 pub type SharedTenantHistories = std::sync::Arc<std::sync::Mutex<TenantHistories>>;
 
 /// One sample of a tenant's history.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct TenantSample {
     pub unix: f64,
     /// Queries reported since start (cumulative).
@@ -155,6 +164,29 @@ impl TenantHistories {
 
     pub fn tenants(&self) -> usize {
         self.tenants.len()
+    }
+
+    /// Every tenant's samples, oldest first (for the state file).
+    pub fn export(&self) -> Vec<(String, Vec<TenantSample>)> {
+        let mut out: Vec<_> = self
+            .tenants
+            .iter()
+            .map(|(tenant, ring)| (tenant.clone(), ring.iter().copied().collect()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Restores exported samples, within this history's bounds.
+    pub fn restore(&mut self, saved: Vec<(String, Vec<TenantSample>)>) {
+        for (tenant, samples) in saved {
+            if self.tenants.len() >= self.max_tenants {
+                break;
+            }
+            let skip = samples.len().saturating_sub(self.capacity);
+            self.tenants
+                .insert(tenant, samples.into_iter().skip(skip).collect());
+        }
     }
 }
 

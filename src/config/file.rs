@@ -48,6 +48,27 @@ pub struct FileConfig {
     pub detect: FileDetect,
     pub ratelimit: FileRateLimit,
     pub api: FileApi,
+    pub state: FileState,
+}
+
+/// `[state]`: what survives a restart.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileState {
+    /// Where raised flags, tightened quotas, baselines and the capacity
+    /// history are saved; `""` saves nothing.
+    pub file: String,
+    /// How often the state is saved (and once more on shutdown).
+    pub save_interval: String,
+}
+
+impl Default for FileState {
+    fn default() -> Self {
+        FileState {
+            file: String::new(),
+            save_interval: format_duration(crate::state::DEFAULT_SAVE_INTERVAL),
+        }
+    }
 }
 
 /// `[api]`: the capacity planners' API.
@@ -366,6 +387,10 @@ pub struct FileServer {
     pub max_heavy_requests: usize,
     /// A scrape within this long of the last encode reuses its bytes.
     pub metrics_max_age: String,
+    /// PEM certificate chain: with `tls_key_file`, the listener serves TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for FileServer {
@@ -385,6 +410,8 @@ impl Default for FileServer {
             request_timeout: format_duration(d.request_timeout),
             max_heavy_requests: d.max_heavy_requests,
             metrics_max_age: format_duration(d.metrics_max_age),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

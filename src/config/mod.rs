@@ -55,6 +55,7 @@ pub struct Config {
     pub ratelimit_idle_ttl: Duration,
     /// Callers bound to tenants (`[ratelimit.callers]`).
     pub callers: Vec<crate::ratelimit::Caller>,
+    pub state: crate::state::StateSettings,
     pub api: CapacitySettings,
 }
 
@@ -100,6 +101,7 @@ impl Config {
                 "server.allow_unauthenticated",
                 s.allow_unauthenticated != t.allow_unauthenticated,
             ),
+            ("server.tls_cert_file", s.tls.is_some() != t.tls.is_some()),
             ("ingest.udp_listen", i.udp_listen != j.udp_listen),
             ("ingest.udp_receivers", i.udp_receivers != j.udp_receivers),
             (
@@ -143,6 +145,7 @@ impl Config {
                 a.ratelimit_idle_ttl != b.ratelimit_idle_ttl,
             ),
             ("api", a.api != b.api),
+            ("state", a.state != b.state),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

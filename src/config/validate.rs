@@ -101,6 +101,10 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
     let ratelimit_idle_ttl = v.duration("ratelimit.idle_ttl", &file.ratelimit.idle_ttl);
     let callers = validate_callers(&mut v, &file.ratelimit.callers);
     let api = validate_api(&mut v, &file.api);
+    let state = crate::state::StateSettings {
+        file: (!file.state.file.trim().is_empty()).then(|| file.state.file.trim().into()),
+        save_interval: v.duration("state.save_interval", &file.state.save_interval),
+    };
     if !v.errors.is_empty() {
         return Err(ConfigError::Invalid(v.errors));
     }
@@ -115,6 +119,7 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
         ratelimit_idle_ttl,
         callers,
         api,
+        state,
     })
 }
 
@@ -219,6 +224,37 @@ fn validate_server(v: &mut Validator, s: &FileServer, env: &[(String, String)]) 
         request_timeout: v.duration("server.request_timeout", &s.request_timeout),
         max_heavy_requests: v.range("server.max_heavy_requests", s.max_heavy_requests, 1, 1024),
         metrics_max_age: v.duration_or_zero("server.metrics_max_age", &s.metrics_max_age),
+        tls: listener_tls(v, s),
+    }
+}
+
+/// The listener's TLS configuration: both files or neither.
+fn listener_tls(v: &mut Validator, s: &FileServer) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+    match (&s.tls_cert_file, &s.tls_key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => match crate::http::tls::server_config(cert, key) {
+            Ok(config) => Some(std::sync::Arc::new(config)),
+            Err(err) => {
+                v.fail("server.tls_cert_file", cert.display(), err.to_string());
+                None
+            }
+        },
+        (Some(cert), None) => {
+            v.fail(
+                "server.tls_key_file",
+                "<unset>",
+                format!("needed with server.tls_cert_file = {}", cert.display()),
+            );
+            None
+        }
+        (None, Some(key)) => {
+            v.fail(
+                "server.tls_cert_file",
+                "<unset>",
+                format!("needed with server.tls_key_file = {}", key.display()),
+            );
+            None
+        }
     }
 }
 

@@ -26,7 +26,14 @@ pub fn update(
     };
     for (tenant, rule) in tightening {
         let base = base_qps(tenant);
-        let target = fair.min(base).max(settings.floor_qps.min(base));
+        let mut target = fair.min(base).max(settings.floor_qps.min(base));
+        if fair.is_infinite()
+            && let Some(existing) = advice.get(tenant)
+        {
+            // No traffic to judge a fair share by (say, just after a
+            // restart): hold the quota where it is.
+            target = existing.effective_qps.min(base);
+        }
         let entry = advice.entry(tenant.clone()).or_insert(Advice {
             tenant: tenant.clone(),
             base_qps: base,

@@ -35,7 +35,7 @@ pub struct WindowFigures {
 }
 
 /// A tenant's query-rate baseline: an exponentially weighted mean.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Baseline {
     pub rate: f64,
     /// Evaluations folded in so far.

@@ -29,15 +29,16 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+pub use inputs::Baseline;
 pub use settings::{DetectSettings, RuleName, RuleSettings, Severity};
 
 use crate::event::OVERFLOW_TENANT;
 use crate::store::{StoreSnapshot, TargetStatus};
-use inputs::{Baseline, Window, WindowFigures};
+use inputs::{Window, WindowFigures};
 use rules::Verdict;
 
 /// A raised flag.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Flag {
     pub tenant: String,
     pub reason: RuleName,
@@ -58,7 +59,7 @@ pub enum Transition {
 }
 
 /// A tenant's tightened quota.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Advice {
     pub tenant: String,
     pub base_qps: f64,
@@ -168,6 +169,35 @@ impl Detector {
     /// Tenants whose quota is tightened, with the effective qps.
     pub fn advice(&self) -> Vec<Advice> {
         self.advice.values().cloned().collect()
+    }
+
+    /// Every tenant's rate baseline, by tenant.
+    pub fn baselines(&self) -> Vec<(String, Baseline)> {
+        let mut out: Vec<_> = self
+            .baselines
+            .iter()
+            .map(|(t, b)| (t.clone(), *b))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Takes back what a previous run judged (from the state file): its
+    /// raised flags (they clear only after their cool-down of false
+    /// observations), its advice, and its baselines (so `rate_spike` needs
+    /// no new warm-up).
+    pub fn restore(&mut self, judgement: Judgement) {
+        for flag in judgement.flags {
+            let state = RuleState {
+                raised: Some(flag.clone()),
+                ..RuleState::default()
+            };
+            self.states.insert((flag.tenant, flag.reason), state);
+        }
+        for advice in judgement.advice {
+            self.advice.insert(advice.tenant.clone(), advice);
+        }
+        self.baselines.extend(judgement.baselines);
     }
 
     /// Evaluates every rule at `now` (`wall` is the same instant as Unix
@@ -411,12 +441,15 @@ impl Detector {
     }
 }
 
-/// What readers (the API, the exposition) see of the detector: the flags and
-/// advice of its last evaluation.
+/// What readers (the API, the exposition, the state file) see of the
+/// detector: the flags and advice of its last evaluation, and the rate
+/// baselines it judges against.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Judgement {
     pub flags: Vec<Flag>,
     pub advice: Vec<Advice>,
+    #[serde(skip)]
+    pub baselines: Vec<(String, Baseline)>,
 }
 
 /// Shared handle on the last judgement.

@@ -26,6 +26,13 @@ pub async fn run(
     let mut interval = tokio::time::interval(initial.interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut detector = Detector::new(initial);
+    // What a previous run left (the state file), published before start.
+    let restored = judgement
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .clone();
+    detector.restore(restored);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -61,6 +68,7 @@ pub async fn run(
         let view = Arc::new(Judgement {
             flags: detector.flags(),
             advice,
+            baselines: detector.baselines(),
         });
         *judgement.write().unwrap_or_else(PoisonError::into_inner) = view;
         limits.prune();

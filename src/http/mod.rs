@@ -22,6 +22,7 @@ pub mod endpoint;
 mod events;
 mod read;
 mod reply;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -91,6 +92,8 @@ pub struct ServerSettings {
     pub max_heavy_requests: usize,
     /// A scrape within this long of the last encode reuses its bytes.
     pub metrics_max_age: Duration,
+    /// TLS on the listener (`server.tls_cert_file`, `server.tls_key_file`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerSettings {
@@ -109,6 +112,7 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(300),
             max_heavy_requests: 4,
             metrics_max_age: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -138,6 +142,8 @@ pub struct AppState {
     pub limits: HttpLimits,
     /// The write and read tokens; swapped on reload.
     pub tokens: auth::SharedTokens,
+    /// TLS on the listener, if configured; swapped on reload.
+    pub tls: tls::SharedTls,
     /// Store shards `[first, first + count)` serve HTTP requests, round robin.
     pub http_shards: (usize, usize),
     pub next_shard: AtomicUsize,
@@ -192,39 +198,28 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let stream = WriteDeadline::new(stream, state.limits.write_timeout);
+        let ends = ConnectionEnds {
+            shutdown: shutdown.clone(),
+            hard_stop: hard_stop.clone(),
+        };
         let conn_state = state.clone();
-        let service = service_fn(move |req| handle(conn_state.clone(), req));
-        let io = TokioIo::new(WriteDeadline::new(stream, state.limits.write_timeout));
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(state.limits.header_read_timeout)
-            .serve_connection(io, service);
-        let (shutdown, hard_stop) = (shutdown.clone(), hard_stop.clone());
-        let lifetime = state.limits.request_timeout;
-        connections.spawn(async move {
-            tokio::pin!(conn);
-            let deadline = tokio::time::sleep(lifetime);
-            tokio::pin!(deadline);
-            let mut closing = false;
-            loop {
-                // Connection errors (resets, timeouts) are the client's business.
-                tokio::select! {
-                    _ = conn.as_mut() => break,
-                    _ = hard_stop.cancelled() => break,
-                    // Shutdown, or the connection's time is up: finish the
-                    // request in flight, then close.
-                    _ = shutdown.cancelled(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    _ = &mut deadline, if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+        match state.tls.get() {
+            None => connections.spawn(async move {
+                serve_connection(stream, conn_state, ends).await;
+                drop(permit);
+            }),
+            Some(tls) => connections.spawn(async move {
+                // The handshake has as long as the request headers would.
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                let within = conn_state.limits.header_read_timeout;
+                if let Ok(Ok(stream)) = tokio::time::timeout(within, acceptor.accept(stream)).await
+                {
+                    serve_connection(stream, conn_state, ends).await;
                 }
-            }
-            drop(permit);
-        });
+                drop(permit);
+            }),
+        };
     }
     drop(listener);
     connections.close();
@@ -233,6 +228,50 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         _ = tokio::time::sleep(state.limits.shutdown_grace) => {
             tracing::warn!(grace = ?state.limits.shutdown_grace, "Grace period over; closing open HTTP connections");
             hard_stop.cancel();
+        }
+    }
+}
+
+/// How a connection learns that it must end: shutdown (finish the request
+/// in flight) or the end of the grace period (stop now).
+struct ConnectionEnds {
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until the client
+/// closes it, its lifetime (`server.request_timeout`) is over, or the
+/// daemon shuts down.
+async fn serve_connection<I>(io: I, state: Arc<AppState>, ends: ConnectionEnds)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let lifetime = state.limits.request_timeout;
+    let header_read_timeout = state.limits.header_read_timeout;
+    let service = service_fn(move |req| handle(state.clone(), req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let deadline = tokio::time::sleep(lifetime);
+    tokio::pin!(deadline);
+    let mut closing = false;
+    loop {
+        // Connection errors (resets, timeouts) are the client's business.
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            _ = ends.hard_stop.cancelled() => break,
+            // Shutdown, or the connection's time is up: finish the request
+            // in flight, then close.
+            _ = ends.shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = &mut deadline, if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
         }
     }
 }

@@ -1,0 +1,89 @@
+//! A redeploy forgets nothing important: a tenant flagged and throttled by
+//! one run is still flagged and throttled by the next, from the state file;
+//! a corrupt state file is a warning and an empty start.
+
+// Tests may unwrap: a failure there is the report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::TestDaemon;
+use tenantwatch::config::{FileConfig, FileRuleSettings};
+
+fn configure(c: &mut FileConfig, state: &Path) {
+    c.state.file = state.display().to_string();
+    c.state.save_interval = "1h".into();
+    c.detect.interval = "200ms".into();
+    // A quota far above the fair share, so advice visibly tightens it.
+    c.ratelimit.default_qps = 100_000.0;
+    c.ratelimit.default_burst = 100_000;
+    c.detect.rules.insert(
+        "error_storm".into(),
+        FileRuleSettings {
+            for_: Some("0s".into()),
+            min: Some(5.0),
+            tighten: Some(true),
+            ..Default::default()
+        },
+    );
+}
+
+async fn effective_qps(daemon: &TestDaemon, tenant: &str) -> f64 {
+    let reply = daemon
+        .post(
+            "/v1/ratelimit/check",
+            &[("content-type", "application/json")],
+            format!(r#"{{"tenant":"{tenant}"}}"#),
+        )
+        .await;
+    reply.json()["qps"].as_f64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_flags_and_tightened_quotas() {
+    let dir = std::env::temp_dir().join(format!("tw-statefile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state.json");
+    let _ = std::fs::remove_file(&state);
+
+    let first = TestDaemon::start_with(|c| configure(c, &state)).await;
+    let mut body = String::new();
+    for i in 0..200 {
+        body.push_str(&format!(
+            "tenantwatch.query:5|ms|#tenant:stormy,error:{}\ntenantwatch.query:5|ms|#tenant:calm{}\n",
+            i % 2 == 0,
+            i % 10
+        ));
+    }
+    let advice = support::eventually("stormy tightened", Duration::from_secs(20), || async {
+        first.post("/v1/events", &[], body.clone()).await;
+        let advice = first.get("/api/v1/advice").await.json();
+        (advice["advice"].as_array().map_or(0, Vec::len) > 0).then_some(advice)
+    })
+    .await;
+    assert_eq!(advice["advice"][0]["tenant"], "stormy");
+    let tightened = effective_qps(&first, "stormy").await;
+    assert!(tightened < 100_000.0, "{tightened}");
+    first.stop().await;
+    assert!(state.exists(), "saved on shutdown");
+
+    // The next run, with no events at all, still flags and throttles.
+    let second = TestDaemon::start_with(|c| configure(c, &state)).await;
+    let flags = second.get("/api/v1/flags").await.json();
+    assert_eq!(flags["flags"][0]["tenant"], "stormy", "{flags}");
+    assert_eq!(flags["flags"][0]["reason"], "error_storm");
+    assert_eq!(effective_qps(&second, "stormy").await, tightened);
+    assert_eq!(effective_qps(&second, "calm1").await, 100_000.0);
+    second.stop().await;
+
+    // A corrupt file: a warning, and an empty start.
+    std::fs::write(&state, b"{\"version\":1,\"flags\":").unwrap();
+    let third = TestDaemon::start_with(|c| configure(c, &state)).await;
+    let flags = third.get("/api/v1/flags").await.json();
+    assert_eq!(flags["flags"].as_array().unwrap().len(), 0);
+    third.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
