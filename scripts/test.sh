@@ -59,6 +59,12 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --locked --all-targets "$@" 2>&1 | tee "$log" || status=$?
+# Every parser of outside input, fuzzed for a bounded time (FUZZ_SECONDS
+# each, 20 by default; about 2 minutes plus the instrumented build).
+# SKIP_FUZZ=1 leaves it out, e.g. when running a single test.
+if [ "${SKIP_FUZZ:-0}" != 1 ] && [ $# -eq 0 ]; then
+  FUZZ_SECONDS=${FUZZ_SECONDS:-20} scripts/fuzz.sh || status=1
+fi
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "%d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
