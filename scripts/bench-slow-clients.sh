@@ -7,7 +7,7 @@
 # p50/p99 and the kernel's UDP drops (examples/slow_clients.rs).
 #
 #   scripts/bench-slow-clients.sh                 # 30 s, 200,000 events/s
-#   SECONDS_RUN=60 UDP_RATE=150000 scripts/bench-slow-clients.sh
+#   SECONDS_RUN=60 UDP_RATE=150000 MAX_HEAVY=1 scripts/bench-slow-clients.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +30,7 @@ UDP=127.0.0.1:$(free_port)
 cat > "$WORK/tenantwatch.toml" <<TOML
 [server]
 listen = "$HTTP"
+max_heavy_requests = ${MAX_HEAVY:-0}
 [ingest]
 udp_listen = "$UDP"
 TOML

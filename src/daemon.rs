@@ -158,9 +158,7 @@ impl Shared {
                 registry,
                 config.server.metrics_max_age,
             ),
-            heavy: Arc::new(tokio::sync::Semaphore::new(
-                config.server.max_heavy_requests,
-            )),
+            heavy: Arc::new(tokio::sync::Semaphore::new(config.server.heavy_permits())),
             store: self.store.clone(),
             stats: self.stats.clone(),
             http_metrics,

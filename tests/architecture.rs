@@ -144,6 +144,11 @@ fn no_import_cycle_between_top_level_modules() {
         edges.len() > 10,
         "expected the crate's modules, got {edges:?}"
     );
+    // The map, for `cargo test --test architecture -- --nocapture`.
+    for (module, targets) in &edges {
+        let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
+        println!("{module} -> {}", targets.join(", "));
+    }
     let cycles: Vec<String> = edges
         .iter()
         .flat_map(|(a, targets)| targets.iter().map(move |b| (a, b)))

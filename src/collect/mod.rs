@@ -435,9 +435,14 @@ impl Poller {
         for database in &databases {
             match self.query(database, queries::SCHEMA_STATS_SQL, &[]).await {
                 Ok(rows) => {
-                    if let Err(err) =
-                        queries::add_schema_rows(&mut totals, database, &rows, &self.attribution)
-                    {
+                    let max = self.target.max_tenants;
+                    if let Err(err) = queries::add_schema_rows(
+                        &mut totals,
+                        database,
+                        &rows,
+                        &self.attribution,
+                        max,
+                    ) {
                         first_error.get_or_insert(PollError::from_pg(err, PollErrorKind::Query));
                     }
                 }
@@ -521,6 +526,8 @@ impl Poller {
                         continue;
                     };
                     if let Some(tenant) = self.attribution.schema_tenant(&database, schema) {
+                        let tenant =
+                            queries::capped_tenant(&cycle.sizes, tenant, self.target.max_tenants);
                         *cycle.sizes.entry(tenant).or_default() += bytes.max(0) as u64;
                     }
                 }

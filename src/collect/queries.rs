@@ -193,17 +193,32 @@ fn min_age(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 /// Adds a database's schema rows into per-tenant totals.
+/// The key a tenant's figures go under in a per-tenant map of at most
+/// `max_tenants` keys: its own while there is room, else the overflow
+/// bucket. Tenants from PostgreSQL (schemas, databases) are not admitted by
+/// the event store, so their maps are capped here, like every map keyed by
+/// outside data.
+pub fn capped_tenant<V>(map: &BTreeMap<String, V>, tenant: String, max_tenants: usize) -> String {
+    if map.len() < max_tenants || map.contains_key(&tenant) {
+        tenant
+    } else {
+        crate::event::OVERFLOW_TENANT.to_owned()
+    }
+}
+
 pub fn add_schema_rows(
     totals: &mut BTreeMap<String, SchemaTotals>,
     database: &str,
     rows: &[Row],
     attribution: &Attribution,
+    max_tenants: usize,
 ) -> Result<(), tokio_postgres::Error> {
     for row in rows {
         let schema: &str = row.try_get("schema")?;
         let Some(tenant) = attribution.schema_tenant(database, schema) else {
             continue;
         };
+        let tenant = capped_tenant(totals, tenant, max_tenants);
         let t = totals.entry(tenant).or_default();
         let get = |name: &str| -> Result<u64, tokio_postgres::Error> {
             Ok(nonneg(row.try_get::<_, i64>(name)?))
@@ -296,3 +311,22 @@ SELECT datname::text FROM pg_database
  WHERE datallowconn AND NOT datistemplate
  ORDER BY datname
  LIMIT $1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_beyond_the_cap_fold_into_the_overflow_bucket() {
+        let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+        for i in 0..100_000 {
+            let tenant = capped_tenant(&totals, format!("t{i}"), 1000);
+            *totals.entry(tenant).or_default() += 1;
+        }
+        // 1,000 tenants of their own, and one bucket for the other 99,000.
+        assert_eq!(totals.len(), 1001);
+        assert_eq!(totals[crate::event::OVERFLOW_TENANT], 99_000);
+        // A tenant already kept keeps its own key.
+        assert_eq!(capped_tenant(&totals, "t5".into(), 1000), "t5");
+    }
+}

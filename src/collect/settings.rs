@@ -47,6 +47,9 @@ pub struct TargetConfig {
     pub size_batch: usize,
     pub schema_detail: SchemaDetail,
     pub tls_ca_file: Option<PathBuf>,
+    /// Most tenants kept per target from schemas (`ingest.max_tenants`);
+    /// beyond it their figures sum under `__overflow__`.
+    pub max_tenants: usize,
 }
 
 /// `host:port/dbname` from a parsed config: no user, no password, no options.

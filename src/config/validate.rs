@@ -94,7 +94,10 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
         );
         LogFormat::Plain
     });
-    let targets = validate_targets(&mut v, &file.targets, env);
+    let mut targets = validate_targets(&mut v, &file.targets, env);
+    for target in &mut targets {
+        target.max_tenants = ingest.max_tenants;
+    }
     let attribution = validate_rules(&mut v, &file.tenants.rules);
     let detect = validate_detect(&mut v, &file.detect, ingest.share_window);
     let ratelimit = validate_ratelimit(&mut v, &file.ratelimit);
@@ -222,7 +225,7 @@ fn validate_server(v: &mut Validator, s: &FileServer, env: &[(String, String)]) 
         shutdown_delay: v.duration_or_zero("server.shutdown_delay", &s.shutdown_delay),
         write_timeout: v.duration("server.write_timeout", &s.write_timeout),
         request_timeout: v.duration("server.request_timeout", &s.request_timeout),
-        max_heavy_requests: v.range("server.max_heavy_requests", s.max_heavy_requests, 1, 1024),
+        max_heavy_requests: v.range("server.max_heavy_requests", s.max_heavy_requests, 0, 1024),
         metrics_max_age: v.duration_or_zero("server.metrics_max_age", &s.metrics_max_age),
         tls: listener_tls(v, s),
     }
@@ -463,6 +466,7 @@ fn validate_target(
         databases,
         size_batch: v.range(&key("size_batch"), file.size_batch, 1, 100_000),
         tls_ca_file: file.tls_ca_file.clone(),
+        max_tenants: crate::ingest::IngestSettings::default().max_tenants,
         schema_detail: SchemaDetail::parse(&file.schema_detail).unwrap_or_else(|| {
             v.fail(
                 &key("schema_detail"),

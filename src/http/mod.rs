@@ -88,7 +88,9 @@ pub struct ServerSettings {
     /// flight and closes (keep-alive clients reconnect).
     pub request_timeout: Duration,
     /// Heavy requests (an exposition encode, API views, large event bodies)
-    /// run at once on blocking threads; beyond this many, 503.
+    /// run at once on blocking threads; beyond this many, 503. 0 in the
+    /// file means half the CPU cores (at least 1), so a core stays free for
+    /// the async workers that answer probes and checks.
     pub max_heavy_requests: usize,
     /// A scrape within this long of the last encode reuses its bytes.
     pub metrics_max_age: Duration,
@@ -110,7 +112,7 @@ impl Default for ServerSettings {
             shutdown_delay: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(300),
-            max_heavy_requests: 4,
+            max_heavy_requests: 0,
             metrics_max_age: Duration::from_secs(1),
             tls: None,
         }
@@ -118,6 +120,15 @@ impl Default for ServerSettings {
 }
 
 impl ServerSettings {
+    /// `max_heavy_requests` with 0 resolved to half the CPU cores.
+    pub fn heavy_permits(&self) -> usize {
+        if self.max_heavy_requests > 0 {
+            return self.max_heavy_requests;
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        (cores / 2).max(1)
+    }
+
     /// The tokens these settings require.
     pub fn tokens(&self) -> Tokens {
         Tokens {
