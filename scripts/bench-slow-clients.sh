@@ -31,6 +31,7 @@ cat > "$WORK/tenantwatch.toml" <<TOML
 [server]
 listen = "$HTTP"
 max_heavy_requests = ${MAX_HEAVY:-0}
+metrics_max_age = "${METRICS_MAX_AGE:-10s}"
 [ingest]
 udp_listen = "$UDP"
 TOML

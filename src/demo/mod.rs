@@ -344,6 +344,8 @@ impl DemoEnvironment {
         file.server.listen = listen.to_string();
         // Nothing routes to the demo: stop at once on Ctrl-C.
         file.server.shutdown_delay = "0s".into();
+        // The demo's live view and its 1 s scrapes want fresh figures.
+        file.server.metrics_max_age = "1s".into();
         file.ingest.udp_listen = "127.0.0.1:0".into();
         file.targets.push(FileTarget {
             poll_interval: "2s".into(),

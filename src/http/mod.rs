@@ -113,7 +113,7 @@ impl Default for ServerSettings {
             write_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(300),
             max_heavy_requests: 0,
-            metrics_max_age: Duration::from_secs(1),
+            metrics_max_age: Duration::from_secs(10),
             tls: None,
         }
     }

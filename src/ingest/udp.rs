@@ -138,23 +138,7 @@ fn receive_loop(
             }
         }
         match socket.recv(&mut buf) {
-            Ok(len) => {
-                stats.udp_datagrams.fetch_add(1, Ordering::Relaxed);
-                if len > limits.max_datagram_bytes {
-                    stats.add_received(Source::Udp, 1);
-                    stats.add_rejected(Source::Udp, RejectReason::DatagramTooLarge);
-                    continue;
-                }
-                let mut writer = store.writer(shard);
-                ingest_payload(
-                    &buf[..len],
-                    limits.lines,
-                    Source::Udp,
-                    &mut writer,
-                    stats,
-                    |_, _| {},
-                );
-            }
+            Ok(len) => record(&buf, len, shard, limits, store, stats),
             Err(err)
                 if matches!(
                     err.kind(),
@@ -194,22 +178,36 @@ fn drain(socket: &UdpSocket, shard: usize, limits: UdpLimits, store: &Store, sta
         if started.elapsed() > DRAIN_LIMIT {
             break;
         }
-        stats.udp_datagrams.fetch_add(1, Ordering::Relaxed);
-        if len > limits.max_datagram_bytes {
-            stats.add_received(Source::Udp, 1);
-            stats.add_rejected(Source::Udp, RejectReason::DatagramTooLarge);
-            continue;
-        }
-        let mut writer = store.writer(shard);
-        ingest_payload(
-            &buf[..len],
-            limits.lines,
-            Source::Udp,
-            &mut writer,
-            stats,
-            |_, _| {},
-        );
+        record(&buf, len, shard, limits, store, stats);
     }
+}
+
+/// One received datagram of `len` bytes: refused whole when it filled the
+/// `max_datagram_bytes + 1` buffer (it was truncated), else parsed into
+/// the thread's store shard.
+fn record(
+    buf: &[u8],
+    len: usize,
+    shard: usize,
+    limits: UdpLimits,
+    store: &Store,
+    stats: &IngestStats,
+) {
+    stats.udp_datagrams.fetch_add(1, Ordering::Relaxed);
+    if len > limits.max_datagram_bytes {
+        stats.add_received(Source::Udp, 1);
+        stats.add_rejected(Source::Udp, RejectReason::DatagramTooLarge);
+        return;
+    }
+    let mut writer = store.writer(shard);
+    ingest_payload(
+        &buf[..len],
+        limits.lines,
+        Source::Udp,
+        &mut writer,
+        stats,
+        |_, _| {},
+    );
 }
 
 /// The inode of a socket, from `/proc/self/fd/N` -> `socket:[INODE]`.
