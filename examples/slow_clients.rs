@@ -9,7 +9,7 @@
 //! that ask for `/metrics` and never read, runs 8 clients looping on
 //! `/api/v1/capacity` and `/metrics`, sends UDP_RATE events/s (one per
 //! datagram), and probes `/healthz` and `POST /v1/ratelimit/check` one
-//! request at a time. Prints the daemon's peak RSS, the probes' p50/p99,
+//! request at a time, each on its own keep-alive connection. Prints the daemon's peak RSS, the probes' p50/p99,
 //! the heavy clients' answers by status, and the kernel's UDP drops.
 
 // Benches may unwrap: a failure there is the report.
@@ -91,18 +91,21 @@ fn main() {
         })
     };
 
-    // Probes, one request at a time.
+    // Probes, one request at a time on one keep-alive connection each, as
+    // a kubelet and a router calling the check keep theirs.
+    let mut probe = KeepAlive::connect(http);
+    let mut router = KeepAlive::connect(http);
     let mut healthz = Vec::new();
     let mut checks = Vec::new();
     let started = Instant::now();
     let mut i = 0u64;
     while started.elapsed() < Duration::from_secs(seconds) {
         let t = Instant::now();
-        assert_eq!(get(http, "/healthz"), 200);
+        assert_eq!(probe.request("GET /healthz HTTP/1.1", ""), 200);
         healthz.push(t.elapsed());
         let t = Instant::now();
         let body = format!("{{\"tenant\":\"t{}\"}}", i % 1000);
-        let status = post(http, "/v1/ratelimit/check", &body);
+        let status = router.request("POST /v1/ratelimit/check HTTP/1.1", &body);
         assert!(status == 200 || status == 429, "check answered {status}");
         checks.push(t.elapsed());
         i += 1;
@@ -203,12 +206,54 @@ fn request(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
     (status, text)
 }
 
-fn get(addr: SocketAddr, path: &str) -> u16 {
-    request(addr, &format!("GET {path} HTTP/1.1"), "").0
+/// One keep-alive HTTP/1.1 connection, for requests one at a time.
+struct KeepAlive {
+    stream: std::io::BufReader<TcpStream>,
 }
 
-fn post(addr: SocketAddr, path: &str, body: &str) -> u16 {
-    request(addr, &format!("POST {path} HTTP/1.1"), body).0
+impl KeepAlive {
+    fn connect(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        KeepAlive {
+            stream: std::io::BufReader::new(stream),
+        }
+    }
+
+    /// Sends one request and reads the whole response; returns its status.
+    fn request(&mut self, head: &str, body: &str) -> u16 {
+        use std::io::BufRead;
+        write!(
+            self.stream.get_mut(),
+            "{head}\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut line = String::new();
+        self.stream.read_line(&mut line).unwrap();
+        let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).unwrap();
+        status
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> u16 {
+    request(addr, &format!("GET {path} HTTP/1.1"), "").0
 }
 
 fn kernel_drops(http: SocketAddr) -> u64 {
