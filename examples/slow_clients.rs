@@ -215,7 +215,9 @@ impl KeepAlive {
     fn connect(addr: SocketAddr) -> KeepAlive {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         KeepAlive {
             stream: std::io::BufReader::new(stream),
         }
@@ -232,7 +234,11 @@ impl KeepAlive {
         .unwrap();
         let mut line = String::new();
         self.stream.read_line(&mut line).unwrap();
-        let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let mut length = 0usize;
         loop {
             line.clear();
