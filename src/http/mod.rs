@@ -12,8 +12,14 @@
 //! request, and the server waits for them up to the grace period.
 //!
 //! - [`endpoint`]: the closed set of endpoints and their methods;
-//! - [`auth`]: the bearer token and its constant-time check;
+//! - [`auth`]: the write, read and caller tokens, compared in constant time;
+//! - [`tls`]: TLS on the listener, swapped on reload;
+//! - `deadline`: the write deadline that cuts off clients that stop reading;
 //! - `events`, `check`, `read`: the handlers; `reply`: response builders.
+//!
+//! Heavy work (an exposition encode, the API views, large event bodies) runs
+//! on blocking threads under `server.max_heavy_requests` permits (503 with
+//! `Retry-After` beyond), so probes and rate-limit checks stay fast.
 
 pub mod auth;
 mod check;
