@@ -35,6 +35,16 @@ enum Command {
         /// The TOML configuration file.
         file: PathBuf,
     },
+    /// Ask a running daemon's /readyz: exit 0 when ready, 1 otherwise (for
+    /// container images without curl).
+    Healthcheck {
+        /// Address of the daemon's HTTP listener (plain HTTP).
+        #[arg(long, default_value = "127.0.0.1:9645")]
+        addr: std::net::SocketAddr,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Start a throwaway PostgreSQL with tenant schemas and a workload in
     /// which one tenant misbehaves, and run tenantwatch on it.
     Demo(DemoArgs),
@@ -64,6 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Healthcheck { addr, timeout }) => healthcheck(addr, timeout),
         Some(Command::Run(args)) => run(args),
         Some(Command::Demo(args)) => demo(args),
         None => run(cli.run),
@@ -79,6 +90,32 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         Err(err) => {
             eprintln!("{}: {err}", file.display());
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `GET /readyz` on a fresh connection; ready is exactly a 200.
+fn healthcheck(addr: std::net::SocketAddr, timeout: std::time::Duration) -> ExitCode {
+    use std::io::{Read, Write};
+    let ready = (|| -> std::io::Result<bool> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: tenantwatch\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    })();
+    match ready {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("tenantwatch healthcheck: {addr} is not ready");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("tenantwatch healthcheck: {addr}: {err}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -381,3 +381,59 @@ async fn datagrams_queued_at_shutdown_are_still_counted() {
         .sum();
     assert_eq!(counted, f64::from(sent));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn landing_page_healthcheck_and_process_metrics() {
+    let daemon = TestDaemon::start().await;
+    let root = daemon.get("/").await;
+    assert_eq!(root.status, 200);
+    assert_eq!(
+        root.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    for link in [
+        "/metrics",
+        "/readyz",
+        "/api/v1/tenants",
+        "/api/v1/openapi.json",
+    ] {
+        assert!(root.text().contains(&format!("href=\"{link}\"")), "{link}");
+    }
+    assert!(root.text().contains(env!("CARGO_PKG_VERSION")));
+
+    let healthcheck = |addr: String| {
+        Command::new(BINARY)
+            .args(["healthcheck", "--addr", &addr, "--timeout", "2s"])
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    let addr = daemon.http.to_string();
+    let ready = tokio::task::spawn_blocking(move || healthcheck(addr))
+        .await
+        .unwrap();
+    assert_eq!(ready, Some(0));
+    let m = daemon.metrics().await;
+    for family in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        let value = m
+            .value(family, &[])
+            .unwrap_or_else(|| panic!("{family} missing"));
+        assert!(value > 0.0, "{family} = {value}");
+    }
+    let build = m.samples_named("tenantwatch_build_info").next().unwrap();
+    assert!(build.labels.contains_key("revision"), "{build:?}");
+    daemon.stop().await;
+
+    // Nobody listening: not ready.
+    let closed = format!("127.0.0.1:{}", tenantwatch::demo::cluster::free_port());
+    let down = tokio::task::spawn_blocking(move || healthcheck(closed))
+        .await
+        .unwrap();
+    assert_eq!(down, Some(1));
+}

@@ -7,6 +7,8 @@ use hyper::Method;
 /// Every endpoint of the one HTTP listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `/`: a landing page with the version and a link to every endpoint.
+    Index,
     Metrics,
     Healthz,
     Readyz,
@@ -25,7 +27,8 @@ pub enum Endpoint {
 pub const TENANT_PATH_PREFIX: &str = "/api/v1/tenants/";
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 12] = [
+    pub const ALL: [Endpoint; 13] = [
+        Endpoint::Index,
         Endpoint::Metrics,
         Endpoint::Healthz,
         Endpoint::Readyz,
@@ -43,6 +46,7 @@ impl Endpoint {
     /// The endpoint serving `path`, if any.
     pub fn from_path(path: &str) -> Option<Endpoint> {
         Some(match path {
+            "/" => Endpoint::Index,
             "/metrics" => Endpoint::Metrics,
             "/healthz" => Endpoint::Healthz,
             "/readyz" => Endpoint::Readyz,
@@ -62,6 +66,7 @@ impl Endpoint {
     /// The `endpoint` label of `tenantwatch_http_requests_total`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Endpoint::Index => "index",
             Endpoint::Metrics => "metrics",
             Endpoint::Healthz => "healthz",
             Endpoint::Readyz => "readyz",
@@ -87,7 +92,7 @@ impl Endpoint {
     /// probes stay open for the kubelet.
     pub fn needs_read_token(self) -> bool {
         match self {
-            Endpoint::Healthz | Endpoint::Readyz => false,
+            Endpoint::Index | Endpoint::Healthz | Endpoint::Readyz => false,
             // The write endpoints check the write token themselves.
             Endpoint::Events | Endpoint::RatelimitCheck => false,
             Endpoint::Metrics

@@ -331,6 +331,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
     }
     let response = match endpoint {
         Endpoint::Metrics => exposition(state, &req).await,
+        Endpoint::Index => reply::landing_page(),
         Endpoint::Healthz => text(StatusCode::OK, "ok\n"),
         Endpoint::Readyz => {
             if state.ready.load(Ordering::Relaxed) {

@@ -29,6 +29,32 @@ pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Response<Body>
     response
 }
 
+/// `GET /`: what this is, which version, and a link to every endpoint, as
+/// exporters answer at their root.
+pub(super) fn landing_page() -> Response<Body> {
+    let body = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>tenantwatch</title></head>\n\
+         <body><h1>tenantwatch {version}</h1>\n\
+         <p>Per-tenant observability for multi-tenant PostgreSQL (revision {revision}).</p>\n<ul>\n\
+         <li><a href=\"/metrics\">/metrics</a>: the Prometheus exposition</li>\n\
+         <li><a href=\"/healthz\">/healthz</a> and <a href=\"/readyz\">/readyz</a>: liveness and readiness</li>\n\
+         <li><a href=\"/api/v1/tenants\">/api/v1/tenants</a>, <a href=\"/api/v1/flags\">/api/v1/flags</a>, \
+         <a href=\"/api/v1/advice\">/api/v1/advice</a>, <a href=\"/api/v1/targets\">/api/v1/targets</a>, \
+         <a href=\"/api/v1/capacity\">/api/v1/capacity</a>: the planners' API \
+         (<a href=\"/api/v1/openapi.json\">OpenAPI</a>)</li>\n\
+         <li>POST /v1/events and POST /v1/ratelimit/check: event ingest and rate-limit checks</li>\n\
+         </ul></body></html>\n",
+        version = env!("CARGO_PKG_VERSION"),
+        revision = env!("TENANTWATCH_REVISION"),
+    );
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
 /// 503 with `Retry-After`: every permit for heavy work is taken.
 pub(super) fn busy() -> Response<Body> {
     let mut response = problem(

@@ -10,6 +10,7 @@
 //! - [`targets`]: what the PostgreSQL collectors last saw;
 //! - [`detect`]: flags, rate-limit decisions and quotas;
 //! - [`http`]: the listener's own counters;
+//! - [`process`]: the process's memory, CPU and descriptors (`process_*`);
 //! - [`mod@encode`]: the helpers they share.
 
 pub mod detect;
@@ -17,6 +18,7 @@ pub mod encode;
 pub mod events;
 pub mod http;
 pub mod ingest;
+pub mod process;
 pub mod targets;
 
 use std::sync::Arc;
@@ -63,6 +65,7 @@ pub fn registry(
         http.connections_rejected.clone(),
     );
     registry.register_collector(Box::new(BuildInfo));
+    registry.register_collector(Box::new(process::ProcessCollector));
     registry.register_collector(Box::new(StoreCollector { store }));
     registry.register_collector(Box::new(IngestCollector { stats }));
     registry.register_collector(Box::new(TargetCollector { targets }));
@@ -79,10 +82,14 @@ impl Collector for BuildInfo {
         let mut metric = family(
             &mut encoder,
             "tenantwatch_build_info",
-            "Always 1; the version label says which tenantwatch is running.",
+            "Always 1; the version and revision labels say which tenantwatch is running.",
             info.metric_type(),
         )?;
-        gauge(&mut metric, &[("version", env!("CARGO_PKG_VERSION"))], 1.0)
+        let labels = [
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("revision", env!("TENANTWATCH_REVISION")),
+        ];
+        gauge(&mut metric, &labels, 1.0)
     }
 }
 

@@ -355,7 +355,7 @@ pub fn documented_metrics() -> BTreeSet<String> {
         .lines()
         .filter_map(|line| line.strip_prefix("| `"))
         .filter_map(|rest| rest.split('`').next())
-        .filter(|name| name.starts_with("tenantwatch_"))
+        .filter(|name| name.starts_with("tenantwatch_") || name.starts_with("process_"))
         .map(str::to_owned)
         .collect()
 }
