@@ -353,6 +353,35 @@ fn validate_api(v: &mut Validator, a: &FileApi) -> CapacitySettings {
     api
 }
 
+/// A target's TLS: the CA file must load, and a CA to verify against means
+/// TLS or nothing: with libpq's default `prefer`, a server (or a man in the
+/// middle) answering "no TLS" would get a plaintext session.
+fn validate_target_tls(
+    v: &mut Validator,
+    key: &str,
+    file: &FileTarget,
+    pg: &mut tokio_postgres::Config,
+) {
+    if let Err(err) = crate::collect::tls::connector(file.tls_ca_file.as_deref()) {
+        let path = file
+            .tls_ca_file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        v.fail(key, path, err.to_string());
+    }
+    if file.tls_ca_file.is_some() {
+        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+            v.fail(
+                key,
+                "<set>",
+                "the DSN says sslmode=disable; remove one of the two",
+            );
+        }
+        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
+}
+
 fn validate_target(
     v: &mut Validator,
     i: usize,
@@ -415,27 +444,7 @@ fn validate_target(
             ),
         }
     }
-    if let Err(err) = crate::collect::tls::connector(file.tls_ca_file.as_deref()) {
-        let path = file
-            .tls_ca_file
-            .as_deref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        v.fail(&key("tls_ca_file"), path, err.to_string());
-    }
-    if file.tls_ca_file.is_some() {
-        // A CA to verify against means TLS or nothing: with libpq's default
-        // `prefer`, a server (or a man in the middle) answering "no TLS"
-        // would get a plaintext session.
-        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
-            v.fail(
-                &key("tls_ca_file"),
-                "<set>",
-                "the DSN says sslmode=disable; remove one of the two",
-            );
-        }
-        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-    }
+    validate_target_tls(v, &key("tls_ca_file"), file, &mut pg);
     let connect_timeout = v.duration(&key("connect_timeout"), &file.connect_timeout);
     pg.connect_timeout(connect_timeout);
     pg.application_name("tenantwatch");
