@@ -87,10 +87,6 @@ async fn reads_need_the_read_token_and_probes_stay_open() {
 async fn a_reload_rotates_both_tokens() {
     let (write, read) = token_files("rotate", "old-w", "old-r");
     let configure = |c: &mut FileConfig| {
-        c.server.listen = "127.0.0.1:0".into();
-        c.ingest.udp_listen = "".into();
-        c.server.shutdown_grace = "2s".into();
-        c.server.shutdown_delay = "0s".into();
         c.server.auth_token_file = Some(write.clone());
         c.server.read_token_file = Some(read.clone());
     };
@@ -101,7 +97,7 @@ async fn a_reload_rotates_both_tokens() {
     );
     std::fs::write(&write, "new-w").unwrap();
     std::fs::write(&read, "new-r").unwrap();
-    let mut file = FileConfig::default();
+    let mut file = support::file_config();
     configure(&mut file);
     file.ingest.max_tenants = 5;
     let ignored = daemon

@@ -126,12 +126,7 @@ async fn the_listener_serves_tls_and_reloads_its_certificate() {
     let (renewed, renewed_key) = self_signed(&dir, "renewed");
     std::fs::copy(&renewed, dir.join("served.crt")).unwrap();
     std::fs::copy(&renewed_key, dir.join("served.key")).unwrap();
-    let mut file = FileConfig::default();
-    file.server.listen = "127.0.0.1:0".into();
-    file.ingest.udp_listen = "127.0.0.1:0".into();
-    file.server.shutdown_grace = "2s".into();
-    file.server.shutdown_delay = "0s".into();
-    file.server.metrics_max_age = "0s".into();
+    let mut file = support::file_config();
     configure(&mut file);
     let ignored = daemon
         .daemon

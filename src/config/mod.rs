@@ -102,6 +102,19 @@ impl Config {
                 s.allow_unauthenticated != t.allow_unauthenticated,
             ),
             ("server.tls_cert_file", s.tls.is_some() != t.tls.is_some()),
+            ("server.write_timeout", s.write_timeout != t.write_timeout),
+            (
+                "server.request_timeout",
+                s.request_timeout != t.request_timeout,
+            ),
+            (
+                "server.max_heavy_requests",
+                s.max_heavy_requests != t.max_heavy_requests,
+            ),
+            (
+                "server.metrics_max_age",
+                s.metrics_max_age != t.metrics_max_age,
+            ),
             ("ingest.udp_listen", i.udp_listen != j.udp_listen),
             ("ingest.udp_receivers", i.udp_receivers != j.udp_receivers),
             (

@@ -17,6 +17,19 @@ use hyper_util::rt::TokioIo;
 use tenantwatch::config::FileConfig;
 use tenantwatch::{Config, Daemon};
 
+/// The defaults with loopback ephemeral ports and no waiting: what every
+/// test daemon starts from (and what a test reloads from).
+pub fn file_config() -> FileConfig {
+    let mut file = FileConfig::default();
+    file.server.listen = "127.0.0.1:0".into();
+    file.ingest.udp_listen = "127.0.0.1:0".into();
+    file.server.shutdown_grace = "2s".into();
+    file.server.shutdown_delay = "0s".into();
+    // Every scrape encodes afresh, so a test sees what it just sent.
+    file.server.metrics_max_age = "0s".into();
+    file
+}
+
 /// A daemon on `127.0.0.1:0` (HTTP and UDP), shut down on drop.
 pub struct TestDaemon {
     pub daemon: Option<Daemon>,
@@ -29,16 +42,10 @@ impl TestDaemon {
         TestDaemon::start_with(|_| {}).await
     }
 
-    /// Starts a daemon whose file config is the defaults with loopback
-    /// ephemeral ports, changed by `customize`.
+    /// Starts a daemon whose file config is [`file_config`], changed by
+    /// `customize`.
     pub async fn start_with(customize: impl FnOnce(&mut FileConfig)) -> TestDaemon {
-        let mut file = FileConfig::default();
-        file.server.listen = "127.0.0.1:0".into();
-        file.ingest.udp_listen = "127.0.0.1:0".into();
-        file.server.shutdown_grace = "2s".into();
-        file.server.shutdown_delay = "0s".into();
-        // Every scrape encodes afresh, so a test sees what it just sent.
-        file.server.metrics_max_age = "0s".into();
+        let mut file = file_config();
         customize(&mut file);
         let config = Config::try_from(file).expect("test config is valid");
         let daemon = Daemon::start(config).await.expect("daemon starts");
