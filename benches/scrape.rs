@@ -44,17 +44,20 @@ fn bench(c: &mut Criterion) {
             }
         }
     }
-    let registry = metrics::registry(
-        store.clone(),
-        Arc::new(IngestStats::default()),
+    let registry = metrics::exposition(
+        metrics::Sources {
+            store: store.clone(),
+            stats: Arc::new(IngestStats::default()),
+            targets: TargetStatuses::default(),
+            judgement: Arc::default(),
+            limits: Arc::new(RateLimits::new(
+                RatePolicy::default(),
+                100,
+                Duration::from_secs(60),
+            )),
+        },
         &HttpMetrics::default(),
-        TargetStatuses::default(),
-        Arc::default(),
-        Arc::new(RateLimits::new(
-            RatePolicy::default(),
-            10_000,
-            Duration::from_secs(600),
-        )),
+        &metrics::ExpositionSettings::default(),
     );
     let mut group = c.benchmark_group("scrape");
     group.sample_size(10);
@@ -63,6 +66,29 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("encode_10k_tenants", |b| {
         b.iter(|| black_box(metrics::encode(&registry).len()))
+    });
+    // The shape before the series budget (a histogram per kind with all 15
+    // bounds), to compare the writer alone.
+    let full = metrics::exposition(
+        metrics::Sources {
+            store: store.clone(),
+            stats: Arc::new(IngestStats::default()),
+            targets: TargetStatuses::default(),
+            judgement: Arc::default(),
+            limits: Arc::new(RateLimits::new(
+                RatePolicy::default(),
+                100,
+                Duration::from_secs(60),
+            )),
+        },
+        &HttpMetrics::default(),
+        &metrics::ExpositionSettings {
+            histogram_by_kind: true,
+            latency_buckets: tenantwatch::store::LATENCY_BUCKETS_SECONDS.to_vec(),
+        },
+    );
+    group.bench_function("encode_10k_tenants_by_kind_15_buckets", |b| {
+        b.iter(|| black_box(metrics::encode(&full).len()))
     });
     group.finish();
 }

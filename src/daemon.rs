@@ -145,17 +145,20 @@ impl Shared {
     /// What the HTTP handlers share.
     fn app_state(&self, config: &Config, udp_receivers: usize) -> AppState {
         let http_metrics = HttpMetrics::default();
-        let registry = crate::metrics::registry(
-            self.store.clone(),
-            self.stats.clone(),
+        let exposition = crate::metrics::exposition(
+            crate::metrics::Sources {
+                store: self.store.clone(),
+                stats: self.stats.clone(),
+                targets: self.targets.clone(),
+                judgement: self.judgement.clone(),
+                limits: self.limits.clone(),
+            },
             &http_metrics,
-            self.targets.clone(),
-            self.judgement.clone(),
-            self.limits.clone(),
+            &config.metrics,
         );
         AppState {
             exposition: crate::metrics::SharedExposition::new(
-                registry,
+                exposition,
                 config.server.metrics_max_age,
             ),
             heavy: Arc::new(tokio::sync::Semaphore::new(config.server.heavy_permits())),

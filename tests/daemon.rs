@@ -437,3 +437,98 @@ async fn landing_page_healthcheck_and_process_metrics() {
         .unwrap();
     assert_eq!(down, Some(1));
 }
+
+/// The series budget: a tenant sending every kind of query, with errors,
+/// rows and latencies in every bucket, costs at most 20 samples with the
+/// default configuration (issue 16); the folded buckets count right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_budget_per_tenant() {
+    let daemon = TestDaemon::start().await;
+    let tenants: Vec<String> = (0..30).map(|i| format!("budget{i}")).collect();
+    let latencies_ms = [0.3, 2.0, 7.0, 60.0, 400.0, 3000.0, 40000.0];
+    let mut sent = 0.0;
+    for tenant in &tenants {
+        let mut datagram = String::new();
+        for kind in ["read", "write", "other"] {
+            for ms in latencies_ms {
+                datagram.push_str(&format!(
+                    "tenantwatch.query:{ms}|ms|#tenant:{tenant},kind:{kind},rows:3\n"
+                ));
+                sent += 1.0;
+            }
+            datagram.push_str(&format!(
+                "tenantwatch.errors:1|c|#tenant:{tenant},kind:{kind}\n"
+            ));
+            sent += 1.0;
+        }
+        daemon.send_udp(datagram.as_bytes());
+    }
+    let m = daemon
+        .metrics_when("every event counted", |m| {
+            m.value_or_zero("tenantwatch_events_received_total", &[("source", "udp")]) == sent
+        })
+        .await;
+    let mut per_tenant = std::collections::BTreeMap::<&str, usize>::new();
+    for sample in &m.samples {
+        if let Some(tenant) = sample.labels.get("tenant") {
+            *per_tenant.entry(tenant.as_str()).or_default() += 1;
+        }
+    }
+    assert_eq!(per_tenant.len(), tenants.len(), "{per_tenant:?}");
+    for (tenant, samples) in &per_tenant {
+        assert!(
+            *samples <= 20,
+            "tenant {tenant} costs {samples} samples, over the budget of 20"
+        );
+    }
+    // One histogram per tenant over all kinds, folded into the default bounds.
+    let bucket = |le: &str| {
+        m.value(
+            "tenantwatch_tenant_query_duration_seconds_bucket",
+            &[("tenant", "budget0"), ("le", le)],
+        )
+    };
+    assert_eq!(bucket("0.001"), Some(3.0));
+    assert_eq!(bucket("0.005"), Some(6.0));
+    assert_eq!(bucket("0.025"), Some(9.0));
+    assert_eq!(bucket("0.1"), Some(12.0));
+    assert_eq!(bucket("0.25"), Some(12.0));
+    assert_eq!(bucket("1.0"), Some(15.0));
+    assert_eq!(bucket("5.0"), Some(18.0));
+    assert_eq!(bucket("+Inf"), Some(21.0));
+    assert_eq!(
+        m.value(
+            "tenantwatch_tenant_query_duration_seconds_count",
+            &[("tenant", "budget0")]
+        ),
+        Some(21.0)
+    );
+    daemon.stop().await;
+
+    // Per kind, on request, with a bound set of one's own.
+    let daemon = TestDaemon::start_with(|c| {
+        c.metrics.histogram_by_kind = true;
+        c.metrics.latency_buckets = vec![0.01, 1.0];
+    })
+    .await;
+    daemon.send_udp(
+        b"tenantwatch.query:2|ms|#tenant:k,kind:write\ntenantwatch.query:20|ms|#tenant:k,kind:read",
+    );
+    let m = daemon
+        .metrics_when("two events", |m| {
+            m.value_or_zero("tenantwatch_events_received_total", &[("source", "udp")]) == 2.0
+        })
+        .await;
+    let bucket = |kind: &str, le: &str| {
+        m.value(
+            "tenantwatch_tenant_query_duration_seconds_bucket",
+            &[("tenant", "k"), ("kind", kind), ("le", le)],
+        )
+    };
+    assert_eq!(bucket("write", "0.01"), Some(1.0));
+    assert_eq!(bucket("read", "0.01"), Some(0.0));
+    assert_eq!(bucket("read", "1.0"), Some(1.0));
+    assert_eq!(bucket("read", "+Inf"), Some(1.0));
+    assert_eq!(bucket("other", "+Inf"), None);
+    daemon.stop().await;
+}

@@ -23,9 +23,19 @@ fn tk<'a>(tenant: &'a str, kind: &'a str) -> [(&'a str, &'a str); 2] {
     [("tenant", tenant), ("kind", kind)]
 }
 
+/// A daemon exposing the store's histograms as they are kept: per kind, all
+/// 15 bounds, so the tests see every bucket edge.
+async fn start_with_full_histograms() -> TestDaemon {
+    TestDaemon::start_with(|c| {
+        c.metrics.histogram_by_kind = true;
+        c.metrics.latency_buckets = tenantwatch::store::LATENCY_BUCKETS_SECONDS.to_vec();
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_events_appear_with_exact_counts() {
-    let daemon = TestDaemon::start().await;
+    let daemon = start_with_full_histograms().await;
     // 3 datagrams: NDJSON, DogStatsD with a sample rate and several values,
     // and a mix with bad lines beside good ones.
     daemon.send_udp(
@@ -277,7 +287,7 @@ async fn a_real_dogstatsd_client_library_is_understood() {
     use cadence::prelude::*;
     use cadence::{StatsdClient, UdpMetricSink};
 
-    let daemon = TestDaemon::start().await;
+    let daemon = start_with_full_histograms().await;
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let sink = UdpMetricSink::from(daemon.udp.unwrap(), socket).unwrap();
     let client = StatsdClient::builder("tenantwatch", sink)

@@ -128,13 +128,16 @@ proptest! {
         }
         let snapshot = store.snapshot();
         assert_finite(&snapshot);
-        let registry = metrics::registry(
-            store.clone(),
-            Arc::new(IngestStats::default()),
+        let registry = metrics::exposition(
+            metrics::Sources {
+                store: store.clone(),
+                stats: Arc::new(IngestStats::default()),
+                targets: TargetStatuses::default(),
+                judgement: Arc::default(),
+                limits: Arc::new(RateLimits::new(RatePolicy::default(), 100, Duration::from_secs(60))),
+            },
             &HttpMetrics::default(),
-            TargetStatuses::default(),
-            Arc::default(),
-            Arc::new(RateLimits::new(RatePolicy::default(), 100, Duration::from_secs(60))),
+            &metrics::ExpositionSettings::default(),
         );
         let text = metrics::encode(&registry);
         for line in text.lines().filter(|l| !l.starts_with('#')) {

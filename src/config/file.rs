@@ -49,6 +49,28 @@ pub struct FileConfig {
     pub ratelimit: FileRateLimit,
     pub api: FileApi,
     pub state: FileState,
+    pub metrics: FileMetrics,
+}
+
+/// `[metrics]`: how the per-tenant figures are exposed on `/metrics`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileMetrics {
+    /// One latency histogram per tenant and kind instead of per tenant.
+    pub histogram_by_kind: bool,
+    /// Exposed latency histogram bounds in seconds, each one of the
+    /// store's 15 bounds.
+    pub latency_buckets: Vec<f64>,
+}
+
+impl Default for FileMetrics {
+    fn default() -> Self {
+        let d = crate::metrics::ExpositionSettings::default();
+        FileMetrics {
+            histogram_by_kind: d.histogram_by_kind,
+            latency_buckets: d.latency_buckets,
+        }
+    }
 }
 
 /// `[state]`: what survives a restart.

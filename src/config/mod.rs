@@ -57,6 +57,8 @@ pub struct Config {
     pub callers: Vec<crate::ratelimit::Caller>,
     pub state: crate::state::StateSettings,
     pub api: CapacitySettings,
+    /// `[metrics]`: how `/metrics` shows the per-tenant figures.
+    pub metrics: crate::metrics::ExpositionSettings,
 }
 
 impl Config {
@@ -114,6 +116,14 @@ impl Config {
             (
                 "server.metrics_max_age",
                 s.metrics_max_age != t.metrics_max_age,
+            ),
+            (
+                "metrics.histogram_by_kind",
+                a.metrics.histogram_by_kind != b.metrics.histogram_by_kind,
+            ),
+            (
+                "metrics.latency_buckets",
+                a.metrics.latency_buckets != b.metrics.latency_buckets,
             ),
             ("ingest.udp_listen", i.udp_listen != j.udp_listen),
             ("ingest.udp_receivers", i.udp_receivers != j.udp_receivers),

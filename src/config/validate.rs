@@ -104,6 +104,19 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
     let ratelimit_idle_ttl = v.duration("ratelimit.idle_ttl", &file.ratelimit.idle_ttl);
     let callers = validate_callers(&mut v, &file.ratelimit.callers);
     let api = validate_api(&mut v, &file.api);
+    if let Err(message) =
+        crate::metrics::ExpositionSettings::validate_buckets(&file.metrics.latency_buckets)
+    {
+        v.fail(
+            "metrics.latency_buckets",
+            format!("{:?}", file.metrics.latency_buckets),
+            message,
+        );
+    }
+    let metrics = crate::metrics::ExpositionSettings {
+        histogram_by_kind: file.metrics.histogram_by_kind,
+        latency_buckets: file.metrics.latency_buckets.clone(),
+    };
     let state = crate::state::StateSettings {
         file: (!file.state.file.trim().is_empty()).then(|| file.state.file.trim().into()),
         save_interval: v.duration("state.save_interval", &file.state.save_interval),
@@ -123,6 +136,7 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
         callers,
         api,
         state,
+        metrics,
     })
 }
 

@@ -1,28 +1,116 @@
 //! The exposition of the tenant store: per-tenant query counts, errors,
 //! rows, latency histograms and database-time share, from one
-//! [`Store::snapshot`] per scrape.
+//! [`Store::snapshot`] per scrape, written by the direct [`super::text`]
+//! writer (these families are nearly all of a large exposition).
+//!
+//! The store keeps every query in its 15 fine latency buckets; the
+//! exposition folds them into the configured `metrics.latency_buckets` (a
+//! subset of the store's bounds, so folding is exact) and, by default, into
+//! one histogram per tenant rather than one per tenant and kind. That keeps
+//! a tenant sending all three kinds at 20 samples.
 
 use std::sync::Arc;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
-
-use super::encode::{counter, family, gauge};
+use super::text::{header, push_count, push_f64, push_label_value, push_u64};
 use crate::event::QueryKind;
 use crate::store::{BUCKET_COUNT, KindTotals, LATENCY_BUCKETS_SECONDS, Store, StoreSnapshot};
 
-/// Exposes the tenant store.
-#[derive(Debug)]
-pub struct StoreCollector {
-    pub store: Arc<Store>,
+/// Latency histogram bounds exposed by default, in seconds: one bound at the
+/// `TenantwatchTenantLatencyHigh` threshold (1 s), so that alert's decision
+/// is exact, and about a factor of 4 between the others.
+pub const DEFAULT_LATENCY_BUCKETS: [f64; 7] = [0.001, 0.005, 0.025, 0.1, 0.25, 1.0, 5.0];
+
+/// `[metrics]`: how the per-tenant figures are exposed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpositionSettings {
+    /// One latency histogram per tenant and kind instead of per tenant.
+    pub histogram_by_kind: bool,
+    /// Exposed histogram bounds in seconds, ascending, each one of
+    /// [`LATENCY_BUCKETS_SECONDS`].
+    pub latency_buckets: Vec<f64>,
 }
 
-impl StoreCollector {
-    fn encode_snapshot(
-        snapshot: &StoreSnapshot,
-        mut encoder: DescriptorEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
+impl Default for ExpositionSettings {
+    fn default() -> Self {
+        ExpositionSettings {
+            histogram_by_kind: false,
+            latency_buckets: DEFAULT_LATENCY_BUCKETS.to_vec(),
+        }
+    }
+}
+
+impl ExpositionSettings {
+    /// Checks `latency_buckets`: not empty, ascending, each a store bound.
+    pub fn validate_buckets(buckets: &[f64]) -> Result<(), String> {
+        if buckets.is_empty() {
+            return Err("must name at least one bound".into());
+        }
+        if buckets.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("bounds must be in ascending order, each once".into());
+        }
+        if let Some(bad) = buckets
+            .iter()
+            .find(|b| !LATENCY_BUCKETS_SECONDS.contains(b))
+        {
+            return Err(format!(
+                "{bad} is not one of the store's bounds {LATENCY_BUCKETS_SECONDS:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Exposes the tenant store.
+#[derive(Debug)]
+pub struct StoreExposition {
+    store: Arc<Store>,
+    by_kind: bool,
+    /// Exposed bounds as the exposition writes them (`le="..."`), the last
+    /// being `+Inf`.
+    le: Vec<String>,
+    /// For each store bucket, the exposed bucket it folds into.
+    fold: [usize; BUCKET_COUNT],
+}
+
+impl StoreExposition {
+    pub fn new(store: Arc<Store>, settings: &ExpositionSettings) -> StoreExposition {
+        let bounds = &settings.latency_buckets;
+        let mut fold = [bounds.len(); BUCKET_COUNT];
+        for (i, slot) in fold.iter_mut().enumerate() {
+            let upper = LATENCY_BUCKETS_SECONDS.get(i).copied();
+            if let Some(upper) = upper {
+                // A store bucket ends at or below the first exposed bound
+                // not smaller than its own; validation makes the bounds a
+                // subset of the store's, so nothing straddles two buckets.
+                *slot = bounds
+                    .iter()
+                    .position(|b| *b >= upper)
+                    .unwrap_or(bounds.len());
+            }
+        }
+        let mut le: Vec<String> = bounds
+            .iter()
+            .map(|b| {
+                let mut text = String::new();
+                push_f64(&mut text, *b);
+                text
+            })
+            .collect();
+        le.push("+Inf".into());
+        StoreExposition {
+            store,
+            by_kind: settings.histogram_by_kind,
+            le,
+            fold,
+        }
+    }
+
+    /// Appends the store's families to `out`.
+    pub fn encode(&self, out: &mut String) {
+        self.encode_snapshot(&self.store.snapshot(), out);
+    }
+
+    fn encode_snapshot(&self, snapshot: &StoreSnapshot, out: &mut String) {
         type Field = fn(&KindTotals) -> f64;
         let per_kind: [(&str, &str, Field); 3] = [
             (
@@ -42,102 +130,152 @@ impl StoreCollector {
             ),
         ];
         for (name, help, field) in per_kind {
-            let mut metric = family(&mut encoder, name, help, MetricType::Counter)?;
+            header(out, name, help, "counter");
             for tenant in &snapshot.tenants {
                 for kind in QueryKind::ALL {
                     if let Some(totals) = &tenant.kinds[kind.index()] {
-                        let labels = [("tenant", tenant.tenant.as_str()), ("kind", kind.as_str())];
-                        counter(&mut metric, &labels, field(totals))?;
+                        out.push_str(name);
+                        out.push_str("_total{tenant=\"");
+                        push_label_value(out, &tenant.tenant);
+                        out.push_str("\",kind=\"");
+                        out.push_str(kind.as_str());
+                        out.push_str("\"} ");
+                        push_count(out, field(totals));
+                        out.push('\n');
                     }
                 }
             }
         }
 
-        let mut metric = family(
-            &mut encoder,
-            "tenantwatch_tenant_query_duration_seconds",
-            "Query latency reported by applications, per tenant and kind.",
-            MetricType::Histogram,
-        )?;
-        let mut buckets = [(0.0, 0u64); BUCKET_COUNT];
+        let name = "tenantwatch_tenant_query_duration_seconds";
+        header(
+            out,
+            name,
+            if self.by_kind {
+                "Query latency reported by applications, per tenant and kind."
+            } else {
+                "Query latency reported by applications, per tenant (all kinds)."
+            },
+            "histogram",
+        );
+        let mut labels = String::new();
         for tenant in &snapshot.tenants {
-            for kind in QueryKind::ALL {
-                let Some(totals) = &tenant.kinds[kind.index()] else {
-                    continue;
-                };
-                if totals.queries == 0.0 {
-                    continue;
+            labels.clear();
+            labels.push_str("tenant=\"");
+            push_label_value(&mut labels, &tenant.tenant);
+            labels.push('"');
+            if self.by_kind {
+                let prefix = labels.len();
+                for kind in QueryKind::ALL {
+                    if let Some(totals) = &tenant.kinds[kind.index()] {
+                        labels.truncate(prefix);
+                        labels.push_str(",kind=\"");
+                        labels.push_str(kind.as_str());
+                        labels.push('"');
+                        self.histogram(out, name, &labels, [Some(totals)].into_iter());
+                    }
                 }
-                // Weighted (sampled) counts are fractional: round the
-                // cumulative counts, which keeps them monotonic, then hand the
-                // encoder the differences it expects.
-                let (mut cumulative, mut previous) = (0.0, 0u64);
-                for (i, slot) in buckets.iter_mut().enumerate() {
-                    cumulative += totals.buckets[i];
-                    let rounded = cumulative.round() as u64;
-                    let bound = LATENCY_BUCKETS_SECONDS
-                        .get(i)
-                        .copied()
-                        .unwrap_or(f64::INFINITY);
-                    *slot = (bound, rounded - previous);
-                    previous = rounded;
-                }
-                let labels = [("tenant", tenant.tenant.as_str()), ("kind", kind.as_str())];
-                metric
-                    .encode_family(&labels)?
-                    .encode_histogram::<NoLabelSet>(
-                        totals.duration_sum_ms / 1000.0,
-                        previous,
-                        &buckets,
-                        None,
-                    )?;
+            } else {
+                self.histogram(out, name, &labels, tenant.kinds.iter().map(Option::as_ref));
             }
         }
 
-        let mut metric = family(
-            &mut encoder,
-            "tenantwatch_tenant_db_time_share",
+        let name = "tenantwatch_tenant_db_time_share";
+        header(
+            out,
+            name,
             "The tenant's share of all tenants' reported query time over the sliding window (0 to 1).",
-            MetricType::Gauge,
-        )?;
+            "gauge",
+        );
         for tenant in &snapshot.tenants {
-            gauge(
-                &mut metric,
-                &[("tenant", tenant.tenant.as_str())],
-                tenant.db_time_share,
-            )?;
+            out.push_str(name);
+            out.push_str("{tenant=\"");
+            push_label_value(out, &tenant.tenant);
+            out.push_str("\"} ");
+            push_f64(out, tenant.db_time_share);
+            out.push('\n');
         }
 
-        let mut metric = family(
-            &mut encoder,
-            "tenantwatch_tenants_tracked",
-            "Tenants currently tracked from events (at most ingest.max_tenants; the overflow bucket not counted).",
-            MetricType::Gauge,
-        )?;
-        metric.encode_gauge(&(snapshot.tracked as i64))?;
-
-        let mut metric = family(
-            &mut encoder,
-            "tenantwatch_tenants_overflow",
-            "Events attributed to the __overflow__ tenant because ingest.max_tenants tenants were already tracked.",
-            MetricType::Counter,
-        )?;
-        metric.encode_counter::<NoLabelSet, _, u64>(&snapshot.overflow_events, None)?;
-
-        let mut metric = family(
-            &mut encoder,
-            "tenantwatch_tenants_evicted",
-            "Tenants forgotten after ingest.tenant_idle_ttl without an event.",
-            MetricType::Counter,
-        )?;
-        metric.encode_counter::<NoLabelSet, _, u64>(&snapshot.evicted, None)?;
-        Ok(())
+        let totals: [(&str, &str, &str, u64); 3] = [
+            (
+                "tenantwatch_tenants_tracked",
+                "Tenants currently tracked from events (at most ingest.max_tenants; the overflow bucket not counted).",
+                "gauge",
+                snapshot.tracked as u64,
+            ),
+            (
+                "tenantwatch_tenants_overflow",
+                "Events attributed to the __overflow__ tenant because ingest.max_tenants tenants were already tracked.",
+                "counter",
+                snapshot.overflow_events,
+            ),
+            (
+                "tenantwatch_tenants_evicted",
+                "Tenants forgotten after ingest.tenant_idle_ttl without an event.",
+                "counter",
+                snapshot.evicted,
+            ),
+        ];
+        for (name, help, metric_type, value) in totals {
+            header(out, name, help, metric_type);
+            out.push_str(name);
+            if metric_type == "counter" {
+                out.push_str("_total");
+            }
+            out.push(' ');
+            push_u64(out, value);
+            out.push('\n');
+        }
     }
-}
 
-impl Collector for StoreCollector {
-    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = self.store.snapshot();
-        StoreCollector::encode_snapshot(&snapshot, encoder)
+    /// Writes one histogram (sum, count, cumulative buckets) merging `kinds`.
+    /// Nothing when the kinds hold no query.
+    fn histogram<'a>(
+        &self,
+        out: &mut String,
+        name: &str,
+        labels: &str,
+        kinds: impl Iterator<Item = Option<&'a KindTotals>>,
+    ) {
+        let mut buckets = [0.0f64; BUCKET_COUNT];
+        let (mut queries, mut sum_ms) = (0.0, 0.0);
+        for totals in kinds.flatten() {
+            queries += totals.queries;
+            sum_ms += totals.duration_sum_ms;
+            for (i, count) in totals.buckets.iter().enumerate() {
+                buckets[self.fold[i]] += count;
+            }
+        }
+        if queries == 0.0 {
+            return;
+        }
+        let exposed = &buckets[..self.le.len()];
+        // Weighted (sampled) counts are fractional: round the cumulative
+        // counts, which keeps them monotonic.
+        let count = exposed.iter().sum::<f64>().round() as u64;
+        out.push_str(name);
+        out.push_str("_sum{");
+        out.push_str(labels);
+        out.push_str("} ");
+        push_f64(out, sum_ms / 1000.0);
+        out.push('\n');
+        out.push_str(name);
+        out.push_str("_count{");
+        out.push_str(labels);
+        out.push_str("} ");
+        push_u64(out, count);
+        out.push('\n');
+        let mut cumulative = 0.0;
+        for (le, bucket) in self.le.iter().zip(exposed) {
+            cumulative += bucket;
+            out.push_str(name);
+            out.push_str("_bucket{");
+            out.push_str(labels);
+            out.push_str(",le=\"");
+            out.push_str(le);
+            out.push_str("\"} ");
+            push_u64(out, cumulative.round() as u64);
+            out.push('\n');
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! Per-tenant figures are not kept in prometheus-client metric families (a
 //! `Family` per tenant would put a lock and a hash lookup on the hot path);
 //! each area has one collector that reads its store at scrape time:
-//! - [`events`]: the tenant store (queries, errors, rows, latency, share);
+//! - [`events`]: the tenant store (queries, errors, rows, latency, share),
+//!   written by the direct [`text`] writer rather than prometheus-client;
 //! - [`ingest`]: what the ingest sources received and refused;
 //! - [`targets`]: what the PostgreSQL collectors last saw;
 //! - [`detect`]: flags, rate-limit decisions and quotas;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod ingest;
 pub mod process;
 pub mod targets;
+pub mod text;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,7 +33,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 pub use detect::DetectCollector;
-pub use events::StoreCollector;
+pub use events::{DEFAULT_LATENCY_BUCKETS, ExpositionSettings, StoreExposition};
 pub use http::{HttpLabels, HttpMetrics};
 pub use ingest::IngestCollector;
 pub use targets::TargetCollector;
@@ -44,9 +46,44 @@ use encode::{family, gauge};
 /// Content type of the exposition prometheus-client writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Builds the daemon's registry.
-pub fn registry(
-    store: Arc<Store>,
+/// Everything `/metrics` shows: the registry of prometheus-client families
+/// and collectors, and the tenant store's families written directly.
+#[derive(Debug)]
+pub struct Exposition {
+    registry: Registry,
+    store: StoreExposition,
+}
+
+/// What the exposition reads.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub store: Arc<Store>,
+    pub stats: Arc<IngestStats>,
+    pub targets: TargetStatuses,
+    pub judgement: SharedJudgement,
+    pub limits: Arc<RateLimits>,
+}
+
+/// Builds the daemon's exposition.
+pub fn exposition(
+    sources: Sources,
+    http: &HttpMetrics,
+    settings: &ExpositionSettings,
+) -> Exposition {
+    let Sources {
+        store,
+        stats,
+        targets,
+        judgement,
+        limits,
+    } = sources;
+    Exposition {
+        store: StoreExposition::new(store, settings),
+        registry: registry(stats, http, targets, judgement, limits),
+    }
+}
+
+fn registry(
     stats: Arc<IngestStats>,
     http: &HttpMetrics,
     targets: TargetStatuses,
@@ -66,7 +103,6 @@ pub fn registry(
     );
     registry.register_collector(Box::new(BuildInfo));
     registry.register_collector(Box::new(process::ProcessCollector));
-    registry.register_collector(Box::new(StoreCollector { store }));
     registry.register_collector(Box::new(IngestCollector { stats }));
     registry.register_collector(Box::new(TargetCollector { targets }));
     registry.register_collector(Box::new(DetectCollector { judgement, limits }));
@@ -97,15 +133,24 @@ impl Collector for BuildInfo {
 /// growing (and copying) its way up to tens of megabytes.
 static LAST_EXPOSITION_BYTES: AtomicUsize = AtomicUsize::new(64 * 1024);
 
-/// Encodes the registry in the OpenMetrics text format.
-pub fn encode(registry: &Registry) -> String {
+/// The end of an OpenMetrics exposition.
+const EOF_LINE: &str = "# EOF\n";
+
+/// Encodes the exposition in the OpenMetrics text format.
+pub fn encode(exposition: &Exposition) -> String {
     let expected = LAST_EXPOSITION_BYTES.load(Ordering::Relaxed);
     let mut out = String::with_capacity(expected + expected / 8);
     // Writing into a String cannot fail; an error here would be a bug in a
     // collector, and a partial exposition is still better than none.
-    if let Err(err) = prometheus_client::encoding::text::encode(&mut out, registry) {
+    if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &exposition.registry) {
         tracing::error!(error = %err, "Failed to encode metrics");
     }
+    // The store's families go before the end marker the registry wrote.
+    if out.ends_with(EOF_LINE) {
+        out.truncate(out.len() - EOF_LINE.len());
+    }
+    exposition.store.encode(&mut out);
+    out.push_str(EOF_LINE);
     LAST_EXPOSITION_BYTES.store(out.len(), Ordering::Relaxed);
     out
 }
@@ -139,12 +184,12 @@ impl Encoded {
     }
 }
 
-/// The registry's exposition, encoded at most once per `max_age` and once
+/// The exposition, encoded at most once per `max_age` and once
 /// for every group of concurrent scrapes (single flight): 200 scrapers cost
 /// one encode and share one buffer.
 #[derive(Debug)]
 pub struct SharedExposition {
-    registry: Arc<Registry>,
+    exposition: Arc<Exposition>,
     max_age: std::time::Duration,
     last: tokio::sync::Mutex<Option<Arc<Encoded>>>,
 }
@@ -154,9 +199,9 @@ pub struct SharedExposition {
 pub struct Busy;
 
 impl SharedExposition {
-    pub fn new(registry: Registry, max_age: std::time::Duration) -> SharedExposition {
+    pub fn new(exposition: Exposition, max_age: std::time::Duration) -> SharedExposition {
         SharedExposition {
-            registry: Arc::new(registry),
+            exposition: Arc::new(exposition),
             max_age,
             last: tokio::sync::Mutex::new(None),
         }
@@ -176,8 +221,8 @@ impl SharedExposition {
             return Ok(encoded.clone());
         }
         let _permit = heavy.try_acquire().map_err(|_| Busy)?;
-        let registry = self.registry.clone();
-        let plain = tokio::task::spawn_blocking(move || encode(&registry))
+        let exposition = self.exposition.clone();
+        let plain = tokio::task::spawn_blocking(move || encode(&exposition))
             .await
             .map_err(|_| Busy)?;
         let encoded = Arc::new(Encoded {
