@@ -639,3 +639,126 @@ async fn a_client_calling_itself_tenantwatch_is_still_counted() {
     drop(impostor);
     daemon.stop().await;
 }
+
+/// A relation under an ACCESS EXCLUSIVE lock (a migration) is skipped by the
+/// size batch so the poll does not queue behind it; it counts with its last
+/// measured size rather than dropping out of its tenant's sum, and the
+/// cycle still publishes everyone else's new sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_relation_keeps_its_last_size() {
+    let pg = cluster().await;
+    let admin = connect(&pg.dsn("postgres")).await;
+    admin.batch_execute("CREATE DATABASE app").await.unwrap();
+    let app = connect(&pg.dsn("app")).await;
+    app.batch_execute(
+        "CREATE SCHEMA tenant_grow; CREATE TABLE tenant_grow.t (id int, pad text);
+         CREATE SCHEMA tenant_locked; CREATE TABLE tenant_locked.t (id int);
+         INSERT INTO tenant_grow.t VALUES (1, 'x'); INSERT INTO tenant_locked.t VALUES (1)",
+    )
+    .await
+    .unwrap();
+    let exact = |schema: &'static str| {
+        let app = &app;
+        async move {
+            let sql = format!(
+                "SELECT sum(pg_total_relation_size(c.oid))::int8 FROM pg_class c
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = '{schema}' AND c.relkind = 'r'"
+            );
+            app.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) as f64
+        }
+    };
+    let daemon = TestDaemon::start_with(|c| {
+        let mut target = fast_target("main", pg.dsn("app"));
+        target.size_batch = 1;
+        target.size_interval = "200ms".into();
+        c.targets.push(target);
+    })
+    .await;
+    let size = |m: &Exposition, tenant| {
+        tenant_value(m, "tenantwatch_tenant_schema_size_bytes", "main", tenant)
+    };
+    let (grow_before, locked_before) = (exact("tenant_grow").await, exact("tenant_locked").await);
+    assert!(locked_before > 0.0);
+    daemon
+        .metrics_when("a complete size cycle", |m| {
+            size(m, "grow") == Some(grow_before) && size(m, "locked") == Some(locked_before)
+        })
+        .await;
+
+    let locker = connect(&pg.dsn("app")).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE tenant_locked.t IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    app.batch_execute(
+        "INSERT INTO tenant_grow.t SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g",
+    )
+    .await
+    .unwrap();
+    let grow_after = exact("tenant_grow").await;
+    assert!(grow_after > grow_before);
+    let m = daemon
+        .metrics_when("a cycle completed under the lock", |m| {
+            size(m, "grow") == Some(grow_after)
+        })
+        .await;
+    assert_eq!(
+        size(&m, "locked"),
+        Some(locked_before),
+        "the locked table dropped out"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    daemon.stop().await;
+}
+
+/// Only the first and last KiB of a session's query text are fetched (a
+/// query can be up to `track_activity_query_size` long, and there can be
+/// thousands): sqlcommenter's tag at the end is still read, text in the
+/// middle of a long query never leaves the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_ends_of_a_long_query_are_fetched() {
+    let pg = cluster().await;
+    let admin = connect(&pg.dsn("postgres")).await;
+    admin.batch_execute("CREATE DATABASE app").await.unwrap();
+    let daemon =
+        TestDaemon::start_with(|c| c.targets.push(fast_target("main", pg.dsn("app")))).await;
+    let pad = "x".repeat(8000);
+    let tagged_at_end = format!("SELECT pg_sleep(60), '{pad}' AS pad /*tenant='tail'*/");
+    let tagged_in_middle =
+        format!("SELECT pg_sleep(60), '{pad}' AS a /*tenant='middle'*/, '{pad}' AS b");
+    let mut sessions = Vec::new();
+    for query in [tagged_at_end, tagged_in_middle] {
+        let client = connect(&pg.dsn("app")).await;
+        sessions.push(tokio::spawn(async move {
+            let _ = client.batch_execute(&query).await;
+        }));
+    }
+    let active = |m: &Exposition, tenant| {
+        m.value(
+            "tenantwatch_tenant_connections",
+            &[("target", "main"), ("tenant", tenant), ("state", "active")],
+        )
+    };
+    let m = daemon
+        .metrics_when("the tail-tagged session", |m| {
+            active(m, "tail") == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        m.value(
+            "tenantwatch_target_connections",
+            &[("target", "main"), ("state", "active")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        active(&m, "middle"),
+        None,
+        "the middle of the query was fetched"
+    );
+    for session in sessions {
+        session.abort();
+    }
+    daemon.stop().await;
+}

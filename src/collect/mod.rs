@@ -119,6 +119,7 @@ pub async fn run_target(
         warn: RateLimitedWarn::new(Duration::from_secs(60)),
         size_cycle: None,
         next_size_cycle: Instant::now(),
+        last_relation_sizes: HashMap::new(),
     };
     let mut interval = tokio::time::interval(poller.target.poll_interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -162,6 +163,8 @@ struct SizeCycle {
     /// (database, relation oid, schema) still to measure.
     pending: Vec<(String, i64, String)>,
     sizes: BTreeMap<String, u64>,
+    /// Bytes of each relation measured (or carried over) in this cycle.
+    relation_sizes: HashMap<(String, i64), u64>,
 }
 
 struct Poller {
@@ -175,6 +178,10 @@ struct Poller {
     warn: RateLimitedWarn,
     size_cycle: Option<SizeCycle>,
     next_size_cycle: Instant,
+    /// Each relation's bytes in the last complete cycle: a relation that a
+    /// DDL lock keeps from being measured counts with its last size instead
+    /// of silently dropping out of its tenant's sum.
+    last_relation_sizes: HashMap<(String, i64), u64>,
 }
 
 impl Poller {
@@ -488,6 +495,7 @@ impl Poller {
             self.size_cycle = Some(SizeCycle {
                 pending,
                 sizes: BTreeMap::new(),
+                relation_sizes: HashMap::new(),
             });
             self.next_size_cycle = Instant::now() + self.target.size_interval;
         }
@@ -496,6 +504,7 @@ impl Poller {
         };
         // One batch per poll, from one database.
         let Some(database) = cycle.pending.last().map(|(db, _, _)| db.clone()) else {
+            self.last_relation_sizes = cycle.relation_sizes;
             lock(&self.status).exact_sizes = Some(Arc::new(cycle.sizes));
             return Ok(());
         };
@@ -515,20 +524,31 @@ impl Poller {
             .await;
         match result {
             Ok(rows) => {
-                let schema_of: HashMap<i64, &str> =
-                    batch.iter().map(|(oid, s)| (*oid, s.as_str())).collect();
+                let mut measured: HashMap<i64, u64> = HashMap::with_capacity(rows.len());
                 for row in rows {
-                    let (Ok(oid), Ok(bytes)) = (row.try_get::<_, i64>(0), row.try_get::<_, i64>(1))
+                    if let (Ok(oid), Ok(bytes)) =
+                        (row.try_get::<_, i64>(0), row.try_get::<_, i64>(1))
+                    {
+                        measured.insert(oid, bytes.max(0) as u64);
+                    }
+                }
+                for (oid, schema) in &batch {
+                    let key = (database.clone(), *oid);
+                    // Not measured: dropped since the listing (gone, rightly
+                    // 0) or under an ACCESS EXCLUSIVE lock (skipped so that
+                    // the poll does not queue behind it): its last size.
+                    let Some(bytes) = measured
+                        .get(oid)
+                        .or_else(|| self.last_relation_sizes.get(&key))
+                        .copied()
                     else {
                         continue;
                     };
-                    let Some(schema) = schema_of.get(&oid) else {
-                        continue;
-                    };
+                    cycle.relation_sizes.insert(key, bytes);
                     if let Some(tenant) = self.attribution.schema_tenant(&database, schema) {
                         let tenant =
                             queries::capped_tenant(&cycle.sizes, tenant, self.target.max_tenants);
-                        *cycle.sizes.entry(tenant).or_default() += bytes.max(0) as u64;
+                        *cycle.sizes.entry(tenant).or_default() += bytes;
                     }
                 }
             }
@@ -542,6 +562,7 @@ impl Poller {
             }
         }
         if cycle.pending.is_empty() {
+            self.last_relation_sizes = cycle.relation_sizes;
             lock(&self.status).exact_sizes = Some(Arc::new(cycle.sizes));
         } else {
             self.size_cycle = Some(cycle);

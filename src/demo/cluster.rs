@@ -184,7 +184,7 @@ impl Cluster {
     /// connections.
     pub fn start(&self) -> Result<(), ClusterError> {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100 -c track_activity_query_size=2048",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100 -c track_activity_query_size=32768",
             self.port,
             self.dir.display()
         );
