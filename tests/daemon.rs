@@ -532,3 +532,81 @@ async fn series_budget_per_tenant() {
     assert_eq!(bucket("other", "+Inf"), None);
     daemon.stop().await;
 }
+
+/// SIGHUP's default action kills a process: a reload sent while the daemon
+/// is still starting (here, held reading its state file, a FIFO) must be
+/// taken, not fatal.
+#[test]
+fn a_sighup_during_start_up_is_not_fatal() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK on Linux: open a FIFO for writing only once it has a reader.
+    const O_NONBLOCK: i32 = 0o4000;
+
+    let fifo = std::env::temp_dir().join(format!("tw-state-{}.fifo", rand_suffix()));
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let config = temp_file(
+        &format!("hup-{}.toml", rand_suffix()),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_delay = \"0s\"\n[ingest]\nudp_listen = \"\"\n\
+             [log]\nformat = \"json\"\n[state]\nfile = \"{}\"\n",
+            fifo.display()
+        ),
+    );
+    let mut child = Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .env("TENANTWATCH_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&fifo)
+        {
+            Ok(writer) => break writer,
+            Err(_) => {
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "exited before start-up"
+                );
+                assert!(Instant::now() < deadline, "never read its state file");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    // Start-up now waits in the state file's read.
+    signal(&child, "HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        child.try_wait().unwrap().map(|s| s.code()),
+        None,
+        "SIGHUP during start-up killed the daemon"
+    );
+    writer.write_all(b"not a state file").unwrap();
+    drop(writer);
+    let listening = std::iter::from_fn(|| log_rx.recv_timeout(Duration::from_secs(10)).ok())
+        .any(|line| line.contains("tenantwatch is listening"));
+    assert!(listening, "start-up did not finish");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(0));
+    let _ = std::fs::remove_file(&fifo);
+}
