@@ -172,3 +172,41 @@ fn the_image_and_the_unit_run_unprivileged() {
         assert!(unit.contains(line), "the unit lacks {line}");
     }
 }
+
+/// The shipped Kubernetes configs keep `[state]` on a volume that outlives
+/// the pod (so a redeploy does not forget flags and tightened quotas), and
+/// the systemd unit gives it a writable directory.
+#[test]
+fn shipped_configs_keep_state_on_a_lasting_volume() {
+    for (config, workload, claim) in [
+        (
+            "deploy/kustomize/base/tenantwatch.toml",
+            "deploy/kustomize/overlays/standalone/deployment.yaml",
+            "claimName: tenantwatch-state",
+        ),
+        (
+            "deploy/kustomize/overlays/sidecar/tenantwatch.toml",
+            "deploy/kustomize/overlays/sidecar/statefulset.yaml",
+            "name: tenantwatch-state\n      spec:",
+        ),
+    ] {
+        let text = std::fs::read_to_string(format!("{ROOT}/{config}")).unwrap();
+        let file: tenantwatch::config::FileConfig = toml::from_str(&text).unwrap();
+        assert_eq!(
+            file.state.file, "/var/lib/tenantwatch/state.json",
+            "{config}"
+        );
+        let workload_text = std::fs::read_to_string(format!("{ROOT}/{workload}")).unwrap();
+        assert!(
+            workload_text.contains("mountPath: /var/lib/tenantwatch\n"),
+            "{workload} mounts no volume for the state file"
+        );
+        assert!(
+            workload_text.contains(claim),
+            "{workload}: the state volume is not a claim"
+        );
+    }
+    let unit =
+        std::fs::read_to_string(format!("{ROOT}/deploy/systemd/tenantwatch.service")).unwrap();
+    assert!(unit.contains("StateDirectory=tenantwatch"));
+}
