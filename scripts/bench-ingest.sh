@@ -43,6 +43,8 @@ DAEMON_UDP=$(free_port)
 cat > "$WORK/tenantwatch.toml" <<EOF
 [server]
 listen = "127.0.0.1:$HTTP_PORT"
+# Every scrape encodes afresh: the figure is the encode, not the cache.
+metrics_max_age = "0s"
 [ingest]
 udp_listen = "127.0.0.1:$DAEMON_UDP"
 udp_recv_buffer_bytes = $RECV_BUFFER
@@ -120,3 +122,7 @@ for _ in 1 2 3 4 5; do
   curl -s -o "$WORK/metrics.txt" -w '%{time_total}\n' "http://127.0.0.1:$HTTP_PORT/metrics"
 done | median > "$WORK/scrape_time"
 echo "/metrics scrape: $(python3 -c "print(f'{float(open(\"$WORK/scrape_time\").read())*1000:.0f}')") ms (median of 5), $(($(wc -c < "$WORK/metrics.txt") / 1024 / 1024)) MiB, $(grep -vc '^#' "$WORK/metrics.txt") series"
+curl -s -H 'Accept-Encoding: gzip' -o "$WORK/metrics.gz" "http://127.0.0.1:$HTTP_PORT/metrics"
+plain=$(wc -c < "$WORK/metrics.txt"); gz=$(wc -c < "$WORK/metrics.gz")
+echo "gzip: $((gz / 1024)) KiB = 1/$((plain / gz)) of the plain exposition"
+echo "samples per tracked tenant: $(python3 -c "print(round($(grep -vc '^#' "$WORK/metrics.txt") / $tracked, 1))")"

@@ -8,6 +8,8 @@
 #
 #   scripts/bench-slow-clients.sh                 # 30 s, 200,000 events/s
 #   SECONDS_RUN=60 UDP_RATE=150000 MAX_HEAVY=1 scripts/bench-slow-clients.sh
+#   TENANTWATCH_BIN=/tmp/prev/target/release/tenantwatch scripts/bench-slow-clients.sh
+#                                                 # another build, side by side
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +37,7 @@ metrics_max_age = "${METRICS_MAX_AGE:-10s}"
 [ingest]
 udp_listen = "$UDP"
 TOML
-target/release/tenantwatch run --config "$WORK/tenantwatch.toml" 2>"$WORK/daemon.log" &
+"${TENANTWATCH_BIN:-target/release/tenantwatch}" run --config "$WORK/tenantwatch.toml" 2>"$WORK/daemon.log" &
 DAEMON_PID=$!
 for _ in $(seq 50); do
   curl -fsS "http://$HTTP/readyz" >/dev/null 2>&1 && break
