@@ -164,7 +164,7 @@ def capacity():
               [var_datasource(), var_query("target", "label_values(tenantwatch_target_up, target)", multi=True, include_all=True)],
               "Connection and size headroom per target, the biggest and fastest-growing tenants.")
     b.row("Connections")
-    b.panel(TS, "Connection headroom", [t('tenantwatch_target_max_connections{target=~"$target"} - tenantwatch_target_reserved_connections{target=~"$target"} - on (target) sum by (target) (tenantwatch_target_connections{target=~"$target"})', "{{target}}")], "short")
+    b.panel(TS, "Connection headroom", [t('tenantwatch_target_max_connections{target=~"$target"} - tenantwatch_target_reserved_connections{target=~"$target"} - sum without (state) (tenantwatch_target_connections{target=~"$target"})', "{{target}} ({{instance}})")], "short")
     b.panel(TS, "Connections by state", [t('sum by (target, state) (tenantwatch_target_connections{target=~"$target"})', "{{target}} {{state}}")], "short")
     b.row("Size")
     b.panel(TS, "Tenant schemas total size", [t('sum by (target) (tenantwatch_tenant_schema_size_bytes{target=~"$target"})', "{{target}}")], "bytes")
