@@ -45,6 +45,10 @@ fn alert_names() -> Vec<String> {
         .collect()
 }
 
+/// Where alerts link their runbooks: absolute, since a relative link is dead
+/// in Slack or PagerDuty.
+const RUNBOOKS: &str = "https://github.com/tenantwatch/tenantwatch/blob/main/docs/runbooks/";
+
 #[test]
 fn every_alert_is_labelled_annotated_tested_and_has_a_runbook() {
     let tests = include_str!("../alerts/tests/tenantwatch.test.yml");
@@ -62,7 +66,7 @@ fn every_alert_is_labelled_annotated_tested_and_has_a_runbook() {
             "severity: ",
             "summary: ",
             "description: ",
-            &format!("runbook_url: \"docs/runbooks/{name}.md\""),
+            &format!("runbook_url: \"{RUNBOOKS}{name}.md\""),
         ] {
             assert!(block.contains(needle), "{name} lacks {needle}");
         }
