@@ -102,7 +102,7 @@ def fleet():
         {"expr": "sum by (le) (increase(tenantwatch_tenant_query_duration_seconds_bucket[$__rate_interval]))", "legendFormat": "{{le}}", "format": "heatmap"}],
         "s", w=24, options={"calculate": False, "yAxis": {"unit": "s"}, "color": {"scheme": "Oranges"}, "cellGap": 1})
     b.row("Flags")
-    b.panel("table", "Flagged tenants", [t("max by (tenant, reason) (tenantwatch_tenant_flag_value)", instant=True)], "short", w=24, options=TABLE_OPTS)
+    b.panel("table", "Flagged tenants", [t("max by (tenant, reason, severity) (tenantwatch_tenant_flag_value)", instant=True)], "short", w=24, options=TABLE_OPTS)
     b.panel(TS, "Flags raised by reason", [t("count by (reason) (tenantwatch_tenant_flagged)", "{{reason}}")], "short", w=24)
     return b
 

@@ -75,6 +75,20 @@ async fn a_restart_keeps_flags_and_tightened_quotas() {
     let flags = second.get("/api/v1/flags").await.json();
     assert_eq!(flags["flags"][0]["tenant"], "stormy", "{flags}");
     assert_eq!(flags["flags"][0]["reason"], "error_storm");
+    // error_storm is critical by default, and the series says so (the
+    // TenantwatchTenantFlagged alert takes its severity from it).
+    let m = second.metrics().await;
+    assert_eq!(
+        m.value(
+            "tenantwatch_tenant_flagged",
+            &[
+                ("tenant", "stormy"),
+                ("reason", "error_storm"),
+                ("severity", "critical")
+            ]
+        ),
+        Some(1.0)
+    );
     assert_eq!(effective_qps(&second, "stormy").await, tightened);
     assert_eq!(effective_qps(&second, "calm1").await, 100_000.0);
     second.stop().await;

@@ -46,6 +46,7 @@ impl Collector for DetectCollector {
                 let labels = [
                     ("tenant", flag.tenant.as_str()),
                     ("reason", flag.reason.as_str()),
+                    ("severity", flag.severity.as_str()),
                 ];
                 gauge(&mut metric, &labels, field(flag))?;
             }
