@@ -762,3 +762,42 @@ async fn only_the_ends_of_a_long_query_are_fetched() {
     }
     daemon.stop().await;
 }
+
+/// A target that goes down keeps saying so, but withdraws what it last
+/// reported: stale tenant and connection series would keep alerts on them
+/// firing over figures nobody refreshes. They return when it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_target_withdraws_its_tenant_series() {
+    let pg = cluster().await;
+    let admin = connect(&pg.dsn("postgres")).await;
+    admin.batch_execute("CREATE DATABASE app").await.unwrap();
+    let app = connect(&pg.dsn("app")).await;
+    app.batch_execute("CREATE SCHEMA tenant_gone; CREATE TABLE tenant_gone.t (id int)")
+        .await
+        .unwrap();
+    drop(app);
+    let daemon =
+        TestDaemon::start_with(|c| c.targets.push(fast_target("main", pg.dsn("app")))).await;
+    let tables = |m: &Exposition| tenant_value(m, "tenantwatch_tenant_tables", "main", "gone");
+    let m = daemon
+        .metrics_when("the tenant's tables", |m| tables(m) == Some(1.0))
+        .await;
+    assert!(m.samples_named("tenantwatch_target_connections").count() > 0);
+
+    pg.stop().expect("stop");
+    let m = daemon
+        .metrics_when("the target down", |m| up(m, "main") == Some(0.0))
+        .await;
+    assert_eq!(tables(&m), None, "a down target's tenant figures stay");
+    assert_eq!(m.samples_named("tenantwatch_target_connections").count(), 0);
+    assert!(
+        m.value("tenantwatch_target_max_connections", &[("target", "main")])
+            .is_some()
+    );
+
+    pg.start().expect("start");
+    daemon
+        .metrics_when("the tenant's tables again", |m| tables(m) == Some(1.0))
+        .await;
+    daemon.stop().await;
+}

@@ -71,12 +71,17 @@ impl Collector for TargetCollector {
         // Copy under the lock (cheap: the snapshots are behind Arcs), encode after.
         let targets = self.targets.snapshot();
         encode_target_health(&targets, &mut encoder)?;
-        encode_target_activity(&targets, &mut encoder)?;
         encode_polls(&targets, &mut encoder)?;
-        encode_tenant_activity(&targets, &mut encoder)?;
-        encode_tenant_schemas(&targets, &mut encoder)?;
-        encode_tenant_schema_counters(&targets, &mut encoder)?;
-        encode_databases(&targets, &mut encoder)
+        // What a down target last reported is withdrawn, not repeated: stale
+        // connections and tenant figures would keep alerts on them firing
+        // (or resolved) on data nobody is refreshing. Its health and poll
+        // families stay, saying that it is down and since when.
+        let up: Vec<TargetStatus> = targets.into_iter().filter(|t| t.up).collect();
+        encode_target_activity(&up, &mut encoder)?;
+        encode_tenant_activity(&up, &mut encoder)?;
+        encode_tenant_schemas(&up, &mut encoder)?;
+        encode_tenant_schema_counters(&up, &mut encoder)?;
+        encode_databases(&up, &mut encoder)
     }
 }
 
