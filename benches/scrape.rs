@@ -44,21 +44,25 @@ fn bench(c: &mut Criterion) {
             }
         }
     }
-    let registry = metrics::exposition(
-        metrics::Sources {
-            store: store.clone(),
-            stats: Arc::new(IngestStats::default()),
-            targets: TargetStatuses::default(),
-            judgement: Arc::default(),
-            limits: Arc::new(RateLimits::new(
-                RatePolicy::default(),
-                100,
-                Duration::from_secs(60),
-            )),
-        },
-        &HttpMetrics::default(),
-        &metrics::ExpositionSettings::default(),
-    );
+    // The store's exposition, and nothing else to show.
+    let exposition_of = |settings: &metrics::ExpositionSettings| {
+        metrics::exposition(
+            metrics::Sources {
+                store: store.clone(),
+                stats: Arc::new(IngestStats::default()),
+                targets: TargetStatuses::default(),
+                judgement: Arc::default(),
+                limits: Arc::new(RateLimits::new(
+                    RatePolicy::default(),
+                    100,
+                    Duration::from_secs(60),
+                )),
+            },
+            &HttpMetrics::default(),
+            settings,
+        )
+    };
+    let registry = exposition_of(&metrics::ExpositionSettings::default());
     let mut group = c.benchmark_group("scrape");
     group.sample_size(10);
     group.bench_function("snapshot_10k_tenants", |b| {
@@ -69,24 +73,10 @@ fn bench(c: &mut Criterion) {
     });
     // The shape before the series budget (a histogram per kind with all 15
     // bounds), to compare the writer alone.
-    let full = metrics::exposition(
-        metrics::Sources {
-            store: store.clone(),
-            stats: Arc::new(IngestStats::default()),
-            targets: TargetStatuses::default(),
-            judgement: Arc::default(),
-            limits: Arc::new(RateLimits::new(
-                RatePolicy::default(),
-                100,
-                Duration::from_secs(60),
-            )),
-        },
-        &HttpMetrics::default(),
-        &metrics::ExpositionSettings {
-            histogram_by_kind: true,
-            latency_buckets: tenantwatch::store::LATENCY_BUCKETS_SECONDS.to_vec(),
-        },
-    );
+    let full = exposition_of(&metrics::ExpositionSettings {
+        histogram_by_kind: true,
+        latency_buckets: tenantwatch::store::LATENCY_BUCKETS_SECONDS.to_vec(),
+    });
     group.bench_function("encode_10k_tenants_by_kind_15_buckets", |b| {
         b.iter(|| black_box(metrics::encode(&full).len()))
     });

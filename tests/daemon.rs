@@ -105,36 +105,45 @@ struct Spawned {
     config: std::path::PathBuf,
 }
 
-fn spawn_binary_with(config_text: &str) -> Spawned {
-    let config = temp_file(&format!("run-{}.toml", rand_suffix()), config_text);
+/// Starts the binary on `config` with its stderr (JSON log lines) forwarded
+/// to a channel, drained by a thread so the child never blocks on a full pipe.
+fn spawn_logging(
+    config: &std::path::Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(BINARY)
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .env("TENANTWATCH_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    (child, log_rx)
+}
+
+fn spawn_binary_with(config_text: &str) -> Spawned {
+    let config = temp_file(&format!("run-{}.toml", rand_suffix()), config_text);
+    let (child, logs) = spawn_logging(&config);
     let http = loop {
-        let line = lines.next().expect("daemon logs that it listens").unwrap();
+        let line = logs
+            .recv_timeout(Duration::from_secs(20))
+            .expect("daemon logs that it listens");
         let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
         if entry["message"] == "tenantwatch is listening" {
             break entry["http"].as_str().unwrap().to_string();
         }
     };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = log_tx.send(line);
-        }
-    });
     Spawned {
         child,
         http,
-        logs: log_rx,
+        logs,
         config,
     }
 }
@@ -559,21 +568,7 @@ fn a_sighup_during_start_up_is_not_fatal() {
             fifo.display()
         ),
     );
-    let mut child = Command::new(BINARY)
-        .arg("--config")
-        .arg(&config)
-        .env("TENANTWATCH_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = log_tx.send(line);
-        }
-    });
+    let (mut child, log_rx) = spawn_logging(&config);
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut writer = loop {
