@@ -119,6 +119,7 @@ fn every_shipped_config_passes_check_config() {
     for file in [
         "deploy/kustomize/base/tenantwatch.toml",
         "deploy/kustomize/overlays/sidecar/tenantwatch.toml",
+        "deploy/container.toml",
         "tenantwatch.example.toml",
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_tenantwatch"))
@@ -209,4 +210,42 @@ fn shipped_configs_keep_state_on_a_lasting_volume() {
     let unit =
         std::fs::read_to_string(format!("{ROOT}/deploy/systemd/tenantwatch.service")).unwrap();
     assert!(unit.contains("StateDirectory=tenantwatch"));
+}
+
+/// What a first `docker run -p` or `kubectl apply` trips over: the image's
+/// config listens where a published port reaches it, each workload runs
+/// under the runtime's seccomp profile, and the StatefulSet's governing
+/// Service is one the overlay ships.
+#[test]
+fn the_image_listens_everywhere_and_the_workloads_are_confined() {
+    let dockerfile = std::fs::read_to_string(format!("{ROOT}/deploy/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("COPY deploy/container.toml /etc/tenantwatch/tenantwatch.toml"));
+    let text = std::fs::read_to_string(format!("{ROOT}/deploy/container.toml")).unwrap();
+    let file: tenantwatch::config::FileConfig = toml::from_str(&text).unwrap();
+    assert!(file.server.listen.starts_with("0.0.0.0:"));
+    assert!(file.ingest.udp_listen.starts_with("0.0.0.0:"));
+    for workload in [
+        "deploy/kustomize/overlays/standalone/deployment.yaml",
+        "deploy/kustomize/overlays/sidecar/statefulset.yaml",
+    ] {
+        let text = std::fs::read_to_string(format!("{ROOT}/{workload}")).unwrap();
+        assert!(
+            text.contains("seccompProfile:\n          type: RuntimeDefault"),
+            "{workload} has no pod seccompProfile"
+        );
+    }
+    let statefulset = std::fs::read_to_string(format!(
+        "{ROOT}/deploy/kustomize/overlays/sidecar/statefulset.yaml"
+    ))
+    .unwrap();
+    let service =
+        std::fs::read_to_string(format!("{ROOT}/deploy/kustomize/base/service.yaml")).unwrap();
+    let governing = statefulset
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("serviceName: "))
+        .unwrap();
+    assert!(
+        service.contains(&format!("  name: {governing}\n")),
+        "serviceName {governing} is not the base Service"
+    );
 }
