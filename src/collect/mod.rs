@@ -534,9 +534,11 @@ impl Poller {
                 }
                 for (oid, schema) in &batch {
                     let key = (database.clone(), *oid);
-                    // Not measured: dropped since the listing (gone, rightly
-                    // 0) or under an ACCESS EXCLUSIVE lock (skipped so that
-                    // the poll does not queue behind it): its last size.
+                    // Not measured: under an ACCESS EXCLUSIVE lock (skipped
+                    // so that the poll does not queue behind it) or dropped
+                    // since the listing. Either way its last known size
+                    // stands in: a dropped relation leaves the next listing,
+                    // a locked one is measured again once the lock goes.
                     let Some(bytes) = measured
                         .get(oid)
                         .or_else(|| self.last_relation_sizes.get(&key))

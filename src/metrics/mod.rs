@@ -33,7 +33,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 pub use detect::DetectCollector;
-pub use events::{DEFAULT_LATENCY_BUCKETS, ExpositionSettings, StoreExposition};
+pub use events::{ExpositionSettings, StoreExposition};
 pub use http::{HttpLabels, HttpMetrics};
 pub use ingest::IngestCollector;
 pub use targets::TargetCollector;

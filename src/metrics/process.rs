@@ -27,9 +27,10 @@ fn stat_field(stat: &str, position: usize) -> Option<f64> {
         .ok()
 }
 
-fn status_kib(status: &str, key: &str) -> Option<f64> {
-    status
-        .lines()
+/// The number after `key` on the line of `text` that starts with it (the
+/// layout of `/proc/self/status` and `/proc/stat`).
+fn value_after(text: &str, key: &str) -> Option<f64> {
+    text.lines()
         .find(|l| l.starts_with(key))?
         .split_whitespace()
         .nth(1)?
@@ -38,13 +39,7 @@ fn status_kib(status: &str, key: &str) -> Option<f64> {
 }
 
 fn boot_time() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    stat.lines()
-        .find(|l| l.starts_with("btime "))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    value_after(&std::fs::read_to_string("/proc/stat").ok()?, "btime ")
 }
 
 fn max_fds() -> Option<f64> {
@@ -75,12 +70,12 @@ impl Collector for ProcessCollector {
             (
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes.",
-                status_kib(&status, "VmRSS:").map(|kib| kib * 1024.0),
+                value_after(&status, "VmRSS:").map(|kib| kib * 1024.0),
             ),
             (
                 "process_virtual_memory_bytes",
                 "Virtual memory size in bytes.",
-                status_kib(&status, "VmSize:").map(|kib| kib * 1024.0),
+                value_after(&status, "VmSize:").map(|kib| kib * 1024.0),
             ),
             (
                 "process_open_fds",

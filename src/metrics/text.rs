@@ -63,11 +63,15 @@ pub fn push_f64(out: &mut String, value: f64) {
 /// sample rate made them fractional), since integers format several times
 /// faster than floats.
 pub fn push_count(out: &mut String, value: f64) {
-    if value.fract() == 0.0 && (0.0..9.0e15).contains(&value) {
-        push_u64(out, value as u64);
-    } else {
-        push_f64(out, value);
+    match whole(value) {
+        Some(whole) => push_u64(out, whole),
+        None => push_f64(out, value),
     }
+}
+
+/// `value` as an integer when it is one that an `f64` holds exactly.
+pub fn whole(value: f64) -> Option<u64> {
+    (value.fract() == 0.0 && (0.0..9.0e15).contains(&value)).then_some(value as u64)
 }
 
 #[cfg(test)]
