@@ -20,6 +20,7 @@ needed=(
   "prometheus:prometheus"
   "prometheus-alertmanager:prometheus-alertmanager"
   "kubectl:kubernetes-client"
+  "redis-server:redis-server"
 )
 
 missing=()

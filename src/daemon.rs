@@ -42,6 +42,8 @@ pub enum DaemonError {
     },
     #[error("failed to start the UDP receive threads: {0}")]
     Spawn(std::io::Error),
+    #[error("failed to set up the Redis rate-limit backend: {0}")]
+    RateLimitBackend(redis::RedisError),
 }
 
 /// A running daemon.
@@ -111,7 +113,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(config: &Config, udp_receivers: usize) -> Shared {
+    fn new(config: &Config, udp_receivers: usize) -> Result<Shared, DaemonError> {
         let targets = config
             .targets
             .iter()
@@ -120,7 +122,17 @@ impl Shared {
                 Arc::new(Mutex::new(status))
             })
             .collect();
-        Shared {
+        let mut limits = RateLimits::new(
+            config.ratelimit.clone(),
+            config.ingest.max_tenants,
+            config.ratelimit_idle_ttl,
+        );
+        if let Some(settings) = &config.ratelimit_redis {
+            let backend = crate::ratelimit::RedisBackend::new(settings.clone())
+                .map_err(DaemonError::RateLimitBackend)?;
+            limits = limits.with_redis(backend);
+        }
+        Ok(Shared {
             store: Arc::new(Store::new(
                 udp_receivers + HTTP_SHARDS,
                 config.ingest.store_limits(),
@@ -128,18 +140,14 @@ impl Shared {
             )),
             stats: Arc::new(IngestStats::default()),
             targets: TargetStatuses::new(targets),
-            limits: Arc::new(RateLimits::new(
-                config.ratelimit.clone(),
-                config.ingest.max_tenants,
-                config.ratelimit_idle_ttl,
-            )),
+            limits: Arc::new(limits),
             judgement: Arc::default(),
             histories: Arc::default(),
             tenant_histories: Arc::new(Mutex::new(TenantHistories::new(
                 config.api.history_len(),
                 config.api.history_tenants,
             ))),
-        }
+        })
     }
 
     /// What the HTTP handlers share.
@@ -252,7 +260,7 @@ impl Daemon {
             Some(_) => config.ingest.udp_receivers,
             None => 0,
         };
-        let shared = Shared::new(&config, udp_receivers);
+        let shared = Shared::new(&config, udp_receivers)?;
         let persisted = crate::state::Persisted {
             judgement: shared.judgement.clone(),
             histories: shared.histories.clone(),

@@ -12,7 +12,7 @@
 //!                    collect/     one poller per PostgreSQL target -> target statuses
 //! stores             store/       tenant aggregates, target statuses, ingest counters
 //! readers            detect/      rules, hysteresis, advice
-//!                    ratelimit    GCRA decisions per tenant, tightened by advice
+//!                    ratelimit/   GCRA decisions per tenant, tightened by advice (local or Redis)
 //!                    capacity/    history, growth, headroom, placement
 //!                    api/         typed views for the planners' API
 //!                    metrics/     the Prometheus exposition, one collector per area

@@ -111,6 +111,7 @@ impl Persisted {
             .unwrap_or_else(PoisonError::into_inner) = std::sync::Arc::new(Judgement {
             flags: saved.flags,
             advice: saved.advice,
+            shared_advice: Vec::new(),
             baselines: saved.baselines,
         });
         let mut histories = self

@@ -174,6 +174,56 @@ fn the_image_and_the_unit_run_unprivileged() {
     }
 }
 
+/// The standalone overlay shares rate limits through its own Redis: the
+/// Deployment's environment turns the base config's backend to Redis, and
+/// the result passes check-config.
+#[test]
+fn the_standalone_overlay_shares_rate_limits_through_its_redis() {
+    let manifests = run(
+        "kubectl",
+        "apt-get install kubernetes-client",
+        &["kustomize", "deploy/kustomize/overlays/standalone"],
+        None,
+    );
+    assert!(manifests.contains("name: tenantwatch-redis\n"), "no Redis");
+    let deployment = std::fs::read_to_string(format!(
+        "{ROOT}/deploy/kustomize/overlays/standalone/deployment.yaml"
+    ))
+    .unwrap();
+    let mut env = Vec::new();
+    let mut lines = deployment.lines();
+    while let Some(line) = lines.next() {
+        if let Some(name) = line.trim().strip_prefix("- name: TENANTWATCH__") {
+            let value = lines.next().unwrap().trim();
+            let value = value.strip_prefix("value: ").unwrap().trim_matches('"');
+            env.push((format!("TENANTWATCH__{name}"), value.to_string()));
+        }
+    }
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "TENANTWATCH__RATELIMIT__REDIS__URL"
+                && v == "redis://tenantwatch-redis:6379"),
+        "{env:?}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantwatch"))
+        .args([
+            "check-config",
+            &format!("{ROOT}/deploy/kustomize/base/tenantwatch.toml"),
+        ])
+        .env("PGPASSWORD", "from-a-secret")
+        .env("TENANTWATCH_AUTH_TOKEN", "from-a-secret")
+        .envs(env)
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(summary.contains("rate limits: redis, shared"), "{summary}");
+}
+
 /// The shipped Kubernetes configs keep `[state]` on a volume that outlives
 /// the pod (so a redeploy does not forget flags and tightened quotas), and
 /// the systemd unit gives it a writable directory.

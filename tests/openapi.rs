@@ -2,7 +2,7 @@
 //! responses conform to it: each status is declared, and JSON bodies have the
 //! declared types and required properties (a small validator over the
 //! subset of JSON Schema the document uses: `$ref`, `type`, `required`,
-//! `properties`, `items`, `enum`).
+//! `properties`, `items`, `enum`, `oneOf`).
 
 // Tests and benches may unwrap: a failure there is the report.
 #![allow(clippy::unwrap_used)]
@@ -37,6 +37,22 @@ fn type_matches(expected: &str, value: &Value) -> bool {
 
 fn validate(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
     let schema = resolve(doc, schema);
+    if let Some(choices) = schema["oneOf"].as_array() {
+        // Valid when exactly one alternative holds.
+        let holding = choices
+            .iter()
+            .filter(|choice| {
+                let mut found = Vec::new();
+                validate(doc, choice, value, at, &mut found);
+                found.is_empty()
+            })
+            .count();
+        if holding != 1 {
+            errors.push(format!(
+                "{at}: {value} holds {holding} of the oneOf alternatives"
+            ));
+        }
+    }
     let types: Vec<&str> = match &schema["type"] {
         Value::String(t) => vec![t.as_str()],
         Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
@@ -174,6 +190,8 @@ async fn live_responses_conform_to_the_openapi_document() {
     for body in [
         r#"{"tenant":"t1"}"#,
         r#"{"tenant":"t1","cost":100000}"#,
+        r#"{"checks":[{"tenant":"t1"},{"tenant":"t2","cost":2}]}"#,
+        r#"{"checks":[{"tenant":"t1","cost":100000}]}"#,
         "nope",
     ] {
         let reply = daemon

@@ -1,6 +1,8 @@
 //! `POST /v1/ratelimit/check` against the real daemon: quotas from the
 //! default, tiers and overrides, the IETF draft headers, shadow mode, bad
-//! requests, and the decision counters; the flags and advice endpoints.
+//! requests, batches, and the decision counters; the flags and advice
+//! endpoints. Each test runs against both backends: this instance's own
+//! limiters, and a throwaway Redis.
 
 // Tests and benches may unwrap: a failure there is the report.
 #![allow(clippy::unwrap_used)]
@@ -8,10 +10,70 @@
 mod support;
 
 use support::TestDaemon;
-use tenantwatch::config::{FileTenantQuota, FileTier};
+use support::redis_server::RedisServer;
+use tenantwatch::config::{FileConfig, FileTenantQuota, FileTier};
 
-async fn daemon() -> TestDaemon {
-    TestDaemon::start_with(|c| {
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Backend {
+    Local,
+    Redis,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Redis => "redis",
+        }
+    }
+}
+
+/// Runs an `async fn(Backend)` test once per backend, as `<name>::local`
+/// and `<name>::redis`.
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$test(super::Backend::Local).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$test(super::Backend::Redis).await;
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    the_burst_is_allowed_then_denied_with_headers,
+    shadow_mode_allows_and_counts_what_it_would_deny,
+    bad_checks_are_refused_with_problem_details,
+    callers_spend_only_their_own_tenants_quota,
+    a_batch_answers_every_check,
+);
+
+/// A daemon on `backend` (with its own Redis, kept alive by the returned
+/// handle), configured by `customize`.
+async fn start(
+    backend: Backend,
+    customize: impl FnOnce(&mut FileConfig),
+) -> (TestDaemon, Option<RedisServer>) {
+    let redis = (backend == Backend::Redis).then(RedisServer::start);
+    let url = redis.as_ref().map(RedisServer::url);
+    let daemon = TestDaemon::start_with(|c| {
+        if let Some(url) = url {
+            c.ratelimit.backend = "redis".into();
+            c.ratelimit.redis.url = url;
+        }
+        customize(c);
+    })
+    .await;
+    (daemon, redis)
+}
+
+async fn daemon(backend: Backend) -> (TestDaemon, Option<RedisServer>) {
+    start(backend, |c| {
         c.ratelimit.default_qps = 1.0;
         c.ratelimit.default_burst = 3;
         c.ratelimit.tiers.insert(
@@ -58,9 +120,8 @@ async fn check(daemon: &TestDaemon, body: &str) -> support::HttpReply {
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_burst_is_allowed_then_denied_with_headers() {
-    let daemon = daemon().await;
+async fn the_burst_is_allowed_then_denied_with_headers(backend: Backend) {
+    let (daemon, _redis) = daemon(backend).await;
     for remaining in [2, 1, 0] {
         let reply = check(&daemon, r#"{"tenant":"clinic1"}"#).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
@@ -69,6 +130,7 @@ async fn the_burst_is_allowed_then_denied_with_headers() {
         assert_eq!(body["remaining"], remaining);
         assert_eq!(body["limit"], 3);
         assert_eq!(body["policy"], "default");
+        assert_eq!(body["backend"], backend.name());
         assert_eq!(
             reply.header("ratelimit-policy"),
             Some("\"default\";q=3;w=3")
@@ -119,9 +181,8 @@ async fn the_burst_is_allowed_then_denied_with_headers() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shadow_mode_allows_and_counts_what_it_would_deny() {
-    let daemon = daemon().await;
+async fn shadow_mode_allows_and_counts_what_it_would_deny(backend: Backend) {
+    let (daemon, _redis) = daemon(backend).await;
     for _ in 0..4 {
         let reply = check(&daemon, r#"{"tenant":"newbie"}"#).await;
         assert_eq!(reply.status, 200);
@@ -140,9 +201,8 @@ async fn shadow_mode_allows_and_counts_what_it_would_deny() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_checks_are_refused_with_problem_details() {
-    let daemon = daemon().await;
+async fn bad_checks_are_refused_with_problem_details(backend: Backend) {
+    let (daemon, _redis) = daemon(backend).await;
     for (body, needle) in [
         ("not json", "expected"),
         (r#"{"cost":1}"#, "tenant"),
@@ -150,6 +210,13 @@ async fn bad_checks_are_refused_with_problem_details() {
         (r#"{"tenant":"a","cost":0}"#, "cost"),
         (r#"{"tenant":"a","cost":-1}"#, "expected"),
         (r#"{"tenant":"a","extra":true}"#, "unknown field"),
+        (r#"{"checks":[]}"#, "1 to 100"),
+        (r#"{"tenant":"a","checks":[{"tenant":"b"}]}"#, "not both"),
+        (
+            r#"{"checks":[{"tenant":"a"},{"tenant":"b c"}]}"#,
+            "checks[1].tenant",
+        ),
+        (r#"{"checks":[{"tenant":"a","cost":0}]}"#, "checks[0].cost"),
     ] {
         let reply = check(&daemon, body).await;
         assert_eq!(reply.status, 400, "{body}");
@@ -175,14 +242,17 @@ async fn bad_checks_are_refused_with_problem_details() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callers_spend_only_their_own_tenants_quota() {
-    let dir = std::env::temp_dir().join(format!("tw-callers-{}", std::process::id()));
+async fn callers_spend_only_their_own_tenants_quota(backend: Backend) {
+    let dir = std::env::temp_dir().join(format!(
+        "tw-callers-{}-{}",
+        std::process::id(),
+        backend.name()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let (router, write) = (dir.join("router"), dir.join("write"));
     std::fs::write(&router, "router-token\n").unwrap();
     std::fs::write(&write, "admin-token\n").unwrap();
-    let daemon = TestDaemon::start_with(|c| {
+    let (daemon, _redis) = start(backend, |c| {
         c.server.auth_token_file = Some(write.clone());
         c.ratelimit.callers.insert(
             "router".into(),
@@ -212,5 +282,76 @@ async fn callers_spend_only_their_own_tenants_quota() {
     assert_eq!(check_as(Some("admin-token"), "dental1").await, 200);
     assert_eq!(check_as(Some("nobody"), "clinic7").await, 401);
     assert_eq!(check_as(None, "clinic7").await, 401);
+    // A batch is refused whole when any tenant is not the caller's.
+    let batch = br#"{"checks":[{"tenant":"clinic7"},{"tenant":"dental1"}]}"#.to_vec();
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer router-token"),
+    ];
+    let reply = support::http(daemon.http, "POST", "/v1/ratelimit/check", &headers, batch).await;
+    assert_eq!(reply.status, 403);
+    assert!(reply.text().contains("dental1"), "{}", reply.text());
+    daemon.stop().await;
+}
+
+async fn a_batch_answers_every_check(backend: Backend) {
+    let (daemon, _redis) = daemon(backend).await;
+    let reply = check(
+        &daemon,
+        r#"{"checks":[{"tenant":"clinic1"},{"tenant":"clinic1"},{"tenant":"clinic1"},
+            {"tenant":"clinic1"},{"tenant":"vip","cost":2},{"tenant":"other","cost":10}]}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["allowed"], false);
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    // In order: the same tenant's checks spend one bucket one after another.
+    for (i, remaining) in [2, 1, 0].into_iter().enumerate() {
+        assert_eq!(results[i]["tenant"], "clinic1");
+        assert_eq!(results[i]["allowed"], true, "{body}");
+        assert_eq!(results[i]["remaining"], remaining, "{body}");
+        assert_eq!(results[i]["backend"], backend.name());
+    }
+    assert_eq!(results[3]["allowed"], false);
+    assert_eq!(results[3]["reason"], "quota exceeded");
+    assert!(results[3]["retry_after_ms"].as_u64().unwrap() > 0);
+    assert_eq!(results[4]["allowed"], true);
+    assert_eq!(results[4]["policy"], "tier:gold");
+    assert_eq!(results[5]["reason"], "cost exceeds the burst");
+    // The longest wait: a cost of 10 against a burst of 3 at 1/s.
+    assert_eq!(reply.header("retry-after"), Some("3"));
+    assert!(reply.header("ratelimit").is_none());
+
+    let reply = check(
+        &daemon,
+        r#"{"checks":[{"tenant":"vip"},{"tenant":"clinic2"}]}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["allowed"], true);
+    assert!(reply.header("retry-after").is_none());
+
+    let many: Vec<String> = (0..101)
+        .map(|i| format!(r#"{{"tenant":"t{i}"}}"#))
+        .collect();
+    let reply = check(&daemon, &format!(r#"{{"checks":[{}]}}"#, many.join(","))).await;
+    assert_eq!(reply.status, 400);
+
+    let m = daemon.metrics().await;
+    let decisions = |decision: &str| {
+        m.value(
+            "tenantwatch_ratelimit_decisions_total",
+            &[("tenant", "clinic1"), ("decision", decision)],
+        )
+    };
+    assert_eq!(decisions("allowed"), Some(3.0));
+    assert_eq!(decisions("denied"), Some(1.0));
+    let backend_up = m.value(
+        "tenantwatch_ratelimit_backend_up",
+        &[("backend", backend.name())],
+    );
+    assert_eq!(backend_up, Some(1.0));
     daemon.stop().await;
 }

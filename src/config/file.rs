@@ -184,6 +184,61 @@ pub struct FileRateLimit {
     /// a check needs the write token or a caller's token, and a caller may
     /// only check tenants its patterns match (403 otherwise).
     pub callers: BTreeMap<String, FileCaller>,
+    /// Where the limiters' state lives: `"local"` (this instance) or
+    /// `"redis"` (shared by every instance using the same Redis).
+    pub backend: String,
+    /// `[ratelimit.redis]`: the shared store, used with `backend = "redis"`.
+    pub redis: FileRedis,
+}
+
+/// `[ratelimit.redis]`.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileRedis {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+    pub url: String,
+    /// Prefix of every key tenantwatch writes.
+    pub key_prefix: String,
+    /// Longest wait for one answer from Redis before falling back.
+    pub timeout: String,
+    /// Connections (each multiplexed) to Redis.
+    pub pool_size: usize,
+    /// With Redis unreachable: `"local"`, `"open"` or `"closed"`.
+    pub fail_mode: String,
+    /// Instances sharing the quota: `fail_mode = "local"` divides each
+    /// quota by this many.
+    pub expected_instances: u32,
+    /// This instance's name in shared advice (default: host name and HTTP port).
+    pub instance: String,
+}
+
+impl std::fmt::Debug for FileRedis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never printed.
+        f.debug_struct("FileRedis")
+            .field("url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("pool_size", &self.pool_size)
+            .field("fail_mode", &self.fail_mode)
+            .field("expected_instances", &self.expected_instances)
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+impl Default for FileRedis {
+    fn default() -> Self {
+        FileRedis {
+            url: String::new(),
+            key_prefix: "tenantwatch:rl:".into(),
+            timeout: "50ms".into(),
+            pool_size: 2,
+            fail_mode: "local".into(),
+            expected_instances: 1,
+            instance: String::new(),
+        }
+    }
 }
 
 /// `[ratelimit.callers.<name>]`: one caller of `POST /v1/ratelimit/check`.
@@ -208,6 +263,8 @@ impl Default for FileRateLimit {
             tiers: BTreeMap::new(),
             tenants: BTreeMap::new(),
             callers: BTreeMap::new(),
+            backend: "local".into(),
+            redis: FileRedis::default(),
         }
     }
 }

@@ -55,6 +55,9 @@ pub struct Config {
     pub ratelimit_idle_ttl: Duration,
     /// Callers bound to tenants (`[ratelimit.callers]`).
     pub callers: Vec<crate::ratelimit::Caller>,
+    /// `ratelimit.backend = "redis"`: the shared store; `None` keeps the
+    /// limiters in this instance.
+    pub ratelimit_redis: Option<crate::ratelimit::RedisSettings>,
     pub state: crate::state::StateSettings,
     pub api: CapacitySettings,
     /// `[metrics]`: how `/metrics` shows the per-tenant figures.
@@ -166,6 +169,16 @@ impl Config {
             (
                 "ratelimit.idle_ttl",
                 a.ratelimit_idle_ttl != b.ratelimit_idle_ttl,
+            ),
+            (
+                "ratelimit.backend",
+                a.ratelimit_redis.is_some() != b.ratelimit_redis.is_some(),
+            ),
+            (
+                "ratelimit.redis",
+                a.ratelimit_redis.is_some()
+                    && b.ratelimit_redis.is_some()
+                    && a.ratelimit_redis != b.ratelimit_redis,
             ),
             ("api", a.api != b.api),
             ("state", a.state != b.state),
@@ -412,6 +425,21 @@ impl Config {
             "tenant rules: {}\n",
             self.attribution.rules().len()
         ));
+        summary.push_str(&match &self.ratelimit_redis {
+            None => "rate limits: local (each instance its own quotas)\n".to_string(),
+            Some(redis) => format!(
+                "rate limits: redis, shared (prefix {:?}, timeout {}, fail_mode {}{}, instance {:?})\n",
+                redis.key_prefix,
+                humantime::format_duration(redis.timeout),
+                redis.fail_mode.as_str(),
+                match redis.fail_mode {
+                    crate::ratelimit::FailMode::Local =>
+                        format!(" at 1/{} of each quota", redis.expected_instances),
+                    _ => String::new(),
+                },
+                redis.instance,
+            ),
+        });
         summary
     }
 }
@@ -475,6 +503,53 @@ mod tests {
         );
         assert_eq!(errors[0].value, "\"nowhere\"");
         assert_eq!(errors[3].value, "0");
+    }
+
+    #[test]
+    fn the_redis_backend_is_validated_and_its_url_never_shown() {
+        assert!(load("", &[]).unwrap().ratelimit_redis.is_none());
+        let err = load("[ratelimit]\nbackend = \"redis\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ratelimit.redis.url"), "{err}");
+        let err = load(
+            "[ratelimit]\nbackend = \"memcached\"\n[ratelimit.redis]\nfail_mode = \"maybe\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ratelimit.backend"), "{err}");
+        let err = load(
+            "[ratelimit]\nbackend = \"redis\"\n[ratelimit.redis]\nurl = \"rediss://:hunter2@cache:6380\"\n\
+             fail_mode = \"maybe\"\nexpected_instances = 0\ntimeout = \"soon\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "ratelimit.redis.url",
+            "ratelimit.redis.fail_mode",
+            "ratelimit.redis.expected_instances",
+            "ratelimit.redis.timeout",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        assert!(!err.contains("hunter2"), "{err}");
+        let config = load(
+            "[server]\nlisten = \"127.0.0.1:9700\"\n[ratelimit]\nbackend = \"redis\"\n",
+            &[(
+                "TENANTWATCH__RATELIMIT__REDIS__URL",
+                "redis://:hunter2@cache:6379/2",
+            )],
+        )
+        .unwrap();
+        let redis = config.ratelimit_redis.expect("the redis backend");
+        assert_eq!(redis.url, "redis://:hunter2@cache:6379/2");
+        assert_eq!(redis.key_prefix, "tenantwatch:rl:");
+        assert_eq!(redis.timeout, Duration::from_millis(50));
+        assert_eq!(redis.fail_mode, crate::ratelimit::FailMode::Local);
+        assert!(redis.instance.ends_with(":9700"), "{}", redis.instance);
+        assert!(!format!("{redis:?}").contains("hunter2"));
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
     let ratelimit = validate_ratelimit(&mut v, &file.ratelimit);
     let ratelimit_idle_ttl = v.duration("ratelimit.idle_ttl", &file.ratelimit.idle_ttl);
     let callers = validate_callers(&mut v, &file.ratelimit.callers);
+    let ratelimit_redis = validate_ratelimit_backend(&mut v, &file.ratelimit, server.listen);
     let api = validate_api(&mut v, &file.api);
     if let Err(message) =
         crate::metrics::ExpositionSettings::validate_buckets(&file.metrics.latency_buckets)
@@ -134,6 +135,7 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
         ratelimit,
         ratelimit_idle_ttl,
         callers,
+        ratelimit_redis,
         api,
         state,
         metrics,
@@ -592,6 +594,90 @@ fn validate_detect(v: &mut Validator, file: &FileDetect, window: Duration) -> De
         }
     }
     settings
+}
+
+/// `ratelimit.backend` and `[ratelimit.redis]`: `None` for the local backend.
+fn validate_ratelimit_backend(
+    v: &mut Validator,
+    file: &FileRateLimit,
+    listen: SocketAddr,
+) -> Option<crate::ratelimit::RedisSettings> {
+    use crate::ratelimit::{FailMode, RedisSettings};
+    match file.backend.as_str() {
+        "local" => return None,
+        "redis" => {}
+        other => {
+            v.fail(
+                "ratelimit.backend",
+                format!("{other:?}"),
+                "must be \"local\" or \"redis\"",
+            );
+            return None;
+        }
+    }
+    let redis = &file.redis;
+    if redis.url.trim().is_empty() {
+        v.fail(
+            "ratelimit.redis.url",
+            "\"\"",
+            "must be set with ratelimit.backend = \"redis\", e.g. \"redis://127.0.0.1:6379\"",
+        );
+    } else if let Err(err) = ::redis::Client::open(redis.url.as_str()) {
+        // The URL may hold a password: name the problem, not the value.
+        v.fail(
+            "ratelimit.redis.url",
+            "<redacted>",
+            format!("not a Redis URL ({:?})", err.kind()),
+        );
+    }
+    let fail_mode = match redis.fail_mode.as_str() {
+        "local" => FailMode::Local,
+        "open" => FailMode::Open,
+        "closed" => FailMode::Closed,
+        other => {
+            v.fail(
+                "ratelimit.redis.fail_mode",
+                format!("{other:?}"),
+                "must be \"local\", \"open\" or \"closed\"",
+            );
+            FailMode::Local
+        }
+    };
+    let timeout = v.duration("ratelimit.redis.timeout", &redis.timeout);
+    let pool_size = v.range("ratelimit.redis.pool_size", redis.pool_size, 1, 64);
+    let expected_instances = v.range(
+        "ratelimit.redis.expected_instances",
+        redis.expected_instances as usize,
+        1,
+        10_000,
+    ) as u32;
+    if redis.key_prefix.len() > 128 {
+        v.fail(
+            "ratelimit.redis.key_prefix",
+            format!("{:?}", redis.key_prefix),
+            "must be at most 128 bytes",
+        );
+    }
+    let instance = match redis.instance.trim() {
+        "" => format!("{}:{}", crate::ratelimit::host_name(), listen.port()),
+        name => name.to_string(),
+    };
+    if instance.len() > 200 || instance.chars().any(char::is_control) {
+        v.fail(
+            "ratelimit.redis.instance",
+            format!("{instance:?}"),
+            "must be at most 200 printable characters",
+        );
+    }
+    Some(RedisSettings {
+        url: redis.url.trim().to_string(),
+        key_prefix: redis.key_prefix.clone(),
+        timeout,
+        pool_size,
+        fail_mode,
+        expected_instances,
+        instance,
+    })
 }
 
 fn validate_ratelimit(v: &mut Validator, file: &FileRateLimit) -> RatePolicy {

@@ -41,6 +41,7 @@ pub fn update(
             reason: *rule,
             since: wall_s,
             relaxing: false,
+            instance: None,
         });
         entry.base_qps = base;
         entry.effective_qps = if entry.relaxing {

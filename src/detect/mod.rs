@@ -70,6 +70,10 @@ pub struct Advice {
     pub since: f64,
     /// True once the flag cleared and the quota is growing back.
     pub relaxing: bool,
+    /// The instance whose detector raised it, with the Redis backend
+    /// (`ratelimit.redis.instance`), where advice is shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// A rule's verdict on a tenant, with the target it came from.
@@ -448,6 +452,10 @@ impl Detector {
 pub struct Judgement {
     pub flags: Vec<Flag>,
     pub advice: Vec<Advice>,
+    /// Advice other instances raised, shared through Redis; this instance
+    /// enforces it too (the tightest per tenant), but never persists it.
+    #[serde(skip)]
+    pub shared_advice: Vec<Advice>,
     #[serde(skip)]
     pub baselines: Vec<(String, Baseline)>,
 }

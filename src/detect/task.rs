@@ -8,7 +8,9 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{DetectSettings, Detector, Judgement, SharedJudgement, Transition};
+use std::collections::HashMap;
+
+use super::{Advice, DetectSettings, Detector, Judgement, SharedJudgement, Transition};
 use crate::ratelimit::RateLimits;
 use crate::store::{Store, TargetStatuses};
 
@@ -58,21 +60,82 @@ pub async fn run(
             |tenant| policy.base_quota(tenant).rate.qps,
         );
         transitions.iter().for_each(log_transition);
-        let advice = detector.advice();
-        limits.set_advice(
-            advice
-                .iter()
-                .map(|a| (a.tenant.clone(), a.effective_qps))
-                .collect(),
-        );
+        let mut advice = detector.advice();
+        let shared_advice = match limits.redis() {
+            Some(redis) => {
+                let instance = &redis.settings().instance;
+                for a in &mut advice {
+                    a.instance = Some(instance.clone());
+                }
+                exchange_advice(redis, &advice, detector.settings().interval).await
+            }
+            None => Vec::new(),
+        };
+        limits.set_advice(tightest(&advice, &shared_advice));
         let view = Arc::new(Judgement {
             flags: detector.flags(),
             advice,
+            shared_advice,
             baselines: detector.baselines(),
         });
         *judgement.write().unwrap_or_else(PoisonError::into_inner) = view;
         limits.prune();
     }
+}
+
+/// Most advice entries read from one other instance.
+const MAX_SHARED_ADVICE: usize = 100_000;
+
+/// Publishes this instance's advice to Redis and returns every other live
+/// instance's. Published advice lives three evaluations, so an instance
+/// that stops takes its advice with it; when Redis cannot answer, only this
+/// instance's own advice holds.
+async fn exchange_advice(
+    redis: &crate::ratelimit::RedisBackend,
+    own: &[Advice],
+    interval: std::time::Duration,
+) -> Vec<Advice> {
+    let Ok(published) = serde_json::to_string(own) else {
+        return Vec::new();
+    };
+    let Ok(instances) = redis.exchange_advice(&published, interval * 3).await else {
+        return Vec::new();
+    };
+    let me = &redis.settings().instance;
+    let mut shared = Vec::new();
+    for (instance, json) in instances {
+        if &instance == me {
+            continue;
+        }
+        match serde_json::from_str::<Vec<Advice>>(&json) {
+            Ok(list) => shared.extend(list.into_iter().take(MAX_SHARED_ADVICE).map(|mut a| {
+                a.instance = Some(instance.clone());
+                a
+            })),
+            Err(err) => tracing::warn!(
+                instance,
+                error = %err,
+                "Ignoring unreadable rate-limit advice shared in Redis"
+            ),
+        }
+    }
+    shared
+}
+
+/// The quota each advised tenant is held to: the tightest of every live
+/// instance's advice.
+fn tightest(own: &[Advice], shared: &[Advice]) -> HashMap<String, f64> {
+    let mut enforced: HashMap<String, f64> = HashMap::new();
+    for advice in own.iter().chain(shared) {
+        if !(advice.effective_qps.is_finite() && advice.effective_qps > 0.0) {
+            continue;
+        }
+        enforced
+            .entry(advice.tenant.clone())
+            .and_modify(|qps| *qps = qps.min(advice.effective_qps))
+            .or_insert(advice.effective_qps);
+    }
+    enforced
 }
 
 fn log_transition(transition: &Transition) {

@@ -43,7 +43,8 @@ struct FlagsReply<'a> {
 
 #[derive(Serialize)]
 struct AdviceReply<'a> {
-    advice: &'a [Advice],
+    /// This instance's advice, then what other instances shared (Redis).
+    advice: Vec<&'a Advice>,
 }
 
 #[derive(Serialize)]
@@ -66,7 +67,11 @@ pub(super) fn advice(state: &AppState) -> Response<Body> {
     json(
         StatusCode::OK,
         &AdviceReply {
-            advice: &judgement.advice,
+            advice: judgement
+                .advice
+                .iter()
+                .chain(&judgement.shared_advice)
+                .collect(),
         },
     )
 }

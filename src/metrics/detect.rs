@@ -92,6 +92,34 @@ impl Collector for DetectCollector {
             MetricType::Counter,
         )?;
         metric.encode_counter::<NoLabelSet, _, u64>(&self.limits.evicted(), None)?;
+
+        let redis = self.limits.redis();
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_ratelimit_backend_up",
+            "1 while the rate-limit backend answers (always 1 for backend=\"local\"); 0 while checks fall back to ratelimit.redis.fail_mode.",
+            MetricType::Gauge,
+        )?;
+        let (backend, up) = match redis {
+            Some(redis) => ("redis", redis.is_up()),
+            None => ("local", true),
+        };
+        gauge(
+            &mut metric,
+            &[("backend", backend)],
+            f64::from(u8::from(up)),
+        )?;
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_ratelimit_backend_errors",
+            "Checks the Redis backend did not decide (each decided by ratelimit.redis.fail_mode instead), and failed advice exchanges, by why: timeout, connection, response, unavailable (already known down).",
+            MetricType::Counter,
+        )?;
+        if let Some(redis) = redis {
+            for (error, count) in redis.errors() {
+                counter_u64(&mut metric, &[("error", error.as_str())], count)?;
+            }
+        }
         Ok(())
     }
 }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;

@@ -12,6 +12,10 @@
 //! ones are pruned, so 100,000 distinct keys cannot grow memory without
 //! bound and no tenant shares another's bucket. Shadow mode (global or per
 //! tier) always allows but counts what would have been denied.
+//!
+//! With `ratelimit.backend = "redis"` ([`redis_backend`]) the same GCRA runs
+//! in Redis, shared by every instance; this map then keeps the decision
+//! counts and, while Redis cannot answer, the fallback limiters.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -21,6 +25,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use std::time::Instant;
+
+mod redis_backend;
+
+pub use redis_backend::{
+    BackendError, FailMode, GcraCall, GcraReply, RedisBackend, RedisSettings, host_name,
+};
 
 /// A tenant's limiter is dropped after this long without a check
 /// (`ratelimit.idle_ttl`).
@@ -41,13 +51,13 @@ pub struct Rate {
 
 impl Rate {
     /// Nanoseconds between two cells (`T` of GCRA), at least 1.
-    fn emission_interval_ns(self) -> u64 {
+    pub fn emission_interval_ns(self) -> u64 {
         ((1e9 / self.qps.clamp(0.001, MAX_QPS)) as u64).max(1)
     }
 
     /// How far ahead of now the TAT may run (`tau`): one interval per cell
-    /// of burst beyond the first.
-    fn tolerance_ns(self) -> u64 {
+    /// of burst beyond the first (a full bucket spends `burst` cells at once).
+    pub fn tolerance_ns(self) -> u64 {
         self.emission_interval_ns()
             .saturating_mul(u64::from(self.burst.max(1) - 1))
     }
@@ -62,14 +72,16 @@ impl Rate {
 }
 
 /// One tenant's GCRA state: its theoretical arrival time, in nanoseconds
-/// since the limiter's epoch (0 = never used).
+/// since the limiter's epoch (0 = never used). Public as the reference the
+/// Redis script (`gcra.lua`) is tested against.
 #[derive(Debug, Clone, Copy, Default)]
-struct Gcra {
+pub struct Gcra {
     tat: u64,
 }
 
 /// The outcome of one GCRA test.
-enum Verdict {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
     /// Allowed; this many cells of burst remain.
     Allowed { remaining: u32 },
     /// Denied; retry after this long.
@@ -83,22 +95,32 @@ impl Gcra {
     /// beyond `now` stay spent, counted in the new rate's intervals. A
     /// drained bucket stays drained (no fresh burst when advice tightens or
     /// relaxes), and the wait scales with the new rate.
-    fn rescale(&mut self, from: Rate, to: Rate, now: u64) {
-        if self.tat > now {
+    pub fn rescale(&mut self, from: Rate, to: Rate, now: u64) {
+        // Only the interval matters; skipping an unchanged one also keeps
+        // the float round trip from moving the TAT by a nanosecond.
+        if self.tat > now && from.emission_interval_ns() != to.emission_interval_ns() {
             let cells = (self.tat - now) as f64 / from.emission_interval_ns() as f64;
             let ahead = cells * to.emission_interval_ns() as f64;
             self.tat = now.saturating_add(ahead.min(u64::MAX as f64 / 2.0) as u64);
         }
     }
 
+    /// The cost's cells beyond the first, in nanoseconds; `None` when the
+    /// cost exceeds the whole burst (never allowed, whatever the state).
+    fn additional_ns(rate: Rate, cost: NonZeroU32) -> Option<u64> {
+        let additional = rate
+            .emission_interval_ns()
+            .saturating_mul(u64::from(cost.get() - 1));
+        (additional <= rate.tolerance_ns()).then_some(additional)
+    }
+
     /// Tests `cost` cells at `now` and, when allowed, spends them.
-    fn check(&mut self, rate: Rate, cost: NonZeroU32, now: u64) -> Verdict {
+    pub fn check(&mut self, rate: Rate, cost: NonZeroU32, now: u64) -> Verdict {
         let t = rate.emission_interval_ns();
         let tau = rate.tolerance_ns();
-        let additional = t.saturating_mul(u64::from(cost.get() - 1));
-        if additional > tau {
+        let Some(additional) = Self::additional_ns(rate, cost) else {
             return Verdict::TooCostly;
-        }
+        };
         let tat = if self.tat == 0 { now } else { self.tat };
         let earliest = tat.saturating_add(additional).saturating_sub(tau);
         if now < earliest {
@@ -229,6 +251,8 @@ pub struct Decision {
     pub retry_after: Duration,
     pub policy: Cow<'static, str>,
     pub reason: &'static str,
+    /// Who decided: `"redis"` or `"local"` (this instance).
+    pub backend: &'static str,
 }
 
 /// Decision counters per tenant.
@@ -265,6 +289,8 @@ pub struct RateLimits {
     entries: std::sync::atomic::AtomicUsize,
     /// Limiters evicted for a new tenant.
     evicted: AtomicU64,
+    /// The shared store, with `ratelimit.backend = "redis"`.
+    redis: Option<RedisBackend>,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -286,7 +312,19 @@ impl RateLimits {
             idle_ttl,
             entries: Default::default(),
             evicted: AtomicU64::new(0),
+            redis: None,
         }
+    }
+
+    /// Decides in Redis from now on ([`RateLimits::decide`]).
+    pub fn with_redis(mut self, backend: RedisBackend) -> RateLimits {
+        self.redis = Some(backend);
+        self
+    }
+
+    /// The Redis backend, when configured.
+    pub fn redis(&self) -> Option<&RedisBackend> {
+        self.redis.as_ref()
     }
 
     pub fn policy(&self) -> Arc<RatePolicy> {
@@ -346,70 +384,178 @@ impl RateLimits {
             .max(1)
     }
 
-    /// Decides whether `tenant` may spend `cost` units now.
+    /// Decides whether `tenant` may spend `cost` units now, with this
+    /// instance's own limiter.
     pub fn check(&self, tenant: &str, cost: u32) -> Decision {
-        let now = self.now_ns();
         let (base, rate) = self.effective(tenant);
-        let mut shard = lock(self.shard(tenant));
-        if !shard.contains_key(tenant) {
-            if self.entries.load(Ordering::Relaxed) >= self.max_tenants {
-                self.evict_least_recent(&mut shard);
+        self.decide_locally(tenant, cost, base, rate, "local")
+    }
+
+    /// Decides each `(tenant, cost)`: in Redis (one round trip for all)
+    /// with the Redis backend, else as [`RateLimits::check`]. While Redis
+    /// cannot answer, `ratelimit.redis.fail_mode` decides.
+    pub async fn decide(&self, checks: &[(&str, u32)]) -> Vec<Decision> {
+        let Some(redis) = &self.redis else {
+            return checks
+                .iter()
+                .map(|&(tenant, cost)| self.check(tenant, cost))
+                .collect();
+        };
+        let quotas: Vec<(BaseQuota, Rate)> = checks
+            .iter()
+            .map(|(tenant, _)| self.effective(tenant))
+            .collect();
+        // A cost above the burst is refused without asking Redis.
+        let additional: Vec<Option<u64>> = checks
+            .iter()
+            .zip(&quotas)
+            .map(|(&(_, cost), &(_, rate))| Gcra::additional_ns(rate, nonzero(cost)))
+            .collect();
+        let calls: Vec<(&str, GcraCall)> = checks
+            .iter()
+            .zip(&quotas)
+            .zip(&additional)
+            .filter_map(|((&(tenant, _), &(_, rate)), additional)| {
+                Some((
+                    tenant,
+                    GcraCall {
+                        emission_interval_ns: rate.emission_interval_ns(),
+                        tolerance_ns: rate.tolerance_ns(),
+                        additional_ns: (*additional)?,
+                    },
+                ))
+            })
+            .collect();
+        match redis.gcra(&calls).await {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                checks
+                    .iter()
+                    .zip(quotas)
+                    .zip(additional)
+                    .map(|((&(tenant, _), (base, rate)), additional)| {
+                        let verdict = match additional.and_then(|_| replies.next()) {
+                            None => Verdict::TooCostly,
+                            Some(GcraReply::Allowed { remaining }) => {
+                                Verdict::Allowed { remaining }
+                            }
+                            Some(GcraReply::NotUntil(wait)) => Verdict::NotUntil(wait),
+                        };
+                        self.record(tenant, base, rate, verdict, "redis")
+                    })
+                    .collect()
             }
-            self.entries.fetch_add(1, Ordering::Relaxed);
-            shard.insert(
-                tenant.into(),
-                Entry {
-                    gcra: Gcra::default(),
+            Err(error) => {
+                redis.count_fallback(error, checks.len());
+                let settings = redis.settings();
+                checks
+                    .iter()
+                    .zip(quotas)
+                    .map(|(&(tenant, cost), (base, rate))| {
+                        self.fall_back(settings, tenant, cost, base, rate)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// A check Redis could not decide, as `fail_mode` says.
+    fn fall_back(
+        &self,
+        settings: &RedisSettings,
+        tenant: &str,
+        cost: u32,
+        base: BaseQuota,
+        rate: Rate,
+    ) -> Decision {
+        match settings.fail_mode {
+            FailMode::Local => {
+                // This instance's share of the quota, burst included.
+                let instances = f64::from(settings.expected_instances.max(1));
+                let share = Rate {
+                    qps: rate.qps / instances,
+                    burst: ((f64::from(rate.burst) / instances).round() as u32).max(1),
+                };
+                self.decide_locally(tenant, cost, base, share, "local")
+            }
+            FailMode::Open => Decision {
+                reason: "rate-limit backend unavailable (fail_mode open: allowed)",
+                ..self.record(
+                    tenant,
+                    base,
                     rate,
-                    counts: Arc::default(),
-                    last_used: now,
-                },
-            );
-        }
-        let Some(entry) = shard.get_mut(tenant) else {
-            // Inserted above under the same lock: cannot happen; fail open.
-            return Decision {
-                allowed: true,
-                limited: false,
-                rate,
-                remaining: 0,
-                retry_after: Duration::ZERO,
-                policy: base.policy,
-                reason: "within quota",
-            };
-        };
-        if entry.rate != rate {
-            // The quota changed (advice, reload): keep what was spent.
-            entry.gcra.rescale(entry.rate, rate, now);
-            entry.rate = rate;
-        }
-        entry.last_used = now;
-        let cost = NonZeroU32::new(cost.max(1)).unwrap_or(NonZeroU32::MIN);
-        let (limited, remaining, retry_after, reason) = match entry.gcra.check(rate, cost, now) {
-            Verdict::Allowed { remaining } => (false, remaining, Duration::ZERO, "within quota"),
-            Verdict::NotUntil(wait) => (true, 0, wait, "quota exceeded"),
-            Verdict::TooCostly => (true, 0, rate.refill(), "cost exceeds the burst"),
-        };
-        let allowed = !limited || base.shadow;
-        let counter = match (limited, base.shadow) {
-            (false, _) => &entry.counts.allowed,
-            (true, true) => &entry.counts.shadow_denied,
-            (true, false) => &entry.counts.denied,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Decision {
-            allowed,
-            limited,
-            rate,
-            remaining,
-            retry_after,
-            policy: base.policy,
-            reason: if limited && base.shadow {
-                "quota exceeded (shadow mode: allowed)"
-            } else {
-                reason
+                    Verdict::Allowed { remaining: 0 },
+                    "local",
+                )
             },
+            FailMode::Closed => {
+                let wait = Verdict::NotUntil(Duration::from_secs(1));
+                Decision {
+                    reason: "rate-limit backend unavailable (fail_mode closed: denied)",
+                    ..self.record(tenant, base, rate, wait, "local")
+                }
+            }
         }
+    }
+
+    /// Runs `f` on the tenant's limiter, made (evicting the least recently
+    /// used one when full) if it has none, carried over to `rate` if the
+    /// quota changed.
+    fn with_entry<R>(&self, tenant: &str, rate: Rate, f: impl FnOnce(&mut Entry, u64) -> R) -> R {
+        let now = self.now_ns();
+        let touch = |entry: &mut Entry| {
+            if entry.rate != rate {
+                // The quota changed (advice, reload): keep what was spent.
+                entry.gcra.rescale(entry.rate, rate, now);
+                entry.rate = rate;
+            }
+            entry.last_used = now;
+            f(entry, now)
+        };
+        let mut shard = lock(self.shard(tenant));
+        if let Some(entry) = shard.get_mut(tenant) {
+            return touch(entry);
+        }
+        if self.entries.load(Ordering::Relaxed) >= self.max_tenants {
+            self.evict_least_recent(&mut shard);
+        }
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        let entry = shard.entry(tenant.into()).or_insert(Entry {
+            gcra: Gcra::default(),
+            rate,
+            counts: Arc::default(),
+            last_used: now,
+        });
+        touch(entry)
+    }
+
+    /// This instance's GCRA test, counted.
+    fn decide_locally(
+        &self,
+        tenant: &str,
+        cost: u32,
+        base: BaseQuota,
+        rate: Rate,
+        backend: &'static str,
+    ) -> Decision {
+        self.with_entry(tenant, rate, |entry, now| {
+            let verdict = entry.gcra.check(rate, nonzero(cost), now);
+            conclude(base, rate, verdict, &entry.counts, backend)
+        })
+    }
+
+    /// Counts a verdict reached elsewhere (Redis, or a fail mode).
+    fn record(
+        &self,
+        tenant: &str,
+        base: BaseQuota,
+        rate: Rate,
+        verdict: Verdict,
+        backend: &'static str,
+    ) -> Decision {
+        self.with_entry(tenant, rate, |entry, _| {
+            conclude(base, rate, verdict, &entry.counts, backend)
+        })
     }
 
     /// Makes room for a new tenant: drops the least recently used limiter
@@ -467,6 +613,46 @@ impl RateLimits {
 
     pub fn tracked_limiters(&self) -> usize {
         self.tracked()
+    }
+}
+
+/// A cost of at least one cell.
+fn nonzero(cost: u32) -> NonZeroU32 {
+    NonZeroU32::new(cost.max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Turns a verdict into the answer, and counts it.
+fn conclude(
+    base: BaseQuota,
+    rate: Rate,
+    verdict: Verdict,
+    counts: &DecisionCounts,
+    backend: &'static str,
+) -> Decision {
+    let (limited, remaining, retry_after, reason) = match verdict {
+        Verdict::Allowed { remaining } => (false, remaining, Duration::ZERO, "within quota"),
+        Verdict::NotUntil(wait) => (true, 0, wait, "quota exceeded"),
+        Verdict::TooCostly => (true, 0, rate.refill(), "cost exceeds the burst"),
+    };
+    let counter = match (limited, base.shadow) {
+        (false, _) => &counts.allowed,
+        (true, true) => &counts.shadow_denied,
+        (true, false) => &counts.denied,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    Decision {
+        allowed: !limited || base.shadow,
+        limited,
+        rate,
+        remaining,
+        retry_after,
+        policy: base.policy,
+        reason: if limited && base.shadow {
+            "quota exceeded (shadow mode: allowed)"
+        } else {
+            reason
+        },
+        backend,
     }
 }
 

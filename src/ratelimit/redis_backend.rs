@@ -1,0 +1,411 @@
+//! The Redis backend: GCRA run atomically in Redis by one Lua script (loaded
+//! once, called by its SHA), so every instance using the same Redis spends
+//! one quota per tenant; and the exchange of rate-limit advice between
+//! instances.
+//!
+//! Redis is an outside service that can be slow or gone. Every call is
+//! bounded by `ratelimit.redis.timeout`; the first failure marks the backend
+//! down, checks then go straight to the fail mode (no waiting on a dead
+//! Redis), and a prober retries every [`PROBE_INTERVAL`] until Redis answers
+//! again. Every check decided without Redis is counted by why.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+
+/// How often the prober retries a Redis marked down.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// At most one warning per this long about a Redis that keeps failing.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What a check does while Redis cannot answer (`ratelimit.redis.fail_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// This instance's own limiter, at quota ÷ `expected_instances`.
+    Local,
+    /// Allow every check.
+    Open,
+    /// Deny every check.
+    Closed,
+}
+
+impl FailMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Local => "local",
+            FailMode::Open => "open",
+            FailMode::Closed => "closed",
+        }
+    }
+}
+
+/// `[ratelimit.redis]`, validated.
+#[derive(Clone, PartialEq)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub pool_size: usize,
+    pub fail_mode: FailMode,
+    pub expected_instances: u32,
+    /// This instance's name in shared advice.
+    pub instance: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("pool_size", &self.pool_size)
+            .field("fail_mode", &self.fail_mode)
+            .field("expected_instances", &self.expected_instances)
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+/// The machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`),
+/// for the default instance name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "tenantwatch".into())
+}
+
+/// Why a check was not decided by Redis: the `error` label of
+/// `tenantwatch_ratelimit_backend_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendError {
+    /// No answer within `ratelimit.redis.timeout`.
+    Timeout,
+    /// Could not connect, or the connection broke.
+    Connection,
+    /// Redis answered with an error or an unexpected reply.
+    Response,
+    /// Redis was already known to be down: not asked.
+    Unavailable,
+}
+
+impl BackendError {
+    pub const ALL: [BackendError; 4] = [
+        BackendError::Timeout,
+        BackendError::Connection,
+        BackendError::Response,
+        BackendError::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendError::Timeout => "timeout",
+            BackendError::Connection => "connection",
+            BackendError::Response => "response",
+            BackendError::Unavailable => "unavailable",
+        }
+    }
+
+    fn of(err: &RedisError) -> BackendError {
+        if err.is_timeout() {
+            BackendError::Timeout
+        } else if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+            BackendError::Connection
+        } else {
+            BackendError::Response
+        }
+    }
+}
+
+/// One GCRA test to run in Redis, in the local limiter's units.
+#[derive(Debug, Clone, Copy)]
+pub struct GcraCall {
+    pub emission_interval_ns: u64,
+    pub tolerance_ns: u64,
+    pub additional_ns: u64,
+}
+
+/// Redis's answer to one GCRA test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcraReply {
+    Allowed { remaining: u32 },
+    NotUntil(Duration),
+}
+
+/// The connections, the script, and whether Redis is answering.
+pub struct RedisBackend {
+    settings: RedisSettings,
+    connections: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    gcra: Script,
+    up: Arc<AtomicBool>,
+    errors: [AtomicU64; 4],
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("settings", &self.settings)
+            .field("up", &self.is_up())
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    /// Prepares the connections; they connect on first use, so a Redis
+    /// down at start-up does not stop the daemon (checks fall back).
+    pub fn new(settings: RedisSettings) -> Result<RedisBackend, RedisError> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        // Reconnect quickly and keep trying: the prober asks every 100 ms,
+        // and a check never waits longer than the timeout anyway.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(250))))
+            .set_response_timeout(Some(settings.timeout))
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100))
+            .set_number_of_retries(2);
+        let connections = (0..settings.pool_size.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RedisBackend {
+            settings,
+            connections,
+            next: AtomicUsize::new(0),
+            gcra: Script::new(include_str!("gcra.lua")),
+            up: Arc::new(AtomicBool::new(true)),
+            errors: Default::default(),
+            last_warning: Mutex::new(None),
+        })
+    }
+
+    pub fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+
+    /// Whether the last call to Redis succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Checks not decided by Redis since start, by why.
+    pub fn errors(&self) -> [(BackendError, u64); 4] {
+        BackendError::ALL.map(|e| (e, self.errors[e as usize].load(Ordering::Relaxed)))
+    }
+
+    /// Counts `checks` decisions made without Redis because of `error`.
+    pub fn count_fallback(&self, error: BackendError, checks: usize) {
+        self.errors[error as usize].fetch_add(checks as u64, Ordering::Relaxed);
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        self.connections[i].clone()
+    }
+
+    fn key(&self, tenant: &str) -> String {
+        format!("{}{tenant}", self.settings.key_prefix)
+    }
+
+    /// Runs one GCRA test per call in one round trip (a pipeline). Fails as
+    /// a whole: a batch is decided by Redis or not at all.
+    pub async fn gcra(&self, calls: &[(&str, GcraCall)]) -> Result<Vec<GcraReply>, BackendError> {
+        if !self.is_up() {
+            return Err(BackendError::Unavailable);
+        }
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let invocations: Vec<_> = calls
+            .iter()
+            .map(|(tenant, call)| {
+                let mut invocation = self.gcra.key(self.key(tenant));
+                invocation
+                    .arg(call.emission_interval_ns)
+                    .arg(call.tolerance_ns)
+                    .arg(call.additional_ns);
+                invocation
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let mut connection = self.connection();
+        let run = async {
+            match pipe.query_async::<Vec<(i64, i64)>>(&mut connection).await {
+                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    // Redis restarted or flushed its scripts: load, retry once.
+                    self.gcra.load_async(&mut connection).await?;
+                    pipe.query_async::<Vec<(i64, i64)>>(&mut connection).await
+                }
+                other => other,
+            }
+        };
+        let replies = match tokio::time::timeout(self.settings.timeout, run).await {
+            Ok(Ok(replies)) if replies.len() == calls.len() => replies,
+            Ok(Ok(_)) => return Err(self.failed(BackendError::Response, "wrong number of replies")),
+            Ok(Err(err)) => return Err(self.failed(BackendError::of(&err), &err.to_string())),
+            Err(_) => return Err(self.failed(BackendError::Timeout, "no answer in time")),
+        };
+        Ok(replies
+            .into_iter()
+            .map(|(allowed, n)| {
+                let n = u64::try_from(n).unwrap_or(0);
+                if allowed == 1 {
+                    GcraReply::Allowed {
+                        remaining: u32::try_from(n).unwrap_or(u32::MAX),
+                    }
+                } else {
+                    GcraReply::NotUntil(Duration::from_nanos(n))
+                }
+            })
+            .collect())
+    }
+
+    /// Marks Redis down (starting the prober on the transition) and logs,
+    /// at most once per [`LOG_EVERY`].
+    fn failed(&self, error: BackendError, detail: &str) -> BackendError {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                error = error.as_str(),
+                detail,
+                fail_mode = self.settings.fail_mode.as_str(),
+                "Redis rate-limit backend failed; checks fall back until it answers again"
+            );
+            *self
+                .last_warning
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+            self.spawn_prober();
+        } else {
+            let mut last = self
+                .last_warning
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                *last = Some(Instant::now());
+                tracing::warn!(
+                    error = error.as_str(),
+                    detail,
+                    "Redis rate-limit backend still failing"
+                );
+            }
+        }
+        error
+    }
+
+    /// Retries every [`PROBE_INTERVAL`] until Redis answers on every
+    /// connection (loading the script, so the first check after recovery
+    /// needs no reload), then marks it up.
+    fn spawn_prober(&self) {
+        let up = self.up.clone();
+        let script = self.gcra.clone();
+        let mut connections = self.connections.clone();
+        let timeout = self.settings.timeout.max(Duration::from_millis(250));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime (a synchronous caller): the next check retries.
+            self.up.store(true, Ordering::Relaxed);
+            return;
+        };
+        runtime.spawn(async move {
+            let down_since = Instant::now();
+            loop {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                if Arc::strong_count(&up) == 1 {
+                    return; // The backend is gone (shutdown).
+                }
+                let mut answered = 0;
+                for connection in &mut connections {
+                    let load = script.load_async(connection);
+                    if let Ok(Ok(_)) = tokio::time::timeout(timeout, load).await {
+                        answered += 1;
+                    }
+                }
+                if answered == connections.len() {
+                    up.store(true, Ordering::Relaxed);
+                    tracing::info!(
+                        down_for = ?down_since.elapsed(),
+                        "Redis rate-limit backend answers again"
+                    );
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Publishes this instance's advice (opaque JSON, kept for `ttl`) and
+    /// returns every live instance's, this one's included: `(instance,
+    /// json)`. Instances whose advice expired are forgotten.
+    pub async fn exchange_advice(
+        &self,
+        own: &str,
+        ttl: Duration,
+    ) -> Result<Vec<(String, String)>, BackendError> {
+        if !self.is_up() {
+            self.count_fallback(BackendError::Unavailable, 1);
+            return Err(BackendError::Unavailable);
+        }
+        let instances_key = format!("{}advice", self.settings.key_prefix);
+        let own_key = format!("{instances_key}:{}", self.settings.instance);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut connection = self.connection();
+        let run = async {
+            let (names,): (Vec<String>,) = redis::pipe()
+                .cmd("SET")
+                .arg(&own_key)
+                .arg(own)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore()
+                .cmd("SADD")
+                .arg(&instances_key)
+                .arg(&self.settings.instance)
+                .ignore()
+                .cmd("SMEMBERS")
+                .arg(&instances_key)
+                .query_async(&mut connection)
+                .await?;
+            let keys: Vec<String> = names
+                .iter()
+                .map(|name| format!("{instances_key}:{name}"))
+                .collect();
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut connection)
+                .await?;
+            let (live, gone): (Vec<_>, Vec<_>) = names
+                .into_iter()
+                .zip(values)
+                .partition(|(_, value)| value.is_some());
+            if !gone.is_empty() {
+                let gone: Vec<String> = gone.into_iter().map(|(name, _)| name).collect();
+                redis::cmd("SREM")
+                    .arg(&instances_key)
+                    .arg(gone)
+                    .exec_async(&mut connection)
+                    .await?;
+            }
+            Ok::<_, RedisError>(
+                live.into_iter()
+                    .filter_map(|(name, value)| Some((name, value?)))
+                    .collect(),
+            )
+        };
+        // Two round trips and a rare third: allow three timeouts.
+        let failure = match tokio::time::timeout(self.settings.timeout * 3, run).await {
+            Ok(Ok(advice)) => return Ok(advice),
+            Ok(Err(err)) => self.failed(BackendError::of(&err), &err.to_string()),
+            Err(_) => self.failed(BackendError::Timeout, "no answer in time"),
+        };
+        self.count_fallback(failure, 1);
+        Err(failure)
+    }
+}
