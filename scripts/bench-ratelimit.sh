@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
 # Rate-limit check benchmark: POST /v1/ratelimit/check throughput and latency
 # with wrk (Debian's package) over loopback keep-alive connections, checks
-# spread over 1,000 tenants. wrk shares the machine's cores with the daemon.
+# spread over 1,000 tenants, beside GET /healthz in the same run. wrk shares
+# the machine's cores with the daemon (and Redis).
 #
-#   scripts/bench-ratelimit.sh                 # 3 runs of 10 s, median reported
+#   scripts/bench-ratelimit.sh                 # local backend: 3 runs of 10 s, medians
+#   BACKEND=redis scripts/bench-ratelimit.sh   # local and Redis side by side, then
+#                                              # three instances sharing one Redis
 #   RUNS=5 DURATION=20s CONNECTIONS=64 scripts/bench-ratelimit.sh
+#   BASELINE_BIN=/path/to/old/tenantwatch scripts/bench-ratelimit.sh
+#                                              # adds another build's local checks
+#
+# With BACKEND=redis a throwaway redis-server runs on a free loopback port
+# (never the machine's shared one), and the last part checks that three
+# instances hammering one tenant hold its one quota.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
+BACKEND=${BACKEND:-local}
 
-for tool in wrk curl python3; do
+need=(wrk curl python3)
+[ "$BACKEND" = redis ] && need+=(redis-server)
+for tool in "${need[@]}"; do
   if ! command -v "$tool" >/dev/null; then
     if [ "$(id -u)" -eq 0 ]; then
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
@@ -24,22 +36,43 @@ done
 
 cargo build --release --locked --quiet --bin tenantwatch
 WORK=$(mktemp -d)
-DAEMON_PID=""
-cleanup() { [ -n "$DAEMON_PID" ] && kill "$DAEMON_PID" 2>/dev/null; rm -rf "$WORK"; }
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$WORK/tenantwatch.toml" <<CONF
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+REDIS_URL=""
+if [ "$BACKEND" = redis ]; then
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
+  PIDS+=($!)
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+# start_daemon NAME BACKEND QPS BURST [BINARY]: starts a daemon; its port is in $PORT.
+start_daemon() {
+  local name=$1 backend=$2 qps=$3 burst=$4 binary=${5:-target/release/tenantwatch} port
+  port=$(free_port)
+  cat > "$WORK/$name.toml" <<CONF
 [server]
-listen = "127.0.0.1:$PORT"
+listen = "127.0.0.1:$port"
 [ingest]
 udp_listen = ""
 [ratelimit]
-default_qps = 1000000.0
-default_burst = 1000000
+default_qps = $qps
+default_burst = $burst
 CONF
-TENANTWATCH_LOG=warn target/release/tenantwatch run --config "$WORK/tenantwatch.toml" &
-DAEMON_PID=$!
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+  # An older build may not know the backend keys: written only when used.
+  if [ "$backend" = redis ]; then
+    printf 'backend = "redis"\n[ratelimit.redis]\nurl = "%s"\ninstance = "%s"\n' \
+      "$REDIS_URL" "$name" >> "$WORK/$name.toml"
+  fi
+  TENANTWATCH_LOG=warn "$binary" run --config "$WORK/$name.toml" &
+  PIDS+=($!)
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+  PORT=$port
+}
 
 cat > "$WORK/check.lua" <<'LUA'
 wrk.method = "POST"
@@ -50,14 +83,109 @@ request = function()
   return wrk.format(nil, nil, nil, '{"tenant":"tenant' .. (n % 1000) .. '","cost":1}')
 end
 LUA
+# One tenant, allowed and denied answers counted over every thread.
+cat > "$WORK/quota.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"tenant":"shared"}'
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+init = function() allowed = 0; denied = 0 end
+response = function(status)
+  if status == 200 then allowed = allowed + 1 elseif status == 429 then denied = denied + 1 end
+end
+done = function()
+  local a, d = 0, 0
+  for _, t in ipairs(threads) do a = a + t:get("allowed"); d = d + t:get("denied") end
+  io.write(string.format("quota: allowed %d denied %d\n", a, d))
+end
+LUA
 
-echo "== POST /v1/ratelimit/check, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 1,000 tenants, $RUNS runs"
-for run in $(seq "$RUNS"); do
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/check.lua" "http://127.0.0.1:$PORT/v1/ratelimit/check" > "$WORK/run$run.txt"
-  rps=$(awk '/^Requests\/sec/ {print $2}' "$WORK/run$run.txt")
-  p99=$(awk '$1 == "99%" {print $2}' "$WORK/run$run.txt")
-  non2xx=$(awk '/Non-2xx/ {print $NF}' "$WORK/run$run.txt")
-  echo "run $run: ${rps} checks/s, p99 ${p99}, non-2xx ${non2xx:-0}"
-  echo "$rps" >> "$WORK/rps"
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# p99 in milliseconds from wrk's latency distribution.
+p99_ms() { awk '$1 == "99%" { v=$2; if (v ~ /us$/) { sub(/us$/,"",v); v/=1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v*=1000 } print v }' "$1"; }
+
+# run LABEL PORT [SCRIPT]: one wrk run, its checks/s and p99 appended to LABEL's files.
+run() {
+  local label=$1 port=$2 script=${3:-} out="$WORK/$1.$RANDOM.txt" path=/healthz
+  if [ -n "$script" ]; then path=/v1/ratelimit/check; fi
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency ${script:+-s "$script"} "http://127.0.0.1:$port$path" > "$out"
+  awk '/^Requests\/sec/ {print $2}' "$out" >> "$WORK/$label.rps"
+  p99_ms "$out" >> "$WORK/$label.p99"
+  printf "  %-14s %10s req/s  p99 %6s ms  non-2xx %s\n" "$label" "$(awk '/^Requests\/sec/ {print $2}' "$out")" \
+    "$(p99_ms "$out")" "$(awk '/Non-2xx/ {print $NF}' "$out" | grep . || echo 0)"
+}
+report() {
+  local label=$1
+  printf "%-14s median %10s req/s  p99 %6s ms\n" "$label" "$(median < "$WORK/$label.rps")" "$(median < "$WORK/$label.p99")"
+}
+
+# Quotas far above the load: every check is allowed, so this measures the path.
+start_daemon local local 1000000000 1000000000; LOCAL_PORT=$PORT
+labels=(healthz local)
+if [ -n "${BASELINE_BIN:-}" ]; then
+  start_daemon baseline local 1000000000 1000000000 "$BASELINE_BIN"; BASELINE_PORT=$PORT
+  labels+=(baseline)
+fi
+if [ "$BACKEND" = redis ]; then
+  start_daemon redis redis 1000000000 1000000000; REDIS_DAEMON_PORT=$PORT
+  labels+=(redis)
+fi
+echo "== wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 1,000 tenants, $RUNS rounds (each: ${labels[*]})"
+for round in $(seq "$RUNS"); do
+  echo "round $round"
+  run healthz "$LOCAL_PORT"
+  run local "$LOCAL_PORT" "$WORK/check.lua"
+  [ -n "${BASELINE_BIN:-}" ] && run baseline "$BASELINE_PORT" "$WORK/check.lua"
+  [ "$BACKEND" = redis ] && run redis "$REDIS_DAEMON_PORT" "$WORK/check.lua"
 done
-echo "median: $(sort -n "$WORK/rps" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}') checks/s"
+for label in "${labels[@]}"; do report "$label"; done
+python3 - "$WORK" "${labels[@]}" <<'PY'
+import statistics, sys
+work, labels = sys.argv[1], sys.argv[2:]
+rps = {l: statistics.median(float(x) for x in open(f"{work}/{l}.rps")) for l in labels}
+for l in labels[1:]:
+    print(f"{l}: {rps[l] / rps['healthz']:.2f} of /healthz's throughput")
+if "redis" in rps:
+    print(f"redis: {rps['redis'] / rps['local']:.2f} of the local backend's throughput")
+if "baseline" in rps:
+    print(f"local: {rps['local'] / rps['baseline']:.2f} of the baseline build's throughput")
+PY
+
+if [ "$BACKEND" = redis ]; then
+  # Three instances, one Redis: each driven by its own wrk at once.
+  ports=()
+  for name in a b c; do start_daemon "shared-$name" redis 1000000000 1000000000; ports+=("$PORT"); done
+  echo "== three instances sharing one Redis, wrk -c$CONNECTIONS -d$DURATION on each at once"
+  wrks=()
+  for i in 0 1 2; do
+    wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/check.lua" \
+      "http://127.0.0.1:${ports[$i]}/v1/ratelimit/check" > "$WORK/three.$i.txt" &
+    wrks+=($!)
+  done
+  for pid in "${wrks[@]}"; do wait "$pid"; done
+  for i in 0 1 2; do
+    printf "  instance %d: %10s checks/s  p99 %6s ms\n" "$i" \
+      "$(awk '/^Requests\/sec/ {print $2}' "$WORK/three.$i.txt")" "$(p99_ms "$WORK/three.$i.txt")"
+  done
+  awk '/^Requests\/sec/ {s += $2} END {printf "  together: %.0f checks/s\n", s}' "$WORK"/three.*.txt
+
+  # The global quota: one tenant at 1,000/s (burst 1,000) through three instances.
+  qports=()
+  for name in qa qb qc; do start_daemon "quota-$name" redis 1000 1000; qports+=("$PORT"); done
+  seconds=${DURATION%s}
+  echo "== one tenant, quota 1,000/s burst 1,000, through three instances for ${seconds} s"
+  wrks=()
+  for i in 0 1 2; do
+    wrk -t1 -c8 -d"$DURATION" -s "$WORK/quota.lua" \
+      "http://127.0.0.1:${qports[$i]}/v1/ratelimit/check" > "$WORK/quota.$i.txt" &
+    wrks+=($!)
+  done
+  for pid in "${wrks[@]}"; do wait "$pid"; done
+  allowed=$(awk '/^quota:/ {s += $3} END {print s}' "$WORK"/quota.*.txt)
+  denied=$(awk '/^quota:/ {s += $5} END {print s}' "$WORK"/quota.*.txt)
+  python3 -c "
+allowed, denied, seconds = $allowed, $denied, $seconds
+expected = 1000 + 1000 * seconds
+print(f'  allowed {allowed} of {allowed + denied} (expected {expected}): {allowed / expected:.3f} of the quota')"
+fi
