@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use support::TestDaemon;
 use support::redis_server::RedisServer;
-use tenantwatch::config::{FileConfig, FileRuleSettings};
+use tenantwatch::config::FileConfig;
 use tenantwatch::ratelimit::{Gcra, Rate, Verdict};
 
 async fn check(daemon: &TestDaemon, tenant: &str) -> support::HttpReply {
@@ -254,29 +254,11 @@ async fn advice_raised_on_one_instance_tightens_the_other() {
     let redis = RedisServer::start();
     let configure = |c: &mut FileConfig, instance: &str| {
         on_redis(c, &redis, instance);
-        c.detect.interval = "200ms".into();
-        c.ratelimit.default_qps = 100_000.0;
-        c.ratelimit.default_burst = 100_000;
-        c.detect.rules.insert(
-            "error_storm".into(),
-            FileRuleSettings {
-                for_: Some("0s".into()),
-                min: Some(5.0),
-                tighten: Some(true),
-                ..Default::default()
-            },
-        );
+        support::tighten_on_error_storm(c);
     };
     let raiser = TestDaemon::start_with(|c| configure(c, "raiser")).await;
     let other = TestDaemon::start_with(|c| configure(c, "other")).await;
-    let mut events = String::new();
-    for i in 0..200 {
-        events.push_str(&format!(
-            "tenantwatch.query:5|ms|#tenant:stormy,error:{}\ntenantwatch.query:5|ms|#tenant:calm{}\n",
-            i % 2 == 0,
-            i % 10
-        ));
-    }
+    let events = support::error_storm_events();
     // Only the raiser sees the storm.
     support::eventually(
         "stormy tightened on the raiser",

@@ -11,24 +11,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::TestDaemon;
-use tenantwatch::config::{FileConfig, FileRuleSettings};
+use tenantwatch::config::FileConfig;
 
 fn configure(c: &mut FileConfig, state: &Path) {
     c.state.file = state.display().to_string();
     c.state.save_interval = "1h".into();
-    c.detect.interval = "200ms".into();
-    // A quota far above the fair share, so advice visibly tightens it.
-    c.ratelimit.default_qps = 100_000.0;
-    c.ratelimit.default_burst = 100_000;
-    c.detect.rules.insert(
-        "error_storm".into(),
-        FileRuleSettings {
-            for_: Some("0s".into()),
-            min: Some(5.0),
-            tighten: Some(true),
-            ..Default::default()
-        },
-    );
+    support::tighten_on_error_storm(c);
 }
 
 async fn effective_qps(daemon: &TestDaemon, tenant: &str) -> f64 {
@@ -50,14 +38,7 @@ async fn a_restart_keeps_flags_and_tightened_quotas() {
     let _ = std::fs::remove_file(&state);
 
     let first = TestDaemon::start_with(|c| configure(c, &state)).await;
-    let mut body = String::new();
-    for i in 0..200 {
-        body.push_str(&format!(
-            "tenantwatch.query:5|ms|#tenant:stormy,error:{}\ntenantwatch.query:5|ms|#tenant:calm{}\n",
-            i % 2 == 0,
-            i % 10
-        ));
-    }
+    let body = support::error_storm_events();
     let advice = support::eventually("stormy tightened", Duration::from_secs(20), || async {
         first.post("/v1/events", &[], body.clone()).await;
         let advice = first.get("/api/v1/advice").await.json();

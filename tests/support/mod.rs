@@ -320,6 +320,38 @@ fn parse_labels(mut body: &str) -> BTreeMap<String, String> {
     labels
 }
 
+/// Detection that tightens fast: every 200 ms, `error_storm` raised at
+/// once and tightening, over a default quota of 100,000/s far above any
+/// fair share (so advice visibly lowers it).
+pub fn tighten_on_error_storm(c: &mut FileConfig) {
+    c.detect.interval = "200ms".into();
+    c.ratelimit.default_qps = 100_000.0;
+    c.ratelimit.default_burst = 100_000;
+    c.detect.rules.insert(
+        "error_storm".into(),
+        tenantwatch::config::FileRuleSettings {
+            for_: Some("0s".into()),
+            min: Some(5.0),
+            tighten: Some(true),
+            ..Default::default()
+        },
+    );
+}
+
+/// 200 events of tenant `stormy`, half of them errors, and 200 calm ones
+/// over ten tenants `calm0`..`calm9`: a body for `POST /v1/events`.
+pub fn error_storm_events() -> String {
+    (0..200)
+        .map(|i| {
+            format!(
+                "tenantwatch.query:5|ms|#tenant:stormy,error:{}\ntenantwatch.query:5|ms|#tenant:calm{}\n",
+                i % 2 == 0,
+                i % 10
+            )
+        })
+        .collect()
+}
+
 /// Retries `check` until it returns `Some`, for at most `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
