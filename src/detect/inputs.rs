@@ -108,13 +108,15 @@ fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> Windo
 }
 
 /// Folds this evaluation's rates into every tenant's baseline (`alpha` is
-/// the weight of the new rate) and forgets tenants without figures.
+/// the weight of the new rate) but those `held` still, and forgets tenants
+/// without figures.
 pub fn advance_baselines(
     baselines: &mut HashMap<String, Baseline>,
     figures: &HashMap<String, WindowFigures>,
     alpha: f64,
+    held: &std::collections::HashSet<String>,
 ) {
-    for (tenant, f) in figures {
+    for (tenant, f) in figures.iter().filter(|(t, _)| !held.contains(*t)) {
         let baseline = baselines.entry(tenant.clone()).or_insert(Baseline {
             rate: f.rate,
             samples: 0,

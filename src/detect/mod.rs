@@ -24,13 +24,13 @@ pub mod rules;
 pub mod settings;
 pub mod task;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
 pub use inputs::Baseline;
-pub use settings::{DetectSettings, RuleName, RuleSettings, Severity};
+pub use settings::{DetectSettings, FlagAction, RuleName, RuleSettings, Severity};
 
 use crate::event::OVERFLOW_TENANT;
 use crate::store::{StoreSnapshot, TargetStatus};
@@ -49,6 +49,9 @@ pub struct Flag {
     pub threshold: f64,
     /// The target the observation came from, for PostgreSQL-based rules.
     pub target: Option<String>,
+    /// What follows from it (the rule's `tighten`).
+    #[serde(default)]
+    pub action: FlagAction,
 }
 
 /// A flag raised or cleared by one evaluation (logged once each).
@@ -222,8 +225,8 @@ impl Detector {
         let horizon = self.settings.window + self.settings.interval / 2;
         let figures = self.window.advance(now, store, horizon);
         let mut observations = Observations::default();
-        self.judge_events(store, &figures, &mut observations);
-        self.advance_baselines(now, &figures);
+        let spiking = self.judge_events(store, &figures, &mut observations);
+        self.advance_baselines(now, &figures, &spiking);
         for target in targets.iter().filter(|t| t.up) {
             self.judge_target(now, target, &mut observations);
         }
@@ -250,13 +253,14 @@ impl Detector {
         self.settings.rules.get(&rule).filter(|r| r.enabled)
     }
 
-    /// The rules over application events.
+    /// The rules over application events. Returns the tenants whose rate
+    /// spikes above their baseline now.
     fn judge_events(
         &self,
         store: &StoreSnapshot,
         figures: &HashMap<String, WindowFigures>,
         observations: &mut Observations,
-    ) {
+    ) -> HashSet<String> {
         let tenants: Vec<_> = store
             .tenants
             .iter()
@@ -278,20 +282,34 @@ impl Detector {
                 / self.settings.interval.as_secs_f64().max(0.001))
             .ceil() as u32;
             let verdicts = rules::rate_spike(r, figures, &self.baselines, warm);
+            let spiking = verdicts
+                .iter()
+                .filter(|v| v.holds)
+                .map(|v| v.tenant.clone())
+                .collect();
             observations.add(RuleName::RateSpike, verdicts, None);
+            return spiking;
         }
+        HashSet::new()
     }
 
     /// Folds this evaluation's rates into the baselines, after the rules
-    /// judged against the previous ones.
-    fn advance_baselines(&mut self, now: Instant, figures: &HashMap<String, WindowFigures>) {
+    /// judged against the previous ones. A spiking tenant's baseline holds
+    /// still: folding the spike in would let it raise its own bar until the
+    /// flag cleared by itself.
+    fn advance_baselines(
+        &mut self,
+        now: Instant,
+        figures: &HashMap<String, WindowFigures>,
+        spiking: &HashSet<String>,
+    ) {
         let dt = self
             .last_evaluation
             .map(|t| now.saturating_duration_since(t))
             .unwrap_or(self.settings.interval);
         let half_life = self.settings.baseline_half_life.as_secs_f64().max(1.0);
         let alpha = 1.0 - 0.5f64.powf(dt.as_secs_f64() / half_life);
-        inputs::advance_baselines(&mut self.baselines, figures, alpha);
+        inputs::advance_baselines(&mut self.baselines, figures, alpha, spiking);
     }
 
     /// The rules over one target's last poll.
@@ -406,6 +424,11 @@ impl Detector {
                             value: obs.value,
                             threshold: obs.threshold,
                             target: obs.target.clone(),
+                            action: if settings.tighten {
+                                FlagAction::Tighten
+                            } else {
+                                FlagAction::None
+                            },
                         };
                         transitions.push(Transition::Raised(flag.clone()));
                         state.raised = Some(flag);
@@ -698,6 +721,36 @@ mod tests {
         assert_eq!(
             raised.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
             ["t100"]
+        );
+    }
+
+    #[test]
+    fn a_sustained_spike_does_not_become_its_own_baseline() {
+        let mut fleet = Fleet::new(200);
+        // A short half-life: folding the spike in would lift the baseline
+        // past rate / factor within a few evaluations and clear the flag.
+        fleet.detector.set_settings(DetectSettings {
+            baseline_half_life: Duration::from_secs(60),
+            ..DetectSettings::default()
+        });
+        fleet.run(30, |_| {});
+        fleet.run(60, |w| w.record(&query("t100", 1.0, 1000.0, false)));
+        let flagged: Vec<_> = fleet
+            .detector
+            .flags()
+            .into_iter()
+            .filter(|f| f.reason == RuleName::RateSpike)
+            .map(|f| f.tenant)
+            .collect();
+        assert_eq!(flagged, ["t100"], "ten minutes into the spike");
+        // Once the spike ends the baseline moves again and the flag clears.
+        fleet.run(60, |_| {});
+        assert!(
+            fleet
+                .detector
+                .flags()
+                .iter()
+                .all(|f| f.reason != RuleName::RateSpike)
         );
     }
 

@@ -32,29 +32,42 @@ impl Verdict {
 }
 
 /// `db_time_hog`: share of the fleet's reported database time over the
-/// window >= max(`threshold` x fair share, `min`), fair share being one
-/// over the tenants with database time in the window.
+/// window >= max(`threshold` x the mean share of the *other* active
+/// tenants, `min`). Leave-one-out: the tenant judged is not part of its own
+/// reference, so a hog among few tenants cannot raise its own bar (with the
+/// subject included, three tenants could never have a hog: 3 x 1/3 = 1). A
+/// tenant with no other active tenant is not judged: a share is relative.
 pub fn db_time_hog(r: &RuleSettings, tenants: &[&TenantSnapshot]) -> Vec<Verdict> {
-    let active = tenants.iter().filter(|t| t.window_db_time_ms > 0.0).count();
-    if active == 0 {
-        return Vec::new();
-    }
-    let threshold = (r.threshold / active as f64).max(r.min);
+    let active: Vec<&&TenantSnapshot> = tenants
+        .iter()
+        .filter(|t| t.window_db_time_ms > 0.0)
+        .collect();
+    let total_share: f64 = active.iter().map(|t| t.db_time_share).sum();
     tenants
         .iter()
-        .map(|t| {
-            Verdict::new(
+        .filter_map(|t| {
+            let is_active = t.window_db_time_ms > 0.0;
+            let others = active.len() - usize::from(is_active);
+            if others == 0 {
+                return None;
+            }
+            let own = if is_active { t.db_time_share } else { 0.0 };
+            let others_mean = (total_share - own).max(0.0) / others as f64;
+            let threshold = (r.threshold * others_mean).max(r.min);
+            Some(Verdict::new(
                 &t.tenant,
                 t.db_time_share >= threshold,
                 t.db_time_share,
                 threshold,
-            )
+            ))
         })
         .collect()
 }
 
-/// `latency_outlier`: window p95 >= max(`factor` x the fleet's median p95,
-/// `min` seconds), judged for tenants with at least `threshold` queries.
+/// `latency_outlier`: window p95 >= max(`factor` x the median p95 of the
+/// *other* judged tenants, `min` seconds), judged for tenants with at least
+/// `threshold` queries. Leave-one-out: a slow tenant among few is not part
+/// of the median it is compared with; a tenant judged alone is not judged.
 pub fn latency_outlier(r: &RuleSettings, figures: &HashMap<String, WindowFigures>) -> Vec<Verdict> {
     let judged = |f: &WindowFigures| f.p95_seconds.filter(|_| f.queries >= r.threshold);
     let mut p95s: Vec<f64> = figures
@@ -63,17 +76,27 @@ pub fn latency_outlier(r: &RuleSettings, figures: &HashMap<String, WindowFigures
         .filter_map(|(_, f)| judged(f))
         .collect();
     p95s.sort_by(f64::total_cmp);
-    let Some(median) = p95s.get(p95s.len() / 2).copied() else {
-        return Vec::new();
-    };
-    let threshold = (r.factor * median).max(r.min);
     figures
         .iter()
+        .filter(|(t, _)| *t != OVERFLOW_TENANT)
         .filter_map(|(tenant, f)| {
             let p95 = judged(f)?;
+            let median = median_without(&p95s, p95)?;
+            let threshold = (r.factor * median).max(r.min);
             Some(Verdict::new(tenant, p95 >= threshold, p95, threshold))
         })
         .collect()
+}
+
+/// The median of `sorted` with one occurrence of `own` left out (the
+/// upper median for an even count, as before); `None` when nothing is left.
+fn median_without(sorted: &[f64], own: f64) -> Option<f64> {
+    let others = sorted.len().checked_sub(1).filter(|n| *n > 0)?;
+    let at = sorted.partition_point(|v| v.total_cmp(&own).is_lt());
+    let index = others / 2;
+    // Skip the subject's position: indexes at or past it shift by one.
+    let index = if index >= at { index + 1 } else { index };
+    sorted.get(index).copied()
 }
 
 /// `error_storm`: error ratio over the window >= `threshold` with at least
@@ -116,7 +139,10 @@ pub fn rate_spike(
 }
 
 /// `connection_hog`: connections on a target >= max(`threshold` x
-/// `max_connections`, `factor` x the mean over connected tenants).
+/// `max_connections`, `factor` x the mean over the *other* connected
+/// tenants). Leave-one-out: a tenant holding most connections among few
+/// cannot raise its own bar; alone on a target only the `max_connections`
+/// part applies (it still starves the tenants to come).
 pub fn connection_hog(
     r: &RuleSettings,
     activity: &ActivitySnapshot,
@@ -127,16 +153,20 @@ pub fn connection_hog(
         .iter()
         .map(|(t, a)| (t, a.total_connections()))
         .collect();
-    if counts.is_empty() {
-        return Vec::new();
-    }
     let total: u64 = counts.iter().map(|(_, c)| c).sum();
-    let fair = total as f64 / counts.len() as f64;
     let max = max_connections.unwrap_or(100) as f64;
-    let threshold = (r.threshold * max).max(r.factor * fair);
     counts
-        .into_iter()
-        .map(|(tenant, c)| Verdict::new(tenant, c as f64 >= threshold, c as f64, threshold))
+        .iter()
+        .map(|&(tenant, c)| {
+            let others = counts.len() - 1;
+            let others_mean = if others == 0 {
+                0.0
+            } else {
+                (total - c) as f64 / others as f64
+            };
+            let threshold = (r.threshold * max).max(r.factor * others_mean);
+            Verdict::new(tenant, c as f64 >= threshold, c as f64, threshold)
+        })
         .collect()
 }
 
@@ -269,23 +299,34 @@ mod tests {
     }
 
     #[test]
-    fn db_time_hog_judges_against_the_active_tenants_fair_share() {
-        // 20 active tenants: threshold = max(3 x 1/20, 0.2) = 0.2.
+    fn db_time_hog_judges_against_the_other_tenants_mean() {
+        // 20 active tenants: hog's bar = max(3 x 0.5/19, 0.2) = 0.2.
         let mut tenants = vec![snapshot("hog", 0.5)];
         tenants.extend((0..19).map(|i| snapshot(&format!("t{i}"), 0.5 / 19.0)));
         let refs: Vec<&TenantSnapshot> = tenants.iter().collect();
         let verdicts = db_time_hog(&settings(RuleName::DbTimeHog), &refs);
         assert_eq!(holding(&verdicts), ["hog"]);
         assert!((verdicts[0].threshold - 0.2).abs() < 1e-12);
-        // Three tenants: 3 x 1/3 = 1.0, so even 0.7 of the time is no hog.
-        let few = [snapshot("a", 0.7), snapshot("b", 0.1), snapshot("c", 0.2)];
-        let refs: Vec<&TenantSnapshot> = few.iter().collect();
-        assert!(holding(&db_time_hog(&settings(RuleName::DbTimeHog), &refs)).is_empty());
         assert!(db_time_hog(&settings(RuleName::DbTimeHog), &[]).is_empty());
     }
 
     #[test]
-    fn latency_outlier_compares_with_the_fleet_median() {
+    fn a_db_time_hog_among_few_tenants_cannot_raise_its_own_bar() {
+        // With the hog in its own fair share, 3 x 1/3 = 1.0: no tenant of
+        // three could ever be a hog. Against the others' mean (0.15) it is.
+        let few = [snapshot("a", 0.7), snapshot("b", 0.1), snapshot("c", 0.2)];
+        let refs: Vec<&TenantSnapshot> = few.iter().collect();
+        let verdicts = db_time_hog(&settings(RuleName::DbTimeHog), &refs);
+        assert_eq!(holding(&verdicts), ["a"]);
+        assert!((verdicts[0].threshold - 0.45).abs() < 1e-12);
+        // Alone there is no one to hog from: not judged.
+        let alone = [snapshot("solo", 1.0)];
+        let refs: Vec<&TenantSnapshot> = alone.iter().collect();
+        assert!(db_time_hog(&settings(RuleName::DbTimeHog), &refs).is_empty());
+    }
+
+    #[test]
+    fn latency_outlier_compares_with_the_other_tenants_median() {
         let mut figures = HashMap::new();
         for i in 0..9 {
             figures.insert(format!("t{i}"), window(100.0, 0.0, Some(0.05)));
@@ -295,6 +336,25 @@ mod tests {
         let verdicts = latency_outlier(&settings(RuleName::LatencyOutlier), &figures);
         assert_eq!(holding(&verdicts), ["slow"]);
         assert!(!verdicts.iter().any(|v| v.tenant == "few"));
+        // Two tenants: the slow one was half of the median it was compared
+        // with (the upper median is its own p95); now it is the other's.
+        let mut two = HashMap::new();
+        two.insert("slow".to_string(), window(100.0, 0.0, Some(2.0)));
+        two.insert("fast".to_string(), window(100.0, 0.0, Some(0.05)));
+        let verdicts = latency_outlier(&settings(RuleName::LatencyOutlier), &two);
+        assert_eq!(holding(&verdicts), ["slow"]);
+        let mut alone = HashMap::new();
+        alone.insert("solo".to_string(), window(100.0, 0.0, Some(5.0)));
+        assert!(latency_outlier(&settings(RuleName::LatencyOutlier), &alone).is_empty());
+    }
+
+    #[test]
+    fn the_median_without_the_subject() {
+        assert_eq!(median_without(&[1.0, 2.0, 3.0], 3.0), Some(2.0));
+        assert_eq!(median_without(&[1.0, 2.0, 3.0], 1.0), Some(3.0));
+        assert_eq!(median_without(&[1.0, 2.0, 2.0, 9.0], 2.0), Some(2.0));
+        assert_eq!(median_without(&[5.0, 5.0], 5.0), Some(5.0));
+        assert_eq!(median_without(&[5.0], 5.0), None);
     }
 
     #[test]
@@ -332,31 +392,54 @@ mod tests {
         assert!(rate_spike(&r, &figures, &baselines, 7).is_empty());
     }
 
+    fn connections(tenants: &[(&str, u64)]) -> ActivitySnapshot {
+        let mut activity = ActivitySnapshot::default();
+        for (tenant, n) in tenants {
+            let mut a = TenantActivity::default();
+            a.connections.insert("idle", *n);
+            activity.tenants.insert((*tenant).into(), a);
+        }
+        activity
+    }
+
     #[test]
-    fn connection_hog_against_max_connections_and_fair_share() {
-        let activity = |tenants: &[(&str, u64)]| {
-            let mut activity = ActivitySnapshot::default();
-            for (tenant, n) in tenants {
-                let mut a = TenantActivity::default();
-                a.connections.insert("idle", *n);
-                activity.tenants.insert((*tenant).into(), a);
-            }
-            activity
-        };
+    fn a_connection_hog_among_many_tenants() {
         let r = settings(RuleName::ConnectionHog);
-        // Among 21 connected tenants: max(0.25 x 100, 4 x 50/21) = 25.
+        // Among 21 connected tenants: max(0.25 x 100, 4 x 20/20) = 25.
         let mut many = vec![("hog", 30)];
         let names: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
         many.extend(names.iter().map(|n| (n.as_str(), 1)));
+        let verdicts = connection_hog(&r, &connections(&many), Some(100));
+        assert_eq!(holding(&verdicts), ["hog"]);
+    }
+
+    #[test]
+    fn a_connection_hog_among_few_tenants_cannot_raise_its_own_bar() {
+        let r = settings(RuleName::ConnectionHog);
+        // 60 of 80 connections, two others with 1 and 2. With the hog in
+        // the mean the bar was max(0.25 x 80, 4 x 63/3) = 84: never flagged.
+        // Against the others' mean: max(20, 4 x 1.5) = 20.
+        let few = connections(&[("hog", 60), ("a", 1), ("b", 2)]);
+        let verdicts = connection_hog(&r, &few, Some(80));
+        assert_eq!(holding(&verdicts), ["hog"]);
+        let hog = verdicts.iter().find(|v| v.tenant == "hog").unwrap();
+        assert!((hog.threshold - 20.0).abs() < 1e-9);
+        // The small ones are judged against a mean that includes the hog.
+        let a = verdicts.iter().find(|v| v.tenant == "a").unwrap();
+        assert!((a.threshold - 124.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_connection_hog_alone_on_a_target_is_judged_by_max_connections() {
+        let r = settings(RuleName::ConnectionHog);
+        let alone = connections(&[("solo", 30)]);
         assert_eq!(
-            holding(&connection_hog(&r, &activity(&many), Some(100))),
-            ["hog"]
+            holding(&connection_hog(&r, &alone, Some(100))),
+            ["solo"],
+            "30 of 100 is above 0.25 x max_connections"
         );
-        // Among three, the mean includes the hog: max(25, 4 x 11) = 44.
-        let few = activity(&[("hog", 30), ("a", 1), ("b", 2)]);
-        let verdicts = connection_hog(&r, &few, Some(100));
-        assert!(holding(&verdicts).is_empty());
-        assert!((verdicts[0].threshold - 44.0).abs() < 1e-9);
+        let light = connections(&[("solo", 5)]);
+        assert!(holding(&connection_hog(&r, &light, Some(100))).is_empty());
     }
 
     #[test]

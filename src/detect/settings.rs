@@ -58,6 +58,27 @@ impl RuleName {
     }
 }
 
+/// What follows from a flag: its quota is tightened (`tighten`), its
+/// offending sessions are ended (`guard`), or it is only reported (`none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagAction {
+    Tighten,
+    Guard,
+    #[default]
+    None,
+}
+
+impl FlagAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlagAction::Tighten => "tighten",
+            FlagAction::Guard => "guard",
+            FlagAction::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {

@@ -143,7 +143,8 @@ fn log_transition(transition: &Transition) {
         Transition::Raised(flag) => tracing::warn!(
             tenant = %flag.tenant,
             reason = flag.reason.as_str(),
-            severity = ?flag.severity,
+            severity = flag.severity.as_str(),
+            action = flag.action.as_str(),
             value = flag.value,
             threshold = flag.threshold,
             target = ?flag.target,
