@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
                     100,
                     Duration::from_secs(60),
                 )),
+                guard_log: Default::default(),
             },
             &HttpMetrics::default(),
             settings,

@@ -22,11 +22,13 @@ use tokio_util::sync::CancellationToken;
 use crate::capacity::{SharedTargetHistories, SharedTenantHistories, TenantHistories};
 use crate::collect;
 use crate::config::Config;
+use crate::detect::guard::GuardOutbox;
 use crate::detect::{DetectSettings, Judgement, SharedJudgement};
 use crate::http::{self, AppState, HttpLimits};
 use crate::ingest::udp::{UdpLimits, UdpListener};
 use crate::metrics::HttpMetrics;
 use crate::ratelimit::RateLimits;
+use crate::store::guard::SharedGuardLog;
 use crate::store::{IngestStats, MonotonicClock, Store, TargetStatus, TargetStatuses};
 
 /// Store shards shared by HTTP requests (round robin).
@@ -110,6 +112,7 @@ struct Shared {
     judgement: SharedJudgement,
     histories: SharedTargetHistories,
     tenant_histories: SharedTenantHistories,
+    guard_log: SharedGuardLog,
 }
 
 impl Shared {
@@ -147,6 +150,7 @@ impl Shared {
                 config.api.history_len(),
                 config.api.history_tenants,
             ))),
+            guard_log: SharedGuardLog::default(),
         })
     }
 
@@ -160,6 +164,7 @@ impl Shared {
                 targets: self.targets.clone(),
                 judgement: self.judgement.clone(),
                 limits: self.limits.clone(),
+                guard_log: self.guard_log.clone(),
             },
             &http_metrics,
             &config.metrics,
@@ -188,6 +193,7 @@ impl Shared {
             tls: crate::http::tls::SharedTls::new(config.server.tls.clone()),
             http_shards: (udp_receivers, HTTP_SHARDS),
             rate_limits: self.limits.clone(),
+            guard_log: self.guard_log.clone(),
             judgement: self.judgement.clone(),
             targets: self.targets.clone(),
             histories: self.histories.clone(),
@@ -207,15 +213,27 @@ struct Tasks {
 impl Tasks {
     fn spawn(config: &Config, shared: &Shared, shutdown: &CancellationToken) -> Tasks {
         let attribution = Arc::new(config.attribution.clone());
+        // Guard orders go from the detector to each target's poller.
+        let mut guard_outbox = GuardOutbox {
+            log: shared.guard_log.clone(),
+            ..GuardOutbox::default()
+        };
         let mut handles: Vec<JoinHandle<()>> = config
             .targets
             .iter()
             .zip(shared.targets.handles())
             .map(|(target, status)| {
+                let (sender, orders) = tokio::sync::mpsc::channel(collect::guard::ORDER_QUEUE);
+                guard_outbox.senders.insert(target.name.clone(), sender);
+                let inbox = collect::guard::GuardInbox {
+                    orders,
+                    log: shared.guard_log.clone(),
+                };
                 tokio::spawn(collect::run_target(
                     target.clone(),
                     attribution.clone(),
                     status.clone(),
+                    inbox,
                     shutdown.clone(),
                 ))
             })
@@ -235,6 +253,7 @@ impl Tasks {
             shared.targets.clone(),
             shared.limits.clone(),
             shared.judgement.clone(),
+            guard_outbox,
             shutdown.clone(),
         )));
         handles.push(tokio::spawn(evict_idle_tenants(

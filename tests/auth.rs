@@ -50,6 +50,7 @@ async fn reads_need_the_read_token_and_probes_stay_open() {
         "/api/v1/capacity",
         "/api/v1/flags",
         "/api/v1/advice",
+        "/api/v1/guard",
         "/api/v1/openapi.json",
     ] {
         assert_eq!(status(&daemon, "GET", path, None).await, 401, "{path}");

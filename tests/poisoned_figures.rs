@@ -135,6 +135,7 @@ proptest! {
                 targets: TargetStatuses::default(),
                 judgement: Arc::default(),
                 limits: Arc::new(RateLimits::new(RatePolicy::default(), 100, Duration::from_secs(60))),
+                guard_log: Default::default(),
             },
             &HttpMetrics::default(),
             &metrics::ExpositionSettings::default(),

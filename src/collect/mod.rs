@@ -14,6 +14,7 @@
 //!   line; reconnects back off exponentially, capped at the poll interval;
 //! - readers (the `/metrics` scrape) never query PostgreSQL.
 
+pub mod guard;
 pub mod queries;
 pub mod settings;
 pub mod tls;
@@ -99,6 +100,7 @@ pub async fn run_target(
     target: TargetConfig,
     attribution: Arc<Attribution>,
     status: SharedStatus,
+    mut guard: guard::GuardInbox,
     shutdown: CancellationToken,
 ) {
     let tls = match tls::connector(target.tls_ca_file.as_deref()) {
@@ -128,6 +130,11 @@ pub async fn run_target(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
+            // Guard orders run between polls, on the poller's session.
+            Some(order) = guard.orders.recv() => {
+                poller.carry_out(order, &guard.log).await;
+                continue;
+            }
         }
         let ok = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use tokio_postgres::Row;
 
 use crate::attribution::{Attribution, Session};
-use crate::store::{ActivitySnapshot, DatabaseStats, SchemaTotals};
+use crate::store::guard::query_prefix;
+use crate::store::targets::OFFENDERS_PER_KIND;
+use crate::store::{ActivitySnapshot, DatabaseStats, Offence, Offender, SchemaTotals};
 
 /// Connection states of `pg_stat_activity.state`, as label values.
 pub fn state_label(state: Option<&str>) -> &'static str {
@@ -37,7 +39,8 @@ SELECT pid,
        COALESCE(wait_event_type = 'Lock', false) AS waiting_on_lock,
        CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) ELSE '{}'::int[] END AS blockers,
        CASE WHEN length(query) <= 2048 THEN COALESCE(query, '')
-            ELSE left(query, 1024) || ' ' || right(query, 1024) END AS query
+            ELSE left(query, 1024) || ' ' || right(query, 1024) END AS query,
+       COALESCE((SELECT rolsuper FROM pg_roles WHERE oid = usesysid), false) AS superuser
   FROM pg_stat_activity
  WHERE backend_type = 'client backend'
    AND pid <> ALL($1::int4[])";
@@ -67,6 +70,7 @@ pub fn activity_from_rows(
 ) -> Result<ActivitySnapshot, tokio_postgres::Error> {
     let mut snapshot = ActivitySnapshot::default();
     let mut tenant_of_pid: HashMap<i32, String> = HashMap::new();
+    let mut possible_blockers: HashMap<i32, Offender> = HashMap::new();
     let mut blockers_of_waiting: Vec<Vec<i32>> = Vec::new();
     for row in rows {
         let pid: i32 = row.try_get("pid")?;
@@ -80,6 +84,7 @@ pub fn activity_from_rows(
         let waiting: bool = row.try_get("waiting_on_lock")?;
         let blockers: Vec<i32> = row.try_get("blockers")?;
         let query: &str = row.try_get("query")?;
+        let superuser: bool = row.try_get("superuser")?;
 
         *snapshot.by_state.entry(state).or_default() += 1;
         bump(&mut snapshot.by_database, database);
@@ -100,6 +105,25 @@ pub fn activity_from_rows(
         };
         let activity = snapshot.tenants.entry(tenant.clone()).or_default();
         *activity.connections.entry(state).or_default() += 1;
+        let offender = |offence, seconds| Offender {
+            pid,
+            offence,
+            seconds,
+            query: query_prefix(query),
+            superuser,
+            application_name: application_name.to_owned(),
+        };
+        if state == "active" {
+            activity
+                .offenders
+                .push(offender(Offence::LongQuery, query_age));
+        }
+        if state.starts_with("idle_in_transaction") {
+            activity
+                .offenders
+                .push(offender(Offence::IdleInTransaction, state_age));
+        }
+        possible_blockers.insert(pid, offender(Offence::LockBlocker, xact_age));
         activity.oldest_transaction_seconds = activity.oldest_transaction_seconds.max(xact_age);
         if state == "active" {
             activity.longest_query_seconds = activity.longest_query_seconds.max(query_age);
@@ -116,6 +140,20 @@ pub fn activity_from_rows(
         tenant_of_pid.insert(pid, tenant);
     }
     // A waiting backend counts once against each tenant blocking it.
+    let mut blocking_pids: Vec<i32> = blockers_of_waiting.iter().flatten().copied().collect();
+    blocking_pids.sort_unstable();
+    blocking_pids.dedup();
+    for pid in blocking_pids {
+        if let (Some(tenant), Some(offender)) =
+            (tenant_of_pid.get(&pid), possible_blockers.remove(&pid))
+            && let Some(activity) = snapshot.tenants.get_mut(tenant)
+        {
+            activity.offenders.push(offender);
+        }
+    }
+    for activity in snapshot.tenants.values_mut() {
+        keep_oldest_offenders(&mut activity.offenders);
+    }
     for blockers in blockers_of_waiting {
         let mut tenants: Vec<&String> = blockers
             .iter()
@@ -130,6 +168,17 @@ pub fn activity_from_rows(
         }
     }
     Ok(snapshot)
+}
+
+/// Keeps the [`OFFENDERS_PER_KIND`] oldest sessions of each offence.
+fn keep_oldest_offenders(offenders: &mut Vec<Offender>) {
+    offenders.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    let mut kept = [0usize; 3];
+    offenders.retain(|o| {
+        let slot = &mut kept[o.offence as usize];
+        *slot += 1;
+        *slot <= OFFENDERS_PER_KIND
+    });
 }
 
 /// Per-schema sums of what `pg_stat_user_tables` and `pg_statio_user_tables`

@@ -50,6 +50,35 @@ pub struct FileConfig {
     pub api: FileApi,
     pub state: FileState,
     pub metrics: FileMetrics,
+    pub guard: FileGuard,
+}
+
+/// `[guard]`: ending flagged tenants' offending sessions (off by default).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileGuard {
+    /// `"off"`, `"dry_run"` or `"enforce"`.
+    pub mode: String,
+    /// How long a flag stays raised before its sessions are ended.
+    pub grace: String,
+    pub max_actions_per_minute: u32,
+    /// Regular expressions over `application_name`: maintenance sessions
+    /// the guard never ends.
+    pub exclude_applications: Vec<String>,
+}
+
+impl Default for FileGuard {
+    fn default() -> Self {
+        FileGuard {
+            mode: "off".into(),
+            grace: "30s".into(),
+            max_actions_per_minute: 10,
+            exclude_applications: crate::detect::settings::DEFAULT_GUARD_EXCLUDES
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// `[metrics]`: how the per-tenant figures are exposed on `/metrics`.
@@ -166,6 +195,9 @@ pub struct FileRuleSettings {
     pub cooldown: Option<String>,
     pub severity: Option<String>,
     pub tighten: Option<bool>,
+    /// `"cancel"`, `"terminate"` or `"none"` (long_query,
+    /// idle_in_transaction and lock_blocker only).
+    pub guard: Option<String>,
 }
 
 /// `[ratelimit]`: per-tenant quotas for `POST /v1/ratelimit/check`.

@@ -425,6 +425,24 @@ impl Config {
             "tenant rules: {}\n",
             self.attribution.rules().len()
         ));
+        let guard = &self.detect.guard;
+        summary.push_str(&format!(
+            "guard: {}{}\n",
+            match guard.mode {
+                crate::detect::GuardMode::Off => "off",
+                crate::detect::GuardMode::DryRun => "dry_run",
+                crate::detect::GuardMode::Enforce => "enforce",
+            },
+            if guard.mode == crate::detect::GuardMode::Off {
+                String::new()
+            } else {
+                format!(
+                    " (after {}, at most {} per minute)",
+                    humantime::format_duration(guard.grace),
+                    guard.max_actions_per_minute
+                )
+            }
+        ));
         summary.push_str(&match &self.ratelimit_redis {
             None => "rate limits: local (each instance its own quotas)\n".to_string(),
             Some(redis) => format!(
@@ -550,6 +568,45 @@ mod tests {
         assert_eq!(redis.fail_mode, crate::ratelimit::FailMode::Local);
         assert!(redis.instance.ends_with(":9700"), "{}", redis.instance);
         assert!(!format!("{redis:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_guard_is_validated() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config.detect.guard.mode, crate::detect::GuardMode::Off);
+        let err = load(
+            "[guard]\nmode = \"always\"\nmax_actions_per_minute = 0\nexclude_applications = [\"(\"]\n\
+             [detect.rules.db_time_hog]\nguard = \"cancel\"\n\
+             [detect.rules.long_query]\nguard = \"shoot\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "guard.mode",
+            "guard.max_actions_per_minute",
+            "guard.exclude_applications",
+            "detect.rules.db_time_hog.guard",
+            "detect.rules.long_query.guard",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let config = load(
+            "[guard]\nmode = \"enforce\"\ngrace = \"0s\"\n\
+             [detect.rules.idle_in_transaction]\nguard = \"none\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.detect.guard.grace, Duration::ZERO);
+        let rules = &config.detect.rules;
+        assert_eq!(
+            rules[&crate::detect::RuleName::IdleInTransaction].guard,
+            None
+        );
+        assert_eq!(
+            rules[&crate::detect::RuleName::LongQuery].guard,
+            Some(crate::store::guard::GuardAction::Cancel)
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ use super::{AUTH_TOKEN_ENV, Config, ConfigError, InvalidKey, READ_TOKEN_ENV};
 use crate::attribution::{Attribution, Rule, RuleSource};
 use crate::capacity::CapacitySettings;
 use crate::collect::{DatabaseSelection, TargetConfig};
-use crate::detect::DetectSettings;
+use crate::detect::settings::GuardAction;
+use crate::detect::{DetectSettings, GuardMode, GuardSettings, RuleName};
 use crate::http::{Secret, ServerSettings};
 use crate::ingest::IngestSettings;
 use crate::ratelimit::RatePolicy;
@@ -99,7 +100,8 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
         target.max_tenants = ingest.max_tenants;
     }
     let attribution = validate_rules(&mut v, &file.tenants.rules);
-    let detect = validate_detect(&mut v, &file.detect, ingest.share_window);
+    let mut detect = validate_detect(&mut v, &file.detect, ingest.share_window);
+    detect.guard = validate_guard(&mut v, &file.guard);
     let ratelimit = validate_ratelimit(&mut v, &file.ratelimit);
     let ratelimit_idle_ttl = v.duration("ratelimit.idle_ttl", &file.ratelimit.idle_ttl);
     let callers = validate_callers(&mut v, &file.ratelimit.callers);
@@ -506,7 +508,7 @@ fn validate_target(
 }
 
 fn validate_detect(v: &mut Validator, file: &FileDetect, window: Duration) -> DetectSettings {
-    use crate::detect::{RuleName, Severity};
+    use crate::detect::Severity;
     let mut settings = DetectSettings {
         interval: v.duration("detect.interval", &file.interval),
         window,
@@ -592,8 +594,68 @@ fn validate_detect(v: &mut Validator, file: &FileDetect, window: Duration) -> De
         if let Some(tighten) = over.tighten {
             r.tighten = tighten;
         }
+        if let Some(guard) = &over.guard {
+            let guarded = matches!(
+                rule,
+                RuleName::LongQuery | RuleName::IdleInTransaction | RuleName::LockBlocker
+            );
+            match (guard.as_str(), GuardAction::parse(guard)) {
+                ("none", _) => r.guard = None,
+                (_, Some(action)) if guarded => r.guard = Some(action),
+                (_, Some(_)) => v.fail(
+                    &key("guard"),
+                    format!("{guard:?}"),
+                    "only long_query, idle_in_transaction and lock_blocker end sessions",
+                ),
+                (_, None) => v.fail(
+                    &key("guard"),
+                    format!("{guard:?}"),
+                    "must be \"cancel\", \"terminate\" or \"none\"",
+                ),
+            }
+        }
     }
     settings
+}
+
+/// `[guard]`.
+fn validate_guard(v: &mut Validator, file: &FileGuard) -> GuardSettings {
+    let mode = match file.mode.as_str() {
+        "off" => GuardMode::Off,
+        "dry_run" => GuardMode::DryRun,
+        "enforce" => GuardMode::Enforce,
+        other => {
+            v.fail(
+                "guard.mode",
+                format!("{other:?}"),
+                "must be \"off\", \"dry_run\" or \"enforce\"",
+            );
+            GuardMode::Off
+        }
+    };
+    let grace = v.duration_or_zero("guard.grace", &file.grace);
+    if file.max_actions_per_minute == 0 {
+        v.fail(
+            "guard.max_actions_per_minute",
+            0,
+            "must be at least 1 (turn the guard off with guard.mode = \"off\")",
+        );
+    }
+    let exclude_applications =
+        regex::RegexSet::new(&file.exclude_applications).unwrap_or_else(|err| {
+            v.fail(
+                "guard.exclude_applications",
+                format!("{:?}", file.exclude_applications),
+                format!("not a list of regular expressions ({err})"),
+            );
+            regex::RegexSet::empty()
+        });
+    GuardSettings {
+        mode,
+        grace,
+        max_actions_per_minute: file.max_actions_per_minute,
+        exclude_applications,
+    }
 }
 
 /// `ratelimit.backend` and `[ratelimit.redis]`: `None` for the local backend.

@@ -19,6 +19,7 @@
 //! runs it in the daemon.
 
 pub mod advice;
+pub mod guard;
 pub mod inputs;
 pub mod rules;
 pub mod settings;
@@ -30,7 +31,9 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 pub use inputs::Baseline;
-pub use settings::{DetectSettings, FlagAction, RuleName, RuleSettings, Severity};
+pub use settings::{
+    DetectSettings, FlagAction, GuardMode, GuardSettings, RuleName, RuleSettings, Severity,
+};
 
 use crate::event::OVERFLOW_TENANT;
 use crate::store::{StoreSnapshot, TargetStatus};
@@ -424,11 +427,7 @@ impl Detector {
                             value: obs.value,
                             threshold: obs.threshold,
                             target: obs.target.clone(),
-                            action: if settings.tighten {
-                                FlagAction::Tighten
-                            } else {
-                                FlagAction::None
-                            },
+                            action: flag_action(&settings, &self.settings.guard),
                         };
                         transitions.push(Transition::Raised(flag.clone()));
                         state.raised = Some(flag);
@@ -465,6 +464,18 @@ impl Detector {
             }
         }
         tightening
+    }
+}
+
+/// What follows from a rule's flag: ending sessions when the guard is on
+/// for it, else tightening when the rule tightens.
+fn flag_action(rule: &RuleSettings, guard: &GuardSettings) -> FlagAction {
+    if rule.guard.is_some() && guard.mode != GuardMode::Off {
+        FlagAction::Guard
+    } else if rule.tighten {
+        FlagAction::Tighten
+    } else {
+        FlagAction::None
     }
 }
 

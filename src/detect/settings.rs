@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::store::guard::GuardAction;
+
 /// The rules, by name.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
@@ -119,6 +121,10 @@ pub struct RuleSettings {
     pub severity: Severity,
     /// Whether a raised flag tightens the tenant's rate limit.
     pub tighten: bool,
+    /// How the flagged tenant's offending sessions are ended while
+    /// `guard.mode` is not off (`long_query`, `idle_in_transaction` and
+    /// `lock_blocker` only).
+    pub guard: Option<GuardAction>,
 }
 
 impl RuleSettings {
@@ -134,8 +140,13 @@ impl RuleSettings {
                 cooldown: Duration::from_secs(120),
                 severity,
                 tighten,
+                guard: None,
             };
         use Severity::*;
+        let guarded = |action, settings: RuleSettings| RuleSettings {
+            guard: Some(action),
+            ..settings
+        };
         match rule {
             // share >= max(threshold x fair share, min)
             RuleName::DbTimeHog => s(3.0, 0.2, 0.0, 120, Warning, true),
@@ -148,11 +159,17 @@ impl RuleSettings {
             // connections >= max(threshold x max_connections, factor x fair share)
             RuleName::ConnectionHog => s(0.25, 0.0, 4.0, 60, Warning, true),
             // seconds idle in transaction >= threshold
-            RuleName::IdleInTransaction => s(60.0, 0.0, 0.0, 0, Warning, false),
+            RuleName::IdleInTransaction => {
+                guarded(GuardAction::Terminate, s(60.0, 0.0, 0.0, 0, Warning, false))
+            }
             // seconds running >= threshold
-            RuleName::LongQuery => s(300.0, 0.0, 0.0, 0, Warning, false),
+            RuleName::LongQuery => {
+                guarded(GuardAction::Cancel, s(300.0, 0.0, 0.0, 0, Warning, false))
+            }
             // backends blocked >= threshold
-            RuleName::LockBlocker => s(3.0, 0.0, 0.0, 30, Critical, false),
+            RuleName::LockBlocker => {
+                guarded(GuardAction::Cancel, s(3.0, 0.0, 0.0, 30, Critical, false))
+            }
             // dead >= threshold x live and >= min dead
             RuleName::Bloat => s(0.2, 1_000_000.0, 0.0, 0, Warning, false),
             // growth >= threshold bytes/hour or >= factor (fraction) per day
@@ -175,6 +192,62 @@ pub struct DetectSettings {
     /// After a flag clears, the effective quota grows by this factor per
     /// interval until it is back at the base quota.
     pub relax_factor: f64,
+    /// `[guard]`: ending offending sessions.
+    pub guard: GuardSettings,
+}
+
+/// `guard.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardMode {
+    /// Nothing is done (the default).
+    Off,
+    /// Each would-be action is logged and counted; no session is touched.
+    DryRun,
+    /// Sessions are cancelled or terminated.
+    Enforce,
+}
+
+/// `[guard]`: when and how often a flagged tenant's sessions are ended.
+#[derive(Debug, Clone)]
+pub struct GuardSettings {
+    pub mode: GuardMode,
+    /// How long a flag stays raised before its sessions are ended.
+    pub grace: Duration,
+    pub max_actions_per_minute: u32,
+    /// Sessions whose `application_name` matches are maintenance: never ended.
+    pub exclude_applications: regex::RegexSet,
+}
+
+impl PartialEq for GuardSettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.mode == other.mode
+            && self.grace == other.grace
+            && self.max_actions_per_minute == other.max_actions_per_minute
+            && self.exclude_applications.patterns() == other.exclude_applications.patterns()
+    }
+}
+
+/// Maintenance tools whose sessions the guard never ends.
+pub const DEFAULT_GUARD_EXCLUDES: [&str; 7] = [
+    "^pg_dump$",
+    "^pg_dumpall$",
+    "^pg_restore$",
+    "^pg_basebackup$",
+    "^vacuumdb$",
+    "^reindexdb$",
+    "^pg_repack$",
+];
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        GuardSettings {
+            mode: GuardMode::Off,
+            grace: Duration::from_secs(30),
+            max_actions_per_minute: 10,
+            exclude_applications: regex::RegexSet::new(DEFAULT_GUARD_EXCLUDES)
+                .unwrap_or_else(|_| regex::RegexSet::empty()),
+        }
+    }
 }
 
 impl Default for DetectSettings {
@@ -189,6 +262,7 @@ impl Default for DetectSettings {
                 .collect(),
             floor_qps: 1.0,
             relax_factor: 2.0,
+            guard: GuardSettings::default(),
         }
     }
 }

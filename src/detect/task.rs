@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::collections::HashMap;
 
+use super::guard::{Guard, GuardOutbox};
 use super::{Advice, DetectSettings, Detector, Judgement, SharedJudgement, Transition};
 use crate::ratelimit::RateLimits;
 use crate::store::{Store, TargetStatuses};
@@ -22,8 +23,10 @@ pub async fn run(
     statuses: TargetStatuses,
     limits: Arc<RateLimits>,
     judgement: SharedJudgement,
+    guard_outbox: GuardOutbox,
     shutdown: CancellationToken,
 ) {
+    let mut guard = Guard::default();
     let initial = settings.borrow_and_update().clone();
     let mut interval = tokio::time::interval(initial.interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -72,8 +75,28 @@ pub async fn run(
             None => Vec::new(),
         };
         limits.set_advice(tightest(&advice, &shared_advice));
+        let flags = detector.flags();
+        let wall_s = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let orders = {
+            let mut log = guard_outbox
+                .log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            guard.orders(
+                &flags,
+                &targets,
+                detector.settings(),
+                std::time::Instant::now(),
+                wall_s,
+                &mut log,
+            )
+        };
+        guard_outbox.send(orders, wall_s);
         let view = Arc::new(Judgement {
-            flags: detector.flags(),
+            flags,
             advice,
             shared_advice,
             baselines: detector.baselines(),

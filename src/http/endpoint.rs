@@ -16,6 +16,8 @@ pub enum Endpoint {
     RatelimitCheck,
     Flags,
     Advice,
+    /// `GET /api/v1/guard`: the last guard actions.
+    Guard,
     Tenants,
     Tenant,
     Targets,
@@ -27,7 +29,7 @@ pub enum Endpoint {
 pub const TENANT_PATH_PREFIX: &str = "/api/v1/tenants/";
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 13] = [
+    pub const ALL: [Endpoint; 14] = [
         Endpoint::Index,
         Endpoint::Metrics,
         Endpoint::Healthz,
@@ -36,6 +38,7 @@ impl Endpoint {
         Endpoint::RatelimitCheck,
         Endpoint::Flags,
         Endpoint::Advice,
+        Endpoint::Guard,
         Endpoint::Tenants,
         Endpoint::Tenant,
         Endpoint::Targets,
@@ -54,6 +57,7 @@ impl Endpoint {
             "/v1/ratelimit/check" => Endpoint::RatelimitCheck,
             "/api/v1/flags" => Endpoint::Flags,
             "/api/v1/advice" => Endpoint::Advice,
+            "/api/v1/guard" => Endpoint::Guard,
             "/api/v1/tenants" => Endpoint::Tenants,
             "/api/v1/targets" => Endpoint::Targets,
             "/api/v1/capacity" => Endpoint::Capacity,
@@ -74,6 +78,7 @@ impl Endpoint {
             Endpoint::RatelimitCheck => "ratelimit_check",
             Endpoint::Flags => "flags",
             Endpoint::Advice => "advice",
+            Endpoint::Guard => "guard",
             Endpoint::Tenants => "tenants",
             Endpoint::Tenant => "tenant",
             Endpoint::Targets => "targets",
@@ -98,6 +103,7 @@ impl Endpoint {
             Endpoint::Metrics
             | Endpoint::Flags
             | Endpoint::Advice
+            | Endpoint::Guard
             | Endpoint::Tenants
             | Endpoint::Tenant
             | Endpoint::Targets

@@ -165,6 +165,8 @@ pub struct AppState {
     pub http_shards: (usize, usize),
     pub next_shard: AtomicUsize,
     pub rate_limits: Arc<RateLimits>,
+    /// The guard's last actions and counts.
+    pub guard_log: crate::store::guard::SharedGuardLog,
     pub judgement: SharedJudgement,
     pub targets: TargetStatuses,
     /// Samples for the capacity view and the tenant detail.
@@ -344,6 +346,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
         Endpoint::RatelimitCheck => check::ratelimit_check(state, req).await,
         Endpoint::Flags => read::flags(state),
         Endpoint::Advice => read::advice(state),
+        Endpoint::Guard => read::guard(state),
         Endpoint::Tenants => heavy_read(state, read::View::Tenants, req).await,
         Endpoint::Tenant => heavy_read(state, read::View::Tenant, req).await,
         Endpoint::Targets => heavy_read(state, read::View::Targets, req).await,

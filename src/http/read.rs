@@ -76,6 +76,22 @@ pub(super) fn advice(state: &AppState) -> Response<Body> {
     )
 }
 
+#[derive(Serialize)]
+struct GuardReply {
+    /// Newest first.
+    actions: Vec<crate::store::guard::GuardRecord>,
+}
+
+/// `GET /api/v1/guard`: the last guard actions and their results.
+pub(super) fn guard(state: &AppState) -> Response<Body> {
+    let actions = state
+        .guard_log
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .recent();
+    json(StatusCode::OK, &GuardReply { actions })
+}
+
 fn targets(state: &AppState) -> Response<Body> {
     let targets = state.targets.snapshot();
     json(

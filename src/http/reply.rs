@@ -39,7 +39,7 @@ pub(super) fn landing_page() -> Response<Body> {
          <li><a href=\"/metrics\">/metrics</a>: the Prometheus exposition</li>\n\
          <li><a href=\"/healthz\">/healthz</a> and <a href=\"/readyz\">/readyz</a>: liveness and readiness</li>\n\
          <li><a href=\"/api/v1/tenants\">/api/v1/tenants</a>, <a href=\"/api/v1/flags\">/api/v1/flags</a>, \
-         <a href=\"/api/v1/advice\">/api/v1/advice</a>, <a href=\"/api/v1/targets\">/api/v1/targets</a>, \
+         <a href=\"/api/v1/advice\">/api/v1/advice</a>, <a href=\"/api/v1/guard\">/api/v1/guard</a>, <a href=\"/api/v1/targets\">/api/v1/targets</a>, \
          <a href=\"/api/v1/capacity\">/api/v1/capacity</a>: the planners' API \
          (<a href=\"/api/v1/openapi.json\">OpenAPI</a>)</li>\n\
          <li>POST /v1/events and POST /v1/ratelimit/check: event ingest and rate-limit checks</li>\n\

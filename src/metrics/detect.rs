@@ -17,6 +17,7 @@ use crate::ratelimit::RateLimits;
 pub struct DetectCollector {
     pub judgement: SharedJudgement,
     pub limits: Arc<RateLimits>,
+    pub guard_log: crate::store::guard::SharedGuardLog,
 }
 
 impl Collector for DetectCollector {
@@ -119,6 +120,27 @@ impl Collector for DetectCollector {
             for (error, count) in redis.errors() {
                 counter_u64(&mut metric, &[("error", error.as_str())], count)?;
             }
+        }
+
+        let guard_counts = self
+            .guard_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .counts();
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_guard_actions",
+            "Guard actions on flagged tenants' sessions (or would-be actions in dry_run), by rule, action (cancel, terminate) and result (ok, dry_run, gone, permission, error, rate_limited, dropped).",
+            MetricType::Counter,
+        )?;
+        for ((tenant, rule, action, result), count) in &guard_counts {
+            let labels = [
+                ("tenant", tenant.as_str()),
+                ("rule", *rule),
+                ("action", action.as_str()),
+                ("result", result.as_str()),
+            ];
+            counter_u64(&mut metric, &labels, *count)?;
         }
         Ok(())
     }

@@ -62,6 +62,7 @@ pub struct Sources {
     pub targets: TargetStatuses,
     pub judgement: SharedJudgement,
     pub limits: Arc<RateLimits>,
+    pub guard_log: crate::store::guard::SharedGuardLog,
 }
 
 /// Builds the daemon's exposition.
@@ -76,10 +77,11 @@ pub fn exposition(
         targets,
         judgement,
         limits,
+        guard_log,
     } = sources;
     Exposition {
         store: StoreExposition::new(store, settings),
-        registry: registry(stats, http, targets, judgement, limits),
+        registry: registry(stats, http, targets, (judgement, limits, guard_log)),
     }
 }
 
@@ -87,8 +89,11 @@ fn registry(
     stats: Arc<IngestStats>,
     http: &HttpMetrics,
     targets: TargetStatuses,
-    judgement: SharedJudgement,
-    limits: Arc<RateLimits>,
+    (judgement, limits, guard_log): (
+        SharedJudgement,
+        Arc<RateLimits>,
+        crate::store::guard::SharedGuardLog,
+    ),
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register(
@@ -105,7 +110,11 @@ fn registry(
     registry.register_collector(Box::new(process::ProcessCollector));
     registry.register_collector(Box::new(IngestCollector { stats }));
     registry.register_collector(Box::new(TargetCollector { targets }));
-    registry.register_collector(Box::new(DetectCollector { judgement, limits }));
+    registry.register_collector(Box::new(DetectCollector {
+        judgement,
+        limits,
+        guard_log,
+    }));
     registry
 }
 

@@ -4,20 +4,23 @@
 //!   sharded per writer and bounded by `max_tenants` ([`Store`]);
 //! - [`targets`]: what the PostgreSQL collectors last saw of each target
 //!   ([`TargetStatus`], shared through [`TargetStatuses`]);
-//! - [`ingest_stats`]: what the ingest sources received and refused.
+//! - [`ingest_stats`]: what the ingest sources received and refused;
+//! - [`guard`]: guard orders (end a flagged tenant's offending session) and
+//!   what became of them.
 //!
 //! Sources ([`crate::ingest`], [`crate::collect`]) write here and read
 //! nothing else; readers (metrics, detect, ratelimit, capacity, api) read
 //! here through snapshots and never reach a source. The store imports only
 //! the shared vocabulary ([`crate::event`]).
 
+pub mod guard;
 pub mod ingest_stats;
 pub mod targets;
 pub mod tenants;
 
 pub use ingest_stats::{IngestStats, Source};
 pub use targets::{
-    ActivitySnapshot, CollectorName, DatabaseStats, PollErrorKind, SchemaDetail, SchemaTotals,
-    SharedStatus, TargetStatus, TargetStatuses, TenantActivity, lock,
+    ActivitySnapshot, CollectorName, DatabaseStats, Offence, Offender, PollErrorKind, SchemaDetail,
+    SchemaTotals, SharedStatus, TargetStatus, TargetStatuses, TenantActivity, lock,
 };
 pub use tenants::*;

@@ -238,6 +238,36 @@ pub struct TenantActivity {
     pub lock_waiting: u64,
     /// Other backends waiting on a lock held by this tenant's sessions.
     pub blocking: u64,
+    /// The sessions a guard action could end: the oldest few of each
+    /// [`Offence`] (at most [`OFFENDERS_PER_KIND`] each).
+    pub offenders: Vec<Offender>,
+}
+
+/// Sessions kept per tenant and kind of offence.
+pub const OFFENDERS_PER_KIND: usize = 5;
+
+/// Why a session might be ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offence {
+    /// A query running (its age: since `query_start`).
+    LongQuery,
+    /// Idle in a transaction (since `state_change`).
+    IdleInTransaction,
+    /// Holds a lock others wait for (its transaction's age).
+    LockBlocker,
+}
+
+/// One session of a tenant that may be ended, as the last poll saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offender {
+    pub pid: i32,
+    pub offence: Offence,
+    pub seconds: f64,
+    /// The start of its query (at most 100 characters).
+    pub query: String,
+    /// Run by a superuser: never ended.
+    pub superuser: bool,
+    pub application_name: String,
 }
 
 /// `pg_stat_activity` reduced to counts.

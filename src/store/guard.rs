@@ -1,0 +1,203 @@
+//! Guard actions: the orders the detector gives to end a flagged tenant's
+//! offending sessions, and the record of what became of them (the last 100,
+//! and counts by tenant, rule, action and result) for the API and the
+//! exposition. The detector writes orders, the target's guard executor
+//! carries them out; both record here.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// How a session is ended: `pg_cancel_backend` (the running query) or
+/// `pg_terminate_backend` (the whole session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardAction {
+    Cancel,
+    Terminate,
+}
+
+impl GuardAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardAction::Cancel => "cancel",
+            GuardAction::Terminate => "terminate",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<GuardAction> {
+        match text {
+            "cancel" => Some(GuardAction::Cancel),
+            "terminate" => Some(GuardAction::Terminate),
+            _ => None,
+        }
+    }
+}
+
+/// One session to end, on one target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardOrder {
+    pub target: String,
+    pub tenant: String,
+    pub rule: &'static str,
+    pub action: GuardAction,
+    pub pid: i32,
+    /// The start of the session's query (at most [`QUERY_PREFIX_CHARS`]).
+    pub query: String,
+    /// How long the query has run, or the session sat idle in its
+    /// transaction, or the blocker's transaction has lasted, in seconds.
+    pub age_seconds: f64,
+    /// Only log and count what would be done (`guard.mode = "dry_run"`).
+    pub dry_run: bool,
+}
+
+/// Characters of a query kept in an order and in the record.
+pub const QUERY_PREFIX_CHARS: usize = 100;
+
+/// What became of an order: the `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardResult {
+    /// The signal was sent.
+    Ok,
+    /// Dry run: logged and counted, nothing sent.
+    DryRun,
+    /// The session had already ended.
+    Gone,
+    /// tenantwatch's role may not signal it (needs `pg_signal_backend`).
+    Permission,
+    /// The target could not be reached, or another error.
+    Error,
+    /// Over `guard.max_actions_per_minute`: not sent.
+    RateLimited,
+    /// The target's order queue was full: not sent.
+    Dropped,
+}
+
+impl GuardResult {
+    pub const ALL: [GuardResult; 7] = [
+        GuardResult::Ok,
+        GuardResult::DryRun,
+        GuardResult::Gone,
+        GuardResult::Permission,
+        GuardResult::Error,
+        GuardResult::RateLimited,
+        GuardResult::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardResult::Ok => "ok",
+            GuardResult::DryRun => "dry_run",
+            GuardResult::Gone => "gone",
+            GuardResult::Permission => "permission",
+            GuardResult::Error => "error",
+            GuardResult::RateLimited => "rate_limited",
+            GuardResult::Dropped => "dropped",
+        }
+    }
+}
+
+/// One order and its result, as `GET /api/v1/guard` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GuardRecord {
+    /// Unix seconds.
+    pub at: f64,
+    pub target: String,
+    pub tenant: String,
+    pub rule: &'static str,
+    pub action: GuardAction,
+    pub pid: i32,
+    pub query: String,
+    pub age_seconds: f64,
+    pub result: GuardResult,
+}
+
+/// Records kept for the API.
+pub const GUARD_RECORDS: usize = 100;
+
+/// Count keys kept; beyond, new tenants count under `__other__` (the
+/// `tenant` label stays bounded whatever the fleet).
+const MAX_COUNT_KEYS: usize = 10_000;
+
+/// Count key: tenant, rule, action, result.
+pub type GuardCountKey = (String, &'static str, GuardAction, GuardResult);
+
+/// The last [`GUARD_RECORDS`] records and the counts since start.
+#[derive(Debug, Default)]
+pub struct GuardLog {
+    recent: VecDeque<GuardRecord>,
+    counts: BTreeMap<GuardCountKey, u64>,
+}
+
+impl GuardLog {
+    pub fn record(&mut self, order: &GuardOrder, result: GuardResult, at: f64) {
+        let mut key = (order.tenant.clone(), order.rule, order.action, result);
+        if !self.counts.contains_key(&key) && self.counts.len() >= MAX_COUNT_KEYS {
+            key.0 = "__other__".into();
+        }
+        *self.counts.entry(key).or_default() += 1;
+        if self.recent.len() == GUARD_RECORDS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(GuardRecord {
+            at,
+            target: order.target.clone(),
+            tenant: order.tenant.clone(),
+            rule: order.rule,
+            action: order.action,
+            pid: order.pid,
+            query: order.query.clone(),
+            age_seconds: order.age_seconds,
+            result,
+        });
+    }
+
+    /// The records, newest first.
+    pub fn recent(&self) -> Vec<GuardRecord> {
+        self.recent.iter().rev().cloned().collect()
+    }
+
+    pub fn counts(&self) -> Vec<(GuardCountKey, u64)> {
+        self.counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+pub type SharedGuardLog = Arc<Mutex<GuardLog>>;
+
+/// The first [`QUERY_PREFIX_CHARS`] characters of a query.
+pub fn query_prefix(query: &str) -> String {
+    query.chars().take(QUERY_PREFIX_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(tenant: &str) -> GuardOrder {
+        GuardOrder {
+            target: "main".into(),
+            tenant: tenant.into(),
+            rule: "long_query",
+            action: GuardAction::Cancel,
+            pid: 42,
+            query: query_prefix(&"x".repeat(500)),
+            age_seconds: 301.0,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn the_log_keeps_the_last_records_and_bounded_counts() {
+        let mut log = GuardLog::default();
+        for i in 0..(MAX_COUNT_KEYS + 50) {
+            log.record(&order(&format!("t{i}")), GuardResult::Ok, i as f64);
+        }
+        assert_eq!(log.recent().len(), GUARD_RECORDS);
+        assert_eq!(log.recent()[0].at, (MAX_COUNT_KEYS + 49) as f64);
+        assert_eq!(log.recent()[0].query.len(), QUERY_PREFIX_CHARS);
+        let counts = log.counts();
+        assert_eq!(counts.len(), MAX_COUNT_KEYS + 1);
+        let other = counts.iter().find(|(k, _)| k.0 == "__other__").unwrap();
+        assert_eq!(other.1, 50);
+    }
+}
