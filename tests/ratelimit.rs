@@ -355,3 +355,96 @@ async fn a_batch_answers_every_check(backend: Backend) {
     assert_eq!(backend_up, Some(1.0));
     daemon.stop().await;
 }
+
+/// Tiers from `tenants.tiers_file`: quotas of `[ratelimit.tiers]`, the
+/// `tenantwatch_tenant_info` series, the tenant detail, and a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_from_a_file_set_quotas_and_label_tenants() {
+    let dir = std::env::temp_dir().join(format!("tw-tiers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tiers = dir.join("tiers.csv");
+    std::fs::write(&tiers, "# tenant,tier\nclinic1,gold\nclinic2, bronze\n\n").unwrap();
+    let configure = |c: &mut FileConfig| {
+        c.tenants.tiers_file = Some(tiers.clone());
+        c.ratelimit.tiers.insert(
+            "gold".into(),
+            FileTier {
+                qps: 1000.0,
+                burst: 100,
+                shadow: false,
+            },
+        );
+        c.ratelimit.tenants.insert(
+            "vip".into(),
+            FileTenantQuota {
+                tier: Some("gold".into()),
+                ..Default::default()
+            },
+        );
+    };
+    let (daemon, _) = start(Backend::Local, configure).await;
+    assert_eq!(
+        check(&daemon, r#"{"tenant":"clinic1"}"#).await.json()["policy"],
+        "tier:gold"
+    );
+    // A tier without quotas is a label only.
+    assert_eq!(
+        check(&daemon, r#"{"tenant":"clinic2"}"#).await.json()["policy"],
+        "default"
+    );
+    let m = daemon.metrics().await;
+    let info = |tenant: &str, tier: &str| {
+        m.value(
+            "tenantwatch_tenant_info",
+            &[("tenant", tenant), ("tier", tier)],
+        )
+    };
+    assert_eq!(info("clinic1", "gold"), Some(1.0));
+    assert_eq!(info("clinic2", "bronze"), Some(1.0));
+    assert_eq!(info("vip", "gold"), Some(1.0));
+    daemon
+        .post(
+            "/v1/events",
+            &[],
+            "tenantwatch.query:5|ms|#tenant:clinic1\n",
+        )
+        .await;
+    let detail = daemon.get("/api/v1/tenants/clinic1").await.json();
+    assert_eq!(detail["quota"]["tier"], "gold", "{detail}");
+
+    // SIGHUP re-reads the file.
+    std::fs::write(&tiers, "clinic1,silver\n").unwrap();
+    let mut file = support::file_config();
+    configure(&mut file);
+    let config = tenantwatch::Config::try_from(file).unwrap();
+    daemon.daemon.as_ref().unwrap().reload(&config);
+    let m = daemon.metrics().await;
+    assert_eq!(
+        m.value(
+            "tenantwatch_tenant_info",
+            &[("tenant", "clinic1"), ("tier", "silver")],
+        ),
+        Some(1.0)
+    );
+    assert!(
+        m.value(
+            "tenantwatch_tenant_info",
+            &[("tenant", "clinic2"), ("tier", "bronze")]
+        )
+        .is_none()
+    );
+    assert_eq!(
+        check(&daemon, r#"{"tenant":"clinic1"}"#).await.json()["policy"],
+        "default"
+    );
+
+    // A bad line is refused by number.
+    std::fs::write(&tiers, "clinic1,gold\nno comma here\nbad tenant!,gold\n").unwrap();
+    let mut file = support::file_config();
+    configure(&mut file);
+    let err = tenantwatch::Config::try_from(file).unwrap_err().to_string();
+    assert!(err.contains("tiers.csv:2"), "{err}");
+    assert!(err.contains("tiers.csv:3"), "{err}");
+    daemon.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

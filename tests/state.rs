@@ -56,6 +56,8 @@ async fn a_restart_keeps_flags_and_tightened_quotas() {
     let flags = second.get("/api/v1/flags").await.json();
     assert_eq!(flags["flags"][0]["tenant"], "stormy", "{flags}");
     assert_eq!(flags["flags"][0]["reason"], "error_storm");
+    assert_eq!(flags["flags"][0]["action"], "tighten");
+    assert_eq!(flags["flags"][0]["tier"], serde_json::Value::Null);
     // error_storm is critical by default, and the series says so (the
     // TenantwatchTenantFlagged alert takes its severity from it).
     let m = second.metrics().await;

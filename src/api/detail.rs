@@ -65,6 +65,8 @@ pub struct TargetFigures {
 #[derive(Debug, Serialize)]
 pub struct Quota {
     pub policy: String,
+    /// The tenant's tier (`[ratelimit.tenants]` or `tenants.tiers_file`).
+    pub tier: Option<String>,
     pub base_qps: f64,
     pub base_burst: u32,
     pub effective_qps: f64,
@@ -122,6 +124,7 @@ pub fn tenant_detail<'a>(tenant: &'a str, from: &DetailSources<'a>) -> Option<Te
         flags: from.flags.iter().filter(|f| f.tenant == tenant).collect(),
         quota: Quota {
             policy: base.policy.into_owned(),
+            tier: from.limits.policy().tier_of(tenant).map(str::to_owned),
             base_qps: base.rate.qps,
             base_burst: base.rate.burst,
             effective_qps: effective.qps,

@@ -427,6 +427,10 @@ fn default_size_batch() -> usize {
 pub struct FileTenants {
     /// Ordered rules; the first that matches decides.
     pub rules: Vec<FileRule>,
+    /// One `tenant,tier` per line: each tenant's tier (for
+    /// `tenantwatch_tenant_info`, the API, and `[ratelimit.tiers]` quotas).
+    /// Re-read on SIGHUP.
+    pub tiers_file: Option<PathBuf>,
 }
 
 impl Default for FileTenants {
@@ -444,6 +448,7 @@ impl Default for FileTenants {
                     key: None,
                 },
             ],
+            tiers_file: None,
         }
     }
 }

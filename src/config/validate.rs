@@ -2,6 +2,7 @@
 //! with its dotted name and value, and each module's settings built from
 //! its section.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -102,7 +103,10 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
     let attribution = validate_rules(&mut v, &file.tenants.rules);
     let mut detect = validate_detect(&mut v, &file.detect, ingest.share_window);
     detect.guard = validate_guard(&mut v, &file.guard);
-    let ratelimit = validate_ratelimit(&mut v, &file.ratelimit);
+    let mut ratelimit = validate_ratelimit(&mut v, &file.ratelimit);
+    if let Some(path) = &file.tenants.tiers_file {
+        ratelimit.tenant_tiers = read_tiers_file(&mut v, path);
+    }
     let ratelimit_idle_ttl = v.duration("ratelimit.idle_ttl", &file.ratelimit.idle_ttl);
     let callers = validate_callers(&mut v, &file.ratelimit.callers);
     let ratelimit_redis = validate_ratelimit_backend(&mut v, &file.ratelimit, server.listen);
@@ -811,7 +815,70 @@ fn validate_ratelimit(v: &mut Validator, file: &FileRateLimit) -> RatePolicy {
         shadow: file.shadow,
         tiers,
         tenants,
+        tenant_tiers: Default::default(),
     }
+}
+
+/// Largest tiers file read.
+const MAX_TIERS_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `tenants.tiers_file`: one `tenant,tier` per line (`#` comments, blank
+/// lines allowed). Bad lines are reported by number (the first five).
+fn read_tiers_file(v: &mut Validator, path: &std::path::Path) -> HashMap<String, String> {
+    let key = "tenants.tiers_file";
+    let shown = path.display().to_string();
+    let text = match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > MAX_TIERS_FILE_BYTES => {
+            v.fail(key, &shown, "larger than 64 MiB");
+            return HashMap::new();
+        }
+        Ok(_) => std::fs::read_to_string(path),
+        Err(err) => Err(err),
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(err) => {
+            v.fail(key, &shown, format!("cannot be read ({err})"));
+            return HashMap::new();
+        }
+    };
+    let mut tiers = HashMap::new();
+    let mut bad = 0;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let problem = match line.split_once(',') {
+            None => Some("expected tenant,tier".to_string()),
+            Some((tenant, tier)) => {
+                let (tenant, tier) = (tenant.trim(), tier.trim());
+                if let Err(reject) = crate::event::validate_tenant(tenant) {
+                    Some(format!("tenant: {}", reject.detail))
+                } else if tier.is_empty()
+                    || tier.len() > 64
+                    || !tier
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                {
+                    Some("tier: 1 to 64 of A-Z a-z 0-9 _ . -".to_string())
+                } else {
+                    tiers.insert(tenant.to_string(), tier.to_string());
+                    None
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            bad += 1;
+            if bad <= 5 {
+                v.fail(key, format!("{shown}:{}", number + 1), problem);
+            }
+        }
+    }
+    if bad > 5 {
+        v.fail(key, &shown, format!("{} more bad lines", bad - 5));
+    }
+    tiers
 }
 
 fn validate_rules(v: &mut Validator, rules: &[FileRule]) -> Attribution {

@@ -38,7 +38,15 @@ pub(super) fn build(state: &AppState, view: View, req: &Parts) -> Response<Body>
 
 #[derive(Serialize)]
 struct FlagsReply<'a> {
-    flags: &'a [Flag],
+    flags: Vec<FlagView<'a>>,
+}
+
+/// A flag with its tenant's tier.
+#[derive(Serialize)]
+struct FlagView<'a> {
+    #[serde(flatten)]
+    flag: &'a Flag,
+    tier: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -54,12 +62,16 @@ struct TargetsReply {
 
 pub(super) fn flags(state: &AppState) -> Response<Body> {
     let judgement = read_judgement(&state.judgement);
-    json(
-        StatusCode::OK,
-        &FlagsReply {
-            flags: &judgement.flags,
-        },
-    )
+    let policy = state.rate_limits.policy();
+    let flags = judgement
+        .flags
+        .iter()
+        .map(|flag| FlagView {
+            flag,
+            tier: policy.tier_of(&flag.tenant),
+        })
+        .collect();
+    json(StatusCode::OK, &FlagsReply { flags })
 }
 
 pub(super) fn advice(state: &AppState) -> Response<Body> {

@@ -53,6 +53,17 @@ impl Collector for DetectCollector {
             }
         }
 
+        let policy = self.limits.policy();
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_tenant_info",
+            "1 for each tenant with a tier ([ratelimit.tenants] or tenants.tiers_file), labelled with it: join on tenant to group any tenant series by tier.",
+            MetricType::Gauge,
+        )?;
+        for (tenant, tier) in policy.tiers_by_tenant() {
+            gauge(&mut metric, &[("tenant", tenant), ("tier", tier)], 1.0)?;
+        }
+
         let limiters = self.limits.snapshot();
         let mut metric = family(
             &mut encoder,

@@ -159,6 +159,9 @@ pub struct RatePolicy {
     pub shadow: bool,
     pub tiers: HashMap<String, Tier>,
     pub tenants: HashMap<String, TenantOverride>,
+    /// Tenant -> tier from `tenants.tiers_file`, below the overrides'
+    /// `tier`. A tier without `[ratelimit.tiers]` quotas is a label only.
+    pub tenant_tiers: HashMap<String, String>,
 }
 
 impl Default for RatePolicy {
@@ -171,6 +174,7 @@ impl Default for RatePolicy {
             shadow: false,
             tiers: HashMap::new(),
             tenants: HashMap::new(),
+            tenant_tiers: HashMap::new(),
         }
     }
 }
@@ -213,9 +217,32 @@ pub struct BaseQuota {
 }
 
 impl RatePolicy {
+    /// The tenant's tier: its override's, else the tiers file's.
+    pub fn tier_of(&self, tenant: &str) -> Option<&str> {
+        self.tenants
+            .get(tenant)
+            .and_then(|o| o.tier.as_deref())
+            .or_else(|| self.tenant_tiers.get(tenant).map(String::as_str))
+    }
+
+    /// Every tenant with a tier, and the tier, by tenant.
+    pub fn tiers_by_tenant(&self) -> std::collections::BTreeMap<&str, &str> {
+        let mut tiers: std::collections::BTreeMap<&str, &str> = self
+            .tenant_tiers
+            .iter()
+            .map(|(t, tier)| (t.as_str(), tier.as_str()))
+            .collect();
+        for (tenant, over) in &self.tenants {
+            if let Some(tier) = &over.tier {
+                tiers.insert(tenant, tier);
+            }
+        }
+        tiers
+    }
+
     pub fn base_quota(&self, tenant: &str) -> BaseQuota {
         let over = self.tenants.get(tenant);
-        let tier_name = over.and_then(|o| o.tier.as_deref());
+        let tier_name = self.tier_of(tenant);
         let tier = tier_name.and_then(|name| self.tiers.get(name));
         let mut rate = tier.map(|t| t.rate).unwrap_or(self.default);
         if let Some(o) = over {
