@@ -36,6 +36,12 @@ class Board:
         self.uid, self.title, self.tags, self.variables = uid, title, tags, variables
         self.description = description
         self.panels, self.y, self.next_id = [], 0, 1
+        self.annotations = []
+
+    def annotation(self, name, expr, title, color):
+        self.annotations.append({"datasource": DS, "enable": True, "name": name, "expr": expr, "step": "1m",
+                                 "titleFormat": title, "tagKeys": "tenant,rule,action,result",
+                                 "iconColor": color, "useValueForTime": False})
 
     def row(self, title):
         self.panels.append({"id": self.next_id, "type": "row", "title": title, "collapsed": False,
@@ -67,7 +73,7 @@ class Board:
         return {"uid": self.uid, "title": self.title, "tags": ["tenantwatch"] + self.tags,
                 "description": self.description, "editable": True, "schemaVersion": 39, "version": 1,
                 "time": {"from": "now-6h", "to": "now"}, "refresh": "30s", "timezone": "",
-                "graphTooltip": 1, "templating": {"list": self.variables}, "annotations": {"list": []},
+                "graphTooltip": 1, "templating": {"list": self.variables}, "annotations": {"list": self.annotations},
                 "links": [{"type": "dashboards", "tags": ["tenantwatch"], "asDropdown": True, "title": "tenantwatch"}],
                 "panels": self.panels}
 
@@ -101,9 +107,15 @@ def fleet():
     b.panel("heatmap", "Query latency distribution", [
         {"expr": "sum by (le) (increase(tenantwatch_tenant_query_duration_seconds_bucket[$__rate_interval]))", "legendFormat": "{{le}}", "format": "heatmap"}],
         "s", w=24, options={"calculate": False, "yAxis": {"unit": "s"}, "color": {"scheme": "Oranges"}, "cellGap": 1})
+    b.panel(TS, "Queries/s by tier", [t("sum by (tier) (rate(tenantwatch_tenant_queries_total[$__rate_interval]) * on (job, instance, tenant) group_left (tier) tenantwatch_tenant_info)", "{{tier}}")], "reqps", w=24,
+            description="Tenants with a tier ([ratelimit.tenants] or tenants.tiers_file), grouped by it through tenantwatch_tenant_info.")
     b.row("Flags")
     b.panel("table", "Flagged tenants", [t("max by (tenant, reason, severity) (tenantwatch_tenant_flag_value)", instant=True)], "short", w=24, options=TABLE_OPTS)
-    b.panel(TS, "Flags raised by reason", [t("count by (reason) (tenantwatch_tenant_flagged)", "{{reason}}")], "short", w=24)
+    b.panel(TS, "Flags raised by reason", [t("count by (reason) (tenantwatch_tenant_flagged)", "{{reason}}")], "short", w=12)
+    b.panel(TS, "Guard actions by result", [t("sum by (rule, action, result) (increase(tenantwatch_guard_actions_total[$__rate_interval]))", "{{rule}} {{action}} {{result}}")], "short", w=12,
+            description="Sessions of flagged tenants cancelled or terminated (or would-be, in dry_run) by the guard.")
+    b.annotation("Guard actions", "sum by (tenant, rule, action, result) (increase(tenantwatch_guard_actions_total[2m])) > 0",
+                 "{{tenant}}: {{action}} ({{rule}}, {{result}})", "red")
     return b
 
 
@@ -136,6 +148,10 @@ def tenant():
     b.panel(TS, "Cache hit ratio", [t('sum(rate(tenantwatch_tenant_blocks_total{tenant="$tenant",source="hit"}[$__rate_interval])) / sum(rate(tenantwatch_tenant_blocks_total{tenant="$tenant"}[$__rate_interval]))', "hit ratio")], "percentunit")
     b.panel("table", "Flags", [t('max by (reason) (tenantwatch_tenant_flag_value{tenant="$tenant"})', instant=True)], "short", w=12, options=TABLE_OPTS)
     b.panel(TS, "Effective rate-limit quota", [t('tenantwatch_tenant_ratelimit_qps{tenant="$tenant"}', "qps")], "reqps")
+    b.panel(TS, "Guard actions", [t('sum by (rule, action, result) (increase(tenantwatch_guard_actions_total{tenant="$tenant"}[$__rate_interval]))', "{{rule}} {{action}} {{result}}")], "short",
+            description="This tenant's sessions the guard cancelled or terminated (GET /api/v1/guard has pid and query).")
+    b.annotation("Guard actions", 'sum by (tenant, rule, action, result) (increase(tenantwatch_guard_actions_total{tenant="$tenant"}[2m])) > 0',
+                 "{{action}} ({{rule}}, {{result}})", "red")
     return b
 
 
@@ -196,6 +212,10 @@ def health():
     b.row("HTTP")
     b.panel(TS, "Requests/s by endpoint and code", [t("sum by (endpoint, code) (rate(tenantwatch_http_requests_total[$__rate_interval]))", "{{endpoint}} {{code}}")], "reqps")
     b.panel(TS, "Rate limiters in memory", [t("sum(tenantwatch_ratelimit_limiters)", "limiters")], "short")
+    b.row("Rate-limit backend")
+    b.panel(TS, "Backend up", [t("tenantwatch_ratelimit_backend_up", "{{instance}} {{backend}}")], "short",
+            description="0 while Redis does not answer and checks are decided by ratelimit.redis.fail_mode.")
+    b.panel(TS, "Checks decided without Redis/s", [t("sum by (instance, error) (rate(tenantwatch_ratelimit_backend_errors_total[$__rate_interval]))", "{{instance}} {{error}}")], "ops")
     return b
 
 

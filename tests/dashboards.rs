@@ -61,6 +61,12 @@ fn expressions() -> Vec<(String, String)> {
                 out.push((format!("{name} / ${}", var["name"]), definition.to_owned()));
             }
         }
+        for annotation in board["annotations"]["list"].as_array().unwrap() {
+            out.push((
+                format!("{name} / annotation {}", annotation["name"]),
+                annotation["expr"].as_str().unwrap().to_owned(),
+            ));
+        }
     }
     out
 }

@@ -158,6 +158,33 @@ async fn alerts_reach_alertmanager_and_every_panel_has_data() {
         .collect();
     assert!(receivers.contains(&"tenant-owners"), "{receivers:?}");
 
+    // The demo runs the guard in dry run: the noisy tenant's idle
+    // transaction (flagged after 30 s) gets a would-be termination, which
+    // Prometheus then scrapes twice.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let guard = get_json(tenantwatch, "/api/v1/guard").await;
+        let acted = guard
+            .as_ref()
+            .and_then(|g| g["actions"].as_array())
+            .is_some_and(|actions| {
+                actions.iter().any(|a| {
+                    a["tenant"] == NOISY_TENANT
+                        && a["rule"] == "idle_in_transaction"
+                        && a["result"] == "dry_run"
+                })
+            });
+        if acted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dry-run guard action for {NOISY_TENANT}: {guard:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
     // Every dashboard panel's query returns data.
     let mut empty = Vec::new();
     for (place, expr) in dashboard_queries() {

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FileConfig, FileRuleSettings, FileTarget};
+use crate::config::{Config, FileConfig, FileRuleSettings, FileTarget, FileTenantQuota, FileTier};
 use crate::daemon::Daemon;
 use cluster::{Cluster, ClusterError};
 
@@ -78,6 +78,9 @@ async fn create_schemas(
 ) -> Result<(), tokio_postgres::Error> {
     let admin = connect(&cluster.dsn("postgres")).await?;
     admin.batch_execute("CREATE DATABASE app").await?;
+    admin
+        .batch_execute(&format!("CREATE ROLE {DEMO_APP_ROLE} LOGIN"))
+        .await?;
     let app = connect(&cluster.dsn("app")).await?;
     for (i, tenant) in tenants.iter().enumerate() {
         let rows = 2_000 + 500 * (i % 7);
@@ -92,12 +95,18 @@ async fn create_schemas(
              INSERT INTO tenant_{tenant}.appointments (patient_id, at, notes)
                SELECT 1 + g % {rows}, now() - (g || ' minutes')::interval, repeat('note ', 10)
                  FROM generate_series(1, {rows} * 3) g;
-             ANALYZE tenant_{tenant}.patients; ANALYZE tenant_{tenant}.appointments;"
+             ANALYZE tenant_{tenant}.patients; ANALYZE tenant_{tenant}.appointments;
+             GRANT USAGE ON SCHEMA tenant_{tenant} TO {DEMO_APP_ROLE};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA tenant_{tenant} TO {DEMO_APP_ROLE};"
         ))
         .await?;
     }
     Ok(())
 }
+
+/// The application role of the demo's idle session: not a superuser, so
+/// the guard (in dry run) may act on it, as on any application's session.
+const DEMO_APP_ROLE: &str = "demo_app";
 
 /// Sends tenant query events the way an application would: NDJSON over
 /// UDP, batched.
@@ -373,6 +382,32 @@ impl DemoEnvironment {
                 ..Default::default()
             },
         );
+        // The guard in dry run: the idle transaction's would-be termination
+        // is logged, counted and annotated, and the session stays.
+        file.guard.mode = "dry_run".into();
+        file.guard.grace = "0s".into();
+        // Two tiers with the default quotas, so dashboards group by tier
+        // while every tenant keeps the same limits.
+        for tier in ["gold", "standard"] {
+            file.ratelimit.tiers.insert(
+                tier.into(),
+                FileTier {
+                    qps: file.ratelimit.default_qps,
+                    burst: file.ratelimit.default_burst,
+                    shadow: false,
+                },
+            );
+        }
+        for (i, tenant) in tenants.iter().enumerate() {
+            let tier = if i % 3 == 0 { "gold" } else { "standard" };
+            file.ratelimit.tenants.insert(
+                tenant.clone(),
+                FileTenantQuota {
+                    tier: Some(tier.into()),
+                    ..Default::default()
+                },
+            );
+        }
         let config = Config::try_from(file)?;
         let daemon = Daemon::start(config).await?;
         let udp = daemon
@@ -394,7 +429,10 @@ impl DemoEnvironment {
         for _ in 0..6 {
             tasks.spawn(noisy_worker(addrs, cluster.dsn("app"), workload.clone()));
         }
-        tasks.spawn(idle_in_transaction(cluster.dsn("app"), workload.clone()));
+        tasks.spawn(idle_in_transaction(
+            format!("{} user={DEMO_APP_ROLE}", cluster.dsn("app")),
+            workload.clone(),
+        ));
         Ok(DemoEnvironment {
             cluster,
             daemon,

@@ -127,10 +127,12 @@ impl Collector for DetectCollector {
             "Checks the Redis backend did not decide (each decided by ratelimit.redis.fail_mode instead), and failed advice exchanges, by why: timeout, connection, response, unavailable (already known down).",
             MetricType::Counter,
         )?;
-        if let Some(redis) = redis {
-            for (error, count) in redis.errors() {
-                counter_u64(&mut metric, &[("error", error.as_str())], count)?;
-            }
+        // Zeros with the local backend, so panels and alerts find the series.
+        let errors = redis
+            .map(|r| r.errors())
+            .unwrap_or_else(|| crate::ratelimit::BackendError::ALL.map(|error| (error, 0)));
+        for (error, count) in errors {
+            counter_u64(&mut metric, &[("error", error.as_str())], count)?;
         }
 
         let guard_counts = self
