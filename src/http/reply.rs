@@ -20,6 +20,11 @@ pub(super) fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 
 pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    json_bytes(status, body)
+}
+
+/// A JSON body already written.
+pub(super) fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
