@@ -34,7 +34,7 @@ impl GuardAction {
 }
 
 /// One session to end, on one target.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct GuardOrder {
     pub target: String,
     pub tenant: String,
@@ -46,7 +46,9 @@ pub struct GuardOrder {
     /// How long the query has run, or the session sat idle in its
     /// transaction, or the blocker's transaction has lasted, in seconds.
     pub age_seconds: f64,
-    /// Only log and count what would be done (`guard.mode = "dry_run"`).
+    /// Only log and count what would be done (`guard.mode = "dry_run"`);
+    /// a record says so in its result.
+    #[serde(skip)]
     pub dry_run: bool,
 }
 
@@ -102,13 +104,8 @@ impl GuardResult {
 pub struct GuardRecord {
     /// Unix seconds.
     pub at: f64,
-    pub target: String,
-    pub tenant: String,
-    pub rule: &'static str,
-    pub action: GuardAction,
-    pub pid: i32,
-    pub query: String,
-    pub age_seconds: f64,
+    #[serde(flatten)]
+    pub order: GuardOrder,
     pub result: GuardResult,
 }
 
@@ -141,13 +138,7 @@ impl GuardLog {
         }
         self.recent.push_back(GuardRecord {
             at,
-            target: order.target.clone(),
-            tenant: order.tenant.clone(),
-            rule: order.rule,
-            action: order.action,
-            pid: order.pid,
-            query: order.query.clone(),
-            age_seconds: order.age_seconds,
+            order: order.clone(),
             result,
         });
     }
@@ -194,7 +185,7 @@ mod tests {
         }
         assert_eq!(log.recent().len(), GUARD_RECORDS);
         assert_eq!(log.recent()[0].at, (MAX_COUNT_KEYS + 49) as f64);
-        assert_eq!(log.recent()[0].query.len(), QUERY_PREFIX_CHARS);
+        assert_eq!(log.recent()[0].order.query.len(), QUERY_PREFIX_CHARS);
         let counts = log.counts();
         assert_eq!(counts.len(), MAX_COUNT_KEYS + 1);
         let other = counts.iter().find(|(k, _)| k.0 == "__other__").unwrap();
