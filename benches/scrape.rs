@@ -58,6 +58,7 @@ fn bench(c: &mut Criterion) {
                     Duration::from_secs(60),
                 )),
                 guard_log: Default::default(),
+                reloads: Default::default(),
             },
             &HttpMetrics::default(),
             settings,

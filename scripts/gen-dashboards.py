@@ -212,6 +212,8 @@ def health():
     b.row("HTTP")
     b.panel(TS, "Requests/s by endpoint and code", [t("sum by (endpoint, code) (rate(tenantwatch_http_requests_total[$__rate_interval]))", "{{endpoint}} {{code}}")], "reqps")
     b.panel(TS, "Rate limiters in memory", [t("sum(tenantwatch_ratelimit_limiters)", "limiters")], "short")
+    b.panel(TS, "Last configuration reload applied", [t("tenantwatch_config_last_reload_successful", "{{instance}}")], "short",
+            description="0 after SIGHUP found an invalid file: the running configuration stays, the next restart would fail.")
     b.row("Rate-limit backend")
     b.panel(TS, "Backend up", [t("tenantwatch_ratelimit_backend_up", "{{instance}} {{backend}}")], "short",
             description="0 while Redis does not answer and checks are decided by ratelimit.redis.fail_mode.")

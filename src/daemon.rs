@@ -157,6 +157,7 @@ impl Shared {
     /// What the HTTP handlers share.
     fn app_state(&self, config: &Config, udp_receivers: usize) -> AppState {
         let http_metrics = HttpMetrics::default();
+        let reloads = crate::metrics::ReloadMetrics::default();
         let exposition = crate::metrics::exposition(
             crate::metrics::Sources {
                 store: self.store.clone(),
@@ -165,6 +166,7 @@ impl Shared {
                 judgement: self.judgement.clone(),
                 limits: self.limits.clone(),
                 guard_log: self.guard_log.clone(),
+                reloads: reloads.clone(),
             },
             &http_metrics,
             &config.metrics,
@@ -194,6 +196,7 @@ impl Shared {
             http_shards: (udp_receivers, HTTP_SHARDS),
             rate_limits: self.limits.clone(),
             guard_log: self.guard_log.clone(),
+            reloads,
             judgement: self.judgement.clone(),
             targets: self.targets.clone(),
             histories: self.histories.clone(),
@@ -423,7 +426,14 @@ impl Daemon {
             tenant_overrides = config.ratelimit.tenants.len(),
             "Configuration reloaded: quotas, detection rules and tokens"
         );
+        self.state.reloads.succeeded();
         ignored
+    }
+
+    /// Records a reload refused for an invalid file (the running
+    /// configuration stays): `tenantwatch_config_last_reload_successful` 0.
+    pub fn reload_refused(&self) {
+        self.state.reloads.failed();
     }
 
     /// Starts a graceful shutdown; [`Daemon::wait`] returns when it is done.
@@ -479,11 +489,14 @@ pub async fn run_with_reload(
                     Ok(config) => {
                         daemon.reload(&config);
                     }
-                    Err(err) => tracing::error!(
-                        path = %path.display(),
-                        error = %err,
-                        "Reload refused: the running configuration stays"
-                    ),
+                    Err(err) => {
+                        daemon.reload_refused();
+                        tracing::error!(
+                            path = %path.display(),
+                            error = %err,
+                            "Reload refused: the running configuration stays"
+                        );
+                    }
                 }
             }
         }

@@ -265,11 +265,22 @@ async fn docs_metrics_lists_exactly_the_exposed_families() {
 
 /// A blocking HTTP/1.1 POST on a fresh connection: (status, body).
 fn post_blocking(addr: &str, path: &str, body: &str) -> (u16, String) {
+    request_blocking(addr, "POST", path, body)
+}
+
+/// The exposition, fetched without a runtime.
+fn metrics_blocking(addr: &str) -> support::Exposition {
+    let (status, body) = request_blocking(addr, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    support::Exposition::parse(&body)
+}
+
+fn request_blocking(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -296,7 +307,7 @@ fn sighup_reloads_quotas_and_refuses_an_invalid_file() {
         logs: log_rx,
         config,
     } = spawn_binary_with(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[ingest]\nudp_listen = \"\"\n[log]\nformat = \"json\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_max_age = \"0s\"\n[ingest]\nudp_listen = \"\"\n[log]\nformat = \"json\"\n\
          [ratelimit]\ndefault_qps = 0.01\ndefault_burst = 1\n",
     );
     let wait_for_log = |needle: &str| {
@@ -324,15 +335,31 @@ fn sighup_reloads_quotas_and_refuses_an_invalid_file() {
 
     std::fs::write(
         &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\n[ingest]\nudp_listen = \"\"\n[log]\nformat = \"json\"\n\
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_max_age = \"0s\"\n[ingest]\nudp_listen = \"\"\n[log]\nformat = \"json\"\n\
          [ratelimit]\ndefault_qps = 1000.0\ndefault_burst = 100\n",
     )
     .unwrap();
+    let reloaded = |m: &support::Exposition| {
+        (
+            m.value("tenantwatch_config_last_reload_successful", &[]),
+            m.value(
+                "tenantwatch_config_last_reload_success_timestamp_seconds",
+                &[],
+            )
+            .unwrap(),
+        )
+    };
+    let (ok, started) = reloaded(&metrics_blocking(&http));
+    assert_eq!(ok, Some(1.0), "start-up counts as applied");
+    std::thread::sleep(Duration::from_millis(20));
     signal(&child, "HUP");
     wait_for_log("Configuration reloaded");
     for _ in 0..20 {
         assert_eq!(check("a"), 200, "the new quota applies");
     }
+    let (ok, applied) = reloaded(&metrics_blocking(&http));
+    assert_eq!(ok, Some(1.0));
+    assert!(applied > started, "{applied} after {started}");
 
     std::fs::write(&config, "[ratelimit]\ndefault_qps = -5\n").unwrap();
     signal(&child, "HUP");
@@ -340,6 +367,11 @@ fn sighup_reloads_quotas_and_refuses_an_invalid_file() {
     for _ in 0..20 {
         assert_eq!(check("b"), 200, "the running quota stays");
     }
+    assert_eq!(
+        reloaded(&metrics_blocking(&http)),
+        (Some(0.0), applied),
+        "refused: 0, and the last success keeps its time"
+    );
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(0));
 }

@@ -136,6 +136,7 @@ proptest! {
                 judgement: Arc::default(),
                 limits: Arc::new(RateLimits::new(RatePolicy::default(), 100, Duration::from_secs(60))),
                 guard_log: Default::default(),
+                reloads: Default::default(),
             },
             &HttpMetrics::default(),
             &metrics::ExpositionSettings::default(),

@@ -167,6 +167,8 @@ pub struct AppState {
     pub rate_limits: Arc<RateLimits>,
     /// The guard's last actions and counts.
     pub guard_log: crate::store::guard::SharedGuardLog,
+    /// Whether the last configuration reload applied (the daemon writes it).
+    pub reloads: crate::metrics::ReloadMetrics,
     pub judgement: SharedJudgement,
     pub targets: TargetStatuses,
     /// Samples for the capacity view and the tenant detail.

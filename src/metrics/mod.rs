@@ -11,6 +11,7 @@
 //! - [`targets`]: what the PostgreSQL collectors last saw;
 //! - [`detect`]: flags, rate-limit decisions and quotas;
 //! - [`http`]: the listener's own counters;
+//! - [`reload`]: configuration reloads;
 //! - [`process`]: the process's memory, CPU and descriptors (`process_*`);
 //! - [`mod@encode`]: the helpers they share.
 
@@ -20,6 +21,7 @@ pub mod events;
 pub mod http;
 pub mod ingest;
 pub mod process;
+pub mod reload;
 pub mod targets;
 pub mod text;
 
@@ -36,6 +38,7 @@ pub use detect::DetectCollector;
 pub use events::{ExpositionSettings, StoreExposition};
 pub use http::{HttpLabels, HttpMetrics};
 pub use ingest::IngestCollector;
+pub use reload::ReloadMetrics;
 pub use targets::TargetCollector;
 
 use crate::detect::SharedJudgement;
@@ -63,6 +66,8 @@ pub struct Sources {
     pub judgement: SharedJudgement,
     pub limits: Arc<RateLimits>,
     pub guard_log: crate::store::guard::SharedGuardLog,
+    /// Written by the daemon on each reload.
+    pub reloads: ReloadMetrics,
 }
 
 /// Builds the daemon's exposition.
@@ -78,10 +83,22 @@ pub fn exposition(
         judgement,
         limits,
         guard_log,
+        reloads,
     } = sources;
+    let mut registry = registry(stats, http, targets, (judgement, limits, guard_log));
+    registry.register(
+        "tenantwatch_config_last_reload_successful",
+        "1 when the last configuration reload (SIGHUP) applied, 0 when it was refused (the running configuration stays).",
+        reloads.successful,
+    );
+    registry.register(
+        "tenantwatch_config_last_reload_success_timestamp_seconds",
+        "Unix time of start-up or of the last configuration reload that applied.",
+        reloads.success_timestamp,
+    );
     Exposition {
         store: StoreExposition::new(store, settings),
-        registry: registry(stats, http, targets, (judgement, limits, guard_log)),
+        registry,
     }
 }
 
