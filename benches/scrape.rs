@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
                 )),
                 guard_log: Default::default(),
                 reloads: Default::default(),
+                capacity: Default::default(),
             },
             &HttpMetrics::default(),
             settings,

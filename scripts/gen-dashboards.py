@@ -180,11 +180,15 @@ def capacity():
               [var_datasource(), var_query("target", "label_values(tenantwatch_target_up, target)", multi=True, include_all=True)],
               "Connection and size headroom per target, the biggest and fastest-growing tenants.")
     b.row("Connections")
-    b.panel(TS, "Connection headroom", [t('tenantwatch_target_max_connections{target=~"$target"} - tenantwatch_target_reserved_connections{target=~"$target"} - sum without (state) (tenantwatch_target_connections{target=~"$target"})', "{{target}} ({{instance}})")], "short")
+    b.panel(TS, "Connection headroom", [t('tenantwatch_target_connection_headroom{target=~"$target"}', "{{target}} ({{instance}})")], "short")
     b.panel(TS, "Connections by state", [t('sum by (target, state) (tenantwatch_target_connections{target=~"$target"})', "{{target}} {{state}}")], "short")
     b.row("Size")
     b.panel(TS, "Tenant schemas total size", [t('sum by (target) (tenantwatch_tenant_schema_size_bytes{target=~"$target"})', "{{target}}")], "bytes")
     b.panel(TS, "Growth per day", [t('sum by (target) (deriv(tenantwatch_tenant_schema_size_bytes{target=~"$target"}[6h])) * 86400', "{{target}}")], "bytes")
+    b.panel("stat", "More median tenants that fit", [t("tenantwatch_fleet_tenants_fit")], "short", w=6, h=4,
+            description="Tenants of the median footprint (connections, size) that still fit in the headroom and size budget.")
+    b.panel("stat", "Days until the size budget (soonest)", [t('min(tenantwatch_target_days_until_budget{target=~"$target"}) or vector(-1)')], "d", w=6, h=4,
+            description="-1: no api.size_budget_bytes set, or no target growing.")
     b.panel("table", "Largest tenants", [t('topk(20, tenantwatch_tenant_schema_size_bytes{target=~"$target"})', instant=True)], "bytes", options=TABLE_OPTS)
     b.panel("table", "Fastest growing tenants (bytes/day)", [t('topk(20, deriv(tenantwatch_tenant_schema_size_bytes{target=~"$target"}[6h]) * 86400)', instant=True)], "bytes", options=TABLE_OPTS)
     b.row("Databases")

@@ -113,6 +113,7 @@ struct Shared {
     histories: SharedTargetHistories,
     tenant_histories: SharedTenantHistories,
     guard_log: SharedGuardLog,
+    capacity_figures: crate::capacity::view::SharedCapacityFigures,
 }
 
 impl Shared {
@@ -151,6 +152,7 @@ impl Shared {
                 config.api.history_tenants,
             ))),
             guard_log: SharedGuardLog::default(),
+            capacity_figures: Default::default(),
         })
     }
 
@@ -167,6 +169,7 @@ impl Shared {
                 limits: self.limits.clone(),
                 guard_log: self.guard_log.clone(),
                 reloads: reloads.clone(),
+                capacity: self.capacity_figures.clone(),
             },
             &http_metrics,
             &config.metrics,
@@ -246,6 +249,7 @@ impl Tasks {
             shared.store.clone(),
             shared.targets.clone(),
             (shared.histories.clone(), shared.tenant_histories.clone()),
+            shared.capacity_figures.clone(),
             shutdown.clone(),
         )));
         let (detect_settings, detect_settings_rx) =

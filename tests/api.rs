@@ -195,6 +195,20 @@ async fn tenants_targets_and_detail() {
     );
     assert_eq!(capacity["fleet"]["tenants"], 42);
     assert!(capacity["fleet"]["more_tenants_fit"].as_f64().unwrap() > 0.0);
+    // The same figures as gauges, from the sampler's last pass.
+    let m = daemon
+        .metrics_when("capacity gauges", |m| {
+            m.value("tenantwatch_fleet_tenants_fit", &[]).is_some()
+        })
+        .await;
+    let headroom = m
+        .value(
+            "tenantwatch_target_connection_headroom",
+            &[("target", "main")],
+        )
+        .unwrap();
+    assert!(headroom > 0.0 && headroom <= 97.0, "{headroom}");
+    assert!(m.value("tenantwatch_fleet_tenants_fit", &[]).unwrap() > 0.0);
 
     let targets = daemon.get("/api/v1/targets").await.json();
     let main = &targets["targets"][0];

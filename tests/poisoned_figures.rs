@@ -137,6 +137,7 @@ proptest! {
                 limits: Arc::new(RateLimits::new(RatePolicy::default(), 100, Duration::from_secs(60))),
                 guard_log: Default::default(),
                 reloads: Default::default(),
+                capacity: Default::default(),
             },
             &HttpMetrics::default(),
             &metrics::ExpositionSettings::default(),

@@ -1,6 +1,7 @@
 //! The history sampler: every `api.history_resolution` it records each
 //! target's connections and size, and each tenant's queries, share,
-//! connections and size, for growth fits and the tenant detail.
+//! connections and size, for growth fits and the tenant detail; then it
+//! works out the capacity figures the exposition shows.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
@@ -20,6 +21,7 @@ pub async fn run(
     store: Arc<Store>,
     statuses: TargetStatuses,
     (histories, tenant_histories): (SharedTargetHistories, SharedTenantHistories),
+    figures: super::view::SharedCapacityFigures,
     shutdown: CancellationToken,
 ) {
     let capacity = settings.history_len();
@@ -54,6 +56,9 @@ pub async fn run(
                     size_bytes: size_bytes as f64,
                 });
         }
+        let worked_out = super::view::capacity_figures(&statuses, &histories, &settings);
+        drop(histories);
+        *figures.lock().unwrap_or_else(PoisonError::into_inner) = worked_out;
     }
 }
 

@@ -86,6 +86,66 @@ pub fn capacity_view(
     tenants: usize,
     settings: &CapacitySettings,
 ) -> CapacityView {
+    let measured = measure(targets, histories, shares, settings);
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let placement = (names.len() > 1)
+        .then(|| place(&names, &measured.footprints, settings.balance_tolerance, 50));
+    CapacityView {
+        targets: measured.targets,
+        placement,
+        fleet: FleetCapacity {
+            tenants,
+            median_tenant: measured.median_tenant,
+            more_tenants_fit: measured.more_tenants_fit,
+        },
+    }
+}
+
+/// The capacity figures the exposition shows, as the sampler last worked
+/// them out (every `api.history_resolution`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CapacityFigures {
+    /// Per target that is up: (target, connection headroom, days until
+    /// the size budget), each when known.
+    pub targets: Vec<(String, Option<f64>, Option<f64>)>,
+    pub more_tenants_fit: Option<f64>,
+}
+
+pub type SharedCapacityFigures = std::sync::Arc<std::sync::Mutex<CapacityFigures>>;
+
+/// The figures of [`capacity_view`] that need no tenant shares (no
+/// placement): headroom, days until budget, tenants that fit.
+pub fn capacity_figures(
+    targets: &[TargetStatus],
+    histories: &BTreeMap<String, History>,
+    settings: &CapacitySettings,
+) -> CapacityFigures {
+    let up: Vec<TargetStatus> = targets.iter().filter(|t| t.up).cloned().collect();
+    let measured = measure(&up, histories, &HashMap::new(), settings);
+    CapacityFigures {
+        targets: measured
+            .targets
+            .iter()
+            .map(|t| (t.target.clone(), t.connection_headroom, t.days_until_budget))
+            .collect(),
+        more_tenants_fit: measured.more_tenants_fit,
+    }
+}
+
+/// What the view and the figures share.
+struct Measured {
+    targets: Vec<TargetCapacity>,
+    footprints: Vec<Footprint>,
+    median_tenant: MedianTenant,
+    more_tenants_fit: Option<f64>,
+}
+
+fn measure(
+    targets: &[TargetStatus],
+    histories: &BTreeMap<String, History>,
+    shares: &HashMap<&str, TenantShare>,
+    settings: &CapacitySettings,
+) -> Measured {
     let mut footprints = Vec::new();
     let mut per_target = Vec::new();
     for t in targets {
@@ -99,9 +159,6 @@ pub fn capacity_view(
         }
         per_target.push(target_capacity(t, &loads, histories.get(&t.name), settings));
     }
-    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-    let placement =
-        (names.len() > 1).then(|| place(&names, &footprints, settings.balance_tolerance, 50));
     let median = |d: usize| -> f64 {
         let mut v: Vec<f64> = footprints.iter().map(|f| f.load[d]).collect();
         v.sort_by(f64::total_cmp);
@@ -112,14 +169,11 @@ pub fn capacity_view(
         size_bytes: median(SIZE),
     };
     let more_tenants_fit = more_tenants_fit(&per_target, &median_tenant, settings);
-    CapacityView {
+    Measured {
         targets: per_target,
-        placement,
-        fleet: FleetCapacity {
-            tenants,
-            median_tenant,
-            more_tenants_fit,
-        },
+        footprints,
+        median_tenant,
+        more_tenants_fit,
     }
 }
 

@@ -368,6 +368,8 @@ impl DemoEnvironment {
         // History every 10 s, so the API's history and growth fit show data
         // within the demo's first minutes.
         file.api.history_resolution = "10s".into();
+        // A size budget, so capacity shows days until it and tenants that fit.
+        file.api.size_budget_bytes = 10 << 30;
         file.detect.rules.insert(
             "db_time_hog".into(),
             FileRuleSettings {

@@ -46,6 +46,55 @@ use crate::ratelimit::RateLimits;
 use crate::store::{IngestStats, Store, TargetStatuses};
 use encode::{family, gauge};
 
+/// The capacity figures as gauges: what `GET /api/v1/capacity` answers,
+/// for alerts and dashboards.
+#[derive(Debug)]
+struct CapacityCollector {
+    figures: crate::capacity::view::SharedCapacityFigures,
+}
+
+impl Collector for CapacityCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let figures = self
+            .figures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_target_connection_headroom",
+            "Connections still free on the target: max_connections minus the reserved ones minus those in use (every api.history_resolution).",
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (target, headroom, _) in &figures.targets {
+            if let Some(headroom) = headroom {
+                gauge(&mut metric, &[("target", target.as_str())], *headroom)?;
+            }
+        }
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_target_days_until_budget",
+            "Days until the target's tenant schemas reach api.size_budget_bytes at the growth fitted over api.history; absent without a budget or without growth.",
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (target, _, days) in &figures.targets {
+            if let Some(days) = days {
+                gauge(&mut metric, &[("target", target.as_str())], *days)?;
+            }
+        }
+        let mut metric = family(
+            &mut encoder,
+            "tenantwatch_fleet_tenants_fit",
+            "How many more tenants of the median footprint (connections, size) fit in the targets' headroom and size budget.",
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        if let Some(fit) = figures.more_tenants_fit {
+            metric.encode_gauge(&fit)?;
+        }
+        Ok(())
+    }
+}
+
 /// Content type of the exposition prometheus-client writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -68,6 +117,8 @@ pub struct Sources {
     pub guard_log: crate::store::guard::SharedGuardLog,
     /// Written by the daemon on each reload.
     pub reloads: ReloadMetrics,
+    /// Worked out by the capacity sampler.
+    pub capacity: crate::capacity::view::SharedCapacityFigures,
 }
 
 /// Builds the daemon's exposition.
@@ -84,8 +135,10 @@ pub fn exposition(
         limits,
         guard_log,
         reloads,
+        capacity,
     } = sources;
     let mut registry = registry(stats, http, targets, (judgement, limits, guard_log));
+    registry.register_collector(Box::new(CapacityCollector { figures: capacity }));
     registry.register(
         "tenantwatch_config_last_reload_successful",
         "1 when the last configuration reload (SIGHUP) applied, 0 when it was refused (the running configuration stays).",
