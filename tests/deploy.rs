@@ -169,6 +169,12 @@ fn the_image_and_the_unit_run_unprivileged() {
         "ExecReload=/bin/kill -HUP $MAINPID",
         "NoNewPrivileges=yes",
         "RestartPreventExitStatus=64",
+        "SystemCallFilter=@system-service",
+        "SystemCallArchitectures=native",
+        "ProtectClock=yes",
+        "ProtectHostname=yes",
+        "RestrictSUIDSGID=yes",
+        "UMask=0077",
     ] {
         assert!(unit.contains(line), "the unit lacks {line}");
     }
@@ -186,6 +192,7 @@ fn the_standalone_overlay_shares_rate_limits_through_its_redis() {
         None,
     );
     assert!(manifests.contains("name: tenantwatch-redis\n"), "no Redis");
+    assert!(manifests.contains("kind: NetworkPolicy\n"), "no NetworkPolicy");
     let deployment = std::fs::read_to_string(format!(
         "{ROOT}/deploy/kustomize/overlays/standalone/deployment.yaml"
     ))
