@@ -20,6 +20,8 @@ fn store() -> Store {
             max_tenants: 10_000,
             tenant_idle_ttl: Duration::from_secs(900),
             share_window: Duration::from_secs(60),
+            max_endpoints_per_tenant: 20,
+            max_instances: 500,
         },
         Arc::new(MonotonicClock::new()),
     )

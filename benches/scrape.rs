@@ -23,6 +23,8 @@ fn bench(c: &mut Criterion) {
             max_tenants: 10_000,
             tenant_idle_ttl: Duration::from_secs(900),
             share_window: Duration::from_secs(60),
+            max_endpoints_per_tenant: 20,
+            max_instances: 500,
         },
         Arc::new(MonotonicClock::new()),
     ));
@@ -32,6 +34,8 @@ fn bench(c: &mut Criterion) {
             let name = format!("tenant{tenant}");
             for (i, kind) in QueryKind::ALL.into_iter().enumerate() {
                 writer.record(&Event {
+                    endpoint: None,
+                    instance: None,
                     tenant: Cow::Borrowed(&name),
                     kind,
                     sample: Sample::Query {

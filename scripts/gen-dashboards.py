@@ -107,6 +107,8 @@ def fleet():
     b.panel("heatmap", "Query latency distribution", [
         {"expr": "sum by (le) (increase(tenantwatch_tenant_query_duration_seconds_bucket[$__rate_interval]))", "legendFormat": "{{le}}", "format": "heatmap"}],
         "s", w=24, options={"calculate": False, "yAxis": {"unit": "s"}, "color": {"scheme": "Oranges"}, "cellGap": 1})
+    b.panel(TS, "Queries/s by instance (pod)", [t("topk(20, sum by (app_instance) (rate(tenantwatch_instance_queries_total[$__rate_interval])))", "{{app_instance}}")], "reqps", w=24,
+            description="Per application instance, from the events' instance field; an overloaded pod stands out. At most ingest.max_instances, the rest as __other__.")
     b.panel(TS, "Queries/s by tier", [t("sum by (tier) (rate(tenantwatch_tenant_queries_total[$__rate_interval]) * on (job, instance, tenant) group_left (tier) tenantwatch_tenant_info)", "{{tier}}")], "reqps", w=24,
             description="Tenants with a tier ([ratelimit.tenants] or tenants.tiers_file), grouped by it through tenantwatch_tenant_info.")
     b.row("Flags")
@@ -134,6 +136,11 @@ def tenant():
         {"expr": 'sum by (le) (increase(tenantwatch_tenant_query_duration_seconds_bucket{tenant="$tenant"}[$__rate_interval]))', "legendFormat": "{{le}}", "format": "heatmap"}],
         "s", w=24, options={"calculate": False, "yAxis": {"unit": "s"}})
     b.panel(TS, "Rows/s", [t('sum by (kind) (rate(tenantwatch_tenant_rows_total{tenant="$tenant"}[$__rate_interval]))', "{{kind}}")], "short")
+    b.panel(TS, "Requests/s by endpoint", [t('sum by (endpoint) (rate(tenantwatch_tenant_endpoint_requests_total{tenant="$tenant"}[$__rate_interval]))', "{{endpoint}}")], "reqps",
+            description="Queries sent with an endpoint (at most ingest.max_endpoints_per_tenant per tenant, the rest as __other__).")
+    b.panel(TS, "p95 latency by endpoint", [t('histogram_quantile(0.95, sum by (endpoint, le) (rate(tenantwatch_tenant_endpoint_duration_seconds_bucket{tenant="$tenant"}[$__rate_interval])))', "{{endpoint}}")], "s")
+    b.panel(TS, "Schema switch p95", [t('histogram_quantile(0.95, sum by (le) (rate(tenantwatch_tenant_schema_switch_duration_seconds_bucket{tenant="$tenant"}[$__rate_interval])))', "p95")], "s",
+            description="Time the application takes to switch a session to this tenant (schema_switch events); not counted as queries.")
     b.panel(TS, "Rate-limit decisions/s", [t('sum by (decision) (rate(tenantwatch_ratelimit_decisions_total{tenant="$tenant"}[$__rate_interval]))', "{{decision}}")], "reqps")
     b.row("Database")
     b.panel(TS, "Connections by state", [t('sum by (target, state) (tenantwatch_tenant_connections{tenant="$tenant"})', "{{target}} {{state}}")], "short")

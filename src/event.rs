@@ -64,6 +64,10 @@ pub enum Sample {
     /// A number of failed queries reported on their own (DogStatsD
     /// `tenantwatch.errors`).
     Errors(f64),
+    /// The time to switch a session to the tenant (`SET search_path`, a
+    /// `SET ROLE`): kept apart, never counted as a query nor as database
+    /// time.
+    SchemaSwitch { duration_ms: f64, weight: f64 },
 }
 
 /// One tenant query event, borrowed from the input where possible.
@@ -72,6 +76,10 @@ pub struct Event<'a> {
     pub tenant: Cow<'a, str>,
     pub kind: QueryKind,
     pub sample: Sample,
+    /// The application's endpoint (route) that ran the query, if given.
+    pub endpoint: Option<Cow<'a, str>>,
+    /// The application instance (pod) that sent it, if given.
+    pub instance: Option<Cow<'a, str>>,
 }
 
 /// Why a line (or a whole datagram or body) was refused. This is a metric
@@ -91,10 +99,12 @@ pub enum RejectReason {
     LineTooLong,
     DatagramTooLarge,
     BodyTooLarge,
+    /// An `endpoint` or `instance` that cannot be a label value.
+    InvalidLabel,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::InvalidUtf8,
         RejectReason::Malformed,
         RejectReason::MissingField,
@@ -108,6 +118,7 @@ impl RejectReason {
         RejectReason::LineTooLong,
         RejectReason::DatagramTooLarge,
         RejectReason::BodyTooLarge,
+        RejectReason::InvalidLabel,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,6 +136,7 @@ impl RejectReason {
             RejectReason::LineTooLong => "line_too_long",
             RejectReason::DatagramTooLarge => "datagram_too_large",
             RejectReason::BodyTooLarge => "body_too_large",
+            RejectReason::InvalidLabel => "invalid_label",
         }
     }
 
@@ -206,6 +218,27 @@ pub fn validate_duration_ms(duration_ms: f64) -> Result<f64, Reject> {
         ));
     }
     Ok(duration_ms)
+}
+
+/// Longest `endpoint` or `instance` accepted, in bytes.
+pub const MAX_LABEL_BYTES: usize = 128;
+
+/// Checks an `endpoint` or `instance` value: 1 to 128 bytes of printable
+/// ASCII (a route like `GET /api/v1/users/{id}`, a pod name), no `"` or
+/// `\\`, not starting with `__` (tenantwatch's `__other__`).
+pub fn validate_label(value: &str) -> Result<(), Reject> {
+    let printable = |b: u8| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+    if value.is_empty()
+        || value.len() > MAX_LABEL_BYTES
+        || value.starts_with("__")
+        || !value.bytes().all(printable)
+    {
+        return Err(Reject::new(
+            RejectReason::InvalidLabel,
+            "endpoint and instance must be 1 to 128 printable ASCII characters, without \" or \\, not starting with __",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a tenant id: 1 to 128 bytes of ASCII letters, digits and `_-.:@/`,

@@ -637,3 +637,103 @@ fn a_sighup_during_start_up_is_not_fatal() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(0));
     let _ = std::fs::remove_file(&fifo);
 }
+
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// 100,000 events, each with a new endpoint and a new pod, over ten
+/// tenants: the series stay within ingest.max_endpoints_per_tenant and
+/// ingest.max_instances, the rest fold into `__other__`, and the daemon's
+/// memory barely moves. A separate process, so its RSS is its own.
+#[test]
+fn a_flood_of_endpoints_and_instances_stays_bounded() {
+    let Spawned {
+        mut child,
+        http,
+        logs: _logs,
+        config: _config,
+    } = spawn_binary_with(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_max_age = \"0s\"\n\
+         [ingest]\nudp_listen = \"\"\n[log]\nformat = \"json\"\n",
+    );
+    // Warm up: the first exposition's buffers are not the flood's cost.
+    post_blocking(&http, "/v1/events", "tenantwatch.query:1|ms|#tenant:t0\n");
+    metrics_blocking(&http);
+    let before = rss_bytes(child.id());
+    for batch in 0..10 {
+        let mut body = String::with_capacity(10_000 * 80);
+        for i in 0..10_000 {
+            let id = batch * 10_000 + i;
+            body.push_str(&format!(
+                "tenantwatch.query:2|ms|#tenant:t{},endpoint:GET /random/{id},pod:web-{id}\n",
+                id % 10
+            ));
+        }
+        let (status, reply) = post_blocking(&http, "/v1/events", &body);
+        assert_eq!(status, 202, "{reply}");
+    }
+    // A schema switch is its own histogram, not a query.
+    post_blocking(
+        &http,
+        "/v1/events",
+        r#"{"tenant":"t0","kind":"schema_switch","duration_ms":0.4,"endpoint":"GET /x"}"#,
+    );
+    let m = metrics_blocking(&http);
+    let grown = rss_bytes(child.id()).saturating_sub(before);
+    let endpoints = m
+        .samples_named("tenantwatch_tenant_endpoint_requests_total")
+        .count();
+    assert_eq!(endpoints, 10 * 21, "20 endpoints and __other__ per tenant");
+    let other: f64 = m
+        .samples_named("tenantwatch_tenant_endpoint_requests_total")
+        .filter(|s| s.labels["endpoint"] == "__other__")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(other, 100_000.0 - 200.0);
+    assert_eq!(
+        m.samples_named("tenantwatch_instance_queries_total")
+            .count(),
+        501
+    );
+    assert_eq!(
+        m.value(
+            "tenantwatch_instance_queries_total",
+            &[("app_instance", "__other__")]
+        ),
+        Some(100_000.0 - 500.0)
+    );
+    assert_eq!(
+        m.value("tenantwatch_endpoints_folded_total", &[]),
+        Some(100_000.0 - 200.0)
+    );
+    assert_eq!(
+        m.value("tenantwatch_instances_folded_total", &[]),
+        Some(100_000.0 - 500.0)
+    );
+    assert_eq!(
+        m.value(
+            "tenantwatch_tenant_schema_switch_duration_seconds_count",
+            &[("tenant", "t0")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value(
+            "tenantwatch_tenant_queries_total",
+            &[("tenant", "t0"), ("kind", "other")]
+        ),
+        Some(10_001.0)
+    );
+    eprintln!(
+        "100,000 endpoint and instance names: RSS grew by {} KiB",
+        grown / 1024
+    );
+    assert!(grown < 32 << 20, "RSS grew by {grown} bytes");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(0));
+}

@@ -192,7 +192,10 @@ fn the_standalone_overlay_shares_rate_limits_through_its_redis() {
         None,
     );
     assert!(manifests.contains("name: tenantwatch-redis\n"), "no Redis");
-    assert!(manifests.contains("kind: NetworkPolicy\n"), "no NetworkPolicy");
+    assert!(
+        manifests.contains("kind: NetworkPolicy\n"),
+        "no NetworkPolicy"
+    );
     let deployment = std::fs::read_to_string(format!(
         "{ROOT}/deploy/kustomize/overlays/standalone/deployment.yaml"
     ))

@@ -28,6 +28,8 @@ fn store() -> Arc<Store> {
             max_tenants: 100,
             tenant_idle_ttl: Duration::from_secs(3600),
             share_window: Duration::from_secs(60),
+            max_endpoints_per_tenant: 20,
+            max_instances: 500,
         },
         Arc::new(ManualClock::default()),
     ))

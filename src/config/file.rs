@@ -558,6 +558,10 @@ pub struct FileIngest {
     pub tenant_idle_ttl: String,
     /// Window over which `tenantwatch_tenant_db_time_share` is computed.
     pub share_window: String,
+    /// Endpoints kept per tenant; more count under `__other__`.
+    pub max_endpoints_per_tenant: usize,
+    /// Instances (pods) kept; more count under `__other__`.
+    pub max_instances: usize,
 }
 
 impl Default for FileIngest {
@@ -574,6 +578,8 @@ impl Default for FileIngest {
             max_tenants: d.max_tenants,
             tenant_idle_ttl: format_duration(d.tenant_idle_ttl),
             share_window: format_duration(d.share_window),
+            max_endpoints_per_tenant: d.max_endpoints_per_tenant,
+            max_instances: d.max_instances,
         }
     }
 }

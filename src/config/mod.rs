@@ -156,6 +156,11 @@ impl Config {
                 i.tenant_idle_ttl != j.tenant_idle_ttl,
             ),
             ("ingest.share_window", i.share_window != j.share_window),
+            (
+                "ingest.max_endpoints_per_tenant",
+                i.max_endpoints_per_tenant != j.max_endpoints_per_tenant,
+            ),
+            ("ingest.max_instances", i.max_instances != j.max_instances),
             ("log.format", a.log_format != b.log_format),
             // Debug forms compare every field; they are never logged.
             (

@@ -310,6 +310,13 @@ fn validate_ingest(v: &mut Validator, i: &FileIngest) -> IngestSettings {
         max_tenants: v.range("ingest.max_tenants", i.max_tenants, 1, 10_000_000),
         tenant_idle_ttl: v.duration("ingest.tenant_idle_ttl", &i.tenant_idle_ttl),
         share_window: v.duration("ingest.share_window", &i.share_window),
+        max_endpoints_per_tenant: v.range(
+            "ingest.max_endpoints_per_tenant",
+            i.max_endpoints_per_tenant,
+            1,
+            1000,
+        ),
+        max_instances: v.range("ingest.max_instances", i.max_instances, 1, 100_000),
     };
     if !(i.min_sample_rate.is_finite() && i.min_sample_rate > 0.0 && i.min_sample_rate <= 1.0) {
         v.fail(

@@ -109,30 +109,65 @@ async fn create_schemas(
 const DEMO_APP_ROLE: &str = "demo_app";
 
 /// Sends tenant query events the way an application would: NDJSON over
-/// UDP, batched.
+/// UDP, batched, each with the endpoint that ran it and the sending
+/// instance (as a pod would).
 struct EventSender {
     socket: std::net::UdpSocket,
     batch: String,
     lines: usize,
+    instance: String,
+}
+
+/// One query's event.
+struct QueryEvent<'a> {
+    tenant: &'a str,
+    kind: &'a str,
+    endpoint: &'a str,
+    duration: Duration,
+    rows: usize,
+    error: bool,
 }
 
 impl EventSender {
-    fn new(daemon_udp: SocketAddr) -> std::io::Result<EventSender> {
+    fn new(daemon_udp: SocketAddr, instance: String) -> std::io::Result<EventSender> {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
         socket.connect(daemon_udp)?;
         Ok(EventSender {
             socket,
             batch: String::new(),
             lines: 0,
+            instance,
         })
     }
 
-    fn add(&mut self, tenant: &str, kind: &str, duration: Duration, rows: usize, error: bool) {
+    fn add(&mut self, e: QueryEvent<'_>) {
         let _ = writeln!(
             self.batch,
-            r#"{{"tenant":"{tenant}","kind":"{kind}","duration_ms":{:.3},"rows":{rows},"error":{error}}}"#,
-            duration.as_secs_f64() * 1000.0
+            r#"{{"tenant":"{}","kind":"{}","duration_ms":{:.3},"rows":{},"error":{},"endpoint":"{}","instance":"{}"}}"#,
+            e.tenant,
+            e.kind,
+            e.duration.as_secs_f64() * 1000.0,
+            e.rows,
+            e.error,
+            e.endpoint,
+            self.instance
         );
+        self.line_added();
+    }
+
+    /// The time it took to switch the session to the tenant.
+    fn add_schema_switch(&mut self, tenant: &str, duration: Duration) {
+        let _ = writeln!(
+            self.batch,
+            r#"{{"tenant":"{tenant}","kind":"schema_switch","duration_ms":{:.3},"instance":"{}"}}"#,
+            duration.as_secs_f64() * 1000.0,
+            self.instance
+        );
+        self.line_added();
+    }
+
+    /// Sends a datagram every 20 lines.
+    fn line_added(&mut self) {
         self.lines += 1;
         if self.lines >= 20 {
             self.flush();
@@ -220,10 +255,23 @@ impl CheckClient {
 async fn app_clients(
     (daemon_http, daemon_udp): (SocketAddr, SocketAddr),
     dsn: &str,
+    instance: String,
 ) -> Option<(CheckClient, Client, EventSender)> {
     let client = connect(dsn).await.ok()?;
-    let events = EventSender::new(daemon_udp).ok()?;
+    let events = EventSender::new(daemon_udp, instance).ok()?;
     Some((CheckClient::new(daemon_http), client, events))
+}
+
+/// The application's switch of its session to `tenant`, timed and sent as
+/// a `schema_switch` event.
+async fn switch_to(client: &Client, events: &mut EventSender, tenant: &str) {
+    let switching = Instant::now();
+    let switched = client
+        .batch_execute(&format!("SET search_path TO tenant_{tenant}"))
+        .await;
+    if switched.is_ok() {
+        events.add_schema_switch(tenant, switching.elapsed());
+    }
 }
 
 /// A well-behaved application worker: short, tagged queries for tenants
@@ -235,7 +283,8 @@ async fn healthy_worker(
     seed: u64,
     shutdown: CancellationToken,
 ) {
-    let Some((mut limits, client, mut events)) = app_clients(daemon, &dsn).await else {
+    let instance = format!("web-{seed}");
+    let Some((mut limits, client, mut events)) = app_clients(daemon, &dsn, instance).await else {
         return;
     };
     let mut rng = seed
@@ -267,16 +316,22 @@ async fn healthy_worker(
                 1 + rng % 1000
             )
         };
+        switch_to(&client, &mut events, tenant).await;
         let started = Instant::now();
         let result = client.query(&sql, &[]).await;
         let rows = result.as_ref().map(|r| r.len()).unwrap_or(0);
-        events.add(
+        events.add(QueryEvent {
             tenant,
-            if write { "write" } else { "read" },
-            started.elapsed(),
-            if write { 1 } else { rows },
-            result.is_err(),
-        );
+            kind: if write { "write" } else { "read" },
+            endpoint: if write {
+                "POST /appointments"
+            } else {
+                "GET /patients/{id}/appointments"
+            },
+            duration: started.elapsed(),
+            rows: if write { 1 } else { rows },
+            error: result.is_err(),
+        });
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -288,7 +343,9 @@ async fn healthy_worker(
 /// The misbehaving tenant's worker: a heavy query in a loop. It asks for
 /// permission and backs off when denied, so the tightened quota shows.
 async fn noisy_worker(daemon: (SocketAddr, SocketAddr), dsn: String, shutdown: CancellationToken) {
-    let Some((mut limits, client, mut events)) = app_clients(daemon, &dsn).await else {
+    let Some((mut limits, client, mut events)) =
+        app_clients(daemon, &dsn, "reports-1".into()).await
+    else {
         return;
     };
     let tenant = NOISY_TENANT;
@@ -304,12 +361,20 @@ async fn noisy_worker(daemon: (SocketAddr, SocketAddr), dsn: String, shutdown: C
                 _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
             }
         }
+        switch_to(&client, &mut events, tenant).await;
         let started = Instant::now();
         let result = tokio::select! {
             _ = shutdown.cancelled() => break,
             result = client.query(&sql, &[]) => result,
         };
-        events.add(tenant, "read", started.elapsed(), 1, result.is_err());
+        events.add(QueryEvent {
+            tenant,
+            kind: "read",
+            endpoint: "GET /reports/overlaps",
+            duration: started.elapsed(),
+            rows: 1,
+            error: result.is_err(),
+        });
         events.flush();
     }
 }

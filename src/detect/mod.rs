@@ -531,6 +531,8 @@ mod tests {
 
     fn query(tenant: &str, duration_ms: f64, weight: f64, error: bool) -> Event<'_> {
         Event {
+            endpoint: None,
+            instance: None,
             tenant: Cow::Borrowed(tenant),
             kind: QueryKind::Read,
             sample: Sample::Query {
@@ -551,6 +553,8 @@ mod tests {
                     max_tenants: 10_000,
                     tenant_idle_ttl: Duration::from_secs(3600),
                     share_window: Duration::from_secs(60),
+                    max_endpoints_per_tenant: 20,
+                    max_instances: 500,
                 },
                 clock.clone(),
             );

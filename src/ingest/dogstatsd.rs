@@ -21,7 +21,7 @@ use std::borrow::Cow;
 
 use crate::event::{
     Event, QueryKind, Reject, RejectReason, Sample, validate_count, validate_duration_ms,
-    validate_tenant,
+    validate_label, validate_tenant,
 };
 
 /// At most this many values in one multi-value line; more is a malformed line.
@@ -32,6 +32,8 @@ enum Metric {
     Query,
     Rows,
     Errors,
+    /// `tenantwatch.schema_switch`: the time to switch a session to the tenant.
+    SchemaSwitch,
 }
 
 /// Splits on an ASCII byte with a plain scan: lines are short, and this beats
@@ -101,21 +103,22 @@ pub fn parse_line<'a>(
         "tenantwatch.query" => Metric::Query,
         "tenantwatch.rows" => Metric::Rows,
         "tenantwatch.errors" => Metric::Errors,
+        "tenantwatch.schema_switch" => Metric::SchemaSwitch,
         _ => {
             return Err(Reject::new(
                 RejectReason::UnknownMetric,
-                "metric must be tenantwatch.query, tenantwatch.rows or tenantwatch.errors",
+                "metric must be tenantwatch.query, tenantwatch.rows, tenantwatch.errors or tenantwatch.schema_switch",
             ));
         }
     };
     let type_ok = match metric {
-        Metric::Query => matches!(metric_type, "ms" | "h" | "d"),
+        Metric::Query | Metric::SchemaSwitch => matches!(metric_type, "ms" | "h" | "d"),
         Metric::Rows | Metric::Errors => metric_type == "c",
     };
     if !type_ok {
         return Err(Reject::new(
             RejectReason::UnsupportedType,
-            "tenantwatch.query takes ms, h or d; tenantwatch.rows and tenantwatch.errors take c",
+            "tenantwatch.query and tenantwatch.schema_switch take ms, h or d; tenantwatch.rows and tenantwatch.errors take c",
         ));
     }
 
@@ -125,6 +128,8 @@ pub fn parse_line<'a>(
         kind,
         error,
         rows,
+        endpoint,
+        instance,
     } = parse_sections(metric, sections)?;
     if sample_rate < min_sample_rate {
         // 1/rate weighs the line: a tiny rate would let one line outweigh a
@@ -139,6 +144,9 @@ pub fn parse_line<'a>(
         "missing tag tenant",
     ))?;
     validate_tenant(tenant)?;
+    for label in [endpoint, instance].into_iter().flatten() {
+        validate_label(label)?;
+    }
     let weight = 1.0 / sample_rate;
 
     let make_event = |value: f64| Event {
@@ -153,7 +161,13 @@ pub fn parse_line<'a>(
             },
             Metric::Rows => Sample::Rows(value * weight),
             Metric::Errors => Sample::Errors(value * weight),
+            Metric::SchemaSwitch => Sample::SchemaSwitch {
+                duration_ms: value,
+                weight,
+            },
         },
+        endpoint: endpoint.map(Cow::Borrowed),
+        instance: instance.map(Cow::Borrowed),
     };
     if !values.contains(':') {
         emit(make_event(parse_value(metric, values)?));
@@ -185,6 +199,8 @@ struct Sections<'a> {
     kind: QueryKind,
     error: bool,
     rows: f64,
+    endpoint: Option<&'a str>,
+    instance: Option<&'a str>,
 }
 
 fn parse_sections<'a>(
@@ -197,6 +213,8 @@ fn parse_sections<'a>(
         kind: QueryKind::Other,
         error: false,
         rows: 0.0,
+        endpoint: None,
+        instance: None,
     };
     for section in sections {
         match section.as_bytes().first() {
@@ -232,6 +250,8 @@ fn apply_tag<'a>(
 ) -> Result<(), Reject> {
     match key {
         "tenant" if out.tenant.is_none() => out.tenant = Some(value),
+        "endpoint" if out.endpoint.is_none() => out.endpoint = Some(value),
+        "instance" | "pod" if out.instance.is_none() => out.instance = Some(value),
         "kind" => {
             out.kind = QueryKind::parse(value).ok_or(Reject::new(
                 RejectReason::InvalidKind,
@@ -266,11 +286,13 @@ fn apply_tag<'a>(
 
 fn parse_value(metric: Metric, text: &str) -> Result<f64, Reject> {
     let value: f64 = text.parse().map_err(|_| match metric {
-        Metric::Query => Reject::new(RejectReason::InvalidDuration, "value is not a number"),
+        Metric::Query | Metric::SchemaSwitch => {
+            Reject::new(RejectReason::InvalidDuration, "value is not a number")
+        }
         _ => Reject::new(RejectReason::InvalidValue, "value is not a number"),
     })?;
     match metric {
-        Metric::Query => validate_duration_ms(value),
+        Metric::Query | Metric::SchemaSwitch => validate_duration_ms(value),
         Metric::Rows | Metric::Errors => validate_count(value),
     }
 }
@@ -291,11 +313,39 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_pod_and_schema_switch_tags() {
+        let events =
+            parse_all("tenantwatch.query:8|ms|#tenant:t1,endpoint:GET /p/{id},pod:web-1").unwrap();
+        assert_eq!(events[0].endpoint.as_deref(), Some("GET /p/{id}"));
+        assert_eq!(events[0].instance.as_deref(), Some("web-1"));
+        let events = parse_all("tenantwatch.query:8|ms|#instance:web-2,tenant:t1").unwrap();
+        assert_eq!(events[0].instance.as_deref(), Some("web-2"));
+        let events = parse_all("tenantwatch.schema_switch:0.5|ms|@0.5|#tenant:t1").unwrap();
+        assert_eq!(
+            events[0].sample,
+            Sample::SchemaSwitch {
+                duration_ms: 0.5,
+                weight: 2.0
+            }
+        );
+        assert_eq!(
+            reason("tenantwatch.query:1|ms|#tenant:t1,endpoint:__x"),
+            RejectReason::InvalidLabel
+        );
+        assert_eq!(
+            reason("tenantwatch.schema_switch:1|c|#tenant:t1"),
+            RejectReason::UnsupportedType
+        );
+    }
+
+    #[test]
     fn parses_the_documented_example() {
         let events = parse_all("tenantwatch.query:12.5|ms|#tenant:clinic1,kind:read").unwrap();
         assert_eq!(
             events,
             vec![Event {
+                endpoint: None,
+                instance: None,
                 tenant: Cow::Borrowed("clinic1"),
                 kind: QueryKind::Read,
                 sample: Sample::Query {

@@ -40,6 +40,10 @@ pub struct IngestSettings {
     pub tenant_idle_ttl: std::time::Duration,
     /// Window over which `tenantwatch_tenant_db_time_share` is computed.
     pub share_window: std::time::Duration,
+    /// Endpoints kept per tenant; more count under `__other__`.
+    pub max_endpoints_per_tenant: usize,
+    /// Instances (pods) kept; more count under `__other__`.
+    pub max_instances: usize,
 }
 
 impl Default for IngestSettings {
@@ -55,6 +59,8 @@ impl Default for IngestSettings {
             max_tenants: 10_000,
             tenant_idle_ttl: std::time::Duration::from_secs(15 * 60),
             share_window: std::time::Duration::from_secs(60),
+            max_endpoints_per_tenant: 20,
+            max_instances: 500,
         }
     }
 }
@@ -81,6 +87,8 @@ impl IngestSettings {
             max_tenants: self.max_tenants,
             tenant_idle_ttl: self.tenant_idle_ttl,
             share_window: self.share_window,
+            max_endpoints_per_tenant: self.max_endpoints_per_tenant,
+            max_instances: self.max_instances,
         }
     }
 }
@@ -162,6 +170,8 @@ mod tests {
                 max_tenants: 100,
                 tenant_idle_ttl: Duration::from_secs(60),
                 share_window: Duration::from_secs(60),
+                max_endpoints_per_tenant: 20,
+                max_instances: 500,
             },
             Arc::new(ManualClock::default()),
         )

@@ -15,7 +15,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::event::{
     Event, QueryKind, Reject, RejectReason, Sample, validate_count, validate_duration_ms,
-    validate_tenant,
+    validate_label, validate_tenant,
 };
 
 /// A JSON value reduced to what the event fields can hold.
@@ -89,6 +89,25 @@ struct WireEvent<'a> {
     rows: Option<Scalar<'a>>,
     #[serde(borrow, default)]
     error: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    endpoint: Option<Scalar<'a>>,
+    #[serde(borrow, default)]
+    instance: Option<Scalar<'a>>,
+}
+
+/// An optional `endpoint` or `instance`: a string that can be a label value.
+fn label<'a>(field: Option<Scalar<'a>>) -> Result<Option<Cow<'a, str>>, Reject> {
+    match field {
+        None | Some(Scalar::Null) => Ok(None),
+        Some(Scalar::Str(value)) => {
+            validate_label(&value)?;
+            Ok(Some(value))
+        }
+        Some(_) => Err(Reject::new(
+            RejectReason::InvalidLabel,
+            "endpoint and instance must be strings",
+        )),
+    }
 }
 
 /// Parses one NDJSON line (without its newline).
@@ -122,10 +141,14 @@ pub fn parse_line(line: &str) -> Result<Event<'_>, Reject> {
     };
     validate_tenant(&tenant)?;
 
+    // `schema_switch` is the time to switch a session to the tenant, not a
+    // query: it has no kind of its own.
+    let schema_switch = matches!(&wire.kind, Some(Scalar::Str(kind)) if kind == "schema_switch");
     let kind = match wire.kind {
+        _ if schema_switch => QueryKind::Other,
         Some(Scalar::Str(kind)) => QueryKind::parse(&kind).ok_or(Reject::new(
             RejectReason::InvalidKind,
-            "kind must be read, write or other",
+            "kind must be read, write, other or schema_switch",
         ))?,
         None | Some(Scalar::Null) => {
             return Err(Reject::new(
@@ -136,7 +159,7 @@ pub fn parse_line(line: &str) -> Result<Event<'_>, Reject> {
         Some(_) => {
             return Err(Reject::new(
                 RejectReason::InvalidKind,
-                "kind must be read, write or other",
+                "kind must be read, write, other or schema_switch",
             ));
         }
     };
@@ -181,15 +204,27 @@ pub fn parse_line(line: &str) -> Result<Event<'_>, Reject> {
         }
     };
 
-    Ok(Event {
-        tenant,
-        kind,
-        sample: Sample::Query {
+    let endpoint = label(wire.endpoint)?;
+    let instance = label(wire.instance)?;
+    let sample = if schema_switch {
+        Sample::SchemaSwitch {
+            duration_ms,
+            weight: 1.0,
+        }
+    } else {
+        Sample::Query {
             duration_ms,
             rows,
             error,
             weight: 1.0,
-        },
+        }
+    };
+    Ok(Event {
+        tenant,
+        kind,
+        sample,
+        endpoint,
+        instance,
     })
 }
 
@@ -202,6 +237,46 @@ mod tests {
         parse_line(line)
             .expect_err("line should be rejected")
             .reason
+    }
+
+    #[test]
+    fn endpoint_instance_and_schema_switch() {
+        let event = parse_line(
+            r#"{"tenant":"t1","kind":"read","duration_ms":8,"endpoint":"GET /patients/{id}","instance":"web-7d9f"}"#,
+        )
+        .unwrap();
+        assert_eq!(event.endpoint.as_deref(), Some("GET /patients/{id}"));
+        assert_eq!(event.instance.as_deref(), Some("web-7d9f"));
+        let switch =
+            parse_line(r#"{"tenant":"t1","kind":"schema_switch","duration_ms":0.4}"#).unwrap();
+        assert_eq!(
+            switch.sample,
+            Sample::SchemaSwitch {
+                duration_ms: 0.4,
+                weight: 1.0
+            }
+        );
+        for bad in [
+            r#"{"tenant":"t1","kind":"read","duration_ms":1,"endpoint":""}"#,
+            r#"{"tenant":"t1","kind":"read","duration_ms":1,"endpoint":"__other__"}"#,
+            r#"{"tenant":"t1","kind":"read","duration_ms":1,"endpoint":"a\"b"}"#,
+            r#"{"tenant":"t1","kind":"read","duration_ms":1,"instance":7}"#,
+            r#"{"tenant":"t1","kind":"read","duration_ms":1,"instance":"tab\there"}"#,
+        ] {
+            assert_eq!(
+                parse_line(bad).unwrap_err().reason,
+                RejectReason::InvalidLabel,
+                "{bad}"
+            );
+        }
+        let long = format!(
+            r#"{{"tenant":"t1","kind":"read","duration_ms":1,"endpoint":"{}"}}"#,
+            "e".repeat(129)
+        );
+        assert_eq!(
+            parse_line(&long).unwrap_err().reason,
+            RejectReason::InvalidLabel
+        );
     }
 
     #[test]

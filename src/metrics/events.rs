@@ -196,7 +196,78 @@ impl StoreExposition {
             out.push('\n');
         }
 
-        let totals: [(&str, &str, &str, u64); 3] = [
+        let name = "tenantwatch_tenant_endpoint_requests";
+        header(
+            out,
+            name,
+            "Queries reported with an endpoint, per tenant and endpoint (at most ingest.max_endpoints_per_tenant per tenant, the rest under __other__).",
+            "counter",
+        );
+        for tenant in &snapshot.tenants {
+            for (endpoint, totals) in &tenant.endpoints {
+                out.push_str(name);
+                out.push_str("_total{tenant=\"");
+                push_label_value(out, &tenant.tenant);
+                out.push_str("\",endpoint=\"");
+                push_label_value(out, endpoint);
+                out.push_str("\"} ");
+                push_count(out, totals.queries);
+                out.push('\n');
+            }
+        }
+        let name = "tenantwatch_tenant_endpoint_duration_seconds";
+        header(
+            out,
+            name,
+            "Query latency reported with an endpoint, per tenant and endpoint.",
+            "histogram",
+        );
+        for tenant in &snapshot.tenants {
+            for (endpoint, totals) in &tenant.endpoints {
+                labels.clear();
+                labels.push_str("tenant=\"");
+                push_label_value(&mut labels, &tenant.tenant);
+                labels.push_str("\",endpoint=\"");
+                push_label_value(&mut labels, endpoint);
+                labels.push('"');
+                self.histogram(out, name, &labels, [Some(totals)].into_iter());
+            }
+        }
+        let name = "tenantwatch_tenant_schema_switch_duration_seconds";
+        header(
+            out,
+            name,
+            "Time to switch a session to the tenant (schema_switch events), per tenant; not counted as queries nor database time.",
+            "histogram",
+        );
+        for tenant in &snapshot.tenants {
+            if let Some(totals) = &tenant.schema_switch {
+                labels.clear();
+                labels.push_str("tenant=\"");
+                push_label_value(&mut labels, &tenant.tenant);
+                labels.push('"');
+                self.histogram(out, name, &labels, [Some(totals)].into_iter());
+            }
+        }
+        let name = "tenantwatch_instance_queries";
+        header(
+            out,
+            name,
+            "Queries reported per application instance (pod), from the events' instance (at most ingest.max_instances, the rest under __other__).",
+            "counter",
+        );
+        for (instance, queries) in &snapshot.instances {
+            out.push_str(name);
+            // Not `instance`: Prometheus sets that label to the scraped
+            // target, and would rename or overwrite ours.
+            out.push_str("_total{app_instance=\"");
+            push_label_value(out, instance);
+            out.push_str("\"} ");
+            push_count(out, *queries);
+            out.push('\n');
+        }
+
+        let totals: [(&str, &str, &str, u64); 5] = [
             (
                 "tenantwatch_tenants_tracked",
                 "Tenants currently tracked from events (at most ingest.max_tenants; the overflow bucket not counted).",
@@ -214,6 +285,18 @@ impl StoreExposition {
                 "Tenants forgotten after ingest.tenant_idle_ttl without an event.",
                 "counter",
                 snapshot.evicted,
+            ),
+            (
+                "tenantwatch_endpoints_folded",
+                "Events whose endpoint went to __other__ because their tenant had ingest.max_endpoints_per_tenant endpoints.",
+                "counter",
+                snapshot.endpoints_folded,
+            ),
+            (
+                "tenantwatch_instances_folded",
+                "Events whose instance went to __other__ because ingest.max_instances instances were tracked.",
+                "counter",
+                snapshot.instances_folded,
             ),
         ];
         for (name, help, metric_type, value) in totals {

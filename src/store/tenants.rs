@@ -14,8 +14,14 @@
 //! `tenant_idle_ttl` are evicted from every shard at once, so a tenant's
 //! counters never go backwards while it is still tracked.
 //!
-//! Lock order: a shard before the registry; [`Store::evict_idle`] takes all
-//! shards in index order, then the registry.
+//! Endpoints and instances (pods) are bounded the same way: each tenant
+//! admits at most `max_endpoints_per_tenant` endpoints and the store at most
+//! `max_instances` instances, the rest count under [`OTHER_LABEL`], so a
+//! flood of random names costs one bucket, not memory.
+//!
+//! Lock order: a shard (its tenants, then its instances) before a registry;
+//! [`Store::evict_idle`] takes all shards in index order, then the
+//! registries.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +29,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::event::{Event, OVERFLOW_TENANT, QueryKind, Sample};
+
+/// The endpoint or instance that gathers those beyond the caps.
+pub const OTHER_LABEL: &str = "__other__";
 
 /// Upper bounds of the latency histogram buckets, in seconds: 0.5 ms to 30 s.
 pub const LATENCY_BUCKETS_SECONDS: [f64; 15] = [
@@ -115,6 +124,10 @@ pub struct StoreLimits {
     pub max_tenants: usize,
     pub tenant_idle_ttl: Duration,
     pub share_window: Duration,
+    /// Endpoints kept per tenant; the rest count under [`OTHER_LABEL`].
+    pub max_endpoints_per_tenant: usize,
+    /// Instances (pods) kept; the rest count under [`OTHER_LABEL`].
+    pub max_instances: usize,
 }
 
 /// Cumulative figures for one tenant and one kind of query. Counts are `f64`
@@ -130,6 +143,14 @@ pub struct KindTotals {
 }
 
 impl KindTotals {
+    /// Adds `weight` observations of `duration_ms`.
+    fn observe(&mut self, duration_ms: f64, weight: f64) {
+        self.queries += weight;
+        self.duration_sum_ms += duration_ms * weight;
+        let bucket = LATENCY_BUCKETS_MS.partition_point(|bound| *bound < duration_ms);
+        self.buckets[bucket] += weight;
+    }
+
     fn merge(&mut self, other: &KindTotals) {
         self.queries += other.queries;
         self.errors += other.errors;
@@ -147,11 +168,34 @@ struct TenantAccumulator {
     /// Database time per window slot: (slot number, milliseconds).
     window: [(u64, f64); WINDOW_SLOTS],
     last_seen_ms: u64,
+    /// Only for tenants that send endpoints or schema switches, so the
+    /// others cost nothing more to copy at snapshot time.
+    extras: Option<Box<TenantExtras>>,
+}
+
+/// A tenant's per-endpoint requests and its schema-switch times.
+#[derive(Debug, Clone, Default)]
+struct TenantExtras {
+    /// `queries`, `errors`, `duration_sum_ms` and `buckets` per endpoint.
+    endpoints: HashMap<Arc<str>, KindTotals, foldhash::fast::RandomState>,
+    schema_switch: Option<KindTotals>,
 }
 
 impl TenantAccumulator {
     fn record(&mut self, kind: QueryKind, sample: Sample, now_ms: u64, slot: u64) {
         self.last_seen_ms = now_ms;
+        if let Sample::SchemaSwitch {
+            duration_ms,
+            weight,
+        } = sample
+        {
+            // Not a query: no kind, no database time.
+            self.extras()
+                .schema_switch
+                .get_or_insert_with(KindTotals::default)
+                .observe(duration_ms, weight);
+            return;
+        }
         let totals = self.kinds[kind.index()].get_or_insert_with(KindTotals::default);
         match sample {
             Sample::Query {
@@ -177,6 +221,30 @@ impl TenantAccumulator {
             }
             Sample::Rows(rows) => totals.rows += rows,
             Sample::Errors(errors) => totals.errors += errors,
+            Sample::SchemaSwitch { .. } => {}
+        }
+    }
+
+    fn extras(&mut self) -> &mut TenantExtras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    fn has_endpoint(&self, endpoint: &str) -> bool {
+        self.extras
+            .as_ref()
+            .is_some_and(|e| e.endpoints.contains_key(endpoint))
+    }
+
+    /// Counts a query against `endpoint` (already admitted).
+    fn record_endpoint(&mut self, endpoint: &str, duration_ms: f64, error: bool, weight: f64) {
+        let endpoints = &mut self.extras().endpoints;
+        let totals = match endpoints.get_mut(endpoint) {
+            Some(totals) => totals,
+            None => endpoints.entry(endpoint.into()).or_default(),
+        };
+        totals.observe(duration_ms, weight);
+        if error {
+            totals.errors += weight;
         }
     }
 
@@ -197,9 +265,13 @@ impl TenantAccumulator {
 /// per tenant, not an allocation, while it holds the shard's lock.
 type TenantMap = HashMap<Arc<str>, TenantAccumulator, foldhash::fast::RandomState>;
 
+/// Queries per instance, and when each was last seen.
+type InstanceMap = HashMap<Arc<str>, (f64, u64), foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct Shard {
     tenants: Mutex<TenantMap>,
+    instances: Mutex<InstanceMap>,
 }
 
 /// Locks a mutex, ignoring poisoning: the data behind our locks are plain
@@ -219,6 +291,12 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     overflow_events: AtomicU64,
     evicted: AtomicU64,
+    /// Endpoints admitted per tenant, under `max_endpoints_per_tenant`.
+    endpoint_registry: Mutex<HashMap<Box<str>, std::collections::HashSet<Box<str>>>>,
+    /// Instances admitted, under `max_instances`.
+    instance_registry: Mutex<std::collections::HashSet<Box<str>>>,
+    endpoints_folded: AtomicU64,
+    instances_folded: AtomicU64,
 }
 
 /// One tenant's figures at read time.
@@ -233,6 +311,11 @@ pub struct TenantSnapshot {
     pub db_time_share: f64,
     /// Milliseconds since the tenant's last event.
     pub idle_ms: u64,
+    /// Per endpoint, by name (at most `max_endpoints_per_tenant` and
+    /// [`OTHER_LABEL`]): `queries` are its requests.
+    pub endpoints: Vec<(String, KindTotals)>,
+    /// Schema-switch times (`queries` counts the switches).
+    pub schema_switch: Option<KindTotals>,
 }
 
 /// The whole store at read time, tenants sorted by id.
@@ -247,6 +330,12 @@ pub struct StoreSnapshot {
     pub evicted: u64,
     /// All tenants' database time over the window, in milliseconds.
     pub window_db_time_ms: f64,
+    /// Queries per instance, by name (at most `max_instances` and
+    /// [`OTHER_LABEL`]).
+    pub instances: Vec<(String, f64)>,
+    /// Events whose endpoint or instance went to [`OTHER_LABEL`] since start.
+    pub endpoints_folded: u64,
+    pub instances_folded: u64,
 }
 
 impl Store {
@@ -260,6 +349,10 @@ impl Store {
             clock,
             overflow_events: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            endpoint_registry: Mutex::default(),
+            instance_registry: Mutex::default(),
+            endpoints_folded: AtomicU64::new(0),
+            instances_folded: AtomicU64::new(0),
         }
     }
 
@@ -270,12 +363,44 @@ impl Store {
     /// Locks shard `index` (modulo the shard count) for a batch of events.
     pub fn writer(&self, index: usize) -> ShardWriter<'_> {
         let now_ms = self.clock.now_ms();
+        let shard = &self.shards[index % self.shards.len()];
         ShardWriter {
-            tenants: lock(&self.shards[index % self.shards.len()].tenants),
+            tenants: lock(&shard.tenants),
+            instances: &shard.instances,
             store: self,
             now_ms,
             slot: now_ms / self.slot_ms,
         }
+    }
+
+    /// Admits `endpoint` for `tenant` if it is known or there is room.
+    fn admit_endpoint(&self, tenant: &str, endpoint: &str) -> bool {
+        let mut registry = lock(&self.endpoint_registry);
+        let admitted = match registry.get_mut(tenant) {
+            Some(admitted) => admitted,
+            None => registry.entry(tenant.into()).or_default(),
+        };
+        if admitted.contains(endpoint) {
+            return true;
+        }
+        if admitted.len() < self.limits.max_endpoints_per_tenant {
+            admitted.insert(endpoint.into());
+            return true;
+        }
+        false
+    }
+
+    /// Admits `instance` if it is known or there is room.
+    fn admit_instance(&self, instance: &str) -> bool {
+        let mut registry = lock(&self.instance_registry);
+        if registry.contains(instance) {
+            return true;
+        }
+        if registry.len() < self.limits.max_instances {
+            registry.insert(instance.into());
+            return true;
+        }
+        false
     }
 
     /// Admits `tenant` if it is known or there is room for it.
@@ -312,12 +437,30 @@ impl Store {
                         .entry(name.clone())
                         .or_insert_with(|| TenantSnapshot {
                             tenant: name.to_string(),
-                            kinds: Default::default(),
-                            window_db_time_ms: 0.0,
-                            db_time_share: 0.0,
                             idle_ms: u64::MAX,
+                            ..TenantSnapshot::default()
                         }),
                 };
+                if let Some(extras) = &acc.extras {
+                    for (endpoint, theirs) in &extras.endpoints {
+                        match snapshot
+                            .endpoints
+                            .iter_mut()
+                            .find(|(e, _)| **e == **endpoint)
+                        {
+                            Some((_, mine)) => mine.merge(theirs),
+                            None => snapshot
+                                .endpoints
+                                .push((endpoint.to_string(), theirs.clone())),
+                        }
+                    }
+                    if let Some(theirs) = &extras.schema_switch {
+                        snapshot
+                            .schema_switch
+                            .get_or_insert_with(KindTotals::default)
+                            .merge(theirs);
+                    }
+                }
                 for (mine, theirs) in snapshot.kinds.iter_mut().zip(&acc.kinds) {
                     if let Some(theirs) = theirs {
                         mine.get_or_insert_with(KindTotals::default).merge(theirs);
@@ -331,6 +474,20 @@ impl Store {
         }
         let mut tenants: Vec<TenantSnapshot> = merged.into_values().collect();
         tenants.sort_unstable_by(|a, b| a.tenant.cmp(&b.tenant));
+        for tenant in &mut tenants {
+            tenant.endpoints.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        let mut instances: HashMap<Arc<str>, f64, foldhash::fast::RandomState> = HashMap::default();
+        for shard in self.shards.iter() {
+            for (name, (queries, _)) in lock(&shard.instances).iter() {
+                *instances.entry(name.clone()).or_default() += queries;
+            }
+        }
+        let mut instances: Vec<(String, f64)> = instances
+            .into_iter()
+            .map(|(name, queries)| (name.to_string(), queries))
+            .collect();
+        instances.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let window_db_time_ms: f64 = tenants.iter().map(|t| t.window_db_time_ms).sum();
         if window_db_time_ms > 0.0 {
             for tenant in &mut tenants {
@@ -343,6 +500,9 @@ impl Store {
             overflow_events: self.overflow_events.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
             window_db_time_ms,
+            instances,
+            endpoints_folded: self.endpoints_folded.load(Ordering::Relaxed),
+            instances_folded: self.instances_folded.load(Ordering::Relaxed),
         }
     }
 
@@ -356,6 +516,7 @@ impl Store {
     pub fn evict_idle(&self) -> usize {
         let now_ms = self.clock.now_ms();
         let ttl_ms = self.limits.tenant_idle_ttl.as_millis() as u64;
+        self.evict_idle_instances(now_ms, ttl_ms);
         let mut shards: Vec<MutexGuard<'_, TenantMap>> =
             self.shards.iter().map(|s| lock(&s.tenants)).collect();
 
@@ -386,14 +547,54 @@ impl Store {
                 evicted += 1;
             }
         }
+        drop(registry);
+        let mut endpoints = lock(&self.endpoint_registry);
+        for name in &expired {
+            endpoints.remove(name);
+        }
         self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
         evicted
+    }
+
+    /// Removes instances with no event for `tenant_idle_ttl` (pods come and
+    /// go; a cap full of departed pods would fold every new one).
+    fn evict_idle_instances(&self, now_ms: u64, ttl_ms: u64) {
+        let mut shards: Vec<MutexGuard<'_, InstanceMap>> =
+            self.shards.iter().map(|s| lock(&s.instances)).collect();
+        let mut last_seen: HashMap<Arc<str>, u64> = HashMap::new();
+        for shard in &shards {
+            for (name, (_, seen)) in shard.iter() {
+                let latest = last_seen.entry(name.clone()).or_insert(0);
+                *latest = (*latest).max(*seen);
+            }
+        }
+        let expired: Vec<Arc<str>> = last_seen
+            .into_iter()
+            .filter(|(_, seen)| now_ms.saturating_sub(*seen) >= ttl_ms)
+            .map(|(name, _)| name)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for shard in &mut shards {
+            for name in &expired {
+                shard.remove(name);
+            }
+        }
+        drop(shards);
+        let mut registry = lock(&self.instance_registry);
+        for name in &expired {
+            registry.remove(name.as_ref());
+        }
     }
 }
 
 /// A locked shard, for recording one batch of events.
 pub struct ShardWriter<'a> {
     tenants: MutexGuard<'a, TenantMap>,
+    /// Locked per event that names an instance (uncontended but for a
+    /// snapshot's copy).
+    instances: &'a Mutex<InstanceMap>,
     store: &'a Store,
     now_ms: u64,
     slot: u64,
@@ -404,21 +605,73 @@ impl ShardWriter<'_> {
     /// tenant is new and `max_tenants` are already tracked.
     pub fn record(&mut self, event: &Event<'_>) {
         let (now_ms, slot) = (self.now_ms, self.slot);
-        if let Some(acc) = self.tenants.get_mut(event.tenant.as_ref()) {
+        let tenant: &str = event.tenant.as_ref();
+        if let Some(acc) = self.tenants.get_mut(tenant) {
             acc.record(event.kind, event.sample, now_ms, slot);
+            record_endpoint(self.store, acc, tenant, event);
+        } else if self.store.admit(tenant) {
+            let acc = self.tenants.entry(tenant.into()).or_default();
+            acc.record(event.kind, event.sample, now_ms, slot);
+            record_endpoint(self.store, acc, tenant, event);
+        } else {
+            // The overflow bucket keeps no endpoints: they would be anyone's.
+            self.store.overflow_events.fetch_add(1, Ordering::Relaxed);
+            self.tenants
+                .entry(OVERFLOW_TENANT.into())
+                .or_default()
+                .record(event.kind, event.sample, now_ms, slot);
+        }
+        if let Some(instance) = &event.instance {
+            self.record_instance(instance, event.sample, now_ms);
+        }
+    }
+
+    /// Counts the event's queries against `instance`.
+    fn record_instance(&self, instance: &str, sample: Sample, now_ms: u64) {
+        let queries = match sample {
+            Sample::Query { weight, .. } => weight,
+            _ => 0.0,
+        };
+        let mut instances = lock(self.instances);
+        if let Some((total, seen)) = instances.get_mut(instance) {
+            *total += queries;
+            *seen = now_ms;
             return;
         }
-        let name: &str = if self.store.admit(&event.tenant) {
-            &event.tenant
+        let name: &str = if self.store.admit_instance(instance) {
+            instance
         } else {
-            self.store.overflow_events.fetch_add(1, Ordering::Relaxed);
-            OVERFLOW_TENANT
+            self.store.instances_folded.fetch_add(1, Ordering::Relaxed);
+            OTHER_LABEL
         };
-        self.tenants
-            .entry(name.into())
-            .or_default()
-            .record(event.kind, event.sample, now_ms, slot);
+        let entry = instances.entry(name.into()).or_default();
+        entry.0 += queries;
+        entry.1 = now_ms;
     }
+}
+
+/// Counts a query of a tracked tenant against its endpoint, admitting the
+/// endpoint under the tenant's cap or folding it into [`OTHER_LABEL`].
+fn record_endpoint(store: &Store, acc: &mut TenantAccumulator, tenant: &str, event: &Event<'_>) {
+    let (
+        Some(endpoint),
+        Sample::Query {
+            duration_ms,
+            error,
+            weight,
+            ..
+        },
+    ) = (&event.endpoint, event.sample)
+    else {
+        return;
+    };
+    let endpoint: &str = if acc.has_endpoint(endpoint) || store.admit_endpoint(tenant, endpoint) {
+        endpoint
+    } else {
+        store.endpoints_folded.fetch_add(1, Ordering::Relaxed);
+        OTHER_LABEL
+    };
+    acc.record_endpoint(endpoint, duration_ms, error, weight);
 }
 
 #[cfg(test)]
@@ -426,18 +679,88 @@ mod tests {
     use super::*;
     use std::borrow::Cow;
 
+    #[test]
+    fn endpoints_and_instances_stay_within_their_caps() {
+        let (store, clock) = store(10, 4);
+        for i in 0..100_000 {
+            let endpoint = format!("GET /random/{i}");
+            let instance = format!("pod-{i}");
+            let mut event = query(if i % 2 == 0 { "a" } else { "b" }, QueryKind::Read, 5.0);
+            event.endpoint = Some(Cow::Owned(endpoint));
+            event.instance = Some(Cow::Owned(instance));
+            store.writer(i).record(&event);
+        }
+        let snapshot = store.snapshot();
+        for tenant in &snapshot.tenants {
+            // 20 admitted, and __other__ for the rest, whatever the shard.
+            assert_eq!(tenant.endpoints.len(), 21, "{}", tenant.tenant);
+            let other = tenant
+                .endpoints
+                .iter()
+                .find(|(e, _)| e == OTHER_LABEL)
+                .unwrap();
+            assert_eq!(other.1.queries, 50_000.0 - 20.0);
+        }
+        assert_eq!(snapshot.instances.len(), 501);
+        assert_eq!(snapshot.endpoints_folded, 100_000 - 40);
+        assert_eq!(snapshot.instances_folded, 100_000 - 500);
+        let total: f64 = snapshot.instances.iter().map(|(_, q)| q).sum();
+        assert_eq!(total, 100_000.0);
+        // Instances silent for tenant_idle_ttl are forgotten, and room is made.
+        clock.advance(Duration::from_secs(301));
+        store.evict_idle();
+        assert!(store.snapshot().instances.is_empty());
+        let mut event = query("c", QueryKind::Read, 5.0);
+        event.instance = Some(Cow::Borrowed("pod-new"));
+        store.writer(0).record(&event);
+        assert_eq!(store.snapshot().instances, [("pod-new".to_string(), 1.0)]);
+    }
+
+    #[test]
+    fn a_schema_switch_is_neither_a_query_nor_database_time() {
+        let (store, _) = store(10, 1);
+        let switch = Event {
+            tenant: Cow::Borrowed("a"),
+            kind: QueryKind::Other,
+            sample: Sample::SchemaSwitch {
+                duration_ms: 2.0,
+                weight: 1.0,
+            },
+            endpoint: None,
+            instance: None,
+        };
+        let mut writer = store.writer(0);
+        writer.record(&switch);
+        writer.record(&query("a", QueryKind::Read, 10.0));
+        drop(writer);
+        let snapshot = store.snapshot();
+        let a = &snapshot.tenants[0];
+        assert_eq!(
+            a.kinds[QueryKind::Read.index()].as_ref().unwrap().queries,
+            1.0
+        );
+        assert!(a.kinds[QueryKind::Other.index()].is_none());
+        assert_eq!(a.window_db_time_ms, 10.0);
+        let switches = a.schema_switch.as_ref().unwrap();
+        assert_eq!((switches.queries, switches.duration_sum_ms), (1.0, 2.0));
+    }
+
     fn store(max_tenants: usize, shards: usize) -> (Store, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::default());
         let limits = StoreLimits {
             max_tenants,
             tenant_idle_ttl: Duration::from_secs(300),
             share_window: Duration::from_secs(60),
+            max_endpoints_per_tenant: 20,
+            max_instances: 500,
         };
         (Store::new(shards, limits, clock.clone()), clock)
     }
 
     fn query(tenant: &str, kind: QueryKind, duration_ms: f64) -> Event<'_> {
         Event {
+            endpoint: None,
+            instance: None,
             tenant: Cow::Borrowed(tenant),
             kind,
             sample: Sample::Query {
@@ -567,11 +890,15 @@ mod tests {
         let (store, _) = store(2, 1);
         let mut writer = store.writer(0);
         writer.record(&Event {
+            endpoint: None,
+            instance: None,
             tenant: Cow::Borrowed("a"),
             kind: QueryKind::Other,
             sample: Sample::Rows(5.0),
         });
         writer.record(&Event {
+            endpoint: None,
+            instance: None,
             tenant: Cow::Borrowed("a"),
             kind: QueryKind::Other,
             sample: Sample::Errors(2.0),
