@@ -16,6 +16,8 @@ fn store() -> &'static Store {
             max_tenants: 1000,
             tenant_idle_ttl: Duration::from_secs(3600),
             share_window: Duration::from_secs(60),
+            max_endpoints_per_tenant: 20,
+            max_instances: 500,
         };
         Store::new(1, limits, Arc::new(ManualClock::default()))
     })

@@ -1,4 +1,5 @@
-//! NDJSON events: never a panic; an accepted event is finite and bounded.
+//! NDJSON events: never a panic; an accepted event is finite and bounded,
+//! its endpoint and instance valid label values.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -17,6 +18,12 @@ fuzz_target!(|data: &[u8]| {
         {
             assert!((0.0..=MAX_DURATION_MS).contains(&duration_ms));
             assert!((0.0..=MAX_COUNT).contains(&rows));
+        }
+        for label in [&event.endpoint, &event.instance].into_iter().flatten() {
+            assert!(
+                tenantwatch::event::validate_label(label).is_ok(),
+                "{label:?}"
+            );
         }
     }
 });
