@@ -107,8 +107,10 @@ def fleet():
     b.panel("heatmap", "Query latency distribution", [
         {"expr": "sum by (le) (increase(tenantwatch_tenant_query_duration_seconds_bucket[$__rate_interval]))", "legendFormat": "{{le}}", "format": "heatmap"}],
         "s", w=24, options={"calculate": False, "yAxis": {"unit": "s"}, "color": {"scheme": "Oranges"}, "cellGap": 1})
-    b.panel(TS, "Queries/s by instance (pod)", [t("topk(20, sum by (app_instance) (rate(tenantwatch_instance_queries_total[$__rate_interval])))", "{{app_instance}}")], "reqps", w=24,
+    b.panel(TS, "Queries/s by instance (pod)", [t("topk(20, sum by (app_instance) (rate(tenantwatch_instance_queries_total[$__rate_interval])))", "{{app_instance}}")], "reqps",
             description="Per application instance, from the events' instance field; an overloaded pod stands out. At most ingest.max_instances, the rest as __other__.")
+    b.panel(TS, "Connections by application_name (pod)", [t('topk(20, sum by (application) (tenantwatch_target_application_connections{target=~"$target"}))', "{{application}}")], "short",
+            description="Client backends per application_name, as PostgreSQL sees them: set it to the pod name to see connections per pod.")
     b.panel(TS, "Queries/s by tier", [t("sum by (tier) (rate(tenantwatch_tenant_queries_total[$__rate_interval]) * on (job, instance, tenant) group_left (tier) tenantwatch_tenant_info)", "{{tier}}")], "reqps", w=24,
             description="Tenants with a tier ([ratelimit.tenants] or tenants.tiers_file), grouped by it through tenantwatch_tenant_info.")
     b.row("Flags")
