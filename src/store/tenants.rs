@@ -380,40 +380,19 @@ impl Store {
             Some(admitted) => admitted,
             None => registry.entry(tenant.into()).or_default(),
         };
-        if admitted.contains(endpoint) {
-            return true;
-        }
-        if admitted.len() < self.limits.max_endpoints_per_tenant {
-            admitted.insert(endpoint.into());
-            return true;
-        }
-        false
+        admit_under(admitted, endpoint, self.limits.max_endpoints_per_tenant)
     }
 
     /// Admits `instance` if it is known or there is room.
     fn admit_instance(&self, instance: &str) -> bool {
         let mut registry = lock(&self.instance_registry);
-        if registry.contains(instance) {
-            return true;
-        }
-        if registry.len() < self.limits.max_instances {
-            registry.insert(instance.into());
-            return true;
-        }
-        false
+        admit_under(&mut registry, instance, self.limits.max_instances)
     }
 
     /// Admits `tenant` if it is known or there is room for it.
     fn admit(&self, tenant: &str) -> bool {
         let mut registry = lock(&self.registry);
-        if registry.contains(tenant) {
-            return true;
-        }
-        if registry.len() < self.limits.max_tenants {
-            registry.insert(tenant.into());
-            return true;
-        }
-        false
+        admit_under(&mut registry, tenant, self.limits.max_tenants)
     }
 
     /// Merges every shard into one consistent-enough view (each shard is read
@@ -648,6 +627,19 @@ impl ShardWriter<'_> {
         entry.0 += queries;
         entry.1 = now_ms;
     }
+}
+
+/// Whether `name` is in `admitted`, or was just added because fewer than
+/// `cap` were: the one admission rule of tenants, endpoints and instances.
+fn admit_under(admitted: &mut std::collections::HashSet<Box<str>>, name: &str, cap: usize) -> bool {
+    if admitted.contains(name) {
+        return true;
+    }
+    if admitted.len() < cap {
+        admitted.insert(name.into());
+        return true;
+    }
+    false
 }
 
 /// Counts a query of a tracked tenant against its endpoint, admitting the
