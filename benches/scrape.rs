@@ -55,6 +55,7 @@ fn bench(c: &mut Criterion) {
                 store: store.clone(),
                 stats: Arc::new(IngestStats::default()),
                 targets: TargetStatuses::default(),
+                pgbouncers: Default::default(),
                 judgement: Arc::default(),
                 limits: Arc::new(RateLimits::new(
                     RatePolicy::default(),

@@ -79,13 +79,21 @@ impl Attribution {
 
     /// The tenant of a backend (database, role, application and query rules).
     pub fn session_tenant(&self, session: &Session<'_>) -> Option<String> {
-        self.rules.iter().find_map(|rule| match rule.source {
-            RuleSource::Schema => None,
-            RuleSource::Database => capture(&rule.pattern, session.database),
-            RuleSource::Role => capture(&rule.pattern, session.role),
-            RuleSource::ApplicationName => capture(&rule.pattern, session.application_name),
-            RuleSource::QueryComment => comment_tag(session.query, &rule.comment_key)
-                .and_then(|value| capture(&rule.pattern, &value)),
+        self.session_tenant_by(session).map(|(tenant, _)| tenant)
+    }
+
+    /// The tenant of a backend and the source of the rule that decided.
+    pub fn session_tenant_by(&self, session: &Session<'_>) -> Option<(String, RuleSource)> {
+        self.rules.iter().find_map(|rule| {
+            let tenant = match rule.source {
+                RuleSource::Schema => None,
+                RuleSource::Database => capture(&rule.pattern, session.database),
+                RuleSource::Role => capture(&rule.pattern, session.role),
+                RuleSource::ApplicationName => capture(&rule.pattern, session.application_name),
+                RuleSource::QueryComment => comment_tag(session.query, &rule.comment_key)
+                    .and_then(|value| capture(&rule.pattern, &value)),
+            };
+            tenant.map(|tenant| (tenant, rule.source))
         })
     }
 }

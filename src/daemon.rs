@@ -29,7 +29,10 @@ use crate::ingest::udp::{UdpLimits, UdpListener};
 use crate::metrics::HttpMetrics;
 use crate::ratelimit::RateLimits;
 use crate::store::guard::SharedGuardLog;
-use crate::store::{IngestStats, MonotonicClock, Store, TargetStatus, TargetStatuses};
+use crate::store::{
+    IngestStats, MonotonicClock, PgBouncerStatus, PgBouncerStatuses, Store, TargetStatus,
+    TargetStatuses,
+};
 
 /// Store shards shared by HTTP requests (round robin).
 const HTTP_SHARDS: usize = 2;
@@ -108,6 +111,7 @@ struct Shared {
     store: Arc<Store>,
     stats: Arc<IngestStats>,
     targets: TargetStatuses,
+    pgbouncers: PgBouncerStatuses,
     limits: Arc<RateLimits>,
     judgement: SharedJudgement,
     histories: SharedTargetHistories,
@@ -144,6 +148,13 @@ impl Shared {
             )),
             stats: Arc::new(IngestStats::default()),
             targets: TargetStatuses::new(targets),
+            pgbouncers: PgBouncerStatuses::new(
+                config
+                    .pgbouncers
+                    .iter()
+                    .map(|p| Arc::new(Mutex::new(PgBouncerStatus::new(&p.name, &p.description))))
+                    .collect(),
+            ),
             limits: Arc::new(limits),
             judgement: Arc::default(),
             histories: Arc::default(),
@@ -165,6 +176,7 @@ impl Shared {
                 store: self.store.clone(),
                 stats: self.stats.clone(),
                 targets: self.targets.clone(),
+                pgbouncers: self.pgbouncers.clone(),
                 judgement: self.judgement.clone(),
                 limits: self.limits.clone(),
                 guard_log: self.guard_log.clone(),
@@ -202,6 +214,7 @@ impl Shared {
             reloads,
             judgement: self.judgement.clone(),
             targets: self.targets.clone(),
+            pgbouncers: self.pgbouncers.clone(),
             histories: self.histories.clone(),
             tenant_histories: self.tenant_histories.clone(),
             api: config.api.clone(),
@@ -244,6 +257,20 @@ impl Tasks {
                 ))
             })
             .collect();
+        handles.extend(
+            config
+                .pgbouncers
+                .iter()
+                .zip(shared.pgbouncers.handles())
+                .map(|(pgbouncer, status)| {
+                    tokio::spawn(collect::pgbouncer::run_pgbouncer(
+                        pgbouncer.clone(),
+                        attribution.clone(),
+                        status.clone(),
+                        shutdown.clone(),
+                    ))
+                }),
+        );
         handles.push(tokio::spawn(crate::capacity::sampler::run(
             config.api.clone(),
             shared.store.clone(),
@@ -257,7 +284,7 @@ impl Tasks {
         handles.push(tokio::spawn(crate::detect::task::run(
             detect_settings_rx,
             shared.store.clone(),
-            shared.targets.clone(),
+            (shared.targets.clone(), shared.pgbouncers.clone()),
             shared.limits.clone(),
             shared.judgement.clone(),
             guard_outbox,

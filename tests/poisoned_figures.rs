@@ -135,6 +135,7 @@ proptest! {
                 store: store.clone(),
                 stats: Arc::new(IngestStats::default()),
                 targets: TargetStatuses::default(),
+                pgbouncers: Default::default(),
                 judgement: Arc::default(),
                 limits: Arc::new(RateLimits::new(RatePolicy::default(), 100, Duration::from_secs(60))),
                 guard_log: Default::default(),

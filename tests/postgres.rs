@@ -105,15 +105,27 @@ async fn activity_is_attributed_by_each_source() {
     unattributed.batch_execute("SELECT 1").await.unwrap();
 
     let m = daemon
-        .metrics_when("sessions of four tenants", |m| {
-            ["dbt", "rolet", "appt", "cmtt"].iter().all(|t| {
+        .metrics_when("sessions of three tenants and a pooled one", |m| {
+            ["dbt", "rolet", "appt"].iter().all(|t| {
                 m.value(
                     "tenantwatch_tenant_connections",
                     &[("target", "main"), ("tenant", t), ("state", "idle")],
                 ) == Some(1.0)
-            })
+            }) && m.value(
+                "tenantwatch_target_pooled_connections",
+                &[("target", "main")],
+            ) == Some(1.0)
         })
         .await;
+    // An idle backend known only by its last query's tag is a pooled
+    // connection: charged to no tenant.
+    assert_eq!(
+        m.value(
+            "tenantwatch_tenant_connections",
+            &[("target", "main"), ("tenant", "cmtt"), ("state", "idle")],
+        ),
+        None
+    );
     // The schema rule applies to schema statistics.
     assert_eq!(
         tenant_value(&m, "tenantwatch_tenant_tables", "main", "scht"),
@@ -629,25 +641,30 @@ async fn a_client_calling_itself_tenantwatch_is_still_counted() {
     })
     .await;
     let impostor = connect(&format!("{} application_name=tenantwatch", pg.dsn("app"))).await;
+    // In a transaction, so that the tag keeps the session its tenant's.
     impostor
-        .batch_execute("/*tenant='sneaky'*/ SELECT 1")
+        .batch_execute("BEGIN; /*tenant='sneaky'*/ SELECT 1")
         .await
         .unwrap();
     let m = daemon
         .metrics_when("the impostor's session", |m| {
             m.value(
                 "tenantwatch_tenant_connections",
-                &[("target", "main"), ("tenant", "sneaky"), ("state", "idle")],
+                &[
+                    ("target", "main"),
+                    ("tenant", "sneaky"),
+                    ("state", "idle_in_transaction"),
+                ],
             ) == Some(1.0)
         })
         .await;
-    // tenantwatch's own session is still left out: admin + impostor.
+    // tenantwatch's own session is still left out: admin alone is idle.
     assert_eq!(
         m.value(
             "tenantwatch_target_connections",
             &[("target", "main"), ("state", "idle")]
         ),
-        Some(2.0)
+        Some(1.0)
     );
     drop(impostor);
     daemon.stop().await;

@@ -11,7 +11,7 @@ use crate::capacity::TenantSample;
 use crate::detect::Flag;
 use crate::event::QueryKind;
 use crate::ratelimit::RateLimits;
-use crate::store::{StoreSnapshot, TargetStatus, quantile};
+use crate::store::{PgBouncerStatus, StoreSnapshot, TargetStatus, quantile};
 
 /// The whole detail.
 #[derive(Debug, Serialize)]
@@ -21,6 +21,9 @@ pub struct TenantDetail<'a> {
     /// Figures from application events; `null` for a tenant only polled.
     pub events: Option<EventFigures>,
     pub targets: Vec<TargetFigures>,
+    /// The tenant's pools on each PgBouncer (database- or user-per-tenant
+    /// pools).
+    pub pools: Vec<super::pgbouncers::TenantPoolsView>,
     pub flags: Vec<&'a Flag>,
     pub quota: Quota,
     /// One sample per `api.history_resolution`; `null` without a history slot.
@@ -79,6 +82,7 @@ pub struct DetailSources<'a> {
     pub rows: &'a [TenantRow],
     pub store: &'a StoreSnapshot,
     pub targets: &'a [TargetStatus],
+    pub pgbouncers: &'a [PgBouncerStatus],
     pub flags: &'a [Flag],
     pub limits: &'a RateLimits,
     pub history: Option<&'a VecDeque<TenantSample>>,
@@ -121,6 +125,7 @@ pub fn tenant_detail<'a>(tenant: &'a str, from: &DetailSources<'a>) -> Option<Te
         summary,
         events,
         targets,
+        pools: super::pgbouncers::tenant_pools(tenant, from.pgbouncers),
         flags: from.flags.iter().filter(|f| f.tenant == tenant).collect(),
         quota: Quota {
             policy: base.policy.into_owned(),

@@ -8,14 +8,17 @@
 //! - [`query`]: URL decoding and the list's query string;
 //! - [`tenants`]: tenant rows, sort fields, paging, CSV;
 //! - [`detail`]: one tenant in detail;
-//! - [`targets`]: the targets view.
+//! - [`targets`]: the targets view;
+//! - [`pgbouncers`]: the PgBouncers' health and pools, and a tenant's pools.
 
 pub mod detail;
+pub mod pgbouncers;
 pub mod query;
 pub mod targets;
 pub mod tenants;
 
 pub use detail::{DetailSources, TenantDetail, tenant_detail};
+pub use pgbouncers::{PgBouncerView, pgbouncer_views, tenant_pools};
 pub use query::{
     BadParameter, ListQuery, MAX_LIMIT, SortKey, parse_list_query, url_decode, url_decode_path,
     url_encode,

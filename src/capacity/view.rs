@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::{CapacitySettings, Footprint, History, Placement, place, slope};
-use crate::store::TargetStatus;
+use crate::store::{PgBouncerStatus, TargetStatus};
 
 /// Dimensions of a tenant's load on a target, as indexes of `[f64; 3]`.
 const DB_TIME: usize = 0;
@@ -32,6 +32,67 @@ pub struct CapacityView {
     /// `null` with fewer than two targets.
     pub placement: Option<Placement>,
     pub fleet: FleetCapacity,
+    /// Each PgBouncer's client and per-pool server headroom.
+    pub pgbouncers: Vec<PgBouncerCapacity>,
+}
+
+/// One PgBouncer's headroom, while it is up.
+#[derive(Debug, Serialize)]
+pub struct PgBouncerCapacity {
+    pub pgbouncer: String,
+    pub max_client_connections: Option<u64>,
+    pub client_connections: u64,
+    /// `max_client_conn` minus the client connections.
+    pub client_headroom: Option<i64>,
+    pub pools: Vec<PoolHeadroom>,
+}
+
+/// A pool's server connections against its database's `pool_size`.
+#[derive(Debug, Serialize)]
+pub struct PoolHeadroom {
+    pub database: String,
+    pub user: String,
+    pub tenant: Option<String>,
+    pub pool_size: Option<u64>,
+    pub servers: u64,
+    pub server_headroom: Option<i64>,
+    pub clients_waiting: Option<u64>,
+}
+
+/// Every PgBouncer that is up, with its headroom.
+pub fn pgbouncer_capacity(pgbouncers: &[PgBouncerStatus]) -> Vec<PgBouncerCapacity> {
+    pgbouncers
+        .iter()
+        .filter(|p| p.up)
+        .filter_map(|p| {
+            let s = p.snapshot.as_ref()?;
+            let headroom = |max: u64, used: u64| max as i64 - used as i64;
+            Some(PgBouncerCapacity {
+                pgbouncer: p.name.clone(),
+                max_client_connections: s.max_client_conn,
+                client_connections: s.client_connections,
+                client_headroom: s
+                    .max_client_conn
+                    .map(|max| headroom(max, s.client_connections)),
+                pools: s
+                    .pools
+                    .iter()
+                    .map(|pool| {
+                        let pool_size = s.databases.get(&pool.database).and_then(|d| d.pool_size);
+                        PoolHeadroom {
+                            database: pool.database.clone(),
+                            user: pool.user.clone(),
+                            tenant: pool.tenant.clone(),
+                            pool_size,
+                            servers: pool.servers(),
+                            server_headroom: pool_size.map(|size| headroom(size, pool.servers())),
+                            clients_waiting: pool.clients_waiting,
+                        }
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -81,6 +142,7 @@ pub struct MedianTenant {
 /// Builds the view. `shares` holds every known tenant (`tenants` of them).
 pub fn capacity_view(
     targets: &[TargetStatus],
+    pgbouncers: &[PgBouncerStatus],
     histories: &BTreeMap<String, History>,
     shares: &HashMap<&str, TenantShare>,
     tenants: usize,
@@ -98,6 +160,7 @@ pub fn capacity_view(
             median_tenant: measured.median_tenant,
             more_tenants_fit: measured.more_tenants_fit,
         },
+        pgbouncers: pgbouncer_capacity(pgbouncers),
     }
 }
 

@@ -1,6 +1,7 @@
 //! PostgreSQL collectors: one task per target polls activity, per-schema
 //! statistics, `pg_stat_database` and (on a slower schedule) exact schema
-//! sizes, and publishes the result as a [`crate::store::TargetStatus`] that readers copy.
+//! sizes, and publishes the result as a [`crate::store::TargetStatus`] that
+//! readers copy. [`pgbouncer`] does the same for PgBouncer admin consoles.
 //!
 //! Discipline, because the database we watch must never suffer for it:
 //! - one connection per watched database, opened once and reused; the
@@ -15,6 +16,7 @@
 //! - readers (the `/metrics` scrape) never query PostgreSQL.
 
 pub mod guard;
+pub mod pgbouncer;
 pub mod queries;
 pub mod settings;
 pub mod tls;
@@ -77,6 +79,35 @@ impl PollError {
             kind: PollErrorKind::Timeout,
             detail: "no answer within statement_timeout plus one second".into(),
         }
+    }
+}
+
+/// Connects within `within`, over TLS unless the DSN says
+/// `sslmode=disable`. Returns the client and the task that drives the
+/// connection until the server or the network closes it, after which the
+/// client reports `is_closed` and its owner reconnects.
+async fn connect(
+    config: &tokio_postgres::Config,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+    within: Duration,
+) -> Result<(Client, tokio::task::JoinHandle<()>), PollError> {
+    let timed_out = |_| PollError {
+        kind: PollErrorKind::Connect,
+        detail: "connect timed out".into(),
+    };
+    // Each branch has its own stream type, hence the two spawns.
+    if config.get_ssl_mode() == SslMode::Disable {
+        let (client, connection) = tokio::time::timeout(within, config.connect(NoTls))
+            .await
+            .map_err(timed_out)?
+            .map_err(|err| PollError::from_pg(err, PollErrorKind::Connect))?;
+        Ok((client, tokio::spawn(async move { drop(connection.await) })))
+    } else {
+        let (client, connection) = tokio::time::timeout(within, config.connect(tls.clone()))
+            .await
+            .map_err(timed_out)?
+            .map_err(|err| PollError::from_pg(err, PollErrorKind::Connect))?;
+        Ok((client, tokio::spawn(async move { drop(connection.await) })))
     }
 }
 
@@ -220,27 +251,7 @@ impl Poller {
             let mut config = self.target.pg.clone();
             config.dbname(database);
             let within = self.target.connect_timeout + Duration::from_secs(1);
-            let timed_out = |_| PollError {
-                kind: PollErrorKind::Connect,
-                detail: "connect timed out".into(),
-            };
-            // Each branch has its own stream type; both end in a task that
-            // drives the connection until the server or the network closes
-            // it, after which the next poll sees `is_closed` and reconnects.
-            let (client, connection) = if config.get_ssl_mode() == SslMode::Disable {
-                let (client, connection) = tokio::time::timeout(within, config.connect(NoTls))
-                    .await
-                    .map_err(timed_out)?
-                    .map_err(|err| PollError::from_pg(err, PollErrorKind::Connect))?;
-                (client, tokio::spawn(async move { drop(connection.await) }))
-            } else {
-                let (client, connection) =
-                    tokio::time::timeout(within, config.connect(self.tls.clone()))
-                        .await
-                        .map_err(timed_out)?
-                        .map_err(|err| PollError::from_pg(err, PollErrorKind::Connect))?;
-                (client, tokio::spawn(async move { drop(connection.await) }))
-            };
+            let (client, connection) = connect(&config, &self.tls, within).await?;
             let setup = format!(
                 "SET statement_timeout = {}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {};",
                 self.target.statement_timeout.as_millis(),

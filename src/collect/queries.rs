@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tokio_postgres::Row;
 
-use crate::attribution::{Attribution, Session};
+use crate::attribution::{Attribution, RuleSource, Session};
 use crate::store::guard::query_prefix;
 use crate::store::targets::OFFENDERS_PER_KIND;
 use crate::store::{ActivitySnapshot, DatabaseStats, Offence, Offender, SchemaTotals};
@@ -100,9 +100,16 @@ pub fn activity_from_rows(
             application_name,
             query,
         };
-        let Some(tenant) = attribution.session_tenant(&session) else {
+        let Some((tenant, source)) = attribution.session_tenant_by(&session) else {
             continue;
         };
+        // Through a transaction-mode pool an idle server connection serves
+        // whichever client comes next: the tag of its last query names a
+        // tenant that has released it, so it is not charged to one.
+        if state == "idle" && source == RuleSource::QueryComment {
+            snapshot.pooled += 1;
+            continue;
+        }
         let activity = snapshot.tenants.entry(tenant.clone()).or_default();
         *activity.connections.entry(state).or_default() += 1;
         let offender = |offence, seconds| Offender {

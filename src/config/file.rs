@@ -44,6 +44,8 @@ pub struct FileConfig {
     pub log: FileLog,
     /// PostgreSQL instances to poll, each by name.
     pub targets: Vec<FileTarget>,
+    /// PgBouncer admin consoles to poll, each by name.
+    pub pgbouncers: Vec<FilePgBouncer>,
     pub tenants: FileTenants,
     pub detect: FileDetect,
     pub ratelimit: FileRateLimit,
@@ -419,6 +421,50 @@ fn default_max_databases() -> usize {
 }
 fn default_size_batch() -> usize {
     target_defaults::SIZE_BATCH
+}
+
+/// `[[pgbouncers]]`: one PgBouncer's admin console.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePgBouncer {
+    /// Name of the PgBouncer: the `pgbouncer` label. Unique.
+    pub name: String,
+    /// libpq connection string to the admin console (`dbname=pgbouncer`)
+    /// as a user in `stats_users`. Never logged: only host and port are.
+    pub dsn: String,
+    /// File holding the password (overrides one in the DSN).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password (overrides one in the DSN).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// How often the admin console is read.
+    #[serde(default = "default_pgbouncer_poll_interval")]
+    pub poll_interval: String,
+    /// Time allowed to connect, and to answer each command.
+    #[serde(default = "default_pgbouncer_connect_timeout")]
+    pub connect_timeout: String,
+}
+
+impl FilePgBouncer {
+    /// An entry with every optional key at its default.
+    pub fn new(name: impl Into<String>, dsn: impl Into<String>) -> FilePgBouncer {
+        FilePgBouncer {
+            name: name.into(),
+            dsn: dsn.into(),
+            password_file: None,
+            password_env: None,
+            poll_interval: default_pgbouncer_poll_interval(),
+            connect_timeout: default_pgbouncer_connect_timeout(),
+        }
+    }
+}
+
+fn default_pgbouncer_poll_interval() -> String {
+    format_duration(crate::collect::pgbouncer::defaults::POLL_INTERVAL)
+}
+fn default_pgbouncer_connect_timeout() -> String {
+    format_duration(crate::collect::pgbouncer::defaults::CONNECT_TIMEOUT)
 }
 
 /// `[tenants]`: how activity and schemas are attributed to tenants.

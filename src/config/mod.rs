@@ -48,6 +48,7 @@ pub struct Config {
     pub ingest: IngestSettings,
     pub log_format: LogFormat,
     pub targets: Vec<TargetConfig>,
+    pub pgbouncers: Vec<crate::collect::pgbouncer::PgBouncerConfig>,
     pub attribution: Attribution,
     pub detect: DetectSettings,
     pub ratelimit: RatePolicy,
@@ -166,6 +167,10 @@ impl Config {
             (
                 "targets",
                 format!("{:?}", a.targets) != format!("{:?}", b.targets),
+            ),
+            (
+                "pgbouncers",
+                format!("{:?}", a.pgbouncers) != format!("{:?}", b.pgbouncers),
             ),
             (
                 "tenants.rules",
@@ -425,6 +430,14 @@ impl Config {
         }
         if self.targets.is_empty() {
             summary.push_str("targets: none (events only)\n");
+        }
+        for pgbouncer in &self.pgbouncers {
+            summary.push_str(&format!(
+                "pgbouncer {}: {} every {}\n",
+                pgbouncer.name,
+                pgbouncer.description,
+                humantime::format_duration(pgbouncer.poll_interval),
+            ));
         }
         summary.push_str(&format!(
             "tenant rules: {}\n",
@@ -758,6 +771,16 @@ mod tests {
         }
         for key in ["source", "pattern", "key"] {
             keys.push(format!("tenants.rules.{key}"));
+        }
+        for key in [
+            "name",
+            "dsn",
+            "password_file",
+            "password_env",
+            "poll_interval",
+            "connect_timeout",
+        ] {
+            keys.push(format!("pgbouncers.{key}"));
         }
         for key in keys {
             assert!(

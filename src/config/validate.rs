@@ -11,6 +11,7 @@ use super::file::*;
 use super::{AUTH_TOKEN_ENV, Config, ConfigError, InvalidKey, READ_TOKEN_ENV};
 use crate::attribution::{Attribution, Rule, RuleSource};
 use crate::capacity::CapacitySettings;
+use crate::collect::pgbouncer::PgBouncerConfig;
 use crate::collect::{DatabaseSelection, TargetConfig};
 use crate::detect::settings::GuardAction;
 use crate::detect::{DetectSettings, GuardMode, GuardSettings, RuleName};
@@ -100,6 +101,7 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
     for target in &mut targets {
         target.max_tenants = ingest.max_tenants;
     }
+    let pgbouncers = validate_pgbouncers(&mut v, &file.pgbouncers, env, ingest.max_tenants);
     let attribution = validate_rules(&mut v, &file.tenants.rules);
     let mut detect = validate_detect(&mut v, &file.detect, ingest.share_window);
     detect.guard = validate_guard(&mut v, &file.guard);
@@ -136,6 +138,7 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
         ingest,
         log_format,
         targets,
+        pgbouncers,
         attribution,
         detect,
         ratelimit,
@@ -357,6 +360,116 @@ fn validate_targets(
     targets
 }
 
+/// A libpq connection string with its password from `password_file` or
+/// `password_env`. The DSN may hold a password: its value is never echoed.
+fn connection_settings(
+    v: &mut Validator,
+    key: &dyn Fn(&str) -> String,
+    dsn: &str,
+    (password_file, password_env): (Option<&std::path::Path>, Option<&str>),
+    env: &[(String, String)],
+) -> Option<tokio_postgres::Config> {
+    let mut pg: tokio_postgres::Config = match dsn.parse() {
+        Ok(pg) => pg,
+        Err(err) => {
+            let reason = err.to_string();
+            let reason = if reason.contains(dsn) {
+                "cannot be parsed".into()
+            } else {
+                reason
+            };
+            v.fail(
+                &key("dsn"),
+                "<hidden>",
+                format!("not a libpq connection string: {reason}"),
+            );
+            return None;
+        }
+    };
+    if let Some(path) = password_file {
+        match std::fs::read_to_string(path) {
+            Ok(password) => {
+                pg.password(password.trim_end_matches(['\n', '\r']));
+            }
+            Err(err) => v.fail(
+                &key("password_file"),
+                path.display(),
+                format!("cannot read it: {err}"),
+            ),
+        }
+    }
+    if let Some(var) = password_env {
+        match env.iter().find(|(key, _)| key == var) {
+            Some((_, password)) => {
+                pg.password(password);
+            }
+            None => v.fail(
+                &key("password_env"),
+                var,
+                "the environment variable is not set",
+            ),
+        }
+    }
+    Some(pg)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn validate_pgbouncers(
+    v: &mut Validator,
+    files: &[FilePgBouncer],
+    env: &[(String, String)],
+    max_tenants: usize,
+) -> Vec<PgBouncerConfig> {
+    let mut pgbouncers: Vec<PgBouncerConfig> = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let key = |field: &str| format!("pgbouncers[{i}].{field}");
+        if !valid_name(&file.name) {
+            v.fail(
+                &key("name"),
+                format!("{:?}", file.name),
+                "must be 1 or more ASCII letters, digits and _-.",
+            );
+        } else if pgbouncers.iter().any(|p| p.name == file.name) {
+            v.fail(
+                &key("name"),
+                format!("{:?}", file.name),
+                "PgBouncer names must be unique",
+            );
+        }
+        let Some(mut pg) = connection_settings(
+            v,
+            &key,
+            &file.dsn,
+            (file.password_file.as_deref(), file.password_env.as_deref()),
+            env,
+        ) else {
+            continue;
+        };
+        let connect_timeout = v.duration(&key("connect_timeout"), &file.connect_timeout);
+        pg.connect_timeout(connect_timeout);
+        pg.application_name("tenantwatch");
+        if pg.get_dbname().is_none() {
+            // The admin console is the virtual database `pgbouncer`.
+            pg.dbname("pgbouncer");
+        }
+        pgbouncers.push(PgBouncerConfig {
+            name: file.name.clone(),
+            description: crate::collect::pgbouncer::describe(&pg),
+            poll_interval: v.duration(&key("poll_interval"), &file.poll_interval),
+            connect_timeout,
+            max_tenants,
+            pg,
+        });
+    }
+    pgbouncers
+}
+
 fn validate_api(v: &mut Validator, a: &FileApi) -> CapacitySettings {
     let api = CapacitySettings {
         history: v.duration("api.history", &a.history),
@@ -419,60 +532,20 @@ fn validate_target(
 ) -> Option<TargetConfig> {
     let key = |field: &str| format!("targets[{i}].{field}");
     let errors_before = v.errors.len();
-    let name_ok = !file.name.is_empty()
-        && file
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if !name_ok {
+    if !valid_name(&file.name) {
         v.fail(
             &key("name"),
             format!("{:?}", file.name),
             "must be 1 or more ASCII letters, digits and _-.",
         );
     }
-    // The DSN may hold a password: its value is never echoed.
-    let mut pg: tokio_postgres::Config = match file.dsn.parse() {
-        Ok(pg) => pg,
-        Err(err) => {
-            let reason = err.to_string();
-            let reason = if reason.contains(&file.dsn) {
-                "cannot be parsed".into()
-            } else {
-                reason
-            };
-            v.fail(
-                &key("dsn"),
-                "<hidden>",
-                format!("not a libpq connection string: {reason}"),
-            );
-            return None;
-        }
-    };
-    if let Some(path) = &file.password_file {
-        match std::fs::read_to_string(path) {
-            Ok(password) => {
-                pg.password(password.trim_end_matches(['\n', '\r']));
-            }
-            Err(err) => v.fail(
-                &key("password_file"),
-                path.display(),
-                format!("cannot read it: {err}"),
-            ),
-        }
-    }
-    if let Some(var) = &file.password_env {
-        match env.iter().find(|(key, _)| key == var) {
-            Some((_, password)) => {
-                pg.password(password);
-            }
-            None => v.fail(
-                &key("password_env"),
-                var,
-                "the environment variable is not set",
-            ),
-        }
-    }
+    let mut pg = connection_settings(
+        v,
+        &key,
+        &file.dsn,
+        (file.password_file.as_deref(), file.password_env.as_deref()),
+        env,
+    )?;
     validate_target_tls(v, &key("tls_ca_file"), file, &mut pg);
     let connect_timeout = v.duration(&key("connect_timeout"), &file.connect_timeout);
     pg.connect_timeout(connect_timeout);

@@ -65,7 +65,7 @@ pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
         .ok_or(ClusterError::BinariesNotFound)
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -73,7 +73,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn postgres_ids() -> Result<(u32, u32), ClusterError> {
+pub(crate) fn postgres_ids() -> Result<(u32, u32), ClusterError> {
     let id = |flag: &str| -> Result<u32, ClusterError> {
         let out = Command::new("id")
             .args([flag, "postgres"])

@@ -7,6 +7,7 @@
 //! for the tests.
 
 pub mod cluster;
+pub mod pgbouncer;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

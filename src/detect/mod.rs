@@ -36,7 +36,7 @@ pub use settings::{
 };
 
 use crate::event::OVERFLOW_TENANT;
-use crate::store::{StoreSnapshot, TargetStatus};
+use crate::store::{PgBouncerStatus, StoreSnapshot, TargetStatus};
 use inputs::{Window, WindowFigures};
 use rules::Verdict;
 
@@ -218,7 +218,7 @@ impl Detector {
         now: Instant,
         wall: SystemTime,
         store: &StoreSnapshot,
-        targets: &[TargetStatus],
+        (targets, pgbouncers): (&[TargetStatus], &[PgBouncerStatus]),
         base_qps: impl Fn(&str) -> f64,
     ) -> Vec<Transition> {
         let wall_s = wall
@@ -232,6 +232,14 @@ impl Detector {
         self.advance_baselines(now, &figures, &spiking);
         for target in targets.iter().filter(|t| t.up) {
             self.judge_target(now, target, &mut observations);
+        }
+        if let Some(r) = self.enabled(RuleName::PoolSaturation) {
+            for pgbouncer in pgbouncers.iter().filter(|p| p.up) {
+                if let Some(snapshot) = &pgbouncer.snapshot {
+                    let verdicts = rules::pool_saturation(r, &snapshot.tenants);
+                    observations.add(RuleName::PoolSaturation, verdicts, Some(&pgbouncer.name));
+                }
+            }
         }
         self.last_evaluation = Some(now);
         let transitions = self.apply_hysteresis(now, wall_s, observations);
@@ -625,7 +633,7 @@ mod tests {
             let targets = [self.target.clone()];
             for t in self
                 .detector
-                .evaluate(now, wall, &snapshot, &targets, |_| 100.0)
+                .evaluate(now, wall, &snapshot, (&targets, &[]), |_| 100.0)
             {
                 self.transitions.push((self.elapsed, t));
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::inputs::{Baseline, WindowFigures};
 use super::settings::RuleSettings;
 use crate::event::OVERFLOW_TENANT;
-use crate::store::{ActivitySnapshot, SchemaTotals, TenantActivity, TenantSnapshot};
+use crate::store::{ActivitySnapshot, SchemaTotals, TenantActivity, TenantPools, TenantSnapshot};
 
 /// One rule's verdict on one tenant in one evaluation.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +134,20 @@ pub fn rate_spike(
             let baseline = baselines.get(tenant).filter(|b| b.samples >= warm)?;
             let threshold = (r.factor * baseline.rate).max(r.min);
             Some(Verdict::new(tenant, f.rate >= threshold, f.rate, threshold))
+        })
+        .collect()
+}
+
+/// `pool_saturation`: clients waiting for a server connection in the
+/// tenant's PgBouncer pools >= `threshold` (pools map to tenants by the
+/// database and role rules; shared pools are left to the fleet alerts).
+pub fn pool_saturation(r: &RuleSettings, tenants: &BTreeMap<String, TenantPools>) -> Vec<Verdict> {
+    tenants
+        .iter()
+        .filter(|(tenant, _)| *tenant != OVERFLOW_TENANT)
+        .map(|(tenant, pools)| {
+            let waiting = pools.waiting_clients as f64;
+            Verdict::new(tenant, waiting >= r.threshold, waiting, r.threshold)
         })
         .collect()
 }
@@ -400,6 +414,24 @@ mod tests {
             activity.tenants.insert((*tenant).into(), a);
         }
         activity
+    }
+
+    #[test]
+    fn pool_saturation_holds_from_the_threshold_and_skips_the_overflow() {
+        let r = settings(RuleName::PoolSaturation);
+        let pools = |waiting| TenantPools {
+            waiting_clients: waiting,
+            ..TenantPools::default()
+        };
+        let tenants: BTreeMap<String, TenantPools> = [
+            ("busy".to_owned(), pools(4)),
+            ("calm".to_owned(), pools(0)),
+            (OVERFLOW_TENANT.to_owned(), pools(9)),
+        ]
+        .into();
+        let verdicts = pool_saturation(&r, &tenants);
+        assert_eq!(verdicts.len(), 2);
+        assert_eq!(holding(&verdicts), vec!["busy"]);
     }
 
     #[test]

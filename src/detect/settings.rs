@@ -24,10 +24,11 @@ pub enum RuleName {
     LockBlocker,
     Bloat,
     RunawayGrowth,
+    PoolSaturation,
 }
 
 impl RuleName {
-    pub const ALL: [RuleName; 10] = [
+    pub const ALL: [RuleName; 11] = [
         RuleName::DbTimeHog,
         RuleName::LatencyOutlier,
         RuleName::ErrorStorm,
@@ -38,6 +39,7 @@ impl RuleName {
         RuleName::LockBlocker,
         RuleName::Bloat,
         RuleName::RunawayGrowth,
+        RuleName::PoolSaturation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +54,7 @@ impl RuleName {
             RuleName::LockBlocker => "lock_blocker",
             RuleName::Bloat => "bloat",
             RuleName::RunawayGrowth => "runaway_growth",
+            RuleName::PoolSaturation => "pool_saturation",
         }
     }
 
@@ -174,6 +177,8 @@ impl RuleSettings {
             RuleName::Bloat => s(0.2, 1_000_000.0, 0.0, 0, Warning, false),
             // growth >= threshold bytes/hour or >= factor (fraction) per day
             RuleName::RunawayGrowth => s(1024.0 * 1024.0 * 1024.0, 0.0, 0.5, 0, Warning, false),
+            // clients waiting in the tenant's PgBouncer pools >= threshold
+            RuleName::PoolSaturation => s(1.0, 0.0, 0.0, 60, Warning, false),
         }
     }
 }

@@ -13,14 +13,14 @@ use std::collections::HashMap;
 use super::guard::{Guard, GuardOutbox};
 use super::{Advice, DetectSettings, Detector, Judgement, SharedJudgement, Transition};
 use crate::ratelimit::RateLimits;
-use crate::store::{Store, TargetStatuses};
+use crate::store::{PgBouncerStatuses, Store, TargetStatuses};
 
 /// Runs until `shutdown`; new settings arriving on `settings` apply from the
 /// next evaluation.
 pub async fn run(
     mut settings: watch::Receiver<DetectSettings>,
     store: Arc<Store>,
-    statuses: TargetStatuses,
+    (statuses, pgbouncers): (TargetStatuses, PgBouncerStatuses),
     limits: Arc<RateLimits>,
     judgement: SharedJudgement,
     guard_outbox: GuardOutbox,
@@ -54,12 +54,13 @@ pub async fn run(
         }
         let snapshot = store.snapshot();
         let targets = statuses.snapshot();
+        let pools = pgbouncers.snapshot();
         let policy = limits.policy();
         let transitions = detector.evaluate(
             std::time::Instant::now(),
             std::time::SystemTime::now(),
             &snapshot,
-            &targets,
+            (&targets, &pools),
             |tenant| policy.base_quota(tenant).rate.qps,
         );
         transitions.iter().for_each(log_transition);

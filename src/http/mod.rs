@@ -171,6 +171,7 @@ pub struct AppState {
     pub reloads: crate::metrics::ReloadMetrics,
     pub judgement: SharedJudgement,
     pub targets: TargetStatuses,
+    pub pgbouncers: crate::store::PgBouncerStatuses,
     /// Samples for the capacity view and the tenant detail.
     pub histories: SharedTargetHistories,
     pub tenant_histories: SharedTenantHistories,

@@ -58,6 +58,7 @@ struct AdviceReply<'a> {
 #[derive(Serialize)]
 struct TargetsReply {
     targets: Vec<api::TargetView>,
+    pgbouncers: Vec<api::PgBouncerView>,
 }
 
 pub(super) fn flags(state: &AppState) -> Response<Body> {
@@ -110,6 +111,7 @@ fn targets(state: &AppState) -> Response<Body> {
         StatusCode::OK,
         &TargetsReply {
             targets: api::target_views(&targets),
+            pgbouncers: api::pgbouncer_views(&state.pgbouncers.snapshot()),
         },
     )
 }
@@ -140,7 +142,15 @@ fn capacity(state: &AppState) -> Response<Body> {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let view = capacity_view(&targets, &histories, &shares, rows.len(), &state.api);
+    let pgbouncers = state.pgbouncers.snapshot();
+    let view = capacity_view(
+        &targets,
+        &pgbouncers,
+        &histories,
+        &shares,
+        rows.len(),
+        &state.api,
+    );
     json(StatusCode::OK, &view)
 }
 
@@ -163,6 +173,7 @@ fn tenant(state: &AppState, req: &Parts) -> Response<Body> {
         rows: &rows,
         store: &store,
         targets: &targets,
+        pgbouncers: &state.pgbouncers.snapshot(),
         flags: &judgement.flags,
         limits: &state.rate_limits,
         history: histories.get(&tenant),

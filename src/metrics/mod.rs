@@ -9,6 +9,7 @@
 //!   written by the direct [`text`] writer rather than prometheus-client;
 //! - [`ingest`]: what the ingest sources received and refused;
 //! - [`targets`]: what the PostgreSQL collectors last saw;
+//! - [`pgbouncers`]: what the PgBouncer pollers last saw;
 //! - [`detect`]: flags, rate-limit decisions and quotas;
 //! - [`http`]: the listener's own counters;
 //! - [`reload`]: configuration reloads;
@@ -20,6 +21,7 @@ pub mod encode;
 pub mod events;
 pub mod http;
 pub mod ingest;
+pub mod pgbouncers;
 pub mod process;
 pub mod reload;
 pub mod targets;
@@ -112,6 +114,7 @@ pub struct Sources {
     pub store: Arc<Store>,
     pub stats: Arc<IngestStats>,
     pub targets: TargetStatuses,
+    pub pgbouncers: crate::store::PgBouncerStatuses,
     pub judgement: SharedJudgement,
     pub limits: Arc<RateLimits>,
     pub guard_log: crate::store::guard::SharedGuardLog,
@@ -131,6 +134,7 @@ pub fn exposition(
         store,
         stats,
         targets,
+        pgbouncers,
         judgement,
         limits,
         guard_log,
@@ -139,6 +143,7 @@ pub fn exposition(
     } = sources;
     let mut registry = registry(stats, http, targets, (judgement, limits, guard_log));
     registry.register_collector(Box::new(CapacityCollector { figures: capacity }));
+    registry.register_collector(Box::new(pgbouncers::PgBouncerCollector { pgbouncers }));
     registry.register(
         "tenantwatch_config_last_reload_successful",
         "1 when the last configuration reload (SIGHUP) applied, 0 when it was refused (the running configuration stays).",

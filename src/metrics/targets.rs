@@ -198,6 +198,21 @@ fn encode_target_activity(targets: &[TargetStatus], encoder: &mut DescriptorEnco
     }
     let mut m = family(
         encoder,
+        "tenantwatch_target_pooled_connections",
+        "Idle backends charged to no tenant because only their last query's sqlcommenter tag named one (pooled server connections).",
+        MetricType::Gauge,
+    )?;
+    for t in targets {
+        if let Some(activity) = &t.activity {
+            gauge(
+                &mut m,
+                &[("target", t.name.as_str())],
+                activity.pooled as f64,
+            )?;
+        }
+    }
+    let mut m = family(
+        encoder,
         "tenantwatch_target_watched_databases",
         "Databases watched for schema statistics.",
         MetricType::Gauge,

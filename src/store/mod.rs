@@ -5,6 +5,8 @@
 //! - [`targets`]: what the PostgreSQL collectors last saw of each target
 //!   ([`TargetStatus`], shared through [`TargetStatuses`]);
 //! - [`ingest_stats`]: what the ingest sources received and refused;
+//! - [`pgbouncers`]: what the PgBouncer pollers last saw of each admin
+//!   console ([`PgBouncerStatus`], shared through [`PgBouncerStatuses`]);
 //! - [`guard`]: guard orders (end a flagged tenant's offending session) and
 //!   what became of them.
 //!
@@ -15,10 +17,15 @@
 
 pub mod guard;
 pub mod ingest_stats;
+pub mod pgbouncers;
 pub mod targets;
 pub mod tenants;
 
 pub use ingest_stats::{IngestStats, Source};
+pub use pgbouncers::{
+    MAX_POOL_LABEL_VALUES, PgBouncerSnapshot, PgBouncerStatus, PgBouncerStatuses, PoolDatabase,
+    PoolFigures, PoolTraffic, SharedPgBouncerStatus, TenantPools, lock_pgbouncer,
+};
 pub use targets::{
     ActivitySnapshot, CollectorName, DatabaseStats, Offence, Offender, PollErrorKind, SchemaDetail,
     SchemaTotals, SharedStatus, TargetStatus, TargetStatuses, TenantActivity, lock,

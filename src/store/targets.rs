@@ -278,6 +278,9 @@ pub struct ActivitySnapshot {
     pub by_user: BTreeMap<String, u64>,
     pub by_application: BTreeMap<String, u64>,
     pub lock_waiting: u64,
+    /// Idle backends whose only tenant mark is the sqlcommenter tag of
+    /// their last query: pooled connections, charged to no tenant.
+    pub pooled: u64,
     pub tenants: BTreeMap<String, TenantActivity>,
 }
 
