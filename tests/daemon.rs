@@ -235,11 +235,39 @@ async fn shutdown_drains_turns_unready_and_closes_listeners() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_metrics_lists_exactly_the_exposed_families() {
     let pg = support::cluster().await;
+    let admin = support::connect(&pg.dsn("postgres")).await;
+    admin
+        .batch_execute("CREATE DATABASE tenant_t1")
+        .await
+        .unwrap();
+    // A PgBouncer in front, with one tenant's pool in use.
+    let settings = tenantwatch::demo::pgbouncer::PgBouncerSettings {
+        backend_port: pg.port(),
+        default_pool_size: 2,
+        max_client_conn: 50,
+        users: Vec::new(),
+    };
+    let bouncer = tokio::task::spawn_blocking(move || {
+        tenantwatch::demo::pgbouncer::PgBouncer::start_new(&settings)
+    })
+    .await
+    .unwrap()
+    .expect("a throwaway PgBouncer (apt-get install pgbouncer)");
+    let pooled = support::connect(&bouncer.dsn("tenant_t1", "postgres")).await;
+    pooled.batch_execute("SELECT 1").await.unwrap();
     let daemon = TestDaemon::start_with(|c| {
         let mut target = tenantwatch::config::FileTarget::new("main", pg.dsn("postgres"));
         target.poll_interval = "200ms".into();
         target.schema_detail = "full".into();
         c.targets.push(target);
+        let mut pgbouncer = tenantwatch::config::FilePgBouncer::new("edge", bouncer.admin_dsn());
+        pgbouncer.poll_interval = "200ms".into();
+        c.pgbouncers.push(pgbouncer);
+        c.tenants.rules.push(tenantwatch::config::FileRule {
+            source: "database".into(),
+            pattern: "^tenant_(?P<tenant>.+)$".into(),
+            key: None,
+        });
     })
     .await;
     // Some traffic so that every kind of family is present with samples
@@ -247,9 +275,10 @@ async fn docs_metrics_lists_exactly_the_exposed_families() {
     daemon.get("/healthz").await;
     daemon.send_udp(b"tenantwatch.query:1|ms|#tenant:t1,kind:read");
     let m = daemon
-        .metrics_when("one event and one poll", |m| {
+        .metrics_when("one event and one poll of each", |m| {
             m.value_or_zero("tenantwatch_events_received_total", &[("source", "udp")]) == 1.0
                 && m.value("tenantwatch_target_up", &[("target", "main")]) == Some(1.0)
+                && m.value("tenantwatch_pgbouncer_up", &[("pgbouncer", "edge")]) == Some(1.0)
         })
         .await;
     let exposed = m.family_names();
@@ -261,6 +290,7 @@ async fn docs_metrics_lists_exactly_the_exposed_families() {
         "docs/metrics.md is out of date: undocumented {missing:?}, no longer exposed {stale:?}"
     );
     daemon.stop().await;
+    drop(pooled);
 }
 
 /// A blocking HTTP/1.1 POST on a fresh connection: (status, body).
