@@ -113,6 +113,26 @@ def fleet():
             description="Client backends per application_name, as PostgreSQL sees them: set it to the pod name to see connections per pod.")
     b.panel(TS, "Queries/s by tier", [t("sum by (tier) (rate(tenantwatch_tenant_queries_total[$__rate_interval]) * on (job, instance, tenant) group_left (tier) tenantwatch_tenant_info)", "{{tier}}")], "reqps", w=24,
             description="Tenants with a tier ([ratelimit.tenants] or tenants.tiers_file), grouped by it through tenantwatch_tenant_info.")
+    b.row("PgBouncer")
+    b.panel("stat", "PgBouncers up", [t("sum(tenantwatch_pgbouncer_up)")], "short", w=4, h=4)
+    b.panel("stat", "Clients waiting", [t('sum(tenantwatch_pgbouncer_pool_clients{state="waiting"}) or vector(0)')], "short", w=4, h=4,
+            description="Clients queued for a server connection in every pool: above 0 for long, a pool is saturated.")
+    b.panel("stat", "Longest client wait", [t("max(tenantwatch_pgbouncer_pool_maxwait_seconds) or vector(0)")], "s", w=4, h=4)
+    b.panel("stat", "Client connections used", [t("max(sum without (application) (tenantwatch_pgbouncer_client_connections) / tenantwatch_pgbouncer_max_client_connections)")], "percentunit", w=4, h=4,
+            description="The fullest PgBouncer's client connections over its max_client_conn.")
+    b.panel("stat", "Server connections", [t("sum(tenantwatch_pgbouncer_pool_servers)")], "short", w=4, h=4)
+    b.panel("stat", "Pooled transactions/s", [t("sum(rate(tenantwatch_pgbouncer_transactions_total[$__rate_interval]))")], "ops", w=4, h=4)
+    b.panel(TS, "Clients waiting by pool", [t('topk(10, sum by (pgbouncer, database, user) (tenantwatch_pgbouncer_pool_clients{state="waiting"}))', "{{pgbouncer}} {{database}}/{{user}}")], "short",
+            description="The ten pools with most clients queued for a server connection (SHOW POOLS cl_waiting).")
+    b.panel(TS, "Longest wait by pool", [t("topk(10, max by (pgbouncer, database, user) (tenantwatch_pgbouncer_pool_maxwait_seconds))", "{{pgbouncer}} {{database}}/{{user}}")], "s",
+            description="How long each pool's oldest waiting client has waited; above 1 s pages (TenantwatchPgBouncerMaxWaitHigh).")
+    b.panel(TS, "Client wait time/s by database", [t("topk(10, sum by (pgbouncer, database) (rate(tenantwatch_pgbouncer_client_wait_seconds_total[$__rate_interval])))", "{{pgbouncer}} {{database}}")], "s",
+            description="Seconds clients spent waiting for a server connection per second: the queueing cost of each database's pools.")
+    b.panel(TS, "Server connections by state", [t("sum by (pgbouncer, state) (tenantwatch_pgbouncer_pool_servers)", "{{pgbouncer}} {{state}}")], "short")
+    b.panel(TS, "Client connections vs max_client_conn", [
+        t("sum by (pgbouncer) (tenantwatch_pgbouncer_client_connections)", "{{pgbouncer}} clients"),
+        t("max by (pgbouncer) (tenantwatch_pgbouncer_max_client_connections)", "{{pgbouncer}} max_client_conn")], "short")
+    b.panel(TS, "Pooled transactions/s by database", [t("topk(10, sum by (pgbouncer, database) (rate(tenantwatch_pgbouncer_transactions_total[$__rate_interval])))", "{{pgbouncer}} {{database}}")], "ops")
     b.row("Flags")
     b.panel("table", "Flagged tenants", [t("max by (tenant, reason, severity) (tenantwatch_tenant_flag_value)", instant=True)], "short", w=24, options=TABLE_OPTS)
     b.panel(TS, "Flags raised by reason", [t("count by (reason) (tenantwatch_tenant_flagged)", "{{reason}}")], "short", w=12)
@@ -155,6 +175,10 @@ def tenant():
         t('tenantwatch_tenant_dead_tuples{tenant="$tenant"}', "{{target}} dead")], "short")
     b.panel(TS, "Rows written/s", [t('sum by (op) (rate(tenantwatch_tenant_tuples_total{tenant="$tenant",op=~"inserted|updated|deleted"}[$__rate_interval]))', "{{op}}")], "short")
     b.panel(TS, "Cache hit ratio", [t('sum(rate(tenantwatch_tenant_blocks_total{tenant="$tenant",source="hit"}[$__rate_interval])) / sum(rate(tenantwatch_tenant_blocks_total{tenant="$tenant"}[$__rate_interval]))', "hit ratio")], "percentunit")
+    b.panel(TS, "PgBouncer pool: waiting clients and wait time", [
+        t('sum by (pgbouncer) (tenantwatch_tenant_pool_waiting_clients{tenant="$tenant"})', "{{pgbouncer}} waiting clients"),
+        t('sum by (pgbouncer) (rate(tenantwatch_tenant_pool_wait_seconds_total{tenant="$tenant"}[$__rate_interval]))', "{{pgbouncer}} wait s/s")], "short",
+            description="The tenant's clients queued for a server connection in its PgBouncer pools (database- or role-per-tenant pools), and the seconds they waited per second.")
     b.panel("table", "Flags", [t('max by (reason) (tenantwatch_tenant_flag_value{tenant="$tenant"})', instant=True)], "short", w=12, options=TABLE_OPTS)
     b.panel(TS, "Effective rate-limit quota", [t('tenantwatch_tenant_ratelimit_qps{tenant="$tenant"}', "qps")], "reqps")
     b.panel(TS, "Guard actions", [t('sum by (rule, action, result) (increase(tenantwatch_guard_actions_total{tenant="$tenant"}[$__rate_interval]))', "{{rule}} {{action}} {{result}}")], "short",

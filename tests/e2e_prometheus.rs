@@ -81,9 +81,17 @@ fn dashboard_queries() -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_reach_alertmanager_and_every_panel_has_data() {
+    assert!(
+        tenantwatch::demo::pgbouncer::find_binary().is_some(),
+        "the PgBouncer panels need the demo's PgBouncer: install Debian's pgbouncer package (scripts/test.sh does it as root)"
+    );
     let env = DemoEnvironment::start(12, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("the demo environment starts");
+    assert!(
+        env.pgbouncer.is_some(),
+        "the demo's PgBouncer did not start"
+    );
     let tenantwatch = env.daemon.http_addr();
     let dir = env.cluster.dir().join("monitoring");
     std::fs::create_dir_all(&dir).unwrap();

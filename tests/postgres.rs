@@ -642,8 +642,9 @@ async fn a_client_calling_itself_tenantwatch_is_still_counted() {
     .await;
     let impostor = connect(&format!("{} application_name=tenantwatch", pg.dsn("app"))).await;
     // In a transaction, so that the tag keeps the session its tenant's.
+    impostor.batch_execute("BEGIN").await.unwrap();
     impostor
-        .batch_execute("BEGIN; /*tenant='sneaky'*/ SELECT 1")
+        .batch_execute("/*tenant='sneaky'*/ SELECT 1")
         .await
         .unwrap();
     let m = daemon

@@ -18,7 +18,10 @@ use tokio::task::JoinSet;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, FileConfig, FileRuleSettings, FileTarget, FileTenantQuota, FileTier};
+use crate::config::{
+    Config, FileConfig, FilePgBouncer, FileRule, FileRuleSettings, FileTarget, FileTenantQuota,
+    FileTier,
+};
 use crate::daemon::Daemon;
 use cluster::{Cluster, ClusterError};
 
@@ -102,8 +105,25 @@ async fn create_schemas(
         ))
         .await?;
     }
+    // The noisy tenant's reporting service logs in as its own role, through
+    // the demo's PgBouncer: a role-per-tenant pool.
+    admin
+        .batch_execute(&format!("CREATE ROLE {NOISY_TENANT_ROLE} LOGIN"))
+        .await?;
+    app.batch_execute(&format!(
+        "GRANT USAGE ON SCHEMA tenant_{NOISY_TENANT} TO {NOISY_TENANT_ROLE};
+         GRANT SELECT ON ALL TABLES IN SCHEMA tenant_{NOISY_TENANT} TO {NOISY_TENANT_ROLE};"
+    ))
+    .await?;
     Ok(())
 }
+
+/// The noisy tenant's own role (attributed by the demo's role rule).
+const NOISY_TENANT_ROLE: &str = "app_clinic7";
+
+/// The demo's PgBouncer pool size: smaller than the noisy tenant's six
+/// reporting workers, so its pool saturates and clients wait.
+const DEMO_POOL_SIZE: u32 = 3;
 
 /// The application role of the demo's idle session: not a superuser, so
 /// the guard (in dry run) may act on it, as on any application's session.
@@ -366,7 +386,9 @@ async fn noisy_worker(daemon: (SocketAddr, SocketAddr), dsn: String, shutdown: C
         let started = Instant::now();
         let result = tokio::select! {
             _ = shutdown.cancelled() => break,
-            result = client.query(&sql, &[]) => result,
+            // The simple query protocol: through a transaction-mode pool
+            // a prepared statement may land on another server connection.
+            result = client.simple_query(&sql) => result,
         };
         events.add(QueryEvent {
             tenant,
@@ -399,6 +421,8 @@ async fn idle_in_transaction(dsn: String, shutdown: CancellationToken) {
 /// [`run`] shows and what the end-to-end tests drive.
 pub struct DemoEnvironment {
     pub cluster: Cluster,
+    /// In front of the cluster when the `pgbouncer` binary is installed.
+    pub pgbouncer: Option<pgbouncer::PgBouncer>,
     pub daemon: Daemon,
     pub tenants: Arc<Vec<String>>,
     workload: CancellationToken,
@@ -414,6 +438,7 @@ impl DemoEnvironment {
             .map_err(|_| DemoError::Join)??;
         let tenants = Arc::new(tenant_names(tenants));
         create_schemas(&cluster, &tenants).await?;
+        let pgbouncer = start_pgbouncer(&cluster).await;
 
         let mut file = FileConfig::default();
         file.server.listen = listen.to_string();
@@ -427,6 +452,31 @@ impl DemoEnvironment {
             size_interval: "30s".into(),
             ..FileTarget::new("demo", cluster.dsn("app"))
         });
+        if let Some(pgbouncer) = &pgbouncer {
+            file.pgbouncers.push(FilePgBouncer {
+                poll_interval: "2s".into(),
+                ..FilePgBouncer::new("demo", pgbouncer.admin_dsn())
+            });
+        }
+        // The default rules (schemas, query comments), with the noisy
+        // tenant's role between them: its pooled sessions are its own.
+        file.tenants.rules = vec![
+            FileRule {
+                source: "schema".into(),
+                pattern: "^tenant_(?P<tenant>.+)$".into(),
+                key: None,
+            },
+            FileRule {
+                source: "role".into(),
+                pattern: "^app_(?P<tenant>.+)$".into(),
+                key: None,
+            },
+            FileRule {
+                source: "query_comment".into(),
+                pattern: "^(?P<tenant>.+)$".into(),
+                key: None,
+            },
+        ];
         // Detection tuned to show within the demo's first minute what the
         // shipped defaults (2m for db_time_hog, 60s idle in transaction) show
         // in two.
@@ -494,8 +544,14 @@ impl DemoEnvironment {
                 workload.clone(),
             ));
         }
+        // The noisy tenant's six reporting workers, through PgBouncer when
+        // there is one.
+        let noisy_dsn = match &pgbouncer {
+            Some(pgbouncer) => pgbouncer.dsn("app", NOISY_TENANT_ROLE),
+            None => format!("{} user={NOISY_TENANT_ROLE}", cluster.dsn("app")),
+        };
         for _ in 0..6 {
-            tasks.spawn(noisy_worker(addrs, cluster.dsn("app"), workload.clone()));
+            tasks.spawn(noisy_worker(addrs, noisy_dsn.clone(), workload.clone()));
         }
         tasks.spawn(idle_in_transaction(
             format!("{} user={DEMO_APP_ROLE}", cluster.dsn("app")),
@@ -503,6 +559,7 @@ impl DemoEnvironment {
         ));
         Ok(DemoEnvironment {
             cluster,
+            pgbouncer,
             daemon,
             tenants,
             workload,
@@ -516,10 +573,35 @@ impl DemoEnvironment {
         while self.tasks.join_next().await.is_some() {}
         self.daemon.shutdown();
         self.daemon.wait().await;
-        let cluster = self.cluster;
-        tokio::task::spawn_blocking(move || drop(cluster))
+        let (cluster, pgbouncer) = (self.cluster, self.pgbouncer);
+        tokio::task::spawn_blocking(move || drop((pgbouncer, cluster)))
             .await
             .map_err(|_| DemoError::Join)
+    }
+}
+
+/// A PgBouncer in transaction mode in front of the cluster, when the
+/// `pgbouncer` binary is installed; `None` (and a line saying so) when not.
+async fn start_pgbouncer(cluster: &Cluster) -> Option<pgbouncer::PgBouncer> {
+    if pgbouncer::find_binary().is_none() {
+        println!(
+            "pgbouncer is not installed: the demo runs without a PgBouncer, and the PgBouncer panels stay empty (apt-get install pgbouncer)."
+        );
+        return None;
+    }
+    let settings = pgbouncer::PgBouncerSettings {
+        backend_port: cluster.port(),
+        default_pool_size: DEMO_POOL_SIZE,
+        max_client_conn: 100,
+        users: vec![NOISY_TENANT_ROLE.into()],
+    };
+    match tokio::task::spawn_blocking(move || pgbouncer::PgBouncer::start_new(&settings)).await {
+        Ok(Ok(pgbouncer)) => Some(pgbouncer),
+        Ok(Err(err)) => {
+            println!("PgBouncer did not start ({err}): the demo runs without one.");
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -540,6 +622,12 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
         env.cluster.port(),
         env.cluster.dir().display()
     );
+    if let Some(pgbouncer) = &env.pgbouncer {
+        println!(
+            "PgBouncer (transaction mode, pool size {DEMO_POOL_SIZE}) is up on 127.0.0.1:{}; {NOISY_TENANT}'s reporting workers go through it.",
+            pgbouncer.port()
+        );
+    }
 
     println!(
         "\ntenantwatch is running on the demo database. Open:\n  \
