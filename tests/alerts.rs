@@ -156,7 +156,8 @@ fn the_example_alertmanager_config_routes_pages_and_tenant_warnings() {
             "tenant-owners",
             &[
                 "severity=warning",
-                "alertname=TenantwatchIdleInTransaction",
+                "alertname=TenantwatchTenantFlagged",
+                "reason=idle_in_transaction",
                 "tenant=clinic7",
                 "target=shard1",
             ],
