@@ -220,12 +220,12 @@ SELECT n.nspname::text AS schema,
                   FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS vacuums,
        COALESCE(sum(pg_stat_get_analyze_count(c.oid) + pg_stat_get_autoanalyze_count(c.oid))
                   FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS analyzes,
-       EXTRACT(EPOCH FROM now() - max(GREATEST(pg_stat_get_last_vacuum_time(c.oid),
-                                               pg_stat_get_last_autovacuum_time(c.oid)))
-                                   FILTER (WHERE c.relkind <> 'i'))::float8 AS last_vacuum_age,
-       EXTRACT(EPOCH FROM now() - max(GREATEST(pg_stat_get_last_analyze_time(c.oid),
-                                               pg_stat_get_last_autoanalyze_time(c.oid)))
-                                   FILTER (WHERE c.relkind <> 'i'))::float8 AS last_analyze_age,
+       EXTRACT(EPOCH FROM max(GREATEST(pg_stat_get_last_vacuum_time(c.oid),
+                                       pg_stat_get_last_autovacuum_time(c.oid)))
+                           FILTER (WHERE c.relkind <> 'i'))::float8 AS last_vacuum_unix,
+       EXTRACT(EPOCH FROM max(GREATEST(pg_stat_get_last_analyze_time(c.oid),
+                                       pg_stat_get_last_autoanalyze_time(c.oid)))
+                           FILTER (WHERE c.relkind <> 'i'))::float8 AS last_analyze_unix,
        (COALESCE(sum(c.relpages::int8 + COALESCE(t.relpages, 0)::int8), 0)
          * current_setting('block_size')::int8)::int8 AS estimated_bytes
   FROM pg_class c
@@ -241,9 +241,10 @@ fn nonneg(value: i64) -> u64 {
     value.max(0) as u64
 }
 
-fn min_age(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+/// The later of two optional times.
+fn latest(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
+        (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     }
 }
@@ -297,10 +298,8 @@ pub fn add_schema_rows(
         t.idx_blks_hit += get("idx_blks_hit")?;
         t.vacuums += get("vacuums")?;
         t.analyzes += get("analyzes")?;
-        t.last_vacuum_age_seconds =
-            min_age(t.last_vacuum_age_seconds, row.try_get("last_vacuum_age")?);
-        t.last_analyze_age_seconds =
-            min_age(t.last_analyze_age_seconds, row.try_get("last_analyze_age")?);
+        t.last_vacuum_unix = latest(t.last_vacuum_unix, row.try_get("last_vacuum_unix")?);
+        t.last_analyze_unix = latest(t.last_analyze_unix, row.try_get("last_analyze_unix")?);
         t.estimated_bytes += get("estimated_bytes")?;
     }
     Ok(())

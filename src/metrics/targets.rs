@@ -431,15 +431,15 @@ fn encode_tenant_schemas(targets: &[TargetStatus], encoder: &mut DescriptorEncod
             true,
         ),
         (
-            "tenantwatch_tenant_last_vacuum_age_seconds",
-            "Seconds since the most recent (auto)vacuum of any of the tenant's tables.",
-            |s| s.last_vacuum_age_seconds.unwrap_or(f64::NAN),
+            "tenantwatch_tenant_last_vacuum_timestamp_seconds",
+            "Unix time of the most recent (auto)vacuum of any of the tenant's tables.",
+            |s| s.last_vacuum_unix.unwrap_or(f64::NAN),
             false,
         ),
         (
-            "tenantwatch_tenant_last_analyze_age_seconds",
-            "Seconds since the most recent (auto)analyze of any of the tenant's tables.",
-            |s| s.last_analyze_age_seconds.unwrap_or(f64::NAN),
+            "tenantwatch_tenant_last_analyze_timestamp_seconds",
+            "Unix time of the most recent (auto)analyze of any of the tenant's tables.",
+            |s| s.last_analyze_unix.unwrap_or(f64::NAN),
             true,
         ),
     ];

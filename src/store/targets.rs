@@ -88,11 +88,11 @@ impl PollErrorKind {
 /// How many per-tenant schema series a target exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SchemaDetail {
-    /// Size, live and dead tuples, last vacuum age, five tuple counters, two
+    /// Size, live and dead tuples, last vacuum time, five tuple counters, two
     /// scan counters, heap blocks read and hit.
     #[default]
     Basic,
-    /// Also the size estimate, tables, schemas, last analyze age, HOT
+    /// Also the size estimate, tables, schemas, last analyze time, HOT
     /// updates, vacuum and analyze counts, index blocks.
     Full,
 }
@@ -305,9 +305,10 @@ pub struct SchemaTotals {
     pub idx_blks_hit: u64,
     pub vacuums: u64,
     pub analyzes: u64,
-    /// Seconds since the most recent (auto)vacuum of any of its tables.
-    pub last_vacuum_age_seconds: Option<f64>,
-    pub last_analyze_age_seconds: Option<f64>,
+    /// Unix time of the most recent (auto)vacuum of any of its tables.
+    pub last_vacuum_unix: Option<f64>,
+    /// Unix time of the most recent (auto)analyze of any of its tables.
+    pub last_analyze_unix: Option<f64>,
     /// From `pg_class` page counts, refreshed every poll.
     pub estimated_bytes: u64,
 }
