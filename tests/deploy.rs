@@ -126,6 +126,7 @@ fn every_shipped_config_passes_check_config() {
             .args(["check-config", &format!("{ROOT}/{file}")])
             .env("PGPASSWORD", "from-a-secret")
             .env("TENANTWATCH_AUTH_TOKEN", "from-a-secret")
+            .env("POD_NAME", "postgres-0")
             .output()
             .unwrap();
         assert!(
@@ -134,6 +135,41 @@ fn every_shipped_config_passes_check_config() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The sidecar names its target after its pod (`${POD_NAME}`, from the
+/// downward API), so shards and the two pods of a rollout never share one.
+#[test]
+fn the_sidecar_names_its_target_after_its_pod() {
+    let config = format!("{ROOT}/deploy/kustomize/overlays/sidecar/tenantwatch.toml");
+    let check = |pod: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tenantwatch"));
+        command
+            .args(["check-config", &config])
+            .env("PGPASSWORD", "from-a-secret")
+            .env("TENANTWATCH_AUTH_TOKEN", "from-a-secret")
+            .env_remove("POD_NAME");
+        if let Some(pod) = pod {
+            command.env("POD_NAME", pod);
+        }
+        command.output().unwrap()
+    };
+    let out = check(Some("postgres-1"));
+    assert!(out.status.success());
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("target postgres-1:"), "{summary}");
+    let out = check(None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("POD_NAME is not set"), "{stderr}");
+    let statefulset = std::fs::read_to_string(format!(
+        "{ROOT}/deploy/kustomize/overlays/sidecar/statefulset.yaml"
+    ))
+    .unwrap();
+    assert!(
+        statefulset.contains("- name: POD_NAME\n              valueFrom:\n                fieldRef:\n                  fieldPath: metadata.name"),
+        "the sidecar container does not get POD_NAME from the downward API"
+    );
 }
 
 #[test]

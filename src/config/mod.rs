@@ -274,23 +274,121 @@ impl Config {
                 Some((path, value.as_str()))
             })
             .collect();
-        let file: FileConfig = if overrides.is_empty() {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| parse_error(describe_toml_error(&e, text)))?;
+        let original = table.clone();
+        let mut unset = Vec::new();
+        expand_env(&mut table, &env, "", &mut unset);
+        if !unset.is_empty() {
+            return Err(ConfigError::Invalid(unset));
+        }
+        let file: FileConfig = if overrides.is_empty() && table == original {
+            // Straight from the text, so that errors name the line.
             toml::from_str(text).map_err(|e| parse_error(describe_toml_error(&e, text)))?
         } else {
-            let mut table: toml::Table =
-                toml::from_str(text).map_err(|e| parse_error(describe_toml_error(&e, text)))?;
             for (key_path, value) in &overrides {
                 apply_override(&mut table, key_path, value).map_err(parse_error)?;
             }
             table.try_into().map_err(|e: toml::de::Error| {
                 parse_error(format!(
-                    "after environment overrides: {}",
+                    "after environment expansion and overrides: {}",
                     redact(e.message(), text)
                 ))
             })?
         };
         validate::assemble(&file, &env)
     }
+}
+
+/// Replaces `${NAME}` in every string value of `table` (at any depth) with
+/// the variable `NAME` of `env`, so that one file serves every pod
+/// (`name = "${POD_NAME}"`); `$${` writes a literal `${`. A variable that is
+/// not set is an invalid key, named with the variable.
+fn expand_env(
+    table: &mut toml::Table,
+    env: &[(String, String)],
+    prefix: &str,
+    unset: &mut Vec<InvalidKey>,
+) {
+    for (key, value) in table.iter_mut() {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        expand_value(value, env, &path, unset);
+    }
+}
+
+fn expand_value(
+    value: &mut toml::Value,
+    env: &[(String, String)],
+    path: &str,
+    unset: &mut Vec<InvalidKey>,
+) {
+    match value {
+        toml::Value::String(text) if text.contains('$') => {
+            let (expanded, missing) = expand_text(text, env);
+            for name in missing {
+                unset.push(InvalidKey {
+                    key: path.to_owned(),
+                    value: format!("${{{name}}}"),
+                    message: format!("the environment variable {name} is not set"),
+                });
+            }
+            *text = expanded;
+        }
+        toml::Value::Table(table) => expand_env(table, env, path, unset),
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_value(item, env, &format!("{path}[{i}]"), unset);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `text` with each `${NAME}` replaced, and the names that were not set.
+/// Anything else with a `$` (`$x`, an unclosed `${`) is left as written.
+fn expand_text(text: &str, env: &[(String, String)]) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len());
+    let mut missing = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(escaped) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = escaped;
+            continue;
+        }
+        let name = after
+            .strip_prefix('{')
+            .and_then(|inner| inner.split_once('}'))
+            .map(|(name, _)| name)
+            .filter(|name| {
+                let mut bytes = name.bytes();
+                bytes
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                    && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+        match name {
+            Some(name) => {
+                match env.iter().find(|(key, _)| key == name) {
+                    Some((_, value)) => out.push_str(value),
+                    None => missing.push(name.to_owned()),
+                }
+                rest = &after[name.len() + 2..];
+            }
+            None => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    (out, missing)
 }
 
 /// A TOML error as "line L, column C: message", without the source line
@@ -722,6 +820,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(with_token.server.read_token, Some(Secret::new("r")));
+    }
+
+    #[test]
+    fn environment_variables_are_expanded_in_values() {
+        let text = "[[targets]]\nname = \"${POD_NAME}\"\ndsn = \"host=${PGHOST} user=u\"\n\
+                    [tenants]\nrules = [{ source = \"schema\", pattern = \"^t_(?P<tenant>.+)$\" }]\n";
+        let env = vec![
+            ("POD_NAME".to_owned(), "postgres-0".to_owned()),
+            ("PGHOST".to_owned(), "db1".to_owned()),
+        ];
+        let config = Config::from_toml_with_env(text, Path::new("t.toml"), env).unwrap();
+        assert_eq!(config.targets[0].name, "postgres-0");
+        assert_eq!(config.targets[0].description, "db1:5432/u");
+        // A `$` that starts no `${NAME}` stays as written.
+        assert_eq!(
+            config.attribution.rules()[0].pattern.as_str(),
+            "^t_(?P<tenant>.+)$"
+        );
+        let err = Config::from_toml_with_env(text, Path::new("t.toml"), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("targets[0].name"), "{err}");
+        assert!(err.contains("POD_NAME is not set"), "{err}");
+        assert!(err.contains("PGHOST is not set"), "{err}");
+    }
+
+    #[test]
+    fn expansion_leaves_other_dollars_alone() {
+        let env = vec![("A".to_owned(), "1".to_owned())];
+        assert_eq!(expand_text("x$y ${A} ${ $${A} ${A", &env).0, "x$y 1 ${ ${A} ${A");
+        assert_eq!(expand_text("${B}", &env).1, vec!["B".to_owned()]);
     }
 
     #[test]
