@@ -62,6 +62,19 @@ fn kustomize_overlays_build_and_validate() {
                 "{overlay} lacks a {kind}"
             );
         }
+        // Every dashboard as a ConfigMap Grafana's sidecar picks up.
+        for board in ["fleet", "tenant", "noisy-neighbours", "capacity", "health"] {
+            let name = format!("name: tenantwatch-dashboard-{board}\n");
+            let at = manifests
+                .find(&name)
+                .unwrap_or_else(|| panic!("{overlay}: no ConfigMap for the {board} dashboard"));
+            let object_start = manifests[..at].rfind("\n---").map_or(0, |i| i + 4);
+            let object_end = manifests[at..].find("\n---").map_or(manifests.len(), |i| at + i);
+            let object = &manifests[object_start..object_end];
+            assert!(object.contains("kind: ConfigMap"), "{object}");
+            assert!(object.contains("grafana_dashboard: \"1\""), "{overlay}/{board}: label");
+            assert!(object.contains(&format!("{board}.json: |")), "{overlay}/{board}: data");
+        }
         let file = std::env::temp_dir().join(format!("tw-{overlay}-{}.yaml", std::process::id()));
         std::fs::write(&file, &manifests).unwrap();
         let report = run(
