@@ -21,6 +21,7 @@ needed=(
   "prometheus-alertmanager:prometheus-alertmanager"
   "kubectl:kubernetes-client"
   "redis-server:redis-server"
+  "jsonnet:jsonnet"
   "pgbouncer:pgbouncer"
 )
 

@@ -74,6 +74,10 @@ fn expressions() -> Vec<(String, String)> {
 /// Grafana's variables replaced by values that keep the expression valid.
 fn substitute(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
+        .replace("$__range", "1h")
+        .replace("$job", ".+")
+        .replace("$instance", ".+")
+        .replace("$cluster", ".*")
         .replace("$limit", "10")
         .replace("$tenant", "clinic1")
         .replace("$target", ".*")
@@ -87,6 +91,12 @@ fn dashboards_follow_the_house_rules() {
         assert_eq!(uid, format!("tenantwatch-{name}"), "stable uid");
         assert!(uids.insert(uid.to_owned()));
         let vars = board["templating"]["list"].as_array().unwrap();
+        for variable in ["job", "instance"] {
+            assert!(
+                vars.iter().any(|v| v["name"] == variable),
+                "{name}: a {variable} variable"
+            );
+        }
         assert!(
             vars.iter()
                 .any(|v| v["name"] == "datasource" && v["type"] == "datasource"),
@@ -130,6 +140,20 @@ fn dashboards_follow_the_house_rules() {
                         expr.contains("topk("),
                         "{name} / {title}: one line per tenant without topk"
                     );
+                    assert!(
+                        panel["fieldConfig"]["defaults"]["links"][0]["url"]
+                            .as_str()
+                            .is_some_and(|u| u.starts_with("/d/tenantwatch-tenant/")
+                                && u.contains("${__url_time_range}")),
+                        "{name} / {title}: tenant lines without a link to the tenant dashboard"
+                    );
+                }
+                // Several tenantwatch instances: every query selects them.
+                if !expr.starts_with("vector(") {
+                    assert!(
+                        expr.contains("job=~\"$job\"") && expr.contains("instance=~\"$instance\""),
+                        "{name} / {title}: {expr} does not select $job and $instance"
+                    );
                 }
             }
         }
@@ -148,12 +172,16 @@ fn every_expression_parses_and_reads_exported_metrics() {
     let mut rules = String::from("groups:\n  - name: dashboard-expressions\n    rules:\n");
     for (i, (place, expr)) in expressions.iter().enumerate() {
         // label_values(metric, label) is Grafana's; check the metric in it.
-        let expr = if let Some(inner) = expr.strip_prefix("label_values(") {
-            inner.split(',').next().unwrap().to_owned()
-        } else {
-            substitute(expr)
+        let expr = match expr.strip_prefix("label_values(") {
+            Some(inner) => substitute(inner.rsplit_once(',').unwrap().0),
+            None => substitute(expr),
         };
-        for metric in support::metric_names_in(&expr) {
+        // A name prefix in a `__name__=~"tenantwatch_tenant_.+"` regex is
+        // no metric.
+        for metric in support::metric_names_in(&expr)
+            .into_iter()
+            .filter(|m| !m.ends_with('_'))
+        {
             assert!(
                 support::is_exported(&metric, &documented),
                 "{place}: {metric} is not exported"
@@ -182,29 +210,52 @@ fn every_expression_parses_and_reads_exported_metrics() {
     std::fs::remove_file(file).unwrap();
 }
 
+/// The mixin (mixin/, jsonnet) is the one source of the dashboards, the
+/// rules file and the PrometheusRule: what scripts/gen-mixin.sh writes now
+/// must be what is committed.
 #[test]
-fn the_committed_dashboards_are_what_the_generator_writes() {
+fn the_committed_monitoring_content_is_what_the_mixin_generates() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new("python3")
-        .arg(format!("{root}/scripts/gen-dashboards.py"))
-        .env(
-            "TENANTWATCH_DASHBOARDS_OUT",
-            std::env::temp_dir().join(format!("tw-dash-{}", std::process::id())),
-        )
+    let generated = std::env::temp_dir().join(format!("tw-mixin-{}", std::process::id()));
+    let out = Command::new("bash")
+        .arg(format!("{root}/scripts/gen-mixin.sh"))
+        .arg(&generated)
         .output()
-        .expect("python3 runs the generator (apt-get install python3)");
+        .expect("bash runs scripts/gen-mixin.sh");
     assert!(
         out.status.success(),
-        "{}",
+        "scripts/gen-mixin.sh failed (it needs jsonnet: apt-get install jsonnet; scripts/test.sh installs it): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let generated = std::env::temp_dir().join(format!("tw-dash-{}", std::process::id()));
-    for (name, committed) in BOARDS {
-        let fresh = std::fs::read_to_string(generated.join(format!("{name}.json"))).unwrap();
-        assert_eq!(
-            fresh, committed,
-            "dashboards/{name}.json differs from scripts/gen-dashboards.py's output: rerun it"
+    let mut files: Vec<String> = BOARDS
+        .iter()
+        .map(|(name, _)| format!("dashboards/{name}.json"))
+        .collect();
+    files.push("alerts/tenantwatch.rules.yml".into());
+    files.push("deploy/kustomize/base/prometheusrule.yaml".into());
+    for file in files {
+        let fresh = std::fs::read_to_string(generated.join(&file)).unwrap();
+        let committed = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        assert!(
+            fresh == committed,
+            "{file} differs from what the mixin generates: edit mixin/, run scripts/gen-mixin.sh"
         );
     }
     std::fs::remove_dir_all(generated).unwrap();
+}
+
+/// Every recording rule a dashboard reads is one the rules file records.
+#[test]
+fn dashboards_read_only_recorded_rules() {
+    let rules = include_str!("../alerts/tenantwatch.rules.yml");
+    for (place, expr) in expressions() {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+            if word.contains(':') && word.contains("tenantwatch_") {
+                assert!(
+                    rules.contains(&format!("record: \"{word}\"")),
+                    "{place}: {word} is not a recording rule of the mixin"
+                );
+            }
+        }
+    }
 }

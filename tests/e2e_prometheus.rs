@@ -66,6 +66,10 @@ fn dashboard_queries() -> Vec<(String, String)> {
                     .as_str()
                     .unwrap()
                     .replace("$__rate_interval", "30s")
+                    .replace("$__range", "1m")
+                    .replace("$job", ".+")
+                    .replace("$instance", ".+")
+                    .replace("$cluster", ".*")
                     .replace("$limit", "10")
                     .replace("$tenant", NOISY_TENANT)
                     .replace("$target", ".*");

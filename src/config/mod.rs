@@ -849,7 +849,10 @@ mod tests {
     #[test]
     fn expansion_leaves_other_dollars_alone() {
         let env = vec![("A".to_owned(), "1".to_owned())];
-        assert_eq!(expand_text("x$y ${A} ${ $${A} ${A", &env).0, "x$y 1 ${ ${A} ${A");
+        assert_eq!(
+            expand_text("x$y ${A} ${ $${A} ${A", &env).0,
+            "x$y 1 ${ ${A} ${A"
+        );
         assert_eq!(expand_text("${B}", &env).1, vec!["B".to_owned()]);
     }
 

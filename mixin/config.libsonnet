@@ -1,0 +1,34 @@
+// The mixin's settings. Override any of them when you import the mixin:
+//
+//   (import 'tenantwatch/mixin/mixin.libsonnet') + {
+//     _config+:: { tenantwatchSelector: 'job="tenantwatch-prod"' },
+//   }
+{
+  _config+:: {
+    // Selects tenantwatch's scrape job, for the "tenantwatch is down" alert
+    // (`up{...}`) and the dashboards' job variable.
+    tenantwatchSelector: 'job="tenantwatch"',
+    // Where the alert runbooks live: runbook_url is this prefix plus the
+    // alert's name and ".md" (absolute, so that the link works in Slack or
+    // PagerDuty). Point it at your own copy of docs/runbooks/ if you keep one.
+    runbookURLPrefix: 'https://github.com/tenantwatch/tenantwatch/blob/main/docs/runbooks/',
+    // Dashboards: a cluster variable and selector, for a Prometheus (or
+    // Thanos, Mimir) that scrapes several Kubernetes clusters.
+    showMultiCluster: false,
+    clusterLabel: 'cluster',
+    // Dashboards: title prefix, tags, refresh and default time range.
+    dashboardTitlePrefix: 'tenantwatch / ',
+    dashboardTags: ['tenantwatch'],
+    dashboardRefresh: '30s',
+    dashboardFrom: 'now-6h',
+
+    // Alert thresholds.
+    tenantLatencyP95Seconds: 1,
+    targetConnectionsNearMaxRatio: 0.9,
+    targetSizeBudgetDays: 30,
+    pollSlowSeconds: 5,
+    ingestRejectedRatio: 0.05,
+    pgbouncerMaxWaitSeconds: 1,
+    pgbouncerClientsNearMaxRatio: 0.9,
+  },
+}
