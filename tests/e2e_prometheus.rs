@@ -1,8 +1,11 @@
-//! End to end with the real monitoring stack: the demo's PostgreSQL and
-//! workload, tenantwatch, a real Prometheus scraping it every second with the
-//! shipped rules, and a real Alertmanager with the example configuration, all
-//! on loopback. The misbehaving tenant's alert reaches Alertmanager while no
-//! healthy tenant has one, and every dashboard panel's query returns data.
+//! End to end with the real monitoring stack: the demo's PostgreSQL,
+//! PgBouncer and workload, two tenantwatch instances watching the same
+//! target under the same name (a rollout, or two shards named alike), a real
+//! Prometheus scraping both every second with the shipped rules, and a real
+//! Alertmanager with the example configuration, all on loopback. The
+//! misbehaving tenant's alert reaches Alertmanager once per instance while
+//! no healthy tenant has one, no rule fails to evaluate, and every dashboard
+//! panel's query returns data.
 //! Needs `prometheus` and `prometheus-alertmanager` (scripts/test.sh installs
 //! them).
 
@@ -15,9 +18,12 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+
 use serde_json::Value;
 use tenantwatch::demo::cluster::free_port;
-use tenantwatch::demo::{DemoEnvironment, NOISY_TENANT};
+use tenantwatch::demo::{self as demo, DemoEnvironment, NOISY_TENANT};
+use tenantwatch::{Config, Daemon};
 
 struct Killed(Child);
 
@@ -47,6 +53,13 @@ async fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
     (reply.status == 200)
         .then(|| serde_json::from_slice(&reply.body).ok())
         .flatten()
+}
+
+async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    let reply = support::try_http(addr, "GET", path, &[], Vec::new())
+        .await
+        .unwrap();
+    (reply.status, String::from_utf8_lossy(&reply.body).into_owned())
 }
 
 /// Every panel expression of every dashboard, with its place.
@@ -97,6 +110,21 @@ async fn alerts_reach_alertmanager_and_every_panel_has_data() {
         "the demo's PgBouncer did not start"
     );
     let tenantwatch = env.daemon.http_addr();
+    // A second instance watching the same target under the same name, as a
+    // rollout (two pods) or a mislabelled second shard does: every shipped
+    // rule must keep the two apart.
+    let second = Daemon::start(
+        Config::try_from(demo::demo_config(
+            &env.cluster,
+            env.pgbouncer.as_ref(),
+            &env.tenants,
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .unwrap(),
+    )
+    .await
+    .expect("a second tenantwatch starts");
+    let second_addr = second.http_addr();
     let dir = env.cluster.dir().join("monitoring");
     std::fs::create_dir_all(&dir).unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
@@ -108,7 +136,7 @@ async fn alerts_reach_alertmanager_and_every_panel_has_data() {
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {root}/alerts/tenantwatch.rules.yml\n\
              alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager_port}']\n\
-             scrape_configs:\n  - job_name: tenantwatch\n    static_configs:\n      - targets: ['{tenantwatch}']\n"
+             scrape_configs:\n  - job_name: tenantwatch\n    static_configs:\n      - targets: ['{tenantwatch}', '{second_addr}']\n"
         ),
     )
     .unwrap();
@@ -134,24 +162,39 @@ async fn alerts_reach_alertmanager_and_every_panel_has_data() {
     let prometheus: SocketAddr = format!("127.0.0.1:{prometheus_port}").parse().unwrap();
     let alertmanager: SocketAddr = format!("127.0.0.1:{alertmanager_port}").parse().unwrap();
 
-    // The noisy tenant's flag becomes an alert in Alertmanager.
+    // The noisy tenant's flag becomes an alert in Alertmanager, once per
+    // instance: both poll the same target and see its idle transaction.
     let deadline = Instant::now() + Duration::from_secs(150);
     let alerts = loop {
         if let Some(Value::Array(alerts)) = get_json(alertmanager, "/api/v2/alerts").await {
-            let noisy = alerts.iter().any(|a| {
-                a["labels"]["alertname"] == "TenantwatchTenantFlagged"
-                    && a["labels"]["tenant"] == NOISY_TENANT
-            });
-            if noisy {
+            let instances: BTreeSet<&str> = alerts
+                .iter()
+                .filter(|a| {
+                    a["labels"]["alertname"] == "TenantwatchTenantFlagged"
+                        && a["labels"]["tenant"] == NOISY_TENANT
+                        && a["labels"]["reason"] == "idle_in_transaction"
+                })
+                .filter_map(|a| a["labels"]["instance"].as_str())
+                .collect();
+            if instances.len() == 2 {
                 break alerts;
             }
         }
         assert!(
             Instant::now() < deadline,
-            "no TenantwatchTenantFlagged alert for {NOISY_TENANT} in Alertmanager"
+            "no TenantwatchTenantFlagged alert for {NOISY_TENANT} from each instance in Alertmanager"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    let per_instance: Vec<&Value> = alerts
+        .iter()
+        .filter(|a| {
+            a["labels"]["alertname"] == "TenantwatchTenantFlagged"
+                && a["labels"]["tenant"] == NOISY_TENANT
+                && a["labels"]["reason"] == "idle_in_transaction"
+        })
+        .collect();
+    assert_eq!(per_instance.len(), 2, "one alert per instance: {per_instance:?}");
     let healthy: Vec<&Value> = alerts
         .iter()
         .filter(|a| {
@@ -218,5 +261,21 @@ async fn alerts_reach_alertmanager_and_every_panel_has_data() {
         "panels without data:\n{}",
         empty.join("\n")
     );
+    // No shipped rule failed to evaluate with two instances and one target
+    // name (a many-to-many join or a duplicate series would count here), and
+    // every group was evaluated.
+    let (status, text) = get_text(prometheus, "/metrics").await;
+    assert_eq!(status, 200);
+    let mut groups = 0;
+    for line in text.lines() {
+        if line.starts_with("prometheus_rule_evaluation_failures_total{") {
+            groups += 1;
+            let failures: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert_eq!(failures, 0.0, "{line}");
+        }
+    }
+    assert!(groups >= 5, "rule groups evaluated: {groups}\n{text}");
+    second.shutdown();
+    second.wait().await;
     env.stop().await.unwrap();
 }

@@ -445,94 +445,7 @@ impl DemoEnvironment {
         create_schemas(&cluster, &tenants).await?;
         let pgbouncer = start_pgbouncer(&cluster).await;
 
-        let mut file = FileConfig::default();
-        file.server.listen = listen.to_string();
-        // Nothing routes to the demo: stop at once on Ctrl-C.
-        file.server.shutdown_delay = "0s".into();
-        // The demo's live view and its 1 s scrapes want fresh figures.
-        file.server.metrics_max_age = "1s".into();
-        file.ingest.udp_listen = "127.0.0.1:0".into();
-        file.targets.push(FileTarget {
-            poll_interval: "2s".into(),
-            size_interval: "30s".into(),
-            // Every schema series, so that every dashboard panel has data.
-            schema_detail: "full".into(),
-            ..FileTarget::new("demo", cluster.dsn("app"))
-        });
-        if let Some(pgbouncer) = &pgbouncer {
-            file.pgbouncers.push(FilePgBouncer {
-                poll_interval: "2s".into(),
-                ..FilePgBouncer::new("demo", pgbouncer.admin_dsn())
-            });
-        }
-        // The default rules (schemas, query comments), with the noisy
-        // tenant's role between them: its pooled sessions are its own.
-        file.tenants.rules = vec![
-            FileRule {
-                source: "schema".into(),
-                pattern: "^tenant_(?P<tenant>.+)$".into(),
-                key: None,
-            },
-            FileRule {
-                source: "role".into(),
-                pattern: "^app_(?P<tenant>.+)$".into(),
-                key: None,
-            },
-            FileRule {
-                source: "query_comment".into(),
-                pattern: "^(?P<tenant>.+)$".into(),
-                key: None,
-            },
-        ];
-        // Detection tuned to show within the demo's first minute what the
-        // shipped defaults (2m for db_time_hog, 60s idle in transaction) show
-        // in two.
-        file.detect.interval = "5s".into();
-        // History every 10 s, so the API's history and growth fit show data
-        // within the demo's first minutes.
-        file.api.history_resolution = "10s".into();
-        // A size budget, so capacity shows days until it and tenants that fit.
-        file.api.size_budget_bytes = 10 << 30;
-        file.detect.rules.insert(
-            "db_time_hog".into(),
-            FileRuleSettings {
-                for_: Some("30s".into()),
-                ..Default::default()
-            },
-        );
-        file.detect.rules.insert(
-            "idle_in_transaction".into(),
-            FileRuleSettings {
-                threshold: Some(30.0),
-                ..Default::default()
-            },
-        );
-        // The guard in dry run: the idle transaction's would-be termination
-        // is logged, counted and annotated, and the session stays.
-        file.guard.mode = "dry_run".into();
-        file.guard.grace = "0s".into();
-        // Two tiers with the default quotas, so dashboards group by tier
-        // while every tenant keeps the same limits.
-        for tier in ["gold", "standard"] {
-            file.ratelimit.tiers.insert(
-                tier.into(),
-                FileTier {
-                    qps: file.ratelimit.default_qps,
-                    burst: file.ratelimit.default_burst,
-                    shadow: false,
-                },
-            );
-        }
-        for (i, tenant) in tenants.iter().enumerate() {
-            let tier = if i % 3 == 0 { "gold" } else { "standard" };
-            file.ratelimit.tenants.insert(
-                tenant.clone(),
-                FileTenantQuota {
-                    tier: Some(tier.into()),
-                    ..Default::default()
-                },
-            );
-        }
+        let file = demo_config(&cluster, pgbouncer.as_ref(), &tenants, listen);
         let config = Config::try_from(file)?;
         let daemon = Daemon::start(config).await?;
         let udp = daemon
@@ -585,6 +498,107 @@ impl DemoEnvironment {
             .await
             .map_err(|_| DemoError::Join)
     }
+}
+
+/// The daemon's configuration in the demo: the cluster (and PgBouncer) as
+/// targets, detection tuned to show within a minute, two tiers. Public so
+/// that a test can start a second instance watching the same target under
+/// the same name, as a rollout or a second shard does.
+pub fn demo_config(
+    cluster: &Cluster,
+    pgbouncer: Option<&pgbouncer::PgBouncer>,
+    tenants: &[String],
+    listen: SocketAddr,
+) -> FileConfig {
+    let mut file = FileConfig::default();
+    file.server.listen = listen.to_string();
+    // Nothing routes to the demo: stop at once on Ctrl-C.
+    file.server.shutdown_delay = "0s".into();
+    // The demo's live view and its 1 s scrapes want fresh figures.
+    file.server.metrics_max_age = "1s".into();
+    file.ingest.udp_listen = "127.0.0.1:0".into();
+    file.targets.push(FileTarget {
+        poll_interval: "2s".into(),
+        size_interval: "30s".into(),
+        // Every schema series, so that every dashboard panel has data.
+        schema_detail: "full".into(),
+        ..FileTarget::new("demo", cluster.dsn("app"))
+    });
+    if let Some(pgbouncer) = pgbouncer {
+        file.pgbouncers.push(FilePgBouncer {
+            poll_interval: "2s".into(),
+            ..FilePgBouncer::new("demo", pgbouncer.admin_dsn())
+        });
+    }
+    // The default rules (schemas, query comments), with the noisy
+    // tenant's role between them: its pooled sessions are its own.
+    file.tenants.rules = vec![
+        FileRule {
+            source: "schema".into(),
+            pattern: "^tenant_(?P<tenant>.+)$".into(),
+            key: None,
+        },
+        FileRule {
+            source: "role".into(),
+            pattern: "^app_(?P<tenant>.+)$".into(),
+            key: None,
+        },
+        FileRule {
+            source: "query_comment".into(),
+            pattern: "^(?P<tenant>.+)$".into(),
+            key: None,
+        },
+    ];
+    // Detection tuned to show within the demo's first minute what the
+    // shipped defaults (2m for db_time_hog, 60s idle in transaction) show
+    // in two.
+    file.detect.interval = "5s".into();
+    // History every 10 s, so the API's history and growth fit show data
+    // within the demo's first minutes.
+    file.api.history_resolution = "10s".into();
+    // A size budget, so capacity shows days until it and tenants that fit.
+    file.api.size_budget_bytes = 10 << 30;
+    file.detect.rules.insert(
+        "db_time_hog".into(),
+        FileRuleSettings {
+            for_: Some("30s".into()),
+            ..Default::default()
+        },
+    );
+    file.detect.rules.insert(
+        "idle_in_transaction".into(),
+        FileRuleSettings {
+            threshold: Some(30.0),
+            ..Default::default()
+        },
+    );
+    // The guard in dry run: the idle transaction's would-be termination
+    // is logged, counted and annotated, and the session stays.
+    file.guard.mode = "dry_run".into();
+    file.guard.grace = "0s".into();
+    // Two tiers with the default quotas, so dashboards group by tier
+    // while every tenant keeps the same limits.
+    for tier in ["gold", "standard"] {
+        file.ratelimit.tiers.insert(
+            tier.into(),
+            FileTier {
+                qps: file.ratelimit.default_qps,
+                burst: file.ratelimit.default_burst,
+                shadow: false,
+            },
+        );
+    }
+    for (i, tenant) in tenants.iter().enumerate() {
+        let tier = if i % 3 == 0 { "gold" } else { "standard" };
+        file.ratelimit.tenants.insert(
+            tenant.clone(),
+            FileTenantQuota {
+                tier: Some(tier.into()),
+                ..Default::default()
+            },
+        );
+    }
+    file
 }
 
 /// A PgBouncer in transaction mode in front of the cluster, when the
