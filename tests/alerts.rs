@@ -41,7 +41,7 @@ fn alert_names() -> Vec<String> {
     RULES
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
-        .map(str::to_owned)
+        .map(|name| name.trim_matches('"').to_owned())
         .collect()
 }
 
@@ -56,10 +56,10 @@ fn every_alert_is_labelled_annotated_tested_and_has_a_runbook() {
     assert!(alerts.len() >= 11);
     // Each alert's block runs to the next "- alert:" or group.
     for (i, name) in alerts.iter().enumerate() {
-        let start = RULES.find(&format!("- alert: {name}\n")).unwrap();
+        let start = RULES.find(&format!("- alert: \"{name}\"\n")).unwrap();
         let end = alerts
             .get(i + 1)
-            .and_then(|next| RULES.find(&format!("- alert: {next}\n")))
+            .and_then(|next| RULES.find(&format!("- alert: \"{next}\"\n")))
             .unwrap_or(RULES.len());
         let block = &RULES[start..end];
         for needle in [
@@ -80,6 +80,17 @@ fn every_alert_is_labelled_annotated_tested_and_has_a_runbook() {
         assert!(
             tests.contains(&format!("alertname: {name}\n")),
             "{name} has no promtool test"
+        );
+        // ... and one with two tenantwatch instances (shards, or a rollout's
+        // two pods), where a rule that aggregates or joins carelessly fails.
+        let two_instances = tests.split("\n  - name: ").any(|group| {
+            group.contains("instance=\"a\"")
+                && group.contains("instance=\"b\"")
+                && group.contains(&format!("alertname: {name}\n"))
+        });
+        assert!(
+            two_instances,
+            "{name} has no promtool test with two instances"
         );
     }
 }

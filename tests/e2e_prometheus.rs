@@ -59,7 +59,10 @@ async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
     let reply = support::try_http(addr, "GET", path, &[], Vec::new())
         .await
         .unwrap();
-    (reply.status, String::from_utf8_lossy(&reply.body).into_owned())
+    (
+        reply.status,
+        String::from_utf8_lossy(&reply.body).into_owned(),
+    )
 }
 
 /// Every panel expression of every dashboard, with its place.
@@ -194,7 +197,11 @@ async fn alerts_reach_alertmanager_and_every_panel_has_data() {
                 && a["labels"]["reason"] == "idle_in_transaction"
         })
         .collect();
-    assert_eq!(per_instance.len(), 2, "one alert per instance: {per_instance:?}");
+    assert_eq!(
+        per_instance.len(),
+        2,
+        "one alert per instance: {per_instance:?}"
+    );
     let healthy: Vec<&Value> = alerts
         .iter()
         .filter(|a| {
