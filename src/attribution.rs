@@ -53,15 +53,47 @@ pub struct Session<'a> {
     pub query: &'a str,
 }
 
-/// The ordered rules.
+/// A maintenance session pattern (`[[tenants.exclude]]`): pg_dump, a
+/// migration tool, a vacuum script. Its sessions belong to no tenant.
+#[derive(Debug, Clone)]
+pub struct Exclusion {
+    /// `ApplicationName`, `Role` or `Database`.
+    pub source: RuleSource,
+    pub pattern: Regex,
+}
+
+/// The ordered rules, and the maintenance exclusions that come before them.
 #[derive(Debug, Clone, Default)]
 pub struct Attribution {
     rules: Vec<Rule>,
+    exclusions: Vec<Exclusion>,
 }
 
 impl Attribution {
     pub fn new(rules: Vec<Rule>) -> Attribution {
-        Attribution { rules }
+        Attribution {
+            rules,
+            exclusions: Vec::new(),
+        }
+    }
+
+    /// These rules with maintenance exclusions.
+    pub fn with_exclusions(self, exclusions: Vec<Exclusion>) -> Attribution {
+        Attribution { exclusions, ..self }
+    }
+
+    /// Whether a session is maintenance (`[[tenants.exclude]]`): counted at
+    /// target level as such, never in a tenant's figures or flags.
+    pub fn is_maintenance(&self, session: &Session<'_>) -> bool {
+        self.exclusions.iter().any(|e| {
+            let text = match e.source {
+                RuleSource::ApplicationName => session.application_name,
+                RuleSource::Role => session.role,
+                RuleSource::Database => session.database,
+                RuleSource::Schema | RuleSource::QueryComment => return false,
+            };
+            e.pattern.is_match(text)
+        })
     }
 
     pub fn rules(&self) -> &[Rule] {

@@ -816,3 +816,112 @@ async fn a_down_target_withdraws_its_tenant_series() {
         .await;
     daemon.stop().await;
 }
+
+/// A real `pg_dump` of a tenant's schema, run as the tenant's own role and
+/// stuck behind a migration's lock for longer than `long_query` allows: with
+/// `[[tenants.exclude]]` naming pg_dump it counts as maintenance and raises
+/// no flag for the tenant, while the same wait in the tenant's application
+/// session would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_dump_of_a_tenant_schema_raises_no_flag() {
+    let (pg, _admin) = cluster_with_app_database().await;
+    let app = connect(&pg.dsn("app")).await;
+    app.batch_execute(
+        "CREATE ROLE app_acme LOGIN;
+         CREATE SCHEMA tenant_acme AUTHORIZATION app_acme;
+         CREATE TABLE tenant_acme.orders (id int PRIMARY KEY);
+         ALTER TABLE tenant_acme.orders OWNER TO app_acme;",
+    )
+    .await
+    .unwrap();
+    let daemon = TestDaemon::start_with(|c| {
+        c.targets.push(fast_target("main", pg.dsn("app")));
+        c.tenants.rules = vec![rule("role", "^app_(?P<tenant>.+)$")];
+        c.tenants.exclude = vec![tenantwatch::config::FileExclude {
+            source: "application_name".into(),
+            pattern: "^pg_dump$".into(),
+        }];
+        c.detect.interval = "200ms".into();
+        c.detect.rules.insert(
+            "long_query".into(),
+            tenantwatch::config::FileRuleSettings {
+                threshold: Some(1.0),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+
+    // A migration holds the table (superuser, attributed to nobody) ...
+    app.batch_execute("BEGIN; LOCK TABLE tenant_acme.orders IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // ... and pg_dump, as the tenant's role, waits for it.
+    // Beside initdb, else on PATH (Debian's wrapper picks the server's version).
+    let pg_dump = tenantwatch::demo::cluster::find_bin_dir()
+        .map(|dir| dir.join("pg_dump"))
+        .ok()
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "pg_dump".into());
+    let mut dump = std::process::Command::new(&pg_dump)
+        .args(["-h", "127.0.0.1", "-p", &pg.port().to_string()])
+        .args([
+            "-U",
+            "app_acme",
+            "-n",
+            "tenant_acme",
+            "-f",
+            "/dev/null",
+            "app",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (install postgresql-client)", pg_dump.display()));
+    let m = daemon
+        .metrics_when("pg_dump counted as maintenance", |m| {
+            m.value(
+                "tenantwatch_target_maintenance_connections",
+                &[("target", "main")],
+            ) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        m.value(
+            "tenantwatch_tenant_connections",
+            &[("target", "main"), ("tenant", "acme"), ("state", "active")]
+        ),
+        None,
+        "pg_dump's session is charged to the tenant"
+    );
+    // Well past long_query's threshold: no flag for acme.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let flags = daemon.get("/api/v1/flags").await.json();
+    assert_eq!(flags["flags"], serde_json::json!([]), "{flags}");
+
+    // The same wait in the tenant's application session is its own.
+    let tenant_session = connect(&format!("{} user=app_acme", pg.dsn("app"))).await;
+    let waiting = tokio::spawn(async move {
+        tenant_session
+            .batch_execute("SELECT count(*) FROM tenant_acme.orders")
+            .await
+    });
+    support::eventually(
+        "a long_query flag for acme",
+        Duration::from_secs(15),
+        || async {
+            let flags = daemon.get("/api/v1/flags").await.json();
+            flags["flags"]
+                .as_array()?
+                .iter()
+                .any(|f| f["tenant"] == "acme" && f["reason"] == "long_query")
+                .then_some(())
+        },
+    )
+    .await;
+    app.batch_execute("ROLLBACK").await.unwrap();
+    waiting.await.unwrap().unwrap();
+    let status = dump.wait().unwrap();
+    assert!(status.success(), "pg_dump failed");
+    daemon.stop().await;
+}

@@ -100,6 +100,10 @@ pub fn activity_from_rows(
             application_name,
             query,
         };
+        if attribution.is_maintenance(&session) {
+            snapshot.maintenance += 1;
+            continue;
+        }
         let Some((tenant, source)) = attribution.session_tenant_by(&session) else {
             continue;
         };

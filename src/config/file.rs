@@ -477,6 +477,19 @@ pub struct FileTenants {
     /// `tenantwatch_tenant_info`, the API, and `[ratelimit.tiers]` quotas).
     /// Re-read on SIGHUP.
     pub tiers_file: Option<PathBuf>,
+    /// Sessions that are maintenance, not a tenant's work (pg_dump,
+    /// migration tools, vacuum scripts): never charged to a tenant.
+    pub exclude: Vec<FileExclude>,
+}
+
+/// `[[tenants.exclude]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileExclude {
+    /// `application_name`, `role` or `database`.
+    pub source: String,
+    /// Regular expression matched against that source.
+    pub pattern: String,
 }
 
 impl Default for FileTenants {
@@ -495,6 +508,7 @@ impl Default for FileTenants {
                 },
             ],
             tiers_file: None,
+            exclude: Vec::new(),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::file::*;
 use super::{AUTH_TOKEN_ENV, Config, ConfigError, InvalidKey, READ_TOKEN_ENV};
-use crate::attribution::{Attribution, Rule, RuleSource};
+use crate::attribution::{Attribution, Exclusion, Rule, RuleSource};
 use crate::capacity::CapacitySettings;
 use crate::collect::pgbouncer::PgBouncerConfig;
 use crate::collect::{DatabaseSelection, TargetConfig};
@@ -102,7 +102,8 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
         target.max_tenants = ingest.max_tenants;
     }
     let pgbouncers = validate_pgbouncers(&mut v, &file.pgbouncers, env, ingest.max_tenants);
-    let attribution = validate_rules(&mut v, &file.tenants.rules);
+    let attribution = validate_rules(&mut v, &file.tenants.rules)
+        .with_exclusions(validate_exclusions(&mut v, &file.tenants.exclude));
     let mut detect = validate_detect(&mut v, &file.detect, ingest.share_window);
     detect.guard = validate_guard(&mut v, &file.guard);
     let mut ratelimit = validate_ratelimit(&mut v, &file.ratelimit);
@@ -959,6 +960,39 @@ fn read_tiers_file(v: &mut Validator, path: &std::path::Path) -> HashMap<String,
         v.fail(key, &shown, format!("{} more bad lines", bad - 5));
     }
     tiers
+}
+
+fn validate_exclusions(v: &mut Validator, files: &[FileExclude]) -> Vec<Exclusion> {
+    let mut valid = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let key = |field: &str| format!("tenants.exclude[{i}].{field}");
+        let source = match RuleSource::parse(&file.source) {
+            Some(
+                source @ (RuleSource::ApplicationName | RuleSource::Role | RuleSource::Database),
+            ) => Some(source),
+            _ => {
+                v.fail(
+                    &key("source"),
+                    format!("{:?}", file.source),
+                    "must be application_name, role or database",
+                );
+                None
+            }
+        };
+        let pattern = regex::Regex::new(&file.pattern)
+            .map_err(|err| {
+                v.fail(
+                    &key("pattern"),
+                    format!("{:?}", file.pattern),
+                    format!("not a regular expression: {err}"),
+                );
+            })
+            .ok();
+        if let (Some(source), Some(pattern)) = (source, pattern) {
+            valid.push(Exclusion { source, pattern });
+        }
+    }
+    valid
 }
 
 fn validate_rules(v: &mut Validator, rules: &[FileRule]) -> Attribution {

@@ -213,6 +213,21 @@ fn encode_target_activity(targets: &[TargetStatus], encoder: &mut DescriptorEnco
     }
     let mut m = family(
         encoder,
+        "tenantwatch_target_maintenance_connections",
+        "Backends of maintenance sessions ([[tenants.exclude]]: pg_dump, migration tools), charged to no tenant.",
+        MetricType::Gauge,
+    )?;
+    for t in targets {
+        if let Some(activity) = &t.activity {
+            gauge(
+                &mut m,
+                &[("target", t.name.as_str())],
+                activity.maintenance as f64,
+            )?;
+        }
+    }
+    let mut m = family(
+        encoder,
         "tenantwatch_target_watched_databases",
         "Databases watched for schema statistics.",
         MetricType::Gauge,

@@ -281,6 +281,8 @@ pub struct ActivitySnapshot {
     /// Idle backends whose only tenant mark is the sqlcommenter tag of
     /// their last query: pooled connections, charged to no tenant.
     pub pooled: u64,
+    /// Sessions matched by `[[tenants.exclude]]` (pg_dump, migrations).
+    pub maintenance: u64,
     pub tenants: BTreeMap<String, TenantActivity>,
 }
 
