@@ -48,6 +48,17 @@
         },
       },
       {
+        alert: 'TenantwatchReplicationLagHigh',
+        expr: 'tenantwatch_target_replication_lag_seconds > %(replicationLagSeconds)s' % $._config,
+        'for': '5m',
+        labels: { severity: 'warning' },
+        annotations: {
+          summary: 'Standby {{ $labels.replica }} of {{ $labels.target }} replays {{ $value | humanizeDuration }} behind',
+          description: "The standby's replay lag has been above %(replicationLagSeconds)s s for 5 minutes: reads on it return stale data, and a failover to it would lose or wait for that much." % $._config,
+          runbook_url: $._config.runbookURLPrefix + 'TenantwatchReplicationLagHigh.md',
+        },
+      },
+      {
         alert: "TenantwatchTargetConnectionsNearMax",
         expr: |||
           target:tenantwatch_target_connections:sum

@@ -26,6 +26,7 @@
     tenantLatencyP95Seconds: 1,
     targetConnectionsNearMaxRatio: 0.9,
     targetSizeBudgetDays: 30,
+    replicationLagSeconds: 30,
     pollSlowSeconds: 5,
     ingestRejectedRatio: 0.05,
     pgbouncerMaxWaitSeconds: 1,

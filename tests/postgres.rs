@@ -925,3 +925,84 @@ async fn a_pg_dump_of_a_tenant_schema_raises_no_flag() {
     assert!(status.success(), "pg_dump failed");
     daemon.stop().await;
 }
+
+/// A real streaming standby (`pg_basebackup -R` into a second throwaway
+/// cluster): the primary reports its replay lag, in bytes while replay is
+/// paused and back to 0 once it resumes; the standby says it is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_standby_reports_its_lag_and_itself() {
+    let (primary, _admin) = cluster_with_app_database().await;
+    let source = primary.primary();
+    let standby = tokio::task::spawn_blocking(move || source.start_standby("replica1"))
+        .await
+        .unwrap()
+        .expect("a streaming standby (pg_basebackup) starts");
+    let daemon = TestDaemon::start_with(|c| {
+        c.targets.push(fast_target("main", primary.dsn("app")));
+        c.targets.push(fast_target("standby", standby.dsn("app")));
+    })
+    .await;
+    let m = daemon
+        .metrics_when("the standby streaming, both targets polled", |m| {
+            m.value(
+                "tenantwatch_target_replication_lag_bytes",
+                &[("target", "main"), ("replica", "replica1")],
+            )
+            .is_some()
+                && m.value("tenantwatch_target_in_recovery", &[("target", "standby")]) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        m.value("tenantwatch_target_in_recovery", &[("target", "main")]),
+        Some(0.0)
+    );
+    // A standby has no standbys of its own.
+    assert_eq!(
+        m.samples_named("tenantwatch_target_replication_lag_bytes")
+            .filter(|s| s.labels["target"] == "standby")
+            .count(),
+        0
+    );
+
+    // Replay paused, the primary writes: the standby falls behind.
+    let on_standby = connect(&standby.dsn("postgres")).await;
+    on_standby
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    let app = connect(&primary.dsn("app")).await;
+    app.batch_execute(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 20000) g",
+    )
+    .await
+    .unwrap();
+    let m = daemon
+        .metrics_when("the standby's lag in bytes", |m| {
+            m.value(
+                "tenantwatch_target_replication_lag_bytes",
+                &[("target", "main"), ("replica", "replica1")],
+            )
+            .is_some_and(|bytes| bytes > 1_000_000.0)
+        })
+        .await;
+    let targets = daemon.get("/api/v1/targets").await.json();
+    let main = &targets["targets"][0];
+    assert_eq!(main["in_recovery"], false);
+    assert_eq!(main["replicas"][0]["name"], "replica1");
+    assert!(main["replicas"][0]["lag_bytes"].as_f64().unwrap() > 0.0);
+    drop(m);
+
+    on_standby
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    daemon
+        .metrics_when("the standby caught up", |m| {
+            m.value(
+                "tenantwatch_target_replication_lag_bytes",
+                &[("target", "main"), ("replica", "replica1")],
+            ) == Some(0.0)
+        })
+        .await;
+    daemon.stop().await;
+}

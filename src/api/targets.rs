@@ -17,12 +17,24 @@ pub struct TargetView {
     pub last_success_unix: Option<f64>,
     pub last_error: Option<PollErrorKind>,
     pub server_version: Option<String>,
+    /// A standby (`pg_is_in_recovery()`).
+    pub in_recovery: Option<bool>,
+    /// The standbys streaming from it, with their replay lag.
+    pub replicas: Vec<ReplicaView>,
     pub max_connections: Option<u64>,
     pub reserved_connections: Option<u64>,
     pub connections: u64,
     pub size_bytes: u64,
     pub tenants: usize,
     pub watched_databases: Vec<String>,
+}
+
+/// One standby of a target.
+#[derive(Debug, Serialize)]
+pub struct ReplicaView {
+    pub name: String,
+    pub lag_seconds: f64,
+    pub lag_bytes: f64,
 }
 
 pub(crate) fn unix(time: SystemTime) -> f64 {
@@ -48,6 +60,17 @@ pub fn target_views(targets: &[TargetStatus]) -> Vec<TargetView> {
                 last_success_unix: t.last_success.map(unix),
                 last_error: t.last_error,
                 server_version: t.server_version.clone(),
+                in_recovery: t.in_recovery,
+                replicas: t
+                    .replicas
+                    .iter()
+                    .flat_map(|r| r.iter())
+                    .map(|(name, (seconds, bytes))| ReplicaView {
+                        name: name.clone(),
+                        lag_seconds: *seconds,
+                        lag_bytes: *bytes,
+                    })
+                    .collect(),
                 max_connections: t.max_connections,
                 reserved_connections: t.reserved_connections,
                 connections: t.connections_in_use(),

@@ -400,15 +400,21 @@ impl Poller {
             kind: PollErrorKind::Query,
             detail: "settings query returned no row".into(),
         })?;
-        let read = || -> Result<(i64, i64, String), tokio_postgres::Error> {
-            Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+        let read = || -> Result<(i64, i64, String, bool), tokio_postgres::Error> {
+            Ok((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            ))
         };
-        let (max, reserved, version) =
+        let (max, reserved, version, in_recovery) =
             read().map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
         let mut status = lock(&self.status);
         status.max_connections = Some(max.max(0) as u64);
         status.reserved_connections = Some(reserved.max(0) as u64);
         status.server_version = Some(version);
+        status.in_recovery = Some(in_recovery);
         Ok(())
     }
 
@@ -429,6 +435,16 @@ impl Poller {
         let databases = queries::databases_from_rows(&rows)
             .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
         lock(&self.status).databases = Some(Arc::new(databases));
+        // A standby has no standbys of its own to report (cascading ones
+        // are reported by the standby they stream from, if watched).
+        let replicas = if lock(&self.status).in_recovery == Some(true) {
+            BTreeMap::new()
+        } else {
+            let rows = self.query(primary, queries::REPLICATION_SQL, &[]).await?;
+            queries::replicas_from_rows(&rows)
+                .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?
+        };
+        lock(&self.status).replicas = Some(Arc::new(replicas));
         Ok(())
     }
 

@@ -48,7 +48,37 @@ SELECT pid,
 pub const SETTINGS_SQL: &str = "\
 SELECT current_setting('max_connections')::int8,
        current_setting('superuser_reserved_connections')::int8,
-       current_setting('server_version')";
+       current_setting('server_version'),
+       pg_is_in_recovery()";
+
+/// Each standby streaming from this primary: its name (`application_name`,
+/// which is the standby's `cluster_name` unless its `primary_conninfo`
+/// sets one), replay lag in time and in WAL bytes. A caught-up, idle
+/// standby shows no lag time (NULL): 0.
+pub const REPLICATION_SQL: &str = "\
+SELECT COALESCE(NULLIF(application_name, ''), host(client_addr), pid::text) AS replica,
+       COALESCE(EXTRACT(EPOCH FROM replay_lag), 0)::float8 AS lag_seconds,
+       COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::float8 AS lag_bytes
+  FROM pg_stat_replication
+ ORDER BY 1
+ LIMIT 100";
+
+/// Replay lag of each standby, by name: (seconds, WAL bytes).
+pub fn replicas_from_rows(
+    rows: &[Row],
+) -> Result<BTreeMap<String, (f64, f64)>, tokio_postgres::Error> {
+    let mut replicas = BTreeMap::new();
+    for row in rows {
+        let name: String = row.try_get("replica")?;
+        let seconds: f64 = row.try_get("lag_seconds")?;
+        let bytes: f64 = row.try_get("lag_bytes")?;
+        // Two standbys with one name (a copy of one's settings) sum up.
+        let entry = replicas.entry(name).or_insert((0.0, 0.0));
+        entry.0 = f64::max(entry.0, seconds.max(0.0));
+        entry.1 = f64::max(entry.1, bytes.max(0.0));
+    }
+    Ok(replicas)
+}
 
 /// Distinct database, user and application values kept per target; the rest
 /// are summed under `__other__`, because these are metric labels.

@@ -39,13 +39,20 @@ pub struct Cluster {
 
 static CLUSTER_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Finds `initdb` and `pg_ctl`: on PATH, else the newest
+/// Finds the directory of `initdb` and `pg_ctl` (and the other server
+/// programs): on PATH (through symlinks), else the newest
 /// `/usr/lib/postgresql/<version>/bin`.
 pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
-                return Ok(dir);
+                // A symlink (say /usr/local/bin/initdb) leads to the
+                // directory that also holds pg_basebackup and pg_dump.
+                let real = std::fs::canonicalize(dir.join("initdb"))
+                    .ok()
+                    .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
+                    .filter(|real| real.join("pg_ctl").is_file());
+                return Ok(real.unwrap_or(dir));
             }
         }
     }
@@ -104,28 +111,7 @@ impl Cluster {
         } else {
             None
         };
-        let dir = std::env::temp_dir().join(format!(
-            "tenantwatch-pg-{}-{}",
-            std::process::id(),
-            CLUSTER_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let io = |source| ClusterError::Io {
-            path: dir.clone(),
-            source,
-        };
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io)?;
-        }
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(io)?;
-        }
-        let cluster = Cluster {
-            bin_dir,
-            dir,
-            port: free_port(),
-            run_as,
-        };
+        let cluster = Cluster::empty(bin_dir, run_as)?;
         let data = cluster.data_dir();
         cluster.run(
             "initdb",
@@ -144,6 +130,50 @@ impl Cluster {
         )?;
         cluster.start()?;
         Ok(cluster)
+    }
+
+    /// A fresh directory (owned by the postgres user when we are root) and
+    /// a free port, with no data directory yet.
+    fn empty(bin_dir: PathBuf, run_as: Option<(u32, u32)>) -> Result<Cluster, ClusterError> {
+        let dir = std::env::temp_dir().join(format!(
+            "tenantwatch-pg-{}-{}",
+            std::process::id(),
+            CLUSTER_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let io = |source| ClusterError::Io {
+            path: dir.clone(),
+            source,
+        };
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(io)?;
+        }
+        Ok(Cluster {
+            bin_dir,
+            dir,
+            port: free_port(),
+            run_as,
+        })
+    }
+
+    /// A streaming standby of this (running) cluster: `pg_basebackup -R`
+    /// into a new throwaway cluster, started on its own port. It reports to
+    /// the primary as `name` (`cluster_name`, which the WAL receiver uses as
+    /// its `application_name` in `pg_stat_replication`).
+    pub fn start_standby(&self, name: &str) -> Result<Cluster, ClusterError> {
+        self.primary().start_standby(name)
+    }
+
+    /// What a standby needs of this cluster, to make one on another thread.
+    pub fn primary(&self) -> Primary {
+        Primary {
+            bin_dir: self.bin_dir.clone(),
+            run_as: self.run_as,
+            port: self.port,
+        }
     }
 
     fn data_dir(&self) -> String {
@@ -348,6 +378,52 @@ impl Cluster {
             "host=127.0.0.1 port={} user=postgres dbname={dbname}",
             self.port
         )
+    }
+}
+
+/// A running cluster as a standby's source: see [`Cluster::primary`].
+#[derive(Debug, Clone)]
+pub struct Primary {
+    bin_dir: PathBuf,
+    run_as: Option<(u32, u32)>,
+    port: u16,
+}
+
+impl Primary {
+    /// A streaming standby: `pg_basebackup -R` into a new throwaway
+    /// cluster, started on its own port, reporting to the primary as `name`.
+    pub fn start_standby(self, name: &str) -> Result<Cluster, ClusterError> {
+        let standby = Cluster::empty(self.bin_dir.clone(), self.run_as)?;
+        let data = standby.data_dir();
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                &data,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+            "take a base backup for a standby",
+        )?;
+        let conf = standby.dir.join("data").join("postgresql.auto.conf");
+        let io = |source| ClusterError::Io {
+            path: conf.clone(),
+            source,
+        };
+        let mut settings = std::fs::read_to_string(&conf).map_err(io)?;
+        settings.push_str(&format!("cluster_name = '{name}'\n"));
+        std::fs::write(&conf, settings).map_err(io)?;
+        standby.start()?;
+        Ok(standby)
     }
 }
 

@@ -426,6 +426,8 @@ async fn idle_in_transaction(dsn: String, shutdown: CancellationToken) {
 /// [`run`] shows and what the end-to-end tests drive.
 pub struct DemoEnvironment {
     pub cluster: Cluster,
+    /// A streaming standby of the cluster (its lag shows on the primary).
+    pub standby: Option<Cluster>,
     /// In front of the cluster when the `pgbouncer` binary is installed.
     pub pgbouncer: Option<pgbouncer::PgBouncer>,
     pub daemon: Daemon,
@@ -441,6 +443,9 @@ impl DemoEnvironment {
         let cluster = tokio::task::spawn_blocking(Cluster::start_new)
             .await
             .map_err(|_| DemoError::Join)??;
+        // A streaming standby, taken while the cluster is still empty (so
+        // the base backup is quick); replication then carries the schemas.
+        let standby = start_standby(&cluster).await;
         let tenants = Arc::new(tenant_names(tenants));
         create_schemas(&cluster, &tenants).await?;
         let pgbouncer = start_pgbouncer(&cluster).await;
@@ -479,6 +484,7 @@ impl DemoEnvironment {
         ));
         Ok(DemoEnvironment {
             cluster,
+            standby,
             pgbouncer,
             daemon,
             tenants,
@@ -493,8 +499,8 @@ impl DemoEnvironment {
         while self.tasks.join_next().await.is_some() {}
         self.daemon.shutdown();
         self.daemon.wait().await;
-        let (cluster, pgbouncer) = (self.cluster, self.pgbouncer);
-        tokio::task::spawn_blocking(move || drop((pgbouncer, cluster)))
+        let (cluster, standby, pgbouncer) = (self.cluster, self.standby, self.pgbouncer);
+        tokio::task::spawn_blocking(move || drop((pgbouncer, standby, cluster)))
             .await
             .map_err(|_| DemoError::Join)
     }
@@ -601,6 +607,20 @@ pub fn demo_config(
     file
 }
 
+/// A streaming standby of the demo's cluster, named `demo-replica`; `None`
+/// (and a line saying so) when it cannot be made.
+async fn start_standby(cluster: &Cluster) -> Option<Cluster> {
+    let primary = cluster.primary();
+    match tokio::task::spawn_blocking(move || primary.start_standby("demo-replica")).await {
+        Ok(Ok(standby)) => Some(standby),
+        Ok(Err(err)) => {
+            println!("The demo's standby did not start ({err}): it runs without one.");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// A PgBouncer in transaction mode in front of the cluster, when the
 /// `pgbouncer` binary is installed; `None` (and a line saying so) when not.
 async fn start_pgbouncer(cluster: &Cluster) -> Option<pgbouncer::PgBouncer> {
@@ -643,6 +663,12 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> Result<()
         env.cluster.port(),
         env.cluster.dir().display()
     );
+    if let Some(standby) = &env.standby {
+        println!(
+            "A streaming standby (demo-replica) is up on 127.0.0.1:{}; its replay lag shows on the primary.",
+            standby.port()
+        );
+    }
     if let Some(pgbouncer) = &env.pgbouncer {
         println!(
             "PgBouncer (transaction mode, pool size {DEMO_POOL_SIZE}) is up on 127.0.0.1:{}; {NOISY_TENANT}'s reporting workers go through it.",

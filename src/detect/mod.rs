@@ -351,6 +351,11 @@ impl Detector {
         let Some(schemas) = &target.schemas else {
             return;
         };
+        // A standby replays its primary's writes: its dead tuples and sizes
+        // are the primary's, judged there, not a second time here.
+        if target.in_recovery == Some(true) {
+            return;
+        }
         if let Some(r) = self.enabled(RuleName::Bloat) {
             observations.add(RuleName::Bloat, rules::bloat(r, schemas), name);
         }
@@ -847,6 +852,18 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["t9"]
         );
+    }
+
+    #[test]
+    fn a_standby_is_not_judged_on_writes() {
+        let mut fleet = Fleet::new(20);
+        fleet.schema("t9", |s| {
+            s.n_live_tup = 5_000_000;
+            s.n_dead_tup = 2_000_000;
+        });
+        fleet.target.in_recovery = Some(true);
+        fleet.run(3, |_| {});
+        assert!(fleet.raised(RuleName::Bloat).is_empty());
     }
 
     #[test]

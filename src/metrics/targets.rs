@@ -213,6 +213,40 @@ fn encode_target_activity(targets: &[TargetStatus], encoder: &mut DescriptorEnco
     }
     let mut m = family(
         encoder,
+        "tenantwatch_target_in_recovery",
+        "1 when the target is a standby (pg_is_in_recovery()), 0 on a primary.",
+        MetricType::Gauge,
+    )?;
+    for t in targets {
+        if let Some(in_recovery) = t.in_recovery {
+            let value = if in_recovery { 1.0 } else { 0.0 };
+            gauge(&mut m, &[("target", t.name.as_str())], value)?;
+        }
+    }
+    type Lag = fn(&(f64, f64)) -> f64;
+    let lags: [(&str, &str, Lag); 2] = [
+        (
+            "tenantwatch_target_replication_lag_seconds",
+            "Replay lag of each standby streaming from the target (pg_stat_replication.replay_lag; 0 when caught up).",
+            |lag| lag.0,
+        ),
+        (
+            "tenantwatch_target_replication_lag_bytes",
+            "WAL the standby has yet to replay (pg_current_wal_lsn() - replay_lsn).",
+            |lag| lag.1,
+        ),
+    ];
+    for (name, help, field) in lags {
+        let mut m = family(encoder, name, help, MetricType::Gauge)?;
+        for t in targets {
+            for (replica, lag) in t.replicas.iter().flat_map(|r| r.iter()) {
+                let labels = [("target", t.name.as_str()), ("replica", replica.as_str())];
+                gauge(&mut m, &labels, field(lag))?;
+            }
+        }
+    }
+    let mut m = family(
+        encoder,
         "tenantwatch_target_maintenance_connections",
         "Backends of maintenance sessions ([[tenants.exclude]]: pg_dump, migration tools), charged to no tenant.",
         MetricType::Gauge,

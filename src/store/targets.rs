@@ -127,6 +127,10 @@ pub struct TargetStatus {
     pub last_success: Option<SystemTime>,
     pub last_error: Option<PollErrorKind>,
     pub server_version: Option<String>,
+    /// A standby (`pg_is_in_recovery()`): write-based rules skip it.
+    pub in_recovery: Option<bool>,
+    /// Each standby streaming from it: (replay lag seconds, WAL bytes).
+    pub replicas: Option<Arc<BTreeMap<String, (f64, f64)>>>,
     pub max_connections: Option<u64>,
     pub reserved_connections: Option<u64>,
     pub activity: Option<Arc<ActivitySnapshot>>,
