@@ -314,6 +314,12 @@ local layout(items) =
           target(m('tenantwatch_tenant_lock_waiting_backends', 'tenant="$tenant"'), '{{target}} waiting on a lock'),
           target(m('tenantwatch_tenant_blocking_backends', 'tenant="$tenant"'), '{{target}} others blocked by it'),
         ], 'short'),
+        panel(ts, 'Server-side statement time and calls (pg_stat_statements)', [
+          target('sum by (target) (%s)' % rate('tenantwatch_tenant_statement_time_seconds_total', 'tenant="$tenant"'), '{{target}} statement time s/s'),
+          target('sum by (target) (%s)' % rate('tenantwatch_tenant_statement_calls_total', 'tenant="$tenant"'), '{{target}} calls/s'),
+        ], 'short', description="What PostgreSQL counted for the tenant's roles or databases, whether or not it sends events."),
+        panel(ts, 'Server-side blocks/s by source', [target('sum by (source) (%s)' % rate('tenantwatch_tenant_statement_blocks_total', 'tenant="$tenant"'), '{{source}}')], 'short',
+              description='Shared or local buffer hits, reads, and temporary blocks read and written by its statements.'),
         panel(ts, 'PgBouncer pool: waiting clients and wait time', [
           target('sum by (pgbouncer) (%s)' % m('tenantwatch_tenant_pool_waiting_clients', 'tenant="$tenant"'), '{{pgbouncer}} waiting clients'),
           target('sum by (pgbouncer) (%s)' % rate('tenantwatch_tenant_pool_wait_seconds_total', 'tenant="$tenant"'), '{{pgbouncer}} wait s/s'),
@@ -369,6 +375,8 @@ local layout(items) =
           ['Longest running query', 'topk($limit, max by (tenant) (%s))' % m('tenantwatch_tenant_longest_query_seconds'), 's'],
           ['Backends blocked', 'topk($limit, sum by (tenant) (%s))' % m('tenantwatch_tenant_blocking_backends'), 'short'],
           ['Dead tuples', 'topk($limit, sum by (tenant) (%s))' % m('tenantwatch_tenant_dead_tuples'), 'short'],
+          ['Statement time/s (pg_stat_statements)', 'topk($limit, sum by (tenant) (%s))' % rate('tenantwatch_tenant_statement_time_seconds_total'), 'short'],
+          ['Rows/s (pg_stat_statements)', 'topk($limit, sum by (tenant) (%s))' % rate('tenantwatch_tenant_statement_rows_total'), 'short'],
           ['Clients waiting in PgBouncer', 'topk($limit, sum by (tenant) (%s))' % m('tenantwatch_tenant_pool_waiting_clients'), 'short'],
         ]
       ] + [

@@ -1006,3 +1006,176 @@ async fn a_streaming_standby_reports_its_lag_and_itself() {
         .await;
     daemon.stop().await;
 }
+
+/// `pg_stat_statements` preloaded, one role per tenant, no events at all:
+/// the tenant running heavy statements is flagged `db_time_hog` from the
+/// server-side figures, its detail lists its top statements, and a reset of
+/// the view in the middle leaves every counter monotonic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_hog_is_flagged_from_pg_stat_statements() {
+    let (pg, _admin) = cluster_with_app_database().await;
+    let configured = tokio::task::block_in_place(|| {
+        pg.configure("shared_preload_libraries = 'pg_stat_statements'")
+    });
+    configured.expect("pg_stat_statements preloaded (it ships with PostgreSQL's server package)");
+    let app = connect(&pg.dsn("app")).await;
+    app.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .unwrap();
+    for tenant in ["heavy", "a", "b", "c"] {
+        app.batch_execute(&format!("CREATE ROLE app_{tenant} LOGIN"))
+            .await
+            .unwrap();
+    }
+    let daemon = TestDaemon::start_with(|c| {
+        c.targets.push(FileTarget {
+            statements_text: true,
+            ..fast_target("main", pg.dsn("app"))
+        });
+        c.tenants.rules = vec![rule("role", "^app_(?P<tenant>.+)$")];
+        c.detect.interval = "200ms".into();
+        c.ingest.share_window = "12s".into();
+        c.detect.rules.insert(
+            "db_time_hog".into(),
+            tenantwatch::config::FileRuleSettings {
+                for_: Some("0s".into()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+
+    // Three light tenants and a heavy one, all through their own roles.
+    let workload = tokio_util::sync::CancellationToken::new();
+    let mut workers = Vec::new();
+    for (tenant, sql) in [
+        ("heavy", "SELECT pg_sleep(0.2)"),
+        ("a", "SELECT 1"),
+        ("b", "SELECT 2"),
+        ("c", "SELECT 3"),
+    ] {
+        let client = connect(&format!("{} user=app_{tenant}", pg.dsn("app"))).await;
+        let stop = workload.clone();
+        workers.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                client.batch_execute(sql).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    let calls = |m: &Exposition, tenant: &str| {
+        m.value(
+            "tenantwatch_tenant_statement_calls_total",
+            &[("target", "main"), ("tenant", tenant)],
+        )
+    };
+    let seconds = |m: &Exposition, tenant: &str| {
+        m.value(
+            "tenantwatch_tenant_statement_time_seconds_total",
+            &[("target", "main"), ("tenant", tenant)],
+        )
+    };
+    daemon
+        .metrics_when("statement figures for every tenant", |m| {
+            ["heavy", "a", "b", "c"]
+                .iter()
+                .all(|t| calls(m, t).is_some_and(|c| c > 0.0))
+        })
+        .await;
+    support::eventually(
+        "a db_time_hog flag for heavy",
+        Duration::from_secs(20),
+        || async {
+            let flags = daemon.get("/api/v1/flags").await.json();
+            let flags = flags["flags"].as_array()?.clone();
+            let hogs: Vec<&str> = flags
+                .iter()
+                .filter(|f| f["reason"] == "db_time_hog")
+                .filter_map(|f| f["tenant"].as_str())
+                .collect();
+            (hogs == ["heavy"]).then_some(())
+        },
+    )
+    .await;
+    let detail = daemon.get("/api/v1/tenants/heavy").await;
+    assert_eq!(detail.status, 200, "{}", detail.text());
+    let statements = &detail.json()["targets"][0]["statements"];
+    let top = &statements["top"][0];
+    assert!(top["calls"].as_u64().unwrap() >= 1, "{statements}");
+    assert!(
+        top["mean_seconds"].as_f64().unwrap() >= 0.19,
+        "{statements}"
+    );
+    assert!(
+        top["query"].as_str().unwrap().contains("pg_sleep"),
+        "{statements}"
+    );
+
+    // A reset of the view in the middle: every counter keeps growing.
+    let mut before = Vec::new();
+    let m = daemon.metrics().await;
+    for tenant in ["heavy", "a", "b", "c"] {
+        before.push((calls(&m, tenant).unwrap(), seconds(&m, tenant).unwrap()));
+    }
+    app.batch_execute("SELECT pg_stat_statements_reset()")
+        .await
+        .unwrap();
+    let mut samples = Vec::new();
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        samples.push(daemon.metrics().await);
+    }
+    for (i, tenant) in ["heavy", "a", "b", "c"].iter().enumerate() {
+        let mut last = before[i];
+        for m in &samples {
+            let now = (calls(m, tenant).unwrap(), seconds(m, tenant).unwrap());
+            assert!(
+                now.0 >= last.0 && now.1 >= last.1,
+                "{tenant}: {now:?} after {last:?}"
+            );
+            last = now;
+        }
+        assert!(
+            last.0 > before[i].0,
+            "{tenant} stopped counting after the reset"
+        );
+    }
+    workload.cancel();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    daemon.stop().await;
+}
+
+/// Without the extension: one `extension_missing` error, no retry storm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_pg_stat_statements_is_counted_once() {
+    let (pg, _admin) = cluster_with_app_database().await;
+    let daemon = TestDaemon::start_with(|c| {
+        c.targets.push(fast_target("main", pg.dsn("app")));
+    })
+    .await;
+    let errors = |m: &Exposition| {
+        m.value(
+            "tenantwatch_poll_errors_total",
+            &[
+                ("target", "main"),
+                ("collector", "statements"),
+                ("error", "extension_missing"),
+            ],
+        )
+    };
+    daemon
+        .metrics_when("the missing extension counted", |m| errors(m) == Some(1.0))
+        .await;
+    // Many polls later (every 500 ms), still once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = daemon.metrics().await;
+    assert_eq!(errors(&m), Some(1.0));
+    assert!(
+        m.value("tenantwatch_polls_total", &[("target", "main")])
+            .is_some_and(|polls| polls >= 5.0)
+    );
+    assert_eq!(up(&m, "main"), Some(1.0));
+    daemon.stop().await;
+}

@@ -62,6 +62,22 @@ pub struct TargetFigures {
     pub size_bytes: Option<u64>,
     pub live_tuples: Option<u64>,
     pub dead_tuples: Option<u64>,
+    /// From `pg_stat_statements` (role and database rules); `null` without it.
+    pub statements: Option<StatementFigures>,
+}
+
+/// The tenant's statements on a target: counters since tenantwatch started
+/// (never lowered by a reset of the view), and its heaviest statements as the
+/// view shows them now (text only with `statements_text = true`).
+#[derive(Debug, Serialize)]
+pub struct StatementFigures {
+    pub calls: f64,
+    pub time_seconds: f64,
+    pub rows: f64,
+    pub blocks_hit: f64,
+    pub blocks_read: f64,
+    pub blocks_temp: f64,
+    pub top: Vec<crate::store::TopStatement>,
 }
 
 /// The tenant's configured and effective quota.
@@ -143,7 +159,8 @@ pub fn tenant_detail<'a>(tenant: &'a str, from: &DetailSources<'a>) -> Option<Te
 fn target_figures(tenant: &str, t: &TargetStatus) -> Option<TargetFigures> {
     let activity = t.activity.as_ref().and_then(|a| a.tenants.get(tenant));
     let schema = t.schemas.as_ref().and_then(|s| s.get(tenant));
-    if activity.is_none() && schema.is_none() {
+    let statements = t.statements.as_ref().and_then(|s| s.get(tenant));
+    if activity.is_none() && schema.is_none() && statements.is_none() {
         return None;
     }
     Some(TargetFigures {
@@ -159,5 +176,14 @@ fn target_figures(tenant: &str, t: &TargetStatus) -> Option<TargetFigures> {
         size_bytes: schema.map(|s| t.size_of(tenant, s)),
         live_tuples: schema.map(|s| s.n_live_tup),
         dead_tuples: schema.map(|s| s.n_dead_tup),
+        statements: statements.map(|s| StatementFigures {
+            calls: s.calls,
+            time_seconds: s.seconds,
+            rows: s.rows,
+            blocks_hit: s.blocks_hit,
+            blocks_read: s.blocks_read,
+            blocks_temp: s.blocks_temp,
+            top: s.top.clone(),
+        }),
     })
 }

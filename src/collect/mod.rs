@@ -19,6 +19,7 @@ pub mod guard;
 pub mod pgbouncer;
 pub mod queries;
 pub mod settings;
+pub mod statements;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
@@ -66,6 +67,8 @@ impl PollError {
     fn from_pg(err: tokio_postgres::Error, fallback: PollErrorKind) -> PollError {
         let kind = match error_kind(&err) {
             PollErrorKind::Connect => fallback,
+            // Only the statements query reads an extension's view.
+            _ if statements::is_extension_missing(&err) => PollErrorKind::ExtensionMissing,
             kind => kind,
         };
         PollError {
@@ -153,6 +156,9 @@ pub async fn run_target(
         size_cycle: None,
         next_size_cycle: Instant::now(),
         last_relation_sizes: HashMap::new(),
+        statements: statements::StatementAccounts::default(),
+        statements_next_check: Instant::now(),
+        statements_missing: false,
     };
     let mut interval = tokio::time::interval(poller.target.poll_interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -220,7 +226,17 @@ struct Poller {
     /// DDL lock keeps from being measured counts with its last size instead
     /// of silently dropping out of its tenant's sum.
     last_relation_sizes: HashMap<(String, i64), u64>,
+    statements: statements::StatementAccounts,
+    /// `pg_stat_statements` is read again from then on (later while it is
+    /// missing, so that a target without it sees no retry storm).
+    statements_next_check: Instant,
+    /// The extension was missing at the last check (counted and logged once).
+    statements_missing: bool,
 }
+
+/// How long a target without `pg_stat_statements` waits before it is
+/// looked for again.
+const STATEMENTS_RECHECK: Duration = Duration::from_secs(10 * 60);
 
 impl Poller {
     fn base_backoff(&self) -> Duration {
@@ -386,6 +402,11 @@ impl Poller {
             let result = self.poll_sizes().await;
             self.record(CollectorName::Sizes, started, &result);
         }
+        if self.target.statements && Instant::now() >= self.statements_next_check {
+            let started = Instant::now();
+            let result = self.poll_statements(&primary).await;
+            self.record_statements(started, result);
+        }
         // Only a lost primary session makes the target down; a failing
         // collector is counted but the others still report.
         !self
@@ -499,6 +520,53 @@ impl Poller {
             status.watched_databases = databases;
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    async fn poll_statements(&mut self, primary: &str) -> Result<(), PollError> {
+        let with_text = self.target.statements_text;
+        let rows = self
+            .query(primary, statements::STATEMENTS_SQL, &[&with_text])
+            .await?;
+        let rows = statements::rows_from(&rows)
+            .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
+        let figures = self
+            .statements
+            .update(&rows, &self.attribution, self.target.max_tenants);
+        lock(&self.status).statements = Some(Arc::new(figures));
+        Ok(())
+    }
+
+    /// As [`Poller::record`], except that a missing extension is counted and
+    /// logged once, and only looked for again after [`STATEMENTS_RECHECK`].
+    fn record_statements(&mut self, started: Instant, result: Result<(), PollError>) {
+        match result {
+            Err(err) if err.kind == PollErrorKind::ExtensionMissing => {
+                self.statements_next_check = Instant::now() + STATEMENTS_RECHECK;
+                if !self.statements_missing {
+                    self.statements_missing = true;
+                    let mut status = lock(&self.status);
+                    *status
+                        .poll_errors
+                        .entry((CollectorName::Statements, err.kind))
+                        .or_default() += 1;
+                    status.statements = None;
+                    drop(status);
+                    tracing::info!(
+                        target_name = %self.target.name,
+                        target_addr = %self.target.description,
+                        error = %err.detail,
+                        "pg_stat_statements is not available: no server-side statement figures (set statements = \"off\" to stop looking)"
+                    );
+                }
+            }
+            result => {
+                if self.statements_missing && result.is_ok() {
+                    tracing::info!(target_name = %self.target.name, "pg_stat_statements is available");
+                }
+                self.statements_missing = false;
+                self.record(CollectorName::Statements, started, &result);
+            }
+        }
     }
 
     /// Measures the next batch of exact sizes. A cycle lists every relation

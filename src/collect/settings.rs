@@ -50,6 +50,10 @@ pub struct TargetConfig {
     /// Most tenants kept per target from schemas (`ingest.max_tenants`);
     /// beyond it their figures sum under `__overflow__`.
     pub max_tenants: usize,
+    /// Whether `pg_stat_statements` is read (`statements = "auto"`).
+    pub statements: bool,
+    /// Whether the top statements carry their text.
+    pub statements_text: bool,
 }
 
 /// `host:port/dbname` from a parsed config: no user, no password, no options.

@@ -373,6 +373,18 @@ pub struct FileTarget {
     /// (22 per tenant), to keep 10,000 tenants within one Prometheus.
     #[serde(default = "default_schema_detail")]
     pub schema_detail: String,
+    /// Per-tenant statement figures from `pg_stat_statements`: `"auto"`
+    /// (when the extension is installed) or `"off"`.
+    #[serde(default = "default_statements")]
+    pub statements: String,
+    /// Include each top statement's text (at most 200 characters) in the
+    /// tenant detail.
+    #[serde(default)]
+    pub statements_text: bool,
+}
+
+fn default_statements() -> String {
+    "auto".into()
 }
 
 fn default_schema_detail() -> String {
@@ -397,6 +409,8 @@ impl FileTarget {
             size_batch: default_size_batch(),
             schema_detail: default_schema_detail(),
             tls_ca_file: None,
+            statements: default_statements(),
+            statements_text: false,
         }
     }
 }

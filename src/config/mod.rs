@@ -898,6 +898,8 @@ mod tests {
             "size_batch",
             "schema_detail",
             "tls_ca_file",
+            "statements",
+            "statements_text",
         ] {
             keys.push(format!("targets.{key}"));
         }

@@ -587,6 +587,19 @@ fn validate_target(
             );
             SchemaDetail::Basic
         }),
+        statements: match file.statements.as_str() {
+            "auto" => true,
+            "off" => false,
+            other => {
+                v.fail(
+                    &key("statements"),
+                    format!("{other:?}"),
+                    "must be \"auto\" or \"off\"",
+                );
+                false
+            }
+        },
+        statements_text: file.statements_text,
         pg,
     };
     (v.errors.len() == errors_before).then_some(target)

@@ -364,6 +364,22 @@ impl Cluster {
         Ok(ca)
     }
 
+    /// Appends `settings` (postgresql.conf lines) to the cluster's
+    /// `postgresql.auto.conf` and restarts it, for settings that need a
+    /// restart (`shared_preload_libraries`).
+    pub fn configure(&self, settings: &str) -> Result<(), ClusterError> {
+        let conf = self.dir.join("data").join("postgresql.auto.conf");
+        let io = |source| ClusterError::Io {
+            path: conf.clone(),
+            source,
+        };
+        let mut text = std::fs::read_to_string(&conf).map_err(io)?;
+        text.push_str(settings);
+        text.push('\n');
+        std::fs::write(&conf, text).map_err(io)?;
+        self.restart()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

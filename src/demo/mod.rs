@@ -86,6 +86,8 @@ async fn create_schemas(
         .batch_execute(&format!("CREATE ROLE {DEMO_APP_ROLE} LOGIN"))
         .await?;
     let app = connect(&cluster.dsn("app")).await?;
+    app.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await?;
     for (i, tenant) in tenants.iter().enumerate() {
         let rows = 2_000 + 500 * (i % 7);
         app.batch_execute(&format!(
@@ -440,9 +442,15 @@ impl DemoEnvironment {
     /// Starts PostgreSQL, creates `tenants` tenant schemas, starts the
     /// daemon on `listen` and the workload.
     pub async fn start(tenants: usize, listen: SocketAddr) -> Result<DemoEnvironment, DemoError> {
-        let cluster = tokio::task::spawn_blocking(Cluster::start_new)
-            .await
-            .map_err(|_| DemoError::Join)??;
+        // pg_stat_statements preloaded, so that per-tenant statement figures
+        // (the noisy tenant's own role) show without any event.
+        let cluster = tokio::task::spawn_blocking(|| {
+            let cluster = Cluster::start_new()?;
+            cluster.configure("shared_preload_libraries = 'pg_stat_statements'")?;
+            Ok::<_, ClusterError>(cluster)
+        })
+        .await
+        .map_err(|_| DemoError::Join)??;
         // A streaming standby, taken while the cluster is still empty (so
         // the base backup is quick); replication then carries the schemas.
         let standby = start_standby(&cluster).await;

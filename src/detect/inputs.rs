@@ -107,6 +107,44 @@ fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> Windo
     }
 }
 
+/// Each tenant's server-side statement seconds (from `pg_stat_statements`,
+/// summed over targets) one window back.
+#[derive(Debug, Default)]
+pub struct StatementWindow {
+    history: VecDeque<(Instant, HashMap<String, f64>)>,
+}
+
+impl StatementWindow {
+    /// Records the cumulative seconds at `now` and returns each tenant's
+    /// seconds since the oldest kept record (about `horizon` ago).
+    pub fn advance(
+        &mut self,
+        now: Instant,
+        current: HashMap<String, f64>,
+        horizon: Duration,
+    ) -> HashMap<String, f64> {
+        while self
+            .history
+            .get(1)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= horizon)
+        {
+            self.history.pop_front();
+        }
+        let window = match self.history.front() {
+            Some((_, old)) => current
+                .iter()
+                .map(|(tenant, now_s)| {
+                    let then = old.get(tenant).copied().unwrap_or(0.0);
+                    (tenant.clone(), (now_s - then).max(0.0))
+                })
+                .collect(),
+            None => HashMap::new(),
+        };
+        self.history.push_back((now, current));
+        window
+    }
+}
+
 /// Folds this evaluation's rates into every tenant's baseline (`alpha` is
 /// the weight of the new rate) but those `held` still, and forgets tenants
 /// without figures.

@@ -136,6 +136,9 @@ pub const MAX_SIZE_SERIES: usize = 100_000;
 pub struct Detector {
     settings: DetectSettings,
     window: Window,
+    /// Server-side statement seconds per tenant, for `db_time_hog` on
+    /// tenants that send no events.
+    statement_window: inputs::StatementWindow,
     baselines: HashMap<String, Baseline>,
     sizes: HashMap<(String, String), VecDeque<(Instant, u64)>>,
     states: HashMap<(String, RuleName), RuleState>,
@@ -148,6 +151,7 @@ impl Detector {
         Detector {
             settings,
             window: Window::default(),
+            statement_window: inputs::StatementWindow::default(),
             baselines: HashMap::new(),
             sizes: HashMap::new(),
             states: HashMap::new(),
@@ -233,6 +237,7 @@ impl Detector {
         for target in targets.iter().filter(|t| t.up) {
             self.judge_target(now, target, &mut observations);
         }
+        self.judge_statements(now, store, targets, horizon, &mut observations);
         if let Some(r) = self.enabled(RuleName::PoolSaturation) {
             for pgbouncer in pgbouncers.iter().filter(|p| p.up) {
                 if let Some(snapshot) = &pgbouncer.snapshot {
@@ -302,6 +307,36 @@ impl Detector {
             return spiking;
         }
         HashSet::new()
+    }
+
+    /// `db_time_hog` on server-side statement time, for the tenants that
+    /// send no events (those that do are judged on their events).
+    fn judge_statements(
+        &mut self,
+        now: Instant,
+        store: &StoreSnapshot,
+        targets: &[TargetStatus],
+        horizon: std::time::Duration,
+        observations: &mut Observations,
+    ) {
+        let mut seconds: HashMap<String, f64> = HashMap::new();
+        for target in targets.iter().filter(|t| t.up) {
+            for (tenant, figures) in target.statements.iter().flat_map(|s| s.iter()) {
+                *seconds.entry(tenant.clone()).or_default() += figures.seconds;
+            }
+        }
+        let window = self.statement_window.advance(now, seconds, horizon);
+        let Some(r) = self.enabled(RuleName::DbTimeHog) else {
+            return;
+        };
+        let with_events: HashSet<&str> = store
+            .tenants
+            .iter()
+            .filter(|t| t.window_db_time_ms > 0.0)
+            .map(|t| t.tenant.as_str())
+            .collect();
+        let verdicts = rules::db_time_hog_from_statements(r, &window, |t| !with_events.contains(t));
+        observations.add(RuleName::DbTimeHog, verdicts, None);
     }
 
     /// Folds this evaluation's rates into the baselines, after the rules

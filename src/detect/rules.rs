@@ -38,28 +38,63 @@ impl Verdict {
 /// subject included, three tenants could never have a hog: 3 x 1/3 = 1). A
 /// tenant with no other active tenant is not judged: a share is relative.
 pub fn db_time_hog(r: &RuleSettings, tenants: &[&TenantSnapshot]) -> Vec<Verdict> {
-    let active: Vec<&&TenantSnapshot> = tenants
+    let shares: Vec<(&str, f64)> = tenants
         .iter()
-        .filter(|t| t.window_db_time_ms > 0.0)
+        .map(|t| {
+            let share = if t.window_db_time_ms > 0.0 {
+                t.db_time_share
+            } else {
+                0.0
+            };
+            (t.tenant.as_str(), share)
+        })
         .collect();
-    let total_share: f64 = active.iter().map(|t| t.db_time_share).sum();
-    tenants
+    hog_verdicts(r, &shares, |_| true)
+}
+
+/// `db_time_hog` on server-side figures: each tenant's share of the
+/// statement time `pg_stat_statements` counted over the window (role and
+/// database rules), judged for the tenants `judged` accepts (those that
+/// send no events; the others are judged on their events).
+pub fn db_time_hog_from_statements(
+    r: &RuleSettings,
+    window_seconds: &HashMap<String, f64>,
+    judged: impl Fn(&str) -> bool,
+) -> Vec<Verdict> {
+    let total: f64 = window_seconds.values().filter(|s| **s > 0.0).sum();
+    if total <= 0.0 {
+        return Vec::new();
+    }
+    let shares: Vec<(&str, f64)> = window_seconds
         .iter()
-        .filter_map(|t| {
-            let is_active = t.window_db_time_ms > 0.0;
-            let others = active.len() - usize::from(is_active);
+        .filter(|(tenant, _)| *tenant != OVERFLOW_TENANT)
+        .map(|(tenant, seconds)| (tenant.as_str(), seconds.max(0.0) / total))
+        .collect();
+    hog_verdicts(r, &shares, judged)
+}
+
+/// Leave-one-out: each judged tenant's share against `threshold` x the mean
+/// share of the *other* active tenants (at least `min`); not judged without
+/// another active tenant.
+fn hog_verdicts(
+    r: &RuleSettings,
+    shares: &[(&str, f64)],
+    judged: impl Fn(&str) -> bool,
+) -> Vec<Verdict> {
+    let active = shares.iter().filter(|(_, share)| *share > 0.0).count();
+    let total_share: f64 = shares.iter().map(|(_, share)| share.max(0.0)).sum();
+    shares
+        .iter()
+        .filter(|(tenant, _)| judged(tenant))
+        .filter_map(|(tenant, share)| {
+            let is_active = *share > 0.0;
+            let others = active - usize::from(is_active);
             if others == 0 {
                 return None;
             }
-            let own = if is_active { t.db_time_share } else { 0.0 };
-            let others_mean = (total_share - own).max(0.0) / others as f64;
+            let others_mean = (total_share - share.max(0.0)).max(0.0) / others as f64;
             let threshold = (r.threshold * others_mean).max(r.min);
-            Some(Verdict::new(
-                &t.tenant,
-                t.db_time_share >= threshold,
-                t.db_time_share,
-                threshold,
-            ))
+            Some(Verdict::new(tenant, *share >= threshold, *share, threshold))
         })
         .collect()
 }
@@ -414,6 +449,27 @@ mod tests {
             activity.tenants.insert((*tenant).into(), a);
         }
         activity
+    }
+
+    #[test]
+    fn a_statement_hog_is_judged_only_when_it_sends_no_events() {
+        let r = settings(RuleName::DbTimeHog);
+        let seconds: HashMap<String, f64> = [
+            ("heavy".to_owned(), 90.0),
+            ("a".to_owned(), 4.0),
+            ("b".to_owned(), 3.0),
+            ("c".to_owned(), 3.0),
+        ]
+        .into();
+        let verdicts = db_time_hog_from_statements(&r, &seconds, |_| true);
+        assert_eq!(holding(&verdicts), vec!["heavy"]);
+        // A tenant that sends events is judged on them instead.
+        let verdicts = db_time_hog_from_statements(&r, &seconds, |t| t != "heavy");
+        assert!(holding(&verdicts).is_empty());
+        assert_eq!(verdicts.len(), 3);
+        // Nothing ran: nothing judged.
+        let idle: HashMap<String, f64> = [("a".to_owned(), 0.0)].into();
+        assert!(db_time_hog_from_statements(&r, &idle, |_| true).is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use prometheus_client::metrics::MetricType;
 use super::encode::{counter, family, gauge};
 use crate::store::{
     ActivitySnapshot, CollectorName, DatabaseStats, PollErrorKind, SchemaDetail, SchemaTotals,
-    TargetStatus, TargetStatuses, TenantActivity,
+    TargetStatus, TargetStatuses, TenantActivity, TenantStatements,
 };
 
 /// Exposes every target's last status.
@@ -81,6 +81,7 @@ impl Collector for TargetCollector {
         encode_tenant_activity(&up, &mut encoder)?;
         encode_tenant_schemas(&up, &mut encoder)?;
         encode_tenant_schema_counters(&up, &mut encoder)?;
+        encode_tenant_statements(&up, &mut encoder)?;
         encode_databases(&up, &mut encoder)
     }
 }
@@ -571,6 +572,60 @@ fn encode_tenant_schema_counters(
         }
     }
 
+    Ok(())
+}
+
+/// Per tenant, from `pg_stat_statements` (role and database rules).
+fn encode_tenant_statements(targets: &[TargetStatus], encoder: &mut DescriptorEncoder) -> Encoded {
+    type StatementField = fn(&TenantStatements) -> f64;
+    let families: [(&str, &str, StatementField); 3] = [
+        (
+            "tenantwatch_tenant_statement_calls",
+            "Statements the tenant's roles or databases ran (pg_stat_statements calls), summed from per-poll increases.",
+            |s| s.calls,
+        ),
+        (
+            "tenantwatch_tenant_statement_time_seconds",
+            "Execution plus planning time of the tenant's statements (pg_stat_statements).",
+            |s| s.seconds,
+        ),
+        (
+            "tenantwatch_tenant_statement_rows",
+            "Rows the tenant's statements returned or affected (pg_stat_statements).",
+            |s| s.rows,
+        ),
+    ];
+    for (name, help, field) in families {
+        let mut m = family(encoder, name, help, MetricType::Counter)?;
+        for t in targets {
+            for (tenant, figures) in t.statements.iter().flat_map(|s| s.iter()) {
+                let labels = [("target", t.name.as_str()), ("tenant", tenant.as_str())];
+                counter(&mut m, &labels, field(figures))?;
+            }
+        }
+    }
+    let mut m = family(
+        encoder,
+        "tenantwatch_tenant_statement_blocks",
+        "Blocks the tenant's statements found in shared buffers (hit), read (read), or read and wrote as temporary files (temp).",
+        MetricType::Counter,
+    )?;
+    for t in targets {
+        for (tenant, figures) in t.statements.iter().flat_map(|s| s.iter()) {
+            for (source, value) in [
+                ("hit", figures.blocks_hit),
+                ("read", figures.blocks_read),
+                ("temp", figures.blocks_temp),
+            ] {
+                let labels = [
+                    ("target", t.name.as_str()),
+                    ("tenant", tenant.as_str()),
+                    ("source", source),
+                ];
+                counter(&mut m, &labels, value)?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -28,6 +28,7 @@ pub use pgbouncers::{
 };
 pub use targets::{
     ActivitySnapshot, CollectorName, DatabaseStats, Offence, Offender, PollErrorKind, SchemaDetail,
-    SchemaTotals, SharedStatus, TargetStatus, TargetStatuses, TenantActivity, lock,
+    SchemaTotals, SharedStatus, TargetStatus, TargetStatuses, TenantActivity, TenantStatements,
+    TopStatement, lock,
 };
 pub use tenants::*;

@@ -22,15 +22,17 @@ pub enum CollectorName {
     SchemaStats,
     Database,
     Sizes,
+    Statements,
 }
 
 impl CollectorName {
-    pub const ALL: [CollectorName; 5] = [
+    pub const ALL: [CollectorName; 6] = [
         CollectorName::Connect,
         CollectorName::Activity,
         CollectorName::SchemaStats,
         CollectorName::Database,
         CollectorName::Sizes,
+        CollectorName::Statements,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +42,7 @@ impl CollectorName {
             CollectorName::SchemaStats => "schema_stats",
             CollectorName::Database => "database",
             CollectorName::Sizes => "sizes",
+            CollectorName::Statements => "statements",
         }
     }
 }
@@ -57,10 +60,12 @@ pub enum PollErrorKind {
     Permission,
     ConnectionLost,
     Query,
+    /// `pg_stat_statements` is not installed (or not preloaded).
+    ExtensionMissing,
 }
 
 impl PollErrorKind {
-    pub const ALL: [PollErrorKind; 8] = [
+    pub const ALL: [PollErrorKind; 9] = [
         PollErrorKind::Connect,
         PollErrorKind::Auth,
         PollErrorKind::Timeout,
@@ -69,6 +74,7 @@ impl PollErrorKind {
         PollErrorKind::Permission,
         PollErrorKind::ConnectionLost,
         PollErrorKind::Query,
+        PollErrorKind::ExtensionMissing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +87,7 @@ impl PollErrorKind {
             PollErrorKind::Permission => "permission",
             PollErrorKind::ConnectionLost => "connection_lost",
             PollErrorKind::Query => "query",
+            PollErrorKind::ExtensionMissing => "extension_missing",
         }
     }
 }
@@ -129,6 +136,9 @@ pub struct TargetStatus {
     pub server_version: Option<String>,
     /// A standby (`pg_is_in_recovery()`): write-based rules skip it.
     pub in_recovery: Option<bool>,
+    /// Per tenant, what `pg_stat_statements` counted (role and database
+    /// rules), summed from per-poll increases.
+    pub statements: Option<Arc<BTreeMap<String, TenantStatements>>>,
     /// Each standby streaming from it: (replay lag seconds, WAL bytes).
     pub replicas: Option<Arc<BTreeMap<String, (f64, f64)>>>,
     pub max_connections: Option<u64>,
@@ -330,4 +340,37 @@ pub struct DatabaseStats {
     pub conflicts: u64,
     pub blks_read: u64,
     pub blks_hit: u64,
+}
+
+/// A tenant's statements on a target, from `pg_stat_statements`: counters
+/// that only grow (a reset of the view or an evicted entry starts its
+/// increase from zero, never from a negative difference), and its heaviest
+/// statements as the view shows them now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantStatements {
+    pub calls: f64,
+    /// Execution plus planning time.
+    pub seconds: f64,
+    pub rows: f64,
+    pub blocks_hit: f64,
+    pub blocks_read: f64,
+    /// Temporary blocks read and written.
+    pub blocks_temp: f64,
+    /// At most [`TOP_STATEMENTS`], by total time, heaviest first.
+    pub top: Vec<TopStatement>,
+}
+
+/// Statements listed per tenant.
+pub const TOP_STATEMENTS: usize = 10;
+
+/// One statement of a tenant, as `pg_stat_statements` counts it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TopStatement {
+    pub queryid: i64,
+    pub calls: u64,
+    pub total_seconds: f64,
+    pub mean_seconds: f64,
+    /// The normalised text, at most 200 characters; only with
+    /// `statements_text = true`.
+    pub query: Option<String>,
 }
