@@ -48,6 +48,28 @@
         },
       },
       {
+        alert: 'TenantwatchTenantSchemaDrift',
+        expr: 'tenantwatch_tenant_schema_drift == 1',
+        'for': '30m',
+        labels: { severity: 'warning' },
+        annotations: {
+          summary: "Tenant {{ $labels.tenant }}'s tables on {{ $labels.target }} differ from the other tenants'",
+          description: "The tenant's schema (or database) lacks tables the most common set on the target has, or has others: a migration did not reach it. GET /api/v1/tenants/{{ $labels.tenant }} names the tables.",
+          runbook_url: $._config.runbookURLPrefix + 'TenantwatchTenantSchemaDrift.md',
+        },
+      },
+      {
+        alert: 'TenantwatchTenantMissing',
+        expr: 'tenantwatch_tenant_missing == 1',
+        'for': '15m',
+        labels: { severity: 'warning' },
+        annotations: {
+          summary: 'Tenant {{ $labels.tenant }} has no schema or database on {{ $labels.target }}',
+          description: "The tenant is in tenants.expected_file but {{ $labels.target }}'s group has nothing of it: its provisioning failed or was never run for this service, and its users will hit errors there.",
+          runbook_url: $._config.runbookURLPrefix + 'TenantwatchTenantMissing.md',
+        },
+      },
+      {
         alert: 'TenantwatchReplicationLagHigh',
         expr: 'tenantwatch_target_replication_lag_seconds > %(replicationLagSeconds)s' % $._config,
         'for': '5m',

@@ -102,10 +102,20 @@ impl Attribution {
 
     /// The tenant of a schema in a database (schema and database rules).
     pub fn schema_tenant(&self, database: &str, schema: &str) -> Option<String> {
-        self.rules.iter().find_map(|rule| match rule.source {
-            RuleSource::Schema => capture(&rule.pattern, schema),
-            RuleSource::Database => capture(&rule.pattern, database),
-            _ => None,
+        self.schema_tenant_by(database, schema)
+            .map(|(tenant, _)| tenant)
+    }
+
+    /// As [`Attribution::schema_tenant`], with the source of the rule that
+    /// decided (`Schema` or `Database`).
+    pub fn schema_tenant_by(&self, database: &str, schema: &str) -> Option<(String, RuleSource)> {
+        self.rules.iter().find_map(|rule| {
+            let tenant = match rule.source {
+                RuleSource::Schema => capture(&rule.pattern, schema),
+                RuleSource::Database => capture(&rule.pattern, database),
+                _ => None,
+            };
+            tenant.map(|tenant| (tenant, rule.source))
         })
     }
 

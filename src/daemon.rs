@@ -126,7 +126,8 @@ impl Shared {
             .targets
             .iter()
             .map(|t| {
-                let status = TargetStatus::new(&t.name, &t.description, t.schema_detail);
+                let mut status = TargetStatus::new(&t.name, &t.description, t.schema_detail);
+                status.group = t.group.clone();
                 Arc::new(Mutex::new(status))
             })
             .collect();
@@ -147,7 +148,11 @@ impl Shared {
                 Arc::new(MonotonicClock::new()),
             )),
             stats: Arc::new(IngestStats::default()),
-            targets: TargetStatuses::new(targets),
+            targets: {
+                let targets = TargetStatuses::new(targets);
+                targets.set_expected(config.expected_tenants.clone());
+                targets
+            },
             pgbouncers: PgBouncerStatuses::new(
                 config
                     .pgbouncers
@@ -433,12 +438,15 @@ impl Daemon {
     }
 
     /// Applies what can change without a restart: quotas, tiers, per-tenant
-    /// overrides, detection rules and the write and read tokens. Listeners,
+    /// overrides, detection rules, the expected tenants and the write and
+    /// read tokens. Listeners,
     /// targets and ingest limits keep their start-up values; a warning names
     /// each changed key that would need a restart. Returns those keys.
     pub fn reload(&self, config: &Config) -> Vec<&'static str> {
         self.rate_limits.set_policy(config.ratelimit.clone());
         self.detect_settings.send_replace(config.detect.clone());
+        self.target_statuses
+            .set_expected(config.expected_tenants.clone());
         self.state.tokens.set(config.tokens());
         // A renewed certificate serves from the next connection on; turning
         // TLS on or off needs a restart (clients would break mid-flight).

@@ -1179,3 +1179,92 @@ async fn a_missing_pg_stat_statements_is_counted_once() {
     assert_eq!(up(&m, "main"), Some(1.0));
     daemon.stop().await;
 }
+
+/// A migration that added a table to every tenant schema but one: that
+/// tenant drifts and its detail names the table; a tenant of the expected
+/// file with no schema on a target of a group is missing, and a SIGHUP-style
+/// reload of the file updates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_and_missing_tenants_are_caught() {
+    let (pg, _admin) = cluster_with_app_database().await;
+    let app = connect(&pg.dsn("app")).await;
+    for tenant in ["a", "b", "c", "d"] {
+        app.batch_execute(&format!(
+            "CREATE SCHEMA tenant_{tenant}; CREATE TABLE tenant_{tenant}.orders (id int)"
+        ))
+        .await
+        .unwrap();
+        // The migration that forgot tenant d.
+        if tenant != "d" {
+            app.batch_execute(&format!("CREATE TABLE tenant_{tenant}.invoices (id int)"))
+                .await
+                .unwrap();
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("tw-expected-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let expected = dir.join("tenants.txt");
+    std::fs::write(&expected, "# every customer\na\nb\nc\nd\nnewco\n").unwrap();
+    let configure = |c: &mut tenantwatch::config::FileConfig| {
+        c.targets.push(FileTarget {
+            group: Some("payroll".into()),
+            ..fast_target("main", pg.dsn("app"))
+        });
+        c.tenants.rules = vec![rule("schema", "^tenant_(?P<tenant>.+)$")];
+        c.tenants.expected_file = Some(expected.clone());
+    };
+    let daemon = TestDaemon::start_with(configure).await;
+    let drift = |m: &Exposition, tenant: &str| {
+        m.value(
+            "tenantwatch_tenant_schema_drift",
+            &[("target", "main"), ("tenant", tenant)],
+        )
+    };
+    let m = daemon
+        .metrics_when("drift worked out", |m| drift(m, "d").is_some())
+        .await;
+    assert_eq!(drift(&m, "d"), Some(1.0));
+    for tenant in ["a", "b", "c"] {
+        assert_eq!(drift(&m, tenant), Some(0.0), "{tenant}");
+    }
+    let detail = daemon.get("/api/v1/tenants/d").await.json();
+    let report = &detail["targets"][0]["schema_drift"];
+    assert_eq!(report["drifts"], true, "{detail}");
+    assert_eq!(report["missing_tables"], serde_json::json!(["invoices"]));
+    assert_eq!(report["extra_tables"], serde_json::json!([]));
+
+    // newco has no schema anywhere on the payroll target.
+    assert_eq!(
+        m.value(
+            "tenantwatch_tenant_missing",
+            &[("target", "main"), ("tenant", "newco")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.samples_named("tenantwatch_tenant_missing").count(),
+        1,
+        "only newco is missing"
+    );
+    let targets = daemon.get("/api/v1/targets").await.json();
+    assert_eq!(targets["targets"][0]["group"], "payroll");
+    assert_eq!(
+        targets["targets"][0]["missing_tenants"],
+        serde_json::json!(["newco"])
+    );
+
+    // The file changes and is re-read on reload: newco left, e is expected.
+    std::fs::write(&expected, "a\nb\nc\nd\ne\n").unwrap();
+    let mut file = support::file_config();
+    configure(&mut file);
+    let reloaded = tenantwatch::Config::try_from(file).unwrap();
+    daemon.daemon.as_ref().unwrap().reload(&reloaded);
+    let m = daemon.metrics().await;
+    let missing: Vec<&str> = m
+        .samples_named("tenantwatch_tenant_missing")
+        .map(|s| s.labels["tenant"].as_str())
+        .collect();
+    assert_eq!(missing, ["e"]);
+    daemon.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -64,6 +64,17 @@ pub struct TargetFigures {
     pub dead_tuples: Option<u64>,
     /// From `pg_stat_statements` (role and database rules); `null` without it.
     pub statements: Option<StatementFigures>,
+    /// The tables it lacks and has more than the target's most common set;
+    /// `null` before the first size cycle.
+    pub schema_drift: Option<SchemaDrift>,
+}
+
+/// Tables (at most 20 of each) against the target's most common set.
+#[derive(Debug, Serialize)]
+pub struct SchemaDrift {
+    pub drifts: bool,
+    pub missing_tables: Vec<String>,
+    pub extra_tables: Vec<String>,
 }
 
 /// The tenant's statements on a target: counters since tenantwatch started
@@ -185,5 +196,12 @@ fn target_figures(tenant: &str, t: &TargetStatus) -> Option<TargetFigures> {
             blocks_temp: s.blocks_temp,
             top: s.top.clone(),
         }),
+        schema_drift: t.schema_drift.as_ref().and_then(|d| d.get(tenant)).map(
+            |(missing, extra)| SchemaDrift {
+                drifts: !missing.is_empty() || !extra.is_empty(),
+                missing_tables: missing.clone(),
+                extra_tables: extra.clone(),
+            },
+        ),
     })
 }

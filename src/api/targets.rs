@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::store::{PollErrorKind, TargetStatus};
+use crate::store::{PollErrorKind, TargetStatus, TargetStatuses};
 
 /// One target for `GET /api/v1/targets`.
 #[derive(Debug, Serialize)]
@@ -27,6 +27,10 @@ pub struct TargetView {
     pub size_bytes: u64,
     pub tenants: usize,
     pub watched_databases: Vec<String>,
+    /// `group`: its name, and the expected tenants with no schema or
+    /// database here (at most 100).
+    pub group: Option<String>,
+    pub missing_tenants: Vec<String>,
 }
 
 /// One standby of a target.
@@ -43,7 +47,7 @@ pub(crate) fn unix(time: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-pub fn target_views(targets: &[TargetStatus]) -> Vec<TargetView> {
+pub fn target_views(statuses: &TargetStatuses, targets: &[TargetStatus]) -> Vec<TargetView> {
     targets
         .iter()
         .map(|t| {
@@ -77,6 +81,8 @@ pub fn target_views(targets: &[TargetStatus]) -> Vec<TargetView> {
                 size_bytes: size,
                 tenants: tenants.len(),
                 watched_databases: t.watched_databases.clone(),
+                group: t.group.clone(),
+                missing_tenants: statuses.missing_tenants(t).into_iter().take(100).collect(),
             }
         })
         .collect()

@@ -577,22 +577,25 @@ impl Poller {
         if self.size_cycle.is_none() {
             let databases = lock(&self.status).watched_databases.clone();
             let mut pending = Vec::new();
+            // The same listing gives each tenant's tables, for drift.
+            let mut tables = queries::TableSets::default();
             for database in databases {
                 let rows = self
                     .query(&database, queries::SIZE_RELATIONS_SQL, &[])
                     .await?;
                 for row in rows {
-                    let oid: i64 = row
-                        .try_get(0)
-                        .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
-                    let schema: String = row
-                        .try_get(1)
-                        .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
+                    let read = || -> Result<(i64, String, String), tokio_postgres::Error> {
+                        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                    };
+                    let (oid, schema, table) =
+                        read().map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
                     if self.attribution.schema_tenant(&database, &schema).is_some() {
+                        tables.add(&self.attribution, &database, &schema, &table);
                         pending.push((database.clone(), oid, schema));
                     }
                 }
             }
+            lock(&self.status).schema_drift = Some(Arc::new(tables.drift()));
             pending.reverse();
             self.size_cycle = Some(SizeCycle {
                 pending,

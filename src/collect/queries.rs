@@ -343,7 +343,7 @@ pub fn add_schema_rows(
 /// materialized views (with their indexes and TOAST via
 /// `pg_total_relation_size`), in a stable order for batching.
 pub const SIZE_RELATIONS_SQL: &str = "\
-SELECT c.oid::int8, n.nspname::text
+SELECT c.oid::int8, n.nspname::text, c.relname::text
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'm', 'p')
@@ -417,5 +417,138 @@ mod tests {
         assert_eq!(totals[crate::event::OVERFLOW_TENANT], 99_000);
         // A tenant already kept keeps its own key.
         assert_eq!(capped_tenant(&totals, "t5".into(), 1000), "t5");
+    }
+}
+
+/// The tables a tenant has on a target, compared with the most common set:
+/// what it lacks (a migration that did not reach it) and what it has more.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableSets {
+    /// Per tenant, its tables: `table` for schema-per-tenant (the schema
+    /// name is the tenant's own), `schema.table` for database-per-tenant.
+    pub tenants: BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+/// Tables named per tenant in a drift report, at most.
+pub const DRIFT_TABLES_LISTED: usize = 20;
+
+impl TableSets {
+    pub fn add(&mut self, attribution: &Attribution, database: &str, schema: &str, table: &str) {
+        let Some((tenant, source)) = attribution.schema_tenant_by(database, schema) else {
+            return;
+        };
+        let name = match source {
+            crate::attribution::RuleSource::Schema => table.to_owned(),
+            _ => format!("{schema}.{table}"),
+        };
+        self.tenants.entry(tenant).or_default().insert(name);
+    }
+
+    /// Each tenant's drift from the most common set: (missing, extra), both
+    /// empty for a tenant that has it. No reference, no drift: the most
+    /// common set must be shared by two tenants or more and by more tenants
+    /// than any other set.
+    pub fn drift(&self) -> BTreeMap<String, (Vec<String>, Vec<String>)> {
+        let mut counts: HashMap<&std::collections::BTreeSet<String>, usize> = HashMap::new();
+        for set in self.tenants.values() {
+            *counts.entry(set).or_default() += 1;
+        }
+        let mut ranked: Vec<(&std::collections::BTreeSet<String>, usize)> =
+            counts.into_iter().collect();
+        ranked.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        let reference = match ranked.as_slice() {
+            [(set, n), rest @ ..] if *n >= 2 && rest.first().is_none_or(|(_, m)| m < n) => {
+                Some(*set)
+            }
+            _ => None,
+        };
+        self.tenants
+            .iter()
+            .map(|(tenant, set)| {
+                let (missing, extra) = match reference {
+                    Some(reference) => (
+                        reference
+                            .difference(set)
+                            .take(DRIFT_TABLES_LISTED)
+                            .cloned()
+                            .collect(),
+                        set.difference(reference)
+                            .take(DRIFT_TABLES_LISTED)
+                            .cloned()
+                            .collect(),
+                    ),
+                    None => (Vec::new(), Vec::new()),
+                };
+                (tenant.clone(), (missing, extra))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod drift_tests {
+    use super::*;
+    use crate::attribution::{Rule, RuleSource};
+
+    fn attribution() -> Attribution {
+        Attribution::new(vec![Rule {
+            source: RuleSource::Schema,
+            pattern: regex::Regex::new("^tenant_(?P<tenant>.+)$").unwrap(),
+            comment_key: "tenant".into(),
+        }])
+    }
+
+    #[test]
+    fn the_tenant_a_migration_missed_drifts() {
+        let a = attribution();
+        let mut sets = TableSets::default();
+        for tenant in ["a", "b", "c"] {
+            for table in ["orders", "invoices", "payments"] {
+                sets.add(&a, "app", &format!("tenant_{tenant}"), table);
+            }
+        }
+        for table in ["orders", "invoices", "legacy"] {
+            sets.add(&a, "app", "tenant_d", table);
+        }
+        sets.add(&a, "app", "public", "schema_migrations");
+        let drift = sets.drift();
+        assert_eq!(drift.len(), 4);
+        assert_eq!(drift["a"], (vec![], vec![]));
+        assert_eq!(
+            drift["d"],
+            (vec!["payments".to_owned()], vec!["legacy".to_owned()])
+        );
+    }
+
+    #[test]
+    fn database_per_tenant_compares_schema_qualified_tables() {
+        let a = Attribution::new(vec![Rule {
+            source: RuleSource::Database,
+            pattern: regex::Regex::new("^tenant_(?P<tenant>[a-z0-9]+)_core$").unwrap(),
+            comment_key: "tenant".into(),
+        }]);
+        let mut sets = TableSets::default();
+        for tenant in ["a", "b", "c"] {
+            sets.add(&a, &format!("tenant_{tenant}_core"), "public", "orders");
+            if tenant != "c" {
+                sets.add(&a, &format!("tenant_{tenant}_core"), "audit", "events");
+            }
+        }
+        let drift = sets.drift();
+        assert_eq!(drift["c"].0, vec!["audit.events".to_owned()]);
+        assert!(drift["a"].0.is_empty() && drift["a"].1.is_empty());
+    }
+
+    #[test]
+    fn without_a_majority_nobody_drifts() {
+        let a = attribution();
+        let mut sets = TableSets::default();
+        sets.add(&a, "app", "tenant_a", "x");
+        sets.add(&a, "app", "tenant_b", "y");
+        assert!(
+            sets.drift()
+                .values()
+                .all(|(m, e)| m.is_empty() && e.is_empty())
+        );
     }
 }

@@ -54,6 +54,8 @@ pub struct TargetConfig {
     pub statements: bool,
     /// Whether the top statements carry their text.
     pub statements_text: bool,
+    /// `group`: the expected tenants must all exist here.
+    pub group: Option<String>,
 }
 
 /// `host:port/dbname` from a parsed config: no user, no password, no options.

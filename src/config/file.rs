@@ -381,6 +381,11 @@ pub struct FileTarget {
     /// tenant detail.
     #[serde(default)]
     pub statements_text: bool,
+    /// The group of targets this one belongs to (one per service, say):
+    /// every tenant of `tenants.expected_file` must have a schema or a
+    /// database here.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 fn default_statements() -> String {
@@ -411,6 +416,7 @@ impl FileTarget {
             tls_ca_file: None,
             statements: default_statements(),
             statements_text: false,
+            group: None,
         }
     }
 }
@@ -491,6 +497,9 @@ pub struct FileTenants {
     /// `tenantwatch_tenant_info`, the API, and `[ratelimit.tiers]` quotas).
     /// Re-read on SIGHUP.
     pub tiers_file: Option<PathBuf>,
+    /// One tenant id per line: the tenants that must have a schema or a
+    /// database on every target with a `group`. Re-read on SIGHUP.
+    pub expected_file: Option<PathBuf>,
     /// Sessions that are maintenance, not a tenant's work (pg_dump,
     /// migration tools, vacuum scripts): never charged to a tenant.
     pub exclude: Vec<FileExclude>,
@@ -522,6 +531,7 @@ impl Default for FileTenants {
                 },
             ],
             tiers_file: None,
+            expected_file: None,
             exclude: Vec::new(),
         }
     }

@@ -49,6 +49,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub targets: Vec<TargetConfig>,
     pub pgbouncers: Vec<crate::collect::pgbouncer::PgBouncerConfig>,
+    /// `tenants.expected_file`: tenants that must exist on every target of
+    /// a group. Re-read on SIGHUP.
+    pub expected_tenants: std::sync::Arc<std::collections::BTreeSet<String>>,
     pub attribution: Attribution,
     pub detect: DetectSettings,
     pub ratelimit: RatePolicy,
@@ -900,6 +903,7 @@ mod tests {
             "tls_ca_file",
             "statements",
             "statements_text",
+            "group",
         ] {
             keys.push(format!("targets.{key}"));
         }

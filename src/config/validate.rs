@@ -110,6 +110,12 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
     if let Some(path) = &file.tenants.tiers_file {
         ratelimit.tenant_tiers = read_tiers_file(&mut v, path);
     }
+    let expected_tenants = file
+        .tenants
+        .expected_file
+        .as_deref()
+        .map(|path| read_expected_file(&mut v, path))
+        .unwrap_or_default();
     let ratelimit_idle_ttl = v.duration("ratelimit.idle_ttl", &file.ratelimit.idle_ttl);
     let callers = validate_callers(&mut v, &file.ratelimit.callers);
     let ratelimit_redis = validate_ratelimit_backend(&mut v, &file.ratelimit, server.listen);
@@ -140,6 +146,7 @@ pub(super) fn assemble(file: &FileConfig, env: &[(String, String)]) -> Result<Co
         log_format,
         targets,
         pgbouncers,
+        expected_tenants: std::sync::Arc::new(expected_tenants),
         attribution,
         detect,
         ratelimit,
@@ -600,6 +607,7 @@ fn validate_target(
             }
         },
         statements_text: file.statements_text,
+        group: file.group.clone().filter(|g| !g.is_empty()),
         pg,
     };
     (v.errors.len() == errors_before).then_some(target)
@@ -918,13 +926,20 @@ const MAX_TIERS_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `tenants.tiers_file`: one `tenant,tier` per line (`#` comments, blank
 /// lines allowed). Bad lines are reported by number (the first five).
-fn read_tiers_file(v: &mut Validator, path: &std::path::Path) -> HashMap<String, String> {
-    let key = "tenants.tiers_file";
+/// Reads a file of one entry per line (`#` comments and blank lines
+/// skipped, at most 64 MiB) for `key`, handing each line to `parse`; bad
+/// lines are refused by number (the first five, then a count).
+fn read_lines_file(
+    v: &mut Validator,
+    key: &str,
+    path: &std::path::Path,
+    mut parse: impl FnMut(&str) -> Result<(), String>,
+) {
     let shown = path.display().to_string();
     let text = match std::fs::metadata(path) {
         Ok(meta) if meta.len() > MAX_TIERS_FILE_BYTES => {
             v.fail(key, &shown, "larger than 64 MiB");
-            return HashMap::new();
+            return;
         }
         Ok(_) => std::fs::read_to_string(path),
         Err(err) => Err(err),
@@ -933,36 +948,16 @@ fn read_tiers_file(v: &mut Validator, path: &std::path::Path) -> HashMap<String,
         Ok(text) => text,
         Err(err) => {
             v.fail(key, &shown, format!("cannot be read ({err})"));
-            return HashMap::new();
+            return;
         }
     };
-    let mut tiers = HashMap::new();
     let mut bad = 0;
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let problem = match line.split_once(',') {
-            None => Some("expected tenant,tier".to_string()),
-            Some((tenant, tier)) => {
-                let (tenant, tier) = (tenant.trim(), tier.trim());
-                if let Err(reject) = crate::event::validate_tenant(tenant) {
-                    Some(format!("tenant: {}", reject.detail))
-                } else if tier.is_empty()
-                    || tier.len() > 64
-                    || !tier
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-                {
-                    Some("tier: 1 to 64 of A-Z a-z 0-9 _ . -".to_string())
-                } else {
-                    tiers.insert(tenant.to_string(), tier.to_string());
-                    None
-                }
-            }
-        };
-        if let Some(problem) = problem {
+        if let Err(problem) = parse(line) {
             bad += 1;
             if bad <= 5 {
                 v.fail(key, format!("{shown}:{}", number + 1), problem);
@@ -972,7 +967,45 @@ fn read_tiers_file(v: &mut Validator, path: &std::path::Path) -> HashMap<String,
     if bad > 5 {
         v.fail(key, &shown, format!("{} more bad lines", bad - 5));
     }
+}
+
+fn read_tiers_file(v: &mut Validator, path: &std::path::Path) -> HashMap<String, String> {
+    let mut tiers = HashMap::new();
+    read_lines_file(v, "tenants.tiers_file", path, |line| {
+        let Some((tenant, tier)) = line.split_once(',') else {
+            return Err("expected tenant,tier".to_string());
+        };
+        let (tenant, tier) = (tenant.trim(), tier.trim());
+        if let Err(reject) = crate::event::validate_tenant(tenant) {
+            return Err(format!("tenant: {}", reject.detail));
+        }
+        if tier.is_empty()
+            || tier.len() > 64
+            || !tier
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err("tier: 1 to 64 of A-Z a-z 0-9 _ . -".to_string());
+        }
+        tiers.insert(tenant.to_string(), tier.to_string());
+        Ok(())
+    });
     tiers
+}
+
+/// `tenants.expected_file`: one tenant id per line.
+fn read_expected_file(
+    v: &mut Validator,
+    path: &std::path::Path,
+) -> std::collections::BTreeSet<String> {
+    let mut expected = std::collections::BTreeSet::new();
+    read_lines_file(v, "tenants.expected_file", path, |line| {
+        crate::event::validate_tenant(line)
+            .map_err(|reject| format!("tenant: {}", reject.detail))?;
+        expected.insert(line.to_string());
+        Ok(())
+    });
+    expected
 }
 
 fn validate_exclusions(v: &mut Validator, files: &[FileExclude]) -> Vec<Exclusion> {

@@ -110,7 +110,7 @@ fn targets(state: &AppState) -> Response<Body> {
     json(
         StatusCode::OK,
         &TargetsReply {
-            targets: api::target_views(&targets),
+            targets: api::target_views(&state.targets, &targets),
             pgbouncers: api::pgbouncer_views(&state.pgbouncers.snapshot()),
         },
     )

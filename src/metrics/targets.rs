@@ -82,6 +82,7 @@ impl Collector for TargetCollector {
         encode_tenant_schemas(&up, &mut encoder)?;
         encode_tenant_schema_counters(&up, &mut encoder)?;
         encode_tenant_statements(&up, &mut encoder)?;
+        encode_tenant_presence(&self.targets, &up, &mut encoder)?;
         encode_databases(&up, &mut encoder)
     }
 }
@@ -572,6 +573,41 @@ fn encode_tenant_schema_counters(
         }
     }
 
+    Ok(())
+}
+
+/// Per tenant, whether its tables drift from the target's most common set,
+/// and the expected tenants missing from a target of a group.
+fn encode_tenant_presence(
+    statuses: &TargetStatuses,
+    targets: &[TargetStatus],
+    encoder: &mut DescriptorEncoder,
+) -> Encoded {
+    let mut m = family(
+        encoder,
+        "tenantwatch_tenant_schema_drift",
+        "1 when the tenant's tables differ from the target's most common set (a migration that missed it), else 0.",
+        MetricType::Gauge,
+    )?;
+    for t in targets {
+        for (tenant, (missing, extra)) in t.schema_drift.iter().flat_map(|d| d.iter()) {
+            let drifts = !missing.is_empty() || !extra.is_empty();
+            let labels = [("target", t.name.as_str()), ("tenant", tenant.as_str())];
+            gauge(&mut m, &labels, if drifts { 1.0 } else { 0.0 })?;
+        }
+    }
+    let mut m = family(
+        encoder,
+        "tenantwatch_tenant_missing",
+        "1 for a tenant of tenants.expected_file with no schema or database on this target of a group.",
+        MetricType::Gauge,
+    )?;
+    for t in targets {
+        for tenant in statuses.missing_tenants(t) {
+            let labels = [("target", t.name.as_str()), ("tenant", tenant.as_str())];
+            gauge(&mut m, &labels, 1.0)?;
+        }
+    }
     Ok(())
 }
 

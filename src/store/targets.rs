@@ -139,6 +139,11 @@ pub struct TargetStatus {
     /// Per tenant, what `pg_stat_statements` counted (role and database
     /// rules), summed from per-poll increases.
     pub statements: Option<Arc<BTreeMap<String, TenantStatements>>>,
+    /// Per tenant, the tables it lacks and has more than the target's most
+    /// common set (both empty: no drift), from the last size cycle.
+    pub schema_drift: Option<Arc<BTreeMap<String, TableDrift>>>,
+    /// `[[targets]] group`: the expected tenants must all be here.
+    pub group: Option<String>,
     /// Each standby streaming from it: (replay lag seconds, WAL bytes).
     pub replicas: Option<Arc<BTreeMap<String, (f64, f64)>>>,
     pub max_connections: Option<u64>,
@@ -221,24 +226,60 @@ pub fn lock(status: &SharedStatus) -> MutexGuard<'_, TargetStatus> {
     status.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Every target's shared status, in configuration order.
+/// Every target's shared status, in configuration order, and the tenants
+/// expected on the targets of a group (`tenants.expected_file`).
 #[derive(Debug, Clone, Default)]
-pub struct TargetStatuses(Arc<[SharedStatus]>);
+pub struct TargetStatuses {
+    statuses: Arc<[SharedStatus]>,
+    expected: Arc<std::sync::RwLock<Arc<std::collections::BTreeSet<String>>>>,
+}
 
 impl TargetStatuses {
     pub fn new(statuses: Vec<SharedStatus>) -> TargetStatuses {
-        TargetStatuses(statuses.into())
+        TargetStatuses {
+            statuses: statuses.into(),
+            expected: Arc::default(),
+        }
+    }
+
+    /// The tenants expected on every target with a group.
+    pub fn expected(&self) -> Arc<std::collections::BTreeSet<String>> {
+        self.expected
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces them (start-up, SIGHUP).
+    pub fn set_expected(&self, expected: Arc<std::collections::BTreeSet<String>>) {
+        *self
+            .expected
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = expected;
+    }
+
+    /// Tenants expected on `status`'s target (it has a group and was
+    /// polled) with no schema or database there; sorted.
+    pub fn missing_tenants(&self, status: &TargetStatus) -> Vec<String> {
+        let (Some(_), Some(schemas)) = (&status.group, &status.schemas) else {
+            return Vec::new();
+        };
+        self.expected()
+            .iter()
+            .filter(|tenant| !schemas.contains_key(*tenant))
+            .cloned()
+            .collect()
     }
 
     /// A copy of every status, each taken under its lock (cheap: the
     /// collectors' results are behind `Arc`s).
     pub fn snapshot(&self) -> Vec<TargetStatus> {
-        self.0.iter().map(|s| lock(s).clone()).collect()
+        self.statuses.iter().map(|s| lock(s).clone()).collect()
     }
 
     /// The shared handles, for the collectors that write them.
     pub fn handles(&self) -> &[SharedStatus] {
-        &self.0
+        &self.statuses
     }
 }
 
@@ -341,6 +382,10 @@ pub struct DatabaseStats {
     pub blks_read: u64,
     pub blks_hit: u64,
 }
+
+/// A tenant's tables against its target's most common set: (missing,
+/// extra), both empty when it has that set.
+pub type TableDrift = (Vec<String>, Vec<String>);
 
 /// A tenant's statements on a target, from `pg_stat_statements`: counters
 /// that only grow (a reset of the view or an evicted entry starts its
