@@ -460,7 +460,8 @@ async fn polls_never_overlap() {
     let m = daemon.metrics().await;
     let polls = m.value_or_zero("tenantwatch_polls_total", &[("target", "main")]);
     assert!(polls > 3.0);
-    // Our own sessions: one per watched database, never one per poll.
+    // Our own sessions: the cluster task's and the detail task's (the
+    // default max_sessions, 2), never one per poll.
     let check = connect(&pg.dsn("postgres")).await;
     let ours: i64 = check
         .query_one(
@@ -470,7 +471,7 @@ async fn polls_never_overlap() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(ours, 1);
+    assert_eq!(ours, 2);
     daemon.stop().await;
 }
 
@@ -603,8 +604,8 @@ async fn tls_encrypts_and_verifies_against_a_given_ca() {
         .unwrap()
         .get(0);
     assert_eq!(
-        encrypted, 2,
-        "both sessions of the up targets are encrypted"
+        encrypted, 4,
+        "the sessions of the up targets (two each) are encrypted"
     );
     daemon.stop().await;
 }
@@ -1267,4 +1268,133 @@ async fn drift_and_missing_tenants_are_caught() {
     assert_eq!(missing, ["e"]);
     daemon.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// 300 tenant databases on one instance, `databases = ["*"]`, the default
+/// `max_sessions` (2): tenantwatch never holds more than two sessions
+/// (sampled from `pg_stat_activity` throughout), every tenant's size and
+/// statistics appear within one detail cycle, and a new tenant session
+/// shows within a poll interval or two while the detail cycle runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_tenant_databases_on_two_sessions() {
+    const DATABASES: usize = 300;
+    let pg = cluster().await;
+    let admin = connect(&pg.dsn("postgres")).await;
+    // One template with a table, copied per tenant: cheap to make.
+    admin
+        .batch_execute("CREATE DATABASE tenant_template")
+        .await
+        .unwrap();
+    let template = connect(&pg.dsn("tenant_template")).await;
+    template
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    drop(template);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..DATABASES {
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE tenant_{i} TEMPLATE tenant_template"
+            ))
+            .await
+            .unwrap();
+    }
+    let daemon = TestDaemon::start_with(|c| {
+        c.targets.push(FileTarget {
+            databases: vec!["*".into()],
+            max_databases: 1000,
+            ..fast_target("main", pg.dsn("postgres"))
+        });
+        c.tenants.rules = vec![rule("database", "^tenant_(?P<tenant>[0-9]+)$")];
+    })
+    .await;
+
+    // Sample tenantwatch's sessions all along.
+    let sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let check = connect(&pg.dsn("postgres")).await;
+        let stop = sampling.clone();
+        tokio::spawn(async move {
+            let (mut most, mut samples) = (0i64, 0u32);
+            while !stop.is_cancelled() {
+                let ours: i64 = check
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantwatch'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                most = most.max(ours);
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (most, samples)
+        })
+    };
+
+    // After the first full cycle, every tenant database has its figures.
+    let cycle = support::eventually("a full detail cycle", Duration::from_secs(120), || async {
+        let m = daemon.metrics().await;
+        m.value(
+            "tenantwatch_target_detail_cycle_seconds",
+            &[("target", "main")],
+        )
+        .map(|cycle| (cycle, m))
+    })
+    .await;
+    let (cycle_seconds, m) = cycle;
+    for i in 0..DATABASES {
+        let tenant = i.to_string();
+        for name in [
+            "tenantwatch_tenant_schema_size_bytes",
+            "tenantwatch_tenant_tables",
+        ] {
+            assert!(
+                tenant_value(&m, name, "main", &tenant).is_some(),
+                "{name} of tenant {tenant} after one cycle"
+            );
+        }
+    }
+    assert_eq!(
+        m.value(
+            "tenantwatch_target_watched_databases",
+            &[("target", "main")]
+        ),
+        Some(DATABASES as f64 + 2.0),
+        "the tenant databases, their template and postgres"
+    );
+
+    // A tenant's new session shows while the detail cycle goes round.
+    let opened = std::time::Instant::now();
+    let session = connect(&pg.dsn("tenant_7")).await;
+    let m = daemon
+        .metrics_when("tenant 7's session", |m| {
+            m.value(
+                "tenantwatch_tenant_connections",
+                &[("target", "main"), ("tenant", "7"), ("state", "idle")],
+            ) == Some(1.0)
+        })
+        .await;
+    let shown_after = opened.elapsed().as_secs_f64();
+    assert!(
+        shown_after < cycle_seconds.max(2.0),
+        "the session showed after {shown_after:.1} s, a detail cycle takes {cycle_seconds:.1} s"
+    );
+    // tenantwatch's own sessions count in the target's connections.
+    assert!(
+        m.value(
+            "tenantwatch_target_connections",
+            &[("target", "main"), ("state", "tenantwatch")]
+        )
+        .is_some_and(|n| (1.0..=2.0).contains(&n))
+    );
+    drop(session);
+
+    sampling.cancel();
+    let (most, samples) = sampler.await.unwrap();
+    assert!(samples > 20, "{samples} samples");
+    assert!(most <= 2, "tenantwatch held {most} sessions");
+    daemon.stop().await;
 }

@@ -1,20 +1,25 @@
-//! PostgreSQL collectors: one task per target polls activity, per-schema
-//! statistics, `pg_stat_database` and (on a slower schedule) exact schema
-//! sizes, and publishes the result as a [`crate::store::TargetStatus`] that
-//! readers copy. [`pgbouncer`] does the same for PgBouncer admin consoles.
+//! PostgreSQL collectors: two tasks per target publish what they see as a
+//! [`crate::store::TargetStatus`] that readers copy. The cluster task polls
+//! settings, activity, `pg_stat_database`, replication and
+//! `pg_stat_statements` on one session every `poll_interval`; the
+//! [`detail`] task visits each watched database in turn for its schema
+//! statistics, sizes and tables. [`pgbouncer`] does the same for PgBouncer
+//! admin consoles.
 //!
 //! Discipline, because the database we watch must never suffer for it:
-//! - one connection per watched database, opened once and reused; the
-//!   connection is only replaced after it failed;
+//! - at most `max_sessions` connections per target (2 by default: one per
+//!   task), opened once and reused; a session is only replaced after it
+//!   failed, or moved to the next database by the detail task;
 //! - `application_name=tenantwatch`, `statement_timeout` and `lock_timeout`
 //!   set on the session, plus a client deadline one second longer, after which
 //!   the query is cancelled and the connection dropped;
-//! - polls run one after another in the task, so one never starts while the
-//!   previous is still running; the interval delays instead of bursting;
+//! - polls run one after another in each task, so one never starts while
+//!   the previous is still running; the interval delays instead of bursting;
 //! - a failure is data: `up` 0, a counted error kind, a rate-limited log
 //!   line; reconnects back off exponentially, capped at the poll interval;
 //! - readers (the `/metrics` scrape) never query PostgreSQL.
 
+pub mod detail;
 pub mod guard;
 pub mod pgbouncer;
 pub mod queries;
@@ -22,7 +27,7 @@ pub mod settings;
 pub mod statements;
 pub mod tls;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -114,27 +119,40 @@ async fn connect(
     }
 }
 
+/// The process ids of every session tenantwatch holds on a target (both of
+/// its tasks): its own backends are recognised by them, not by
+/// `application_name`, which any client can set.
+type OwnPids = Arc<std::sync::Mutex<BTreeSet<i32>>>;
+
 /// One open session on one database of the target.
 struct Session {
     client: Client,
     connection: tokio::task::JoinHandle<()>,
-    /// The backend's process id: our own sessions are recognised by it, not
-    /// by `application_name`, which any client can set.
     pid: i32,
+    own_pids: OwnPids,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.connection.abort();
+        self.own_pids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.pid);
     }
 }
 
-/// Runs a target's poll loop until `shutdown`.
+/// Runs a target's two tasks until `shutdown`: the cluster task (one
+/// session: settings, activity, `pg_stat_database`, replication,
+/// statements, guard orders) every `poll_interval`, and the detail task (the
+/// other `max_sessions - 1` sessions) that visits each watched database in
+/// turn for its schema statistics, sizes and tables. Activity never waits
+/// for per-database work.
 pub async fn run_target(
     target: TargetConfig,
     attribution: Arc<Attribution>,
     status: SharedStatus,
-    mut guard: guard::GuardInbox,
+    guard: guard::GuardInbox,
     shutdown: CancellationToken,
 ) {
     let tls = match tls::connector(target.tls_ca_file.as_deref()) {
@@ -146,20 +164,34 @@ pub async fn run_target(
             return;
         }
     };
-    let mut poller = Poller {
+    let own_pids = OwnPids::default();
+    let detail_sessions = target.max_sessions.saturating_sub(1).max(1);
+    let cluster = Poller::new(
+        tls.clone(),
+        target.clone(),
+        (attribution.clone(), status.clone()),
+        own_pids.clone(),
+        1,
+    );
+    let detail = Poller::new(
         tls,
         target,
-        attribution,
-        status,
-        sessions: HashMap::new(),
-        warn: RateLimitedWarn::new(Duration::from_secs(60)),
-        size_cycle: None,
-        next_size_cycle: Instant::now(),
-        last_relation_sizes: HashMap::new(),
-        statements: statements::StatementAccounts::default(),
-        statements_next_check: Instant::now(),
-        statements_missing: false,
-    };
+        (attribution, status),
+        own_pids,
+        detail_sessions,
+    );
+    tokio::join!(
+        run_cluster(cluster, guard, shutdown.clone()),
+        detail::run(detail, shutdown),
+    );
+}
+
+/// The cluster task's loop.
+async fn run_cluster(
+    mut poller: Poller,
+    mut guard: guard::GuardInbox,
+    shutdown: CancellationToken,
+) {
     let mut interval = tokio::time::interval(poller.target.poll_interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut backoff = poller.base_backoff();
@@ -202,30 +234,17 @@ pub async fn run_target(
     }
 }
 
-/// State of a size cycle: the relations still to measure, and the sums so far.
-struct SizeCycle {
-    /// (database, relation oid, schema) still to measure.
-    pending: Vec<(String, i64, String)>,
-    sizes: BTreeMap<String, u64>,
-    /// Bytes of each relation measured (or carried over) in this cycle.
-    relation_sizes: HashMap<(String, i64), u64>,
-}
-
 struct Poller {
     /// Used unless the DSN says `sslmode=disable`.
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     target: TargetConfig,
     attribution: Arc<Attribution>,
     status: SharedStatus,
-    /// Open sessions by database name.
+    /// Open sessions by database name, at most `session_limit`.
     sessions: HashMap<String, Session>,
+    session_limit: usize,
+    own_pids: OwnPids,
     warn: RateLimitedWarn,
-    size_cycle: Option<SizeCycle>,
-    next_size_cycle: Instant,
-    /// Each relation's bytes in the last complete cycle: a relation that a
-    /// DDL lock keeps from being measured counts with its last size instead
-    /// of silently dropping out of its tenant's sum.
-    last_relation_sizes: HashMap<(String, i64), u64>,
     statements: statements::StatementAccounts,
     /// `pg_stat_statements` is read again from then on (later while it is
     /// missing, so that a target without it sees no retry storm).
@@ -239,6 +258,28 @@ struct Poller {
 const STATEMENTS_RECHECK: Duration = Duration::from_secs(10 * 60);
 
 impl Poller {
+    fn new(
+        tls: tokio_postgres_rustls::MakeRustlsConnect,
+        target: TargetConfig,
+        (attribution, status): (Arc<Attribution>, SharedStatus),
+        own_pids: OwnPids,
+        session_limit: usize,
+    ) -> Poller {
+        Poller {
+            tls,
+            target,
+            attribution,
+            status,
+            sessions: HashMap::new(),
+            session_limit,
+            own_pids,
+            warn: RateLimitedWarn::new(Duration::from_secs(60)),
+            statements: statements::StatementAccounts::default(),
+            statements_next_check: Instant::now(),
+            statements_missing: false,
+        }
+    }
+
     fn base_backoff(&self) -> Duration {
         (self.target.poll_interval / 8).clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
@@ -264,6 +305,14 @@ impl Poller {
             .is_none_or(|s| s.client.is_closed());
         if closed {
             self.sessions.remove(database);
+            // At most `session_limit` sessions: one to another database
+            // closes before this one opens.
+            while self.sessions.len() >= self.session_limit {
+                let Some(other) = self.sessions.keys().next().cloned() else {
+                    break;
+                };
+                self.sessions.remove(&other);
+            }
             let mut config = self.target.pg.clone();
             config.dbname(database);
             let within = self.target.connect_timeout + Duration::from_secs(1);
@@ -286,10 +335,15 @@ impl Poller {
             .map_err(|_| PollError::timeout())?
             .and_then(|row| row.try_get(0))
             .map_err(|err| PollError::from_pg(err, PollErrorKind::Connect))?;
+            self.own_pids
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(pid);
             let session = Session {
                 client,
                 connection,
                 pid,
+                own_pids: self.own_pids.clone(),
             };
             self.sessions.insert(database.to_owned(), session);
         }
@@ -393,15 +447,6 @@ impl Poller {
         let result = self.poll_database(&primary).await;
         self.record(CollectorName::Database, started, &result);
 
-        let started = Instant::now();
-        let result = self.poll_schemas(&primary).await;
-        self.record(CollectorName::SchemaStats, started, &result);
-
-        if self.size_cycle.is_some() || Instant::now() >= self.next_size_cycle {
-            let started = Instant::now();
-            let result = self.poll_sizes().await;
-            self.record(CollectorName::Sizes, started, &result);
-        }
         if self.target.statements && Instant::now() >= self.statements_next_check {
             let started = Instant::now();
             let result = self.poll_statements(&primary).await;
@@ -440,12 +485,15 @@ impl Poller {
     }
 
     async fn poll_activity(&mut self, primary: &str) -> Result<(), PollError> {
-        // Our own sessions, by process id (the activity query's own
-        // session among them once it is open).
         self.session(primary).await?;
-        let own: Vec<i32> = self.sessions.values().map(|s| s.pid).collect();
-        let rows = self.query(primary, queries::ACTIVITY_SQL, &[&own]).await?;
-        let snapshot = queries::activity_from_rows(&rows, &self.attribution)
+        let rows = self.query(primary, queries::ACTIVITY_SQL, &[]).await?;
+        // Our own sessions, by process id, of both tasks.
+        let own = self
+            .own_pids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let snapshot = queries::activity_from_rows(&rows, &self.attribution, &own)
             .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
         lock(&self.status).activity = Some(Arc::new(snapshot));
         Ok(())
@@ -485,41 +533,6 @@ impl Poller {
                     .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))
             }
         }
-    }
-
-    async fn poll_schemas(&mut self, primary: &str) -> Result<(), PollError> {
-        let databases = self.watched_databases(primary).await?;
-        // Close sessions on databases no longer watched (dropped, or over the cap).
-        self.sessions
-            .retain(|name, _| name == primary || databases.contains(name));
-        let mut totals = BTreeMap::new();
-        let mut first_error = None;
-        for database in &databases {
-            match self.query(database, queries::SCHEMA_STATS_SQL, &[]).await {
-                Ok(rows) => {
-                    let max = self.target.max_tenants;
-                    if let Err(err) = queries::add_schema_rows(
-                        &mut totals,
-                        database,
-                        &rows,
-                        &self.attribution,
-                        max,
-                    ) {
-                        first_error.get_or_insert(PollError::from_pg(err, PollErrorKind::Query));
-                    }
-                }
-                // One database failing does not hide the others.
-                Err(err) => {
-                    first_error.get_or_insert(err);
-                }
-            }
-        }
-        {
-            let mut status = lock(&self.status);
-            status.schemas = Some(Arc::new(totals));
-            status.watched_databases = databases;
-        }
-        first_error.map_or(Ok(()), Err)
     }
 
     async fn poll_statements(&mut self, primary: &str) -> Result<(), PollError> {
@@ -567,113 +580,5 @@ impl Poller {
                 self.record(CollectorName::Statements, started, &result);
             }
         }
-    }
-
-    /// Measures the next batch of exact sizes. A cycle lists every relation
-    /// once, then measures `size_batch` of them per poll, so no poll stats
-    /// every relation file; the per-tenant sums are published when the
-    /// cycle completes.
-    async fn poll_sizes(&mut self) -> Result<(), PollError> {
-        if self.size_cycle.is_none() {
-            let databases = lock(&self.status).watched_databases.clone();
-            let mut pending = Vec::new();
-            // The same listing gives each tenant's tables, for drift.
-            let mut tables = queries::TableSets::default();
-            for database in databases {
-                let rows = self
-                    .query(&database, queries::SIZE_RELATIONS_SQL, &[])
-                    .await?;
-                for row in rows {
-                    let read = || -> Result<(i64, String, String), tokio_postgres::Error> {
-                        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-                    };
-                    let (oid, schema, table) =
-                        read().map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
-                    if self.attribution.schema_tenant(&database, &schema).is_some() {
-                        tables.add(&self.attribution, &database, &schema, &table);
-                        pending.push((database.clone(), oid, schema));
-                    }
-                }
-            }
-            lock(&self.status).schema_drift = Some(Arc::new(tables.drift()));
-            pending.reverse();
-            self.size_cycle = Some(SizeCycle {
-                pending,
-                sizes: BTreeMap::new(),
-                relation_sizes: HashMap::new(),
-            });
-            self.next_size_cycle = Instant::now() + self.target.size_interval;
-        }
-        let Some(mut cycle) = self.size_cycle.take() else {
-            return Ok(());
-        };
-        // One batch per poll, from one database.
-        let Some(database) = cycle.pending.last().map(|(db, _, _)| db.clone()) else {
-            self.last_relation_sizes = cycle.relation_sizes;
-            lock(&self.status).exact_sizes = Some(Arc::new(cycle.sizes));
-            return Ok(());
-        };
-        let mut batch: Vec<(i64, String)> = Vec::new();
-        while batch.len() < self.target.size_batch {
-            match cycle.pending.last() {
-                Some((db, _, _)) if *db == database => {
-                    let (_, oid, schema) = cycle.pending.pop().unwrap_or_default();
-                    batch.push((oid, schema));
-                }
-                _ => break,
-            }
-        }
-        let oids: Vec<i64> = batch.iter().map(|(oid, _)| *oid).collect();
-        let result = self
-            .query(&database, queries::SIZE_BATCH_SQL, &[&oids])
-            .await;
-        match result {
-            Ok(rows) => {
-                let mut measured: HashMap<i64, u64> = HashMap::with_capacity(rows.len());
-                for row in rows {
-                    if let (Ok(oid), Ok(bytes)) =
-                        (row.try_get::<_, i64>(0), row.try_get::<_, i64>(1))
-                    {
-                        measured.insert(oid, bytes.max(0) as u64);
-                    }
-                }
-                for (oid, schema) in &batch {
-                    let key = (database.clone(), *oid);
-                    // Not measured: under an ACCESS EXCLUSIVE lock (skipped
-                    // so that the poll does not queue behind it) or dropped
-                    // since the listing. Either way its last known size
-                    // stands in: a dropped relation leaves the next listing,
-                    // a locked one is measured again once the lock goes.
-                    let Some(bytes) = measured
-                        .get(oid)
-                        .or_else(|| self.last_relation_sizes.get(&key))
-                        .copied()
-                    else {
-                        continue;
-                    };
-                    cycle.relation_sizes.insert(key, bytes);
-                    if let Some(tenant) = self.attribution.schema_tenant(&database, schema) {
-                        let tenant =
-                            queries::capped_tenant(&cycle.sizes, tenant, self.target.max_tenants);
-                        *cycle.sizes.entry(tenant).or_default() += bytes;
-                    }
-                }
-            }
-            Err(err) => {
-                // Locked or slow relations: this cycle's sums would miss the
-                // batch and undercount, so the cycle is abandoned and the
-                // last complete one stays published; the error is counted
-                // (`collector="sizes"`) and the next cycle starts on time.
-                drop(cycle);
-                return Err(err);
-            }
-        }
-        if cycle.pending.is_empty() {
-            self.last_relation_sizes = cycle.relation_sizes;
-            lock(&self.status).exact_sizes = Some(Arc::new(cycle.sizes));
-        } else {
-            self.size_cycle = Some(cycle);
-        }
-        Ok(())
     }
 }

@@ -42,8 +42,7 @@ SELECT pid,
             ELSE left(query, 1024) || ' ' || right(query, 1024) END AS query,
        COALESCE((SELECT rolsuper FROM pg_roles WHERE oid = usesysid), false) AS superuser
   FROM pg_stat_activity
- WHERE backend_type = 'client backend'
-   AND pid <> ALL($1::int4[])";
+ WHERE backend_type = 'client backend'";
 
 pub const SETTINGS_SQL: &str = "\
 SELECT current_setting('max_connections')::int8,
@@ -94,9 +93,14 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
     }
 }
 
+/// `pg_stat_activity` reduced to counts. tenantwatch's own sessions (`own`
+/// process ids) count in the target's connections, under the state
+/// `tenantwatch` (they take connection slots like any client), and in no
+/// other figure.
 pub fn activity_from_rows(
     rows: &[Row],
     attribution: &Attribution,
+    own: &std::collections::BTreeSet<i32>,
 ) -> Result<ActivitySnapshot, tokio_postgres::Error> {
     let mut snapshot = ActivitySnapshot::default();
     let mut tenant_of_pid: HashMap<i32, String> = HashMap::new();
@@ -115,6 +119,10 @@ pub fn activity_from_rows(
         let blockers: Vec<i32> = row.try_get("blockers")?;
         let query: &str = row.try_get("query")?;
         let superuser: bool = row.try_get("superuser")?;
+        if own.contains(&pid) {
+            *snapshot.by_state.entry("tenantwatch").or_default() += 1;
+            continue;
+        }
 
         *snapshot.by_state.entry(state).or_default() += 1;
         bump(&mut snapshot.by_database, database);
@@ -442,6 +450,16 @@ impl TableSets {
             _ => format!("{schema}.{table}"),
         };
         self.tenants.entry(tenant).or_default().insert(name);
+    }
+
+    /// Adds another database's tables.
+    pub fn absorb(&mut self, other: &TableSets) {
+        for (tenant, tables) in &other.tenants {
+            self.tenants
+                .entry(tenant.clone())
+                .or_default()
+                .extend(tables.iter().cloned());
+        }
     }
 
     /// Each tenant's drift from the most common set: (missing, extra), both

@@ -17,6 +17,7 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const MAX_DATABASES: usize = 100;
     pub const SIZE_BATCH: usize = 2000;
+    pub const MAX_SESSIONS: usize = 2;
 }
 
 /// Which databases of an instance are watched for schema statistics.
@@ -56,6 +57,9 @@ pub struct TargetConfig {
     pub statements_text: bool,
     /// `group`: the expected tenants must all exist here.
     pub group: Option<String>,
+    /// The most sessions tenantwatch holds on the target: one for the
+    /// cluster task, the rest for the per-database detail.
+    pub max_sessions: usize,
 }
 
 /// `host:port/dbname` from a parsed config: no user, no password, no options.

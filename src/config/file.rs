@@ -381,11 +381,19 @@ pub struct FileTarget {
     /// tenant detail.
     #[serde(default)]
     pub statements_text: bool,
+    /// The most connections tenantwatch holds on the target (at least 2):
+    /// one for cluster-wide figures, the others visit the databases in turn.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
     /// The group of targets this one belongs to (one per service, say):
     /// every tenant of `tenants.expected_file` must have a schema or a
     /// database here.
     #[serde(default)]
     pub group: Option<String>,
+}
+
+fn default_max_sessions() -> usize {
+    target_defaults::MAX_SESSIONS
 }
 
 fn default_statements() -> String {
@@ -416,6 +424,7 @@ impl FileTarget {
             tls_ca_file: None,
             statements: default_statements(),
             statements_text: false,
+            max_sessions: default_max_sessions(),
             group: None,
         }
     }

@@ -904,6 +904,7 @@ mod tests {
             "statements",
             "statements_text",
             "group",
+            "max_sessions",
         ] {
             keys.push(format!("targets.{key}"));
         }

@@ -608,6 +608,7 @@ fn validate_target(
         },
         statements_text: file.statements_text,
         group: file.group.clone().filter(|g| !g.is_empty()),
+        max_sessions: v.range(&key("max_sessions"), file.max_sessions, 2, 64),
         pg,
     };
     (v.errors.len() == errors_before).then_some(target)

@@ -264,6 +264,17 @@ fn encode_target_activity(targets: &[TargetStatus], encoder: &mut DescriptorEnco
     }
     let mut m = family(
         encoder,
+        "tenantwatch_target_detail_cycle_seconds",
+        "How long the last full cycle of per-database detail (schema statistics, sizes, tables of every watched database) took.",
+        MetricType::Gauge,
+    )?;
+    for t in targets {
+        if let Some(seconds) = t.detail_cycle_seconds {
+            gauge(&mut m, &[("target", t.name.as_str())], seconds)?;
+        }
+    }
+    let mut m = family(
+        encoder,
         "tenantwatch_target_watched_databases",
         "Databases watched for schema statistics.",
         MetricType::Gauge,

@@ -155,6 +155,8 @@ pub struct TargetStatus {
     pub databases: Option<Arc<BTreeMap<String, DatabaseStats>>>,
     /// Databases currently watched for schema statistics.
     pub watched_databases: Vec<String>,
+    /// How long the last full cycle of per-database detail took.
+    pub detail_cycle_seconds: Option<f64>,
     /// Seconds the last run of each collector took.
     pub poll_seconds: BTreeMap<CollectorName, f64>,
     /// Wall-clock time of each collector's last success.
@@ -368,6 +370,37 @@ pub struct SchemaTotals {
     pub last_analyze_unix: Option<f64>,
     /// From `pg_class` page counts, refreshed every poll.
     pub estimated_bytes: u64,
+}
+
+impl SchemaTotals {
+    /// Adds another set of schemas (another database's) to these.
+    pub fn absorb(&mut self, other: &SchemaTotals) {
+        self.schemas += other.schemas;
+        self.tables += other.tables;
+        self.seq_scan += other.seq_scan;
+        self.idx_scan += other.idx_scan;
+        self.seq_tup_read += other.seq_tup_read;
+        self.idx_tup_fetch += other.idx_tup_fetch;
+        self.n_tup_ins += other.n_tup_ins;
+        self.n_tup_upd += other.n_tup_upd;
+        self.n_tup_del += other.n_tup_del;
+        self.n_tup_hot_upd += other.n_tup_hot_upd;
+        self.n_live_tup += other.n_live_tup;
+        self.n_dead_tup += other.n_dead_tup;
+        self.heap_blks_read += other.heap_blks_read;
+        self.heap_blks_hit += other.heap_blks_hit;
+        self.idx_blks_read += other.idx_blks_read;
+        self.idx_blks_hit += other.idx_blks_hit;
+        self.vacuums += other.vacuums;
+        self.analyzes += other.analyzes;
+        let latest = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_vacuum_unix = latest(self.last_vacuum_unix, other.last_vacuum_unix);
+        self.last_analyze_unix = latest(self.last_analyze_unix, other.last_analyze_unix);
+        self.estimated_bytes += other.estimated_bytes;
+    }
 }
 
 /// `pg_stat_database` for one database.
