@@ -33,6 +33,7 @@ pub struct Cluster {
     bin_dir: PathBuf,
     dir: PathBuf,
     port: u16,
+    max_connections: u32,
     /// (uid, gid) of the postgres user when we are root.
     run_as: Option<(u32, u32)>,
 }
@@ -105,13 +106,20 @@ pub fn free_port() -> u16 {
 impl Cluster {
     /// Initialises and starts a new cluster.
     pub fn start_new() -> Result<Cluster, ClusterError> {
+        Cluster::start_new_with_max_connections(100)
+    }
+
+    /// As [`Cluster::start_new`], with `max_connections` (benchmarks that
+    /// compare a connection per database need more than the 100 default).
+    pub fn start_new_with_max_connections(max_connections: u32) -> Result<Cluster, ClusterError> {
         let bin_dir = find_bin_dir()?;
         let run_as = if is_root() {
             Some(postgres_ids()?)
         } else {
             None
         };
-        let cluster = Cluster::empty(bin_dir, run_as)?;
+        let mut cluster = Cluster::empty(bin_dir, run_as)?;
+        cluster.max_connections = max_connections;
         let data = cluster.data_dir();
         cluster.run(
             "initdb",
@@ -155,6 +163,7 @@ impl Cluster {
             bin_dir,
             dir,
             port: free_port(),
+            max_connections: 100,
             run_as,
         })
     }
@@ -214,9 +223,10 @@ impl Cluster {
     /// connections.
     pub fn start(&self) -> Result<(), ClusterError> {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100 -c track_activity_query_size=32768",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections={} -c track_activity_query_size=32768",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.max_connections
         );
         let log = self.dir.join("postgres.log").display().to_string();
         let data = self.data_dir();
