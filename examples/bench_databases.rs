@@ -93,8 +93,8 @@ async fn main() {
     };
     let databases: usize = databases.parse().expect("DATABASES is a number");
     // The exporter opens a connection per database.
-    let cluster = Cluster::start_new_with_max_connections(databases as u32 + 100)
-        .expect("start PostgreSQL");
+    let cluster =
+        Cluster::start_new_with_max_connections(databases as u32 + 100).expect("start PostgreSQL");
     let (admin, connection) = tokio_postgres::connect(&cluster.dsn("postgres"), NoTls)
         .await
         .expect("connect");
@@ -236,7 +236,10 @@ async fn main() {
     );
     println!(
         "{:<36} {:>12.0} {:>12.0} {:>7.1}x",
-        "peak RSS MiB", pe_rss, tw_rss, pe_rss / tw_rss
+        "peak RSS MiB",
+        pe_rss,
+        tw_rss,
+        pe_rss / tw_rss
     );
     println!(
         "{:<36} {:>12} {:>12.1}",

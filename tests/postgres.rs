@@ -1366,6 +1366,14 @@ async fn three_hundred_tenant_databases_on_two_sessions() {
         "the tenant databases, their template and postgres"
     );
 
+    // pg_database_size of every database, from the cluster session in
+    // batches of 100 per poll.
+    daemon
+        .metrics_when("every database's size", |m| {
+            m.samples_named("tenantwatch_database_size_bytes").count() >= DATABASES
+        })
+        .await;
+
     // A tenant's new session shows while the detail cycle goes round.
     let opened = std::time::Instant::now();
     let session = connect(&pg.dsn("tenant_7")).await;

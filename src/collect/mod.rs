@@ -246,6 +246,9 @@ struct Poller {
     own_pids: OwnPids,
     warn: RateLimitedWarn,
     statements: statements::StatementAccounts,
+    /// Databases still to measure with `pg_database_size` in this round.
+    database_size_queue: Vec<String>,
+    database_size_next: Instant,
     /// `pg_stat_statements` is read again from then on (later while it is
     /// missing, so that a target without it sees no retry storm).
     statements_next_check: Instant,
@@ -275,6 +278,8 @@ impl Poller {
             own_pids,
             warn: RateLimitedWarn::new(Duration::from_secs(60)),
             statements: statements::StatementAccounts::default(),
+            database_size_queue: Vec::new(),
+            database_size_next: Instant::now(),
             statements_next_check: Instant::now(),
             statements_missing: false,
         }
@@ -514,6 +519,53 @@ impl Poller {
                 .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?
         };
         lock(&self.status).replicas = Some(Arc::new(replicas));
+        self.poll_database_sizes(primary).await
+    }
+
+    /// `pg_database_size` of the watched databases, rotating in batches of
+    /// [`queries::DATABASE_SIZE_BATCH`] per poll, a round every
+    /// `size_interval`: the database-per-tenant size from the cluster
+    /// session, without visiting each database.
+    async fn poll_database_sizes(&mut self, primary: &str) -> Result<(), PollError> {
+        if self.database_size_queue.is_empty() {
+            if Instant::now() < self.database_size_next {
+                return Ok(());
+            }
+            let watched = lock(&self.status).watched_databases.clone();
+            self.database_size_queue = if watched.is_empty() {
+                vec![primary.to_owned()]
+            } else {
+                watched
+            };
+            self.database_size_next = Instant::now() + self.target.size_interval;
+        }
+        let take = self
+            .database_size_queue
+            .len()
+            .min(queries::DATABASE_SIZE_BATCH);
+        let batch: Vec<String> = self.database_size_queue.drain(..take).collect();
+        let rows = self
+            .query(primary, queries::DATABASE_SIZE_SQL, &[&batch])
+            .await?;
+        let mut status = lock(&self.status);
+        let mut sizes: BTreeMap<String, u64> = status
+            .database_sizes
+            .as_deref()
+            .cloned()
+            .unwrap_or_default();
+        // Databases no longer watched leave at the start of a round.
+        if take > 0 && self.database_size_queue.is_empty() {
+            let watched = &status.watched_databases;
+            if !watched.is_empty() {
+                sizes.retain(|name, _| watched.contains(name));
+            }
+        }
+        for row in rows {
+            if let (Ok(name), Ok(bytes)) = (row.try_get::<_, String>(0), row.try_get::<_, i64>(1)) {
+                sizes.insert(name, bytes.max(0) as u64);
+            }
+        }
+        status.database_sizes = Some(Arc::new(sizes));
         Ok(())
     }
 

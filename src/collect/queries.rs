@@ -62,6 +62,17 @@ SELECT COALESCE(NULLIF(application_name, ''), host(client_addr), pid::text) AS r
  ORDER BY 1
  LIMIT 100";
 
+/// `pg_database_size` of a batch of databases (those dropped since they
+/// were listed are skipped).
+pub const DATABASE_SIZE_SQL: &str = "\
+SELECT d.datname::text, pg_database_size(d.oid)::int8
+  FROM pg_database d
+ WHERE d.datname = ANY($1::text[])
+   AND d.datallowconn";
+
+/// Databases measured per poll by `pg_database_size`.
+pub const DATABASE_SIZE_BATCH: usize = 100;
+
 /// Replay lag of each standby, by name: (seconds, WAL bytes).
 pub fn replicas_from_rows(
     rows: &[Row],

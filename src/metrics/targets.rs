@@ -721,6 +721,18 @@ fn encode_databases(targets: &[TargetStatus], encoder: &mut DescriptorEncoder) -
             |d| d.blks_hit,
         ),
     ];
+    let mut m = family(
+        encoder,
+        "tenantwatch_database_size_bytes",
+        "pg_database_size of each watched database (a database per tenant: the tenant's size), measured in rotation every size_interval.",
+        MetricType::Gauge,
+    )?;
+    for t in targets {
+        for (database, bytes) in t.database_sizes.iter().flat_map(|d| d.iter()) {
+            let labels = [("target", t.name.as_str()), ("database", database.as_str())];
+            gauge(&mut m, &labels, *bytes as f64)?;
+        }
+    }
     for (name, help, field) in database_counters {
         let mut m = family(encoder, name, help, MetricType::Counter)?;
         for t in targets {

@@ -153,6 +153,9 @@ pub struct TargetStatus {
     /// Exact sizes per tenant from the last complete size cycle.
     pub exact_sizes: Option<Arc<BTreeMap<String, u64>>>,
     pub databases: Option<Arc<BTreeMap<String, DatabaseStats>>>,
+    /// `pg_database_size` of each watched database (measured in rotation
+    /// on the cluster session).
+    pub database_sizes: Option<Arc<BTreeMap<String, u64>>>,
     /// Databases currently watched for schema statistics.
     pub watched_databases: Vec<String>,
     /// How long the last full cycle of per-database detail took.
