@@ -118,7 +118,10 @@ fn record_slowest(
     error: Option<PollError>,
 ) {
     let result = error.map_or(Ok(()), Err);
-    poller.record(collector, Instant::now() - slowest, &result);
+    let started = Instant::now()
+        .checked_sub(slowest)
+        .unwrap_or_else(Instant::now);
+    poller.record(collector, started, &result);
 }
 
 async fn visit_stats(

@@ -84,7 +84,7 @@ pub fn rows_from(rows: &[Row]) -> Result<Vec<StatementRow>, tokio_postgres::Erro
 }
 
 /// Entries remembered at most (`pg_stat_statements.max` is 5,000 by
-/// default); beyond it, new entries count from zero on each poll.
+/// default); entries beyond it are not counted.
 pub const MAX_ENTRIES: usize = 100_000;
 
 /// What the poller carries from one poll to the next.
@@ -108,6 +108,12 @@ impl StatementAccounts {
             let counters = row
                 .counters
                 .map(|c| if c.is_finite() { c.max(0.0) } else { 0.0 });
+            // Beyond the entries remembered, an entry is not counted at
+            // all: counted without a previous value it would add its whole
+            // history at every poll.
+            if current.len() >= MAX_ENTRIES {
+                continue;
+            }
             let increase = match self.last.get(&row.key) {
                 Some(last) if counters.iter().zip(last).all(|(now, then)| now >= then) => {
                     let mut d = counters;
@@ -119,9 +125,7 @@ impl StatementAccounts {
                 // New, reset or evicted and back: all it shows is new.
                 _ => counters,
             };
-            if current.len() < MAX_ENTRIES {
-                current.insert(row.key, counters);
-            }
+            current.insert(row.key, counters);
             let session = Session {
                 database: &row.database,
                 role: &row.role,
