@@ -200,7 +200,8 @@ fn capped(seen: &mut HashSet<String>, key: &str) -> String {
 fn add(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (None, None) => None,
-        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        // An admin console may send any number: saturate, never overflow.
+        (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
     }
 }
 
@@ -222,8 +223,12 @@ pub fn snapshot_from(
         if entry.pools.len() < POOLS_LISTED_PER_TENANT {
             entry.pools.push((pool.database.clone(), pool.user.clone()));
         }
-        entry.waiting_clients += pool.clients_waiting.unwrap_or(0);
-        entry.active_clients += pool.clients_active.unwrap_or(0);
+        entry.waiting_clients = entry
+            .waiting_clients
+            .saturating_add(pool.clients_waiting.unwrap_or(0));
+        entry.active_clients = entry
+            .active_clients
+            .saturating_add(pool.clients_active.unwrap_or(0));
         entry.maxwait_seconds = entry
             .maxwait_seconds
             .max(pool.maxwait_seconds.unwrap_or(0.0));
@@ -373,7 +378,7 @@ pub fn snapshot_from(
         list("used_clients", &mut bad),
         list("login_clients", &mut bad),
     ) {
-        (Some(used), login) => used + login.unwrap_or(0),
+        (Some(used), login) => used.saturating_add(login.unwrap_or(0)),
         (None, _) => client_rows,
     };
     snapshot.max_client_conn = tables
@@ -416,7 +421,8 @@ fn account_waits(
         };
         if let Some(tenant) = tenant_of(database) {
             let tenant = bounded_tenant(&waits.totals, &tenant, max_tenants);
-            *waits.totals.entry(tenant).or_default() += delta;
+            let total = waits.totals.entry(tenant).or_default();
+            *total = total.saturating_add(delta);
         }
     }
     // Databases gone from PgBouncer are forgotten; their tenants' totals
@@ -539,7 +545,7 @@ impl PgBouncerPoller {
                 status.up = true;
                 status.last_success = Some(SystemTime::now());
                 status.poll_seconds = Some(elapsed);
-                status.bad_values += bad;
+                status.bad_values = status.bad_values.saturating_add(bad);
                 status.version = version.or(status.version.take());
                 status.snapshot = Some(Arc::new(snapshot));
             }
@@ -803,6 +809,29 @@ mod tests {
         assert_eq!(other.tenant, None);
         assert_eq!(s.tenants.len(), 121);
         assert_eq!(s.tenants[OVERFLOW_TENANT].waiting_clients, 30);
+    }
+
+    /// Found by fuzzing: numbers near u64::MAX summed without overflow.
+    #[test]
+    fn huge_numbers_saturate() {
+        let max = u64::MAX;
+        let pools = format!(
+            "database | user | cl_active | cl_waiting | sv_active | sv_idle\n\
+             tenant_a | u | {max} | {max} | {max} | {max}\n\
+             tenant_a | u | {max} | 1 | 1 | 1\n"
+        );
+        let lists = format!("list | items\n used_clients | {max}\n login_clients | {max}\n");
+        let stats = format!("database | total_wait_time\n tenant_a | {max}\n");
+        let mut t = tables(&pools, &stats, "");
+        t.lists = AdminTable::from_text(&lists);
+        let mut waits = WaitAccounts::default();
+        let (s, _) = snapshot_from(&t, &attribution(), &mut waits, 100);
+        let (s2, _) = snapshot_from(&t, &attribution(), &mut waits, 100);
+        assert_eq!(s.pools[0].clients_active, Some(max));
+        assert_eq!(s.pools[0].servers(), max);
+        assert_eq!(s.client_connections, max);
+        assert_eq!(s.tenants["a"].waiting_clients, max);
+        assert!(s2.tenants["a"].wait_seconds_total >= s.tenants["a"].wait_seconds_total);
     }
 
     #[test]

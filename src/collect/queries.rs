@@ -333,27 +333,27 @@ pub fn add_schema_rows(
         let get = |name: &str| -> Result<u64, tokio_postgres::Error> {
             Ok(nonneg(row.try_get::<_, i64>(name)?))
         };
-        t.schemas += 1;
-        t.tables += get("tables")?;
-        t.seq_scan += get("seq_scan")?;
-        t.idx_scan += get("idx_scan")?;
-        t.seq_tup_read += get("seq_tup_read")?;
-        t.idx_tup_fetch += get("idx_tup_fetch")?;
-        t.n_tup_ins += get("n_tup_ins")?;
-        t.n_tup_upd += get("n_tup_upd")?;
-        t.n_tup_del += get("n_tup_del")?;
-        t.n_tup_hot_upd += get("n_tup_hot_upd")?;
-        t.n_live_tup += get("n_live_tup")?;
-        t.n_dead_tup += get("n_dead_tup")?;
-        t.heap_blks_read += get("heap_blks_read")?;
-        t.heap_blks_hit += get("heap_blks_hit")?;
-        t.idx_blks_read += get("idx_blks_read")?;
-        t.idx_blks_hit += get("idx_blks_hit")?;
-        t.vacuums += get("vacuums")?;
-        t.analyzes += get("analyzes")?;
+        t.schemas = t.schemas.saturating_add(1);
+        t.tables = t.tables.saturating_add(get("tables")?);
+        t.seq_scan = t.seq_scan.saturating_add(get("seq_scan")?);
+        t.idx_scan = t.idx_scan.saturating_add(get("idx_scan")?);
+        t.seq_tup_read = t.seq_tup_read.saturating_add(get("seq_tup_read")?);
+        t.idx_tup_fetch = t.idx_tup_fetch.saturating_add(get("idx_tup_fetch")?);
+        t.n_tup_ins = t.n_tup_ins.saturating_add(get("n_tup_ins")?);
+        t.n_tup_upd = t.n_tup_upd.saturating_add(get("n_tup_upd")?);
+        t.n_tup_del = t.n_tup_del.saturating_add(get("n_tup_del")?);
+        t.n_tup_hot_upd = t.n_tup_hot_upd.saturating_add(get("n_tup_hot_upd")?);
+        t.n_live_tup = t.n_live_tup.saturating_add(get("n_live_tup")?);
+        t.n_dead_tup = t.n_dead_tup.saturating_add(get("n_dead_tup")?);
+        t.heap_blks_read = t.heap_blks_read.saturating_add(get("heap_blks_read")?);
+        t.heap_blks_hit = t.heap_blks_hit.saturating_add(get("heap_blks_hit")?);
+        t.idx_blks_read = t.idx_blks_read.saturating_add(get("idx_blks_read")?);
+        t.idx_blks_hit = t.idx_blks_hit.saturating_add(get("idx_blks_hit")?);
+        t.vacuums = t.vacuums.saturating_add(get("vacuums")?);
+        t.analyzes = t.analyzes.saturating_add(get("analyzes")?);
         t.last_vacuum_unix = latest(t.last_vacuum_unix, row.try_get("last_vacuum_unix")?);
         t.last_analyze_unix = latest(t.last_analyze_unix, row.try_get("last_analyze_unix")?);
-        t.estimated_bytes += get("estimated_bytes")?;
+        t.estimated_bytes = t.estimated_bytes.saturating_add(get("estimated_bytes")?);
     }
     Ok(())
 }

@@ -45,7 +45,7 @@ impl PoolFigures {
         ]
         .iter()
         .flatten()
-        .sum()
+        .fold(0u64, |sum, n| sum.saturating_add(*n))
     }
 
     /// The server connection states as label values, with their counts.

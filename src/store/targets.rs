@@ -378,31 +378,31 @@ pub struct SchemaTotals {
 impl SchemaTotals {
     /// Adds another set of schemas (another database's) to these.
     pub fn absorb(&mut self, other: &SchemaTotals) {
-        self.schemas += other.schemas;
-        self.tables += other.tables;
-        self.seq_scan += other.seq_scan;
-        self.idx_scan += other.idx_scan;
-        self.seq_tup_read += other.seq_tup_read;
-        self.idx_tup_fetch += other.idx_tup_fetch;
-        self.n_tup_ins += other.n_tup_ins;
-        self.n_tup_upd += other.n_tup_upd;
-        self.n_tup_del += other.n_tup_del;
-        self.n_tup_hot_upd += other.n_tup_hot_upd;
-        self.n_live_tup += other.n_live_tup;
-        self.n_dead_tup += other.n_dead_tup;
-        self.heap_blks_read += other.heap_blks_read;
-        self.heap_blks_hit += other.heap_blks_hit;
-        self.idx_blks_read += other.idx_blks_read;
-        self.idx_blks_hit += other.idx_blks_hit;
-        self.vacuums += other.vacuums;
-        self.analyzes += other.analyzes;
+        self.schemas = self.schemas.saturating_add(other.schemas);
+        self.tables = self.tables.saturating_add(other.tables);
+        self.seq_scan = self.seq_scan.saturating_add(other.seq_scan);
+        self.idx_scan = self.idx_scan.saturating_add(other.idx_scan);
+        self.seq_tup_read = self.seq_tup_read.saturating_add(other.seq_tup_read);
+        self.idx_tup_fetch = self.idx_tup_fetch.saturating_add(other.idx_tup_fetch);
+        self.n_tup_ins = self.n_tup_ins.saturating_add(other.n_tup_ins);
+        self.n_tup_upd = self.n_tup_upd.saturating_add(other.n_tup_upd);
+        self.n_tup_del = self.n_tup_del.saturating_add(other.n_tup_del);
+        self.n_tup_hot_upd = self.n_tup_hot_upd.saturating_add(other.n_tup_hot_upd);
+        self.n_live_tup = self.n_live_tup.saturating_add(other.n_live_tup);
+        self.n_dead_tup = self.n_dead_tup.saturating_add(other.n_dead_tup);
+        self.heap_blks_read = self.heap_blks_read.saturating_add(other.heap_blks_read);
+        self.heap_blks_hit = self.heap_blks_hit.saturating_add(other.heap_blks_hit);
+        self.idx_blks_read = self.idx_blks_read.saturating_add(other.idx_blks_read);
+        self.idx_blks_hit = self.idx_blks_hit.saturating_add(other.idx_blks_hit);
+        self.vacuums = self.vacuums.saturating_add(other.vacuums);
+        self.analyzes = self.analyzes.saturating_add(other.analyzes);
         let latest = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
         self.last_vacuum_unix = latest(self.last_vacuum_unix, other.last_vacuum_unix);
         self.last_analyze_unix = latest(self.last_analyze_unix, other.last_analyze_unix);
-        self.estimated_bytes += other.estimated_bytes;
+        self.estimated_bytes = self.estimated_bytes.saturating_add(other.estimated_bytes);
     }
 }
 
