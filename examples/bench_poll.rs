@@ -2,7 +2,8 @@
 //! SCHEMAS tenant schemas of 5 tables each, watched side by side by
 //! tenantwatch and by prometheus-postgres-exporter with its example
 //! queries.yaml (per-table statistics, the way users get per-schema numbers
-//! today).
+//! today). The database time each spends per minute is read from
+//! `pg_stat_statements` (preloaded in the cluster), each tool running alone.
 //!
 //! ```text
 //! bench_poll TENANTWATCH_BIN EXPORTER_BIN QUERIES_YAML SCHEMAS
@@ -79,6 +80,31 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Seconds of the steady stretch over which tenantwatch's database time is
+/// read (three rounds of schema statistics at the default 60 s).
+const STEADY_SECONDS: u64 = 180;
+
+async fn reset_statements(client: &tokio_postgres::Client) {
+    client
+        .batch_execute("SELECT pg_stat_statements_reset()")
+        .await
+        .expect("reset pg_stat_statements");
+}
+
+/// Execution and planning seconds of every statement since the last reset,
+/// the benchmark's own reads of pg_stat_statements left out.
+async fn statement_seconds(client: &tokio_postgres::Client) -> f64 {
+    client
+        .query_one(
+            "SELECT COALESCE(sum(total_exec_time + total_plan_time), 0)::float8 / 1000
+               FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'",
+            &[],
+        )
+        .await
+        .expect("read pg_stat_statements")
+        .get(0)
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -89,6 +115,9 @@ async fn main() {
     let schemas: usize = schemas.parse().expect("SCHEMAS is a number");
 
     let cluster = Cluster::start_new().expect("start PostgreSQL");
+    cluster
+        .configure("shared_preload_libraries = 'pg_stat_statements'")
+        .expect("preload pg_stat_statements");
     let (admin, connection) = tokio_postgres::connect(&cluster.dsn("postgres"), NoTls)
         .await
         .expect("connect");
@@ -101,6 +130,9 @@ async fn main() {
         .await
         .expect("connect");
     tokio::spawn(connection);
+    app.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .expect("pg_stat_statements");
 
     let started = Instant::now();
     let batch = 100;
@@ -135,7 +167,6 @@ async fn main() {
     ] {
         let mut times = Vec::new();
         // The activity query takes our own backends' pids: none here.
-        let sql = sql.replace("$1::int4[]", "'{}'::int4[]");
         for _ in 0..5 {
             let rows = app
                 .query(&format!("EXPLAIN (ANALYZE, TIMING OFF) {sql}"), &[])
@@ -161,12 +192,14 @@ async fn main() {
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{http}\"\n[ingest]\nudp_listen = \"\"\n\
-             [[targets]]\nname = \"bench\"\ndsn = \"{}\"\npoll_interval = \"10s\"\nsize_interval = \"5m\"\n\
-             statement_timeout = \"30s\"\n",
+             [[targets]]\nname = \"bench\"\ndsn = \"{}\"\nstatement_timeout = \"30s\"\n",
             cluster.dsn("app")
         ),
     )
     .expect("write config");
+    // Everything the daemon runs from its start (the first round of schema
+    // statistics and of sizes included), then a steady stretch.
+    reset_statements(&app).await;
     let daemon = Killed(
         Command::new(tenantwatch)
             .args(["run", "--config"])
@@ -198,6 +231,25 @@ async fn main() {
             println!("tenantwatch {collector} poll: {:.0} ms", seconds * 1000.0);
         }
     }
+    // Until the first detail cycle (schema statistics and the first size
+    // round of every relation) is over.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while get(&url).is_none_or(|t| !t.contains("tenantwatch_target_detail_cycle_seconds{")) {
+        assert!(Instant::now() < deadline, "no detail cycle");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let first_round = statement_seconds(&app).await;
+    reset_statements(&app).await;
+    let steady = Instant::now();
+    tokio::time::sleep(Duration::from_secs(STEADY_SECONDS)).await;
+    let steady_seconds = statement_seconds(&app).await;
+    let steady_minutes = steady.elapsed().as_secs_f64() / 60.0;
+    // Defaults: a size round every 5 minutes, the rest in the steady part.
+    let tw_per_minute = steady_seconds / steady_minutes + first_round / 5.0;
+    println!(
+        "tenantwatch database time: first round (statistics + every relation's size) {:.2} s, then {:.2} s over {:.1} min",
+        first_round, steady_seconds, steady_minutes
+    );
     let (tw_seconds, tw_bytes, tw_samples) = scrape(&url, 5);
     // The size collector measures one batch per poll; its first run also
     // lists every relation.
@@ -235,7 +287,20 @@ async fn main() {
     );
     std::thread::sleep(Duration::from_secs(2));
     let exporter_url = format!("http://127.0.0.1:{exporter_port}/metrics");
-    let (pe_seconds, pe_bytes, pe_samples) = scrape(&exporter_url, 3);
+    // Scraped every 15 s for a minute, as a Prometheus would.
+    reset_statements(&app).await;
+    let mut pe_times = Vec::new();
+    let (mut pe_bytes, mut pe_samples) = (0, 0);
+    for _ in 0..4 {
+        let scraped = Instant::now();
+        let (seconds, bytes, samples) = scrape(&exporter_url, 1);
+        pe_times.push(seconds);
+        (pe_bytes, pe_samples) = (bytes, samples);
+        let rest = Duration::from_secs(15).saturating_sub(scraped.elapsed());
+        tokio::time::sleep(rest).await;
+    }
+    let pe_seconds = median(pe_times);
+    let pe_per_minute = statement_seconds(&app).await;
     let pe_rss = rss_mib(exporter.0.id(), "VmRSS:");
     let pe_hwm = rss_mib(exporter.0.id(), "VmHWM:");
     drop(exporter);
@@ -265,6 +330,13 @@ async fn main() {
         pe_bytes as f64 / 1048576.0,
         tw_bytes as f64 / 1048576.0,
         pe_bytes as f64 / tw_bytes as f64
+    );
+    println!(
+        "{:<28} {:>14.2} {:>14.2} {:>7.1}x",
+        "database seconds per minute",
+        pe_per_minute,
+        tw_per_minute,
+        pe_per_minute / tw_per_minute
     );
     println!(
         "{:<28} {:>14.0} {:>14.0} {:>7.0}x",

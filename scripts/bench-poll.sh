@@ -3,7 +3,10 @@
 # tables each (10,000 by default), watched side by side in the same run by
 # tenantwatch and by Debian's prometheus-postgres-exporter (0.11) with its
 # example queries.yaml. Reports per-collector poll time, database-side time
-# of the per-poll queries, /metrics scrape time, samples, bytes and RSS.
+# of the per-poll queries, the database time each tool spends per minute
+# (from pg_stat_statements, each running alone: tenantwatch with its
+# defaults, the exporter scraped every 15 s), /metrics scrape time, samples,
+# bytes and RSS.
 #
 #   scripts/bench-poll.sh            # 10,000 schemas (creating them takes a few minutes)
 #   SCHEMAS=1000 scripts/bench-poll.sh

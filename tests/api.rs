@@ -29,6 +29,7 @@ async fn tenants_targets_and_detail() {
     let daemon = TestDaemon::start_with(|c| {
         let mut target = FileTarget::new("main", pg.dsn("app"));
         target.poll_interval = "200ms".into();
+        target.stats_interval = "200ms".into();
         c.targets.push(target);
         c.api.history_resolution = "200ms".into();
         c.api.size_budget_bytes = 1 << 40;
@@ -278,6 +279,7 @@ async fn placement_advice_balances_three_targets() {
         for (shard, pg) in &clusters {
             let mut target = FileTarget::new(*shard, pg.dsn("postgres"));
             target.poll_interval = "200ms".into();
+            target.stats_interval = "200ms".into();
             c.targets.push(target);
         }
         c.api.balance_tolerance = 0.2;

@@ -258,6 +258,7 @@ async fn docs_metrics_lists_exactly_the_exposed_families() {
     let daemon = TestDaemon::start_with(|c| {
         let mut target = tenantwatch::config::FileTarget::new("main", pg.dsn("postgres"));
         target.poll_interval = "200ms".into();
+        target.stats_interval = "200ms".into();
         target.schema_detail = "full".into();
         c.targets.push(target);
         let mut pgbouncer = tenantwatch::config::FilePgBouncer::new("edge", bouncer.admin_dsn());

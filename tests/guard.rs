@@ -22,6 +22,7 @@ use tokio_postgres::error::SqlState;
 fn guarded(c: &mut FileConfig, dsn: String, mode: &str) {
     c.targets.push(FileTarget {
         poll_interval: "300ms".into(),
+        stats_interval: "300ms".into(),
         size_interval: "1h".into(),
         statement_timeout: "2s".into(),
         connect_timeout: "2s".into(),

@@ -24,6 +24,7 @@ fn rule(source: &str, pattern: &str) -> FileRule {
 fn fast_target(name: &str, dsn: String) -> FileTarget {
     FileTarget {
         poll_interval: "500ms".into(),
+        stats_interval: "500ms".into(),
         size_interval: "1s".into(),
         statement_timeout: "2s".into(),
         lock_timeout: "500ms".into(),
@@ -453,6 +454,7 @@ async fn polls_never_overlap() {
     let daemon = TestDaemon::start_with(|c| {
         let mut target = fast_target("main", pg.dsn("postgres"));
         target.poll_interval = "1ms".into();
+        target.stats_interval = "1ms".into();
         c.targets.push(target);
     })
     .await;

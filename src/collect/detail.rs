@@ -8,7 +8,10 @@
 //! give the drift report) and measures their exact sizes in batches of
 //! `size_batch`. After each visit the per-tenant figures of every database
 //! are merged and published, so a tenant's figures appear within one cycle.
-//! A cycle starts at most every `poll_interval`; its length is exported
+//! A cycle starts every `stats_interval` (60 s by default: the schema
+//! statistics are the costly query at 10,000 schemas, activity keeps its
+//! `poll_interval`), or when the last one ends if it took longer; its length
+//! is exported
 //! (`tenantwatch_target_detail_cycle_seconds`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,7 +49,7 @@ pub(super) async fn run(mut poller: Poller, shutdown: CancellationToken) {
             () = cycle(&mut poller, &mut databases, &shutdown) => {}
         }
         lock(&poller.status).detail_cycle_seconds = Some(started.elapsed().as_secs_f64());
-        let next = started + poller.target.poll_interval;
+        let next = started + poller.target.stats_interval;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(next.into()) => {}
@@ -202,7 +205,8 @@ async fn visit_sizes(
         relation_sizes.insert(*oid, bytes);
         if let Some(tenant) = poller.attribution.schema_tenant(database, schema) {
             let tenant = queries::capped_tenant(&sizes, tenant, poller.target.max_tenants);
-            *sizes.entry(tenant).or_default() += bytes;
+            let sum = sizes.entry(tenant).or_default();
+            *sum = sum.saturating_add(bytes);
         }
     }
     detail.sizes = Some(sizes);
@@ -227,7 +231,8 @@ fn publish(poller: &Poller, databases: &BTreeMap<String, DatabaseDetail>) {
             Some(measured) => {
                 for (tenant, bytes) in measured {
                     let tenant = queries::capped_tenant(&sizes, tenant.clone(), max_tenants);
-                    *sizes.entry(tenant).or_default() += bytes;
+                    let sum = sizes.entry(tenant).or_default();
+                    *sum = sum.saturating_add(*bytes);
                 }
             }
             None => measured_all = false,

@@ -12,6 +12,7 @@ pub mod defaults {
 
     pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
     pub const SIZE_INTERVAL: Duration = Duration::from_secs(5 * 60);
+    pub const STATS_INTERVAL: Duration = Duration::from_secs(60);
     pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const LOCK_TIMEOUT: Duration = Duration::from_secs(1);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +41,9 @@ pub struct TargetConfig {
     /// logged or shown.
     pub description: String,
     pub poll_interval: Duration,
+    /// How often a detail cycle (schema statistics of every watched
+    /// database) starts; activity keeps `poll_interval`.
+    pub stats_interval: Duration,
     pub size_interval: Duration,
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,

@@ -340,6 +340,10 @@ pub struct FileTarget {
     /// How often activity, schema and database statistics are polled.
     #[serde(default = "default_poll_interval")]
     pub poll_interval: String,
+    /// How often the per-database detail (schema statistics) goes round;
+    /// activity keeps `poll_interval`.
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval: String,
     /// How often exact schema sizes are measured (in batches).
     #[serde(default = "default_size_interval")]
     pub size_interval: String,
@@ -413,6 +417,7 @@ impl FileTarget {
             password_file: None,
             password_env: None,
             poll_interval: default_poll_interval(),
+            stats_interval: default_stats_interval(),
             size_interval: default_size_interval(),
             statement_timeout: default_statement_timeout(),
             lock_timeout: default_lock_timeout(),
@@ -432,6 +437,9 @@ impl FileTarget {
 
 fn default_poll_interval() -> String {
     format_duration(target_defaults::POLL_INTERVAL)
+}
+fn default_stats_interval() -> String {
+    format_duration(target_defaults::STATS_INTERVAL)
 }
 fn default_size_interval() -> String {
     format_duration(target_defaults::SIZE_INTERVAL)

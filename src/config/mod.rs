@@ -521,10 +521,11 @@ impl Config {
         );
         for target in &self.targets {
             summary.push_str(&format!(
-                "target {}: {} every {}, sizes every {}, databases {:?}\n",
+                "target {}: {} every {}, schema statistics every {}, sizes every {}, databases {:?}\n",
                 target.name,
                 target.description,
                 humantime::format_duration(target.poll_interval),
+                humantime::format_duration(target.stats_interval),
                 humantime::format_duration(target.size_interval),
                 target.databases,
             ));
@@ -892,6 +893,7 @@ mod tests {
             "password_file",
             "password_env",
             "poll_interval",
+            "stats_interval",
             "size_interval",
             "statement_timeout",
             "lock_timeout",

@@ -578,6 +578,7 @@ fn validate_target(
         name: file.name.clone(),
         description: crate::collect::settings::describe_pg(&pg),
         poll_interval: v.duration(&key("poll_interval"), &file.poll_interval),
+        stats_interval: v.duration(&key("stats_interval"), &file.stats_interval),
         size_interval: v.duration(&key("size_interval"), &file.size_interval),
         statement_timeout: v.duration(&key("statement_timeout"), &file.statement_timeout),
         lock_timeout: v.duration(&key("lock_timeout"), &file.lock_timeout),

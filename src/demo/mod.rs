@@ -533,6 +533,8 @@ pub fn demo_config(
     file.ingest.udp_listen = "127.0.0.1:0".into();
     file.targets.push(FileTarget {
         poll_interval: "2s".into(),
+        // Schema statistics every 10 s: the dashboards move in a demo.
+        stats_interval: "10s".into(),
         size_interval: "30s".into(),
         // Every schema series, so that every dashboard panel has data.
         schema_detail: "full".into(),
