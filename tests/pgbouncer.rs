@@ -10,23 +10,25 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Exposition, TestDaemon, cluster, connect};
-use tenantwatch::config::{FilePgBouncer, FileRule, FileRuleSettings, FileTarget};
+use support::{Exposition, TestDaemon, cluster, connect, rule};
+use tenantwatch::config::{FilePgBouncer, FileRuleSettings, FileTarget};
 use tenantwatch::demo::pgbouncer::{PgBouncer, PgBouncerSettings};
-
-fn rule(source: &str, pattern: &str) -> FileRule {
-    FileRule {
-        source: source.into(),
-        pattern: pattern.into(),
-        key: None,
-    }
-}
 
 fn fast_pgbouncer(name: &str, dsn: String) -> FilePgBouncer {
     FilePgBouncer {
         poll_interval: "200ms".into(),
         connect_timeout: "2s".into(),
         ..FilePgBouncer::new(name, dsn)
+    }
+}
+
+/// Transaction pooling with 2 server connections per pool, 50 clients.
+fn pool_of_two(backend_port: u16) -> PgBouncerSettings {
+    PgBouncerSettings {
+        backend_port,
+        default_pool_size: 2,
+        max_client_conn: 50,
+        users: Vec::new(),
     }
 }
 
@@ -57,13 +59,7 @@ async fn a_saturated_pool_shows_for_the_pool_and_its_tenant() {
             .await
             .unwrap();
     }
-    let bouncer = pgbouncer(PgBouncerSettings {
-        backend_port: pg.port(),
-        default_pool_size: 2,
-        max_client_conn: 50,
-        users: Vec::new(),
-    })
-    .await;
+    let bouncer = pgbouncer(pool_of_two(pg.port())).await;
     let daemon = TestDaemon::start_with(|c| {
         c.pgbouncers
             .push(fast_pgbouncer("edge", bouncer.admin_dsn()));
@@ -248,13 +244,7 @@ async fn a_saturated_pool_shows_for_the_pool_and_its_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pgbouncer_that_dies_is_down_and_comes_back() {
     let pg = cluster().await;
-    let mut bouncer = pgbouncer(PgBouncerSettings {
-        backend_port: pg.port(),
-        default_pool_size: 2,
-        max_client_conn: 50,
-        users: Vec::new(),
-    })
-    .await;
+    let mut bouncer = pgbouncer(pool_of_two(pg.port())).await;
     let daemon = TestDaemon::start_with(|c| {
         c.pgbouncers
             .push(fast_pgbouncer("edge", bouncer.admin_dsn()));
@@ -324,13 +314,7 @@ async fn pooled_server_connections_are_charged_to_no_tenant() {
     let pg = cluster().await;
     let admin = connect(&pg.dsn("postgres")).await;
     admin.batch_execute("CREATE DATABASE app").await.unwrap();
-    let bouncer = pgbouncer(PgBouncerSettings {
-        backend_port: pg.port(),
-        default_pool_size: 2,
-        max_client_conn: 50,
-        users: Vec::new(),
-    })
-    .await;
+    let bouncer = pgbouncer(pool_of_two(pg.port())).await;
     let daemon = TestDaemon::start_with(|c| {
         c.targets.push(FileTarget {
             poll_interval: "200ms".into(),

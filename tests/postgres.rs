@@ -9,17 +9,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Exposition, TestDaemon, cluster, connect};
-use tenantwatch::config::{FileRule, FileTarget};
+use support::{Exposition, TestDaemon, cluster, connect, rule};
+use tenantwatch::config::FileTarget;
 use tenantwatch::demo::cluster::Cluster;
-
-fn rule(source: &str, pattern: &str) -> FileRule {
-    FileRule {
-        source: source.into(),
-        pattern: pattern.into(),
-        key: None,
-    }
-}
 
 fn fast_target(name: &str, dsn: String) -> FileTarget {
     FileTarget {

@@ -8,7 +8,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 
 use super::encode::{counter, counter_u64, family, gauge};
-use crate::store::{PgBouncerStatus, PgBouncerStatuses, PollErrorKind, PoolTraffic};
+use crate::store::{PgBouncerStatus, PgBouncerStatuses, PollErrorKind, PoolFigures, PoolTraffic};
 
 /// Exposes every PgBouncer's last status.
 #[derive(Debug)]
@@ -87,47 +87,19 @@ fn encode_pools(up: &[PgBouncerStatus], encoder: &mut DescriptorEncoder) -> Enco
         "Client connections of each pool: linked to a server (active) or waiting for one (SHOW POOLS).",
         MetricType::Gauge,
     )?;
-    for p in up {
-        let Some(s) = &p.snapshot else { continue };
-        for pool in &s.pools {
-            for (state, value) in [
-                ("active", pool.clients_active),
-                ("waiting", pool.clients_waiting),
-            ] {
-                if let Some(value) = value {
-                    let labels = [
-                        ("pgbouncer", p.name.as_str()),
-                        ("database", pool.database.as_str()),
-                        ("user", pool.user.as_str()),
-                        ("state", state),
-                    ];
-                    gauge(&mut m, &labels, value as f64)?;
-                }
-            }
-        }
-    }
+    pool_states(&mut m, up, |pool| {
+        vec![
+            ("active", pool.clients_active),
+            ("waiting", pool.clients_waiting),
+        ]
+    })?;
     let mut m = family(
         encoder,
         "tenantwatch_pgbouncer_pool_servers",
         "Server connections of each pool by state (SHOW POOLS sv_*).",
         MetricType::Gauge,
     )?;
-    for p in up {
-        let Some(s) = &p.snapshot else { continue };
-        for pool in &s.pools {
-            for (state, value) in pool.server_states() {
-                if let Some(value) = value {
-                    let labels = [
-                        ("pgbouncer", p.name.as_str()),
-                        ("database", pool.database.as_str()),
-                        ("user", pool.user.as_str()),
-                        ("state", state),
-                    ];
-                    gauge(&mut m, &labels, value as f64)?;
-                }
-            }
-        }
-    }
+    pool_states(&mut m, up, |pool| pool.server_states().to_vec())?;
     let mut m = family(
         encoder,
         "tenantwatch_pgbouncer_pool_maxwait_seconds",
@@ -162,6 +134,31 @@ fn encode_pools(up: &[PgBouncerStatus], encoder: &mut DescriptorEncoder) -> Enco
                     ("database", database.as_str()),
                 ];
                 gauge(&mut m, &labels, size as f64)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One gauge per pool and state, for the states this PgBouncer shows.
+fn pool_states(
+    m: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    up: &[PgBouncerStatus],
+    states: impl Fn(&PoolFigures) -> Vec<(&'static str, Option<u64>)>,
+) -> Encoded {
+    for p in up {
+        let Some(s) = &p.snapshot else { continue };
+        for pool in &s.pools {
+            for (state, value) in states(pool) {
+                if let Some(value) = value {
+                    let labels = [
+                        ("pgbouncer", p.name.as_str()),
+                        ("database", pool.database.as_str()),
+                        ("user", pool.user.as_str()),
+                        ("state", state),
+                    ];
+                    gauge(m, &labels, value as f64)?;
+                }
             }
         }
     }

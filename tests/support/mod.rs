@@ -429,3 +429,12 @@ pub fn metric_names_in(expr: &str) -> Vec<String> {
     }
     names
 }
+
+/// An attribution rule without a comment key.
+pub fn rule(source: &str, pattern: &str) -> tenantwatch::config::FileRule {
+    tenantwatch::config::FileRule {
+        source: source.into(),
+        pattern: pattern.into(),
+        key: None,
+    }
+}
