@@ -12,65 +12,14 @@
 // Tests and benches may unwrap: a failure there is the report.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tenantwatch::demo::cluster::{Cluster, free_port};
 use tokio_postgres::{Client, NoTls};
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-fn get(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "600", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// Scrapes `url` `times` times: (median seconds, samples).
-fn scrape(url: &str, times: usize) -> (f64, usize) {
-    let mut seconds = Vec::new();
-    let mut last = String::new();
-    for _ in 0..times {
-        let started = Instant::now();
-        last = get(url).unwrap_or_default();
-        seconds.push(started.elapsed().as_secs_f64());
-    }
-    let samples = last
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .count();
-    (median(seconds), samples)
-}
+mod common;
+use common::{Killed, get, rss_mib, scrape};
 
 /// Client backends other than the asking session.
 async fn connections(admin: &Client) -> i64 {
@@ -178,8 +127,8 @@ async fn main() {
         most_connections = most_connections.max(connections(&admin).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (tw_seconds, tw_samples) = scrape(&url, 5);
-    let tw_rss = rss_mib(daemon.0.id());
+    let (tw_seconds, _, tw_samples) = scrape(&url, 5);
+    let tw_rss = rss_mib(daemon.0.id(), "VmHWM:");
     drop(daemon);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -203,9 +152,9 @@ async fn main() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let exporter_url = format!("http://127.0.0.1:{exporter_port}/metrics");
-    let (pe_seconds, pe_samples) = scrape(&exporter_url, 3);
+    let (pe_seconds, _, pe_samples) = scrape(&exporter_url, 3);
     let pe_connections = connections(&admin).await;
-    let pe_rss = rss_mib(exporter.0.id());
+    let pe_rss = rss_mib(exporter.0.id(), "VmHWM:");
     drop(exporter);
 
     println!();

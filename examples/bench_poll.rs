@@ -12,66 +12,15 @@
 // Tests and benches may unwrap: a failure there is the report.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tenantwatch::collect::queries::{ACTIVITY_SQL, SCHEMA_STATS_SQL};
 use tenantwatch::demo::cluster::{Cluster, free_port};
 use tokio_postgres::NoTls;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-fn get(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-sf", "--max-time", "120", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// Scrapes `url` `times` times: (median seconds, bytes, samples).
-fn scrape(url: &str, times: usize) -> (f64, usize, usize) {
-    let mut seconds = Vec::new();
-    let mut last = String::new();
-    for _ in 0..times {
-        let started = Instant::now();
-        last = get(url).unwrap_or_default();
-        seconds.push(started.elapsed().as_secs_f64());
-    }
-    let samples = last
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .count();
-    (median(seconds), last.len(), samples)
-}
+mod common;
+use common::{Killed, get, median, rss_mib, scrape};
 
 fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
