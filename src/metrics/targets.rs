@@ -183,46 +183,46 @@ fn encode_target_activity(targets: &[TargetStatus], encoder: &mut DescriptorEnco
             }
         }
     }
-    let mut m = family(
-        encoder,
-        "tenantwatch_target_lock_waiting_backends",
-        "Client backends waiting on a lock.",
-        MetricType::Gauge,
-    )?;
-    for t in targets {
-        if let Some(activity) = &t.activity {
-            gauge(
-                &mut m,
-                &[("target", t.name.as_str())],
-                activity.lock_waiting as f64,
-            )?;
-        }
-    }
-    let mut m = family(
-        encoder,
-        "tenantwatch_target_pooled_connections",
-        "Idle backends charged to no tenant because only their last query's sqlcommenter tag named one (pooled server connections).",
-        MetricType::Gauge,
-    )?;
-    for t in targets {
-        if let Some(activity) = &t.activity {
-            gauge(
-                &mut m,
-                &[("target", t.name.as_str())],
-                activity.pooled as f64,
-            )?;
-        }
-    }
-    let mut m = family(
-        encoder,
-        "tenantwatch_target_in_recovery",
-        "1 when the target is a standby (pg_is_in_recovery()), 0 on a primary.",
-        MetricType::Gauge,
-    )?;
-    for t in targets {
-        if let Some(in_recovery) = t.in_recovery {
-            let value = if in_recovery { 1.0 } else { 0.0 };
-            gauge(&mut m, &[("target", t.name.as_str())], value)?;
+    // One value per target, when the target has it.
+    type PerTarget = fn(&TargetStatus) -> Option<f64>;
+    let per_target: [(&str, &str, PerTarget); 6] = [
+        (
+            "tenantwatch_target_lock_waiting_backends",
+            "Client backends waiting on a lock.",
+            |t| t.activity.as_ref().map(|a| a.lock_waiting as f64),
+        ),
+        (
+            "tenantwatch_target_pooled_connections",
+            "Idle backends charged to no tenant because only their last query's sqlcommenter tag named one (pooled server connections).",
+            |t| t.activity.as_ref().map(|a| a.pooled as f64),
+        ),
+        (
+            "tenantwatch_target_in_recovery",
+            "1 when the target is a standby (pg_is_in_recovery()), 0 on a primary.",
+            |t| t.in_recovery.map(|standby| if standby { 1.0 } else { 0.0 }),
+        ),
+        (
+            "tenantwatch_target_maintenance_connections",
+            "Backends of maintenance sessions ([[tenants.exclude]]: pg_dump, migration tools), charged to no tenant.",
+            |t| t.activity.as_ref().map(|a| a.maintenance as f64),
+        ),
+        (
+            "tenantwatch_target_detail_cycle_seconds",
+            "How long the last full cycle of per-database detail (schema statistics, sizes, tables of every watched database) took.",
+            |t| t.detail_cycle_seconds,
+        ),
+        (
+            "tenantwatch_target_watched_databases",
+            "Databases watched for schema statistics.",
+            |t| Some(t.watched_databases.len() as f64),
+        ),
+    ];
+    for (name, help, value) in per_target {
+        let mut m = family(encoder, name, help, MetricType::Gauge)?;
+        for t in targets {
+            if let Some(value) = value(t) {
+                gauge(&mut m, &[("target", t.name.as_str())], value)?;
+            }
         }
     }
     type Lag = fn(&(f64, f64)) -> f64;
@@ -246,45 +246,6 @@ fn encode_target_activity(targets: &[TargetStatus], encoder: &mut DescriptorEnco
                 gauge(&mut m, &labels, field(lag))?;
             }
         }
-    }
-    let mut m = family(
-        encoder,
-        "tenantwatch_target_maintenance_connections",
-        "Backends of maintenance sessions ([[tenants.exclude]]: pg_dump, migration tools), charged to no tenant.",
-        MetricType::Gauge,
-    )?;
-    for t in targets {
-        if let Some(activity) = &t.activity {
-            gauge(
-                &mut m,
-                &[("target", t.name.as_str())],
-                activity.maintenance as f64,
-            )?;
-        }
-    }
-    let mut m = family(
-        encoder,
-        "tenantwatch_target_detail_cycle_seconds",
-        "How long the last full cycle of per-database detail (schema statistics, sizes, tables of every watched database) took.",
-        MetricType::Gauge,
-    )?;
-    for t in targets {
-        if let Some(seconds) = t.detail_cycle_seconds {
-            gauge(&mut m, &[("target", t.name.as_str())], seconds)?;
-        }
-    }
-    let mut m = family(
-        encoder,
-        "tenantwatch_target_watched_databases",
-        "Databases watched for schema statistics.",
-        MetricType::Gauge,
-    )?;
-    for t in targets {
-        gauge(
-            &mut m,
-            &[("target", t.name.as_str())],
-            t.watched_databases.len() as f64,
-        )?;
     }
 
     Ok(())
