@@ -5,6 +5,8 @@
 #
 #   scripts/bench-ingest.sh                 # all of it (about 10 minutes)
 #   REPEATS=1 TRIAL_SECONDS=2 scripts/bench-ingest.sh   # quicker, noisier
+#   BASELINE_BIN=/path/to/older/tenantwatch scripts/bench-ingest.sh
+#                                           # that build searched in the same run
 #
 # A trial sends at a fixed rate from a separate process (examples/udp_bench.rs)
 # for TRIAL_SECONDS, waits for the receiver to drain, and passes when every
@@ -27,6 +29,7 @@ done
 cargo build --release --locked --quiet --bin tenantwatch --example udp_bench
 BIN=target/release/tenantwatch
 BENCH=target/release/examples/udp_bench
+BASELINE_BIN=${BASELINE_BIN:-}
 WORK=$(mktemp -d)
 DAEMON_PID=""
 cleanup() {
@@ -38,8 +41,11 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-HTTP_PORT=$(free_port)
-DAEMON_UDP=$(free_port)
+# start_daemon BINARY: (re)starts the daemon under test on fresh ports
+start_daemon() {
+  if [ -n "$DAEMON_PID" ]; then kill "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; fi
+  HTTP_PORT=$(free_port)
+  DAEMON_UDP=$(free_port)
 cat > "$WORK/tenantwatch.toml" <<EOF
 [server]
 listen = "127.0.0.1:$HTTP_PORT"
@@ -51,9 +57,10 @@ udp_recv_buffer_bytes = $RECV_BUFFER
 udp_receivers = $UDP_RECEIVERS
 max_tenants = $TENANTS
 EOF
-TENANTWATCH_LOG=warn "$BIN" run --config "$WORK/tenantwatch.toml" &
-DAEMON_PID=$!
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break; sleep 0.1; done
+  TENANTWATCH_LOG=warn "$1" run --config "$WORK/tenantwatch.toml" &
+  DAEMON_PID=$!
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break; sleep 0.1; done
+}
 
 scrape() { curl -sf "http://127.0.0.1:$HTTP_PORT/metrics"; }
 udp_received() { scrape | awk '$1 == "tenantwatch_events_received_total{source=\"udp\"}" {printf "%d\n", $2}'; }
@@ -104,14 +111,24 @@ run_searches() {
 }
 
 echo "== zero-loss UDP ingest, ${TRIAL_SECONDS}s trials, median of $REPEATS searches, $TENANTS tenants, $UDP_RECEIVERS receive thread(s)"
-raw1=$(run_searches trial_raw 1 50000)
-daemon1=$(run_searches trial_daemon 1 50000)
-raw20=$(run_searches trial_raw 20 500000)
-daemon20=$(run_searches trial_daemon 20 500000)
 ratio() { python3 -c "print(f'{$1/$2:.2f}' if $2 else 'n/a')"; }
+raw1=$(run_searches trial_raw 1 50000)
+raw20=$(run_searches trial_raw 20 500000)
+if [ -n "$BASELINE_BIN" ]; then
+  start_daemon "$BASELINE_BIN"
+  base1=$(run_searches trial_daemon 1 50000)
+  base20=$(run_searches trial_daemon 20 500000)
+fi
+start_daemon "$BIN"
+daemon1=$(run_searches trial_daemon 1 50000)
+daemon20=$(run_searches trial_daemon 20 500000)
 printf '%-34s %14s %14s %8s\n' "mode" "raw baseline/s" "tenantwatch/s" "ratio"
 printf '%-34s %14s %14s %8s\n' "1 event per datagram" "$raw1" "$daemon1" "$(ratio "$daemon1" "$raw1")"
 printf '%-34s %14s %14s %8s\n' "20 events per datagram" "$raw20" "$daemon20" "$(ratio "$daemon20" "$raw20")"
+if [ -n "$BASELINE_BIN" ]; then
+  printf '%-34s %14s %14s %8s\n' "1 event per datagram, BASELINE_BIN" "$raw1" "$base1" "$(ratio "$base1" "$raw1")"
+  printf '%-34s %14s %14s %8s\n' "20 events per datagram, BASELINE_BIN" "$raw20" "$base20" "$(ratio "$base20" "$raw20")"
+fi
 
 echo "== with $TENANTS active tenants"
 tracked=$(scrape | awk '$1 == "tenantwatch_tenants_tracked" {print $2}')

@@ -169,7 +169,7 @@ pub fn parse_line<'a>(
         endpoint: endpoint.map(Cow::Borrowed),
         instance: instance.map(Cow::Borrowed),
     };
-    if !values.contains(':') {
+    if !values.bytes().any(|b| b == b':') {
         emit(make_event(parse_value(metric, values)?));
         return Ok(1);
     }
@@ -285,7 +285,11 @@ fn apply_tag<'a>(
 }
 
 fn parse_value(metric: Metric, text: &str) -> Result<f64, Reject> {
-    let value: f64 = text.parse().map_err(|_| match metric {
+    let parsed = match parse_plain_decimal(text) {
+        Some(value) => Ok(value),
+        None => text.parse::<f64>(),
+    };
+    let value = parsed.map_err(|_| match metric {
         Metric::Query | Metric::SchemaSwitch => {
             Reject::new(RejectReason::InvalidDuration, "value is not a number")
         }
@@ -297,10 +301,60 @@ fn parse_value(metric: Metric, text: &str) -> Result<f64, Reject> {
     }
 }
 
+/// Powers of ten that are exact in an `f64`.
+const EXACT_POWERS_OF_TEN: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// The values almost every client sends (`12`, `12.5`, `0.125`): digits
+/// with at most one point and at most 15 of them. Those are an exact
+/// integer over an exact power of ten, and one IEEE division of the two is
+/// correctly rounded, so this gives what `str::parse` gives, without its
+/// general machinery (signs, exponents, long inputs: `None`, and the caller
+/// parses them the general way).
+fn parse_plain_decimal(text: &str) -> Option<f64> {
+    let mut mantissa: u64 = 0;
+    let (mut digits, mut fraction_digits) = (0usize, None::<usize>);
+    for byte in text.bytes() {
+        match byte {
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > 15 {
+                    return None;
+                }
+                mantissa = mantissa * 10 + u64::from(byte - b'0');
+                if let Some(fraction) = fraction_digits.as_mut() {
+                    *fraction += 1;
+                }
+            }
+            b'.' if fraction_digits.is_none() => fraction_digits = Some(0),
+            _ => return None,
+        }
+    }
+    if digits == 0 {
+        return None;
+    }
+    Some(mantissa as f64 / EXACT_POWERS_OF_TEN[fraction_digits.unwrap_or(0)])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn plain_decimals_parse_as_the_standard_library_does(
+            text in "[0-9]{0,17}(\\.[0-9]{0,17})?",
+        ) {
+            if let Some(fast) = parse_plain_decimal(&text) {
+                prop_assert_eq!(Ok(fast), text.parse::<f64>());
+            } else {
+                let digits = text.bytes().filter(u8::is_ascii_digit).count();
+                prop_assert!(digits == 0 || digits > 15, "{text} fell back");
+            }
+        }
+    }
 
     fn parse_all(line: &str) -> Result<Vec<Event<'_>>, Reject> {
         let mut events = Vec::new();

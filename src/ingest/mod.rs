@@ -13,7 +13,7 @@ pub mod dogstatsd;
 pub mod ndjson;
 pub mod udp;
 
-use crate::event::{Reject, RejectReason};
+use crate::event::{Event, Reject, RejectReason};
 use crate::store::{IngestStats, ShardWriter, Source};
 
 /// The ingest settings (`[ingest]`): listeners, size limits, and the
@@ -114,12 +114,12 @@ pub fn ingest_payload(
     mut on_reject: impl FnMut(usize, Reject),
 ) -> PayloadOutcome {
     let mut outcome = PayloadOutcome::default();
-    for (index, raw_line) in payload.split(|b| *b == b'\n').enumerate() {
-        let line = raw_line.strip_suffix(b"\r").unwrap_or(raw_line);
-        if line.iter().all(u8::is_ascii_whitespace) {
+    let mut batch = Batch::new();
+    for (index, (raw_line, text)) in Lines::of(payload).enumerate() {
+        if raw_line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match parse_and_record(line, limits, writer) {
+        match parse_line(raw_line.len(), text, limits, &mut batch) {
             Ok(events) => outcome.accepted += events as u64,
             Err(reject) => {
                 outcome.rejected += 1;
@@ -127,31 +127,86 @@ pub fn ingest_payload(
                 on_reject(index + 1, reject);
             }
         }
+        if batch.len() >= BATCH_EVENTS {
+            batch.drain(..).for_each(|event| writer.record(&event));
+        }
     }
+    batch.iter().for_each(|event| writer.record(event));
     stats.add_received(source, outcome.accepted + outcome.rejected);
     outcome
 }
 
-fn parse_and_record(
-    line: &[u8],
+/// Events parsed before they are recorded together.
+const BATCH_EVENTS: usize = 32;
+
+/// Events parsed from a payload, recorded together: the hash lookups of
+/// many events then run back to back, where the processor overlaps their
+/// cache misses (the tenant map is larger than the caches at 10,000
+/// tenants), instead of each waiting behind a line's parsing.
+type Batch<'a> = smallvec::SmallVec<[Event<'a>; BATCH_EVENTS]>;
+
+/// A payload's lines without their `\r\n` or `\n`, each with its text, or
+/// `None` when it is not UTF-8. A payload that is UTF-8 as a whole (nearly
+/// every one) is checked once, not line by line.
+enum Lines<'a> {
+    Text(std::str::Split<'a, char>),
+    Bytes(std::slice::Split<'a, u8, fn(&u8) -> bool>),
+}
+
+impl<'a> Lines<'a> {
+    fn of(payload: &'a [u8]) -> Lines<'a> {
+        match std::str::from_utf8(payload) {
+            Ok(text) => Lines::Text(text.split('\n')),
+            Err(_) => Lines::Bytes(payload.split(is_newline as fn(&u8) -> bool)),
+        }
+    }
+}
+
+fn is_newline(byte: &u8) -> bool {
+    *byte == b'\n'
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = (&'a [u8], Option<&'a str>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Lines::Text(lines) => lines.next().map(|line| {
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                (line.as_bytes(), Some(line))
+            }),
+            Lines::Bytes(lines) => lines.next().map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                (line, std::str::from_utf8(line).ok())
+            }),
+        }
+    }
+}
+
+/// Checks one line (`length` bytes, `text` if it is UTF-8) and parses its
+/// events into `batch`; returns how many.
+fn parse_line<'a>(
+    length: usize,
+    text: Option<&'a str>,
     limits: LineLimits,
-    writer: &mut ShardWriter<'_>,
+    batch: &mut Batch<'a>,
 ) -> Result<usize, Reject> {
-    if line.len() > limits.max_line_bytes {
+    if length > limits.max_line_bytes {
         return Err(Reject::new(
             RejectReason::LineTooLong,
             "line is longer than max_line_bytes",
         ));
     }
-    let line = std::str::from_utf8(line)
-        .map_err(|_| Reject::new(RejectReason::InvalidUtf8, "line is not valid UTF-8"))?;
+    let line = text.ok_or(Reject::new(
+        RejectReason::InvalidUtf8,
+        "line is not valid UTF-8",
+    ))?;
     let line = line.trim();
     if line.starts_with('{') {
-        let event = ndjson::parse_line(line)?;
-        writer.record(&event);
+        batch.push(ndjson::parse_line(line)?);
         Ok(1)
     } else {
-        dogstatsd::parse_line(line, limits.min_sample_rate, |event| writer.record(&event))
+        dogstatsd::parse_line(line, limits.min_sample_rate, |event| batch.push(event))
     }
 }
 

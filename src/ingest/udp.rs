@@ -1,9 +1,10 @@
 //! UDP ingest: one socket, one or more blocking receive threads.
 //!
 //! Each thread owns a store shard, so the receive path takes no lock that
-//! another thread wants. Blocking `recv` on a plain thread beats an async
+//! another thread wants. A blocking receive on a plain thread beats an async
 //! socket here: there is nothing else for the thread to do, and it saves the
-//! readiness round trip per datagram. The receive buffer is set explicitly
+//! readiness round trip per datagram; `recvmmsg` takes every datagram
+//! already queued (up to 32) in one system call. The receive buffer is set explicitly
 //! (the granted size is exported), a datagram longer than
 //! `max_datagram_bytes` is detected with a buffer one byte longer and refused
 //! whole, and the kernel's own drop counter for the socket is read from
@@ -18,7 +19,9 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{MsgFlags, MultiHeaders, recvmmsg};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::io::IoSliceMut;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::RejectReason;
@@ -120,16 +123,15 @@ fn receive_loop(
     inode: Option<u64>,
     shutdown: &CancellationToken,
 ) {
-    // One byte more than the limit: a datagram that fills it was truncated.
-    let mut buf = vec![0u8; limits.max_datagram_bytes + 1];
+    let mut batch = ReceiveBatch::new(limits.max_datagram_bytes);
     let warn = RateLimitedWarn::new(Duration::from_secs(10));
     let mut drops_read = Instant::now();
-    // The clock is read once per 1024 datagrams, not per datagram.
-    let mut datagrams_since_check = 0u32;
+    // The clock is read once per 1024 receive calls, not per datagram.
+    let mut receives_since_check = 0u32;
     while !shutdown.is_cancelled() {
-        datagrams_since_check += 1;
-        if let Some(inode) = inode.filter(|_| datagrams_since_check >= 1024) {
-            datagrams_since_check = 0;
+        receives_since_check += 1;
+        if let Some(inode) = inode.filter(|_| receives_since_check >= 1024) {
+            receives_since_check = 0;
             if drops_read.elapsed() >= DROPS_REFRESH {
                 drops_read = Instant::now();
                 if let Some(drops) = kernel_drops(inode) {
@@ -137,8 +139,12 @@ fn receive_loop(
                 }
             }
         }
-        match socket.recv(&mut buf) {
-            Ok(len) => record(&buf, len, shard, limits, store, stats),
+        match batch.receive(socket) {
+            Ok(received) => {
+                for datagram in batch.datagrams(received) {
+                    record(datagram, shard, limits, store, stats);
+                }
+            }
             Err(err)
                 if matches!(
                     err.kind(),
@@ -148,7 +154,7 @@ fn receive_loop(
                 ) =>
             {
                 // Idle: let the next turn look at the drop counter.
-                datagrams_since_check = 1024;
+                receives_since_check = 1024;
             }
             Err(err) => {
                 stats.udp_receive_errors.fetch_add(1, Ordering::Relaxed);
@@ -173,35 +179,91 @@ fn drain(socket: &UdpSocket, shard: usize, limits: UdpLimits, store: &Store, sta
         return;
     }
     let started = Instant::now();
-    let mut buf = vec![0u8; limits.max_datagram_bytes + 1];
-    while let Ok(len) = socket.recv(&mut buf) {
+    let mut batch = ReceiveBatch::new(limits.max_datagram_bytes);
+    while let Ok(received) = batch.receive(socket) {
         if started.elapsed() > DRAIN_LIMIT {
             break;
         }
-        record(&buf, len, shard, limits, store, stats);
+        for datagram in batch.datagrams(received) {
+            record(datagram, shard, limits, store, stats);
+        }
     }
 }
 
-/// One received datagram of `len` bytes: refused whole when it filled the
-/// `max_datagram_bytes + 1` buffer (it was truncated), else parsed into
-/// the thread's store shard.
-fn record(
-    buf: &[u8],
-    len: usize,
-    shard: usize,
-    limits: UdpLimits,
-    store: &Store,
-    stats: &IngestStats,
-) {
+/// Datagrams taken per `recvmmsg` call.
+const DATAGRAMS_PER_RECEIVE: usize = 32;
+
+/// Buffers for up to [`DATAGRAMS_PER_RECEIVE`] datagrams and the received
+/// length of each: one `recvmmsg` system call takes what is queued, where
+/// `recv` would take one datagram per call.
+struct ReceiveBatch {
+    /// One slot of `max_datagram_bytes + 1` per datagram: one that fills
+    /// its slot was truncated. The pages of a slot are only touched (and
+    /// only count in RSS) as far as datagrams reach.
+    buffer: Vec<u8>,
+    slot_bytes: usize,
+    lengths: [usize; DATAGRAMS_PER_RECEIVE],
+    headers: MultiHeaders<()>,
+}
+
+impl ReceiveBatch {
+    fn new(max_datagram_bytes: usize) -> ReceiveBatch {
+        let slot_bytes = max_datagram_bytes + 1;
+        ReceiveBatch {
+            buffer: vec![0u8; slot_bytes * DATAGRAMS_PER_RECEIVE],
+            slot_bytes,
+            lengths: [0; DATAGRAMS_PER_RECEIVE],
+            headers: MultiHeaders::preallocate(DATAGRAMS_PER_RECEIVE, None),
+        }
+    }
+
+    /// Waits (up to the socket's read timeout) for a datagram, then takes
+    /// every datagram already queued, up to the batch size, without
+    /// waiting for more (`MSG_WAITFORONE`). Returns how many were taken.
+    fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        let mut slots = self.buffer.chunks_mut(self.slot_bytes);
+        let mut slices: [[IoSliceMut<'_>; 1]; DATAGRAMS_PER_RECEIVE] =
+            std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
+        let received = recvmmsg(
+            socket.as_raw_fd(),
+            &mut self.headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        let mut count = 0;
+        for (length, message) in self.lengths.iter_mut().zip(received) {
+            *length = message.bytes;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// The first `received` datagrams of the last [`Self::receive`]; each
+    /// slice is one byte longer than `max_datagram_bytes` if the datagram
+    /// was.
+    fn datagrams(&self, received: usize) -> impl Iterator<Item = &[u8]> {
+        self.buffer
+            .chunks(self.slot_bytes)
+            .zip(&self.lengths[..received])
+            .map(|(slot, length)| &slot[..(*length).min(slot.len())])
+    }
+}
+
+/// One received datagram: refused whole when it filled its
+/// `max_datagram_bytes + 1` slot (it was truncated), else parsed into the
+/// thread's store shard.
+fn record(datagram: &[u8], shard: usize, limits: UdpLimits, store: &Store, stats: &IngestStats) {
     stats.udp_datagrams.fetch_add(1, Ordering::Relaxed);
-    if len > limits.max_datagram_bytes {
+    if datagram.len() > limits.max_datagram_bytes {
         stats.add_received(Source::Udp, 1);
         stats.add_rejected(Source::Udp, RejectReason::DatagramTooLarge);
         return;
     }
     let mut writer = store.writer(shard);
     ingest_payload(
-        &buf[..len],
+        datagram,
         limits.lines,
         Source::Udp,
         &mut writer,
@@ -260,5 +322,31 @@ mod tests {
         let inode = listener.inode.expect("inode of a socket");
         assert_eq!(kernel_drops(inode), Some(0));
         assert!(listener.granted_recv_buffer_bytes > 0);
+    }
+
+    #[test]
+    fn one_receive_takes_every_queued_datagram_and_marks_the_oversized() {
+        let listener = UdpListener::bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let max_datagram_bytes = 16;
+        let sent: Vec<Vec<u8>> = (0..DATAGRAMS_PER_RECEIVE + 3)
+            .map(|i| match i {
+                0 => vec![b'x'; 100],
+                _ => format!("d{i}").into_bytes(),
+            })
+            .collect();
+        for datagram in &sent {
+            sender.send_to(datagram, listener.local_addr).unwrap();
+        }
+        let mut batch = ReceiveBatch::new(max_datagram_bytes);
+        let mut received: Vec<Vec<u8>> = Vec::new();
+        while received.len() < sent.len() {
+            let count = batch.receive(&listener.socket).unwrap();
+            assert!((1..=DATAGRAMS_PER_RECEIVE).contains(&count));
+            received.extend(batch.datagrams(count).map(<[u8]>::to_vec));
+        }
+        // The oversized one fills its slot: one byte past the limit.
+        assert_eq!(received[0], vec![b'x'; max_datagram_bytes + 1]);
+        assert_eq!(received[1..], sent[1..]);
     }
 }
