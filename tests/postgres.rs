@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Exposition, TestDaemon, cluster, connect, rule};
+use support::{Exposition, TestDaemon, cluster, connect, eventually, rule};
 use tenantwatch::config::FileTarget;
 use tenantwatch::demo::cluster::Cluster;
 
@@ -725,6 +725,113 @@ async fn a_locked_relation_keeps_its_last_size() {
         "the locked table dropped out"
     );
     locker.batch_execute("ROLLBACK").await.unwrap();
+    daemon.stop().await;
+}
+
+/// A size round measures only the relations whose file or write and vacuum
+/// counters moved since their last measurement (counted here as calls of
+/// the size query, one relation per batch); the others keep their size.
+/// (Autovacuum is off on the written table: a vacuum of it, which adds its
+/// free-space and visibility maps, would rightly be measured too.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_round_measures_only_what_changed() {
+    let (pg, _admin) = cluster_with_app_database().await;
+    let configured = tokio::task::block_in_place(|| {
+        pg.configure("shared_preload_libraries = 'pg_stat_statements'")
+    });
+    configured.expect("pg_stat_statements preloaded (it ships with PostgreSQL's server package)");
+    let app = connect(&pg.dsn("app")).await;
+    app.batch_execute(
+        "CREATE EXTENSION pg_stat_statements;
+         CREATE SCHEMA tenant_busy;
+         CREATE TABLE tenant_busy.t (id int, pad text) WITH (autovacuum_enabled = false);
+         CREATE SCHEMA tenant_idle; CREATE TABLE tenant_idle.t (id int);
+         CREATE TABLE tenant_idle.u (id int);
+         INSERT INTO tenant_busy.t VALUES (1, 'x'); INSERT INTO tenant_idle.t VALUES (1)",
+    )
+    .await
+    .unwrap();
+    // A backend's write counters reach the shared statistics up to 10 s
+    // after its transaction unless a flush is forced; wait for them, so the
+    // rounds below see settled counters.
+    let inserted = |table: &'static str, expected: i64| {
+        let app = &app;
+        async move {
+            app.batch_execute("SELECT pg_stat_force_next_flush()")
+                .await
+                .unwrap();
+            let what = format!("{table} shows {expected} inserts");
+            eventually(&what, Duration::from_secs(15), || async {
+                let row = app
+                    .query_one(
+                        "SELECT n_tup_ins FROM pg_stat_user_tables
+                          WHERE schemaname || '.' || relname = $1",
+                        &[&table],
+                    )
+                    .await
+                    .unwrap();
+                (row.get::<_, i64>(0) == expected).then_some(())
+            })
+            .await;
+        }
+    };
+    inserted("tenant_busy.t", 1).await;
+    inserted("tenant_idle.t", 1).await;
+    let measured = || async {
+        app.query_one(
+            "SELECT COALESCE(sum(calls), 0)::int8 FROM pg_stat_statements
+              WHERE query LIKE '%pg_total_relation_size(c.oid)::int8%'
+                AND query NOT LIKE '%pg_stat_statements%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    let daemon = TestDaemon::start_with(|c| {
+        let mut target = fast_target("main", pg.dsn("app"));
+        target.size_batch = 1;
+        target.size_interval = "200ms".into();
+        c.targets.push(target);
+    })
+    .await;
+    let size = |m: &Exposition, tenant| {
+        tenant_value(m, "tenantwatch_tenant_schema_size_bytes", "main", tenant)
+    };
+    let idle_size = exact_schema_size(&app, "tenant_idle").await;
+    daemon
+        .metrics_when("the first size round", |m| {
+            size(m, "idle") == Some(idle_size) && size(m, "busy").is_some()
+        })
+        .await;
+    // The first round measured all three; quiet rounds measure nothing.
+    let after_first = measured().await;
+    assert!(after_first >= 3, "{after_first} relations measured");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        measured().await,
+        after_first,
+        "unchanged relations were measured again"
+    );
+
+    app.batch_execute(
+        "INSERT INTO tenant_busy.t SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g",
+    )
+    .await
+    .unwrap();
+    inserted("tenant_busy.t", 5001).await;
+    let busy_after = exact_schema_size(&app, "tenant_busy").await;
+    let m = daemon
+        .metrics_when("the written table measured again", |m| {
+            size(m, "busy") == Some(busy_after)
+        })
+        .await;
+    assert_eq!(size(&m, "idle"), Some(idle_size));
+    assert_eq!(
+        measured().await,
+        after_first + 1,
+        "only the written table is measured"
+    );
     daemon.stop().await;
 }
 

@@ -5,8 +5,11 @@
 //! `max_sessions - 1` sessions (with the default 2, one: the session moves
 //! from database to database). A visit reads the database's schema
 //! statistics and, every `size_interval`, lists its relations (their tables
-//! give the drift report) and measures their exact sizes in batches of
-//! `size_batch`. After each visit the per-tenant figures of every database
+//! give the drift report) and measures, in batches of `size_batch`, the
+//! exact sizes of those whose file or write and vacuum counters changed
+//! since their last measurement; every relation is measured again at least
+//! every [`FULL_SIZE_ROUND`] whatever its counters say (an index built or
+//! rebuilt changes a size without a write). After each visit the per-tenant figures of every database
 //! are merged and published, so a tenant's figures appear within one cycle.
 //! A cycle starts every `stats_interval` (60 s by default: the schema
 //! statistics are the costly query at 10,000 schemas, activity keeps its
@@ -31,13 +34,30 @@ struct DatabaseDetail {
     totals: BTreeMap<String, SchemaTotals>,
     /// Per tenant, exact bytes from the last size measurement.
     sizes: Option<BTreeMap<String, u64>>,
-    /// Each relation's bytes at the last measurement: a relation a DDL lock
-    /// keeps from being measured counts with its last size instead of
-    /// dropping out of its tenant's sum.
-    relation_sizes: HashMap<i64, u64>,
+    /// Each relation's bytes and change signature at its last measurement:
+    /// an unchanged relation, or one a DDL lock keeps from being measured,
+    /// counts with its last size.
+    relation_sizes: HashMap<i64, MeasuredRelation>,
     tables: TableSets,
     next_size: Option<Instant>,
+    /// When every relation was last measured, changed or not.
+    last_full_round: Option<Instant>,
 }
+
+/// Longest a relation goes without being measured again.
+const FULL_SIZE_ROUND: Duration = Duration::from_secs(3600);
+
+/// A relation's size and what it was measured at.
+#[derive(Debug, Clone, Copy)]
+struct MeasuredRelation {
+    bytes: u64,
+    signature: RelationSignature,
+}
+
+/// What changes whenever a relation's size can: its file and its write and
+/// vacuum counters (see [`queries::SIZE_RELATIONS_SQL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RelationSignature([i64; 5]);
 
 /// Runs the detail cycles until `shutdown`.
 pub(super) async fn run(mut poller: Poller, shutdown: CancellationToken) {
@@ -159,13 +179,23 @@ async fn visit_sizes(
     let rows = poller
         .query(database, queries::SIZE_RELATIONS_SQL, &[])
         .await?;
-    let mut relations: Vec<(i64, String)> = Vec::new();
+    let mut relations: Vec<(i64, String, RelationSignature)> = Vec::new();
     let mut tables = TableSets::default();
     for row in rows {
-        let read = || -> Result<(i64, String, String), tokio_postgres::Error> {
-            Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+        let read = || -> Result<(i64, String, String, RelationSignature), tokio_postgres::Error> {
+            let mut signature = [0i64; 5];
+            for (i, part) in signature.iter_mut().enumerate() {
+                // A relation without statistics yet reads as NULL counters.
+                *part = row.try_get::<_, Option<i64>>(3 + i)?.unwrap_or(-1);
+            }
+            Ok((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                RelationSignature(signature),
+            ))
         };
-        let (oid, schema, table) =
+        let (oid, schema, table, signature) =
             read().map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
         if poller
             .attribution
@@ -173,15 +203,28 @@ async fn visit_sizes(
             .is_some()
         {
             tables.add(&poller.attribution, database, &schema, &table);
-            relations.push((oid, schema));
+            relations.push((oid, schema, signature));
         }
     }
     detail.tables = tables;
-    let mut measured: HashMap<i64, u64> = HashMap::with_capacity(relations.len());
-    for batch in relations.chunks(poller.target.size_batch.max(1)) {
-        let oids: Vec<i64> = batch.iter().map(|(oid, _)| *oid).collect();
+    let full_round = detail
+        .last_full_round
+        .is_none_or(|at| at.elapsed() >= FULL_SIZE_ROUND);
+    let changed: Vec<i64> = relations
+        .iter()
+        .filter(|(oid, _, signature)| {
+            full_round
+                || detail
+                    .relation_sizes
+                    .get(oid)
+                    .is_none_or(|last| last.signature != *signature)
+        })
+        .map(|(oid, _, _)| *oid)
+        .collect();
+    let mut measured: HashMap<i64, u64> = HashMap::with_capacity(changed.len());
+    for batch in changed.chunks(poller.target.size_batch.max(1)) {
         let rows = poller
-            .query(database, queries::SIZE_BATCH_SQL, &[&oids])
+            .query(database, queries::SIZE_BATCH_SQL, &[&batch])
             .await?;
         for row in rows {
             if let (Ok(oid), Ok(bytes)) = (row.try_get::<_, i64>(0), row.try_get::<_, i64>(1)) {
@@ -191,27 +234,42 @@ async fn visit_sizes(
     }
     let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
     let mut relation_sizes = HashMap::with_capacity(relations.len());
-    for (oid, schema) in &relations {
-        // Not measured: under an ACCESS EXCLUSIVE lock (skipped so that the
-        // visit does not queue behind it) or dropped since the listing. Its
-        // last known size stands in; a dropped one leaves the next listing.
-        let Some(bytes) = measured
-            .get(oid)
-            .or_else(|| detail.relation_sizes.get(oid))
-            .copied()
-        else {
-            continue;
+    for (oid, schema, signature) in &relations {
+        // Unchanged, under an ACCESS EXCLUSIVE lock (skipped so that the
+        // visit does not queue behind it), or dropped since the listing: the
+        // last measurement stands, with the signature it was taken at, so a
+        // locked relation is measured at the next round. A dropped one
+        // leaves the next listing.
+        let relation = match measured.get(oid) {
+            Some(bytes) => MeasuredRelation {
+                bytes: *bytes,
+                signature: *signature,
+            },
+            None => match detail.relation_sizes.get(oid) {
+                Some(last) => *last,
+                None => continue,
+            },
         };
-        relation_sizes.insert(*oid, bytes);
+        relation_sizes.insert(*oid, relation);
         if let Some(tenant) = poller.attribution.schema_tenant(database, schema) {
             let tenant = queries::capped_tenant(&sizes, tenant, poller.target.max_tenants);
             let sum = sizes.entry(tenant).or_default();
-            *sum = sum.saturating_add(bytes);
+            *sum = sum.saturating_add(relation.bytes);
         }
     }
+    tracing::debug!(
+        database,
+        relations = relations.len(),
+        measured = measured.len(),
+        full_round,
+        "size round"
+    );
     detail.sizes = Some(sizes);
     detail.relation_sizes = relation_sizes;
     detail.next_size = Some(Instant::now() + poller.target.size_interval);
+    if full_round {
+        detail.last_full_round = Some(Instant::now());
+    }
     Ok(())
 }
 

@@ -360,9 +360,19 @@ pub fn add_schema_rows(
 
 /// The relations whose exact size the size collector measures: user tables,
 /// materialized views (with their indexes and TOAST via
-/// `pg_total_relation_size`), in a stable order for batching.
+/// `pg_total_relation_size`), in a stable order for batching, each with
+/// what tells whether its size can have changed since it was last measured:
+/// its file (`relfilenode`: TRUNCATE, CLUSTER and VACUUM FULL give a new
+/// one) and its write and vacuum counters (a table, its TOAST and its
+/// indexes only grow through writes to it, and only shrink through a
+/// vacuum of it).
 pub const SIZE_RELATIONS_SQL: &str = "\
-SELECT c.oid::int8, n.nspname::text, c.relname::text
+SELECT c.oid::int8, n.nspname::text, c.relname::text,
+       c.relfilenode::int8,
+       pg_stat_get_tuples_inserted(c.oid)::int8,
+       pg_stat_get_tuples_updated(c.oid)::int8,
+       pg_stat_get_tuples_deleted(c.oid)::int8,
+       (pg_stat_get_vacuum_count(c.oid) + pg_stat_get_autovacuum_count(c.oid))::int8
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'm', 'p')
