@@ -238,15 +238,14 @@ async fn main() {
         WRITTEN_SHARE * 100.0
     );
     let (tw_seconds, tw_bytes, tw_samples) = scrape(&url, 5);
-    // The size collector measures one batch per poll; its first run also
-    // lists every relation.
+    // The last size round: the relations written since the one before.
     let text = get(&url).unwrap_or_default();
     if let Some(seconds) = metric(
         &text,
         "tenantwatch_poll_duration_seconds{target=\"bench\",collector=\"sizes\"}",
     ) {
         println!(
-            "tenantwatch sizes poll (one batch of 2,000 relations): {:.0} ms",
+            "tenantwatch last size round (the relations written since the one before): {:.0} ms",
             seconds * 1000.0
         );
     }
