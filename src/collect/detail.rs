@@ -9,8 +9,9 @@
 //! exact sizes of those whose file or write and vacuum counters changed
 //! since their last measurement; every relation is measured again at least
 //! every [`FULL_SIZE_ROUND`] whatever its counters say (an index built or
-//! rebuilt changes a size without a write). After each visit the per-tenant figures of every database
-//! are merged and published, so a tenant's figures appear within one cycle.
+//! rebuilt changes a size without a write). After each visit the per-tenant
+//! figures of every database are merged and published, so a tenant's
+//! figures appear within one cycle.
 //! A cycle starts every `stats_interval` (60 s by default: the schema
 //! statistics are the costly query at 10,000 schemas, activity keeps its
 //! `poll_interval`), or when the last one ends if it took longer; its length
@@ -185,7 +186,7 @@ async fn visit_sizes(
         let read = || -> Result<(i64, String, String, RelationSignature), tokio_postgres::Error> {
             let mut signature = [0i64; 5];
             for (i, part) in signature.iter_mut().enumerate() {
-                // A relation without statistics yet reads as NULL counters.
+                // Read defensively: a NULL counter is a value like any other.
                 *part = row.try_get::<_, Option<i64>>(3 + i)?.unwrap_or(-1);
             }
             Ok((

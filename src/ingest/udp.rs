@@ -4,9 +4,9 @@
 //! another thread wants. A blocking receive on a plain thread beats an async
 //! socket here: there is nothing else for the thread to do, and it saves the
 //! readiness round trip per datagram; `recvmmsg` takes every datagram
-//! already queued (up to 32) in one system call. The receive buffer is set explicitly
-//! (the granted size is exported), a datagram longer than
-//! `max_datagram_bytes` is detected with a buffer one byte longer and refused
+//! already queued (up to 32) in one system call. The receive buffer is set
+//! explicitly (the granted size is exported), a datagram longer than
+//! `max_datagram_bytes` is detected with a slot one byte longer and refused
 //! whole, and the kernel's own drop counter for the socket is read from
 //! `/proc/net/udp` by the first receive thread about once a second and left
 //! in [`IngestStats`] for the exposition.
