@@ -48,6 +48,23 @@ async fn exact_schema_size(client: &tokio_postgres::Client, schema: &str) -> f64
         .get::<_, i64>(0) as f64
 }
 
+/// A daemon on `pg`'s `app` database that measures sizes one relation per
+/// statement, a round every 200 ms.
+async fn sizing_daemon(pg: &Cluster) -> TestDaemon {
+    TestDaemon::start_with(|c| {
+        let mut target = fast_target("main", pg.dsn("app"));
+        target.size_batch = 1;
+        target.size_interval = "200ms".into();
+        c.targets.push(target);
+    })
+    .await
+}
+
+/// A tenant's exact schema size as the target "main" publishes it.
+fn schema_size(m: &Exposition, tenant: &str) -> Option<f64> {
+    tenant_value(m, "tenantwatch_tenant_schema_size_bytes", "main", tenant)
+}
+
 fn up(m: &Exposition, target: &str) -> Option<f64> {
     m.value("tenantwatch_target_up", &[("target", target)])
 }
@@ -681,16 +698,7 @@ async fn a_locked_relation_keeps_its_last_size() {
     )
     .await
     .unwrap();
-    let daemon = TestDaemon::start_with(|c| {
-        let mut target = fast_target("main", pg.dsn("app"));
-        target.size_batch = 1;
-        target.size_interval = "200ms".into();
-        c.targets.push(target);
-    })
-    .await;
-    let size = |m: &Exposition, tenant| {
-        tenant_value(m, "tenantwatch_tenant_schema_size_bytes", "main", tenant)
-    };
+    let daemon = sizing_daemon(&pg).await;
     let (grow_before, locked_before) = (
         exact_schema_size(&app, "tenant_grow").await,
         exact_schema_size(&app, "tenant_locked").await,
@@ -698,7 +706,8 @@ async fn a_locked_relation_keeps_its_last_size() {
     assert!(locked_before > 0.0);
     daemon
         .metrics_when("a complete size cycle", |m| {
-            size(m, "grow") == Some(grow_before) && size(m, "locked") == Some(locked_before)
+            schema_size(m, "grow") == Some(grow_before)
+                && schema_size(m, "locked") == Some(locked_before)
         })
         .await;
 
@@ -716,11 +725,11 @@ async fn a_locked_relation_keeps_its_last_size() {
     assert!(grow_after > grow_before);
     let m = daemon
         .metrics_when("a cycle completed under the lock", |m| {
-            size(m, "grow") == Some(grow_after)
+            schema_size(m, "grow") == Some(grow_after)
         })
         .await;
     assert_eq!(
-        size(&m, "locked"),
+        schema_size(&m, "locked"),
         Some(locked_before),
         "the locked table dropped out"
     );
@@ -788,20 +797,11 @@ async fn a_size_round_measures_only_what_changed() {
         .unwrap()
         .get::<_, i64>(0)
     };
-    let daemon = TestDaemon::start_with(|c| {
-        let mut target = fast_target("main", pg.dsn("app"));
-        target.size_batch = 1;
-        target.size_interval = "200ms".into();
-        c.targets.push(target);
-    })
-    .await;
-    let size = |m: &Exposition, tenant| {
-        tenant_value(m, "tenantwatch_tenant_schema_size_bytes", "main", tenant)
-    };
+    let daemon = sizing_daemon(&pg).await;
     let idle_size = exact_schema_size(&app, "tenant_idle").await;
     daemon
         .metrics_when("the first size round", |m| {
-            size(m, "idle") == Some(idle_size) && size(m, "busy").is_some()
+            schema_size(m, "idle") == Some(idle_size) && schema_size(m, "busy").is_some()
         })
         .await;
     // The first round measured all three; quiet rounds measure nothing.
@@ -823,10 +823,10 @@ async fn a_size_round_measures_only_what_changed() {
     let busy_after = exact_schema_size(&app, "tenant_busy").await;
     let m = daemon
         .metrics_when("the written table measured again", |m| {
-            size(m, "busy") == Some(busy_after)
+            schema_size(m, "busy") == Some(busy_after)
         })
         .await;
-    assert_eq!(size(&m, "idle"), Some(idle_size));
+    assert_eq!(schema_size(&m, "idle"), Some(idle_size));
     assert_eq!(
         measured().await,
         after_first + 1,
