@@ -35,6 +35,22 @@ async fn cluster_with_app_database() -> (Cluster, tokio_postgres::Client) {
     (pg, admin)
 }
 
+/// [`cluster_with_app_database`] with `pg_stat_statements` preloaded and
+/// created in `app`.
+async fn cluster_with_pg_stat_statements() -> (Cluster, tokio_postgres::Client) {
+    let (pg, admin) = cluster_with_app_database().await;
+    let configured = tokio::task::block_in_place(|| {
+        pg.configure("shared_preload_libraries = 'pg_stat_statements'")
+    });
+    configured.expect("pg_stat_statements preloaded (it ships with PostgreSQL's server package)");
+    connect(&pg.dsn("app"))
+        .await
+        .batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .unwrap();
+    (pg, admin)
+}
+
 /// Bytes of the tables of `schema` as `pg_total_relation_size` counts them,
 /// the figure the exact size cycle publishes.
 async fn exact_schema_size(client: &tokio_postgres::Client, schema: &str) -> f64 {
@@ -744,15 +760,10 @@ async fn a_locked_relation_keeps_its_last_size() {
 /// free-space and visibility maps, would rightly be measured too.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_size_round_measures_only_what_changed() {
-    let (pg, _admin) = cluster_with_app_database().await;
-    let configured = tokio::task::block_in_place(|| {
-        pg.configure("shared_preload_libraries = 'pg_stat_statements'")
-    });
-    configured.expect("pg_stat_statements preloaded (it ships with PostgreSQL's server package)");
+    let (pg, _admin) = cluster_with_pg_stat_statements().await;
     let app = connect(&pg.dsn("app")).await;
     app.batch_execute(
-        "CREATE EXTENSION pg_stat_statements;
-         CREATE SCHEMA tenant_busy;
+        "CREATE SCHEMA tenant_busy;
          CREATE TABLE tenant_busy.t (id int, pad text) WITH (autovacuum_enabled = false);
          CREATE SCHEMA tenant_idle; CREATE TABLE tenant_idle.t (id int);
          CREATE TABLE tenant_idle.u (id int);
@@ -1115,15 +1126,8 @@ async fn a_streaming_standby_reports_its_lag_and_itself() {
 /// the view in the middle leaves every counter monotonic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_hog_is_flagged_from_pg_stat_statements() {
-    let (pg, _admin) = cluster_with_app_database().await;
-    let configured = tokio::task::block_in_place(|| {
-        pg.configure("shared_preload_libraries = 'pg_stat_statements'")
-    });
-    configured.expect("pg_stat_statements preloaded (it ships with PostgreSQL's server package)");
+    let (pg, _admin) = cluster_with_pg_stat_statements().await;
     let app = connect(&pg.dsn("app")).await;
-    app.batch_execute("CREATE EXTENSION pg_stat_statements")
-        .await
-        .unwrap();
     for tenant in ["heavy", "a", "b", "c"] {
         app.batch_execute(&format!("CREATE ROLE app_{tenant} LOGIN"))
             .await
