@@ -4,7 +4,9 @@
 //! [`Secret`] type that never prints.
 
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -54,24 +56,22 @@ pub(super) enum SpendDenied {
     Forbidden,
 }
 
-/// The tokens, replaced as a whole on reload.
+/// The tokens, replaced as a whole on reload. Read on every request: an
+/// `ArcSwap`, so readers on different cores never write a shared line.
 #[derive(Debug, Default)]
-pub struct SharedTokens(RwLock<Arc<Tokens>>);
+pub struct SharedTokens(ArcSwap<Tokens>);
 
 impl SharedTokens {
     pub fn new(tokens: Tokens) -> SharedTokens {
-        SharedTokens(RwLock::new(Arc::new(tokens)))
+        SharedTokens(ArcSwap::from_pointee(tokens))
     }
 
-    pub fn get(&self) -> Arc<Tokens> {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    pub fn get(&self) -> arc_swap::Guard<Arc<Tokens>> {
+        self.0.load()
     }
 
     pub fn set(&self, tokens: Tokens) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
+        self.0.store(Arc::new(tokens));
     }
 }
 

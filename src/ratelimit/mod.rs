@@ -21,7 +21,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use std::time::Instant;
@@ -298,16 +300,24 @@ struct Entry {
     last_used: u64,
 }
 
+/// One shard's limiters. foldhash, seeded per map at random: several
+/// times faster than SipHash on tenant ids, and the shard's size is capped
+/// by `max_tenants` besides.
+type LimiterMap = HashMap<Box<str>, Entry, foldhash::fast::RandomState>;
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The limiters of every tenant.
 pub struct RateLimits {
-    shards: Vec<Mutex<HashMap<Box<str>, Entry>>>,
-    policy: RwLock<Arc<RatePolicy>>,
+    shards: Vec<Mutex<LimiterMap>>,
+    /// Read on every check, replaced on reload: an `ArcSwap`, so readers
+    /// never write a shared cache line (an `RwLock` and an `Arc` clone per
+    /// check did, on every core at once).
+    policy: ArcSwap<RatePolicy>,
     /// Effective qps for tenants the detector tightened.
-    advice: RwLock<Arc<HashMap<String, f64>>>,
+    advice: ArcSwap<HashMap<String, f64>>,
     /// Time 0 of every limiter's clock.
     epoch: Instant,
     max_tenants: usize,
@@ -332,8 +342,8 @@ impl RateLimits {
     pub fn new(policy: RatePolicy, max_tenants: usize, idle_ttl: Duration) -> RateLimits {
         RateLimits {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            policy: RwLock::new(Arc::new(policy)),
-            advice: RwLock::new(Arc::new(HashMap::new())),
+            policy: ArcSwap::from_pointee(policy),
+            advice: ArcSwap::from_pointee(HashMap::new()),
             epoch: Instant::now(),
             max_tenants,
             idle_ttl,
@@ -355,35 +365,29 @@ impl RateLimits {
     }
 
     pub fn policy(&self) -> Arc<RatePolicy> {
-        self.policy
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.policy.load_full()
     }
 
     /// Replaces the quotas (SIGHUP); limiters pick the new ones up on their
     /// next check.
     pub fn set_policy(&self, policy: RatePolicy) {
-        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
+        self.policy.store(Arc::new(policy));
     }
 
     /// Replaces the detector's advice: tenant -> effective qps.
     pub fn set_advice(&self, advice: HashMap<String, f64>) {
-        *self.advice.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(advice);
+        self.advice.store(Arc::new(advice));
     }
 
     pub fn advice(&self) -> Arc<HashMap<String, f64>> {
-        self.advice
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.advice.load_full()
     }
 
     /// The quota a tenant gets now: its base quota, tightened by advice.
     pub fn effective(&self, tenant: &str) -> (BaseQuota, Rate) {
-        let base = self.policy().base_quota(tenant);
+        let base = self.policy.load().base_quota(tenant);
         let mut rate = base.rate;
-        if let Some(qps) = self.advice().get(tenant).copied()
+        if let Some(qps) = self.advice.load().get(tenant).copied()
             && qps < rate.qps
         {
             // Keep the burst's length in time: scale it with the rate.
@@ -393,7 +397,7 @@ impl RateLimits {
         (base, rate)
     }
 
-    fn shard(&self, tenant: &str) -> &Mutex<HashMap<Box<str>, Entry>> {
+    fn shard(&self, tenant: &str) -> &Mutex<LimiterMap> {
         use std::hash::{BuildHasher, Hasher};
         let mut hasher = foldhash::fast::FixedState::with_seed(0x7465_6e61_6e74).build_hasher();
         hasher.write(tenant.as_bytes());
@@ -416,6 +420,18 @@ impl RateLimits {
     pub fn check(&self, tenant: &str, cost: u32) -> Decision {
         let (base, rate) = self.effective(tenant);
         self.decide_locally(tenant, cost, base, rate, "local")
+    }
+
+    /// Decides one check, as [`RateLimits::decide`] does.
+    pub async fn decide_one(&self, tenant: &str, cost: u32) -> Decision {
+        if self.redis.is_none() {
+            return self.check(tenant, cost);
+        }
+        // One decision per check, always: the local one is never reached.
+        match self.decide(&[(tenant, cost)]).await.pop() {
+            Some(decision) => decision,
+            None => self.check(tenant, cost),
+        }
     }
 
     /// Decides each `(tenant, cost)`: in Redis (one round trip for all)
@@ -587,7 +603,7 @@ impl RateLimits {
 
     /// Makes room for a new tenant: drops the least recently used limiter
     /// of its shard (of the fullest other shard when its own is empty).
-    fn evict_least_recent(&self, shard: &mut HashMap<Box<str>, Entry>) {
+    fn evict_least_recent(&self, shard: &mut LimiterMap) {
         let victim = shard
             .iter()
             .min_by_key(|(_, entry)| entry.last_used)
