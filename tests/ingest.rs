@@ -382,6 +382,88 @@ async fn a_flood_of_tenant_ids_stays_bounded() {
     daemon.stop().await;
 }
 
+/// Sends `parts` over one connection, a pause between each, and returns
+/// the start of the answer.
+async fn send_in_parts(daemon: &TestDaemon, parts: &[&[u8]]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(daemon.http).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        stream.write_all(part).await.unwrap();
+    }
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_read_whole_within_their_limits() {
+    let daemon = TestDaemon::start_with(|c| c.server.body_read_timeout = "1s".into()).await;
+    let line = b"tenantwatch.query:4|ms|#tenant:split,kind:read\n";
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        2 * line.len()
+    );
+    // A body that arrives in three packets is joined, not cut at the first.
+    let answer = send_in_parts(
+        &daemon,
+        &[
+            head.as_bytes(),
+            &line[..10],
+            &[&line[10..], &line[..]].concat(),
+        ],
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+
+    // A chunked check, in two chunks.
+    let answer = send_in_parts(
+        &daemon,
+        &[
+            b"POST /v1/ratelimit/check HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n{\"tenant",
+            b"\r\n",
+            b"c\r\n\":\"chunked\"}\r\n0\r\n\r\n",
+        ],
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"tenant\":\"chunked\""), "{answer}");
+
+    // A chunked check beyond 16 KiB, with no length declared up front: 413.
+    let filler = "x".repeat(20 * 1024);
+    let chunk = format!(
+        "{:x}\r\n{{\"tenant\":\"{filler}\"}}\r\n0\r\n\r\n",
+        filler.len() + 13
+    );
+    let answer = send_in_parts(
+        &daemon,
+        &[
+            b"POST /v1/ratelimit/check HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            chunk.as_bytes(),
+        ],
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // A body promised and never sent: 408 after server.body_read_timeout.
+    let answer = send_in_parts(
+        &daemon,
+        &[b"POST /v1/ratelimit/check HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{\"ten"],
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    let m = daemon.metrics().await;
+    assert_eq!(m.value(QUERIES, &tk("split", "read")), Some(2.0));
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_excess_connections_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -2,15 +2,17 @@
 //! decision, the IETF draft `RateLimit-Policy`/`RateLimit` headers and
 //! `Retry-After`.
 
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use std::borrow::Cow;
+use std::cell::RefCell;
 
+use bytes::Bytes;
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use super::AppState;
 use super::auth::{SpendDenied, may_spend, unauthorized};
+use super::body::{BodyError, read_body};
 use super::reply::{Body, json_bytes, problem};
 use crate::ratelimit::Decision;
 
@@ -20,25 +22,45 @@ const MAX_CHECK_BODY_BYTES: usize = 16 * 1024;
 /// Most checks in one batch.
 pub const MAX_BATCH_CHECKS: usize = 100;
 
-/// The body: one check (`tenant`, `cost`) or a batch (`checks`).
+/// The body: one check (`tenant`, `cost`) or a batch (`checks`). Tenant ids
+/// borrow from the body unless they hold escapes.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CheckBody {
-    tenant: Option<String>,
+struct CheckBody<'a> {
+    #[serde(borrow)]
+    tenant: Option<Cow<'a, str>>,
     cost: Option<u32>,
-    checks: Option<Vec<OneCheck>>,
+    #[serde(borrow)]
+    checks: Option<Vec<OneCheck<'a>>>,
 }
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OneCheck {
-    tenant: String,
+struct OneCheck<'a> {
+    #[serde(borrow)]
+    tenant: Cow<'a, str>,
     #[serde(default = "one")]
     cost: u32,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// What one request asks: a single check (no allocation, and the
+/// `RateLimit` headers in the answer) or a batch.
+enum Asked<'a> {
+    One(OneCheck<'a>),
+    Batch(Vec<OneCheck<'a>>),
+}
+
+impl<'a> Asked<'a> {
+    fn checks(&self) -> &[OneCheck<'a>] {
+        match self {
+            Asked::One(check) => std::slice::from_ref(check),
+            Asked::Batch(checks) => checks,
+        }
+    }
 }
 
 /// Writes one check's answer as JSON: `allowed`, `tenant`, `limit`, `qps`,
@@ -62,11 +84,12 @@ fn write_reply(out: &mut Vec<u8>, tenant: &str, decision: &Decision) {
     out.extend_from_slice(integers.format(retry_after_ms).as_bytes());
     out.extend_from_slice(b",\"policy\":");
     write_json_str(out, &decision.policy);
-    out.extend_from_slice(b",\"reason\":");
-    write_json_str(out, decision.reason);
-    out.extend_from_slice(b",\"backend\":");
-    write_json_str(out, decision.backend);
-    out.push(b'}');
+    // The reason and the backend are this crate's own constants.
+    out.extend_from_slice(b",\"reason\":\"");
+    out.extend_from_slice(decision.reason.as_bytes());
+    out.extend_from_slice(b"\",\"backend\":\"");
+    out.extend_from_slice(decision.backend.as_bytes());
+    out.extend_from_slice(b"\"}");
 }
 
 /// A JSON string: copied as is when nothing needs escaping (tenant ids
@@ -84,7 +107,12 @@ fn write_json_str(out: &mut Vec<u8>, text: &str) {
 /// A finite number as JSON (quotas are validated finite; anything else
 /// would be `null`, as serde_json writes it).
 fn write_json_f64(out: &mut Vec<u8>, value: f64) {
-    if value.is_finite() {
+    // Quotas are mostly whole numbers: written as integers, a shortcut
+    // past the shortest-digits search.
+    if value.fract() == 0.0 && (0.0..1e15).contains(&value) {
+        out.extend_from_slice(itoa::Buffer::new().format(value as u64).as_bytes());
+        out.extend_from_slice(b".0");
+    } else if value.is_finite() {
         out.extend_from_slice(dtoa::Buffer::new().format(value).as_bytes());
     } else {
         out.extend_from_slice(b"null");
@@ -93,27 +121,30 @@ fn write_json_f64(out: &mut Vec<u8>, value: f64) {
 
 /// The checks a body asks for (and whether it is a batch), validated, or
 /// what is wrong with it (a 400).
-fn parse_checks(body: &[u8]) -> Result<(Vec<OneCheck>, bool), String> {
-    let body: CheckBody = serde_json::from_slice(body).map_err(|err| {
+fn parse_checks(body: &[u8]) -> Result<Asked<'_>, String> {
+    if let Some((tenant, cost)) = parse_plain_check(body) {
+        return validate(Asked::One(OneCheck {
+            tenant: Cow::Borrowed(tenant),
+            cost,
+        }));
+    }
+    let body: CheckBody<'_> = serde_json::from_slice(body).map_err(|err| {
         format!("expected {{\"tenant\": \"...\", \"cost\": 1}} or {{\"checks\": [...]}}: {err}")
     })?;
-    let (checks, batch) = match body {
+    let asked = match body {
         CheckBody {
             tenant: Some(tenant),
             cost,
             checks: None,
-        } => (
-            vec![OneCheck {
-                tenant,
-                cost: cost.unwrap_or(1),
-            }],
-            false,
-        ),
+        } => Asked::One(OneCheck {
+            tenant,
+            cost: cost.unwrap_or(1),
+        }),
         CheckBody {
             tenant: None,
             cost: None,
             checks: Some(checks),
-        } => (checks, true),
+        } => Asked::Batch(checks),
         CheckBody {
             checks: Some(_), ..
         } => {
@@ -121,26 +152,67 @@ fn parse_checks(body: &[u8]) -> Result<(Vec<OneCheck>, bool), String> {
         }
         CheckBody { .. } => return Err("missing field `tenant` (or `checks`)".into()),
     };
+    validate(asked)
+}
+
+/// The body as clients send it, `{"tenant":"<id>"}` or
+/// `{"tenant":"<id>","cost":<n>}` with nothing else (no spaces, no escapes,
+/// a plain integer), read without the general parser; `None` for anything
+/// else, which serde_json then reads (a property test checks that both agree).
+fn parse_plain_check(body: &[u8]) -> Option<(&str, u32)> {
+    let rest = body.strip_prefix(b"{\"tenant\":\"")?;
+    let end = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    if rest[end] != b'"' {
+        return None;
+    }
+    let tenant = std::str::from_utf8(&rest[..end]).ok()?;
+    let cost = match &rest[end + 1..] {
+        b"}" => 1,
+        more => {
+            let digits = more.strip_prefix(b",\"cost\":")?.strip_suffix(b"}")?;
+            // JSON has no leading zeros; nine digits cannot overflow.
+            let plain = matches!(digits, [b'1'..=b'9', ..] | [b'0'])
+                && digits.len() <= 9
+                && digits.iter().all(u8::is_ascii_digit);
+            if !plain {
+                return None;
+            }
+            digits
+                .iter()
+                .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'))
+        }
+    };
+    Some((tenant, cost))
+}
+
+/// Checks the tenant ids and costs of parsed checks.
+fn validate(asked: Asked<'_>) -> Result<Asked<'_>, String> {
+    let batch = matches!(asked, Asked::Batch(_));
+    let checks = asked.checks();
     if batch && !(1..=MAX_BATCH_CHECKS).contains(&checks.len()) {
         return Err(format!(
             "checks must hold 1 to {MAX_BATCH_CHECKS} checks, not {}",
             checks.len()
         ));
     }
-    for (i, check) in checks.iter().enumerate() {
-        let at = if batch {
+    let at = |i: usize| {
+        if batch {
             format!("checks[{i}].")
         } else {
             String::new()
-        };
+        }
+    };
+    for (i, check) in checks.iter().enumerate() {
         if let Err(reject) = crate::event::validate_tenant(&check.tenant) {
-            return Err(format!("{at}tenant: {}", reject.detail));
+            return Err(format!("{}tenant: {}", at(i), reject.detail));
         }
         if check.cost == 0 || check.cost > 1_000_000 {
-            return Err(format!("{at}cost must be between 1 and 1000000"));
+            return Err(format!("{}cost must be between 1 and 1000000", at(i)));
         }
     }
-    Ok((checks, batch))
+    Ok(asked)
 }
 
 /// `POST /v1/ratelimit/check`: 200 when allowed, 429 when denied, with the
@@ -153,27 +225,33 @@ pub(super) async fn ratelimit_check(state: &AppState, req: Request<Incoming>) ->
     if may_spend(state, &parts.headers, "") == Err(SpendDenied::Unauthenticated) {
         return unauthorized();
     }
-    let collect = Limited::new(body, MAX_CHECK_BODY_BYTES).collect();
-    let body = match tokio::time::timeout(state.limits.body_read_timeout, collect).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) => {
+    let body = match read_body(body, MAX_CHECK_BODY_BYTES, state.limits.body_read_timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
             return problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("a check body is at most {MAX_CHECK_BODY_BYTES} bytes"),
             );
         }
-        Err(_) => {
+        Err(BodyError::TimedOut) => {
             return problem(
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body was not received in time",
             );
         }
+        Err(BodyError::Unreadable) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
     };
-    let (checks, batch) = match parse_checks(&body) {
-        Ok(parsed) => parsed,
+    let asked = match parse_checks(&body) {
+        Ok(asked) => asked,
         Err(detail) => return problem(StatusCode::BAD_REQUEST, &detail),
     };
-    if let Some(check) = checks
+    if let Some(check) = asked
+        .checks()
         .iter()
         .find(|c| may_spend(state, &parts.headers, &c.tenant) == Err(SpendDenied::Forbidden))
     {
@@ -185,46 +263,98 @@ pub(super) async fn ratelimit_check(state: &AppState, req: Request<Incoming>) ->
             ),
         );
     }
-    let asked: Vec<(&str, u32)> = checks.iter().map(|c| (c.tenant.as_str(), c.cost)).collect();
+    match asked {
+        Asked::One(check) => answer_one(state, &check).await,
+        Asked::Batch(checks) => answer_batch(state, &checks).await,
+    }
+}
+
+/// One check's answer: the decision, its `RateLimit` headers and, when
+/// denied, `Retry-After`.
+async fn answer_one(state: &AppState, check: &OneCheck<'_>) -> Response<Body> {
+    let decision = state
+        .rate_limits
+        .decide_one(&check.tenant, check.cost)
+        .await;
+    let body = with_scratch(|body| {
+        write_reply(body, &check.tenant, &decision);
+        Bytes::copy_from_slice(body)
+    });
+    let mut response = json_bytes(status_of(decision.allowed), body);
+    rate_limit_headers(response.headers_mut(), &decision);
+    if !decision.allowed {
+        retry_after(&mut response, decision.retry_after);
+    }
+    response
+}
+
+/// A batch's answer: every decision in `results`, 429 when any is denied,
+/// with `Retry-After` the longest wait.
+async fn answer_batch(state: &AppState, checks: &[OneCheck<'_>]) -> Response<Body> {
+    let asked: Vec<(&str, u32)> = checks.iter().map(|c| (c.tenant.as_ref(), c.cost)).collect();
     let decisions = state.rate_limits.decide(&asked).await;
     let all_allowed = decisions.iter().all(|d| d.allowed);
-    let status = if all_allowed {
-        StatusCode::OK
-    } else {
-        StatusCode::TOO_MANY_REQUESTS
-    };
+    let body = with_scratch(|body| {
+        body.extend_from_slice(b"{\"allowed\":");
+        body.extend_from_slice(if all_allowed { b"true" } else { b"false" });
+        body.extend_from_slice(b",\"results\":[");
+        for (i, (check, decision)) in checks.iter().zip(&decisions).enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            write_reply(body, &check.tenant, decision);
+        }
+        body.extend_from_slice(b"]}");
+        Bytes::copy_from_slice(body)
+    });
+    let mut response = json_bytes(status_of(all_allowed), body);
     let longest_wait = decisions
         .iter()
         .filter(|d| !d.allowed)
         .map(|d| d.retry_after)
         .max();
-    let mut body = Vec::with_capacity(256 * decisions.len());
-    match (batch, decisions.first()) {
-        (false, Some(decision)) => write_reply(&mut body, &checks[0].tenant, decision),
-        _ => {
-            body.extend_from_slice(b"{\"allowed\":");
-            body.extend_from_slice(if all_allowed { b"true" } else { b"false" });
-            body.extend_from_slice(b",\"results\":[");
-            for (i, (check, decision)) in checks.iter().zip(&decisions).enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                write_reply(&mut body, &check.tenant, decision);
-            }
-            body.extend_from_slice(b"]}");
-        }
-    }
-    let mut response = json_bytes(status, body);
-    if let (false, Some(decision)) = (batch, decisions.first()) {
-        rate_limit_headers(response.headers_mut(), decision);
-    }
     if let Some(wait) = longest_wait {
-        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        retry_after(&mut response, wait);
     }
     response
+}
+
+fn status_of(allowed: bool) -> StatusCode {
+    if allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    }
+}
+
+/// `Retry-After` in whole seconds, at least 1.
+fn retry_after(response: &mut Response<Body>, wait: std::time::Duration) {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+}
+
+thread_local! {
+    /// Where answers are written before they are copied out at their exact
+    /// size: one allocation per answer instead of a growing buffer and a
+    /// shared handle around it.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+/// Runs `write` on this thread's empty scratch buffer (a fresh one if it is
+/// in use, which a handler never does, as `write` cannot await).
+fn with_scratch<R>(write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            let result = write(&mut buffer);
+            // A large batch's answer is not kept for the thread's lifetime.
+            buffer.shrink_to(64 * 1024);
+            result
+        }
+        Err(_) => write(&mut Vec::new()),
+    })
 }
 
 /// `RateLimit-Policy`, parsed once.
@@ -243,36 +373,76 @@ fn rate_limit_headers(headers: &mut HeaderMap, decision: &Decision) {
     } else {
         0
     };
-    // A quoted policy name: a quote inside would end it early.
-    let name: Cow<'_, str> = if decision.policy.contains('"') {
-        Cow::Owned(decision.policy.replace('"', ""))
-    } else {
-        Cow::Borrowed(&decision.policy)
-    };
     let mut integers = itoa::Buffer::new();
-    let quoted = |capacity: usize| {
-        let mut value = String::with_capacity(name.len() + capacity);
-        value.push('"');
-        value.push_str(&name);
-        value.push('"');
-        value
-    };
-    let mut policy = quoted(24);
-    policy.push_str(";q=");
-    policy.push_str(integers.format(decision.rate.burst));
-    policy.push_str(";w=");
-    policy.push_str(integers.format(window));
-    if let Ok(value) = HeaderValue::try_from(policy) {
+    if let Some(value) = policy_header(&decision.policy, decision.rate.burst, window) {
         headers.insert(RATELIMIT_POLICY, value);
     }
-    let mut state = quoted(24);
-    state.push_str(";r=");
-    state.push_str(integers.format(decision.remaining));
-    state.push_str(";t=");
-    state.push_str(integers.format(reset));
-    if let Ok(value) = HeaderValue::try_from(state) {
+    let state = with_scratch(|value| {
+        write_quoted_policy(value, &decision.policy);
+        value.extend_from_slice(b";r=");
+        value.extend_from_slice(integers.format(decision.remaining).as_bytes());
+        value.extend_from_slice(b";t=");
+        value.extend_from_slice(integers.format(reset).as_bytes());
+        HeaderValue::from_bytes(value)
+    });
+    if let Ok(value) = state {
         headers.insert(RATELIMIT, value);
     }
+}
+
+/// A `RateLimit-Policy` value as last written on this thread, and what it
+/// was written from.
+struct PolicyHeader {
+    policy: String,
+    burst: u32,
+    window: u64,
+    value: HeaderValue,
+}
+
+thread_local! {
+    /// The policy header is the same for every tenant on one quota: kept,
+    /// and shared by reference count while the quota stays the same.
+    static LAST_POLICY_HEADER: RefCell<Option<PolicyHeader>> = const { RefCell::new(None) };
+}
+
+/// `"<policy>";q=<burst>;w=<window>`, or `None` if the policy name cannot
+/// be a header value.
+fn policy_header(policy: &str, burst: u32, window: u64) -> Option<HeaderValue> {
+    LAST_POLICY_HEADER.with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        if let Some(kept) = last.as_ref()
+            && kept.burst == burst
+            && kept.window == window
+            && kept.policy == policy
+        {
+            return Some(kept.value.clone());
+        }
+        let mut integers = itoa::Buffer::new();
+        let value = with_scratch(|value| {
+            write_quoted_policy(value, policy);
+            value.extend_from_slice(b";q=");
+            value.extend_from_slice(integers.format(burst).as_bytes());
+            value.extend_from_slice(b";w=");
+            value.extend_from_slice(integers.format(window).as_bytes());
+            HeaderValue::from_bytes(value)
+        })
+        .ok()?;
+        *last = Some(PolicyHeader {
+            policy: policy.to_owned(),
+            burst,
+            window,
+            value: value.clone(),
+        });
+        Some(value)
+    })
+}
+
+/// The policy name in quotes, without quotes of its own (one would end it
+/// early).
+fn write_quoted_policy(out: &mut Vec<u8>, policy: &str) {
+    out.push(b'"');
+    out.extend(policy.bytes().filter(|&b| b != b'"'));
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -328,5 +498,69 @@ mod tests {
         rate_limit_headers(&mut headers, &decision("tier:\"gold\"", 3.5));
         assert_eq!(headers["ratelimit-policy"], "\"tier:gold\";q=7;w=2");
         assert_eq!(headers["ratelimit"], "\"tier:gold\";r=0;t=2");
+    }
+
+    /// What serde_json makes of a body: `(tenant, cost)` for a single check.
+    fn parsed_by_serde(body: &[u8]) -> Option<(String, u32)> {
+        match serde_json::from_slice::<CheckBody<'_>>(body).ok()? {
+            CheckBody {
+                tenant: Some(tenant),
+                cost,
+                checks: None,
+            } => Some((tenant.into_owned(), cost.unwrap_or(1))),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_plain_reader_takes_the_common_bodies_and_leaves_the_rest() {
+        assert_eq!(
+            parse_plain_check(br#"{"tenant":"acme"}"#),
+            Some(("acme", 1))
+        );
+        assert_eq!(
+            parse_plain_check(br#"{"tenant":"acme","cost":25}"#),
+            Some(("acme", 25))
+        );
+        for other in [
+            &br#"{"tenant": "acme"}"#[..],
+            br#"{"tenant":"ac\"me"}"#,
+            br#"{"tenant":"acme","cost":007}"#,
+            br#"{"tenant":"acme","cost":1.0}"#,
+            br#"{"tenant":"acme","cost":9999999999}"#,
+            br#"{"tenant":"acme"} "#,
+            br#"{"cost":1,"tenant":"acme"}"#,
+        ] {
+            assert_eq!(
+                parse_plain_check(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the plain reader accepts, serde_json reads the same way.
+        #[test]
+        fn the_plain_reader_agrees_with_serde_json(
+            tenant in "([a-z0-9.:é-]{0,12}|[a-z\"\\\\ \t\u{0}-\u{1f}]{0,4})",
+            cost in proptest::option::of("(-?[0-9]{1,11}(\\.[0-9])?|0[0-9]+| 7|true)"),
+            tail in "( |\n|,|)",
+        ) {
+            let mut body = format!("{{\"tenant\":\"{tenant}\"");
+            if let Some(cost) = &cost {
+                body.push_str(&format!(",\"cost\":{cost}"));
+            }
+            body.push('}');
+            body.push_str(&tail);
+            if let Some((tenant, cost)) = parse_plain_check(body.as_bytes()) {
+                proptest::prop_assert_eq!(
+                    parsed_by_serde(body.as_bytes()),
+                    Some((tenant.to_owned(), cost)),
+                    "{}", body
+                );
+            }
+        }
     }
 }

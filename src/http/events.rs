@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
@@ -12,6 +11,7 @@ use serde::Serialize;
 
 use super::AppState;
 use super::auth::{authorized, unauthorized};
+use super::body::{BodyError, read_body};
 use super::reply::{Body, busy, json, problem};
 use crate::event::RejectReason;
 use crate::ingest::ingest_payload;
@@ -71,32 +71,21 @@ pub(super) async fn post_events(state: &Arc<AppState>, req: Request<Incoming>) -
         }
     }
     let max = state.limits.max_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return body_too_large(state, max);
-    }
-    let collect = Limited::new(req.into_body(), max).collect();
-    let body = match tokio::time::timeout(state.limits.body_read_timeout, collect).await {
-        Err(_) => {
+    let body = match read_body(req.into_body(), max, state.limits.body_read_timeout).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return body_too_large(state, max),
+        Err(BodyError::TimedOut) => {
             return problem(
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body was not received within server.body_read_timeout",
             );
         }
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-            return body_too_large(state, max);
-        }
-        Ok(Err(_)) => {
+        Err(BodyError::Unreadable) => {
             return problem(
                 StatusCode::BAD_REQUEST,
                 "the request body could not be read",
             );
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
     };
 
     if body.len() <= INLINE_BODY_BYTES {

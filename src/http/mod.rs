@@ -15,13 +15,15 @@
 //! - [`auth`]: the write, read and caller tokens, compared in constant time;
 //! - [`tls`]: TLS on the listener, swapped on reload;
 //! - `deadline`: the write deadline that cuts off clients that stop reading;
-//! - `events`, `check`, `read`: the handlers; `reply`: response builders.
+//! - `events`, `check`, `read`: the handlers; `body`: reading a request
+//!   body within its limits; `reply`: response builders.
 //!
 //! Heavy work (an exposition encode, the API views, large event bodies) runs
 //! on blocking threads under `server.max_heavy_requests` permits (503 with
 //! `Retry-After` beyond), so probes and rate-limit checks stay fast.
 
 pub mod auth;
+mod body;
 mod check;
 mod deadline;
 pub mod endpoint;
