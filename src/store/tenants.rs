@@ -400,26 +400,28 @@ impl Store {
     pub fn snapshot(&self) -> StoreSnapshot {
         let now_ms = self.clock.now_ms();
         let current_slot = now_ms / self.slot_ms;
-        let mut merged: HashMap<Arc<str>, TenantSnapshot, foldhash::fast::RandomState> =
-            HashMap::default();
+        // Snapshots are a few hundred bytes each: they are built in place in
+        // `merged` and moved once more, into id order, never through a
+        // growing map's rehashes or a sort's swaps.
+        let mut index: HashMap<Arc<str>, usize, foldhash::fast::RandomState> = HashMap::default();
+        let mut merged: Vec<TenantSnapshot> = Vec::new();
         for shard in self.shards.iter() {
-            // Copy under the lock, merge after it: a UDP receive thread waits
-            // for a copy, never for the merge's hashing and allocations.
-            let tenants: Vec<(Arc<str>, TenantAccumulator)> = lock(&shard.tenants)
-                .iter()
-                .map(|(name, acc)| (name.clone(), acc.clone()))
-                .collect();
-            for (name, acc) in &tenants {
-                let snapshot = match merged.get_mut(name) {
-                    Some(snapshot) => snapshot,
-                    None => merged
-                        .entry(name.clone())
-                        .or_insert_with(|| TenantSnapshot {
-                            tenant: name.to_string(),
-                            idle_ms: u64::MAX,
-                            ..TenantSnapshot::default()
-                        }),
-                };
+            // Merged under the shard's lock: copying the accumulators out
+            // first took longer than merging them (they are mostly
+            // histogram buckets, which the merge only adds up).
+            let tenants = lock(&shard.tenants);
+            index.reserve(tenants.len().saturating_sub(index.len()));
+            merged.reserve(tenants.len().saturating_sub(merged.len()));
+            for (name, acc) in tenants.iter() {
+                let at = *index.entry(name.clone()).or_insert_with(|| {
+                    merged.push(TenantSnapshot {
+                        tenant: name.to_string(),
+                        idle_ms: u64::MAX,
+                        ..TenantSnapshot::default()
+                    });
+                    merged.len() - 1
+                });
+                let snapshot = &mut merged[at];
                 if let Some(extras) = &acc.extras {
                     for (endpoint, theirs) in &extras.endpoints {
                         match snapshot
@@ -451,8 +453,12 @@ impl Store {
                     .min(now_ms.saturating_sub(acc.last_seen_ms));
             }
         }
-        let mut tenants: Vec<TenantSnapshot> = merged.into_values().collect();
-        tenants.sort_unstable_by(|a, b| a.tenant.cmp(&b.tenant));
+        let mut order: Vec<(Arc<str>, usize)> = index.into_iter().collect();
+        order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut tenants: Vec<TenantSnapshot> = order
+            .iter()
+            .map(|&(_, at)| std::mem::take(&mut merged[at]))
+            .collect();
         for tenant in &mut tenants {
             tenant.endpoints.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
