@@ -7,6 +7,9 @@
 #   REPEATS=1 TRIAL_SECONDS=2 scripts/bench-ingest.sh   # quicker, noisier
 #   BASELINE_BIN=/path/to/older/tenantwatch scripts/bench-ingest.sh
 #                                           # that build searched in the same run
+#   SCRAPE_ONLY=1 [BASELINE_BIN=...] scripts/bench-ingest.sh
+#                                           # only the /metrics figures, builds
+#                                           # alternating over ROUNDS (3) rounds
 #
 # A trial sends at a fixed rate from a separate process (examples/udp_bench.rs)
 # for TRIAL_SECONDS, waits for the receiver to drain, and passes when every
@@ -109,6 +112,28 @@ run_searches() {
   local trial=$1 per=$2 start=$3 i
   for i in $(seq "$REPEATS"); do search "$trial" "$per" "$start"; done | median
 }
+
+# scrape_figures: 5 scrapes of the running daemon after every tenant sent
+# events of each kind; prints the median in milliseconds.
+scrape_figures() {
+  "$BENCH" send "127.0.0.1:$DAEMON_UDP" 100000 20 3 "$TENANTS" >/dev/null
+  sleep 1
+  for _ in 1 2 3 4 5; do
+    curl -s -o "$WORK/metrics.txt" -w '%{time_total}\n' "http://127.0.0.1:$HTTP_PORT/metrics"
+  done | median | python3 -c "import sys; print(f'{float(sys.stdin.read()) * 1000:.1f}')"
+}
+
+if [ -n "${SCRAPE_ONLY:-}" ]; then
+  builds=("$BIN"); [ -n "$BASELINE_BIN" ] && builds+=("$BASELINE_BIN")
+  echo "== /metrics with $TENANTS tenants (metrics_max_age 0s), ${ROUNDS:-3} rounds, median of 5 scrapes each"
+  for round in $(seq "${ROUNDS:-3}"); do
+    for build in "${builds[@]}"; do
+      start_daemon "$build"
+      echo "round $round $build: $(scrape_figures) ms, $(grep -vc '^#' "$WORK/metrics.txt") samples"
+    done
+  done
+  exit 0
+fi
 
 echo "== zero-loss UDP ingest, ${TRIAL_SECONDS}s trials, median of $REPEATS searches, $TENANTS tenants, $UDP_RECEIVERS receive thread(s)"
 ratio() { python3 -c "print(f'{$1/$2:.2f}' if $2 else 'n/a')"; }
