@@ -169,7 +169,7 @@ struct TenantAccumulator {
     window: [(u64, f64); WINDOW_SLOTS],
     last_seen_ms: u64,
     /// Only for tenants that send endpoints or schema switches, so the
-    /// others cost nothing more to copy at snapshot time.
+    /// others cost nothing more to merge at snapshot time.
     extras: Option<Box<TenantExtras>>,
 }
 
@@ -261,8 +261,8 @@ impl TenantAccumulator {
 /// foldhash: several times faster than SipHash on short keys, and seeded per
 /// map at random, so tenant ids cannot be chosen to collide; the number of
 /// keys is capped by `max_tenants` besides.
-/// Keys are `Arc<str>` so a snapshot copies a shard with a reference count
-/// per tenant, not an allocation, while it holds the shard's lock.
+/// Keys are `Arc<str>`: the snapshot's index of merged tenants shares them
+/// with a reference count, not an allocation.
 type TenantMap = HashMap<Arc<str>, TenantAccumulator, foldhash::fast::RandomState>;
 
 /// Queries per instance, and when each was last seen.
@@ -578,7 +578,7 @@ impl Store {
 pub struct ShardWriter<'a> {
     tenants: MutexGuard<'a, TenantMap>,
     /// Locked per event that names an instance (uncontended but for a
-    /// snapshot's copy).
+    /// snapshot's read).
     instances: &'a Mutex<InstanceMap>,
     store: &'a Store,
     now_ms: u64,
