@@ -1,7 +1,10 @@
 //! UDP ingest: one socket, one or more blocking receive threads.
 //!
 //! Each thread owns a store shard, so the receive path takes no lock that
-//! another thread wants. A blocking receive on a plain thread beats an async
+//! another thread wants. The first thread always receives; the others
+//! ([`Backlog`]) join only while it falls behind on datagrams that carry
+//! several events each: on single-event datagrams a second thread only
+//! contends for the socket (and for the cores the senders need). A blocking receive on a plain thread beats an async
 //! socket here: there is nothing else for the thread to do, and it saves the
 //! readiness round trip per datagram; `recvmmsg` takes every datagram
 //! already queued (up to 32) in one system call. The receive buffer is set
@@ -14,8 +17,8 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -90,16 +93,30 @@ impl UdpListener {
         shutdown: CancellationToken,
     ) -> io::Result<Vec<JoinHandle<()>>> {
         let mut handles = Vec::with_capacity(receivers);
+        let backlog = Arc::new(Backlog::new());
         for i in 0..receivers.max(1) {
             let socket = self.socket.try_clone()?;
             let (store, stats, shutdown) = (store.clone(), stats.clone(), shutdown.clone());
-            // One thread keeps the kernel's drop counter fresh.
-            let inode = if i == 0 { self.inode } else { None };
+            let backlog = backlog.clone();
+            // The first thread keeps the kernel's drop counter fresh and
+            // says when the others are needed.
+            let role = if i == 0 {
+                Role::First { inode: self.inode }
+            } else {
+                Role::Helper
+            };
             let handle = std::thread::Builder::new()
                 .name(format!("tenantwatch-udp-{i}"))
                 .spawn(move || {
                     let shard = first_shard + i;
-                    receive_loop(&socket, shard, limits, &store, &stats, inode, &shutdown)
+                    let receiver = Receiver {
+                        socket: &socket,
+                        shard,
+                        limits,
+                        store: &store,
+                        stats: &stats,
+                    };
+                    receiver.run(role, &backlog, &shutdown);
                 })?;
             handles.push(handle);
         }
@@ -114,79 +131,197 @@ pub struct UdpLimits {
     pub lines: LineLimits,
 }
 
-fn receive_loop(
-    socket: &UdpSocket,
-    shard: usize,
-    limits: UdpLimits,
-    store: &Store,
-    stats: &IngestStats,
-    inode: Option<u64>,
-    shutdown: &CancellationToken,
-) {
-    let mut batch = ReceiveBatch::new(limits.max_datagram_bytes);
-    let warn = RateLimitedWarn::new(Duration::from_secs(10));
-    let mut drops_read = Instant::now();
-    // The clock is read once per 1024 receive calls, not per datagram.
-    let mut receives_since_check = 0u32;
-    while !shutdown.is_cancelled() {
-        receives_since_check += 1;
-        if let Some(inode) = inode.filter(|_| receives_since_check >= 1024) {
-            receives_since_check = 0;
-            if drops_read.elapsed() >= DROPS_REFRESH {
-                drops_read = Instant::now();
-                if let Some(drops) = kernel_drops(inode) {
-                    stats.udp_kernel_drops.store(drops, Ordering::Relaxed);
-                }
-            }
-        }
-        match batch.receive(socket) {
-            Ok(received) => {
-                for datagram in batch.datagrams(received) {
-                    record(datagram, shard, limits, store, stats);
-                }
-            }
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                // Idle: let the next turn look at the drop counter.
-                receives_since_check = 1024;
-            }
-            Err(err) => {
-                stats.udp_receive_errors.fetch_add(1, Ordering::Relaxed);
-                if let Some(suppressed) = warn.should_log() {
-                    tracing::warn!(error = %err, suppressed, "UDP receive failed");
-                }
-                // Errors such as ECONNREFUSED from a previous send can repeat;
-                // do not spin on them.
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
-    drain(socket, shard, limits, store, stats);
+/// What a receive thread does besides receiving.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    /// Always receives; refreshes the kernel's drop counter (of the socket
+    /// with this inode) and engages the helpers.
+    First { inode: Option<u64> },
+    /// Receives only while [`Backlog`] says the first thread is behind.
+    Helper,
 }
 
-/// On shutdown, takes what is still queued in the socket's receive buffer
-/// (up to a whole buffer of events that were already accepted by the
-/// kernel), then returns: when the buffer is empty, or after
-/// [`DRAIN_LIMIT`] if senders keep it full.
-fn drain(socket: &UdpSocket, shard: usize, limits: UdpLimits, store: &Store, stats: &IngestStats) {
-    if socket.set_nonblocking(true).is_err() {
-        return;
+/// A batch of at least this many bytes per datagram on average is parsing
+/// work enough for a second thread to pay off. Measured on 2 cores
+/// (performance.md): at 55 bytes per datagram (one event) two threads
+/// sustained 0.75-0.88 of one thread's zero-loss rate; at 1.1 KB (20
+/// events) 1.3-1.7 times it.
+const HELPER_BYTES_PER_DATAGRAM: usize = 256;
+
+/// How long the helpers stay engaged after the first thread last found a
+/// full batch of heavy datagrams (so they do not flap with every batch).
+const HELPERS_LINGER: Duration = Duration::from_millis(200);
+
+/// Whether the helper threads are needed: the first thread took a full
+/// batch (the socket's queue is backing up) of datagrams heavy enough that
+/// parsing, not the socket, is the bottleneck.
+#[derive(Debug)]
+struct Backlog {
+    started: Instant,
+    /// Milliseconds since `started` until which the helpers receive.
+    engaged_until_ms: AtomicU64,
+    wake: Mutex<()>,
+    engaged: Condvar,
+}
+
+impl Backlog {
+    fn new() -> Backlog {
+        Backlog {
+            started: Instant::now(),
+            engaged_until_ms: AtomicU64::new(0),
+            wake: Mutex::new(()),
+            engaged: Condvar::new(),
+        }
     }
-    let started = Instant::now();
-    let mut batch = ReceiveBatch::new(limits.max_datagram_bytes);
-    while let Ok(received) = batch.receive(socket) {
-        if started.elapsed() > DRAIN_LIMIT {
-            break;
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn is_engaged(&self) -> bool {
+        self.now_ms() < self.engaged_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Called by the first thread after each receive.
+    fn after_receive(&self, datagrams: usize, bytes: usize) {
+        if datagrams < DATAGRAMS_PER_RECEIVE || bytes < datagrams * HELPER_BYTES_PER_DATAGRAM {
+            return;
         }
-        for datagram in batch.datagrams(received) {
-            record(datagram, shard, limits, store, stats);
+        let now = self.now_ms();
+        let until = now + HELPERS_LINGER.as_millis() as u64;
+        let previous = self.engaged_until_ms.swap(until, Ordering::Relaxed);
+        if previous <= now {
+            // They were idle: wake them (under the lock, so none misses it).
+            let _guard = self.wake.lock().unwrap_or_else(PoisonError::into_inner);
+            self.engaged.notify_all();
         }
+    }
+
+    /// A helper's wait: until engaged, or `timeout` (to look at shutdown).
+    fn wait(&self, timeout: Duration) {
+        let guard = self.wake.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.is_engaged() {
+            let _ = self.engaged.wait_timeout(guard, timeout);
+        }
+    }
+}
+
+/// One receive thread's socket, shard and limits.
+struct Receiver<'a> {
+    socket: &'a UdpSocket,
+    shard: usize,
+    limits: UdpLimits,
+    store: &'a Store,
+    stats: &'a IngestStats,
+}
+
+impl Receiver<'_> {
+    fn run(&self, role: Role, backlog: &Backlog, shutdown: &CancellationToken) {
+        let mut batch = ReceiveBatch::new(self.limits.max_datagram_bytes);
+        let warn = RateLimitedWarn::new(Duration::from_secs(10));
+        let mut drops_read = Instant::now();
+        // The clock is read once per 1024 receive calls, not per datagram.
+        let mut receives_since_check = 0u32;
+        while !shutdown.is_cancelled() {
+            match role {
+                Role::First { inode: Some(inode) } => {
+                    receives_since_check += 1;
+                    if receives_since_check >= 1024 {
+                        receives_since_check = 0;
+                        if drops_read.elapsed() >= DROPS_REFRESH {
+                            drops_read = Instant::now();
+                            if let Some(drops) = kernel_drops(inode) {
+                                self.stats.udp_kernel_drops.store(drops, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                Role::First { inode: None } => {}
+                Role::Helper => {
+                    if !backlog.is_engaged() {
+                        backlog.wait(SHUTDOWN_POLL);
+                        continue;
+                    }
+                }
+            }
+            match batch.receive(self.socket) {
+                Ok(received) => {
+                    let mut bytes = 0;
+                    for datagram in batch.datagrams(received) {
+                        bytes += datagram.len();
+                        self.record(datagram);
+                    }
+                    if let Role::First { .. } = role {
+                        backlog.after_receive(received, bytes);
+                    }
+                }
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    // Idle: let the next turn look at the drop counter.
+                    receives_since_check = 1024;
+                }
+                Err(err) => {
+                    self.stats
+                        .udp_receive_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = warn.should_log() {
+                        tracing::warn!(error = %err, suppressed, "UDP receive failed");
+                    }
+                    // Errors such as ECONNREFUSED from a previous send can
+                    // repeat; do not spin on them.
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        self.drain();
+    }
+
+    /// On shutdown, takes what is still queued in the socket's receive
+    /// buffer (up to a whole buffer of events that were already accepted by
+    /// the kernel), then returns: when the buffer is empty, or after
+    /// [`DRAIN_LIMIT`] if senders keep it full.
+    fn drain(&self) {
+        if self.socket.set_nonblocking(true).is_err() {
+            return;
+        }
+        let started = Instant::now();
+        let mut batch = ReceiveBatch::new(self.limits.max_datagram_bytes);
+        while let Ok(received) = batch.receive(self.socket) {
+            if started.elapsed() > DRAIN_LIMIT {
+                break;
+            }
+            for datagram in batch.datagrams(received) {
+                self.record(datagram);
+            }
+        }
+    }
+
+    /// One received datagram: refused whole when it filled its
+    /// `max_datagram_bytes + 1` slot (it was truncated), else parsed into
+    /// the thread's store shard.
+    fn record(&self, datagram: &[u8]) {
+        let stats = self.stats;
+        stats.udp_datagrams.fetch_add(1, Ordering::Relaxed);
+        if datagram.len() > self.limits.max_datagram_bytes {
+            stats.add_received(Source::Udp, 1);
+            stats.add_rejected(Source::Udp, RejectReason::DatagramTooLarge);
+            return;
+        }
+        let mut writer = self.store.writer(self.shard);
+        ingest_payload(
+            datagram,
+            self.limits.lines,
+            Source::Udp,
+            &mut writer,
+            stats,
+            |_, _| {},
+        );
     }
 }
 
@@ -251,27 +386,6 @@ impl ReceiveBatch {
     }
 }
 
-/// One received datagram: refused whole when it filled its
-/// `max_datagram_bytes + 1` slot (it was truncated), else parsed into the
-/// thread's store shard.
-fn record(datagram: &[u8], shard: usize, limits: UdpLimits, store: &Store, stats: &IngestStats) {
-    stats.udp_datagrams.fetch_add(1, Ordering::Relaxed);
-    if datagram.len() > limits.max_datagram_bytes {
-        stats.add_received(Source::Udp, 1);
-        stats.add_rejected(Source::Udp, RejectReason::DatagramTooLarge);
-        return;
-    }
-    let mut writer = store.writer(shard);
-    ingest_payload(
-        datagram,
-        limits.lines,
-        Source::Udp,
-        &mut writer,
-        stats,
-        |_, _| {},
-    );
-}
-
 /// The inode of a socket, from `/proc/self/fd/N` -> `socket:[INODE]`.
 fn socket_inode(socket: &UdpSocket) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
@@ -305,6 +419,27 @@ fn parse_drops(table: &str, inode: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helpers_join_only_behind_heavy_datagrams_and_leave_after_a_while() {
+        let backlog = Backlog::new();
+        assert!(!backlog.is_engaged());
+        // A full batch of single-event datagrams: the socket is the limit.
+        backlog.after_receive(DATAGRAMS_PER_RECEIVE, DATAGRAMS_PER_RECEIVE * 55);
+        assert!(!backlog.is_engaged());
+        // Heavy datagrams, but the queue was not backing up.
+        backlog.after_receive(3, 3 * 1100);
+        assert!(!backlog.is_engaged());
+        // A full batch of heavy datagrams: parsing is the limit.
+        backlog.after_receive(DATAGRAMS_PER_RECEIVE, DATAGRAMS_PER_RECEIVE * 1100);
+        assert!(backlog.is_engaged());
+        // A waiting helper returns at once while engaged.
+        let started = Instant::now();
+        backlog.wait(Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        std::thread::sleep(HELPERS_LINGER + Duration::from_millis(50));
+        assert!(!backlog.is_engaged());
+    }
 
     #[test]
     fn parses_the_drops_column() {
