@@ -10,6 +10,9 @@
 #   RUNS=5 DURATION=20s CONNECTIONS=64 scripts/bench-ratelimit.sh
 #   BASELINE_BIN=/path/to/old/tenantwatch scripts/bench-ratelimit.sh
 #                                              # adds another build's local checks
+#   CALLGRIND=1 [BASELINE_BIN=...] scripts/bench-ratelimit.sh
+#                                              # instructions per request under
+#                                              # valgrind's callgrind (noise-free)
 #
 # With BACKEND=redis a throwaway redis-server runs on a free loopback port
 # (never the machine's shared one), and the last part checks that three
@@ -24,6 +27,7 @@ BACKEND=${BACKEND:-local}
 
 need=(wrk curl python3)
 [ "$BACKEND" = redis ] && need+=(redis-server)
+[ -n "${CALLGRIND:-}" ] && need+=(valgrind)
 for tool in "${need[@]}"; do
   if ! command -v "$tool" >/dev/null; then
     if [ "$(id -u)" -eq 0 ]; then
@@ -120,7 +124,46 @@ report() {
   printf "%-14s median %10s req/s  p99 %6s ms\n" "$label" "$(median < "$WORK/$label.rps")" "$(median < "$WORK/$label.p99")"
 }
 
+# callgrind_per_request NAME BINARY: instructions per request for /healthz
+# and for checks, counted by callgrind over 5 s of wrk -c4 after a warm-up
+# (the daemon's start is not counted: instrumentation starts after it).
+callgrind_per_request() {
+  local name=$1 binary=$2 port vg what k=0
+  port=$(free_port)
+  printf '[server]\nlisten = "127.0.0.1:%s"\n[ingest]\nudp_listen = ""\n[ratelimit]\ndefault_qps = 1000000000\ndefault_burst = 1000000000\n' \
+    "$port" > "$WORK/$name.toml"
+  # Already re-executed: valgrind follows one process.
+  TENANTWATCH_REEXECUTED=1 TENANTWATCH_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$WORK/$name.%p.cg" "$binary" run --config "$WORK/$name.toml" 2>/dev/null &
+  vg=$!
+  PIDS+=("$vg")
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+  callgrind_control -i on "$vg" >/dev/null
+  for what in healthz check; do
+    local args=("http://127.0.0.1:$port/healthz")
+    [ "$what" = check ] && args=(-s "$WORK/check.lua" "http://127.0.0.1:$port/v1/ratelimit/check")
+    wrk -t1 -c4 -d2s "${args[@]}" >/dev/null
+    callgrind_control -z "$vg" >/dev/null
+    local requests
+    requests=$(wrk -t1 -c4 -d5s "${args[@]}" | awk '/requests in/ {print $1}')
+    callgrind_control -d "$vg" >/dev/null
+    k=$((k + 1))
+    sleep 1
+    local total
+    total=$(callgrind_annotate "$WORK/$name.$vg.cg.$k" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    printf "  %-10s %-8s %8d requests  %7d instructions per request\n" "$name" "$what" "$requests" "$((total / requests))"
+  done
+  kill "$vg" 2>/dev/null || true
+}
+
 # Quotas far above the load: every check is allowed, so this measures the path.
+if [ -n "${CALLGRIND:-}" ]; then
+  echo "== callgrind, wrk -t1 -c4 -d5s, 1,000 tenants"
+  callgrind_per_request this target/release/tenantwatch
+  [ -n "${BASELINE_BIN:-}" ] && callgrind_per_request baseline "$BASELINE_BIN"
+  exit 0
+fi
+
 start_daemon local local 1000000000 1000000000; LOCAL_PORT=$PORT
 labels=(healthz local)
 if [ -n "${BASELINE_BIN:-}" ]; then
