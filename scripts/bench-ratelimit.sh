@@ -138,15 +138,15 @@ callgrind_per_request() {
   vg=$!
   PIDS+=("$vg")
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-  callgrind_control -i on "$vg" >/dev/null
+  callgrind_control -i on "$vg" >/dev/null 2>&1
   for what in healthz check; do
     local args=("http://127.0.0.1:$port/healthz")
     [ "$what" = check ] && args=(-s "$WORK/check.lua" "http://127.0.0.1:$port/v1/ratelimit/check")
     wrk -t1 -c4 -d2s "${args[@]}" >/dev/null
-    callgrind_control -z "$vg" >/dev/null
+    callgrind_control -z "$vg" >/dev/null 2>&1
     local requests
     requests=$(wrk -t1 -c4 -d5s "${args[@]}" | awk '/requests in/ {print $1}')
-    callgrind_control -d "$vg" >/dev/null
+    callgrind_control -d "$vg" >/dev/null 2>&1
     k=$((k + 1))
     sleep 1
     local total
