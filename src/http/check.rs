@@ -119,8 +119,8 @@ fn write_json_f64(out: &mut Vec<u8>, value: f64) {
     }
 }
 
-/// The checks a body asks for (and whether it is a batch), validated, or
-/// what is wrong with it (a 400).
+/// The check or batch a body asks for, validated, or what is wrong with it
+/// (a 400).
 fn parse_checks(body: &[u8]) -> Result<Asked<'_>, String> {
     if let Some((tenant, cost)) = parse_plain_check(body) {
         return validate(Asked::One(OneCheck {
