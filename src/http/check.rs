@@ -109,8 +109,8 @@ fn write_json_str(out: &mut Vec<u8>, text: &str) {
 fn write_json_f64(out: &mut Vec<u8>, value: f64) {
     // Quotas are mostly whole numbers: written as integers, a shortcut
     // past the shortest-digits search.
-    if value.fract() == 0.0 && (0.0..1e15).contains(&value) {
-        out.extend_from_slice(itoa::Buffer::new().format(value as u64).as_bytes());
+    if let Some(whole) = crate::metrics::text::whole(value) {
+        out.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
         out.extend_from_slice(b".0");
     } else if value.is_finite() {
         out.extend_from_slice(dtoa::Buffer::new().format(value).as_bytes());

@@ -4,9 +4,11 @@
 //! another thread wants. The first thread always receives; the others
 //! ([`Backlog`]) join only while it falls behind on datagrams that carry
 //! several events each: on single-event datagrams a second thread only
-//! contends for the socket (and for the cores the senders need). A blocking receive on a plain thread beats an async
-//! socket here: there is nothing else for the thread to do, and it saves the
-//! readiness round trip per datagram; `recvmmsg` takes every datagram
+//! contends for the socket (and for the cores the senders need).
+//!
+//! A blocking receive on a plain thread beats an async socket here: there
+//! is nothing else for the thread to do, and it saves the readiness round
+//! trip per datagram; `recvmmsg` takes every datagram
 //! already queued (up to 32) in one system call. The receive buffer is set
 //! explicitly (the granted size is exported), a datagram longer than
 //! `max_datagram_bytes` is detected with a slot one byte longer and refused
