@@ -127,14 +127,32 @@ type OwnPids = Arc<std::sync::Mutex<BTreeSet<i32>>>;
 /// One open session on one database of the target.
 struct Session {
     client: Client,
-    connection: tokio::task::JoinHandle<()>,
+    /// `None` once [`Session::close`] took it to wait for it.
+    connection: Option<tokio::task::JoinHandle<()>>,
     pid: i32,
     own_pids: OwnPids,
 }
 
+impl Session {
+    /// Ends an idle session the way a client should: the client goes, so
+    /// its connection sends Terminate and closes the socket, and this waits
+    /// (at most a second) for that to be done. The server then ends the
+    /// backend at once, instead of logging an unexpected EOF, and frees its
+    /// slot before the next session opens.
+    async fn close(mut self) {
+        let connection = self.connection.take();
+        drop(self);
+        if let Some(connection) = connection {
+            let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+        }
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
-        self.connection.abort();
+        if let Some(connection) = &self.connection {
+            connection.abort();
+        }
         self.own_pids
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -316,7 +334,9 @@ impl Poller {
                 let Some(other) = self.sessions.keys().next().cloned() else {
                     break;
                 };
-                self.sessions.remove(&other);
+                if let Some(session) = self.sessions.remove(&other) {
+                    session.close().await;
+                }
             }
             let mut config = self.target.pg.clone();
             config.dbname(database);
@@ -346,7 +366,7 @@ impl Poller {
                 .insert(pid);
             let session = Session {
                 client,
-                connection,
+                connection: Some(connection),
                 pid,
                 own_pids: self.own_pids.clone(),
             };
