@@ -130,18 +130,24 @@ async fn activity_is_attributed_by_each_source() {
     let unattributed = connect(&pg.dsn("app")).await;
     unattributed.batch_execute("SELECT 1").await.unwrap();
 
+    // Sessions come from the cluster task and schema statistics from the
+    // detail task, each on its own timing: wait for both.
     let m = daemon
-        .metrics_when("sessions of three tenants and a pooled one", |m| {
-            ["dbt", "rolet", "appt"].iter().all(|t| {
-                m.value(
-                    "tenantwatch_tenant_connections",
-                    &[("target", "main"), ("tenant", t), ("state", "idle")],
+        .metrics_when(
+            "sessions of three tenants, a pooled one and a schema's tables",
+            |m| {
+                ["dbt", "rolet", "appt"].iter().all(|t| {
+                    m.value(
+                        "tenantwatch_tenant_connections",
+                        &[("target", "main"), ("tenant", t), ("state", "idle")],
+                    ) == Some(1.0)
+                }) && m.value(
+                    "tenantwatch_target_pooled_connections",
+                    &[("target", "main")],
                 ) == Some(1.0)
-            }) && m.value(
-                "tenantwatch_target_pooled_connections",
-                &[("target", "main")],
-            ) == Some(1.0)
-        })
+                    && tenant_value(m, "tenantwatch_tenant_tables", "main", "scht").is_some()
+            },
+        )
         .await;
     // An idle backend known only by its last query's tag is a pooled
     // connection: charged to no tenant.
