@@ -124,9 +124,18 @@ async fn connect(
 /// `application_name`, which any client can set.
 type OwnPids = Arc<std::sync::Mutex<BTreeSet<i32>>>;
 
+/// The cluster task's session, lent to the detail task to confirm that a
+/// backend it closed has left the server before it opens the next one.
+/// Weak: it lends nothing once the cluster task's session is gone.
+type Witness = Arc<std::sync::Mutex<std::sync::Weak<Client>>>;
+
+/// How long a closed session may take to end, on our side and then on the
+/// server's.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// One open session on one database of the target.
 struct Session {
-    client: Client,
+    client: Arc<Client>,
     /// `None` once [`Session::close`] took it to wait for it.
     connection: Option<tokio::task::JoinHandle<()>>,
     pid: i32,
@@ -136,15 +145,40 @@ struct Session {
 impl Session {
     /// Ends an idle session the way a client should: the client goes, so
     /// its connection sends Terminate and closes the socket, and this waits
-    /// (at most a second) for that to be done. The server then ends the
-    /// backend at once, instead of logging an unexpected EOF, and frees its
-    /// slot before the next session opens.
-    async fn close(mut self) {
+    /// for that to be done. The server then ends the backend at once,
+    /// instead of logging an unexpected EOF.
+    ///
+    /// The backend leaves `pg_stat_activity` (and frees its connection
+    /// slot) only when its process gets round to it, which on a busy server
+    /// can be after a new session has started. With a `witness` session,
+    /// this also waits until the old backend is gone, so that the server
+    /// never counts more than `max_sessions` of ours. Both waits together
+    /// last at most [`CLOSE_WAIT`].
+    async fn close(mut self, witness: Option<Arc<Client>>) {
         let connection = self.connection.take();
+        let pid = self.pid;
         drop(self);
-        if let Some(connection) = connection {
-            let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
-        }
+        let ended = async {
+            if let Some(connection) = connection {
+                let _ = connection.await;
+            }
+            let Some(witness) = witness else { return };
+            loop {
+                let gone = witness
+                    .query_one(
+                        "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1)",
+                        &[&pid],
+                    )
+                    .await
+                    .and_then(|row| row.try_get::<_, bool>(0));
+                // An error says nothing about the old backend: stop asking.
+                if gone.unwrap_or(true) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, ended).await;
     }
 }
 
@@ -183,20 +217,23 @@ pub async fn run_target(
         }
     };
     let own_pids = OwnPids::default();
+    let witness = Witness::default();
     let detail_sessions = target.max_sessions.saturating_sub(1).max(1);
     let cluster = Poller::new(
         tls.clone(),
         target.clone(),
         (attribution.clone(), status.clone()),
-        own_pids.clone(),
-        1,
+        (own_pids.clone(), witness.clone()),
+        Task::Cluster,
     );
     let detail = Poller::new(
         tls,
         target,
         (attribution, status),
-        own_pids,
-        detail_sessions,
+        (own_pids, witness),
+        Task::Detail {
+            sessions: detail_sessions,
+        },
     );
     tokio::join!(
         run_cluster(cluster, guard, shutdown.clone()),
@@ -262,6 +299,10 @@ struct Poller {
     sessions: HashMap<String, Session>,
     session_limit: usize,
     own_pids: OwnPids,
+    witness: Witness,
+    /// The cluster task lends its session as the witness; the detail task
+    /// borrows it.
+    task: Task,
     warn: RateLimitedWarn,
     statements: statements::StatementAccounts,
     /// Databases still to measure with `pg_database_size` in this round.
@@ -278,14 +319,27 @@ struct Poller {
 /// looked for again.
 const STATEMENTS_RECHECK: Duration = Duration::from_secs(10 * 60);
 
+/// Which of a target's two tasks a [`Poller`] runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Task {
+    /// One session, on the primary database.
+    Cluster,
+    /// Up to `sessions` sessions, moved from database to database.
+    Detail { sessions: usize },
+}
+
 impl Poller {
     fn new(
         tls: tokio_postgres_rustls::MakeRustlsConnect,
         target: TargetConfig,
         (attribution, status): (Arc<Attribution>, SharedStatus),
-        own_pids: OwnPids,
-        session_limit: usize,
+        (own_pids, witness): (OwnPids, Witness),
+        task: Task,
     ) -> Poller {
+        let session_limit = match task {
+            Task::Cluster => 1,
+            Task::Detail { sessions } => sessions,
+        };
         Poller {
             tls,
             target,
@@ -294,6 +348,8 @@ impl Poller {
             sessions: HashMap::new(),
             session_limit,
             own_pids,
+            witness,
+            task,
             warn: RateLimitedWarn::new(Duration::from_secs(60)),
             statements: statements::StatementAccounts::default(),
             database_size_queue: Vec::new(),
@@ -335,7 +391,15 @@ impl Poller {
                     break;
                 };
                 if let Some(session) = self.sessions.remove(&other) {
-                    session.close().await;
+                    let witness = match self.task {
+                        Task::Cluster => None,
+                        Task::Detail { .. } => self
+                            .witness
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .upgrade(),
+                    };
+                    session.close(witness).await;
                 }
             }
             let mut config = self.target.pg.clone();
@@ -364,6 +428,13 @@ impl Poller {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(pid);
+            let client = Arc::new(client);
+            if self.task == Task::Cluster {
+                *self
+                    .witness
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::downgrade(&client);
+            }
             let session = Session {
                 client,
                 connection: Some(connection),
@@ -372,7 +443,7 @@ impl Poller {
             };
             self.sessions.insert(database.to_owned(), session);
         }
-        Ok(&self.sessions[database].client)
+        Ok(&*self.sessions[database].client)
     }
 
     /// Runs `statement` with parameters on `database` under the client deadline.
