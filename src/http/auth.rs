@@ -78,7 +78,19 @@ impl SharedTokens {
 /// The token of `Authorization: Bearer <token>` (the scheme matched
 /// case-insensitively, as RFC 9110 says).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_token(headers.get(header::AUTHORIZATION)?.as_bytes())
+}
+
+/// The token of an `Authorization` value, `Bearer <token>`.
+pub(super) fn bearer_token(authorization: &[u8]) -> Option<&str> {
+    // Visible ASCII only, as `HeaderValue::to_str` accepts.
+    let value = std::str::from_utf8(authorization).ok()?;
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return None;
+    }
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -102,11 +114,20 @@ pub(super) fn may_spend(
     headers: &HeaderMap,
     tenant: &str,
 ) -> Result<(), SpendDenied> {
+    may_spend_as(state, bearer(headers), tenant)
+}
+
+/// [`may_spend`] for a request that gave `given` as its bearer token.
+pub(super) fn may_spend_as(
+    state: &AppState,
+    given: Option<&str>,
+    tenant: &str,
+) -> Result<(), SpendDenied> {
     let tokens = state.tokens.get();
     if tokens.write.is_none() && tokens.callers.is_empty() {
         return Ok(());
     }
-    let Some(given) = bearer(headers) else {
+    let Some(given) = given else {
         return Err(SpendDenied::Unauthenticated);
     };
     let writer = tokens

@@ -11,7 +11,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use super::AppState;
-use super::auth::{SpendDenied, may_spend, unauthorized};
+use super::auth::{SpendDenied, may_spend, may_spend_as, unauthorized};
 use super::body::{BodyError, read_body};
 use super::reply::{Body, json_bytes, problem};
 use crate::ratelimit::Decision;
@@ -267,6 +267,22 @@ pub(super) async fn ratelimit_check(state: &AppState, req: Request<Incoming>) ->
         Asked::One(check) => answer_one(state, &check).await,
         Asked::Batch(checks) => answer_batch(state, &checks).await,
     }
+}
+
+/// A single check, answered as [`ratelimit_check`] answers it, for the
+/// check lane (`lane`), which holds the whole request and its bearer token;
+/// `None` for anything else (a batch, a body in error, a token that may
+/// not spend), which the lane leaves to [`ratelimit_check`] to answer.
+pub(super) async fn answer_single(
+    state: &AppState,
+    bearer: Option<&str>,
+    body: &[u8],
+) -> Option<Response<Body>> {
+    let Ok(Asked::One(check)) = parse_checks(body) else {
+        return None;
+    };
+    may_spend_as(state, bearer, &check.tenant).ok()?;
+    Some(answer_one(state, &check).await)
 }
 
 /// One check's answer: the decision, its `RateLimit` headers and, when
