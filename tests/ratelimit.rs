@@ -448,3 +448,170 @@ async fn tiers_from_a_file_set_quotas_and_label_tenants() {
     daemon.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A check request as raw bytes, head and body.
+fn raw_check(tenant: &str) -> (Vec<u8>, Vec<u8>) {
+    let body = format!("{{\"tenant\":\"{tenant}\"}}").into_bytes();
+    let head = format!(
+        "POST /v1/ratelimit/check HTTP/1.1\r\nHost: tenantwatch\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    (head, body)
+}
+
+/// One response read off a raw connection: the status line, the headers
+/// (names in lower case, `date` left out but required) and the body.
+async fn read_response(
+    stream: &mut tokio::net::TcpStream,
+    pending: &mut Vec<u8>,
+) -> (String, std::collections::BTreeMap<String, String>, String) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(pending[..end].to_vec()).unwrap();
+            let mut lines = head.split("\r\n");
+            let status = lines.next().unwrap().to_owned();
+            let mut headers = std::collections::BTreeMap::new();
+            for line in lines {
+                let (name, value) = line.split_once(": ").unwrap();
+                let previous = headers.insert(name.to_ascii_lowercase(), value.to_owned());
+                assert!(previous.is_none(), "{name} twice in {head}");
+            }
+            let length: usize = headers["content-length"].parse().unwrap();
+            if pending.len() >= end + 4 + length {
+                let body = String::from_utf8(pending[end + 4..end + 4 + length].to_vec()).unwrap();
+                pending.drain(..end + 4 + length);
+                let date = headers.remove("date").expect("a date header");
+                assert!(httpdate::parse_http_date(&date).is_ok(), "{date}");
+                return (status, headers, body);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(n > 0, "the connection closed before a whole response");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Checks whose bytes arrive whole are answered without hyper's
+/// dispatcher; one whose body comes later goes through hyper. A client
+/// cannot tell them apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_is_answered_alike_whole_or_cut() {
+    use tokio::io::AsyncWriteExt;
+    let (daemon, _redis) = daemon(Backend::Local).await;
+    let addr = daemon.url("").trim_start_matches("http://").to_owned();
+
+    let mut whole = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (head, body) = raw_check("alpha");
+    whole.write_all(&[head, body].concat()).await.unwrap();
+    let answer_whole = read_response(&mut whole, &mut Vec::new()).await;
+
+    let mut cut = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    cut.set_nodelay(true).unwrap();
+    let (head, body) = raw_check("bravo");
+    cut.write_all(&head).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    cut.write_all(&body).await.unwrap();
+    let (status, headers, body) = read_response(&mut cut, &mut Vec::new()).await;
+    let answer_cut = (status, headers, body.replace("bravo", "alpha"));
+
+    assert_eq!(answer_whole, answer_cut);
+    let (status, headers, body) = answer_whole;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["ratelimit"], "\"default\";r=2;t=0");
+    assert!(body.contains("\"remaining\":2"), "{body}");
+}
+
+/// Pipelined checks are answered in order on one connection; the first
+/// other request (a probe) is served there too, and so is everything after
+/// it. Every answer is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_checks_and_a_probe_share_one_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (daemon, _redis) = daemon(Backend::Local).await;
+    let addr = daemon.url("").trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (head, body) = raw_check("pipelined");
+    let check = [head, body].concat();
+    let mut burst = check.repeat(4);
+    burst.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: tenantwatch\r\n\r\n");
+    stream.write_all(&burst).await.unwrap();
+    let mut pending = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(read_response(&mut stream, &mut pending).await.0);
+    }
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 429 Too Many Requests",
+            "HTTP/1.1 200 OK",
+        ]
+    );
+    // hyper serves the connection from here on.
+    stream.write_all(&check).await.unwrap();
+    let (status, headers, _) = read_response(&mut stream, &mut pending).await;
+    assert_eq!(status, "HTTP/1.1 429 Too Many Requests");
+    assert!(headers.contains_key("retry-after"));
+
+    let m = daemon.metrics().await;
+    let requests = |endpoint: &str, code: &str| {
+        m.value(
+            "tenantwatch_http_requests_total",
+            &[("endpoint", endpoint), ("code", code)],
+        )
+    };
+    assert_eq!(requests("ratelimit_check", "200"), Some(3.0));
+    assert_eq!(requests("ratelimit_check", "429"), Some(2.0));
+    assert_eq!(requests("healthz", "200"), Some(1.0));
+}
+
+/// A keep-alive connection that sends nothing more is closed after
+/// `server.header_read_timeout`, and at once when the daemon stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_check_connections_are_closed_in_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (daemon, _redis) = start(Backend::Local, |c| {
+        c.server.header_read_timeout = "300ms".into();
+    })
+    .await;
+    let addr = daemon.url("").trim_start_matches("http://").to_owned();
+    let (head, body) = raw_check("idle");
+    let check = [head, body].concat();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(&check).await.unwrap();
+    read_response(&mut idle, &mut Vec::new()).await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        idle.read(&mut [0u8; 64]).await.unwrap()
+    })
+    .await
+    .expect("closed after header_read_timeout");
+    assert_eq!(closed, 0);
+
+    daemon.stop().await;
+
+    let (daemon, _redis) = start(Backend::Local, |c| {
+        c.server.header_read_timeout = "60s".into();
+    })
+    .await;
+    let addr = daemon.url("").trim_start_matches("http://").to_owned();
+    let mut open = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    open.write_all(&check).await.unwrap();
+    read_response(&mut open, &mut Vec::new()).await;
+    daemon.stop().await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        open.read(&mut [0u8; 64]).await.unwrap_or(0)
+    })
+    .await
+    .expect("closed when the daemon stops");
+    assert_eq!(closed, 0);
+}

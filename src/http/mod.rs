@@ -16,7 +16,10 @@
 //! - [`tls`]: TLS on the listener, swapped on reload;
 //! - `deadline`: the write deadline that cuts off clients that stop reading;
 //! - `events`, `check`, `read`: the handlers; `body`: reading a request
-//!   body within its limits; `reply`: response builders.
+//!   body within its limits; `reply`: response builders;
+//! - `lane`: where every connection starts: plain keep-alive rate-limit
+//!   checks are answered there without hyper, which takes the connection
+//!   at its first other request.
 //!
 //! Heavy work (an exposition encode, the API views, large event bodies) runs
 //! on blocking threads under `server.max_heavy_requests` permits (503 with
@@ -28,6 +31,7 @@ mod check;
 mod deadline;
 pub mod endpoint;
 mod events;
+mod lane;
 mod read;
 mod reply;
 pub mod tls;
@@ -270,7 +274,13 @@ async fn serve_connection<I>(io: I, state: Arc<AppState>, ends: ConnectionEnds)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let lifetime = state.limits.request_timeout;
+    let deadline = tokio::time::sleep(state.limits.request_timeout);
+    tokio::pin!(deadline);
+    // Checks first; hyper takes the connection at its first other request.
+    let io = match lane::serve_checks(io, &state, &ends, deadline.as_mut()).await {
+        lane::LaneEnd::Closed => return,
+        lane::LaneEnd::HandOff(io) => io,
+    };
     let header_read_timeout = state.limits.header_read_timeout;
     let service = service_fn(move |req| handle(state.clone(), req));
     let conn = http1::Builder::new()
@@ -278,8 +288,6 @@ where
         .header_read_timeout(header_read_timeout)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let deadline = tokio::time::sleep(lifetime);
-    tokio::pin!(deadline);
     let mut closing = false;
     loop {
         // Connection errors (resets, timeouts) are the client's business.
