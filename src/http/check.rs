@@ -6,8 +6,9 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 
 use bytes::Bytes;
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use super::AppState;
@@ -264,7 +265,7 @@ pub(super) async fn ratelimit_check(state: &AppState, req: Request<Incoming>) ->
         );
     }
     match asked {
-        Asked::One(check) => answer_one(state, &check).await,
+        Asked::One(check) => decide_single(state, check).await.into_response(),
         Asked::Batch(checks) => answer_batch(state, &checks).await,
     }
 }
@@ -273,35 +274,103 @@ pub(super) async fn ratelimit_check(state: &AppState, req: Request<Incoming>) ->
 /// check lane (`lane`), which holds the whole request and its bearer token;
 /// `None` for anything else (a batch, a body in error, a token that may
 /// not spend), which the lane leaves to [`ratelimit_check`] to answer.
-pub(super) async fn answer_single(
+pub(super) async fn answer_single<'a>(
     state: &AppState,
     bearer: Option<&str>,
-    body: &[u8],
-) -> Option<Response<Body>> {
+    body: &'a [u8],
+) -> Option<SingleAnswer<'a>> {
     let Ok(Asked::One(check)) = parse_checks(body) else {
         return None;
     };
     may_spend_as(state, bearer, &check.tenant).ok()?;
-    Some(answer_one(state, &check).await)
+    Some(decide_single(state, check).await)
 }
 
-/// One check's answer: the decision, its `RateLimit` headers and, when
-/// denied, `Retry-After`.
-async fn answer_one(state: &AppState, check: &OneCheck<'_>) -> Response<Body> {
+async fn decide_single<'a>(state: &AppState, check: OneCheck<'a>) -> SingleAnswer<'a> {
     let decision = state
         .rate_limits
         .decide_one(&check.tenant, check.cost)
         .await;
-    let body = with_scratch(|body| {
-        write_reply(body, &check.tenant, &decision);
-        Bytes::copy_from_slice(body)
-    });
-    let mut response = json_bytes(status_of(decision.allowed), body);
-    rate_limit_headers(response.headers_mut(), &decision);
-    if !decision.allowed {
-        retry_after(&mut response, decision.retry_after);
+    SingleAnswer {
+        tenant: check.tenant,
+        decision,
     }
-    response
+}
+
+/// A single check's answer: the status, the headers (`Content-Type`, the
+/// `RateLimit` pair and, when denied, `Retry-After`) and the JSON body.
+/// Made into a hyper response, or written out by the check lane without
+/// allocating.
+pub(super) struct SingleAnswer<'a> {
+    tenant: Cow<'a, str>,
+    decision: Decision,
+}
+
+impl SingleAnswer<'_> {
+    pub(super) fn status(&self) -> StatusCode {
+        status_of(self.decision.allowed)
+    }
+
+    /// Calls `header` with each header, in order (`Content-Length` and
+    /// `Date` are the server's). The `RateLimit` pair follows
+    /// draft-ietf-httpapi-ratelimit-headers: the policy (quota q over
+    /// window w seconds) and the current state (remaining r, seconds until
+    /// reset t).
+    pub(super) fn headers(&self, mut header: impl FnMut(&HeaderName, &[u8])) {
+        header(&header::CONTENT_TYPE, b"application/json");
+        let decision = &self.decision;
+        let window = (decision.rate.burst as f64 / decision.rate.qps)
+            .ceil()
+            .max(1.0) as u64;
+        let reset = if decision.limited {
+            decision.retry_after.as_secs_f64().ceil() as u64
+        } else {
+            0
+        };
+        let mut integers = itoa::Buffer::new();
+        if let Some(value) = policy_header(&decision.policy, decision.rate.burst, window) {
+            header(&RATELIMIT_POLICY, value.as_bytes());
+        }
+        with_scratch(|value| {
+            write_quoted_policy(value, &decision.policy);
+            value.extend_from_slice(b";r=");
+            value.extend_from_slice(integers.format(decision.remaining).as_bytes());
+            value.extend_from_slice(b";t=");
+            value.extend_from_slice(integers.format(reset).as_bytes());
+            if is_header_value(value) {
+                header(&RATELIMIT, value);
+            }
+        });
+        if !decision.allowed {
+            let seconds = retry_after_seconds(decision.retry_after);
+            header(&header::RETRY_AFTER, integers.format(seconds).as_bytes());
+        }
+    }
+
+    pub(super) fn write_body(&self, out: &mut Vec<u8>) {
+        write_reply(out, &self.tenant, &self.decision);
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let body = with_scratch(|body| {
+            self.write_body(body);
+            Bytes::copy_from_slice(body)
+        });
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        self.headers(|name, value| {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                headers.insert(name.clone(), value);
+            }
+        });
+        response
+    }
+}
+
+/// What `HeaderValue::from_bytes` accepts: no control characters but tab.
+fn is_header_value(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
 }
 
 /// A batch's answer: every decision in `results`, 429 when any is denied,
@@ -345,10 +414,14 @@ fn status_of(allowed: bool) -> StatusCode {
 
 /// `Retry-After` in whole seconds, at least 1.
 fn retry_after(response: &mut Response<Body>, wait: std::time::Duration) {
-    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(retry_after_seconds(wait)),
+    );
+}
+
+fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 thread_local! {
@@ -377,34 +450,6 @@ fn with_scratch<R>(write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit`, parsed once.
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-/// draft-ietf-httpapi-ratelimit-headers: the policy (quota q over window w
-/// seconds) and the current state (remaining r, seconds until reset t).
-fn rate_limit_headers(headers: &mut HeaderMap, decision: &Decision) {
-    let window = (decision.rate.burst as f64 / decision.rate.qps)
-        .ceil()
-        .max(1.0) as u64;
-    let reset = if decision.limited {
-        decision.retry_after.as_secs_f64().ceil() as u64
-    } else {
-        0
-    };
-    let mut integers = itoa::Buffer::new();
-    if let Some(value) = policy_header(&decision.policy, decision.rate.burst, window) {
-        headers.insert(RATELIMIT_POLICY, value);
-    }
-    let state = with_scratch(|value| {
-        write_quoted_policy(value, &decision.policy);
-        value.extend_from_slice(b";r=");
-        value.extend_from_slice(integers.format(decision.remaining).as_bytes());
-        value.extend_from_slice(b";t=");
-        value.extend_from_slice(integers.format(reset).as_bytes());
-        HeaderValue::from_bytes(value)
-    });
-    if let Ok(value) = state {
-        headers.insert(RATELIMIT, value);
-    }
-}
 
 /// A `RateLimit-Policy` value as last written on this thread, and what it
 /// was written from.
@@ -510,10 +555,16 @@ mod tests {
 
     #[test]
     fn rate_limit_headers_quote_the_policy_without_its_quotes() {
-        let mut headers = HeaderMap::new();
-        rate_limit_headers(&mut headers, &decision("tier:\"gold\"", 3.5));
+        let answer = SingleAnswer {
+            tenant: Cow::Borrowed("acme"),
+            decision: decision("tier:\"gold\"", 3.5),
+        };
+        let response = answer.into_response();
+        let headers = response.headers();
         assert_eq!(headers["ratelimit-policy"], "\"tier:gold\";q=7;w=2");
         assert_eq!(headers["ratelimit"], "\"tier:gold\";r=0;t=2");
+        assert_eq!(headers["retry-after"], "2");
+        assert_eq!(headers["content-type"], "application/json");
     }
 
     /// What serde_json makes of a body: `(tenant, cost)` for a single check.

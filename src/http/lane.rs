@@ -29,12 +29,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes};
-use http_body_util::BodyExt;
-use hyper::Response;
+use hyper::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::reply::Body;
 use super::{AppState, ConnectionEnds, Endpoint, check};
 use crate::metrics::HttpLabels;
 
@@ -67,7 +65,8 @@ where
 {
     let header_read_timeout = state.limits.header_read_timeout;
     let mut input: Vec<u8> = vec![0; LANE_BUFFER_BYTES];
-    let mut output: Vec<u8> = Vec::with_capacity(512);
+    let mut output: Vec<u8> = Vec::with_capacity(1024);
+    let mut body: Vec<u8> = Vec::with_capacity(512);
     let shutdown = ends.shutdown.cancelled();
     let hard_stop = ends.hard_stop.cancelled();
     tokio::pin!(shutdown, hard_stop);
@@ -106,14 +105,15 @@ where
             let Some(request) = whole_check(pending) else {
                 break;
             };
-            let body = &pending[request.head_len..request.head_len + request.body_len];
-            let Some(response) = check::answer_single(state, request.bearer(pending), body).await
+            let request_body = &pending[request.head_len..request.head_len + request.body_len];
+            let Some(answer) =
+                check::answer_single(state, request.bearer(pending), request_body).await
             else {
                 break;
             };
             closing = ends.shutdown.is_cancelled() || lifetime.is_elapsed();
-            count(state, &response);
-            write_response(&mut output, response, closing).await;
+            count(state, answer.status());
+            write_answer(&mut output, &mut body, &answer, closing);
             answered += request.head_len + request.body_len;
             if closing {
                 break;
@@ -142,13 +142,13 @@ fn hand_off<I>(io: I, read: &[u8]) -> LaneEnd<I> {
     })
 }
 
-fn count(state: &AppState, response: &Response<Body>) {
+fn count(state: &AppState, status: StatusCode) {
     state
         .http_metrics
         .requests
         .get_or_create(&HttpLabels {
             endpoint: Endpoint::RatelimitCheck.as_str(),
-            code: response.status().as_u16(),
+            code: status.as_u16(),
         })
         .inc();
 }
@@ -228,34 +228,30 @@ fn decimal(value: &[u8]) -> Option<usize> {
     Some(value.iter().fold(0, |n, &d| n * 10 + usize::from(d - b'0')))
 }
 
-/// Writes `response` as hyper writes it: status line, the handler's
+/// Writes `answer` as hyper writes a response: status line, the handler's
 /// headers, `connection: close` when the connection ends after it,
-/// `content-length`, `date`, then the body.
-async fn write_response(out: &mut Vec<u8>, response: Response<Body>, closing: bool) {
-    let (parts, body) = response.into_parts();
-    // A `Full` body is there at once and cannot fail.
-    let body = body
-        .collect()
-        .await
-        .map(|collected| collected.to_bytes())
-        .unwrap_or_default();
+/// `content-length`, `date`, then the body (written first into `body`, for
+/// its length). Both buffers are the connection's, so nothing is allocated.
+fn write_answer(
+    out: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+    answer: &check::SingleAnswer<'_>,
+    closing: bool,
+) {
+    body.clear();
+    answer.write_body(body);
+    let status = answer.status();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or("<none>")
-            .as_bytes(),
-    );
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
+    answer.headers(|name, value| {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
-    }
+    });
     if closing {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -264,7 +260,7 @@ async fn write_response(out: &mut Vec<u8>, response: Response<Body>, closing: bo
     out.extend_from_slice(b"\r\ndate: ");
     http_date(out);
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
 }
 
 thread_local! {
