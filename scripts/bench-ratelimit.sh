@@ -9,7 +9,7 @@
 #                                              # three instances sharing one Redis
 #   RUNS=5 DURATION=20s CONNECTIONS=64 scripts/bench-ratelimit.sh
 #   BASELINE_BIN=/path/to/old/tenantwatch scripts/bench-ratelimit.sh
-#                                              # adds another build's local checks
+#                                              # adds another build's checks and /healthz
 #   CALLGRIND=1 [BASELINE_BIN=...] scripts/bench-ratelimit.sh
 #                                              # instructions per request under
 #                                              # valgrind's callgrind (noise-free)
@@ -151,7 +151,28 @@ callgrind_per_request() {
     sleep 1
     local total
     total=$(callgrind_annotate "$WORK/$name.$vg.cg.$k" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-    printf "  %-10s %-8s %8d requests  %7d instructions per request\n" "$name" "$what" "$requests" "$((total / requests))"
+    # Heap allocations: calls into malloc, calloc and realloc, from
+    # callgrind's call counts (the crate forbids the unsafe code a counting
+    # global allocator would need).
+    local allocations
+    allocations=$(python3 - "$WORK/$name.$vg.cg.$k" <<'PY'
+import re, sys
+names, calls, callee = {}, 0, None
+for line in open(sys.argv[1], errors="replace"):
+    # Names are compressed: given once, with fn= or cfn=, then by id.
+    m = re.match(r"(c?)fn=\((\d+)\)(?: (.*))?", line)
+    if m:
+        if m.group(3):
+            names[m.group(2)] = m.group(3).strip()
+        if m.group(1):
+            callee = names.get(m.group(2))
+    elif line.startswith("calls=") and callee in ("malloc", "calloc", "realloc"):
+        calls += int(line[6:].split()[0])
+print(calls)
+PY
+)
+    printf "  %-10s %-8s %8d requests  %7d instructions  %5.2f allocations per request\n" "$name" "$what" "$requests" \
+      "$((total / requests))" "$(python3 -c "print($allocations / $requests)")"
   done
   kill "$vg" 2>/dev/null || true
 }
@@ -168,7 +189,7 @@ start_daemon local local 1000000000 1000000000; LOCAL_PORT=$PORT
 labels=(healthz local)
 if [ -n "${BASELINE_BIN:-}" ]; then
   start_daemon baseline local 1000000000 1000000000 "$BASELINE_BIN"; BASELINE_PORT=$PORT
-  labels+=(baseline)
+  labels+=(baseline baseline_healthz)
 fi
 if [ "$BACKEND" = redis ]; then
   start_daemon redis redis 1000000000 1000000000; REDIS_DAEMON_PORT=$PORT
@@ -179,7 +200,10 @@ for round in $(seq "$RUNS"); do
   echo "round $round"
   run healthz "$LOCAL_PORT"
   run local "$LOCAL_PORT" "$WORK/check.lua"
-  [ -n "${BASELINE_BIN:-}" ] && run baseline "$BASELINE_PORT" "$WORK/check.lua"
+  if [ -n "${BASELINE_BIN:-}" ]; then
+    run baseline "$BASELINE_PORT" "$WORK/check.lua"
+    run baseline_healthz "$BASELINE_PORT"
+  fi
   [ "$BACKEND" = redis ] && run redis "$REDIS_DAEMON_PORT" "$WORK/check.lua"
 done
 for label in "${labels[@]}"; do report "$label"; done
@@ -188,7 +212,12 @@ import statistics, sys
 work, labels = sys.argv[1], sys.argv[2:]
 rps = {l: statistics.median(float(x) for x in open(f"{work}/{l}.rps")) for l in labels}
 for l in labels[1:]:
+    if l == "baseline_healthz":
+        continue
     print(f"{l}: {rps[l] / rps['healthz']:.2f} of /healthz's throughput")
+if "baseline" in rps:
+    print(f"baseline: {rps['baseline'] / rps['baseline_healthz']:.2f} of its own /healthz's throughput")
+    print(f"healthz: {rps['healthz'] / rps['baseline_healthz']:.2f} of the baseline build's /healthz")
 if "redis" in rps:
     print(f"redis: {rps['redis'] / rps['local']:.2f} of the local backend's throughput")
 if "baseline" in rps:
