@@ -596,6 +596,19 @@ async fn idle_check_connections_are_closed_in_time() {
     .await
     .expect("closed after header_read_timeout");
     assert_eq!(closed, 0);
+    // The same once hyper serves the connection.
+    let mut probed = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    probed
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: tenantwatch\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut probed, &mut Vec::new()).await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        probed.read(&mut [0u8; 64]).await.unwrap_or(0)
+    })
+    .await
+    .expect("closed after header_read_timeout under hyper");
+    assert_eq!(closed, 0);
 
     daemon.stop().await;
 
