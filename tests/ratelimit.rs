@@ -504,7 +504,7 @@ async fn read_response(
 async fn a_check_is_answered_alike_whole_or_cut() {
     use tokio::io::AsyncWriteExt;
     let (daemon, _redis) = daemon(Backend::Local).await;
-    let addr = daemon.url("").trim_start_matches("http://").to_owned();
+    let addr = daemon.http;
 
     let mut whole = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (head, body) = raw_check("alpha");
@@ -535,7 +535,7 @@ async fn a_check_is_answered_alike_whole_or_cut() {
 async fn pipelined_checks_and_a_probe_share_one_connection() {
     use tokio::io::AsyncWriteExt;
     let (daemon, _redis) = daemon(Backend::Local).await;
-    let addr = daemon.url("").trim_start_matches("http://").to_owned();
+    let addr = daemon.http;
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (head, body) = raw_check("pipelined");
     let check = [head, body].concat();
@@ -584,7 +584,7 @@ async fn idle_check_connections_are_closed_in_time() {
         c.server.header_read_timeout = "300ms".into();
     })
     .await;
-    let addr = daemon.url("").trim_start_matches("http://").to_owned();
+    let addr = daemon.http;
     let (head, body) = raw_check("idle");
     let check = [head, body].concat();
     let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -616,7 +616,7 @@ async fn idle_check_connections_are_closed_in_time() {
         c.server.header_read_timeout = "60s".into();
     })
     .await;
-    let addr = daemon.url("").trim_start_matches("http://").to_owned();
+    let addr = daemon.http;
     let mut open = tokio::net::TcpStream::connect(&addr).await.unwrap();
     open.write_all(&check).await.unwrap();
     read_response(&mut open, &mut Vec::new()).await;

@@ -295,9 +295,8 @@ struct Poller {
     target: TargetConfig,
     attribution: Arc<Attribution>,
     status: SharedStatus,
-    /// Open sessions by database name, at most `session_limit`.
+    /// Open sessions by database name, at most [`Poller::session_limit`].
     sessions: HashMap<String, Session>,
-    session_limit: usize,
     own_pids: OwnPids,
     witness: Witness,
     /// The cluster task lends its session as the witness; the detail task
@@ -336,17 +335,12 @@ impl Poller {
         (own_pids, witness): (OwnPids, Witness),
         task: Task,
     ) -> Poller {
-        let session_limit = match task {
-            Task::Cluster => 1,
-            Task::Detail { sessions } => sessions,
-        };
         Poller {
             tls,
             target,
             attribution,
             status,
             sessions: HashMap::new(),
-            session_limit,
             own_pids,
             witness,
             task,
@@ -356,6 +350,13 @@ impl Poller {
             database_size_next: Instant::now(),
             statements_next_check: Instant::now(),
             statements_missing: false,
+        }
+    }
+
+    fn session_limit(&self) -> usize {
+        match self.task {
+            Task::Cluster => 1,
+            Task::Detail { sessions } => sessions,
         }
     }
 
@@ -384,9 +385,9 @@ impl Poller {
             .is_none_or(|s| s.client.is_closed());
         if closed {
             self.sessions.remove(database);
-            // At most `session_limit` sessions: one to another database
+            // At most `session_limit()` sessions: one to another database
             // closes before this one opens.
-            while self.sessions.len() >= self.session_limit {
+            while self.sessions.len() >= self.session_limit() {
                 let Some(other) = self.sessions.keys().next().cloned() else {
                     break;
                 };

@@ -29,12 +29,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes};
-use hyper::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::{AppState, ConnectionEnds, Endpoint, check};
-use crate::metrics::HttpLabels;
+use super::{AppState, ConnectionEnds, Endpoint, check, count_request};
 
 /// What the lane holds of a connection's input. A check request is about
 /// 200 bytes; one that does not fit is not for the lane.
@@ -112,7 +110,7 @@ where
                 break;
             };
             closing = ends.shutdown.is_cancelled() || lifetime.is_elapsed();
-            count(state, answer.status());
+            count_request(state, Endpoint::RatelimitCheck.as_str(), answer.status());
             write_answer(&mut output, &mut body, &answer, closing);
             answered += request.head_len + request.body_len;
             if closing {
@@ -140,17 +138,6 @@ fn hand_off<I>(io: I, read: &[u8]) -> LaneEnd<I> {
         prefix: Bytes::copy_from_slice(read),
         inner: io,
     })
-}
-
-fn count(state: &AppState, status: StatusCode) {
-    state
-        .http_metrics
-        .requests
-        .get_or_create(&HttpLabels {
-            endpoint: Endpoint::RatelimitCheck.as_str(),
-            code: status.as_u16(),
-        })
-        .inc();
 }
 
 /// Where a whole check request lies in the bytes received.

@@ -313,15 +313,20 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let (endpoint, response) = route(&state, req).await;
+    count_request(&state, endpoint, response.status());
+    Ok(response)
+}
+
+/// `tenantwatch_http_requests_total`, for hyper's requests and the lane's.
+fn count_request(state: &AppState, endpoint: &'static str, status: StatusCode) {
     state
         .http_metrics
         .requests
         .get_or_create(&HttpLabels {
             endpoint,
-            code: response.status().as_u16(),
+            code: status.as_u16(),
         })
         .inc();
-    Ok(response)
 }
 
 async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, Response<Body>) {
