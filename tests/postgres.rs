@@ -1205,6 +1205,10 @@ async fn a_statement_hog_is_flagged_from_pg_stat_statements() {
                 .filter(|f| f["reason"] == "db_time_hog")
                 .filter_map(|f| f["tenant"].as_str())
                 .collect();
+            if hogs != ["heavy"] {
+                // Shown only if the wait times out: what was flagged instead.
+                eprintln!("not yet: flags {flags:?}");
+            }
             (hogs == ["heavy"]).then_some(())
         },
     )
