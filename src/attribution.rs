@@ -8,12 +8,155 @@
 
 use std::borrow::Cow;
 
+use std::path::PathBuf;
+
 use regex::Regex;
+use serde::Deserialize;
 
 use crate::event::validate_tenant;
+use crate::settings::{Problems, Reload};
+
+/// `[tenants]`: how activity and schemas are attributed to tenants.
+#[derive(Debug, Clone, PartialEq, Deserialize, Reload)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Ordered rules; the first that matches decides.
+    pub rules: Vec<RuleSettings>,
+    /// One `tenant,tier` per line: each tenant's tier (for
+    /// `tenantwatch_tenant_info`, the API, and `[ratelimit.tiers]` quotas).
+    /// Re-read on SIGHUP.
+    #[reload(live)]
+    pub tiers_file: Option<PathBuf>,
+    /// One tenant id per line: the tenants that must have a schema or a
+    /// database on every target with a `group`. Re-read on SIGHUP.
+    #[reload(live)]
+    pub expected_file: Option<PathBuf>,
+    /// Sessions that are maintenance, not a tenant's work (pg_dump,
+    /// migration tools, vacuum scripts): never charged to a tenant.
+    pub exclude: Vec<ExcludeSettings>,
+}
+
+impl Default for TenantSettings {
+    fn default() -> Self {
+        TenantSettings {
+            rules: vec![
+                RuleSettings {
+                    source: RuleSource::Schema,
+                    pattern: "^tenant_(?P<tenant>.+)$".into(),
+                    key: None,
+                },
+                RuleSettings {
+                    source: RuleSource::QueryComment,
+                    pattern: "^(?P<tenant>.+)$".into(),
+                    key: None,
+                },
+            ],
+            tiers_file: None,
+            expected_file: None,
+            exclude: Vec::new(),
+        }
+    }
+}
+
+/// `[[tenants.rules]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Reload)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSettings {
+    /// `schema`, `database`, `role`, `application_name` or `query_comment`.
+    pub source: RuleSource,
+    /// Regular expression with a named group `tenant`.
+    pub pattern: String,
+    /// For `query_comment`: the sqlcommenter key (default `tenant`).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// `[[tenants.exclude]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Reload)]
+#[serde(deny_unknown_fields)]
+pub struct ExcludeSettings {
+    /// `application_name`, `role` or `database`.
+    pub source: RuleSource,
+    /// Regular expression matched against that source.
+    pub pattern: String,
+}
+
+impl TenantSettings {
+    /// The rules and exclusions compiled; bad patterns and misplaced keys
+    /// are reported by their dotted names.
+    pub fn compile(&self, p: &mut Problems) -> Attribution {
+        let mut rules = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let key = |field: &str| format!("tenants.rules[{i}].{field}");
+            let pattern = match Regex::new(&rule.pattern) {
+                Ok(pattern) if pattern.capture_names().any(|n| n == Some("tenant")) => {
+                    Some(pattern)
+                }
+                Ok(_) => {
+                    p.fail(
+                        &key("pattern"),
+                        format!("{:?}", rule.pattern),
+                        "needs a named group (?P<tenant>...)",
+                    );
+                    None
+                }
+                Err(err) => {
+                    p.fail(
+                        &key("pattern"),
+                        format!("{:?}", rule.pattern),
+                        format!("not a regular expression: {err}"),
+                    );
+                    None
+                }
+            };
+            if rule.key.is_some() && rule.source != RuleSource::QueryComment {
+                p.fail(
+                    &key("key"),
+                    format!("{:?}", rule.key),
+                    "only query_comment rules take a key",
+                );
+            }
+            if let Some(pattern) = pattern {
+                rules.push(Rule {
+                    source: rule.source,
+                    pattern,
+                    comment_key: rule.key.clone().unwrap_or_else(|| "tenant".into()),
+                });
+            }
+        }
+        let mut exclusions = Vec::new();
+        for (i, exclude) in self.exclude.iter().enumerate() {
+            let key = |field: &str| format!("tenants.exclude[{i}].{field}");
+            if !matches!(
+                exclude.source,
+                RuleSource::ApplicationName | RuleSource::Role | RuleSource::Database
+            ) {
+                p.fail(
+                    &key("source"),
+                    format!("{:?}", exclude.source),
+                    "must be application_name, role or database",
+                );
+                continue;
+            }
+            match Regex::new(&exclude.pattern) {
+                Ok(pattern) => exclusions.push(Exclusion {
+                    source: exclude.source,
+                    pattern,
+                }),
+                Err(err) => p.fail(
+                    &key("pattern"),
+                    format!("{:?}", exclude.pattern),
+                    format!("not a regular expression: {err}"),
+                ),
+            }
+        }
+        Attribution::new(rules).with_exclusions(exclusions)
+    }
+}
 
 /// What a rule reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RuleSource {
     Schema,
     Database,

@@ -77,7 +77,7 @@ struct Listeners {
 
 impl Listeners {
     async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
-        let listen = config.server.listen;
+        let listen = config.settings.server.listen;
         let http_bind_error = |source| DaemonError::Bind {
             what: "HTTP",
             addr: listen,
@@ -85,7 +85,7 @@ impl Listeners {
         };
         let http = TcpListener::bind(listen).await.map_err(http_bind_error)?;
         let http_addr = http.local_addr().map_err(http_bind_error)?;
-        let ingest = &config.ingest;
+        let ingest = &config.settings.ingest;
         let udp = match ingest.udp_listen {
             Some(addr) => Some(
                 UdpListener::bind(addr, ingest.udp_recv_buffer_bytes).map_err(|source| {
@@ -126,15 +126,16 @@ impl Shared {
             .targets
             .iter()
             .map(|t| {
-                let mut status = TargetStatus::new(&t.name, &t.description, t.schema_detail);
-                status.group = t.group.clone();
+                let mut status =
+                    TargetStatus::new(&t.settings.name, &t.description, t.settings.schema_detail);
+                status.group = t.settings.group.clone();
                 Arc::new(Mutex::new(status))
             })
             .collect();
         let mut limits = RateLimits::new(
             config.ratelimit.clone(),
-            config.ingest.max_tenants,
-            config.ratelimit_idle_ttl,
+            config.settings.ingest.max_tenants,
+            config.settings.ratelimit.idle_ttl,
         );
         if let Some(settings) = &config.ratelimit_redis {
             let backend = crate::ratelimit::RedisBackend::new(settings.clone())
@@ -144,7 +145,7 @@ impl Shared {
         Ok(Shared {
             store: Arc::new(Store::new(
                 udp_receivers + HTTP_SHARDS,
-                config.ingest.store_limits(),
+                config.settings.ingest.store_limits(),
                 Arc::new(MonotonicClock::new()),
             )),
             stats: Arc::new(IngestStats::default()),
@@ -157,15 +158,20 @@ impl Shared {
                 config
                     .pgbouncers
                     .iter()
-                    .map(|p| Arc::new(Mutex::new(PgBouncerStatus::new(&p.name, &p.description))))
+                    .map(|p| {
+                        Arc::new(Mutex::new(PgBouncerStatus::new(
+                            &p.settings.name,
+                            &p.description,
+                        )))
+                    })
                     .collect(),
             ),
             limits: Arc::new(limits),
             judgement: Arc::default(),
             histories: Arc::default(),
             tenant_histories: Arc::new(Mutex::new(TenantHistories::new(
-                config.api.history_len(),
-                config.api.history_tenants,
+                config.settings.api.history_len(),
+                config.settings.api.history_tenants,
             ))),
             guard_log: SharedGuardLog::default(),
             capacity_figures: Default::default(),
@@ -189,30 +195,32 @@ impl Shared {
                 capacity: self.capacity_figures.clone(),
             },
             &http_metrics,
-            &config.metrics,
+            &config.settings.metrics,
         );
         AppState {
             exposition: crate::metrics::SharedExposition::new(
                 exposition,
-                config.server.metrics_max_age,
+                config.settings.server.metrics_max_age,
             ),
-            heavy: Arc::new(tokio::sync::Semaphore::new(config.server.heavy_permits())),
+            heavy: Arc::new(tokio::sync::Semaphore::new(
+                config.settings.server.heavy_permits(),
+            )),
             store: self.store.clone(),
             stats: self.stats.clone(),
             http_metrics,
             ready: AtomicBool::new(false),
             limits: HttpLimits {
-                max_connections: config.server.max_connections,
-                header_read_timeout: config.server.header_read_timeout,
-                body_read_timeout: config.server.body_read_timeout,
-                max_body_bytes: config.ingest.max_body_bytes,
-                lines: config.ingest.line_limits(),
-                shutdown_grace: config.server.shutdown_grace,
-                write_timeout: config.server.write_timeout,
-                request_timeout: config.server.request_timeout,
+                max_connections: config.settings.server.max_connections,
+                header_read_timeout: config.settings.server.header_read_timeout,
+                body_read_timeout: config.settings.server.body_read_timeout,
+                max_body_bytes: config.settings.ingest.max_body_bytes,
+                lines: config.settings.ingest.line_limits(),
+                shutdown_grace: config.settings.server.shutdown_grace,
+                write_timeout: config.settings.server.write_timeout,
+                request_timeout: config.settings.server.request_timeout,
             },
-            tokens: crate::http::auth::SharedTokens::new(config.tokens()),
-            tls: crate::http::tls::SharedTls::new(config.server.tls.clone()),
+            tokens: crate::http::auth::SharedTokens::new(config.tokens.clone()),
+            tls: crate::http::tls::SharedTls::new(config.tls.clone()),
             http_shards: (udp_receivers, HTTP_SHARDS),
             rate_limits: self.limits.clone(),
             guard_log: self.guard_log.clone(),
@@ -222,7 +230,7 @@ impl Shared {
             pgbouncers: self.pgbouncers.clone(),
             histories: self.histories.clone(),
             tenant_histories: self.tenant_histories.clone(),
-            api: config.api.clone(),
+            api: config.settings.api.clone(),
             next_shard: AtomicUsize::new(0),
         }
     }
@@ -248,7 +256,9 @@ impl Tasks {
             .zip(shared.targets.handles())
             .map(|(target, status)| {
                 let (sender, orders) = tokio::sync::mpsc::channel(collect::guard::ORDER_QUEUE);
-                guard_outbox.senders.insert(target.name.clone(), sender);
+                guard_outbox
+                    .senders
+                    .insert(target.settings.name.clone(), sender);
                 let inbox = collect::guard::GuardInbox {
                     orders,
                     log: shared.guard_log.clone(),
@@ -277,7 +287,7 @@ impl Tasks {
                 }),
         );
         handles.push(tokio::spawn(crate::capacity::sampler::run(
-            config.api.clone(),
+            config.settings.api.clone(),
             shared.store.clone(),
             shared.targets.clone(),
             (shared.histories.clone(), shared.tenant_histories.clone()),
@@ -297,7 +307,7 @@ impl Tasks {
         )));
         handles.push(tokio::spawn(evict_idle_tenants(
             shared.store.clone(),
-            config.ingest.tenant_idle_ttl,
+            config.settings.ingest.tenant_idle_ttl,
             shutdown.clone(),
         )));
         Tasks {
@@ -315,7 +325,7 @@ impl Daemon {
         let http_addr = listeners.http_addr;
         let udp_addr = listeners.udp.as_ref().map(|u| u.local_addr);
         let udp_receivers = match listeners.udp {
-            Some(_) => config.ingest.udp_receivers,
+            Some(_) => config.settings.ingest.udp_receivers,
             None => 0,
         };
         let shared = Shared::new(&config, udp_receivers)?;
@@ -324,7 +334,11 @@ impl Daemon {
             histories: shared.histories.clone(),
             tenant_histories: shared.tenant_histories.clone(),
         };
-        crate::state::load_into(&config.state, &persisted, config.api.history_len());
+        crate::state::load_into(
+            &config.settings.state,
+            &persisted,
+            config.settings.api.history_len(),
+        );
         // Restored advice holds from the first check, before any evaluation.
         let restored = crate::detect::read_judgement(&shared.judgement);
         shared.limits.set_advice(
@@ -343,8 +357,8 @@ impl Daemon {
             Some(udp) => {
                 udp.publish_socket_figures(&shared.stats);
                 let limits = UdpLimits {
-                    max_datagram_bytes: config.ingest.max_datagram_bytes,
-                    lines: config.ingest.line_limits(),
+                    max_datagram_bytes: config.settings.ingest.max_datagram_bytes,
+                    lines: config.settings.ingest.line_limits(),
                 };
                 let (store, stats) = (shared.store.clone(), shared.stats.clone());
                 udp.spawn(udp_receivers, 0, limits, store, stats, stop.clone())
@@ -355,7 +369,7 @@ impl Daemon {
         let server = tokio::spawn(http::serve(listeners.http, state.clone(), stop.clone()));
         let mut tasks = Tasks::spawn(&config, &shared, &stop);
         tasks.handles.push(tokio::spawn(crate::state::run(
-            config.state.clone(),
+            config.settings.state.clone(),
             persisted,
             stop.clone(),
         )));
@@ -370,7 +384,7 @@ impl Daemon {
         let token = shutdown.clone();
         let handles = tasks.handles;
         let state_for_reload = state.clone();
-        let delay = config.server.shutdown_delay;
+        let delay = config.settings.server.shutdown_delay;
         let supervisor = tokio::spawn(async move {
             token.cancelled().await;
             state.ready.store(false, Ordering::Relaxed);
@@ -442,16 +456,16 @@ impl Daemon {
     /// read tokens. Listeners,
     /// targets and ingest limits keep their start-up values; a warning names
     /// each changed key that would need a restart. Returns those keys.
-    pub fn reload(&self, config: &Config) -> Vec<&'static str> {
+    pub fn reload(&self, config: &Config) -> Vec<String> {
         self.rate_limits.set_policy(config.ratelimit.clone());
         self.detect_settings.send_replace(config.detect.clone());
         self.target_statuses
             .set_expected(config.expected_tenants.clone());
-        self.state.tokens.set(config.tokens());
+        self.state.tokens.set(config.tokens.clone());
         // A renewed certificate serves from the next connection on; turning
         // TLS on or off needs a restart (clients would break mid-flight).
-        if self.started.server.tls.is_some() == config.server.tls.is_some() {
-            self.state.tls.set(config.server.tls.clone());
+        if self.started.tls.is_some() == config.tls.is_some() {
+            self.state.tls.set(config.tls.clone());
         }
         let ignored = self.started.restart_only_changes(config);
         if !ignored.is_empty() {

@@ -48,6 +48,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
+pub mod settings;
 pub mod state;
 pub mod store;
 pub mod telemetry;

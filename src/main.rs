@@ -190,7 +190,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tenantwatch::telemetry::init(config.log_format);
+    tenantwatch::telemetry::init(config.settings.log.format);
     let path = args.config.clone();
     with_runtime_and_signals(|shutdown| async move {
         tenantwatch::daemon::run_with_reload(config, path, shutdown.cancelled_owned())

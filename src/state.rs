@@ -26,15 +26,41 @@ use crate::detect::{Advice, Baseline, Flag, Judgement, SharedJudgement};
 /// The format this build reads and writes.
 pub const VERSION: u32 = 1;
 
-/// `state.save_interval` unless set.
-pub const DEFAULT_SAVE_INTERVAL: Duration = Duration::from_secs(60);
-
-/// `[state]`: where and how often.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// `[state]`: what survives a restart. Every key takes effect at start-up.
+#[derive(Debug, Clone, PartialEq, Deserialize, crate::settings::Reload)]
+#[serde(default, deny_unknown_fields)]
 pub struct StateSettings {
-    /// None: nothing is saved or loaded.
+    /// Where raised flags, tightened quotas, baselines and the capacity
+    /// history are saved; `""` (the default) saves nothing.
+    #[serde(deserialize_with = "optional_path")]
     pub file: Option<PathBuf>,
+    /// How often the state is saved (and once more on shutdown).
+    #[serde(with = "crate::settings::serde_text::duration")]
     pub save_interval: Duration,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        StateSettings {
+            file: None,
+            save_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl StateSettings {
+    /// Checks each key on its own.
+    pub fn check(&self, p: &mut crate::settings::Problems) {
+        p.positive("state.save_interval", self.save_interval);
+    }
+}
+
+/// A path where `""` means none.
+fn optional_path<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<PathBuf>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Ok((!text.trim().is_empty()).then(|| text.trim().into()))
 }
 
 /// The saved state.

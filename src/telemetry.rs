@@ -7,22 +7,23 @@ use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
     Plain,
     Json,
 }
 
-impl LogFormat {
-    pub fn parse(text: &str) -> Option<LogFormat> {
-        match text {
-            "plain" => Some(LogFormat::Plain),
-            "json" => Some(LogFormat::Json),
-            _ => None,
-        }
-    }
+/// `[log]`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, crate::settings::Reload)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `plain` or `json`. The level comes from `TENANTWATCH_LOG` or `RUST_LOG`.
+    pub format: LogFormat,
+}
 
+impl LogFormat {
     pub fn as_str(self) -> &'static str {
         match self {
             LogFormat::Plain => "plain",

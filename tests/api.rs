@@ -11,7 +11,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use support::{TestDaemon, cluster, connect};
-use tenantwatch::config::FileTarget;
+use tenantwatch::config::TargetSettings;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_targets_and_detail() {
@@ -27,11 +27,11 @@ async fn tenants_targets_and_detail() {
         .unwrap();
     }
     let daemon = TestDaemon::start_with(|c| {
-        let mut target = FileTarget::new("main", pg.dsn("app"));
-        target.poll_interval = "200ms".into();
-        target.stats_interval = "200ms".into();
+        let mut target = TargetSettings::new("main", pg.dsn("app"));
+        target.poll_interval = std::time::Duration::from_millis(200);
+        target.stats_interval = std::time::Duration::from_millis(200);
         c.targets.push(target);
-        c.api.history_resolution = "200ms".into();
+        c.api.history_resolution = std::time::Duration::from_millis(200);
         c.api.size_budget_bytes = 1 << 40;
     })
     .await;
@@ -277,9 +277,9 @@ async fn placement_advice_balances_three_targets() {
     }
     let daemon = TestDaemon::start_with(|c| {
         for (shard, pg) in &clusters {
-            let mut target = FileTarget::new(*shard, pg.dsn("postgres"));
-            target.poll_interval = "200ms".into();
-            target.stats_interval = "200ms".into();
+            let mut target = TargetSettings::new(*shard, pg.dsn("postgres"));
+            target.poll_interval = std::time::Duration::from_millis(200);
+            target.stats_interval = std::time::Duration::from_millis(200);
             c.targets.push(target);
         }
         c.api.balance_tolerance = 0.2;

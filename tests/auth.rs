@@ -10,7 +10,7 @@ mod support;
 
 use support::{TestDaemon, http};
 use tenantwatch::Config;
-use tenantwatch::config::FileConfig;
+use tenantwatch::config::Settings;
 
 fn token_files(tag: &str, write: &str, read: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("tw-auth-{tag}-{}", std::process::id()));
@@ -87,7 +87,7 @@ async fn reads_need_the_read_token_and_probes_stay_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_rotates_both_tokens() {
     let (write, read) = token_files("rotate", "old-w", "old-r");
-    let configure = |c: &mut FileConfig| {
+    let configure = |c: &mut Settings| {
         c.server.auth_token_file = Some(write.clone());
         c.server.read_token_file = Some(read.clone());
     };

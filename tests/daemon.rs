@@ -305,16 +305,17 @@ async fn docs_metrics_lists_exactly_the_exposed_families() {
     let pooled = support::connect(&bouncer.dsn("tenant_t1", "postgres")).await;
     pooled.batch_execute("SELECT 1").await.unwrap();
     let daemon = TestDaemon::start_with(|c| {
-        let mut target = tenantwatch::config::FileTarget::new("main", pg.dsn("postgres"));
-        target.poll_interval = "200ms".into();
-        target.stats_interval = "200ms".into();
-        target.schema_detail = "full".into();
+        let mut target = tenantwatch::config::TargetSettings::new("main", pg.dsn("postgres"));
+        target.poll_interval = std::time::Duration::from_millis(200);
+        target.stats_interval = std::time::Duration::from_millis(200);
+        target.schema_detail = tenantwatch::store::SchemaDetail::Full;
         c.targets.push(target);
-        let mut pgbouncer = tenantwatch::config::FilePgBouncer::new("edge", bouncer.admin_dsn());
-        pgbouncer.poll_interval = "200ms".into();
+        let mut pgbouncer =
+            tenantwatch::config::PgBouncerSettings::new("edge", bouncer.admin_dsn());
+        pgbouncer.poll_interval = std::time::Duration::from_millis(200);
         c.pgbouncers.push(pgbouncer);
-        c.tenants.rules.push(tenantwatch::config::FileRule {
-            source: "database".into(),
+        c.tenants.rules.push(tenantwatch::config::RuleSettings {
+            source: tenantwatch::attribution::RuleSource::Database,
             pattern: "^tenant_(?P<tenant>.+)$".into(),
             key: None,
         });
@@ -458,7 +459,9 @@ fn sighup_reloads_quotas_and_refuses_an_invalid_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigterm_it_serves_unready_for_the_shutdown_delay() {
-    let mut daemon = TestDaemon::start_with(|c| c.server.shutdown_delay = "1s".into()).await;
+    let mut daemon =
+        TestDaemon::start_with(|c| c.server.shutdown_delay = std::time::Duration::from_secs(1))
+            .await;
     let http = daemon.http;
     let inner = daemon.daemon.take().unwrap();
     inner.shutdown();

@@ -310,9 +310,10 @@ fn shipped_configs_keep_state_on_a_lasting_volume() {
         ),
     ] {
         let text = std::fs::read_to_string(format!("{ROOT}/{config}")).unwrap();
-        let file: tenantwatch::config::FileConfig = toml::from_str(&text).unwrap();
+        let file: tenantwatch::config::Settings = toml::from_str(&text).unwrap();
         assert_eq!(
-            file.state.file, "/var/lib/tenantwatch/state.json",
+            file.state.file.as_deref(),
+            Some(std::path::Path::new("/var/lib/tenantwatch/state.json")),
             "{config}"
         );
         let workload_text = std::fs::read_to_string(format!("{ROOT}/{workload}")).unwrap();
@@ -339,9 +340,13 @@ fn the_image_listens_everywhere_and_the_workloads_are_confined() {
     let dockerfile = std::fs::read_to_string(format!("{ROOT}/deploy/Dockerfile")).unwrap();
     assert!(dockerfile.contains("COPY deploy/container.toml /etc/tenantwatch/tenantwatch.toml"));
     let text = std::fs::read_to_string(format!("{ROOT}/deploy/container.toml")).unwrap();
-    let file: tenantwatch::config::FileConfig = toml::from_str(&text).unwrap();
-    assert!(file.server.listen.starts_with("0.0.0.0:"));
-    assert!(file.ingest.udp_listen.starts_with("0.0.0.0:"));
+    let file: tenantwatch::config::Settings = toml::from_str(&text).unwrap();
+    assert!(file.server.listen.ip().is_unspecified());
+    assert!(
+        file.ingest
+            .udp_listen
+            .is_some_and(|a| a.ip().is_unspecified())
+    );
     for workload in [
         "deploy/kustomize/overlays/standalone/deployment.yaml",
         "deploy/kustomize/overlays/sidecar/statefulset.yaml",

@@ -13,39 +13,38 @@ mod support;
 use std::time::Duration;
 
 use support::{TestDaemon, cluster, connect};
-use tenantwatch::config::{FileConfig, FileRule, FileRuleSettings, FileTarget};
+use tenantwatch::config::{RuleSettings, Settings, TargetSettings};
 use tokio_postgres::error::SqlState;
 
 /// Watches `dsn` as a target `main`, attributing sessions by their
 /// sqlcommenter tag, with long_query and idle_in_transaction raised after
 /// one second and the guard in `mode` with no grace.
-fn guarded(c: &mut FileConfig, dsn: String, mode: &str) {
-    c.targets.push(FileTarget {
-        poll_interval: "300ms".into(),
-        stats_interval: "300ms".into(),
-        size_interval: "1h".into(),
-        statement_timeout: "2s".into(),
-        connect_timeout: "2s".into(),
-        ..FileTarget::new("main", dsn)
+fn guarded(c: &mut Settings, dsn: String, mode: &str) {
+    c.targets.push(TargetSettings {
+        poll_interval: std::time::Duration::from_millis(300),
+        stats_interval: std::time::Duration::from_millis(300),
+        size_interval: std::time::Duration::from_secs(3600),
+        statement_timeout: std::time::Duration::from_secs(2),
+        connect_timeout: std::time::Duration::from_secs(2),
+        ..TargetSettings::new("main", dsn)
     });
-    c.tenants.rules = vec![FileRule {
-        source: "query_comment".into(),
+    c.tenants.rules = vec![RuleSettings {
+        source: tenantwatch::attribution::RuleSource::QueryComment,
         pattern: "^(?P<tenant>.+)$".into(),
         key: None,
     }];
-    c.detect.interval = "200ms".into();
+    c.detect.interval = std::time::Duration::from_millis(200);
     for rule in ["long_query", "idle_in_transaction"] {
-        c.detect.rules.insert(
-            rule.into(),
-            FileRuleSettings {
-                threshold: Some(1.0),
-                for_: Some("0s".into()),
-                ..Default::default()
-            },
-        );
+        {
+            let rule = c
+                .detect
+                .rule_mut(tenantwatch::detect::RuleName::parse(rule).expect("a rule"));
+            rule.threshold = 1.0;
+            rule.for_ = std::time::Duration::from_secs(0);
+        }
     }
-    c.guard.mode = mode.into();
-    c.guard.grace = "0s".into();
+    c.guard.mode = toml::Value::from(mode).try_into().expect("a guard mode");
+    c.guard.grace = std::time::Duration::from_secs(0);
 }
 
 /// The `result` of each guard action recorded for `tenant`.

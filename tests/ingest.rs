@@ -404,7 +404,9 @@ async fn send_in_parts(daemon: &TestDaemon, parts: &[&[u8]]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_are_read_whole_within_their_limits() {
-    let daemon = TestDaemon::start_with(|c| c.server.body_read_timeout = "1s".into()).await;
+    let daemon =
+        TestDaemon::start_with(|c| c.server.body_read_timeout = std::time::Duration::from_secs(1))
+            .await;
     let line = b"tenantwatch.query:4|ms|#tenant:split,kind:read\n";
     let head = format!(
         "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
@@ -469,7 +471,7 @@ async fn slow_and_excess_connections_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let daemon = TestDaemon::start_with(|c| {
         c.server.max_connections = 2;
-        c.server.header_read_timeout = "500ms".into();
+        c.server.header_read_timeout = std::time::Duration::from_millis(500);
     })
     .await;
 

@@ -11,14 +11,14 @@ mod support;
 use std::time::Duration;
 
 use support::{Exposition, TestDaemon, cluster, connect, rule};
-use tenantwatch::config::{FilePgBouncer, FileRuleSettings, FileTarget};
+use tenantwatch::config::TargetSettings;
 use tenantwatch::demo::pgbouncer::{PgBouncer, PgBouncerSettings};
 
-fn fast_pgbouncer(name: &str, dsn: String) -> FilePgBouncer {
-    FilePgBouncer {
-        poll_interval: "200ms".into(),
-        connect_timeout: "2s".into(),
-        ..FilePgBouncer::new(name, dsn)
+fn fast_pgbouncer(name: &str, dsn: String) -> tenantwatch::config::PgBouncerSettings {
+    tenantwatch::config::PgBouncerSettings {
+        poll_interval: std::time::Duration::from_millis(200),
+        connect_timeout: std::time::Duration::from_secs(2),
+        ..tenantwatch::config::PgBouncerSettings::new(name, dsn)
     }
 }
 
@@ -64,21 +64,20 @@ async fn a_saturated_pool_shows_for_the_pool_and_its_tenant() {
         c.pgbouncers
             .push(fast_pgbouncer("edge", bouncer.admin_dsn()));
         // The instance itself too, watching every tenant database.
-        c.targets.push(FileTarget {
-            poll_interval: "200ms".into(),
+        c.targets.push(TargetSettings {
+            poll_interval: std::time::Duration::from_millis(200),
             databases: vec!["*".into()],
-            ..FileTarget::new("main", pg.dsn("postgres"))
+            ..TargetSettings::new("main", pg.dsn("postgres"))
         });
         c.tenants.rules = vec![rule("database", "^tenant_(?P<tenant>.+)$")];
-        c.detect.interval = "200ms".into();
-        c.detect.rules.insert(
-            "pool_saturation".into(),
-            FileRuleSettings {
-                for_: Some("0s".into()),
-                threshold: Some(3.0),
-                ..Default::default()
-            },
-        );
+        c.detect.interval = std::time::Duration::from_millis(200);
+        {
+            let rule = c
+                .detect
+                .rule_mut(tenantwatch::detect::RuleName::parse("pool_saturation").expect("a rule"));
+            rule.for_ = std::time::Duration::from_secs(0);
+            rule.threshold = 3.0;
+        }
     })
     .await;
     daemon
@@ -316,9 +315,9 @@ async fn pooled_server_connections_are_charged_to_no_tenant() {
     admin.batch_execute("CREATE DATABASE app").await.unwrap();
     let bouncer = pgbouncer(pool_of_two(pg.port())).await;
     let daemon = TestDaemon::start_with(|c| {
-        c.targets.push(FileTarget {
-            poll_interval: "200ms".into(),
-            ..FileTarget::new("main", pg.dsn("app"))
+        c.targets.push(TargetSettings {
+            poll_interval: std::time::Duration::from_millis(200),
+            ..TargetSettings::new("main", pg.dsn("app"))
         });
         c.tenants.rules = vec![rule("query_comment", "^(?P<tenant>.+)$")];
     })

@@ -10,19 +10,19 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{Exposition, TestDaemon, cluster, connect, eventually, rule};
-use tenantwatch::config::FileTarget;
+use tenantwatch::config::TargetSettings;
 use tenantwatch::demo::cluster::Cluster;
 
-fn fast_target(name: &str, dsn: String) -> FileTarget {
-    FileTarget {
-        poll_interval: "500ms".into(),
-        stats_interval: "500ms".into(),
-        size_interval: "1s".into(),
-        statement_timeout: "2s".into(),
-        lock_timeout: "500ms".into(),
-        connect_timeout: "2s".into(),
-        schema_detail: "full".into(),
-        ..FileTarget::new(name, dsn)
+fn fast_target(name: &str, dsn: String) -> TargetSettings {
+    TargetSettings {
+        poll_interval: std::time::Duration::from_millis(500),
+        stats_interval: std::time::Duration::from_millis(500),
+        size_interval: std::time::Duration::from_secs(1),
+        statement_timeout: std::time::Duration::from_secs(2),
+        lock_timeout: std::time::Duration::from_millis(500),
+        connect_timeout: std::time::Duration::from_secs(2),
+        schema_detail: tenantwatch::store::SchemaDetail::Full,
+        ..TargetSettings::new(name, dsn)
     }
 }
 
@@ -70,7 +70,7 @@ async fn sizing_daemon(pg: &Cluster) -> TestDaemon {
     TestDaemon::start_with(|c| {
         let mut target = fast_target("main", pg.dsn("app"));
         target.size_batch = 1;
-        target.size_interval = "200ms".into();
+        target.size_interval = std::time::Duration::from_millis(200);
         c.targets.push(target);
     })
     .await
@@ -484,8 +484,8 @@ async fn polls_never_overlap() {
     // A poll interval far below what a poll takes: the loop must delay, not pile up.
     let daemon = TestDaemon::start_with(|c| {
         let mut target = fast_target("main", pg.dsn("postgres"));
-        target.poll_interval = "1ms".into();
-        target.stats_interval = "1ms".into();
+        target.poll_interval = std::time::Duration::from_millis(1);
+        target.stats_interval = std::time::Duration::from_millis(1);
         c.targets.push(target);
     })
     .await;
@@ -651,7 +651,7 @@ async fn a_ca_file_means_tls_or_nothing() {
         .expect("TLS on the test cluster (needs the openssl command)");
     // No sslmode in the DSN: libpq's default `prefer` would accept a server
     // that answers "no TLS". With a CA given, the session must be TLS.
-    let mut file = tenantwatch::config::FileConfig::default();
+    let mut file = tenantwatch::config::Settings::default();
     let mut target = fast_target("verified", pg.dsn("postgres"));
     target.tls_ca_file = Some(ca.clone());
     file.targets.push(target.clone());
@@ -660,7 +660,7 @@ async fn a_ca_file_means_tls_or_nothing() {
         config.targets[0].pg.get_ssl_mode(),
         tokio_postgres::config::SslMode::Require
     );
-    let mut file = tenantwatch::config::FileConfig::default();
+    let mut file = tenantwatch::config::Settings::default();
     target.dsn = format!("{} sslmode=disable", pg.dsn("postgres"));
     file.targets.push(target);
     let err = tenantwatch::Config::try_from(file).unwrap_err().to_string();
@@ -956,18 +956,17 @@ async fn a_pg_dump_of_a_tenant_schema_raises_no_flag() {
     let daemon = TestDaemon::start_with(|c| {
         c.targets.push(fast_target("main", pg.dsn("app")));
         c.tenants.rules = vec![rule("role", "^app_(?P<tenant>.+)$")];
-        c.tenants.exclude = vec![tenantwatch::config::FileExclude {
-            source: "application_name".into(),
+        c.tenants.exclude = vec![tenantwatch::config::ExcludeSettings {
+            source: tenantwatch::attribution::RuleSource::ApplicationName,
             pattern: "^pg_dump$".into(),
         }];
-        c.detect.interval = "200ms".into();
-        c.detect.rules.insert(
-            "long_query".into(),
-            tenantwatch::config::FileRuleSettings {
-                threshold: Some(1.0),
-                ..Default::default()
-            },
-        );
+        c.detect.interval = std::time::Duration::from_millis(200);
+        {
+            let rule = c
+                .detect
+                .rule_mut(tenantwatch::detect::RuleName::parse("long_query").expect("a rule"));
+            rule.threshold = 1.0;
+        }
     })
     .await;
 
@@ -1140,20 +1139,19 @@ async fn a_statement_hog_is_flagged_from_pg_stat_statements() {
             .unwrap();
     }
     let daemon = TestDaemon::start_with(|c| {
-        c.targets.push(FileTarget {
+        c.targets.push(TargetSettings {
             statements_text: true,
             ..fast_target("main", pg.dsn("app"))
         });
         c.tenants.rules = vec![rule("role", "^app_(?P<tenant>.+)$")];
-        c.detect.interval = "200ms".into();
-        c.ingest.share_window = "12s".into();
-        c.detect.rules.insert(
-            "db_time_hog".into(),
-            tenantwatch::config::FileRuleSettings {
-                for_: Some("0s".into()),
-                ..Default::default()
-            },
-        );
+        c.detect.interval = std::time::Duration::from_millis(200);
+        c.ingest.share_window = std::time::Duration::from_secs(12);
+        {
+            let rule = c
+                .detect
+                .rule_mut(tenantwatch::detect::RuleName::parse("db_time_hog").expect("a rule"));
+            rule.for_ = std::time::Duration::from_secs(0);
+        }
     })
     .await;
 
@@ -1321,8 +1319,8 @@ async fn drift_and_missing_tenants_are_caught() {
     std::fs::create_dir_all(&dir).unwrap();
     let expected = dir.join("tenants.txt");
     std::fs::write(&expected, "# every customer\na\nb\nc\nd\nnewco\n").unwrap();
-    let configure = |c: &mut tenantwatch::config::FileConfig| {
-        c.targets.push(FileTarget {
+    let configure = |c: &mut tenantwatch::config::Settings| {
+        c.targets.push(TargetSettings {
             group: Some("payroll".into()),
             ..fast_target("main", pg.dsn("app"))
         });
@@ -1416,7 +1414,7 @@ async fn three_hundred_tenant_databases_on_two_sessions() {
             .unwrap();
     }
     let daemon = TestDaemon::start_with(|c| {
-        c.targets.push(FileTarget {
+        c.targets.push(TargetSettings {
             databases: vec!["*".into()],
             max_databases: 1000,
             ..fast_target("main", pg.dsn("postgres"))

@@ -11,7 +11,7 @@ mod support;
 
 use support::TestDaemon;
 use support::redis_server::RedisServer;
-use tenantwatch::config::{FileConfig, FileTenantQuota, FileTier};
+use tenantwatch::config::{Settings, TenantOverride, TierSettings};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Backend {
@@ -57,13 +57,13 @@ on_both_backends!(
 /// handle), configured by `customize`.
 async fn start(
     backend: Backend,
-    customize: impl FnOnce(&mut FileConfig),
+    customize: impl FnOnce(&mut Settings),
 ) -> (TestDaemon, Option<RedisServer>) {
     let redis = (backend == Backend::Redis).then(RedisServer::start);
     let url = redis.as_ref().map(RedisServer::url);
     let daemon = TestDaemon::start_with(|c| {
         if let Some(url) = url {
-            c.ratelimit.backend = "redis".into();
+            c.ratelimit.backend = tenantwatch::config::Backend::Redis;
             c.ratelimit.redis.url = url;
         }
         customize(c);
@@ -78,7 +78,7 @@ async fn daemon(backend: Backend) -> (TestDaemon, Option<RedisServer>) {
         c.ratelimit.default_burst = 3;
         c.ratelimit.tiers.insert(
             "gold".into(),
-            FileTier {
+            TierSettings {
                 qps: 1000.0,
                 burst: 100,
                 shadow: false,
@@ -86,7 +86,7 @@ async fn daemon(backend: Backend) -> (TestDaemon, Option<RedisServer>) {
         );
         c.ratelimit.tiers.insert(
             "trial".into(),
-            FileTier {
+            TierSettings {
                 qps: 1.0,
                 burst: 1,
                 shadow: true,
@@ -94,14 +94,14 @@ async fn daemon(backend: Backend) -> (TestDaemon, Option<RedisServer>) {
         );
         c.ratelimit.tenants.insert(
             "vip".into(),
-            FileTenantQuota {
+            TenantOverride {
                 tier: Some("gold".into()),
                 ..Default::default()
             },
         );
         c.ratelimit.tenants.insert(
             "newbie".into(),
-            FileTenantQuota {
+            TenantOverride {
                 tier: Some("trial".into()),
                 ..Default::default()
             },
@@ -256,7 +256,7 @@ async fn callers_spend_only_their_own_tenants_quota(backend: Backend) {
         c.server.auth_token_file = Some(write.clone());
         c.ratelimit.callers.insert(
             "router".into(),
-            tenantwatch::config::FileCaller {
+            tenantwatch::config::CallerSettings {
                 token_file: router.clone(),
                 tenants: vec!["^clinic[0-9]+$".into()],
             },
@@ -364,11 +364,11 @@ async fn tiers_from_a_file_set_quotas_and_label_tenants() {
     std::fs::create_dir_all(&dir).unwrap();
     let tiers = dir.join("tiers.csv");
     std::fs::write(&tiers, "# tenant,tier\nclinic1,gold\nclinic2, bronze\n\n").unwrap();
-    let configure = |c: &mut FileConfig| {
+    let configure = |c: &mut Settings| {
         c.tenants.tiers_file = Some(tiers.clone());
         c.ratelimit.tiers.insert(
             "gold".into(),
-            FileTier {
+            TierSettings {
                 qps: 1000.0,
                 burst: 100,
                 shadow: false,
@@ -376,7 +376,7 @@ async fn tiers_from_a_file_set_quotas_and_label_tenants() {
         );
         c.ratelimit.tenants.insert(
             "vip".into(),
-            FileTenantQuota {
+            TenantOverride {
                 tier: Some("gold".into()),
                 ..Default::default()
             },
@@ -581,7 +581,7 @@ async fn pipelined_checks_and_a_probe_share_one_connection() {
 async fn idle_check_connections_are_closed_in_time() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (daemon, _redis) = start(Backend::Local, |c| {
-        c.server.header_read_timeout = "300ms".into();
+        c.server.header_read_timeout = std::time::Duration::from_millis(300);
     })
     .await;
     let addr = daemon.http;
@@ -613,7 +613,7 @@ async fn idle_check_connections_are_closed_in_time() {
     daemon.stop().await;
 
     let (daemon, _redis) = start(Backend::Local, |c| {
-        c.server.header_read_timeout = "60s".into();
+        c.server.header_read_timeout = std::time::Duration::from_secs(60);
     })
     .await;
     let addr = daemon.http;

@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use support::TestDaemon;
 use support::redis_server::RedisServer;
-use tenantwatch::config::FileConfig;
+use tenantwatch::config::Settings;
 use tenantwatch::ratelimit::{Gcra, Rate, Verdict};
 
 async fn check(daemon: &TestDaemon, tenant: &str) -> support::HttpReply {
@@ -29,8 +29,8 @@ async fn check(daemon: &TestDaemon, tenant: &str) -> support::HttpReply {
         .await
 }
 
-fn on_redis(c: &mut FileConfig, redis: &RedisServer, instance: &str) {
-    c.ratelimit.backend = "redis".into();
+fn on_redis(c: &mut Settings, redis: &RedisServer, instance: &str) {
+    c.ratelimit.backend = tenantwatch::config::Backend::Redis;
     c.ratelimit.redis.url = redis.url();
     c.ratelimit.redis.instance = instance.into();
 }
@@ -105,7 +105,7 @@ fn the_redis_script_matches_the_local_arithmetic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_sharing_one_redis_hold_one_quota() {
     let redis = RedisServer::start();
-    let quota = |c: &mut FileConfig| {
+    let quota = |c: &mut Settings| {
         c.ratelimit.default_qps = 20.0;
         c.ratelimit.default_burst = 20;
     };
@@ -174,7 +174,9 @@ async fn redis_goes_away_and_comes_back(fail_mode: &str) {
     let mut redis = RedisServer::start();
     let daemon = TestDaemon::start_with(|c| {
         on_redis(c, &redis, "solo");
-        c.ratelimit.redis.fail_mode = fail_mode.into();
+        c.ratelimit.redis.fail_mode = toml::Value::from(fail_mode)
+            .try_into()
+            .expect("a fail mode");
         c.ratelimit.redis.expected_instances = 2;
         c.ratelimit.default_qps = 0.5;
         c.ratelimit.default_burst = 10;
@@ -252,7 +254,7 @@ async fn with_redis_gone_fail_mode_closed_denies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn advice_raised_on_one_instance_tightens_the_other() {
     let redis = RedisServer::start();
-    let configure = |c: &mut FileConfig, instance: &str| {
+    let configure = |c: &mut Settings, instance: &str| {
         on_redis(c, &redis, instance);
         support::tighten_on_error_storm(c);
     };

@@ -31,7 +31,9 @@ async fn fill(daemon: &TestDaemon, tenants: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scraper_that_never_reads_is_cut_off() {
-    let daemon = TestDaemon::start_with(|c| c.server.write_timeout = "500ms".into()).await;
+    let daemon =
+        TestDaemon::start_with(|c| c.server.write_timeout = std::time::Duration::from_millis(500))
+            .await;
     fill(&daemon, 10_000).await;
     let full = daemon.get("/metrics").await.body.len();
     assert!(

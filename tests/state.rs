@@ -11,11 +11,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::TestDaemon;
-use tenantwatch::config::FileConfig;
+use tenantwatch::config::Settings;
 
-fn configure(c: &mut FileConfig, state: &Path) {
-    c.state.file = state.display().to_string();
-    c.state.save_interval = "1h".into();
+fn configure(c: &mut Settings, state: &Path) {
+    c.state.file = Some(state.to_owned());
+    c.state.save_interval = std::time::Duration::from_secs(3600);
     support::tighten_on_error_storm(c);
 }
 

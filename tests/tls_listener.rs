@@ -18,7 +18,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use support::TestDaemon;
 use tenantwatch::Config;
-use tenantwatch::config::FileConfig;
+use tenantwatch::config::Settings;
 
 /// A self-signed certificate for 127.0.0.1 and localhost, via openssl.
 fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -106,7 +106,7 @@ async fn the_listener_serves_tls_and_reloads_its_certificate() {
     let dir = std::env::temp_dir().join(format!("tw-tls-listener-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = self_signed(&dir, "first");
-    let configure = |c: &mut FileConfig| {
+    let configure = |c: &mut Settings| {
         c.server.tls_cert_file = Some(dir.join("served.crt"));
         c.server.tls_key_file = Some(dir.join("served.key"));
     };
@@ -148,7 +148,7 @@ async fn the_listener_serves_tls_and_reloads_its_certificate() {
 
 #[test]
 fn a_cert_without_a_key_is_refused_by_name() {
-    let mut file = FileConfig::default();
+    let mut file = Settings::default();
     file.server.tls_cert_file = Some("/nonexistent.crt".into());
     let err = Config::try_from(file).unwrap_err().to_string();
     assert!(err.contains("server.tls_key_file"), "{err}");

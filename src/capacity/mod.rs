@@ -14,17 +14,22 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
-/// Capacity settings (the `[api]` section): how much target and tenant
-/// history is kept and how placement advice balances targets.
-#[derive(Debug, Clone, PartialEq)]
+/// `[api]`: the capacity planners' API: how much target and tenant
+/// history is kept and how placement advice balances targets. Every key
+/// takes effect at start-up.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, crate::settings::Reload)]
+#[serde(default, deny_unknown_fields)]
 pub struct CapacitySettings {
     /// How much target history (connections, size) is kept for growth fits.
+    #[serde(with = "crate::settings::serde_text::duration")]
     pub history: std::time::Duration,
-    /// Time between two history samples.
+    /// Time between two history samples (at most `history`).
+    #[serde(with = "crate::settings::serde_text::duration")]
     pub history_resolution: std::time::Duration,
     /// Size budget per target for "days until full"; 0 for none.
     pub size_budget_bytes: u64,
-    /// Tenants that keep a history for the tenant detail.
+    /// Tenants that keep a history for `GET /api/v1/tenants/{tenant}` (about
+    /// 35 KB each at the default history and resolution).
     pub history_tenants: usize,
     /// Placement advice keeps every target's share of each load within this
     /// fraction above its fair share.
@@ -44,6 +49,30 @@ impl Default for CapacitySettings {
 }
 
 impl CapacitySettings {
+    /// Checks each key, and the resolution against the history.
+    pub fn check(&self, p: &mut crate::settings::Problems) {
+        p.positive("api.history", self.history);
+        p.positive("api.history_resolution", self.history_resolution);
+        p.range("api.history_tenants", self.history_tenants, 0, 100_000);
+        if !(self.balance_tolerance.is_finite() && self.balance_tolerance >= 0.0) {
+            p.fail(
+                "api.balance_tolerance",
+                self.balance_tolerance,
+                "must be a number >= 0",
+            );
+        }
+        if self.history_resolution > self.history {
+            p.fail(
+                "api.history_resolution",
+                format!(
+                    "{:?}",
+                    humantime::format_duration(self.history_resolution).to_string()
+                ),
+                "must not be longer than api.history",
+            );
+        }
+    }
+
     /// Samples kept per history.
     pub fn history_len(&self) -> usize {
         (self.history.as_secs_f64() / self.history_resolution.as_secs_f64().max(0.001)).ceil()

@@ -70,7 +70,7 @@ pub(super) async fn run(mut poller: Poller, shutdown: CancellationToken) {
             () = cycle(&mut poller, &mut databases, &shutdown) => {}
         }
         lock(&poller.status).detail_cycle_seconds = Some(started.elapsed().as_secs_f64());
-        let next = started + poller.target.stats_interval;
+        let next = started + poller.target.settings.stats_interval;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(next.into()) => {}
@@ -223,7 +223,7 @@ async fn visit_sizes(
         .map(|(oid, _, _)| *oid)
         .collect();
     let mut measured: HashMap<i64, u64> = HashMap::with_capacity(changed.len());
-    for batch in changed.chunks(poller.target.size_batch.max(1)) {
+    for batch in changed.chunks(poller.target.settings.size_batch.max(1)) {
         let rows = poller
             .query(database, queries::SIZE_BATCH_SQL, &[&batch])
             .await?;
@@ -267,7 +267,7 @@ async fn visit_sizes(
     );
     detail.sizes = Some(sizes);
     detail.relation_sizes = relation_sizes;
-    detail.next_size = Some(Instant::now() + poller.target.size_interval);
+    detail.next_size = Some(Instant::now() + poller.target.settings.size_interval);
     if full_round {
         detail.last_full_round = Some(Instant::now());
     }

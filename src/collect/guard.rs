@@ -40,7 +40,7 @@ impl super::Poller {
                 },
                 Err(err) if err.kind == PollErrorKind::Permission => {
                     tracing::warn!(
-                        target_name = %self.target.name,
+                        target_name = %self.target.settings.name,
                         tenant = %order.tenant,
                         pid = order.pid,
                         detail = %err.detail,
@@ -51,7 +51,7 @@ impl super::Poller {
                 }
                 Err(err) => {
                     tracing::warn!(
-                        target_name = %self.target.name,
+                        target_name = %self.target.settings.name,
                         tenant = %order.tenant,
                         pid = order.pid,
                         error = err.kind.as_str(),
@@ -63,7 +63,7 @@ impl super::Poller {
             }
         };
         tracing::info!(
-            target_name = %self.target.name,
+            target_name = %self.target.settings.name,
             tenant = %order.tenant,
             rule = order.rule,
             action = order.action.as_str(),

@@ -40,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 use crate::attribution::Attribution;
 use crate::store::{CollectorName, PollErrorKind, SharedStatus, lock};
 use crate::telemetry::RateLimitedWarn;
-pub use settings::{DatabaseSelection, TargetConfig};
+pub use settings::{
+    DatabaseSelection, PgBouncerSettings, StatementsMode, TargetConfig, TargetSettings,
+};
 
 /// Maps a driver error to a bounded kind.
 pub fn error_kind(err: &tokio_postgres::Error) -> PollErrorKind {
@@ -207,18 +209,18 @@ pub async fn run_target(
     guard: guard::GuardInbox,
     shutdown: CancellationToken,
 ) {
-    let tls = match tls::connector(target.tls_ca_file.as_deref()) {
+    let tls = match tls::connector(target.settings.tls_ca_file.as_deref()) {
         Ok(tls) => tls,
         Err(err) => {
             // Validated at start-up; only a CA file changed since can get here.
-            tracing::error!(target_name = %target.name, error = %err, "Target disabled: TLS set-up failed");
+            tracing::error!(target_name = %target.settings.name, error = %err, "Target disabled: TLS set-up failed");
             lock(&status).last_error = Some(PollErrorKind::Connect);
             return;
         }
     };
     let own_pids = OwnPids::default();
     let witness = Witness::default();
-    let detail_sessions = target.max_sessions.saturating_sub(1).max(1);
+    let detail_sessions = target.settings.max_sessions.saturating_sub(1).max(1);
     let cluster = Poller::new(
         tls.clone(),
         target.clone(),
@@ -247,7 +249,7 @@ async fn run_cluster(
     mut guard: guard::GuardInbox,
     shutdown: CancellationToken,
 ) {
-    let mut interval = tokio::time::interval(poller.target.poll_interval);
+    let mut interval = tokio::time::interval(poller.target.settings.poll_interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut backoff = poller.base_backoff();
     loop {
@@ -275,7 +277,7 @@ async fn run_cluster(
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(poller.target.poll_interval);
+            backoff = (backoff * 2).min(poller.target.settings.poll_interval);
             let ok = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ok = poller.poll() => ok,
@@ -361,11 +363,12 @@ impl Poller {
     }
 
     fn base_backoff(&self) -> Duration {
-        (self.target.poll_interval / 8).clamp(Duration::from_millis(100), Duration::from_secs(1))
+        (self.target.settings.poll_interval / 8)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
 
     fn deadline(&self) -> Duration {
-        self.target.statement_timeout + Duration::from_secs(1)
+        self.target.settings.statement_timeout + Duration::from_secs(1)
     }
 
     fn primary_database(&self) -> String {
@@ -405,12 +408,12 @@ impl Poller {
             }
             let mut config = self.target.pg.clone();
             config.dbname(database);
-            let within = self.target.connect_timeout + Duration::from_secs(1);
+            let within = self.target.settings.connect_timeout + Duration::from_secs(1);
             let (client, connection) = connect(&config, &self.tls, within).await?;
             let setup = format!(
                 "SET statement_timeout = {}; SET lock_timeout = {}; SET idle_in_transaction_session_timeout = {};",
-                self.target.statement_timeout.as_millis(),
-                self.target.lock_timeout.as_millis(),
+                self.target.settings.statement_timeout.as_millis(),
+                self.target.settings.lock_timeout.as_millis(),
                 self.deadline().as_millis() * 2,
             );
             tokio::time::timeout(self.deadline(), client.batch_execute(&setup))
@@ -499,7 +502,7 @@ impl Poller {
                 drop(status);
                 if let Some(suppressed) = self.warn.should_log() {
                     tracing::warn!(
-                        target_name = %self.target.name,
+                        target_name = %self.target.settings.name,
                         target_addr = %self.target.description,
                         collector = collector.as_str(),
                         kind = err.kind.as_str(),
@@ -522,7 +525,7 @@ impl Poller {
         if connected.is_err() {
             let mut status = lock(&self.status);
             if status.up {
-                tracing::warn!(target_name = %self.target.name, target_addr = %self.target.description, "Target is down");
+                tracing::warn!(target_name = %self.target.settings.name, target_addr = %self.target.description, "Target is down");
             }
             status.up = false;
             return false;
@@ -530,7 +533,7 @@ impl Poller {
         {
             let mut status = lock(&self.status);
             if !status.up {
-                tracing::info!(target_name = %self.target.name, target_addr = %self.target.description, "Target is up");
+                tracing::info!(target_name = %self.target.settings.name, target_addr = %self.target.description, "Target is up");
             }
             status.up = true;
             status.last_success = Some(SystemTime::now());
@@ -544,7 +547,7 @@ impl Poller {
         let result = self.poll_database(&primary).await;
         self.record(CollectorName::Database, started, &result);
 
-        if self.target.statements && Instant::now() >= self.statements_next_check {
+        if self.target.statements() && Instant::now() >= self.statements_next_check {
             let started = Instant::now();
             let result = self.poll_statements(&primary).await;
             self.record_statements(started, result);
@@ -629,7 +632,7 @@ impl Poller {
             } else {
                 watched
             };
-            self.database_size_next = Instant::now() + self.target.size_interval;
+            self.database_size_next = Instant::now() + self.target.settings.size_interval;
         }
         let take = self
             .database_size_queue
@@ -680,7 +683,7 @@ impl Poller {
     }
 
     async fn poll_statements(&mut self, primary: &str) -> Result<(), PollError> {
-        let with_text = self.target.statements_text;
+        let with_text = self.target.settings.statements_text;
         let rows = self
             .query(primary, statements::STATEMENTS_SQL, &[&with_text])
             .await?;
@@ -709,7 +712,7 @@ impl Poller {
                     status.statements = None;
                     drop(status);
                     tracing::info!(
-                        target_name = %self.target.name,
+                        target_name = %self.target.settings.name,
                         target_addr = %self.target.description,
                         error = %err.detail,
                         "pg_stat_statements is not available: no server-side statement figures (set statements = \"off\" to stop looking)"
@@ -718,7 +721,7 @@ impl Poller {
             }
             result => {
                 if self.statements_missing && result.is_ok() {
-                    tracing::info!(target_name = %self.target.name, "pg_stat_statements is available");
+                    tracing::info!(target_name = %self.target.settings.name, "pg_stat_statements is available");
                 }
                 self.statements_missing = false;
                 self.record(CollectorName::Statements, started, &result);

@@ -31,29 +31,18 @@ use crate::store::{
 };
 use crate::telemetry::RateLimitedWarn;
 
-/// Defaults of the `[[pgbouncers]]` keys.
-pub mod defaults {
-    use std::time::Duration;
-
-    pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-}
-
 /// Pools listed per tenant in its detail (its waiting clients count all).
 pub const POOLS_LISTED_PER_TENANT: usize = 20;
 
 /// One validated `[[pgbouncers]]` entry.
 #[derive(Debug, Clone)]
 pub struct PgBouncerConfig {
-    pub name: String,
+    pub settings: super::settings::PgBouncerSettings,
     /// Connection settings for the admin console, password included: never
     /// log this.
     pub pg: tokio_postgres::Config,
     /// `host:port`, the only description that may be logged or shown.
     pub description: String,
-    pub poll_interval: Duration,
-    /// Time allowed to connect, and to answer each command.
-    pub connect_timeout: Duration,
     /// Most tenants kept with pool figures; the rest sum under
     /// `__overflow__`.
     pub max_tenants: usize,
@@ -471,7 +460,7 @@ pub async fn run_pgbouncer(
     let tls = match super::tls::connector(None) {
         Ok(tls) => tls,
         Err(err) => {
-            tracing::error!(pgbouncer = %config.name, error = %err, "PgBouncer disabled: TLS set-up failed");
+            tracing::error!(pgbouncer = %config.settings.name, error = %err, "PgBouncer disabled: TLS set-up failed");
             lock_pgbouncer(&status).last_error = Some(PollErrorKind::Connect);
             return;
         }
@@ -485,7 +474,7 @@ pub async fn run_pgbouncer(
         waits: WaitAccounts::default(),
         warn: RateLimitedWarn::new(Duration::from_secs(60)),
     };
-    let mut interval = tokio::time::interval(poller.config.poll_interval);
+    let mut interval = tokio::time::interval(poller.config.settings.poll_interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -540,7 +529,7 @@ impl PgBouncerPoller {
                     .and_then(|row| row.text("version").map(str::to_owned));
                 let mut status = lock_pgbouncer(&self.status);
                 if !status.up {
-                    tracing::info!(pgbouncer = %self.config.name, addr = %self.config.description, "PgBouncer is up");
+                    tracing::info!(pgbouncer = %self.config.settings.name, addr = %self.config.description, "PgBouncer is up");
                 }
                 status.up = true;
                 status.last_success = Some(SystemTime::now());
@@ -559,11 +548,11 @@ impl PgBouncerPoller {
                 *status.poll_errors.entry(err.kind).or_default() += 1;
                 drop(status);
                 if was_up {
-                    tracing::warn!(pgbouncer = %self.config.name, addr = %self.config.description, "PgBouncer is down");
+                    tracing::warn!(pgbouncer = %self.config.settings.name, addr = %self.config.description, "PgBouncer is down");
                 }
                 if let Some(suppressed) = self.warn.should_log() {
                     tracing::warn!(
-                        pgbouncer = %self.config.name,
+                        pgbouncer = %self.config.settings.name,
                         addr = %self.config.description,
                         kind = err.kind.as_str(),
                         error = %err.detail,
@@ -581,7 +570,7 @@ impl PgBouncerPoller {
             .as_ref()
             .is_none_or(|(client, _)| client.is_closed())
         {
-            let within = self.config.connect_timeout + Duration::from_secs(1);
+            let within = self.config.settings.connect_timeout + Duration::from_secs(1);
             let (client, connection) = connect(&self.config.pg, &self.tls, within).await?;
             self.client = Some((client, AbortOnDrop(connection)));
         }
@@ -591,7 +580,7 @@ impl PgBouncerPoller {
         let mut answers = Vec::with_capacity(COMMANDS.len());
         for command in COMMANDS {
             let messages = match tokio::time::timeout(
-                self.config.connect_timeout,
+                self.config.settings.connect_timeout,
                 client.simple_query(command),
             )
             .await

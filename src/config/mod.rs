@@ -1,14 +1,21 @@
-//! Configuration: the TOML file, environment overrides and validation.
+//! Configuration: the TOML file, environment overrides, and what the file
+//! names outside itself.
 //!
-//! [`FileConfig`] (in [`mod@file`]) mirrors the TOML file exactly
-//! (`deny_unknown_fields`, every key optional, durations as strings such as
-//! `"10s"`). [`Config`] is the validated runtime form: one settings value per
-//! module, each type owned by the module that runs on it (the HTTP server's
+//! The file deserializes straight into [`Settings`], one section per module
+//! in the type that module owns and runs on (the HTTP server's
 //! [`ServerSettings`], ingest's [`IngestSettings`], a target's
-//! [`TargetConfig`], the detector's [`DetectSettings`], the rate limiter's
-//! [`RatePolicy`], capacity's [`CapacitySettings`]). This module only reads
-//! the file and assembles them, reporting every bad key at once with its
-//! value.
+//! [`TargetSettings`], the detector's [`DetectSettings`], the rate limiter's
+//! [`RateLimitSettings`], capacity's [`CapacitySettings`], …): each key's
+//! doc, default and single-key check are written once, there. This module
+//! reads the text, applies the environment ([`mod@env`]), reports every bad
+//! key at once with its value, and assembles the [`Config`]: the settings
+//! plus what they name outside the file (token and password files, CAs,
+//! tiers and expected-tenant lists) and the rules that span sections
+//! ([`mod@resolve`]).
+//!
+//! What a reload may change is decided by the settings types themselves
+//! (`#[derive(Reload)]`, with `#[reload(live)]` on the keys the daemon
+//! applies): [`Config::restart_only_changes`] is derived, never listed.
 //!
 //! Environment variables override file keys:
 //! `TENANTWATCH__SECTION__KEY=value` (for example
@@ -16,215 +23,102 @@
 //! supplies the bearer token without a file. The environment is an argument
 //! ([`Config::load_with_env`]), so tests never touch the process's.
 
-pub mod file;
-mod validate;
+pub mod env;
+mod resolve;
 
-use std::fmt;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
 
-pub use file::*;
+use serde::Deserialize;
+
+pub use crate::attribution::{ExcludeSettings, RuleSettings, TenantSettings};
+pub use crate::capacity::CapacitySettings;
+pub use crate::collect::pgbouncer::PgBouncerConfig;
+pub use crate::collect::{PgBouncerSettings, StatementsMode, TargetConfig, TargetSettings};
+pub use crate::detect::{DetectSettings, GuardSettings};
+pub use crate::http::ServerSettings;
+pub use crate::ingest::IngestSettings;
+pub use crate::metrics::ExpositionSettings;
+pub use crate::ratelimit::{
+    Backend, CallerSettings, RateLimitSettings, RatePolicy, RedisSettings, TenantOverride,
+    TierSettings,
+};
+pub use crate::settings::InvalidKey;
+pub use crate::state::StateSettings;
+pub use crate::telemetry::LogSettings;
+pub use env::ENV_OVERRIDE_PREFIX;
 
 use crate::attribution::Attribution;
-use crate::capacity::CapacitySettings;
-use crate::collect::TargetConfig;
-use crate::detect::DetectSettings;
-use crate::http::ServerSettings;
-use crate::ingest::IngestSettings;
-use crate::ratelimit::RatePolicy;
-use crate::telemetry::LogFormat;
+use crate::settings::{Reload, join};
 
 /// Environment variable holding the bearer token for `/v1/*`.
 pub const AUTH_TOKEN_ENV: &str = "TENANTWATCH_AUTH_TOKEN";
 /// Environment variable holding the bearer token for `/metrics` and `/api/v1/*`.
 pub const READ_TOKEN_ENV: &str = "TENANTWATCH_READ_TOKEN";
-/// Prefix of environment variables that override file keys.
-pub const ENV_OVERRIDE_PREFIX: &str = "TENANTWATCH__";
 
-/// The validated runtime configuration: each module's settings.
+/// The configuration file as written, each section in the type of the
+/// module that owns it. `Settings::default()` is the file with every key at
+/// its default, and `tenantwatch.example.toml` writes exactly that.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Reload)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    #[reload(nested)]
+    pub server: ServerSettings,
+    #[reload(nested)]
+    pub ingest: IngestSettings,
+    #[reload(nested)]
+    pub log: LogSettings,
+    /// PostgreSQL instances to poll, each by name.
+    #[reload(nested)]
+    pub targets: Vec<TargetSettings>,
+    /// PgBouncer admin consoles to poll, each by name.
+    #[reload(nested)]
+    pub pgbouncers: Vec<PgBouncerSettings>,
+    #[reload(nested)]
+    pub tenants: TenantSettings,
+    /// Every `[detect]` key is applied on reload.
+    #[reload(live)]
+    pub detect: DetectSettings,
+    #[reload(nested)]
+    pub ratelimit: RateLimitSettings,
+    #[reload(nested)]
+    pub api: CapacitySettings,
+    #[reload(nested)]
+    pub state: StateSettings,
+    #[reload(nested)]
+    pub metrics: ExpositionSettings,
+    /// Every `[guard]` key is applied on reload.
+    #[reload(live)]
+    pub guard: GuardSettings,
+}
+
+/// The validated configuration: the file's settings and what they resolve
+/// to outside the file.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub server: ServerSettings,
-    pub ingest: IngestSettings,
-    pub log_format: LogFormat,
+    /// The file as written (after the environment), section by section.
+    pub settings: Settings,
+    /// The write, read and callers' tokens the listener enforces.
+    pub tokens: crate::http::Tokens,
+    /// TLS on the listener, loaded from `server.tls_cert_file`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Each `[[targets]]` entry with its connection (password included).
     pub targets: Vec<TargetConfig>,
-    pub pgbouncers: Vec<crate::collect::pgbouncer::PgBouncerConfig>,
+    /// Each `[[pgbouncers]]` entry with its connection.
+    pub pgbouncers: Vec<PgBouncerConfig>,
+    /// `[tenants]` rules and exclusions, compiled.
+    pub attribution: Attribution,
+    /// The detector's settings: `[detect]` with `[guard]` and the window.
+    pub detect: DetectSettings,
+    /// The quotas, with `tenants.tiers_file` read.
+    pub ratelimit: RatePolicy,
+    /// `ratelimit.backend = "redis"`: the shared store, its instance name
+    /// filled in; `None` keeps the limiters in this instance.
+    pub ratelimit_redis: Option<RedisSettings>,
     /// `tenants.expected_file`: tenants that must exist on every target of
     /// a group. Re-read on SIGHUP.
-    pub expected_tenants: std::sync::Arc<std::collections::BTreeSet<String>>,
-    pub attribution: Attribution,
-    pub detect: DetectSettings,
-    pub ratelimit: RatePolicy,
-    /// Limiters unused this long are dropped.
-    pub ratelimit_idle_ttl: Duration,
-    /// Callers bound to tenants (`[ratelimit.callers]`).
-    pub callers: Vec<crate::ratelimit::Caller>,
-    /// `ratelimit.backend = "redis"`: the shared store; `None` keeps the
-    /// limiters in this instance.
-    pub ratelimit_redis: Option<crate::ratelimit::RedisSettings>,
-    pub state: crate::state::StateSettings,
-    pub api: CapacitySettings,
-    /// `[metrics]`: how `/metrics` shows the per-tenant figures.
-    pub metrics: crate::metrics::ExpositionSettings,
-}
-
-impl Config {
-    /// The tokens the listener enforces: write, read, and the callers'.
-    pub fn tokens(&self) -> crate::http::Tokens {
-        crate::http::Tokens {
-            callers: self.callers.clone(),
-            ..self.server.tokens()
-        }
-    }
-
-    /// The keys whose value differs between `self` (running) and `new` that
-    /// only a restart applies: reload takes quotas, detection rules and
-    /// tokens, and names each of these in a warning.
-    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
-        let (a, b) = (self, new);
-        let (s, t) = (&a.server, &b.server);
-        let (i, j) = (&a.ingest, &b.ingest);
-        [
-            ("server.listen", s.listen != t.listen),
-            (
-                "server.max_connections",
-                s.max_connections != t.max_connections,
-            ),
-            (
-                "server.header_read_timeout",
-                s.header_read_timeout != t.header_read_timeout,
-            ),
-            (
-                "server.body_read_timeout",
-                s.body_read_timeout != t.body_read_timeout,
-            ),
-            (
-                "server.shutdown_grace",
-                s.shutdown_grace != t.shutdown_grace,
-            ),
-            (
-                "server.shutdown_delay",
-                s.shutdown_delay != t.shutdown_delay,
-            ),
-            (
-                "server.allow_unauthenticated",
-                s.allow_unauthenticated != t.allow_unauthenticated,
-            ),
-            ("server.tls_cert_file", s.tls.is_some() != t.tls.is_some()),
-            ("server.write_timeout", s.write_timeout != t.write_timeout),
-            (
-                "server.request_timeout",
-                s.request_timeout != t.request_timeout,
-            ),
-            (
-                "server.max_heavy_requests",
-                s.max_heavy_requests != t.max_heavy_requests,
-            ),
-            (
-                "server.metrics_max_age",
-                s.metrics_max_age != t.metrics_max_age,
-            ),
-            (
-                "metrics.histogram_by_kind",
-                a.metrics.histogram_by_kind != b.metrics.histogram_by_kind,
-            ),
-            (
-                "metrics.latency_buckets",
-                a.metrics.latency_buckets != b.metrics.latency_buckets,
-            ),
-            ("ingest.udp_listen", i.udp_listen != j.udp_listen),
-            ("ingest.udp_receivers", i.udp_receivers != j.udp_receivers),
-            (
-                "ingest.udp_recv_buffer_bytes",
-                i.udp_recv_buffer_bytes != j.udp_recv_buffer_bytes,
-            ),
-            (
-                "ingest.max_datagram_bytes",
-                i.max_datagram_bytes != j.max_datagram_bytes,
-            ),
-            (
-                "ingest.max_body_bytes",
-                i.max_body_bytes != j.max_body_bytes,
-            ),
-            (
-                "ingest.max_line_bytes",
-                i.max_line_bytes != j.max_line_bytes,
-            ),
-            (
-                "ingest.min_sample_rate",
-                i.min_sample_rate != j.min_sample_rate,
-            ),
-            ("ingest.max_tenants", i.max_tenants != j.max_tenants),
-            (
-                "ingest.tenant_idle_ttl",
-                i.tenant_idle_ttl != j.tenant_idle_ttl,
-            ),
-            ("ingest.share_window", i.share_window != j.share_window),
-            (
-                "ingest.max_endpoints_per_tenant",
-                i.max_endpoints_per_tenant != j.max_endpoints_per_tenant,
-            ),
-            ("ingest.max_instances", i.max_instances != j.max_instances),
-            ("log.format", a.log_format != b.log_format),
-            // Debug forms compare every field; they are never logged.
-            (
-                "targets",
-                format!("{:?}", a.targets) != format!("{:?}", b.targets),
-            ),
-            (
-                "pgbouncers",
-                format!("{:?}", a.pgbouncers) != format!("{:?}", b.pgbouncers),
-            ),
-            (
-                "tenants.rules",
-                format!("{:?}", a.attribution) != format!("{:?}", b.attribution),
-            ),
-            (
-                "ratelimit.idle_ttl",
-                a.ratelimit_idle_ttl != b.ratelimit_idle_ttl,
-            ),
-            (
-                "ratelimit.backend",
-                a.ratelimit_redis.is_some() != b.ratelimit_redis.is_some(),
-            ),
-            (
-                "ratelimit.redis",
-                a.ratelimit_redis.is_some()
-                    && b.ratelimit_redis.is_some()
-                    && a.ratelimit_redis != b.ratelimit_redis,
-            ),
-            ("api", a.api != b.api),
-            ("state", a.state != b.state),
-        ]
-        .into_iter()
-        .filter_map(|(key, changed)| changed.then_some(key))
-        .collect()
-    }
-}
-
-impl TryFrom<FileConfig> for Config {
-    type Error = ConfigError;
-
-    /// Validates a file as [`Config::load`] does, with an empty environment:
-    /// files it names (tokens, passwords, CAs) are read, but `password_env`
-    /// has no variable to find.
-    fn try_from(file: FileConfig) -> Result<Config, ConfigError> {
-        validate::assemble(&file, &[])
-    }
-}
-
-/// One bad key: its dotted name, the value given, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidKey {
-    pub key: String,
-    pub value: String,
-    pub message: String,
-}
-
-impl fmt::Display for InvalidKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} = {}: {}", self.key, self.value, self.message)
-    }
+    pub expected_tenants: Arc<BTreeSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +132,17 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<InvalidKey>),
+}
+
+impl TryFrom<Settings> for Config {
+    type Error = ConfigError;
+
+    /// Validates settings as [`Config::load`] does, with an empty
+    /// environment: files they name (tokens, passwords, CAs) are read, but
+    /// `password_env` has no variable to find.
+    fn try_from(settings: Settings) -> Result<Config, ConfigError> {
+        resolve::assemble(settings, &[])
+    }
 }
 
 impl Config {
@@ -258,140 +163,198 @@ impl Config {
         Config::from_toml_with_env(&text, path, env)
     }
 
-    /// Parses TOML text, applies environment overrides, validates.
+    /// Parses TOML text, applies the environment, validates.
     pub fn from_toml_with_env(
         text: &str,
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let parse_error = |message: String| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        };
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let overrides: Vec<(Vec<String>, &str)> = env
-            .iter()
-            .filter_map(|(key, value)| {
-                let rest = key.strip_prefix(ENV_OVERRIDE_PREFIX)?;
-                let path = rest.split("__").map(str::to_ascii_lowercase).collect();
-                Some((path, value.as_str()))
-            })
-            .collect();
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| parse_error(describe_toml_error(&e, text)))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: describe_toml_error(&e, text),
+        })?;
         let original = table.clone();
         let mut unset = Vec::new();
-        expand_env(&mut table, &env, "", &mut unset);
+        env::expand_env(&mut table, &env, "", &mut unset);
         if !unset.is_empty() {
             return Err(ConfigError::Invalid(unset));
         }
-        let file: FileConfig = if overrides.is_empty() && table == original {
-            // Straight from the text, so that errors name the line.
-            toml::from_str(text).map_err(|e| parse_error(describe_toml_error(&e, text)))?
-        } else {
-            for (key_path, value) in &overrides {
-                apply_override(&mut table, key_path, value).map_err(parse_error)?;
-            }
-            table.try_into().map_err(|e: toml::de::Error| {
-                parse_error(format!(
-                    "after environment expansion and overrides: {}",
-                    redact(e.message(), text)
-                ))
-            })?
-        };
-        validate::assemble(&file, &env)
-    }
-}
-
-/// Replaces `${NAME}` in every string value of `table` (at any depth) with
-/// the variable `NAME` of `env`, so that one file serves every pod
-/// (`name = "${POD_NAME}"`); `$${` writes a literal `${`. A variable that is
-/// not set is an invalid key, named with the variable.
-fn expand_env(
-    table: &mut toml::Table,
-    env: &[(String, String)],
-    prefix: &str,
-    unset: &mut Vec<InvalidKey>,
-) {
-    for (key, value) in table.iter_mut() {
-        let path = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        expand_value(value, env, &path, unset);
-    }
-}
-
-fn expand_value(
-    value: &mut toml::Value,
-    env: &[(String, String)],
-    path: &str,
-    unset: &mut Vec<InvalidKey>,
-) {
-    match value {
-        toml::Value::String(text) if text.contains('$') => {
-            let (expanded, missing) = expand_text(text, env);
-            for name in missing {
-                unset.push(InvalidKey {
-                    key: path.to_owned(),
-                    value: format!("${{{name}}}"),
-                    message: format!("the environment variable {name} is not set"),
-                });
-            }
-            *text = expanded;
-        }
-        toml::Value::Table(table) => expand_env(table, env, path, unset),
-        toml::Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                expand_value(item, env, &format!("{path}[{i}]"), unset);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// `text` with each `${NAME}` replaced, and the names that were not set.
-/// Anything else with a `$` (`$x`, an unclosed `${`) is left as written.
-fn expand_text(text: &str, env: &[(String, String)]) -> (String, Vec<String>) {
-    let mut out = String::with_capacity(text.len());
-    let mut missing = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        if let Some(escaped) = after.strip_prefix("${") {
-            out.push_str("${");
-            rest = escaped;
-            continue;
-        }
-        let name = after
-            .strip_prefix('{')
-            .and_then(|inner| inner.split_once('}'))
-            .map(|(name, _)| name)
-            .filter(|name| {
-                let mut bytes = name.bytes();
-                bytes
-                    .next()
-                    .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-                    && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            });
-        match name {
-            Some(name) => {
-                match env.iter().find(|(key, _)| key == name) {
-                    Some((_, value)) => out.push_str(value),
-                    None => missing.push(name.to_owned()),
+        for (key_path, value) in env::overrides(&env) {
+            env::apply_override(&mut table, &key_path, value).map_err(|message| {
+                ConfigError::Parse {
+                    path: path.to_owned(),
+                    message,
                 }
-                rest = &after[name.len() + 2..];
+            })?;
+        }
+        // Straight from the text when the environment changed nothing, so
+        // that the first error names its line.
+        let text = (table == original).then_some(text);
+        let (settings, mut errors) = deserialize(table, text);
+        // Every section's checks run as well, on the keys that parsed.
+        match resolve::assemble(settings, &env) {
+            Ok(config) if errors.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError::Invalid(errors)),
+            Err(ConfigError::Invalid(more)) => {
+                errors.extend(more);
+                Err(ConfigError::Invalid(errors))
             }
-            None => {
-                out.push('$');
-                rest = after;
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The configuration with every default, listening where the defaults say.
+    pub fn defaults() -> Config {
+        resolve::assemble(Settings::default(), &[]).expect("the defaults are valid")
+    }
+
+    /// The keys whose value differs between `self` (running) and `new` that
+    /// only a restart applies, derived from the settings types. Reload
+    /// applies the rest (quotas, callers, detection rules, the guard,
+    /// tokens, a renewed certificate, the tiers and expected-tenant files).
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<String> {
+        let mut keys = Vec::new();
+        self.settings.restart_changes(&new.settings, "", &mut keys);
+        // A renewed certificate is taken; TLS on or off would break clients
+        // mid-flight.
+        if self.tls.is_some() != new.tls.is_some() {
+            keys.push("server.tls_cert_file".to_owned());
+        }
+        keys
+    }
+
+    /// The keys a reload applies (for the documentation and its test).
+    pub fn live_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        self.settings.live_keys("", &mut keys);
+        keys
+    }
+
+    /// `tenantwatch_tenant_*` series stay per tenant up to this many.
+    pub fn max_tenants(&self) -> usize {
+        self.settings.ingest.max_tenants
+    }
+}
+
+/// Deserializes every section, reporting each bad key with its value: after
+/// an error the key is set aside (its default stands in) and the rest is
+/// read again, so one run names every wrong type and unknown key. `text`,
+/// when given, is what `table` was parsed from; the first error then says
+/// its line.
+fn deserialize(mut table: toml::Table, text: Option<&str>) -> (Settings, Vec<InvalidKey>) {
+    let mut errors = Vec::new();
+    if let Some(text) = text {
+        let first = toml::de::Deserializer::parse(text)
+            .map_err(|err| (String::new(), err))
+            .and_then(|de| {
+                serde_path_to_error::deserialize::<_, Settings>(de)
+                    .map_err(|err| (err.path().to_string(), err.into_inner()))
+            });
+        match first {
+            Ok(settings) => return (settings, errors),
+            Err((path, err)) => {
+                let key = bad_key(&path, err.message());
+                errors.push(invalid(&table, &key, describe_toml_error(&err, text), text));
+                if !remove_key(&mut table, &key) {
+                    return (Settings::default(), errors);
+                }
             }
         }
     }
-    out.push_str(rest);
-    (out, missing)
+    let text = text.unwrap_or_default();
+    // Each pass sets one bad key aside; a file has only so many keys.
+    for _ in 0..256 {
+        match serde_path_to_error::deserialize::<_, Settings>(toml::Value::Table(table.clone())) {
+            Ok(settings) => return (settings, errors),
+            Err(err) => {
+                let message = redact(err.inner().message(), text);
+                let key = bad_key(&err.path().to_string(), &message);
+                errors.push(invalid(&table, &key, message, text));
+                if !remove_key(&mut table, &key) {
+                    break;
+                }
+            }
+        }
+    }
+    (Settings::default(), errors)
+}
+
+/// The dotted key an error is about: an unknown field's own name under the
+/// path serde reports (the table holding it).
+fn bad_key(path: &str, message: &str) -> String {
+    let path = if path == "." || path == "?" { "" } else { path };
+    match message
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+    {
+        Some((field, _)) if !path.ends_with(field) => join(path, field),
+        _ => path.to_owned(),
+    }
+}
+
+/// One bad key with its value as written (passwords redacted).
+fn invalid(table: &toml::Table, key: &str, message: String, text: &str) -> InvalidKey {
+    let value = lookup(table, key)
+        .map(|v| redact(&v.to_string(), text))
+        .unwrap_or_else(|| "<unset>".into());
+    InvalidKey {
+        key: key.to_owned(),
+        value,
+        message,
+    }
+}
+
+/// `targets[0].name` as the steps `targets`, `0`, `name`.
+fn steps(key: &str) -> Vec<&str> {
+    key.split(['.', '['])
+        .map(|s| s.trim_end_matches(']'))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut steps = steps(key).into_iter();
+    let mut value = table.get(steps.next()?)?;
+    for step in steps {
+        value = match value {
+            toml::Value::Table(t) => t.get(step)?,
+            toml::Value::Array(a) => a.get(step.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+/// Removes `key` from `table`; false when it is not there.
+fn remove_key(table: &mut toml::Table, key: &str) -> bool {
+    fn remove(value: &mut toml::Value, steps: &[&str]) -> bool {
+        match (value, steps) {
+            (toml::Value::Table(t), [last]) => t.remove(*last).is_some(),
+            (toml::Value::Array(items), [last]) => match last.parse::<usize>() {
+                Ok(i) if i < items.len() => {
+                    items.remove(i);
+                    true
+                }
+                _ => false,
+            },
+            (toml::Value::Table(t), [step, rest @ ..]) => {
+                t.get_mut(*step).is_some_and(|v| remove(v, rest))
+            }
+            (toml::Value::Array(items), [step, rest @ ..]) => step
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get_mut(i))
+                .is_some_and(|v| remove(v, rest)),
+            _ => false,
+        }
+    }
+    let mut root = toml::Value::Table(std::mem::take(table));
+    let removed = remove(&mut root, &steps(key));
+    if let toml::Value::Table(t) = root {
+        *table = t;
+    }
+    removed
 }
 
 /// A TOML error as "line L, column C: message", without the source line
@@ -458,41 +421,11 @@ fn secrets_in(text: &str) -> Vec<String> {
     secrets
 }
 
-fn apply_override(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
-    let key = path.join(".");
-    let (last, parents) = path
-        .split_last()
-        .ok_or_else(|| format!("empty environment override key {key}"))?;
-    let mut current = table;
-    for part in parents {
-        let entry = current
-            .entry(part.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("environment override {key}: {part} is not a table"))?;
-    }
-    // Numbers and booleans keep their type; everything else is a string.
-    let value = if let Ok(n) = raw.parse::<i64>() {
-        toml::Value::Integer(n)
-    } else if let Ok(b) = raw.parse::<bool>() {
-        toml::Value::Boolean(b)
-    } else {
-        toml::Value::String(raw.to_owned())
-    };
-    current.insert(last.clone(), value);
-    Ok(())
-}
-
 impl Config {
-    /// The configuration with every default, listening where the defaults say.
-    pub fn defaults() -> Config {
-        validate::assemble(&FileConfig::default(), &[]).expect("the defaults are valid")
-    }
-
     /// A few lines for `check-config`: what the daemon would do.
     pub fn summary(&self) -> String {
         let udp = self
+            .settings
             .ingest
             .udp_listen
             .map(|a| a.to_string())
@@ -503,30 +436,30 @@ impl Config {
              udp listener: {} ({} receiver thread(s), {} byte receive buffer requested)\n\
              limits: {} tenants, {} bytes per datagram, {} bytes per body, {} bytes per line\n\
              tenant idle ttl: {}, db time share window: {}\n",
-            self.server.listen,
-            if self.server.auth_token.is_some() {
+            self.settings.server.listen,
+            if self.tokens.write.is_some() {
                 "required"
             } else {
                 "not required"
             },
             udp,
-            self.ingest.udp_receivers,
-            self.ingest.udp_recv_buffer_bytes,
-            self.ingest.max_tenants,
-            self.ingest.max_datagram_bytes,
-            self.ingest.max_body_bytes,
-            self.ingest.max_line_bytes,
-            humantime::format_duration(self.ingest.tenant_idle_ttl),
-            humantime::format_duration(self.ingest.share_window),
+            self.settings.ingest.udp_receivers,
+            self.settings.ingest.udp_recv_buffer_bytes,
+            self.settings.ingest.max_tenants,
+            self.settings.ingest.max_datagram_bytes,
+            self.settings.ingest.max_body_bytes,
+            self.settings.ingest.max_line_bytes,
+            humantime::format_duration(self.settings.ingest.tenant_idle_ttl),
+            humantime::format_duration(self.settings.ingest.share_window),
         );
         for target in &self.targets {
             summary.push_str(&format!(
                 "target {}: {} every {}, schema statistics every {}, sizes every {}, databases {:?}\n",
-                target.name,
+                target.settings.name,
                 target.description,
-                humantime::format_duration(target.poll_interval),
-                humantime::format_duration(target.stats_interval),
-                humantime::format_duration(target.size_interval),
+                humantime::format_duration(target.settings.poll_interval),
+                humantime::format_duration(target.settings.stats_interval),
+                humantime::format_duration(target.settings.size_interval),
                 target.databases,
             ));
         }
@@ -536,9 +469,9 @@ impl Config {
         for pgbouncer in &self.pgbouncers {
             summary.push_str(&format!(
                 "pgbouncer {}: {} every {}\n",
-                pgbouncer.name,
+                pgbouncer.settings.name,
                 pgbouncer.description,
-                humantime::format_duration(pgbouncer.poll_interval),
+                humantime::format_duration(pgbouncer.settings.poll_interval),
             ));
         }
         summary.push_str(&format!(
@@ -584,6 +517,9 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::env::expand_text;
     use super::*;
     use crate::http::Secret;
 
@@ -595,14 +531,17 @@ mod tests {
     #[test]
     fn empty_file_gives_the_defaults() {
         let config = load("", &[]).unwrap();
-        assert_eq!(config.server.listen, "127.0.0.1:9645".parse().unwrap());
         assert_eq!(
-            config.ingest.udp_listen,
+            config.settings.server.listen,
+            "127.0.0.1:9645".parse().unwrap()
+        );
+        assert_eq!(
+            config.settings.ingest.udp_listen,
             Some("127.0.0.1:8125".parse().unwrap())
         );
-        assert_eq!(config.ingest.max_tenants, 10_000);
-        assert_eq!(config.ingest.share_window, Duration::from_secs(60));
-        assert!(config.server.auth_token.is_none());
+        assert_eq!(config.settings.ingest.max_tenants, 10_000);
+        assert_eq!(config.settings.ingest.share_window, Duration::from_secs(60));
+        assert!(config.tokens.write.is_none());
     }
 
     #[test]
@@ -627,20 +566,22 @@ mod tests {
         let ConfigError::Invalid(errors) = err else {
             panic!("expected validation errors, got {err}");
         };
-        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        let mut keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        keys.sort_unstable();
         assert_eq!(
             keys,
             [
-                "server.listen",
-                "server.shutdown_grace",
                 "ingest.max_datagram_bytes",
                 "ingest.max_tenants",
                 "ingest.share_window",
-                "log.format"
+                "log.format",
+                "server.listen",
+                "server.shutdown_grace",
             ]
         );
-        assert_eq!(errors[0].value, "\"nowhere\"");
-        assert_eq!(errors[3].value, "0");
+        let value = |key: &str| &errors.iter().find(|e| e.key == key).unwrap().value;
+        assert_eq!(value("server.listen"), "\"nowhere\"");
+        assert_eq!(value("ingest.max_tenants"), "0");
     }
 
     #[test]
@@ -750,10 +691,13 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(config.server.listen, "0.0.0.0:9999".parse().unwrap());
-        assert_eq!(config.ingest.max_tenants, 42);
-        assert_eq!(config.ingest.udp_listen, None);
-        assert_eq!(config.server.auth_token, Some(Secret::new("s3cret")));
+        assert_eq!(
+            config.settings.server.listen,
+            "0.0.0.0:9999".parse().unwrap()
+        );
+        assert_eq!(config.settings.ingest.max_tenants, 42);
+        assert_eq!(config.settings.ingest.udp_listen, None);
+        assert_eq!(config.tokens.write, Some(Secret::new("s3cret")));
         let err = load("", &[("TENANTWATCH__SERVER__NOPE", "1")])
             .unwrap_err()
             .to_string();
@@ -767,10 +711,7 @@ mod tests {
         let token = dir.join("token");
         std::fs::write(&token, "hunter2\n").unwrap();
         let config = load(&format!("[server]\nauth_token_file = {:?}\n", token), &[]).unwrap();
-        assert_eq!(
-            config.server.auth_token.as_ref().unwrap().expose(),
-            "hunter2"
-        );
+        assert_eq!(config.tokens.write.as_ref().unwrap().expose(), "hunter2");
         assert!(!format!("{config:?}").contains("hunter2"));
         assert!(!config.summary().contains("hunter2"));
         let err = load("[server]\nauth_token_file = \"/nonexistent/token\"\n", &[]).unwrap_err();
@@ -823,7 +764,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(with_token.server.read_token, Some(Secret::new("r")));
+        assert_eq!(with_token.tokens.read, Some(Secret::new("r")));
     }
 
     #[test]
@@ -835,7 +776,7 @@ mod tests {
             ("PGHOST".to_owned(), "db1".to_owned()),
         ];
         let config = Config::from_toml_with_env(text, Path::new("t.toml"), env).unwrap();
-        assert_eq!(config.targets[0].name, "postgres-0");
+        assert_eq!(config.targets[0].settings.name, "postgres-0");
         assert_eq!(config.targets[0].description, "db1:5432/u");
         // A `$` that starts no `${NAME}` stays as written.
         assert_eq!(
@@ -868,11 +809,126 @@ mod tests {
         assert!(err.contains("password_env"), "{err}");
     }
 
+    /// A value of the same type as `value` that differs from it and is
+    /// valid on its own.
+    fn changed(key: &str, value: &toml::Value) -> toml::Value {
+        use toml::Value;
+        match value {
+            Value::Boolean(b) => Value::Boolean(!b),
+            Value::Integer(0) => Value::Integer(1),
+            Value::Integer(n) if *n < 16 => Value::Integer(n + 1),
+            Value::Integer(n) => Value::Integer(n / 2),
+            Value::Float(x) => Value::Float(x * 2.0),
+            Value::Array(items) if !items.is_empty() => {
+                Value::Array(items[..items.len() - 1].to_vec())
+            }
+            Value::String(text) => {
+                let new = if let Ok(d) = humantime::parse_duration(text) {
+                    humantime::format_duration(d * 2).to_string()
+                } else if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+                    std::net::SocketAddr::new(addr.ip(), addr.port() + 1).to_string()
+                } else {
+                    match text.as_str() {
+                        "plain" => "json".into(),
+                        "off" => "dry_run".into(),
+                        "local" if key == "ratelimit.backend" => "redis".into(),
+                        "local" => "open".into(),
+                        "" => "/tmp/tenantwatch-test-state.json".into(),
+                        url if url.starts_with("redis://") => format!("{url}/1"),
+                        other => panic!("{key}: no changed value for {other:?}"),
+                    }
+                };
+                Value::String(new)
+            }
+            other => panic!("{key}: no changed value for {other}"),
+        }
+    }
+
+    /// Every key of the example file and of a `[[targets]]` entry, changed
+    /// in turn: a reload either applies it (the part the daemon hands its
+    /// modules changes) or names it, and names nothing else.
+    #[test]
+    fn a_reload_applies_or_names_every_key() {
+        let target = "[[targets]]\nname = \"main\"\ndsn = \"host=localhost user=u\"\n";
+        let base_text = format!(
+            "{}\n[ratelimit.redis]\nurl = \"redis://127.0.0.1:6379\"\n\
+             fail_mode = \"local\"\ntimeout = \"50ms\"\npool_size = 2\n\
+             expected_instances = 1\n{target}poll_interval = \"10s\"\nstats_interval = \"1m\"\n\
+             size_interval = \"5m\"\nstatement_timeout = \"5s\"\nlock_timeout = \"1s\"\n\
+             connect_timeout = \"5s\"\nmax_databases = 100\nsize_batch = 2000\n\
+             max_sessions = 2\nstatements_text = false\n",
+            include_str!("../../tenantwatch.example.toml")
+        );
+        let base_table: toml::Table = toml::from_str(&base_text).unwrap();
+        let old = load(&base_text, &[]).unwrap();
+        let live = old.live_keys();
+        let mut keys = Vec::new();
+        for (section, value) in &base_table {
+            match value {
+                toml::Value::Table(table) => {
+                    for (key, value) in table {
+                        match value {
+                            toml::Value::Table(sub) => keys.extend(
+                                sub.keys()
+                                    .map(|k| (format!("{section}.{key}.{k}"), sub[k].clone())),
+                            ),
+                            _ => keys.push((format!("{section}.{key}"), value.clone())),
+                        }
+                    }
+                }
+                toml::Value::Array(entries) if section == "targets" => {
+                    let toml::Value::Table(entry) = &entries[0] else {
+                        panic!("a target");
+                    };
+                    keys.extend(
+                        entry
+                            .iter()
+                            .filter(|(k, _)| !matches!(k.as_str(), "name" | "dsn"))
+                            .map(|(k, v)| (format!("targets[0].{k}"), v.clone())),
+                    );
+                }
+                _ => {}
+            }
+        }
+        assert!(keys.len() > 60, "only {} keys", keys.len());
+        for (key, value) in keys {
+            if key == "tenants.rules" {
+                continue;
+            }
+            let mut table = base_table.clone();
+            let steps = steps(&key);
+            let mut cursor = &mut table;
+            for step in steps[..steps.len() - 1]
+                .iter()
+                .filter(|s| s.parse::<usize>().is_err())
+            {
+                let next = cursor.get_mut(*step).unwrap();
+                cursor = match next {
+                    toml::Value::Table(t) => t,
+                    toml::Value::Array(a) => a[0].as_table_mut().unwrap(),
+                    _ => unreachable!(),
+                };
+            }
+            cursor.insert(steps[steps.len() - 1].to_owned(), changed(&key, &value));
+            let new = load(&toml::to_string(&table).unwrap(), &[])
+                .unwrap_or_else(|err| panic!("{key} changed: {err}"));
+            let named = old.restart_only_changes(&new);
+            let applied = live
+                .iter()
+                .any(|l| key == *l || key.starts_with(&format!("{l}.")))
+                && (old.ratelimit != new.ratelimit || old.detect != new.detect);
+            assert!(
+                named == [key.clone()] || (named.is_empty() && applied),
+                "{key}: named {named:?}, applied {applied}"
+            );
+        }
+    }
+
     #[test]
     fn example_config_equals_the_defaults() {
         let example = include_str!("../../tenantwatch.example.toml");
-        let parsed: FileConfig = toml::from_str(example).expect("example parses");
-        assert_eq!(parsed, FileConfig::default());
+        let parsed: Settings = toml::from_str(example).expect("example parses");
+        assert_eq!(parsed, Settings::default());
     }
 
     #[test]

@@ -19,8 +19,7 @@ use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    Config, FileConfig, FilePgBouncer, FileRule, FileRuleSettings, FileTarget, FileTenantQuota,
-    FileTier,
+    Config, PgBouncerSettings, RuleSettings, Settings, TargetSettings, TenantOverride, TierSettings,
 };
 use crate::daemon::Daemon;
 use cluster::{Cluster, ClusterError};
@@ -523,81 +522,68 @@ pub fn demo_config(
     pgbouncer: Option<&pgbouncer::PgBouncer>,
     tenants: &[String],
     listen: SocketAddr,
-) -> FileConfig {
-    let mut file = FileConfig::default();
-    file.server.listen = listen.to_string();
+) -> Settings {
+    use crate::attribution::RuleSource;
+    use crate::detect::{GuardMode, RuleName};
+    let mut file = Settings::default();
+    file.server.listen = listen;
     // Nothing routes to the demo: stop at once on Ctrl-C.
-    file.server.shutdown_delay = "0s".into();
+    file.server.shutdown_delay = Duration::ZERO;
     // The demo's live view and its 1 s scrapes want fresh figures.
-    file.server.metrics_max_age = "1s".into();
-    file.ingest.udp_listen = "127.0.0.1:0".into();
-    file.targets.push(FileTarget {
-        poll_interval: "2s".into(),
+    file.server.metrics_max_age = Duration::from_secs(1);
+    file.ingest.udp_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    file.targets.push(TargetSettings {
+        poll_interval: Duration::from_secs(2),
         // Schema statistics every 10 s: the dashboards move in a demo.
-        stats_interval: "10s".into(),
-        size_interval: "30s".into(),
+        stats_interval: Duration::from_secs(10),
+        size_interval: Duration::from_secs(30),
         // Every schema series, so that every dashboard panel has data.
-        schema_detail: "full".into(),
-        ..FileTarget::new("demo", cluster.dsn("app"))
+        schema_detail: crate::store::SchemaDetail::Full,
+        ..TargetSettings::new("demo", cluster.dsn("app"))
     });
     if let Some(pgbouncer) = pgbouncer {
-        file.pgbouncers.push(FilePgBouncer {
-            poll_interval: "2s".into(),
-            ..FilePgBouncer::new("demo", pgbouncer.admin_dsn())
+        file.pgbouncers.push(PgBouncerSettings {
+            poll_interval: Duration::from_secs(2),
+            ..PgBouncerSettings::new("demo", pgbouncer.admin_dsn())
         });
     }
     // The default rules (schemas, query comments), with the noisy
     // tenant's role between them: its pooled sessions are its own.
+    let rule = |source, pattern: &str| RuleSettings {
+        source,
+        pattern: pattern.into(),
+        key: None,
+    };
     file.tenants.rules = vec![
-        FileRule {
-            source: "schema".into(),
-            pattern: "^tenant_(?P<tenant>.+)$".into(),
-            key: None,
-        },
-        FileRule {
-            source: "role".into(),
-            pattern: "^app_(?P<tenant>.+)$".into(),
-            key: None,
-        },
-        FileRule {
-            source: "query_comment".into(),
-            pattern: "^(?P<tenant>.+)$".into(),
-            key: None,
-        },
+        rule(RuleSource::Schema, "^tenant_(?P<tenant>.+)$"),
+        rule(RuleSource::Role, "^app_(?P<tenant>.+)$"),
+        rule(RuleSource::QueryComment, "^(?P<tenant>.+)$"),
     ];
     // Detection tuned to show within the demo's first minute what the
     // shipped defaults (2m for db_time_hog, 60s idle in transaction) show
     // in two.
-    file.detect.interval = "5s".into();
+    file.detect.interval = Duration::from_secs(5);
     // History every 10 s, so the API's history and growth fit show data
     // within the demo's first minutes.
-    file.api.history_resolution = "10s".into();
+    file.api.history_resolution = Duration::from_secs(10);
     // A size budget, so capacity shows days until it and tenants that fit.
     file.api.size_budget_bytes = 10 << 30;
-    file.detect.rules.insert(
-        "db_time_hog".into(),
-        FileRuleSettings {
-            for_: Some("30s".into()),
-            ..Default::default()
-        },
-    );
-    file.detect.rules.insert(
-        "idle_in_transaction".into(),
-        FileRuleSettings {
-            threshold: Some(30.0),
-            ..Default::default()
-        },
-    );
+    if let Some(rule) = file.detect.rules.get_mut(&RuleName::DbTimeHog) {
+        rule.for_ = Duration::from_secs(30);
+    }
+    if let Some(rule) = file.detect.rules.get_mut(&RuleName::IdleInTransaction) {
+        rule.threshold = 30.0;
+    }
     // The guard in dry run: the idle transaction's would-be termination
     // is logged, counted and annotated, and the session stays.
-    file.guard.mode = "dry_run".into();
-    file.guard.grace = "0s".into();
+    file.guard.mode = GuardMode::DryRun;
+    file.guard.grace = Duration::ZERO;
     // Two tiers with the default quotas, so dashboards group by tier
     // while every tenant keeps the same limits.
     for tier in ["gold", "standard"] {
         file.ratelimit.tiers.insert(
             tier.into(),
-            FileTier {
+            TierSettings {
                 qps: file.ratelimit.default_qps,
                 burst: file.ratelimit.default_burst,
                 shadow: false,
@@ -608,7 +594,7 @@ pub fn demo_config(
         let tier = if i % 3 == 0 { "gold" } else { "standard" };
         file.ratelimit.tenants.insert(
             tenant.clone(),
-            FileTenantQuota {
+            TenantOverride {
                 tier: Some(tier.into()),
                 ..Default::default()
             },

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::settings::{Problems, serde_text};
 
 pub use crate::store::guard::GuardAction;
 
@@ -183,26 +185,144 @@ impl RuleSettings {
     }
 }
 
-/// Detector settings, reloadable.
-#[derive(Debug, Clone, PartialEq)]
+/// `[detect]`: the problem-tenant rules. Reloadable: a SIGHUP applies
+/// every key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DetectSettings {
+    /// How often every rule is evaluated.
+    #[serde(with = "serde_text::duration")]
     pub interval: Duration,
-    /// Window for rates, error ratios and latency percentiles.
+    /// Window for rates, error ratios and latency percentiles: the store's
+    /// `ingest.share_window`, set by `config`.
+    #[serde(skip)]
     pub window: Duration,
-    /// Half-life of each tenant's query-rate baseline.
+    /// Half-life of each tenant's query-rate baseline (`rate_spike`).
+    #[serde(with = "serde_text::duration")]
     pub baseline_half_life: Duration,
+    /// Per-rule overrides, `[detect.rules.<name>]`: each key given replaces
+    /// the rule's shipped default.
+    #[serde(deserialize_with = "rules_over_defaults")]
     pub rules: BTreeMap<RuleName, RuleSettings>,
-    /// Advice never tightens a quota below this.
+    /// Advice never tightens a quota below this many queries per second.
     pub floor_qps: f64,
     /// After a flag clears, the effective quota grows by this factor per
     /// interval until it is back at the base quota.
     pub relax_factor: f64,
-    /// `[guard]`: ending offending sessions.
+    /// `[guard]`, set by `config`.
+    #[serde(skip)]
     pub guard: GuardSettings,
 }
 
+/// `[detect.rules.<name>]`: every key optional; unset keys keep the default.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RuleOverride {
+    enabled: Option<bool>,
+    threshold: Option<f64>,
+    min: Option<f64>,
+    factor: Option<f64>,
+    #[serde(rename = "for", with = "serde_text::duration::option")]
+    for_: Option<Duration>,
+    #[serde(with = "serde_text::duration::option")]
+    cooldown: Option<Duration>,
+    severity: Option<Severity>,
+    tighten: Option<bool>,
+    /// `"cancel"`, `"terminate"` or `"none"` (long_query,
+    /// idle_in_transaction and lock_blocker only).
+    guard: Option<GuardChoice>,
+}
+
+/// A rule's `guard` key: an action, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum GuardChoice {
+    Cancel,
+    Terminate,
+    None,
+}
+
+/// Every rule at its shipped default, with the file's keys laid over.
+fn rules_over_defaults<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<RuleName, RuleSettings>, D::Error> {
+    // Keyed by text, so that an error inside names its rule.
+    let overrides = BTreeMap::<String, RuleOverride>::deserialize(deserializer)?;
+    let mut rules = DetectSettings::default().rules;
+    for (name, over) in overrides {
+        let name = RuleName::parse(&name).ok_or_else(|| {
+            let names: Vec<&str> = RuleName::ALL.iter().map(|r| r.as_str()).collect();
+            serde::de::Error::custom(format!(
+                "unknown rule `{name}`; rules are {}",
+                names.join(", ")
+            ))
+        })?;
+        let r = rules
+            .entry(name)
+            .or_insert_with(|| RuleSettings::default_for(name));
+        r.enabled = over.enabled.unwrap_or(r.enabled);
+        r.threshold = over.threshold.unwrap_or(r.threshold);
+        r.min = over.min.unwrap_or(r.min);
+        r.factor = over.factor.unwrap_or(r.factor);
+        r.for_ = over.for_.unwrap_or(r.for_);
+        r.cooldown = over.cooldown.unwrap_or(r.cooldown);
+        r.severity = over.severity.unwrap_or(r.severity);
+        r.tighten = over.tighten.unwrap_or(r.tighten);
+        r.guard = match over.guard {
+            None => r.guard,
+            Some(GuardChoice::None) => None,
+            Some(GuardChoice::Cancel) => Some(GuardAction::Cancel),
+            Some(GuardChoice::Terminate) => Some(GuardAction::Terminate),
+        };
+    }
+    Ok(rules)
+}
+
+impl DetectSettings {
+    /// One rule's settings, to change in place.
+    pub fn rule_mut(&mut self, name: RuleName) -> &mut RuleSettings {
+        self.rules
+            .entry(name)
+            .or_insert_with(|| RuleSettings::default_for(name))
+    }
+
+    /// Checks each key on its own.
+    pub fn check(&self, p: &mut Problems) {
+        p.positive("detect.interval", self.interval);
+        p.positive("detect.baseline_half_life", self.baseline_half_life);
+        p.finite_above("detect.floor_qps", self.floor_qps, 0.0, f64::MAX);
+        p.finite_above("detect.relax_factor", self.relax_factor, 1.0, f64::MAX);
+        for (name, rule) in &self.rules {
+            let key = |field: &str| format!("detect.rules.{}.{field}", name.as_str());
+            for (field, value) in [
+                ("threshold", rule.threshold),
+                ("min", rule.min),
+                ("factor", rule.factor),
+            ] {
+                if !(value.is_finite() && value >= 0.0) {
+                    p.fail(&key(field), value, "must be a finite number >= 0");
+                }
+            }
+            let guarded = matches!(
+                name,
+                RuleName::LongQuery | RuleName::IdleInTransaction | RuleName::LockBlocker
+            );
+            if let Some(action) = rule.guard
+                && !guarded
+            {
+                p.fail(
+                    &key("guard"),
+                    format!("{:?}", action.as_str()),
+                    "only long_query, idle_in_transaction and lock_blocker end sessions",
+                );
+            }
+        }
+    }
+}
+
 /// `guard.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GuardMode {
     /// Nothing is done (the default).
     Off,
@@ -212,15 +332,54 @@ pub enum GuardMode {
     Enforce,
 }
 
-/// `[guard]`: when and how often a flagged tenant's sessions are ended.
-#[derive(Debug, Clone)]
+impl GuardMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardMode::Off => "off",
+            GuardMode::DryRun => "dry_run",
+            GuardMode::Enforce => "enforce",
+        }
+    }
+}
+
+/// `[guard]`: when and how often a flagged tenant's sessions are ended
+/// (off by default). Reloadable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GuardSettings {
+    /// `"off"`, `"dry_run"` or `"enforce"`.
     pub mode: GuardMode,
     /// How long a flag stays raised before its sessions are ended.
+    #[serde(with = "serde_text::duration")]
     pub grace: Duration,
+    /// Actions at most per minute, over every target (at least 1).
     pub max_actions_per_minute: u32,
-    /// Sessions whose `application_name` matches are maintenance: never ended.
+    /// Regular expressions over `application_name`: maintenance sessions
+    /// the guard never ends.
+    #[serde(deserialize_with = "regex_set")]
     pub exclude_applications: regex::RegexSet,
+}
+
+fn regex_set<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<regex::RegexSet, D::Error> {
+    let patterns = Vec::<String>::deserialize(deserializer)?;
+    regex::RegexSet::new(&patterns).map_err(|err| {
+        serde::de::Error::custom(format!("not a list of regular expressions ({err})"))
+    })
+}
+
+impl GuardSettings {
+    /// Checks each key on its own.
+    pub fn check(&self, p: &mut Problems) {
+        if self.max_actions_per_minute == 0 {
+            p.fail(
+                "guard.max_actions_per_minute",
+                0,
+                "must be at least 1 (turn the guard off with guard.mode = \"off\")",
+            );
+        }
+    }
 }
 
 impl PartialEq for GuardSettings {

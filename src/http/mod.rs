@@ -38,6 +38,7 @@ pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -50,6 +51,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +65,7 @@ use crate::capacity::{CapacitySettings, SharedTargetHistories, SharedTenantHisto
 use crate::detect::SharedJudgement;
 use crate::metrics::{self, HttpLabels, HttpMetrics};
 use crate::ratelimit::RateLimits;
+use crate::settings::{Problems, Reload, serde_text};
 use crate::store::{IngestStats, Store, TargetStatuses};
 use crate::telemetry::RateLimitedWarn;
 use deadline::WriteDeadline;
@@ -71,51 +74,73 @@ use reply::{Body, text};
 /// The OpenAPI 3.1 description of every endpoint (`GET /api/v1/openapi.json`).
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// The listener's settings (`[server]`).
-#[derive(Debug, Clone)]
+/// `[server]`: the one HTTP listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Reload)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
-    /// Loopback by default: exposing it is a deliberate choice.
+    /// Address of the HTTP listener (`/metrics`, `/healthz`, `/readyz`,
+    /// `/v1/*`). Loopback by default: exposing it is a deliberate choice.
     pub listen: SocketAddr,
-    /// The bearer token `/v1/*` requires, if any.
-    pub auth_token: Option<Secret>,
-    /// The bearer token `/metrics` and `/api/v1/*` require, if any.
-    pub read_token: Option<Secret>,
-    /// Serve a non-loopback listener without a write token, on purpose.
+    /// File holding the bearer token that `/v1/*` requires. Unset (and no
+    /// `TENANTWATCH_AUTH_TOKEN`) means no token is required.
+    #[reload(live)]
+    pub auth_token_file: Option<PathBuf>,
+    /// File holding the bearer token that `/metrics` and `/api/v1/*`
+    /// require (or `TENANTWATCH_READ_TOKEN`). Unset: reads are open.
+    #[reload(live)]
+    pub read_token_file: Option<PathBuf>,
+    /// Serve a non-loopback `listen` without a write token, on purpose.
     pub allow_unauthenticated: bool,
-    /// Concurrent HTTP connections; excess ones are closed and counted.
+    /// Concurrent HTTP connections; connections beyond it are closed at once
+    /// and counted, so a connection flood cannot exhaust file descriptors.
     pub max_connections: usize,
     /// Time a client has to send its request headers (slowloris guard).
+    #[serde(with = "serde_text::duration")]
     pub header_read_timeout: Duration,
     /// Time a client has to send a request body.
+    #[serde(with = "serde_text::duration")]
     pub body_read_timeout: Duration,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[serde(with = "serde_text::duration")]
     pub shutdown_grace: Duration,
     /// On SIGTERM/SIGINT, how long the listener keeps serving after
-    /// `/readyz` turns 503 (Kubernetes takes a moment to stop routing).
+    /// `/readyz` turns 503, so load balancers stop routing first (`"0s"`
+    /// for none).
+    #[serde(with = "serde_text::duration")]
     pub shutdown_delay: Duration,
-    /// A connection whose response makes no write progress for this long
-    /// (the client stopped reading) is closed.
+    /// A response that makes no write progress for this long (the client
+    /// stopped reading) has its connection closed.
+    #[serde(with = "serde_text::duration")]
     pub write_timeout: Duration,
     /// Longest a connection stays open; then it finishes its request in
     /// flight and closes (keep-alive clients reconnect).
+    #[serde(with = "serde_text::duration")]
     pub request_timeout: Duration,
     /// Heavy requests (an exposition encode, API views, large event bodies)
-    /// run at once on blocking threads; beyond this many, 503. 0 in the
-    /// file means half the CPU cores (at least 1), so a core stays free for
-    /// the async workers that answer probes and checks.
+    /// run at once on blocking threads; beyond this many, 503. 0 means half
+    /// the CPU cores (at least 1), so a core stays free for the async
+    /// workers that answer probes and checks.
     pub max_heavy_requests: usize,
-    /// A scrape within this long of the last encode reuses its bytes.
+    /// A scrape within this long of the last encode reuses its bytes
+    /// (`"0s"`: every scrape encodes).
+    #[serde(with = "serde_text::duration")]
     pub metrics_max_age: Duration,
-    /// TLS on the listener (`server.tls_cert_file`, `server.tls_key_file`).
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// PEM certificate chain: with `tls_key_file`, the listener serves TLS.
+    /// A renewed certificate is taken on reload; turning TLS on or off
+    /// needs a restart.
+    #[reload(live)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[reload(live)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9645)),
-            auth_token: None,
-            read_token: None,
+            auth_token_file: None,
+            read_token_file: None,
             allow_unauthenticated: false,
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
@@ -126,7 +151,8 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(300),
             max_heavy_requests: 0,
             metrics_max_age: Duration::from_secs(10),
-            tls: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -141,12 +167,54 @@ impl ServerSettings {
         (cores / 2).max(1)
     }
 
-    /// The tokens these settings require.
-    pub fn tokens(&self) -> Tokens {
-        Tokens {
-            write: self.auth_token.clone(),
-            read: self.read_token.clone(),
-            callers: Vec::new(),
+    /// Checks each key on its own (rules across keys are `config`'s).
+    pub fn check(&self, p: &mut Problems) {
+        p.range("server.max_connections", self.max_connections, 1, 1_000_000);
+        p.range(
+            "server.max_heavy_requests",
+            self.max_heavy_requests,
+            0,
+            1024,
+        );
+        for (key, value) in [
+            ("server.header_read_timeout", self.header_read_timeout),
+            ("server.body_read_timeout", self.body_read_timeout),
+            ("server.shutdown_grace", self.shutdown_grace),
+            ("server.write_timeout", self.write_timeout),
+            ("server.request_timeout", self.request_timeout),
+        ] {
+            p.positive(key, value);
+        }
+    }
+
+    /// The listener's TLS configuration, read from its files: both or
+    /// neither.
+    pub fn load_tls(&self, p: &mut Problems) -> Option<Arc<rustls::ServerConfig>> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => match tls::server_config(cert, key) {
+                Ok(config) => Some(Arc::new(config)),
+                Err(err) => {
+                    p.fail("server.tls_cert_file", cert.display(), err.to_string());
+                    None
+                }
+            },
+            (Some(cert), None) => {
+                p.fail(
+                    "server.tls_key_file",
+                    "<unset>",
+                    format!("needed with server.tls_cert_file = {}", cert.display()),
+                );
+                None
+            }
+            (None, Some(key)) => {
+                p.fail(
+                    "server.tls_cert_file",
+                    "<unset>",
+                    format!("needed with server.tls_key_file = {}", key.display()),
+                );
+                None
+            }
         }
     }
 }

@@ -14,17 +14,23 @@ pub mod ndjson;
 pub mod udp;
 
 use crate::event::{Event, Reject, RejectReason};
+use serde::Deserialize;
+
+use crate::settings::{Problems, Reload, serde_text};
 use crate::store::{IngestStats, ShardWriter, Source};
 
-/// The ingest settings (`[ingest]`): listeners, size limits, and the
-/// tenant store's bounds.
-#[derive(Debug, Clone, PartialEq)]
+/// `[ingest]`: tenant query events over UDP and HTTP, and the tenant
+/// store's bounds. Every key takes effect at start-up.
+#[derive(Debug, Clone, PartialEq, Deserialize, Reload)]
+#[serde(default, deny_unknown_fields)]
 pub struct IngestSettings {
-    /// UDP listener for NDJSON and DogStatsD lines; `None` turns UDP off.
+    /// UDP listener for NDJSON and DogStatsD lines; `""` turns UDP off.
+    #[serde(with = "serde_text::optional_addr")]
     pub udp_listen: Option<std::net::SocketAddr>,
     /// Receive threads on the UDP socket, each with its own store shard.
     pub udp_receivers: usize,
-    /// Socket receive buffer requested (`SO_RCVBUF`).
+    /// Socket receive buffer requested (`SO_RCVBUF`); it absorbs bursts.
+    /// The kernel caps it at `net.core.rmem_max`; the granted size is exported.
     pub udp_recv_buffer_bytes: usize,
     /// Largest datagram accepted; longer ones are refused whole.
     pub max_datagram_bytes: usize,
@@ -32,13 +38,17 @@ pub struct IngestSettings {
     pub max_body_bytes: usize,
     /// Longest event line accepted.
     pub max_line_bytes: usize,
-    /// Lowest DogStatsD sample rate accepted (`|@rate`); lower is refused.
+    /// Lowest DogStatsD sample rate accepted; a line sampled more sparsely
+    /// is refused (`invalid_sample_rate`), since `1/rate` weighs it.
     pub min_sample_rate: f64,
     /// Most tenants tracked at once; events for more go to `__overflow__`.
     pub max_tenants: usize,
     /// A tenant with no event for this long is forgotten.
+    #[serde(with = "serde_text::duration")]
     pub tenant_idle_ttl: std::time::Duration,
-    /// Window over which `tenantwatch_tenant_db_time_share` is computed.
+    /// Window over which `tenantwatch_tenant_db_time_share` is computed
+    /// (at least 12s: it is kept in 12 slots).
+    #[serde(with = "serde_text::duration")]
     pub share_window: std::time::Duration,
     /// Endpoints kept per tenant; more count under `__other__`.
     pub max_endpoints_per_tenant: usize,
@@ -62,6 +72,47 @@ impl Default for IngestSettings {
             max_endpoints_per_tenant: 20,
             max_instances: 500,
         }
+    }
+}
+
+impl IngestSettings {
+    /// Checks each key on its own.
+    pub fn check(&self, p: &mut Problems) {
+        p.range("ingest.udp_receivers", self.udp_receivers, 1, 64);
+        p.range(
+            "ingest.udp_recv_buffer_bytes",
+            self.udp_recv_buffer_bytes,
+            4096,
+            1 << 30,
+        );
+        p.range(
+            "ingest.max_datagram_bytes",
+            self.max_datagram_bytes,
+            512,
+            65_507,
+        );
+        p.range("ingest.max_body_bytes", self.max_body_bytes, 1024, 1 << 30);
+        p.range("ingest.max_line_bytes", self.max_line_bytes, 256, 1 << 20);
+        p.finite_above("ingest.min_sample_rate", self.min_sample_rate, 0.0, 1.0);
+        p.range("ingest.max_tenants", self.max_tenants, 1, 10_000_000);
+        p.positive("ingest.tenant_idle_ttl", self.tenant_idle_ttl);
+        if self.share_window < std::time::Duration::from_secs(12) {
+            p.fail(
+                "ingest.share_window",
+                format!(
+                    "{:?}",
+                    humantime::format_duration(self.share_window).to_string()
+                ),
+                "must be at least 12s (the window is kept in 12 slots)",
+            );
+        }
+        p.range(
+            "ingest.max_endpoints_per_tenant",
+            self.max_endpoints_per_tenant,
+            1,
+            1000,
+        );
+        p.range("ingest.max_instances", self.max_instances, 1, 100_000);
     }
 }
 

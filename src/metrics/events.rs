@@ -20,13 +20,15 @@ use crate::store::{BUCKET_COUNT, KindTotals, LATENCY_BUCKETS_SECONDS, Store, Sto
 /// is exact, and about a factor of 4 between the others.
 pub const DEFAULT_LATENCY_BUCKETS: [f64; 7] = [0.001, 0.005, 0.025, 0.1, 0.25, 1.0, 5.0];
 
-/// `[metrics]`: how the per-tenant figures are exposed.
-#[derive(Debug, Clone, PartialEq)]
+/// `[metrics]`: how the per-tenant figures are exposed on `/metrics`.
+/// Every key takes effect at start-up.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, crate::settings::Reload)]
+#[serde(default, deny_unknown_fields)]
 pub struct ExpositionSettings {
     /// One latency histogram per tenant and kind instead of per tenant.
     pub histogram_by_kind: bool,
-    /// Exposed histogram bounds in seconds, ascending, each one of
-    /// [`LATENCY_BUCKETS_SECONDS`].
+    /// Exposed latency histogram bounds in seconds, ascending, each one of
+    /// the store's 15 bounds ([`LATENCY_BUCKETS_SECONDS`]).
     pub latency_buckets: Vec<f64>,
 }
 
@@ -40,6 +42,17 @@ impl Default for ExpositionSettings {
 }
 
 impl ExpositionSettings {
+    /// Checks each key on its own.
+    pub fn check(&self, p: &mut crate::settings::Problems) {
+        if let Err(message) = Self::validate_buckets(&self.latency_buckets) {
+            p.fail(
+                "metrics.latency_buckets",
+                format!("{:?}", self.latency_buckets),
+                message,
+            );
+        }
+    }
+
     /// Checks `latency_buckets`: not empty, ascending, each a store bound.
     pub fn validate_buckets(buckets: &[f64]) -> Result<(), String> {
         if buckets.is_empty() {

@@ -29,14 +29,13 @@ use std::time::Duration;
 use std::time::Instant;
 
 mod redis_backend;
+mod settings;
+
+pub use settings::{Backend, CallerSettings, RateLimitSettings, TierSettings};
 
 pub use redis_backend::{
     BackendError, FailMode, GcraCall, GcraReply, RedisBackend, RedisSettings, host_name,
 };
-
-/// A tenant's limiter is dropped after this long without a check
-/// (`ratelimit.idle_ttl`).
-pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(10 * 60);
 
 const SHARDS: usize = 16;
 
@@ -146,8 +145,10 @@ pub struct Tier {
     pub shadow: bool,
 }
 
-/// `[ratelimit.tenants.<tenant>]`.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// `[ratelimit.tenants.<tenant>]`: a tier, or a quota of its own (keys
+/// left out come from the tier, else the default).
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TenantOverride {
     pub tier: Option<String>,
     pub qps: Option<f64>,

@@ -24,7 +24,8 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What a check does while Redis cannot answer (`ratelimit.redis.fail_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FailMode {
     /// This instance's own limiter, at quota ÷ `expected_instances`.
     Local,
@@ -44,17 +45,83 @@ impl FailMode {
     }
 }
 
-/// `[ratelimit.redis]`, validated.
-#[derive(Clone, PartialEq)]
+/// `[ratelimit.redis]`: the shared store, used with `backend = "redis"`.
+/// Every key takes effect at start-up.
+#[derive(Clone, PartialEq, serde::Deserialize, crate::settings::Reload)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
     pub url: String,
+    /// Prefix of every key tenantwatch writes (at most 128 bytes).
     pub key_prefix: String,
+    /// Longest wait for one answer from Redis before falling back.
+    #[serde(with = "crate::settings::serde_text::duration")]
     pub timeout: Duration,
+    /// Connections (each multiplexed) to Redis.
     pub pool_size: usize,
+    /// With Redis unreachable: `"local"`, `"open"` or `"closed"`.
     pub fail_mode: FailMode,
+    /// Instances sharing the quota: `fail_mode = "local"` divides each
+    /// quota by this many.
     pub expected_instances: u32,
-    /// This instance's name in shared advice.
+    /// This instance's name in shared advice (`""`: host name and HTTP
+    /// port, filled in by `config`).
     pub instance: String,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: String::new(),
+            key_prefix: "tenantwatch:rl:".into(),
+            timeout: Duration::from_millis(50),
+            pool_size: 2,
+            fail_mode: FailMode::Local,
+            expected_instances: 1,
+            instance: String::new(),
+        }
+    }
+}
+
+impl RedisSettings {
+    /// Checks each key on its own; the URL is named, never shown.
+    pub fn check(&self, p: &mut crate::settings::Problems) {
+        if self.url.trim().is_empty() {
+            p.fail(
+                "ratelimit.redis.url",
+                "\"\"",
+                "must be set with ratelimit.backend = \"redis\", e.g. \"redis://127.0.0.1:6379\"",
+            );
+        } else if let Err(err) = ::redis::Client::open(self.url.trim()) {
+            p.fail(
+                "ratelimit.redis.url",
+                "<redacted>",
+                format!("not a Redis URL ({:?})", err.kind()),
+            );
+        }
+        p.positive("ratelimit.redis.timeout", self.timeout);
+        p.range("ratelimit.redis.pool_size", self.pool_size, 1, 64);
+        p.range(
+            "ratelimit.redis.expected_instances",
+            self.expected_instances as usize,
+            1,
+            10_000,
+        );
+        if self.key_prefix.len() > 128 {
+            p.fail(
+                "ratelimit.redis.key_prefix",
+                format!("{:?}", self.key_prefix),
+                "must be at most 128 bytes",
+            );
+        }
+        if self.instance.len() > 200 || self.instance.chars().any(char::is_control) {
+            p.fail(
+                "ratelimit.redis.instance",
+                format!("{:?}", self.instance),
+                "must be at most 200 printable characters",
+            );
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisSettings {

@@ -93,7 +93,8 @@ impl PollErrorKind {
 }
 
 /// How many per-tenant schema series a target exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SchemaDetail {
     /// Size, live and dead tuples, last vacuum time, five tuple counters, two
     /// scan counters, heap blocks read and hit.
@@ -105,14 +106,6 @@ pub enum SchemaDetail {
 }
 
 impl SchemaDetail {
-    pub fn parse(text: &str) -> Option<SchemaDetail> {
-        match text {
-            "basic" => Some(SchemaDetail::Basic),
-            "full" => Some(SchemaDetail::Full),
-            _ => None,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             SchemaDetail::Basic => "basic",

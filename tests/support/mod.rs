@@ -16,19 +16,19 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use tenantwatch::config::FileConfig;
+use tenantwatch::config::Settings;
 use tenantwatch::{Config, Daemon};
 
 /// The defaults with loopback ephemeral ports and no waiting: what every
 /// test daemon starts from (and what a test reloads from).
-pub fn file_config() -> FileConfig {
-    let mut file = FileConfig::default();
-    file.server.listen = "127.0.0.1:0".into();
-    file.ingest.udp_listen = "127.0.0.1:0".into();
-    file.server.shutdown_grace = "2s".into();
-    file.server.shutdown_delay = "0s".into();
+pub fn file_config() -> Settings {
+    let mut file = Settings::default();
+    file.server.listen = "127.0.0.1:0".parse().unwrap();
+    file.ingest.udp_listen = Some("127.0.0.1:0".parse().unwrap());
+    file.server.shutdown_grace = std::time::Duration::from_secs(2);
+    file.server.shutdown_delay = std::time::Duration::from_secs(0);
     // Every scrape encodes afresh, so a test sees what it just sent.
-    file.server.metrics_max_age = "0s".into();
+    file.server.metrics_max_age = std::time::Duration::from_secs(0);
     file
 }
 
@@ -46,7 +46,7 @@ impl TestDaemon {
 
     /// Starts a daemon whose file config is [`file_config`], changed by
     /// `customize`.
-    pub async fn start_with(customize: impl FnOnce(&mut FileConfig)) -> TestDaemon {
+    pub async fn start_with(customize: impl FnOnce(&mut Settings)) -> TestDaemon {
         let mut file = file_config();
         customize(&mut file);
         let config = Config::try_from(file).expect("test config is valid");
@@ -323,19 +323,18 @@ fn parse_labels(mut body: &str) -> BTreeMap<String, String> {
 /// Detection that tightens fast: every 200 ms, `error_storm` raised at
 /// once and tightening, over a default quota of 100,000/s far above any
 /// fair share (so advice visibly lowers it).
-pub fn tighten_on_error_storm(c: &mut FileConfig) {
-    c.detect.interval = "200ms".into();
+pub fn tighten_on_error_storm(c: &mut Settings) {
+    c.detect.interval = std::time::Duration::from_millis(200);
     c.ratelimit.default_qps = 100_000.0;
     c.ratelimit.default_burst = 100_000;
-    c.detect.rules.insert(
-        "error_storm".into(),
-        tenantwatch::config::FileRuleSettings {
-            for_: Some("0s".into()),
-            min: Some(5.0),
-            tighten: Some(true),
-            ..Default::default()
-        },
-    );
+    {
+        let rule = c
+            .detect
+            .rule_mut(tenantwatch::detect::RuleName::parse("error_storm").expect("a rule"));
+        rule.for_ = std::time::Duration::from_secs(0);
+        rule.min = 5.0;
+        rule.tighten = true;
+    }
 }
 
 /// 200 events of tenant `stormy`, half of them errors, and 200 calm ones
@@ -431,9 +430,9 @@ pub fn metric_names_in(expr: &str) -> Vec<String> {
 }
 
 /// An attribution rule without a comment key.
-pub fn rule(source: &str, pattern: &str) -> tenantwatch::config::FileRule {
-    tenantwatch::config::FileRule {
-        source: source.into(),
+pub fn rule(source: &str, pattern: &str) -> tenantwatch::config::RuleSettings {
+    tenantwatch::config::RuleSettings {
+        source: tenantwatch::attribution::RuleSource::parse(source).expect("a rule source"),
         pattern: pattern.into(),
         key: None,
     }

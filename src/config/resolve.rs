@@ -1,0 +1,445 @@
+//! Assembles a [`Config`] from [`Settings`]: every section checks its own
+//! keys, then this module resolves what the file names outside itself
+//! (token, password, CA, tiers and expected-tenant files; `password_env` in
+//! the environment given) and checks the rules that span keys or sections.
+//! Every bad key is reported at once, with its dotted name and value.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{AUTH_TOKEN_ENV, Config, ConfigError, READ_TOKEN_ENV, Settings};
+use crate::collect::pgbouncer::PgBouncerConfig;
+use crate::collect::{TargetConfig, TargetSettings};
+use crate::http::{Secret, Tokens};
+use crate::ratelimit::{Backend, RedisSettings};
+use crate::settings::Problems;
+
+type Validator = Problems;
+
+/// Checks `settings` and resolves what they name outside the file: the
+/// token, password and CA files are read, and `password_env` and
+/// [`AUTH_TOKEN_ENV`] are looked up in `env`, never in the process
+/// environment.
+pub(super) fn assemble(
+    settings: Settings,
+    env: &[(String, String)],
+) -> Result<Config, ConfigError> {
+    let mut v = Problems::default();
+    let s = &settings;
+    s.server.check(&mut v);
+    s.ingest.check(&mut v);
+    s.detect.check(&mut v);
+    s.guard.check(&mut v);
+    s.ratelimit.check(&mut v);
+    s.api.check(&mut v);
+    s.state.check(&mut v);
+    s.metrics.check(&mut v);
+    let tokens = listener_tokens(&mut v, s, env);
+    let tls = s.server.load_tls(&mut v);
+    let targets = targets(&mut v, s, env);
+    let pgbouncers = pgbouncers(&mut v, s, env);
+    let attribution = s.tenants.compile(&mut v);
+    let tenant_tiers = s
+        .tenants
+        .tiers_file
+        .as_deref()
+        .map(|path| read_tiers_file(&mut v, path))
+        .unwrap_or_default();
+    let expected_tenants = s
+        .tenants
+        .expected_file
+        .as_deref()
+        .map(|path| read_expected_file(&mut v, path))
+        .unwrap_or_default();
+    let ratelimit_redis = (s.ratelimit.backend == Backend::Redis).then(|| redis(s));
+    let detect = crate::detect::DetectSettings {
+        window: s.ingest.share_window,
+        guard: s.guard.clone(),
+        ..s.detect.clone()
+    };
+    let ratelimit = s.ratelimit.policy(tenant_tiers);
+    if !v.errors.is_empty() {
+        return Err(ConfigError::Invalid(v.errors));
+    }
+    Ok(Config {
+        tokens,
+        tls,
+        targets,
+        pgbouncers,
+        attribution,
+        detect,
+        ratelimit,
+        ratelimit_redis,
+        expected_tenants: Arc::new(expected_tenants),
+        settings,
+    })
+}
+
+/// The write and read tokens and the callers', from their files or the
+/// environment; a non-loopback listener needs a write token unless
+/// `server.allow_unauthenticated` says otherwise.
+fn listener_tokens(v: &mut Validator, s: &Settings, env: &[(String, String)]) -> Tokens {
+    let server = &s.server;
+    let write = token(
+        v,
+        "server.auth_token_file",
+        server.auth_token_file.as_ref(),
+        AUTH_TOKEN_ENV,
+        env,
+    );
+    let read = token(
+        v,
+        "server.read_token_file",
+        server.read_token_file.as_ref(),
+        READ_TOKEN_ENV,
+        env,
+    );
+    if !server.listen.ip().is_loopback() && write.is_none() && !server.allow_unauthenticated {
+        v.fail(
+            "server.listen",
+            format!("{:?}", server.listen.to_string()),
+            "a non-loopback listener needs a write token (server.auth_token_file or \
+             TENANTWATCH_AUTH_TOKEN), or server.allow_unauthenticated = true to serve \
+             without one on purpose",
+        );
+    }
+    Tokens {
+        write,
+        read,
+        callers: callers(v, s),
+    }
+}
+
+fn callers(v: &mut Validator, s: &Settings) -> Vec<crate::ratelimit::Caller> {
+    let mut valid = Vec::new();
+    for (name, caller) in &s.ratelimit.callers {
+        let key = |field: &str| format!("ratelimit.callers.{name}.{field}");
+        let token = token(v, &key("token_file"), Some(&caller.token_file), "", &[]);
+        let mut patterns = Vec::new();
+        for (i, pattern) in caller.tenants.iter().enumerate() {
+            match regex::Regex::new(pattern) {
+                Ok(re) => patterns.push(re),
+                Err(err) => v.fail(
+                    &format!("{}[{i}]", key("tenants")),
+                    format!("{pattern:?}"),
+                    format!("not a regular expression: {err}"),
+                ),
+            }
+        }
+        if let Some(token) = token {
+            valid.push(crate::ratelimit::Caller {
+                name: name.clone(),
+                token: token.expose().to_owned(),
+                tenants: patterns,
+            });
+        }
+    }
+    valid
+}
+
+/// `[ratelimit.redis]` with the instance name filled in: host name and
+/// HTTP port unless the file names one.
+fn redis(s: &Settings) -> RedisSettings {
+    let redis = &s.ratelimit.redis;
+    let instance = match redis.instance.trim() {
+        "" => format!(
+            "{}:{}",
+            crate::ratelimit::host_name(),
+            s.server.listen.port()
+        ),
+        name => name.to_owned(),
+    };
+    RedisSettings {
+        url: redis.url.trim().to_owned(),
+        instance,
+        ..redis.clone()
+    }
+}
+
+fn targets(v: &mut Validator, s: &Settings, env: &[(String, String)]) -> Vec<TargetConfig> {
+    let mut targets: Vec<TargetConfig> = Vec::new();
+    for (i, target) in s.targets.iter().enumerate() {
+        let key = |field: &str| format!("targets[{i}].{field}");
+        if targets.iter().any(|t| t.settings.name == target.name) {
+            v.fail(
+                &key("name"),
+                format!("{:?}", target.name),
+                "target names must be unique",
+            );
+        }
+        if let Some(config) = target_config(v, &key, target, env, s.ingest.max_tenants) {
+            targets.push(config);
+        }
+    }
+    targets
+}
+
+fn target_config(
+    v: &mut Validator,
+    key: &dyn Fn(&str) -> String,
+    target: &TargetSettings,
+    env: &[(String, String)],
+    max_tenants: usize,
+) -> Option<TargetConfig> {
+    let errors_before = v.errors.len();
+    target.check(key, v);
+    let mut pg = connection_settings(
+        v,
+        key,
+        &target.dsn,
+        (
+            target.password_file.as_deref(),
+            target.password_env.as_deref(),
+        ),
+        env,
+    )?;
+    validate_target_tls(v, &key("tls_ca_file"), target, &mut pg);
+    pg.connect_timeout(target.connect_timeout);
+    pg.application_name("tenantwatch");
+    let config = TargetConfig {
+        description: crate::collect::settings::describe_pg(&pg),
+        databases: target.database_selection(),
+        max_tenants,
+        settings: TargetSettings {
+            group: target.group.clone().filter(|g| !g.is_empty()),
+            ..target.clone()
+        },
+        pg,
+    };
+    (v.errors.len() == errors_before).then_some(config)
+}
+
+fn pgbouncers(v: &mut Validator, s: &Settings, env: &[(String, String)]) -> Vec<PgBouncerConfig> {
+    let mut pgbouncers: Vec<PgBouncerConfig> = Vec::new();
+    for (i, file) in s.pgbouncers.iter().enumerate() {
+        let key = |field: &str| format!("pgbouncers[{i}].{field}");
+        file.check(&key, v);
+        if pgbouncers.iter().any(|p| p.settings.name == file.name) {
+            v.fail(
+                &key("name"),
+                format!("{:?}", file.name),
+                "PgBouncer names must be unique",
+            );
+        }
+        let Some(mut pg) = connection_settings(
+            v,
+            &key,
+            &file.dsn,
+            (file.password_file.as_deref(), file.password_env.as_deref()),
+            env,
+        ) else {
+            continue;
+        };
+        pg.connect_timeout(file.connect_timeout);
+        pg.application_name("tenantwatch");
+        if pg.get_dbname().is_none() {
+            // The admin console is the virtual database `pgbouncer`.
+            pg.dbname("pgbouncer");
+        }
+        pgbouncers.push(PgBouncerConfig {
+            settings: file.clone(),
+            description: crate::collect::pgbouncer::describe(&pg),
+            max_tenants: s.ingest.max_tenants,
+            pg,
+        });
+    }
+    pgbouncers
+}
+
+/// A token from the environment variable `var`, else from the file the key
+/// names.
+fn token(
+    v: &mut Validator,
+    key: &str,
+    file: Option<&std::path::PathBuf>,
+    var: &str,
+    env: &[(String, String)],
+) -> Option<Secret> {
+    let from_file = file.and_then(|path| match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => Some(Secret::new(token.trim())),
+        Ok(_) => {
+            v.fail(key, path.display(), "the file is empty");
+            None
+        }
+        Err(err) => {
+            v.fail(key, path.display(), format!("cannot read it: {err}"));
+            None
+        }
+    });
+    let from_env = env
+        .iter()
+        .find(|(name, _)| name == var)
+        .map(|(_, value)| value.trim())
+        .filter(|token| !token.is_empty())
+        .map(Secret::new);
+    from_env.or(from_file)
+}
+
+/// A libpq connection string with its password from `password_file` or
+/// `password_env`. The DSN may hold a password: its value is never echoed.
+fn connection_settings(
+    v: &mut Validator,
+    key: &dyn Fn(&str) -> String,
+    dsn: &str,
+    (password_file, password_env): (Option<&std::path::Path>, Option<&str>),
+    env: &[(String, String)],
+) -> Option<tokio_postgres::Config> {
+    let mut pg: tokio_postgres::Config = match dsn.parse() {
+        Ok(pg) => pg,
+        Err(err) => {
+            let reason = err.to_string();
+            let reason = if reason.contains(dsn) {
+                "cannot be parsed".into()
+            } else {
+                reason
+            };
+            v.fail(
+                &key("dsn"),
+                "<hidden>",
+                format!("not a libpq connection string: {reason}"),
+            );
+            return None;
+        }
+    };
+    if let Some(path) = password_file {
+        match std::fs::read_to_string(path) {
+            Ok(password) => {
+                pg.password(password.trim_end_matches(['\n', '\r']));
+            }
+            Err(err) => v.fail(
+                &key("password_file"),
+                path.display(),
+                format!("cannot read it: {err}"),
+            ),
+        }
+    }
+    if let Some(var) = password_env {
+        match env.iter().find(|(key, _)| key == var) {
+            Some((_, password)) => {
+                pg.password(password);
+            }
+            None => v.fail(
+                &key("password_env"),
+                var,
+                "the environment variable is not set",
+            ),
+        }
+    }
+    Some(pg)
+}
+
+/// A target's TLS: the CA file must load, and a CA to verify against means
+/// TLS or nothing: with libpq's default `prefer`, a server (or a man in the
+/// middle) answering "no TLS" would get a plaintext session.
+fn validate_target_tls(
+    v: &mut Validator,
+    key: &str,
+    file: &TargetSettings,
+    pg: &mut tokio_postgres::Config,
+) {
+    if let Err(err) = crate::collect::tls::connector(file.tls_ca_file.as_deref()) {
+        let path = file
+            .tls_ca_file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        v.fail(key, path, err.to_string());
+    }
+    if file.tls_ca_file.is_some() {
+        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+            v.fail(
+                key,
+                "<set>",
+                "the DSN says sslmode=disable; remove one of the two",
+            );
+        }
+        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
+}
+
+/// Largest tiers file read.
+const MAX_TIERS_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `tenants.tiers_file`: one `tenant,tier` per line (`#` comments, blank
+/// lines allowed). Bad lines are reported by number (the first five).
+/// Reads a file of one entry per line (`#` comments and blank lines
+/// skipped, at most 64 MiB) for `key`, handing each line to `parse`; bad
+/// lines are refused by number (the first five, then a count).
+fn read_lines_file(
+    v: &mut Validator,
+    key: &str,
+    path: &std::path::Path,
+    mut parse: impl FnMut(&str) -> Result<(), String>,
+) {
+    let shown = path.display().to_string();
+    let text = match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > MAX_TIERS_FILE_BYTES => {
+            v.fail(key, &shown, "larger than 64 MiB");
+            return;
+        }
+        Ok(_) => std::fs::read_to_string(path),
+        Err(err) => Err(err),
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(err) => {
+            v.fail(key, &shown, format!("cannot be read ({err})"));
+            return;
+        }
+    };
+    let mut bad = 0;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Err(problem) = parse(line) {
+            bad += 1;
+            if bad <= 5 {
+                v.fail(key, format!("{shown}:{}", number + 1), problem);
+            }
+        }
+    }
+    if bad > 5 {
+        v.fail(key, &shown, format!("{} more bad lines", bad - 5));
+    }
+}
+
+fn read_tiers_file(v: &mut Validator, path: &std::path::Path) -> HashMap<String, String> {
+    let mut tiers = HashMap::new();
+    read_lines_file(v, "tenants.tiers_file", path, |line| {
+        let Some((tenant, tier)) = line.split_once(',') else {
+            return Err("expected tenant,tier".to_string());
+        };
+        let (tenant, tier) = (tenant.trim(), tier.trim());
+        if let Err(reject) = crate::event::validate_tenant(tenant) {
+            return Err(format!("tenant: {}", reject.detail));
+        }
+        if tier.is_empty()
+            || tier.len() > 64
+            || !tier
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err("tier: 1 to 64 of A-Z a-z 0-9 _ . -".to_string());
+        }
+        tiers.insert(tenant.to_string(), tier.to_string());
+        Ok(())
+    });
+    tiers
+}
+
+/// `tenants.expected_file`: one tenant id per line.
+fn read_expected_file(
+    v: &mut Validator,
+    path: &std::path::Path,
+) -> std::collections::BTreeSet<String> {
+    let mut expected = std::collections::BTreeSet::new();
+    read_lines_file(v, "tenants.expected_file", path, |line| {
+        crate::event::validate_tenant(line)
+            .map_err(|reject| format!("tenant: {}", reject.detail))?;
+        expected.insert(line.to_string());
+        Ok(())
+    });
+    expected
+}
