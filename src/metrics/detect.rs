@@ -143,7 +143,7 @@ impl Collector for DetectCollector {
         let mut metric = family(
             &mut encoder,
             "tenantwatch_guard_actions",
-            "Guard actions on flagged tenants' sessions (or would-be actions in dry_run), by rule, action (cancel, terminate) and result (ok, dry_run, gone, permission, error, rate_limited, dropped).",
+            "Guard actions on flagged tenants' sessions (or would-be actions in dry_run), by rule, action sent (cancel, terminate) and result (ok, dry_run, gone, changed, permission, error, rate_limited, dropped).",
             MetricType::Counter,
         )?;
         for ((tenant, rule, action, result), count) in &guard_counts {
