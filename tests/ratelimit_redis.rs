@@ -2,7 +2,9 @@
 //! the Lua script computes exactly what the local limiter computes; two
 //! daemons sharing one Redis hold one quota; each `fail_mode` while Redis
 //! is gone, and the return to Redis once it is back; advice raised on one
-//! instance tightens the other, and goes when that instance goes.
+//! instance tightens the other, and goes when that instance goes; tenant
+//! names cannot reach tenantwatch's own keys, and an error about one
+//! tenant's key fails that tenant's checks only.
 
 // Tests may unwrap: a failure there is the report.
 #![allow(clippy::unwrap_used)]
@@ -159,7 +161,7 @@ async fn two_daemons_sharing_one_redis_hold_one_quota() {
     // The tenant's key lives only while its bucket is not full again.
     let mut connection = redis.connection().unwrap();
     let ttl_ms: i64 = redis::cmd("PTTL")
-        .arg("tenantwatch:rl:hammered")
+        .arg("tenantwatch:rl:t:hammered")
         .query(&mut connection)
         .unwrap();
     assert!((1..=1100).contains(&ttl_ms), "PTTL {ttl_ms}");
@@ -309,4 +311,178 @@ async fn advice_raised_on_one_instance_tightens_the_other() {
     let advice = other.get("/api/v1/advice").await.json();
     assert_eq!(advice["advice"].as_array().unwrap().len(), 0, "{advice}");
     other.stop().await;
+}
+
+/// One check's outcome, as far as a client can tell decisions apart.
+fn outcome(reply: &support::HttpReply) -> (u16, serde_json::Value, serde_json::Value) {
+    let body = reply.json();
+    (
+        reply.status,
+        body["remaining"].clone(),
+        body["backend"].clone(),
+    )
+}
+
+/// A quota that no test outlasts: a burst of 10, then one cell per 1,000 s,
+/// so a sequence of checks is decided the same however fast it runs.
+fn slow_quota(c: &mut Settings) {
+    c.ratelimit.default_qps = 0.001;
+    c.ratelimit.default_burst = 10;
+    // Advice is exchanged after each evaluation: often, so the tenants
+    // below meet it.
+    c.detect.interval = std::time::Duration::from_millis(100);
+}
+
+/// Tenants named like tenantwatch's own keys (`advice` was once the key of
+/// the advice set, and `WRONGTYPE` from it marked the backend down) are
+/// checked in a loop while advice is exchanged: another tenant's decisions
+/// stay exactly what they are without them, all decided by Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_names_never_reach_tenantwatchs_own_keys() {
+    let redis = RedisServer::start();
+    let daemon = TestDaemon::start_with(|c| {
+        on_redis(c, &redis, "solo");
+        c.ratelimit.redis.fail_mode = toml::Value::from("closed").try_into().expect("a fail mode");
+        slow_quota(c);
+    })
+    .await;
+    let mut alone = Vec::new();
+    for _ in 0..15 {
+        alone.push(outcome(&check(&daemon, "alone").await));
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = {
+        let (stop, http) = (stop.clone(), daemon.http);
+        tokio::spawn(async move {
+            let mut replies = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for tenant in ["advice", "meta:advice", "t:x"] {
+                    let body = format!(r#"{{"tenant":"{tenant}"}}"#).into_bytes();
+                    let headers = [("content-type", "application/json")];
+                    let reply =
+                        support::http(http, "POST", "/v1/ratelimit/check", &headers, body).await;
+                    replies.push((tenant, outcome(&reply)));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            replies
+        })
+    };
+    // Several advice exchanges with those tenants' keys in Redis.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut beside = Vec::new();
+    for _ in 0..15 {
+        beside.push(outcome(&check(&daemon, "steady").await));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let noise = noise.await.unwrap();
+
+    assert_eq!(beside, alone, "another tenant's decisions changed");
+    assert!(noise.len() >= 40, "{} noisy checks", noise.len());
+    for (tenant, (status, _, backend)) in &noise {
+        assert_eq!(backend, "redis", "{tenant}: {status}");
+    }
+    let m = daemon.metrics().await;
+    assert_eq!(
+        m.value("tenantwatch_ratelimit_backend_up", &[("backend", "redis")]),
+        Some(1.0)
+    );
+    let errors: f64 = m
+        .samples_named("tenantwatch_ratelimit_backend_errors_total")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(errors, 0.0);
+    // Each name has its own key in the tenants' namespace, and the advice
+    // set is tenantwatch's own.
+    let mut connection = redis.connection().unwrap();
+    for tenant in ["advice", "meta:advice", "t:x"] {
+        let kind: String = redis::cmd("TYPE")
+            .arg(format!("tenantwatch:rl:t:{tenant}"))
+            .query(&mut connection)
+            .unwrap();
+        assert_eq!(kind, "hash", "{tenant}");
+    }
+    let instances: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("tenantwatch:rl:meta:{advice}")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(instances, ["solo"]);
+    daemon.stop().await;
+}
+
+/// A key of the wrong type (an operator's mistake, or the old layout)
+/// makes that tenant's checks fail, each decided by `fail_mode` and
+/// counted `response`; every other tenant is still decided by Redis and the
+/// backend stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_typed_key_fails_only_its_tenants_checks() {
+    let redis = RedisServer::start();
+    let mut connection = redis.connection().unwrap();
+    // The tenant's key in this layout and in the one before it.
+    for key in ["tenantwatch:rl:t:broken", "tenantwatch:rl:broken"] {
+        redis::cmd("SET")
+            .arg(key)
+            .arg("not a hash")
+            .exec(&mut connection)
+            .unwrap();
+    }
+    let daemon = TestDaemon::start_with(|c| {
+        on_redis(c, &redis, "solo");
+        c.ratelimit.redis.fail_mode = toml::Value::from("closed").try_into().expect("a fail mode");
+        slow_quota(c);
+    })
+    .await;
+    let mut fine = Vec::new();
+    for _ in 0..8 {
+        let broken = check(&daemon, "broken").await;
+        let body = broken.json();
+        assert_eq!(broken.status, 429, "{body}");
+        assert_eq!(body["backend"], "local", "{body}");
+        assert_eq!(
+            body["reason"],
+            "rate-limit backend error for this check (fail_mode closed: denied)"
+        );
+        fine.push(outcome(&check(&daemon, "fine").await));
+    }
+    // Batches too: the broken check fails alone.
+    let batch = daemon
+        .post(
+            "/v1/ratelimit/check",
+            &[("content-type", "application/json")],
+            r#"{"checks":[{"tenant":"fine"},{"tenant":"broken"},{"tenant":"fine2"}]}"#,
+        )
+        .await
+        .json();
+    let results = batch["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{batch}"));
+    assert_eq!(results[0]["backend"], "redis", "{batch}");
+    assert_eq!(results[1]["backend"], "local", "{batch}");
+    assert_eq!(results[2]["backend"], "redis", "{batch}");
+
+    let expected: Vec<_> = (0..8)
+        .map(|i| (200, serde_json::json!(9 - i), serde_json::json!("redis")))
+        .collect();
+    assert_eq!(fine, expected);
+    let m = daemon.metrics().await;
+    assert_eq!(
+        m.value("tenantwatch_ratelimit_backend_up", &[("backend", "redis")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value(
+            "tenantwatch_ratelimit_backend_errors_total",
+            &[("error", "response")]
+        ),
+        Some(9.0)
+    );
+    let other: f64 = m
+        .samples_named("tenantwatch_ratelimit_backend_errors_total")
+        .filter(|s| s.labels.get("error").map(String::as_str) != Some("response"))
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(other, 0.0);
+    daemon.stop().await;
 }

@@ -6,13 +6,16 @@
 //! shape is an error of the poll (`bad_row`), never a panic.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
 
 use tokio_postgres::Row;
 
 use crate::attribution::{Attribution, RuleSource, Session};
 use crate::store::guard::query_prefix;
 use crate::store::targets::OFFENDERS_PER_KIND;
-use crate::store::{ActivitySnapshot, DatabaseStats, Offence, Offender, SchemaTotals};
+use crate::store::{
+    ActivitySnapshot, DatabaseStats, Judged, JudgedActivity, Offence, Offender, SchemaTotals,
+};
 
 /// Connection states of `pg_stat_activity.state`, as label values.
 pub fn state_label(state: Option<&str>) -> &'static str {
@@ -36,6 +39,10 @@ SELECT pid,
        COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - xact_start), 0)::float8 AS xact_age,
        COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - query_start), 0)::float8 AS query_age,
        COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - state_change), 0)::float8 AS state_age,
+       backend_start,
+       query_start,
+       xact_start,
+       state_change,
        COALESCE(wait_event_type = 'Lock', false) AS waiting_on_lock,
        CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) ELSE '{}'::int[] END AS blockers,
        CASE WHEN length(query) <= 2048 THEN COALESCE(query, '')
@@ -130,6 +137,10 @@ pub fn activity_from_rows(
         let blockers: Vec<i32> = row.try_get("blockers")?;
         let query: &str = row.try_get("query")?;
         let superuser: bool = row.try_get("superuser")?;
+        let backend_start: Option<SystemTime> = row.try_get("backend_start")?;
+        let query_start: Option<SystemTime> = row.try_get("query_start")?;
+        let xact_start: Option<SystemTime> = row.try_get("xact_start")?;
+        let state_change: Option<SystemTime> = row.try_get("state_change")?;
         if own.contains(&pid) {
             *snapshot.by_state.entry("tenantwatch").or_default() += 1;
             continue;
@@ -165,6 +176,30 @@ pub fn activity_from_rows(
         }
         let activity = snapshot.tenants.entry(tenant.clone()).or_default();
         *activity.connections.entry(state).or_default() += 1;
+        // What an order names: the statement if one runs, the idle spell
+        // of the transaction if it sits idle (a lock blocker is either).
+        let activity_now = match state {
+            "active" => query_start.map(|query_start| JudgedActivity::Statement { query_start }),
+            "idle_in_transaction" | "idle_in_transaction_aborted" => xact_start
+                .zip(state_change)
+                .map(
+                    |(xact_start, state_change)| JudgedActivity::IdleTransaction {
+                        xact_start,
+                        state_change,
+                    },
+                ),
+            _ => None,
+        };
+        let judged = backend_start
+            .zip(activity_now)
+            .map(|(backend_start, activity)| Judged {
+                backend_start,
+                activity,
+            });
+        let tenant_from_client = match source {
+            RuleSource::ApplicationName | RuleSource::QueryComment => true,
+            RuleSource::Schema | RuleSource::Database | RuleSource::Role => false,
+        };
         let offender = |offence, seconds| Offender {
             pid,
             offence,
@@ -172,6 +207,8 @@ pub fn activity_from_rows(
             query: query_prefix(query),
             superuser,
             application_name: application_name.to_owned(),
+            judged,
+            tenant_from_client,
         };
         if state == "active" {
             activity

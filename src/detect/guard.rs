@@ -7,15 +7,24 @@
 //! superuser's session, nor one whose `application_name` is a maintenance
 //! tool's (`guard.exclude_applications`); tenantwatch's own sessions are not
 //! in the poll at all. At most `guard.max_actions_per_minute`, and each
-//! session once.
+//! statement (or idle spell of a transaction) once.
+//!
+//! An order names what was judged, not only a pid: the backend's
+//! `backend_start` and the statement's `query_start` (or the idle
+//! transaction's `xact_start` and `state_change`). The target's poller
+//! signals only if the server still shows exactly that (see
+//! `collect::guard`). A session whose tenant came from a field the client
+//! sets (`application_name`, a sqlcommenter tag) is only ever cancelled:
+//! anyone can claim a tenant there, and behind a pooler the next client's
+//! session would be the one terminated.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::Flag;
 use super::settings::{DetectSettings, GuardMode, RuleName};
-use crate::store::guard::{GuardLog, GuardOrder, GuardResult, SharedGuardLog};
-use crate::store::{Offence, TargetStatus};
+use crate::store::guard::{GuardAction, GuardLog, GuardOrder, GuardResult, SharedGuardLog};
+use crate::store::{Judged, Offence, TargetStatus};
 
 /// Where the detector's task sends each target's orders, and records what
 /// could not be sent.
@@ -33,8 +42,8 @@ impl GuardOutbox {
             let sent = self
                 .senders
                 .get(&order.target)
-                .map(|sender| sender.try_send(order.clone()));
-            if !matches!(sent, Some(Ok(()))) {
+                .is_some_and(|sender| sender.try_send(order.clone()).is_ok());
+            if !sent {
                 tracing::warn!(
                     target_name = %order.target,
                     tenant = %order.tenant,
@@ -50,18 +59,23 @@ impl GuardOutbox {
     }
 }
 
-/// How long a session acted upon is remembered (not ordered again).
+/// How long a statement acted upon is remembered (not ordered again).
 const REMEMBER: Duration = Duration::from_secs(600);
+
+/// A statement (or idle spell) of a backend on a target: what is ordered
+/// at most once. Keyed by what was judged, not by pid, so an order that
+/// found the backend `changed` does not spare its next offence.
+type Acted = (String, i32, Judged);
 
 /// What the guard remembers between evaluations.
 #[derive(Debug, Default)]
 pub struct Guard {
-    /// (target, pid) ordered, and when.
-    acted: HashMap<(String, i32), Instant>,
+    /// Statements ordered, and when.
+    acted: HashMap<Acted, Instant>,
     /// When each order of the last minute was given.
     sent: VecDeque<Instant>,
-    /// (target, pid) already counted as rate-limited this minute.
-    held_back: HashSet<(String, i32)>,
+    /// Statements already counted as rate-limited this minute.
+    held_back: HashSet<Acted>,
     held_back_since: Option<Instant>,
 }
 
@@ -131,16 +145,29 @@ impl Guard {
                     || guard
                         .exclude_applications
                         .is_match(&offender.application_name);
-                let key = (target.to_owned(), offender.pid);
+                // Without its timestamps a pid names no statement: never
+                // signalled.
+                let Some(judged) = offender.judged else {
+                    continue;
+                };
+                let key = (target.to_owned(), offender.pid, judged);
                 if !caused_it || spared || self.acted.contains_key(&key) {
                     continue;
                 }
+                let (action, downgraded_from) = match action {
+                    GuardAction::Terminate if offender.tenant_from_client => {
+                        (GuardAction::Cancel, Some(GuardAction::Terminate))
+                    }
+                    GuardAction::Terminate | GuardAction::Cancel => (action, None),
+                };
                 let order = GuardOrder {
                     target: target.to_owned(),
                     tenant: flag.tenant.clone(),
                     rule,
                     action,
+                    downgraded_from,
                     pid: offender.pid,
+                    judged,
                     query: offender.query.clone(),
                     age_seconds: offender.seconds,
                     dry_run: guard.mode == GuardMode::DryRun,
@@ -185,8 +212,9 @@ mod tests {
     use super::*;
     use crate::detect::settings::Severity;
     use crate::detect::{FlagAction, GuardSettings};
-    use crate::store::guard::GuardAction;
-    use crate::store::{ActivitySnapshot, Offender, TenantActivity};
+    use std::time::SystemTime;
+
+    use crate::store::{ActivitySnapshot, JudgedActivity, Offender, TenantActivity};
 
     fn flag(tenant: &str, reason: RuleName, since: f64) -> Flag {
         Flag {
@@ -201,7 +229,23 @@ mod tests {
         }
     }
 
+    fn at(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    /// A session of backend `pid`, started at `pid` seconds; its statement
+    /// (or idle spell) began at 1000 + `pid` seconds.
     fn offender(pid: i32, offence: Offence, seconds: f64) -> Offender {
+        let began = at(1000 + pid as u64);
+        let activity = match offence {
+            Offence::IdleInTransaction => JudgedActivity::IdleTransaction {
+                xact_start: began,
+                state_change: began,
+            },
+            Offence::LongQuery | Offence::LockBlocker => {
+                JudgedActivity::Statement { query_start: began }
+            }
+        };
         Offender {
             pid,
             offence,
@@ -209,6 +253,11 @@ mod tests {
             query: format!("SELECT {pid}"),
             superuser: false,
             application_name: "web".into(),
+            judged: Some(Judged {
+                backend_start: at(pid as u64),
+                activity,
+            }),
+            tenant_from_client: false,
         }
     }
 
@@ -268,6 +317,10 @@ mod tests {
         let orders = guard.orders(&flags, &targets, &s, now, 1030.0, &mut log);
         assert_eq!(orders.len(), 1, "{orders:?}");
         assert_eq!(orders[0].pid, 1);
+        assert_eq!(
+            Some(orders[0].judged),
+            targets[0].activity.as_ref().unwrap().tenants["noisy"].offenders[0].judged
+        );
         assert_eq!(orders[0].action, GuardAction::Cancel);
         assert_eq!(orders[0].rule, "long_query");
         assert!(!orders[0].dry_run);
@@ -296,6 +349,93 @@ mod tests {
         let dry = settings(GuardMode::DryRun, 10);
         let orders = fresh.orders(&flags, &targets, &dry, now, 1040.0, &mut log);
         assert!(orders[0].dry_run);
+    }
+
+    #[test]
+    fn an_order_names_the_statement_and_each_statement_is_ordered_once() {
+        let flags = [flag("noisy", RuleName::LongQuery, 0.0)];
+        let s = settings(GuardMode::Enforce, 10);
+        let mut guard = Guard::default();
+        let mut log = GuardLog::default();
+        let now = Instant::now();
+        let first = offender(7, Offence::LongQuery, 400.0);
+        let orders = guard.orders(
+            &flags,
+            &[target(vec![first.clone()])],
+            &s,
+            now,
+            60.0,
+            &mut log,
+        );
+        assert_eq!(orders.len(), 1);
+        assert_eq!(Some(orders[0].judged), first.judged);
+        assert!(
+            guard
+                .orders(
+                    &flags,
+                    &[target(vec![first.clone()])],
+                    &s,
+                    now,
+                    61.0,
+                    &mut log
+                )
+                .is_empty()
+        );
+        // The same backend's next statement is another offence: ordered
+        // (an order that found the first one finished spares nothing).
+        let mut next = first.clone();
+        next.judged = Some(Judged {
+            backend_start: at(7),
+            activity: JudgedActivity::Statement {
+                query_start: at(2000),
+            },
+        });
+        let orders = guard.orders(
+            &flags,
+            &[target(vec![next.clone()])],
+            &s,
+            now,
+            62.0,
+            &mut log,
+        );
+        assert_eq!(orders.len(), 1);
+        assert_eq!(Some(orders[0].judged), next.judged);
+        // Without the timestamps a pid names no statement: never ordered.
+        let mut unnamed = offender(8, Offence::LongQuery, 400.0);
+        unnamed.judged = None;
+        assert!(
+            guard
+                .orders(&flags, &[target(vec![unnamed])], &s, now, 63.0, &mut log)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_tenant_the_client_names_is_cancelled_never_terminated() {
+        let flags = [flag("noisy", RuleName::IdleInTransaction, 0.0)];
+        let s = settings(GuardMode::Enforce, 10);
+        let mut guard = Guard::default();
+        let mut log = GuardLog::default();
+        let mut claimed = offender(1, Offence::IdleInTransaction, 900.0);
+        claimed.tenant_from_client = true;
+        let by_role = offender(2, Offence::IdleInTransaction, 900.0);
+        let orders = guard.orders(
+            &flags,
+            &[target(vec![claimed, by_role])],
+            &s,
+            Instant::now(),
+            60.0,
+            &mut log,
+        );
+        let by_pid = |pid| orders.iter().find(|o| o.pid == pid).unwrap();
+        assert_eq!(
+            (by_pid(1).action, by_pid(1).downgraded_from),
+            (GuardAction::Cancel, Some(GuardAction::Terminate))
+        );
+        assert_eq!(
+            (by_pid(2).action, by_pid(2).downgraded_from),
+            (GuardAction::Terminate, None)
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl Collector for DetectCollector {
         let mut metric = family(
             &mut encoder,
             "tenantwatch_ratelimit_backend_errors",
-            "Checks the Redis backend did not decide (each decided by ratelimit.redis.fail_mode instead), and failed advice exchanges, by why: timeout, connection, response, unavailable (already known down).",
+            "Checks the Redis backend did not decide (each decided by ratelimit.redis.fail_mode instead), and failed advice exchanges, by why: timeout, connection, response (an error reply: about one key it fails that check only), unavailable (already known down).",
             MetricType::Counter,
         )?;
         // Zeros with the local backend, so panels and alerts find the series.
@@ -143,7 +143,7 @@ impl Collector for DetectCollector {
         let mut metric = family(
             &mut encoder,
             "tenantwatch_guard_actions",
-            "Guard actions on flagged tenants' sessions (or would-be actions in dry_run), by rule, action (cancel, terminate) and result (ok, dry_run, gone, permission, error, rate_limited, dropped).",
+            "Guard actions on flagged tenants' sessions (or would-be actions in dry_run), by rule, action sent (cancel, terminate) and result (ok, dry_run, gone, changed, permission, error, rate_limited, dropped).",
             MetricType::Counter,
         )?;
         for ((tenant, rule, action, result), count) in &guard_counts {

@@ -2,7 +2,8 @@
 -- limiter (src/ratelimit/mod.rs, Gcra::rescale and Gcra::check), on Redis's
 -- clock so instances with skewed clocks agree.
 --
--- KEYS[1]  the tenant's key
+-- KEYS[1]  the tenant's key (<key_prefix>t:<tenant>: tenants' keys have a
+--          namespace of their own, apart from tenantwatch's meta: keys)
 -- ARGV[1]  T: nanoseconds between two cells (the emission interval)
 -- ARGV[2]  tau: how far ahead of now the TAT may run, in nanoseconds
 -- ARGV[3]  the cost's cells beyond the first, in nanoseconds (T * (cost - 1))

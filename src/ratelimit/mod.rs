@@ -470,6 +470,7 @@ impl RateLimits {
                 ))
             })
             .collect();
+        let settings = redis.settings();
         match redis.gcra(&calls).await {
             Ok(replies) => {
                 let mut replies = replies.into_iter();
@@ -477,13 +478,19 @@ impl RateLimits {
                     .iter()
                     .zip(quotas)
                     .zip(additional)
-                    .map(|((&(tenant, _), (base, rate)), additional)| {
+                    .map(|((&(tenant, cost), (base, rate)), additional)| {
                         let verdict = match additional.and_then(|_| replies.next()) {
                             None => Verdict::TooCostly,
-                            Some(GcraReply::Allowed { remaining }) => {
+                            Some(Ok(GcraReply::Allowed { remaining })) => {
                                 Verdict::Allowed { remaining }
                             }
-                            Some(GcraReply::NotUntil(wait)) => Verdict::NotUntil(wait),
+                            Some(Ok(GcraReply::NotUntil(wait))) => Verdict::NotUntil(wait),
+                            // An error reply about this tenant's key: this
+                            // check alone is decided without Redis.
+                            Some(Err(error)) => {
+                                redis.count_fallback(error, 1);
+                                return self.fall_back(settings, error, tenant, cost, base, rate);
+                            }
                         };
                         self.record(tenant, base, rate, verdict, "redis")
                     })
@@ -491,22 +498,23 @@ impl RateLimits {
             }
             Err(error) => {
                 redis.count_fallback(error, checks.len());
-                let settings = redis.settings();
                 checks
                     .iter()
                     .zip(quotas)
                     .map(|(&(tenant, cost), (base, rate))| {
-                        self.fall_back(settings, tenant, cost, base, rate)
+                        self.fall_back(settings, error, tenant, cost, base, rate)
                     })
                     .collect()
             }
         }
     }
 
-    /// A check Redis could not decide, as `fail_mode` says.
+    /// A check Redis could not decide (because of `error`), as `fail_mode`
+    /// says.
     fn fall_back(
         &self,
         settings: &RedisSettings,
+        error: BackendError,
         tenant: &str,
         cost: u32,
         base: BaseQuota,
@@ -523,7 +531,16 @@ impl RateLimits {
                 self.decide_locally(tenant, cost, base, share, "local")
             }
             FailMode::Open => Decision {
-                reason: "rate-limit backend unavailable (fail_mode open: allowed)",
+                reason: match error {
+                    BackendError::Response => {
+                        "rate-limit backend error for this check (fail_mode open: allowed)"
+                    }
+                    BackendError::Timeout
+                    | BackendError::Connection
+                    | BackendError::Unavailable => {
+                        "rate-limit backend unavailable (fail_mode open: allowed)"
+                    }
+                },
                 ..self.record(
                     tenant,
                     base,
@@ -535,7 +552,16 @@ impl RateLimits {
             FailMode::Closed => {
                 let wait = Verdict::NotUntil(Duration::from_secs(1));
                 Decision {
-                    reason: "rate-limit backend unavailable (fail_mode closed: denied)",
+                    reason: match error {
+                        BackendError::Response => {
+                            "rate-limit backend error for this check (fail_mode closed: denied)"
+                        }
+                        BackendError::Timeout
+                        | BackendError::Connection
+                        | BackendError::Unavailable => {
+                            "rate-limit backend unavailable (fail_mode closed: denied)"
+                        }
+                    },
                     ..self.record(tenant, base, rate, wait, "local")
                 }
             }

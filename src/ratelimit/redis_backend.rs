@@ -4,10 +4,26 @@
 //! instances.
 //!
 //! Redis is an outside service that can be slow or gone. Every call is
-//! bounded by `ratelimit.redis.timeout`; the first failure marks the backend
-//! down, checks then go straight to the fail mode (no waiting on a dead
-//! Redis), and a prober retries every [`PROBE_INTERVAL`] until Redis answers
-//! again. Every check decided without Redis is counted by why.
+//! bounded by `ratelimit.redis.timeout`; the first connection failure or
+//! timeout marks the backend down, checks then go straight to the fail mode
+//! (no waiting on a dead Redis), and a prober retries every
+//! [`PROBE_INTERVAL`] until Redis answers again. An error reply about one
+//! key (`WRONGTYPE`, a script error) is that check's alone: it is decided
+//! by the fail mode, counted (`response`), and the backend stays up. Every
+//! check decided without Redis is counted by why.
+//!
+//! Keys: tenant ids are chosen by clients, so they live in a namespace of
+//! their own, apart from tenantwatch's own keys (a tenant named `advice`
+//! once shared the advice set's key):
+//!
+//! - `<key_prefix>t:<tenant>`: a tenant's GCRA state (a hash), expiring when
+//!   its bucket is full again;
+//! - `<key_prefix>meta:{advice}`: the set of instances sharing advice, and
+//!   `<key_prefix>meta:{advice}:<instance>`: each one's advice. The `{advice}`
+//!   hash tag keeps them in one Redis Cluster slot (one `MGET` reads them).
+//!
+//! No key of one namespace can be spelled in the other: every tenant key
+//! starts `t:` after the prefix, every own key `meta:`.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -15,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::{FromRedisValue, RedisError, Script, ServerErrorKind, Value};
 
 /// How often the prober retries a Redis marked down.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -206,6 +222,10 @@ pub enum GcraReply {
     NotUntil(Duration),
 }
 
+/// A batch of GCRA tests answered by Redis: each test's reply, or its own
+/// error (`Response`: an error reply about its key).
+pub type GcraReplies = Vec<Result<GcraReply, BackendError>>;
+
 /// The connections, the script, and whether Redis is answering.
 pub struct RedisBackend {
     settings: RedisSettings,
@@ -215,6 +235,9 @@ pub struct RedisBackend {
     up: Arc<AtomicBool>,
     errors: [AtomicU64; 4],
     last_warning: Mutex<Option<Instant>>,
+    /// The last warning about an error reply (Redis up, a key or the
+    /// script wrong): logged at most once per [`LOG_EVERY`].
+    last_reply_warning: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -250,6 +273,7 @@ impl RedisBackend {
             up: Arc::new(AtomicBool::new(true)),
             errors: Default::default(),
             last_warning: Mutex::new(None),
+            last_reply_warning: Mutex::new(None),
         })
     }
 
@@ -277,13 +301,23 @@ impl RedisBackend {
         self.connections[i].clone()
     }
 
-    fn key(&self, tenant: &str) -> String {
-        format!("{}{tenant}", self.settings.key_prefix)
+    /// A tenant's GCRA key: in the tenants' namespace, apart from ours.
+    pub fn tenant_key(&self, tenant: &str) -> String {
+        format!("{}t:{tenant}", self.settings.key_prefix)
     }
 
-    /// Runs one GCRA test per call in one round trip (a pipeline). Fails as
-    /// a whole: a batch is decided by Redis or not at all.
-    pub async fn gcra(&self, calls: &[(&str, GcraCall)]) -> Result<Vec<GcraReply>, BackendError> {
+    /// The set of instances sharing advice; each one's advice is under
+    /// this key, `:`, its name (one hash tag: one Cluster slot).
+    pub fn advice_key(&self) -> String {
+        format!("{}meta:{{advice}}", self.settings.key_prefix)
+    }
+
+    /// Runs one GCRA test per call in one round trip (a pipeline). The
+    /// batch fails as a whole (and the backend is marked down) only when
+    /// Redis cannot be reached or does not answer in time; an error reply
+    /// fails only its own test, or the batch without marking it down if
+    /// the replies cannot be told apart.
+    pub async fn gcra(&self, calls: &[(&str, GcraCall)]) -> Result<GcraReplies, BackendError> {
         if !self.is_up() {
             return Err(BackendError::Unavailable);
         }
@@ -293,7 +327,7 @@ impl RedisBackend {
         let invocations: Vec<_> = calls
             .iter()
             .map(|(tenant, call)| {
-                let mut invocation = self.gcra.key(self.key(tenant));
+                let mut invocation = self.gcra.key(self.tenant_key(tenant));
                 invocation
                     .arg(call.emission_interval_ns)
                     .arg(call.tolerance_ns)
@@ -301,40 +335,80 @@ impl RedisBackend {
                 invocation
             })
             .collect();
+        // Each script call's reply on its own: one key's error reply
+        // (WRONGTYPE) is that call's, not the batch's.
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for invocation in &invocations {
             pipe.invoke_script(invocation);
         }
         let mut connection = self.connection();
         let run = async {
-            match pipe.query_async::<Vec<(i64, i64)>>(&mut connection).await {
-                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    // Redis restarted or flushed its scripts: load, retry once.
-                    self.gcra.load_async(&mut connection).await?;
-                    pipe.query_async::<Vec<(i64, i64)>>(&mut connection).await
-                }
-                other => other,
+            let replies = pipe.query_async::<Vec<Value>>(&mut connection).await?;
+            if replies.iter().any(is_no_script) {
+                // Redis restarted or flushed its scripts: load, retry once.
+                self.gcra.load_async(&mut connection).await?;
+                return pipe.query_async::<Vec<Value>>(&mut connection).await;
             }
+            Ok(replies)
         };
         let replies = match tokio::time::timeout(self.settings.timeout, run).await {
             Ok(Ok(replies)) if replies.len() == calls.len() => replies,
-            Ok(Ok(_)) => return Err(self.failed(BackendError::Response, "wrong number of replies")),
-            Ok(Err(err)) => return Err(self.failed(BackendError::of(&err), &err.to_string())),
+            Ok(Ok(_)) => return Err(self.reply_error("wrong number of replies")),
+            Ok(Err(err)) => {
+                return Err(match BackendError::of(&err) {
+                    error @ (BackendError::Timeout | BackendError::Connection) => {
+                        self.failed(error, &err.to_string())
+                    }
+                    BackendError::Response | BackendError::Unavailable => {
+                        self.reply_error(&err.to_string())
+                    }
+                });
+            }
             Err(_) => return Err(self.failed(BackendError::Timeout, "no answer in time")),
         };
         Ok(replies
             .into_iter()
-            .map(|(allowed, n)| {
-                let n = u64::try_from(n).unwrap_or(0);
-                if allowed == 1 {
-                    GcraReply::Allowed {
-                        remaining: u32::try_from(n).unwrap_or(u32::MAX),
+            .zip(calls)
+            .map(
+                |(reply, (tenant, _))| match <(i64, i64)>::from_redis_value(reply) {
+                    Ok((allowed, n)) => {
+                        let n = u64::try_from(n).unwrap_or(0);
+                        Ok(if allowed == 1 {
+                            GcraReply::Allowed {
+                                remaining: u32::try_from(n).unwrap_or(u32::MAX),
+                            }
+                        } else {
+                            GcraReply::NotUntil(Duration::from_nanos(n))
+                        })
                     }
-                } else {
-                    GcraReply::NotUntil(Duration::from_nanos(n))
-                }
-            })
+                    Err(err) => {
+                        let detail = format!("tenant {tenant}: {err}");
+                        Err(self.reply_error(&detail))
+                    }
+                },
+            )
             .collect())
+    }
+
+    /// Redis answered, with an error about a key or the script: logged at
+    /// most once per [`LOG_EVERY`]; the backend stays up (the caller counts
+    /// the checks it decides without Redis).
+    fn reply_error(&self, detail: &str) -> BackendError {
+        let mut last = self
+            .last_reply_warning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                error = BackendError::Response.as_str(),
+                detail,
+                fail_mode = self.settings.fail_mode.as_str(),
+                "Redis rate-limit backend answered an error; that check falls back"
+            );
+        }
+        BackendError::Response
     }
 
     /// Marks Redis down (starting the prober on the transition) and logs,
@@ -420,7 +494,7 @@ impl RedisBackend {
             self.count_fallback(BackendError::Unavailable, 1);
             return Err(BackendError::Unavailable);
         }
-        let instances_key = format!("{}advice", self.settings.key_prefix);
+        let instances_key = self.advice_key();
         let own_key = format!("{instances_key}:{}", self.settings.instance);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut connection = self.connection();
@@ -435,6 +509,11 @@ impl RedisBackend {
                 .cmd("SADD")
                 .arg(&instances_key)
                 .arg(&self.settings.instance)
+                .ignore()
+                // The set goes too once no instance has published for a TTL.
+                .cmd("PEXPIRE")
+                .arg(&instances_key)
+                .arg(ttl_ms)
                 .ignore()
                 .cmd("SMEMBERS")
                 .arg(&instances_key)
@@ -469,10 +548,22 @@ impl RedisBackend {
         // Two round trips and a rare third: allow three timeouts.
         let failure = match tokio::time::timeout(self.settings.timeout * 3, run).await {
             Ok(Ok(advice)) => return Ok(advice),
-            Ok(Err(err)) => self.failed(BackendError::of(&err), &err.to_string()),
+            Ok(Err(err)) => match BackendError::of(&err) {
+                error @ (BackendError::Timeout | BackendError::Connection) => {
+                    self.failed(error, &err.to_string())
+                }
+                BackendError::Response | BackendError::Unavailable => {
+                    self.reply_error(&err.to_string())
+                }
+            },
             Err(_) => self.failed(BackendError::Timeout, "no answer in time"),
         };
         self.count_fallback(failure, 1);
         Err(failure)
     }
+}
+
+/// A pipeline reply saying the script is not loaded.
+fn is_no_script(reply: &Value) -> bool {
+    matches!(reply, Value::ServerError(err) if err.kind() == Some(ServerErrorKind::NoScript))
 }

@@ -6,6 +6,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::ser::{SerializeMap, Serializer};
+
+use super::targets::{Judged, JudgedActivity};
 
 /// How a session is ended: `pg_cancel_backend` (the running query) or
 /// `pg_terminate_backend` (the whole session).
@@ -33,14 +38,25 @@ impl GuardAction {
     }
 }
 
-/// One session to end, on one target.
+/// One session to end, on one target: the backend and the statement or
+/// idle transaction that was judged, so that the signal reaches that one
+/// or none (a pid alone names whatever the backend runs by then).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct GuardOrder {
     pub target: String,
     pub tenant: String,
     pub rule: &'static str,
+    /// The signal to send (and, in a record, the one that was sent).
     pub action: GuardAction,
+    /// The rule asked for `terminate`, but the session's tenant came from
+    /// a field the client sets: only `cancel` is ever sent for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downgraded_from: Option<GuardAction>,
     pub pid: i32,
+    /// `backend_start`, and `query_start` or `xact_start` and
+    /// `state_change`, as the poll saw them (Unix seconds in the API).
+    #[serde(flatten)]
+    pub judged: Judged,
     /// The start of the session's query (at most [`QUERY_PREFIX_CHARS`]).
     pub query: String,
     /// How long the query has run, or the session sat idle in its
@@ -63,8 +79,12 @@ pub enum GuardResult {
     Ok,
     /// Dry run: logged and counted, nothing sent.
     DryRun,
-    /// The session had already ended.
+    /// The session had already ended (its pid is gone, or is another
+    /// backend's now): nothing sent.
     Gone,
+    /// The session is there but no longer runs the statement (or sits in
+    /// the idle transaction) that was judged: nothing sent.
+    Changed,
     /// tenantwatch's role may not signal it (needs `pg_signal_backend`).
     Permission,
     /// The target could not be reached, or another error.
@@ -76,10 +96,11 @@ pub enum GuardResult {
 }
 
 impl GuardResult {
-    pub const ALL: [GuardResult; 7] = [
+    pub const ALL: [GuardResult; 8] = [
         GuardResult::Ok,
         GuardResult::DryRun,
         GuardResult::Gone,
+        GuardResult::Changed,
         GuardResult::Permission,
         GuardResult::Error,
         GuardResult::RateLimited,
@@ -91,11 +112,42 @@ impl GuardResult {
             GuardResult::Ok => "ok",
             GuardResult::DryRun => "dry_run",
             GuardResult::Gone => "gone",
+            GuardResult::Changed => "changed",
             GuardResult::Permission => "permission",
             GuardResult::Error => "error",
             GuardResult::RateLimited => "rate_limited",
             GuardResult::Dropped => "dropped",
         }
+    }
+}
+
+/// Unix seconds, to the microsecond PostgreSQL keeps.
+fn unix_seconds(at: SystemTime) -> f64 {
+    match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => after.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
+    }
+}
+
+/// Flat in a record: `backend_start`, then `query_start` or `xact_start`
+/// and `state_change`, each in Unix seconds.
+impl serde::Serialize for Judged {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("backend_start", &unix_seconds(self.backend_start))?;
+        match self.activity {
+            JudgedActivity::Statement { query_start } => {
+                map.serialize_entry("query_start", &unix_seconds(query_start))?;
+            }
+            JudgedActivity::IdleTransaction {
+                xact_start,
+                state_change,
+            } => {
+                map.serialize_entry("xact_start", &unix_seconds(xact_start))?;
+                map.serialize_entry("state_change", &unix_seconds(state_change))?;
+            }
+        }
+        map.end()
     }
 }
 
@@ -170,7 +222,16 @@ mod tests {
             tenant: tenant.into(),
             rule: "long_query",
             action: GuardAction::Cancel,
+            downgraded_from: None,
             pid: 42,
+            judged: Judged {
+                backend_start: SystemTime::UNIX_EPOCH
+                    + std::time::Duration::from_micros(1_700_000_000_123_456),
+                activity: JudgedActivity::Statement {
+                    query_start: SystemTime::UNIX_EPOCH
+                        + std::time::Duration::from_secs(1_700_000_100),
+                },
+            },
             query: query_prefix(&"x".repeat(500)),
             age_seconds: 301.0,
             dry_run: false,
@@ -190,5 +251,28 @@ mod tests {
         assert_eq!(counts.len(), MAX_COUNT_KEYS + 1);
         let other = counts.iter().find(|(k, _)| k.0 == "__other__").unwrap();
         assert_eq!(other.1, 50);
+    }
+
+    #[test]
+    fn a_record_names_the_backend_and_the_statement() {
+        let mut log = GuardLog::default();
+        log.record(&order("a"), GuardResult::Changed, 1.0);
+        let json = serde_json::to_value(&log.recent()[0]).unwrap();
+        assert_eq!(json["result"], "changed");
+        assert_eq!(json["backend_start"], 1_700_000_000.123456);
+        assert_eq!(json["query_start"], 1_700_000_100.0);
+        assert!(json.get("xact_start").is_none());
+        assert!(json.get("downgraded_from").is_none());
+        let mut downgraded = order("a");
+        downgraded.downgraded_from = Some(GuardAction::Terminate);
+        downgraded.judged.activity = JudgedActivity::IdleTransaction {
+            xact_start: SystemTime::UNIX_EPOCH,
+            state_change: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2),
+        };
+        let json = serde_json::to_value(&downgraded).unwrap();
+        assert_eq!(json["downgraded_from"], "terminate");
+        assert_eq!(json["action"], "cancel");
+        assert_eq!(json["state_change"], 2.0);
+        assert!(json.get("query_start").is_none());
     }
 }

@@ -27,8 +27,8 @@ pub use pgbouncers::{
     PoolFigures, PoolTraffic, SharedPgBouncerStatus, TenantPools, lock_pgbouncer,
 };
 pub use targets::{
-    ActivitySnapshot, CollectorName, DatabaseStats, Offence, Offender, PollErrorKind, SchemaDetail,
-    SchemaTotals, SharedStatus, TargetStatus, TargetStatuses, TenantActivity, TenantStatements,
-    TopStatement, lock,
+    ActivitySnapshot, CollectorName, DatabaseStats, Judged, JudgedActivity, Offence, Offender,
+    PollErrorKind, SchemaDetail, SchemaTotals, SharedStatus, TargetStatus, TargetStatuses,
+    TenantActivity, TenantStatements, TopStatement, lock,
 };
 pub use tenants::*;

@@ -321,6 +321,40 @@ pub struct Offender {
     /// Run by a superuser: never ended.
     pub superuser: bool,
     pub application_name: String,
+    /// Which backend, and which of its statements or idle transactions,
+    /// the poll saw; `None` when `pg_stat_activity` did not show the
+    /// timestamps (a role without `pg_read_all_stats`) or the session was
+    /// in no state the guard can name: then it is never ended, because a
+    /// pid alone may by then be another statement, or another tenant's.
+    pub judged: Option<Judged>,
+    /// The tenant came from a field the client sets (`application_name`,
+    /// a sqlcommenter tag): anyone connecting can claim it, and behind a
+    /// pooler it names the last client, so the guard only ever cancels.
+    pub tenant_from_client: bool,
+}
+
+/// What the guard judged of a session, re-checked on the server in the
+/// statement that signals it: the backend (its pid is reused by the next
+/// connection; `backend_start` tells them apart) and the offence's
+/// statement or idle transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Judged {
+    pub backend_start: SystemTime,
+    pub activity: JudgedActivity,
+}
+
+/// The part of a session's activity an order names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JudgedActivity {
+    /// A running statement (`state = 'active'`), by its `query_start`.
+    Statement { query_start: SystemTime },
+    /// A transaction sitting idle (`state = 'idle in transaction'`, or its
+    /// aborted form), by its `xact_start` and the `state_change` that began
+    /// the idle spell: a new statement in the same transaction changes it.
+    IdleTransaction {
+        xact_start: SystemTime,
+        state_change: SystemTime,
+    },
 }
 
 /// `pg_stat_activity` reduced to counts.
