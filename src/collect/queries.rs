@@ -176,26 +176,7 @@ pub fn activity_from_rows(
         }
         let activity = snapshot.tenants.entry(tenant.clone()).or_default();
         *activity.connections.entry(state).or_default() += 1;
-        // What an order names: the statement if one runs, the idle spell
-        // of the transaction if it sits idle (a lock blocker is either).
-        let activity_now = match state {
-            "active" => query_start.map(|query_start| JudgedActivity::Statement { query_start }),
-            "idle_in_transaction" | "idle_in_transaction_aborted" => xact_start
-                .zip(state_change)
-                .map(
-                    |(xact_start, state_change)| JudgedActivity::IdleTransaction {
-                        xact_start,
-                        state_change,
-                    },
-                ),
-            _ => None,
-        };
-        let judged = backend_start
-            .zip(activity_now)
-            .map(|(backend_start, activity)| Judged {
-                backend_start,
-                activity,
-            });
+        let judged = judged(state, backend_start, query_start, xact_start, state_change);
         let tenant_from_client = match source {
             RuleSource::ApplicationName | RuleSource::QueryComment => true,
             RuleSource::Schema | RuleSource::Database | RuleSource::Role => false,
@@ -236,6 +217,50 @@ pub fn activity_from_rows(
         }
         tenant_of_pid.insert(pid, tenant);
     }
+    charge_blockers(
+        &mut snapshot,
+        &tenant_of_pid,
+        possible_blockers,
+        blockers_of_waiting,
+    );
+    Ok(snapshot)
+}
+
+/// What an order names: the statement if one runs, the idle spell of the
+/// transaction if it sits idle (a lock blocker is either); `None` when the
+/// row lacks the times that would name it.
+fn judged(
+    state: &str,
+    backend_start: Option<SystemTime>,
+    query_start: Option<SystemTime>,
+    xact_start: Option<SystemTime>,
+    state_change: Option<SystemTime>,
+) -> Option<Judged> {
+    let activity = match state {
+        "active" => JudgedActivity::Statement {
+            query_start: query_start?,
+        },
+        "idle_in_transaction" | "idle_in_transaction_aborted" => JudgedActivity::IdleTransaction {
+            xact_start: xact_start?,
+            state_change: state_change?,
+        },
+        _ => return None,
+    };
+    Some(Judged {
+        backend_start: backend_start?,
+        activity,
+    })
+}
+
+/// Lock blockers: each backend others wait on becomes an offender of its
+/// tenant, and each waiting backend counts once against every tenant
+/// blocking it.
+fn charge_blockers(
+    snapshot: &mut ActivitySnapshot,
+    tenant_of_pid: &HashMap<i32, String>,
+    mut possible_blockers: HashMap<i32, Offender>,
+    blockers_of_waiting: Vec<Vec<i32>>,
+) {
     // A waiting backend counts once against each tenant blocking it.
     let mut blocking_pids: Vec<i32> = blockers_of_waiting.iter().flatten().copied().collect();
     blocking_pids.sort_unstable();
@@ -264,7 +289,6 @@ pub fn activity_from_rows(
             }
         }
     }
-    Ok(snapshot)
 }
 
 /// Keeps the [`OFFENDERS_PER_KIND`] oldest sessions of each offence.

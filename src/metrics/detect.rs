@@ -22,6 +22,16 @@ pub struct DetectCollector {
 
 impl Collector for DetectCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_flags(&mut encoder)?;
+        self.encode_limiters(&mut encoder)?;
+        self.encode_backend(&mut encoder)?;
+        self.encode_guard(&mut encoder)
+    }
+}
+
+impl DetectCollector {
+    /// The raised flags, with their values and thresholds.
+    fn encode_flags(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let judgement = read_judgement(&self.judgement);
         type FlagField = fn(&Flag) -> f64;
         let flag_families: [(&str, &str, FlagField); 3] = [
@@ -42,7 +52,7 @@ impl Collector for DetectCollector {
             ),
         ];
         for (name, help, field) in flag_families {
-            let mut metric = family(&mut encoder, name, help, MetricType::Gauge)?;
+            let mut metric = family(encoder, name, help, MetricType::Gauge)?;
             for flag in &judgement.flags {
                 let labels = [
                     ("tenant", flag.tenant.as_str()),
@@ -52,10 +62,14 @@ impl Collector for DetectCollector {
                 gauge(&mut metric, &labels, field(flag))?;
             }
         }
+        Ok(())
+    }
 
+    /// Tiers, decisions, effective quotas and the limiter map.
+    fn encode_limiters(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let policy = self.limits.policy();
         let mut metric = family(
-            &mut encoder,
+            encoder,
             "tenantwatch_tenant_info",
             "1 for each tenant with a tier ([ratelimit.tenants] or tenants.tiers_file), labelled with it: join on tenant to group any tenant series by tier.",
             MetricType::Gauge,
@@ -66,7 +80,7 @@ impl Collector for DetectCollector {
 
         let limiters = self.limits.snapshot();
         let mut metric = family(
-            &mut encoder,
+            encoder,
             "tenantwatch_ratelimit_decisions",
             "POST /v1/ratelimit/check answers per tenant: allowed, denied, or shadow_denied (allowed in shadow mode, over quota).",
             MetricType::Counter,
@@ -82,7 +96,7 @@ impl Collector for DetectCollector {
             }
         }
         let mut metric = family(
-            &mut encoder,
+            encoder,
             "tenantwatch_tenant_ratelimit_qps",
             "The tenant's effective quota in checks per second (tightened while flagged).",
             MetricType::Gauge,
@@ -91,23 +105,27 @@ impl Collector for DetectCollector {
             gauge(&mut metric, &[("tenant", tenant.as_str())], rate.qps)?;
         }
         let mut metric = family(
-            &mut encoder,
+            encoder,
             "tenantwatch_ratelimit_limiters",
             "Per-tenant rate limiters held in memory (at most ingest.max_tenants).",
             MetricType::Gauge,
         )?;
         metric.encode_gauge(&(limiters.len() as i64))?;
         let mut metric = family(
-            &mut encoder,
+            encoder,
             "tenantwatch_ratelimit_limiters_evicted",
             "Limiters dropped, least recently used first, to make room for a new tenant at ingest.max_tenants.",
             MetricType::Counter,
         )?;
         metric.encode_counter::<NoLabelSet, _, u64>(&self.limits.evicted(), None)?;
+        Ok(())
+    }
 
+    /// Whether the rate-limit backend answers, and why it did not.
+    fn encode_backend(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let redis = self.limits.redis();
         let mut metric = family(
-            &mut encoder,
+            encoder,
             "tenantwatch_ratelimit_backend_up",
             "1 while the rate-limit backend answers (always 1 for backend=\"local\"); 0 while checks fall back to ratelimit.redis.fail_mode.",
             MetricType::Gauge,
@@ -122,7 +140,7 @@ impl Collector for DetectCollector {
             f64::from(u8::from(up)),
         )?;
         let mut metric = family(
-            &mut encoder,
+            encoder,
             "tenantwatch_ratelimit_backend_errors",
             "Checks the Redis backend did not decide (each decided by ratelimit.redis.fail_mode instead), and failed advice exchanges, by why: timeout, connection, response (an error reply: about one key it fails that check only), unavailable (already known down).",
             MetricType::Counter,
@@ -134,14 +152,18 @@ impl Collector for DetectCollector {
         for (error, count) in errors {
             counter_u64(&mut metric, &[("error", error.as_str())], count)?;
         }
+        Ok(())
+    }
 
+    /// The guard's actions, by what was sent and what came of it.
+    fn encode_guard(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let guard_counts = self
             .guard_log
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .counts();
         let mut metric = family(
-            &mut encoder,
+            encoder,
             "tenantwatch_guard_actions",
             "Guard actions on flagged tenants' sessions (or would-be actions in dry_run), by rule, action sent (cancel, terminate) and result (ok, dry_run, gone, changed, permission, error, rate_limited, dropped).",
             MetricType::Counter,

@@ -124,6 +124,15 @@ impl StoreExposition {
     }
 
     fn encode_snapshot(&self, snapshot: &StoreSnapshot, out: &mut String) {
+        self.encode_kind_counters(snapshot, out);
+        self.encode_latency(snapshot, out);
+        encode_share(snapshot, out);
+        self.encode_endpoints(snapshot, out);
+        encode_store_totals(snapshot, out);
+    }
+
+    /// Queries, errors and rows per tenant and kind.
+    fn encode_kind_counters(&self, snapshot: &StoreSnapshot, out: &mut String) {
         type Field = fn(&KindTotals) -> f64;
         let per_kind: [(&str, &str, Field); 3] = [
             (
@@ -159,7 +168,10 @@ impl StoreExposition {
                 }
             }
         }
+    }
 
+    /// The latency histogram per tenant (and kind with `histogram_by_kind`).
+    fn encode_latency(&self, snapshot: &StoreSnapshot, out: &mut String) {
         let name = "tenantwatch_tenant_query_duration_seconds";
         header(
             out,
@@ -192,23 +204,11 @@ impl StoreExposition {
                 self.histogram(out, name, &labels, tenant.kinds.iter().map(Option::as_ref));
             }
         }
+    }
 
-        let name = "tenantwatch_tenant_db_time_share";
-        header(
-            out,
-            name,
-            "The tenant's share of all tenants' reported query time over the sliding window (0 to 1).",
-            "gauge",
-        );
-        for tenant in &snapshot.tenants {
-            out.push_str(name);
-            out.push_str("{tenant=\"");
-            push_label_value(out, &tenant.tenant);
-            out.push_str("\"} ");
-            push_f64(out, tenant.db_time_share);
-            out.push('\n');
-        }
-
+    /// Queries and latency per endpoint, schema switches.
+    fn encode_endpoints(&self, snapshot: &StoreSnapshot, out: &mut String) {
+        let mut labels = String::new();
         let name = "tenantwatch_tenant_endpoint_requests";
         header(
             out,
@@ -262,66 +262,6 @@ impl StoreExposition {
                 self.histogram(out, name, &labels, [Some(totals)].into_iter());
             }
         }
-        let name = "tenantwatch_instance_queries";
-        header(
-            out,
-            name,
-            "Queries reported per application instance (pod), from the events' instance (at most ingest.max_instances, the rest under __other__).",
-            "counter",
-        );
-        for (instance, queries) in &snapshot.instances {
-            out.push_str(name);
-            // Not `instance`: Prometheus sets that label to the scraped
-            // target, and would rename or overwrite ours.
-            out.push_str("_total{app_instance=\"");
-            push_label_value(out, instance);
-            out.push_str("\"} ");
-            push_count(out, *queries);
-            out.push('\n');
-        }
-
-        let totals: [(&str, &str, &str, u64); 5] = [
-            (
-                "tenantwatch_tenants_tracked",
-                "Tenants currently tracked from events (at most ingest.max_tenants; the overflow bucket not counted).",
-                "gauge",
-                snapshot.tracked as u64,
-            ),
-            (
-                "tenantwatch_tenants_overflow",
-                "Events attributed to the __overflow__ tenant because ingest.max_tenants tenants were already tracked.",
-                "counter",
-                snapshot.overflow_events,
-            ),
-            (
-                "tenantwatch_tenants_evicted",
-                "Tenants forgotten after ingest.tenant_idle_ttl without an event.",
-                "counter",
-                snapshot.evicted,
-            ),
-            (
-                "tenantwatch_endpoints_folded",
-                "Events whose endpoint went to __other__ because their tenant had ingest.max_endpoints_per_tenant endpoints.",
-                "counter",
-                snapshot.endpoints_folded,
-            ),
-            (
-                "tenantwatch_instances_folded",
-                "Events whose instance went to __other__ because ingest.max_instances instances were tracked.",
-                "counter",
-                snapshot.instances_folded,
-            ),
-        ];
-        for (name, help, metric_type, value) in totals {
-            header(out, name, help, metric_type);
-            out.push_str(name);
-            if metric_type == "counter" {
-                out.push_str("_total");
-            }
-            out.push(' ');
-            push_u64(out, value);
-            out.push('\n');
-        }
     }
 
     /// Writes one histogram (sum, count, cumulative buckets) merging `kinds`.
@@ -373,5 +313,88 @@ impl StoreExposition {
             push_u64(out, cumulative.round() as u64);
             out.push('\n');
         }
+    }
+}
+
+/// Each tenant's share of database time over the window.
+fn encode_share(snapshot: &StoreSnapshot, out: &mut String) {
+    let name = "tenantwatch_tenant_db_time_share";
+    header(
+        out,
+        name,
+        "The tenant's share of all tenants' reported query time over the sliding window (0 to 1).",
+        "gauge",
+    );
+    for tenant in &snapshot.tenants {
+        out.push_str(name);
+        out.push_str("{tenant=\"");
+        push_label_value(out, &tenant.tenant);
+        out.push_str("\"} ");
+        push_f64(out, tenant.db_time_share);
+        out.push('\n');
+    }
+}
+
+/// Per-instance queries and the store's own counts.
+fn encode_store_totals(snapshot: &StoreSnapshot, out: &mut String) {
+    let name = "tenantwatch_instance_queries";
+    header(
+        out,
+        name,
+        "Queries reported per application instance (pod), from the events' instance (at most ingest.max_instances, the rest under __other__).",
+        "counter",
+    );
+    for (instance, queries) in &snapshot.instances {
+        out.push_str(name);
+        // Not `instance`: Prometheus sets that label to the scraped
+        // target, and would rename or overwrite ours.
+        out.push_str("_total{app_instance=\"");
+        push_label_value(out, instance);
+        out.push_str("\"} ");
+        push_count(out, *queries);
+        out.push('\n');
+    }
+
+    let totals: [(&str, &str, &str, u64); 5] = [
+        (
+            "tenantwatch_tenants_tracked",
+            "Tenants currently tracked from events (at most ingest.max_tenants; the overflow bucket not counted).",
+            "gauge",
+            snapshot.tracked as u64,
+        ),
+        (
+            "tenantwatch_tenants_overflow",
+            "Events attributed to the __overflow__ tenant because ingest.max_tenants tenants were already tracked.",
+            "counter",
+            snapshot.overflow_events,
+        ),
+        (
+            "tenantwatch_tenants_evicted",
+            "Tenants forgotten after ingest.tenant_idle_ttl without an event.",
+            "counter",
+            snapshot.evicted,
+        ),
+        (
+            "tenantwatch_endpoints_folded",
+            "Events whose endpoint went to __other__ because their tenant had ingest.max_endpoints_per_tenant endpoints.",
+            "counter",
+            snapshot.endpoints_folded,
+        ),
+        (
+            "tenantwatch_instances_folded",
+            "Events whose instance went to __other__ because ingest.max_instances instances were tracked.",
+            "counter",
+            snapshot.instances_folded,
+        ),
+    ];
+    for (name, help, metric_type, value) in totals {
+        header(out, name, help, metric_type);
+        out.push_str(name);
+        if metric_type == "counter" {
+            out.push_str("_total");
+        }
+        out.push(' ');
+        push_u64(out, value);
+        out.push('\n');
     }
 }
