@@ -225,6 +225,11 @@ fn encode_target_activity(targets: &[TargetStatus], encoder: &mut DescriptorEnco
             }
         }
     }
+    encode_replication_lag(targets, encoder)
+}
+
+/// Each standby's replay lag, in seconds and bytes.
+fn encode_replication_lag(targets: &[TargetStatus], encoder: &mut DescriptorEncoder) -> Encoded {
     type Lag = fn(&(f64, f64)) -> f64;
     let lags: [(&str, &str, Lag); 2] = [
         (
@@ -247,7 +252,6 @@ fn encode_target_activity(targets: &[TargetStatus], encoder: &mut DescriptorEnco
             }
         }
     }
-
     Ok(())
 }
 
