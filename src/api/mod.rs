@@ -5,8 +5,9 @@
 //! never talks to PostgreSQL or a socket. The HTTP handlers in
 //! [`crate::http`] serialize what it returns.
 //!
-//! - [`query`]: URL decoding and the list's query string;
-//! - [`tenants`]: tenant rows, sort fields, paging, CSV;
+//! - [`query`]: URL decoding, the list's query string and sort fields;
+//! - [`tenants`]: tenant rows, paging, CSV (on top of [`query`], which
+//!   knows nothing of rows);
 //! - [`detail`]: one tenant in detail;
 //! - [`targets`]: the targets view;
 //! - [`pgbouncers`]: the PgBouncers' health and pools, and a tenant's pools.
@@ -20,11 +21,11 @@ pub mod tenants;
 pub use detail::{DetailSources, TenantDetail, tenant_detail};
 pub use pgbouncers::{PgBouncerView, pgbouncer_views, tenant_pools};
 pub use query::{
-    BadParameter, ListQuery, MAX_LIMIT, SortKey, parse_list_query, url_decode, url_decode_path,
+    BadParameter, ListQuery, MAX_LIMIT, SortField, SortKey, parse_list_query, url_decode_path,
     url_encode,
 };
 pub use targets::{TargetView, target_views};
-pub use tenants::{Page, SortField, TenantRow, csv, page, tenant_rows};
+pub use tenants::{Page, TenantRow, csv, page, tenant_rows};
 
 #[cfg(test)]
 mod tests {
@@ -137,15 +138,35 @@ mod tests {
         assert!(lines[2].contains(",\"c\"\"d\","), "{}", lines[2]);
     }
 
+    /// The `target` a list query asks for, decoded.
+    fn target(query: &str) -> String {
+        parse_list_query(Some(&format!("target={query}")), false)
+            .unwrap()
+            .target
+            .unwrap()
+    }
+
     #[test]
     fn url_decoding() {
-        assert_eq!(url_decode("a%7Cb+c"), "a|b c");
-        assert_eq!(url_decode("%zz%"), "%zz%");
-        // A sign is no hex digit; the old decoder read `%+f` as 0x0f.
-        assert_eq!(url_decode("%+f%-1"), "% f%-1");
+        assert_eq!(target("a%7Cb+c"), "a|b c");
+        assert_eq!(target("%zz%"), "%zz%");
+        // A sign is no hex digit; an old decoder read `%+f` as 0x0f.
+        assert_eq!(target("%+f%-1"), "% f%-1");
         assert_eq!(url_decode_path("%+f"), "%+f");
-        assert_eq!(url_decode("a%7"), "a%7");
+        assert_eq!(target("a%7"), "a%7");
+        assert_eq!(target("%FF"), "\u{fffd}");
         // In a path, `+` is a plus.
         assert_eq!(url_decode_path("team+a%2Fb"), "team+a/b");
+    }
+
+    #[test]
+    fn url_encoding_round_trips_a_cursor() {
+        let cursor = "0.25|team a/b+c&d=é~_.-";
+        assert_eq!(
+            url_encode(cursor),
+            "0.25%7Cteam%20a%2Fb%2Bc%26d%3D%C3%A9~_.-"
+        );
+        let q = parse_list_query(Some(&format!("cursor={}", url_encode(cursor))), false).unwrap();
+        assert_eq!(q.cursor, Some((0.25, "team a/b+c&d=é~_.-".to_owned())));
     }
 }

@@ -1,11 +1,66 @@
-//! Parsing of the read API's URLs: percent-decoding, and the query string
-//! of `GET /api/v1/tenants` into a typed [`ListQuery`].
+//! Parsing of the read API's URLs (with `form_urlencoded` and
+//! `percent-encoding`), and the query string of `GET /api/v1/tenants` into
+//! a typed [`ListQuery`] over the [`SortField`]s a list can be sorted by.
 
-use super::tenants::SortField;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 
 /// Largest page.
 pub const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 100;
+
+/// The numeric figures of a row: what a list can be sorted by, in CSV
+/// column order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortField {
+    Queries,
+    Errors,
+    ErrorRatio,
+    Rows,
+    DbTimeShare,
+    Connections,
+    IdleInTransactionMaxSeconds,
+    SchemaSizeBytes,
+    LiveTuples,
+    DeadTuples,
+    EffectiveQps,
+}
+
+impl SortField {
+    pub const ALL: [SortField; 11] = [
+        SortField::Queries,
+        SortField::Errors,
+        SortField::ErrorRatio,
+        SortField::Rows,
+        SortField::DbTimeShare,
+        SortField::Connections,
+        SortField::IdleInTransactionMaxSeconds,
+        SortField::SchemaSizeBytes,
+        SortField::LiveTuples,
+        SortField::DeadTuples,
+        SortField::EffectiveQps,
+    ];
+
+    /// The field's name: the JSON key, the CSV column, the `sort` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SortField::Queries => "queries",
+            SortField::Errors => "errors",
+            SortField::ErrorRatio => "error_ratio",
+            SortField::Rows => "rows",
+            SortField::DbTimeShare => "db_time_share",
+            SortField::Connections => "connections",
+            SortField::IdleInTransactionMaxSeconds => "idle_in_transaction_max_seconds",
+            SortField::SchemaSizeBytes => "schema_size_bytes",
+            SortField::LiveTuples => "live_tuples",
+            SortField::DeadTuples => "dead_tuples",
+            SortField::EffectiveQps => "effective_qps",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SortField> {
+        SortField::ALL.into_iter().find(|f| f.as_str() == text)
+    }
+}
 
 /// What a tenant list is sorted by.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,64 +99,24 @@ pub struct ListQuery {
     pub csv: bool,
 }
 
-/// Decodes `%XX` and `+` (a space) in a query-string component.
-pub fn url_decode(text: &str) -> String {
-    percent_decode(text, true)
-}
-
-/// Decodes `%XX` in a path segment; `+` stays a `+` there (RFC 3986).
+/// Decodes `%XX` in a path segment; `+` stays a `+` there (RFC 3986). A `%`
+/// not followed by two hex digits stays as it is; bytes that are not UTF-8
+/// become U+FFFD.
 pub fn url_decode_path(text: &str) -> String {
-    percent_decode(text, false)
+    percent_decode_str(text).decode_utf8_lossy().into_owned()
 }
 
-fn hex(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
-    }
-}
+/// What [`url_encode`] leaves as it is: RFC 3986's unreserved characters.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
-/// `%` followed by two hex digits is a byte; any other `%` stays as it is.
-fn percent_decode(text: &str, plus_is_space: bool) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' if plus_is_space => out.push(b' '),
-            b'%' => {
-                let byte = bytes
-                    .get(i + 1)
-                    .and_then(|h| hex(*h))
-                    .zip(bytes.get(i + 2).and_then(|l| hex(*l)));
-                match byte {
-                    Some((high, low)) => {
-                        out.push(high << 4 | low);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Encodes everything but unreserved characters as `%XX`.
+/// Encodes everything but unreserved characters as `%XX`: safe in a query
+/// component and in a path segment.
 pub fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
 /// Parses the query string of `GET /api/v1/tenants`.
@@ -120,14 +135,10 @@ pub fn parse_list_query(query: Option<&str>, accept_csv: bool) -> Result<ListQue
         csv: accept_csv,
     };
     let mut order_given = None;
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = url_decode(value);
-        match key {
+    // `application/x-www-form-urlencoded`: `+` is a space, `%XX` a byte.
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let value = value.into_owned();
+        match key.as_ref() {
             "sort" => {
                 q.sort = SortKey::parse(&value).ok_or_else(|| {
                     let names: Vec<&str> = SortField::ALL.iter().map(|f| f.as_str()).collect();

@@ -7,98 +7,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::query::{ListQuery, SortKey, url_encode};
+use super::query::{ListQuery, SortField, SortKey, url_encode};
 use crate::detect::Judgement;
 use crate::ratelimit::RateLimits;
 use crate::store::{StoreSnapshot, TargetStatus};
-
-/// The numeric figures of a row: what a list can be sorted by, in CSV
-/// column order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SortField {
-    Queries,
-    Errors,
-    ErrorRatio,
-    Rows,
-    DbTimeShare,
-    Connections,
-    IdleInTransactionMaxSeconds,
-    SchemaSizeBytes,
-    LiveTuples,
-    DeadTuples,
-    EffectiveQps,
-}
-
-impl SortField {
-    pub const ALL: [SortField; 11] = [
-        SortField::Queries,
-        SortField::Errors,
-        SortField::ErrorRatio,
-        SortField::Rows,
-        SortField::DbTimeShare,
-        SortField::Connections,
-        SortField::IdleInTransactionMaxSeconds,
-        SortField::SchemaSizeBytes,
-        SortField::LiveTuples,
-        SortField::DeadTuples,
-        SortField::EffectiveQps,
-    ];
-
-    /// The field's name: the JSON key, the CSV column, the `sort` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SortField::Queries => "queries",
-            SortField::Errors => "errors",
-            SortField::ErrorRatio => "error_ratio",
-            SortField::Rows => "rows",
-            SortField::DbTimeShare => "db_time_share",
-            SortField::Connections => "connections",
-            SortField::IdleInTransactionMaxSeconds => "idle_in_transaction_max_seconds",
-            SortField::SchemaSizeBytes => "schema_size_bytes",
-            SortField::LiveTuples => "live_tuples",
-            SortField::DeadTuples => "dead_tuples",
-            SortField::EffectiveQps => "effective_qps",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<SortField> {
-        SortField::ALL.into_iter().find(|f| f.as_str() == text)
-    }
-
-    /// The row's figure for this field.
-    pub fn get(self, row: &TenantRow) -> f64 {
-        match self {
-            SortField::Queries => row.queries,
-            SortField::Errors => row.errors,
-            SortField::ErrorRatio => row.error_ratio,
-            SortField::Rows => row.rows,
-            SortField::DbTimeShare => row.db_time_share,
-            SortField::Connections => row.connections,
-            SortField::IdleInTransactionMaxSeconds => row.idle_in_transaction_max_seconds,
-            SortField::SchemaSizeBytes => row.schema_size_bytes,
-            SortField::LiveTuples => row.live_tuples,
-            SortField::DeadTuples => row.dead_tuples,
-            SortField::EffectiveQps => row.effective_qps,
-        }
-    }
-
-    /// The row's figure for this field, to write.
-    pub fn slot(self, row: &mut TenantRow) -> &mut f64 {
-        match self {
-            SortField::Queries => &mut row.queries,
-            SortField::Errors => &mut row.errors,
-            SortField::ErrorRatio => &mut row.error_ratio,
-            SortField::Rows => &mut row.rows,
-            SortField::DbTimeShare => &mut row.db_time_share,
-            SortField::Connections => &mut row.connections,
-            SortField::IdleInTransactionMaxSeconds => &mut row.idle_in_transaction_max_seconds,
-            SortField::SchemaSizeBytes => &mut row.schema_size_bytes,
-            SortField::LiveTuples => &mut row.live_tuples,
-            SortField::DeadTuples => &mut row.dead_tuples,
-            SortField::EffectiveQps => &mut row.effective_qps,
-        }
-    }
-}
 
 /// One tenant's current figures, from events and from every target.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -201,7 +113,7 @@ pub fn page<'a>(rows: &'a [TenantRow], q: &ListQuery) -> Page<'a> {
         .collect();
     let key = |r: &TenantRow| match q.sort {
         SortKey::Tenant => 0.0,
-        SortKey::Field(field) => field.get(r),
+        SortKey::Field(field) => r.figure(field),
     };
     let cmp = |a: &&TenantRow, b: &&TenantRow| {
         let by_value = key(a).total_cmp(&key(b));
@@ -219,7 +131,7 @@ pub fn page<'a>(rows: &'a [TenantRow], q: &ListQuery) -> Page<'a> {
         Some((value, tenant)) => {
             let mut probe = TenantRow::probe(tenant);
             if let SortKey::Field(field) = q.sort {
-                *field.slot(&mut probe) = *value;
+                *probe.figure_mut(field) = *value;
             }
             selected.partition_point(|r| cmp(r, &&probe) != std::cmp::Ordering::Greater)
         }
@@ -240,6 +152,40 @@ pub fn page<'a>(rows: &'a [TenantRow], q: &ListQuery) -> Page<'a> {
 }
 
 impl TenantRow {
+    /// The row's figure for `field`.
+    pub fn figure(&self, field: SortField) -> f64 {
+        match field {
+            SortField::Queries => self.queries,
+            SortField::Errors => self.errors,
+            SortField::ErrorRatio => self.error_ratio,
+            SortField::Rows => self.rows,
+            SortField::DbTimeShare => self.db_time_share,
+            SortField::Connections => self.connections,
+            SortField::IdleInTransactionMaxSeconds => self.idle_in_transaction_max_seconds,
+            SortField::SchemaSizeBytes => self.schema_size_bytes,
+            SortField::LiveTuples => self.live_tuples,
+            SortField::DeadTuples => self.dead_tuples,
+            SortField::EffectiveQps => self.effective_qps,
+        }
+    }
+
+    /// The row's figure for `field`, to write.
+    pub fn figure_mut(&mut self, field: SortField) -> &mut f64 {
+        match field {
+            SortField::Queries => &mut self.queries,
+            SortField::Errors => &mut self.errors,
+            SortField::ErrorRatio => &mut self.error_ratio,
+            SortField::Rows => &mut self.rows,
+            SortField::DbTimeShare => &mut self.db_time_share,
+            SortField::Connections => &mut self.connections,
+            SortField::IdleInTransactionMaxSeconds => &mut self.idle_in_transaction_max_seconds,
+            SortField::SchemaSizeBytes => &mut self.schema_size_bytes,
+            SortField::LiveTuples => &mut self.live_tuples,
+            SortField::DeadTuples => &mut self.dead_tuples,
+            SortField::EffectiveQps => &mut self.effective_qps,
+        }
+    }
+
     /// A row with every figure at zero.
     pub(crate) fn probe(tenant: &str) -> TenantRow {
         TenantRow {
@@ -272,7 +218,7 @@ pub fn csv(rows: &[&TenantRow]) -> String {
     for row in rows {
         push_csv_text(&mut out, &row.tenant);
         for field in SortField::ALL {
-            let _ = write!(out, ",{}", field.get(row));
+            let _ = write!(out, ",{}", row.figure(field));
         }
         out.push(',');
         push_csv_text(&mut out, &row.targets.join(";"));

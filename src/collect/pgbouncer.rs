@@ -27,7 +27,7 @@ use crate::attribution::{Attribution, Session};
 use crate::event::OVERFLOW_TENANT;
 use crate::store::{
     MAX_POOL_LABEL_VALUES, PgBouncerSnapshot, PollErrorKind, PoolDatabase, PoolFigures,
-    PoolTraffic, SharedPgBouncerStatus, lock_pgbouncer,
+    PoolTraffic, SharedPgBouncerStatus, TenantPools, lock_pgbouncer,
 };
 use crate::telemetry::RateLimitedWarn;
 
@@ -204,11 +204,55 @@ pub fn snapshot_from(
     let mut bad = 0;
     let mut snapshot = PgBouncerSnapshot::default();
     let pools = read_pools(&tables.pools, attribution, &mut bad);
+    add_tenant_pools(&mut snapshot.tenants, &pools, max_tenants);
+    snapshot.pools = merge_capped_pools(pools);
+    let database_tenant = database_tenants(&snapshot.pools);
+    snapshot.databases = read_databases(&tables.databases, &mut bad);
+    let (traffic, current_waits) = read_traffic(&tables.stats, &mut bad);
+    snapshot.traffic = traffic;
+    account_waits(
+        waits,
+        &current_waits,
+        |database| match database_tenant.get(database) {
+            Some(tenant) => tenant.clone(),
+            None => attribution.session_tenant(&Session {
+                database,
+                ..Session::default()
+            }),
+        },
+        max_tenants,
+    );
+    for (tenant, micros) in &waits.totals {
+        snapshot
+            .tenants
+            .entry(tenant.clone())
+            .or_default()
+            .wait_seconds_total = *micros as f64 / 1e6;
+    }
+    let (by_application, client_rows) = read_clients(&tables.clients);
+    snapshot.clients_by_application = by_application;
+    snapshot.client_connections =
+        client_connections(&tables.lists, &mut bad).unwrap_or(client_rows);
+    snapshot.max_client_conn = tables
+        .config
+        .rows()
+        .find(|row| row.text("key") == Some("max_client_conn"))
+        .and_then(|row| row.number("value", &mut bad));
+    (snapshot, bad)
+}
 
-    for pool in &pools {
+/// Adds each attributed pool to its tenant (at most `max_tenants`, the rest
+/// under `__overflow__`): its waiting and active clients, its longest wait,
+/// and its name among the first [`POOLS_LISTED_PER_TENANT`].
+fn add_tenant_pools(
+    tenants: &mut BTreeMap<String, TenantPools>,
+    pools: &[PoolFigures],
+    max_tenants: usize,
+) {
+    for pool in pools {
         let Some(tenant) = &pool.tenant else { continue };
-        let tenant = bounded_tenant(&snapshot.tenants, tenant, max_tenants);
-        let entry = snapshot.tenants.entry(tenant).or_default();
+        let tenant = bounded_tenant(tenants, tenant, max_tenants);
+        let entry = tenants.entry(tenant).or_default();
         if entry.pools.len() < POOLS_LISTED_PER_TENANT {
             entry.pools.push((pool.database.clone(), pool.user.clone()));
         }
@@ -222,8 +266,12 @@ pub fn snapshot_from(
             .maxwait_seconds
             .max(pool.maxwait_seconds.unwrap_or(0.0));
     }
+}
 
-    // Label values capped; pools that fall together are summed.
+/// The pools with their `database` and `user` label values capped; pools
+/// that fall together are summed (a merged pool keeps a tenant only if all
+/// of its pools had that one).
+fn merge_capped_pools(pools: Vec<PoolFigures>) -> Vec<PoolFigures> {
     let (mut databases_seen, mut users_seen) = (HashSet::new(), HashSet::new());
     let mut merged: BTreeMap<(String, String), PoolFigures> = BTreeMap::new();
     for pool in pools {
@@ -258,10 +306,14 @@ pub fn snapshot_from(
             }
         }
     }
-    // The tenant of each database, for its traffic: the one tenant of all
-    // its pools, or its own name by the database rules when it has none.
+    merged.into_values().collect()
+}
+
+/// The tenant of each database, for its traffic: the one tenant of all its
+/// pools (`None` when they differ or have none); `__other__` is left out.
+fn database_tenants(pools: &[PoolFigures]) -> HashMap<String, Option<String>> {
     let mut database_tenant: HashMap<String, Option<String>> = HashMap::new();
-    for pool in merged.values().filter(|p| p.database != "__other__") {
+    for pool in pools.iter().filter(|p| p.database != "__other__") {
         database_tenant
             .entry(pool.database.clone())
             .and_modify(|t| {
@@ -271,111 +323,104 @@ pub fn snapshot_from(
             })
             .or_insert_with(|| pool.tenant.clone());
     }
-    snapshot.pools = merged.into_values().collect();
+    database_tenant
+}
 
+/// `SHOW DATABASES`, names capped; under `__other__` only the connections
+/// add up meaningfully.
+fn read_databases(table: &AdminTable, bad: &mut u64) -> BTreeMap<String, PoolDatabase> {
+    let mut databases: BTreeMap<String, PoolDatabase> = BTreeMap::new();
     let mut databases_seen = HashSet::new();
-    for row in tables.databases.rows() {
+    for row in table.rows() {
         let Some(name) = row.text("name") else {
             continue;
         };
         let name = capped(&mut databases_seen, name);
         let entry = PoolDatabase {
-            pool_size: row.number("pool_size", &mut bad),
+            pool_size: row.number("pool_size", bad),
             reserve_pool: row
-                .number("reserve_pool", &mut bad)
-                .or_else(|| row.number("reserve_pool_size", &mut bad)),
-            max_connections: row.number("max_connections", &mut bad),
-            current_connections: row.number("current_connections", &mut bad),
+                .number("reserve_pool", bad)
+                .or_else(|| row.number("reserve_pool_size", bad)),
+            max_connections: row.number("max_connections", bad),
+            current_connections: row.number("current_connections", bad),
             paused: row.text("paused").is_some_and(|v| v != "0"),
             disabled: row.text("disabled").is_some_and(|v| v != "0"),
         };
-        // Under `__other__` only the connections add up meaningfully.
-        match snapshot.databases.get_mut(&name) {
+        match databases.get_mut(&name) {
             Some(other) => {
                 other.current_connections =
                     add(other.current_connections, entry.current_connections);
             }
             None => {
-                snapshot.databases.insert(name, entry);
+                databases.insert(name, entry);
             }
         }
     }
+    databases
+}
 
+/// `SHOW STATS`: each database's traffic, names capped and summed, and each
+/// database's cumulative client wait in microseconds (uncapped, for
+/// [`account_waits`]).
+fn read_traffic(
+    table: &AdminTable,
+    bad: &mut u64,
+) -> (BTreeMap<String, PoolTraffic>, HashMap<String, u64>) {
+    let mut traffic: BTreeMap<String, PoolTraffic> = BTreeMap::new();
     let mut databases_seen = HashSet::new();
     let mut current_waits: HashMap<String, u64> = HashMap::new();
-    for row in tables.stats.rows() {
+    for row in table.rows() {
         let Some(database) = row.text("database") else {
             continue;
         };
-        let wait_us = row.number("total_wait_time", &mut bad);
-        let traffic = PoolTraffic {
-            queries: row.number("total_query_count", &mut bad),
-            transactions: row.number("total_xact_count", &mut bad),
-            query_seconds: row.micros("total_query_time", &mut bad),
+        let wait_us = row.number("total_wait_time", bad);
+        let figures = PoolTraffic {
+            queries: row.number("total_query_count", bad),
+            transactions: row.number("total_xact_count", bad),
+            query_seconds: row.micros("total_query_time", bad),
             client_wait_seconds: wait_us.map(|us| us as f64 / 1e6),
         };
         if let Some(wait_us) = wait_us {
             current_waits.insert(database.to_owned(), wait_us);
         }
         let name = capped(&mut databases_seen, database);
-        let entry = snapshot.traffic.entry(name).or_default();
-        entry.queries = add(entry.queries, traffic.queries);
-        entry.transactions = add(entry.transactions, traffic.transactions);
-        entry.query_seconds = sum_f(entry.query_seconds, traffic.query_seconds);
-        entry.client_wait_seconds = sum_f(entry.client_wait_seconds, traffic.client_wait_seconds);
+        let entry = traffic.entry(name).or_default();
+        entry.queries = add(entry.queries, figures.queries);
+        entry.transactions = add(entry.transactions, figures.transactions);
+        entry.query_seconds = sum_f(entry.query_seconds, figures.query_seconds);
+        entry.client_wait_seconds = sum_f(entry.client_wait_seconds, figures.client_wait_seconds);
     }
-    account_waits(
-        waits,
-        &current_waits,
-        |database| match database_tenant.get(database) {
-            Some(tenant) => tenant.clone(),
-            None => attribution.session_tenant(&Session {
-                database,
-                ..Session::default()
-            }),
-        },
-        max_tenants,
-    );
-    for (tenant, micros) in &waits.totals {
-        snapshot
-            .tenants
-            .entry(tenant.clone())
-            .or_default()
-            .wait_seconds_total = *micros as f64 / 1e6;
-    }
+    (traffic, current_waits)
+}
 
+/// `SHOW CLIENTS`: connections by `application_name` (capped), and the
+/// number of rows.
+fn read_clients(table: &AdminTable) -> (BTreeMap<String, u64>, u64) {
+    let mut by_application: BTreeMap<String, u64> = BTreeMap::new();
     let mut applications_seen = HashSet::new();
-    let mut client_rows = 0;
-    for row in tables.clients.rows() {
-        client_rows += 1;
+    let mut rows = 0;
+    for row in table.rows() {
+        rows += 1;
         if let Some(application) = row.text("application_name") {
             let application = capped(&mut applications_seen, application);
-            *snapshot
-                .clients_by_application
-                .entry(application)
-                .or_default() += 1;
+            *by_application.entry(application).or_default() += 1;
         }
     }
+    (by_application, rows)
+}
+
+/// Client connections from `SHOW LISTS` (used plus login clients); `None`
+/// on a version without `used_clients`.
+fn client_connections(lists: &AdminTable, bad: &mut u64) -> Option<u64> {
     let list = |name: &str, bad: &mut u64| {
-        tables
-            .lists
+        lists
             .rows()
             .find(|row| row.text("list") == Some(name))
             .and_then(|row| row.number("items", bad))
     };
-    snapshot.client_connections = match (
-        list("used_clients", &mut bad),
-        list("login_clients", &mut bad),
-    ) {
-        (Some(used), login) => used.saturating_add(login.unwrap_or(0)),
-        (None, _) => client_rows,
-    };
-    snapshot.max_client_conn = tables
-        .config
-        .rows()
-        .find(|row| row.text("key") == Some("max_client_conn"))
-        .and_then(|row| row.number("value", &mut bad));
-    (snapshot, bad)
+    let used = list("used_clients", bad);
+    let login = list("login_clients", bad);
+    used.map(|used| used.saturating_add(login.unwrap_or(0)))
 }
 
 fn sum_f(a: Option<f64>, b: Option<f64>) -> Option<f64> {

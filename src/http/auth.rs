@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use subtle::ConstantTimeEq;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -180,16 +181,16 @@ pub(super) fn unauthorized() -> Response<Body> {
     response
 }
 
-/// Compares without an early exit and in time that depends only on the
-/// expected token's length, so response time says nothing about how much of
-/// a guessed token was right, nor how long the real one is relative to it.
+/// Compares in time that depends only on the expected token's length, so
+/// response time says nothing about how much of a guessed token was right,
+/// nor how long the real one is relative to it. `subtle` compares the bytes;
+/// its slice comparison returns at once on a length mismatch, so the lengths
+/// are compared on their own and the bytes are always compared over the
+/// expected token's length (against itself when the guess is shorter).
 fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
-    let mut diff = u8::from(given.len() != expected.len());
-    for (i, e) in expected.iter().enumerate() {
-        let g = given.get(i).copied().unwrap_or(!*e);
-        diff |= g ^ e;
-    }
-    diff == 0
+    let same_length = (given.len() as u64).ct_eq(&(expected.len() as u64));
+    let compared = given.get(..expected.len()).unwrap_or(expected);
+    (same_length & compared.ct_eq(expected)).into()
 }
 
 #[cfg(test)]
@@ -204,5 +205,7 @@ mod tests {
         assert!(!constant_time_eq(b"abcd", b"abc"));
         assert!(!constant_time_eq(b"", b"abc"));
         assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"abc\0", b"abc"));
     }
 }

@@ -728,6 +728,8 @@ fn conclude(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::{Just, Strategy, prop_assert_eq};
+
     use super::*;
 
     fn policy() -> RatePolicy {
@@ -902,35 +904,121 @@ mod tests {
         assert!(limits.check("other", 1).allowed);
     }
 
+    /// governor's direct limiter, on a fake clock, answering with its state.
+    type Governor = governor::RateLimiter<
+        governor::state::NotKeyed,
+        governor::state::InMemoryState,
+        governor::clock::FakeRelativeClock,
+        governor::middleware::StateInformationMiddleware,
+    >;
+
+    /// governor's limiter on a fake clock, for `rate`: one cell every
+    /// `emission_interval_ns`, `burst` cells at once.
+    fn governor_for(rate: Rate) -> (Governor, governor::clock::FakeRelativeClock) {
+        let clock = governor::clock::FakeRelativeClock::default();
+        let quota = governor::Quota::with_period(Duration::from_nanos(rate.emission_interval_ns()))
+            .expect("the interval is at least 1 ns")
+            .allow_burst(NonZeroU32::new(rate.burst.max(1)).expect("at least 1"));
+        let limiter = governor::RateLimiter::direct_with_clock(quota, clock.clone())
+            .with_middleware::<governor::middleware::StateInformationMiddleware>();
+        (limiter, clock)
+    }
+
+    /// governor's answer for `cost` cells now, as a [`Verdict`].
+    fn governor_verdict(
+        limiter: &Governor,
+        clock: &governor::clock::FakeRelativeClock,
+        cost: NonZeroU32,
+    ) -> Verdict {
+        use governor::clock::Clock as _;
+        match limiter.check_n(cost) {
+            Ok(Ok(state)) => Verdict::Allowed {
+                remaining: state.remaining_burst_capacity(),
+            },
+            Ok(Err(not_until)) => Verdict::NotUntil(not_until.wait_time_from(clock.now())),
+            Err(governor::InsufficientCapacity(_)) => Verdict::TooCostly,
+        }
+    }
+
     #[test]
-    fn gcra_matches_governor_arithmetic() {
-        // 10/s, burst 5: T = 100 ms, tau = 500 ms.
+    fn gcra_answers_as_governor_does() {
+        // 10/s, burst 5: T = 100 ms, tau = 400 ms.
         let rate = Rate {
             qps: 10.0,
             burst: 5,
         };
+        let (limiter, clock) = governor_for(rate);
         let one = NonZeroU32::MIN;
         let mut g = Gcra::default();
         let ms = 1_000_000;
+        let mut now = 0;
+        let mut both = |g: &mut Gcra, at: u64, cost: NonZeroU32| {
+            clock.advance(Duration::from_nanos(at - now));
+            now = at;
+            let ours = g.check(rate, cost, at);
+            assert_eq!(ours, governor_verdict(&limiter, &clock, cost), "at {at} ns");
+            ours
+        };
         for left in (0..5).rev() {
-            match g.check(rate, one, ms) {
-                Verdict::Allowed { remaining } => assert_eq!(remaining, left),
-                _ => panic!("within the burst"),
+            assert_eq!(both(&mut g, ms, one), Verdict::Allowed { remaining: left });
+        }
+        assert_eq!(
+            both(&mut g, ms, one),
+            Verdict::NotUntil(Duration::from_millis(100))
+        );
+        // 100 ms later one cell is back.
+        assert_eq!(
+            both(&mut g, 101 * ms, one),
+            Verdict::Allowed { remaining: 0 }
+        );
+        let six = NonZeroU32::new(6).unwrap();
+        assert_eq!(both(&mut g, 10_000 * ms, six), Verdict::TooCostly);
+        // A whole-number quota has governor's own interval too.
+        assert_eq!(
+            governor::Quota::per_second(NonZeroU32::new(7).unwrap()).replenish_interval(),
+            Duration::from_nanos(Rate { qps: 7.0, burst: 1 }.emission_interval_ns())
+        );
+    }
+
+    proptest::proptest! {
+        /// On any schedule (random quota and burst, random gaps between
+        /// arrivals from none to three emission intervals, random costs up
+        /// to beyond the burst), the GCRA allows and denies exactly as
+        /// governor does on a fake clock, with the same remaining burst and
+        /// the same wait.
+        #[test]
+        fn gcra_decides_as_governor_on_random_schedules(
+            qps in proptest::prop_oneof![
+                0.01f64..10.0,
+                10.0f64..1e6,
+                (1u32..100_000).prop_map(f64::from),
+                Just(MAX_QPS),
+            ],
+            burst in proptest::prop_oneof![Just(1u32), 1u32..20, 20u32..5_000],
+            start in 0u64..5_000_000_000,
+            steps in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![Just(0.0f64), 0.0f64..0.5, 0.0f64..3.0],
+                    proptest::prop_oneof![4 => Just(0.0f64), 1 => 0.0f64..1.2],
+                ),
+                1..200,
+            ),
+        ) {
+            let rate = Rate { qps, burst };
+            let t = rate.emission_interval_ns();
+            let (limiter, clock) = governor_for(rate);
+            let mut g = Gcra::default();
+            let mut now = start;
+            clock.advance(Duration::from_nanos(start));
+            for (i, (gap, share)) in steps.into_iter().enumerate() {
+                let gap = (gap * t as f64) as u64;
+                clock.advance(Duration::from_nanos(gap));
+                now += gap;
+                let cost = NonZeroU32::new(1 + (share * f64::from(burst)) as u32).unwrap();
+                let ours = g.check(rate, cost, now);
+                let theirs = governor_verdict(&limiter, &clock, cost);
+                prop_assert_eq!(ours, theirs, "step {} at {} ns, cost {}", i, now, cost);
             }
         }
-        match g.check(rate, one, ms) {
-            Verdict::NotUntil(wait) => assert_eq!(wait, Duration::from_millis(100)),
-            _ => panic!("over the burst"),
-        }
-        // 100 ms later one cell is back.
-        assert!(matches!(
-            g.check(rate, one, 101 * ms),
-            Verdict::Allowed { remaining: 0 }
-        ));
-        let six = NonZeroU32::new(6).unwrap();
-        assert!(matches!(
-            g.check(rate, six, 10_000 * ms),
-            Verdict::TooCostly
-        ));
     }
 }
