@@ -5,14 +5,11 @@
 //! terminated, while a superuser's long query and tenantwatch's own
 //! sessions are never touched.
 
-// Tests may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use support::{TestDaemon, cluster, connect};
+use crate::support::{TestDaemon, cluster, connect};
 use tenantwatch::config::{FileConfig, FileRule, FileRuleSettings, FileTarget};
 use tokio_postgres::error::SqlState;
 

@@ -5,9 +5,6 @@
 //! A top-level module is `src/x.rs` or the folder `src/x/`; an edge `a -> b`
 //! is a `crate::b` path (or `crate::{b, ..}`) in a's non-test code.
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -144,7 +141,7 @@ fn no_import_cycle_between_top_level_modules() {
         edges.len() > 10,
         "expected the crate's modules, got {edges:?}"
     );
-    // The map, for `cargo test --test architecture -- --nocapture`.
+    // The map, for `cargo test --test it architecture:: -- --nocapture`.
     for (module, targets) in &edges {
         let targets: Vec<&str> = targets.iter().map(String::as_str).collect();
         println!("{module} -> {}", targets.join(", "));
