@@ -1,7 +1,7 @@
 // The Grafana dashboards: fleet, tenant detail, noisy neighbours, capacity
 // and tenantwatch's own health.
 //
-// House rules (tests/dashboards.rs checks them): every panel and query on
+// House rules (tests/it/dashboards.rs checks them): every panel and query on
 // the datasource variable, a unit on every panel, `$__rate_interval` in
 // rates, a bounded number of lines per graph (top-k over the whole range,
 // pinned with `@ end()`, so that the legend does not change from step to

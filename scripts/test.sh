@@ -6,6 +6,10 @@
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh ingest     # extra arguments go to `cargo test`
+#   scripts/test.sh daemon::   # e.g. one module of the integration tests
+#
+# The integration tests are one binary, `it` (tests/it/main.rs, one module
+# per area), so the crate is linked once for all of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

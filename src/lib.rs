@@ -26,7 +26,7 @@
 //! Sources write to the stores and read nothing else; readers read the
 //! stores through snapshots and never import a source, talk to PostgreSQL or
 //! touch a socket. Each module owns its types and settings; [`config`] only
-//! reads the file and assembles them. `tests/architecture.rs` keeps the
+//! reads the file and assembles them. `tests/it/architecture.rs` keeps the
 //! layering true: no import cycle between top-level modules, no reader
 //! importing a source.
 //!

@@ -8,14 +8,11 @@
 //! it judged or nothing: sessions alternating tenants' statements never
 //! see the next statement cancelled.
 
-// Tests may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use support::{TestDaemon, cluster, connect};
+use crate::support::{TestDaemon, cluster, connect};
 use tenantwatch::config::{RuleSettings, Settings, TargetSettings};
 use tokio_postgres::error::SqlState;
 

@@ -3,9 +3,6 @@
 //! and with its quota tightened within a minute while no healthy tenant is,
 //! and removes everything when it stops by itself.
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
 use std::process::Command;
 
 #[test]

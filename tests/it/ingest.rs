@@ -1,14 +1,11 @@
 //! Events sent over UDP and HTTP against the real daemon, read back from
 //! `/metrics`.
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use support::TestDaemon;
+use crate::support::TestDaemon;
 
 const QUERIES: &str = "tenantwatch_tenant_queries_total";
 const ERRORS: &str = "tenantwatch_tenant_query_errors_total";

@@ -5,9 +5,6 @@
 //! `tenantwatch check-config`, and the image and unit run as non-root.
 //! Needs kubectl and kubernetes-validate (scripts/test.sh installs them).
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
 use std::process::{Command, Stdio};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -106,7 +103,7 @@ fn kustomize_overlays_build_and_validate() {
 }
 
 /// The PrometheusRule's spec is the rules file's groups (both generated
-/// from the mixin; tests/dashboards.rs keeps them equal to its output).
+/// from the mixin; tests/it/dashboards.rs keeps them equal to its output).
 #[test]
 fn the_prometheusrule_holds_the_rule_files_groups() {
     let rule = std::fs::read_to_string(format!("{ROOT}/deploy/kustomize/base/prometheusrule.yaml"))

@@ -2,15 +2,12 @@
 //! one run is still flagged and throttled by the next, from the state file;
 //! a corrupt state file is a warning and an empty start.
 
-// Tests may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use support::TestDaemon;
+use crate::support::TestDaemon;
 use tenantwatch::config::Settings;
 
 fn configure(c: &mut Settings, state: &Path) {

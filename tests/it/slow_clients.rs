@@ -3,15 +3,10 @@
 //! get 503 with `Retry-After` while probes keep answering; `/metrics`
 //! answers gzip to scrapers that accept it.
 
-// Tests may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use support::{TestDaemon, http};
+use crate::support::{TestDaemon, http};
 
 /// Events for `tenants` tenants, in bodies the HTTP endpoint accepts.
 async fn fill(daemon: &TestDaemon, tenants: usize) {

@@ -2,21 +2,18 @@
 //! certificate, refuses plain HTTP on that port, and serves a renewed
 //! certificate after a reload without a restart.
 
-// Tests may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use crate::support::TestDaemon;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::TestDaemon;
 use tenantwatch::Config;
 use tenantwatch::config::Settings;
 

@@ -4,13 +4,10 @@
 //! subset of JSON Schema the document uses: `$ref`, `type`, `required`,
 //! `properties`, `items`, `enum`, `oneOf`).
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
+use crate::support;
 
-mod support;
-
+use crate::support::TestDaemon;
 use serde_json::Value;
-use support::TestDaemon;
 
 fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
     match schema["$ref"].as_str() {

@@ -3,8 +3,6 @@
 //! and every exposed sample stays finite, and one tenant's lines change
 //! another tenant's database-time share by at most their own share.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -6,18 +6,15 @@
 //! names cannot reach tenantwatch's own keys, and an error about one
 //! tenant's key fails that tenant's checks only.
 
-// Tests may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use crate::support::TestDaemon;
+use crate::support::redis_server::RedisServer;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
-use support::TestDaemon;
-use support::redis_server::RedisServer;
 use tenantwatch::config::Settings;
 use tenantwatch::ratelimit::{Gcra, Rate, Verdict};
 
@@ -45,7 +42,7 @@ fn the_redis_script_matches_the_local_arithmetic() {
     let server = RedisServer::start();
     // The runner takes an Fn: the connection and case number are cells.
     let redis = std::cell::RefCell::new(server.connection().unwrap());
-    let script = redis::Script::new(include_str!("../src/ratelimit/gcra.lua"));
+    let script = redis::Script::new(include_str!("../../src/ratelimit/gcra.lua"));
     // Quotas from 0.1/s to 30,000/s, waits from none to 2 s: most steps land
     // while the bucket is still spent, where quota changes rescale it.
     let qps = (-1.0f64..4.5).prop_map(|e| 10f64.powf(e));

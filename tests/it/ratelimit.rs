@@ -4,13 +4,10 @@
 //! endpoints. Each test runs against both backends: this instance's own
 //! limiters, and a throwaway Redis.
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
+use crate::support;
 
-mod support;
-
-use support::TestDaemon;
-use support::redis_server::RedisServer;
+use crate::support::TestDaemon;
+use crate::support::redis_server::RedisServer;
 use tenantwatch::config::{Settings, TenantOverride, TierSettings};
 
 #[derive(Clone, Copy, Debug, PartialEq)]

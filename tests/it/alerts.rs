@@ -4,16 +4,13 @@
 //! docs/metrics.md, which another test keeps equal to /metrics). Needs
 //! `promtool` (Debian's prometheus package; scripts/test.sh installs it).
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-const RULES: &str = include_str!("../alerts/tenantwatch.rules.yml");
+const RULES: &str = include_str!("../../alerts/tenantwatch.rules.yml");
 
 fn promtool(args: &[&str]) {
     let out = Command::new("promtool")
@@ -51,7 +48,7 @@ const RUNBOOKS: &str = "https://github.com/tenantwatch/tenantwatch/blob/main/doc
 
 #[test]
 fn every_alert_is_labelled_annotated_tested_and_has_a_runbook() {
-    let tests = include_str!("../alerts/tests/tenantwatch.test.yml");
+    let tests = include_str!("../../alerts/tests/tenantwatch.test.yml");
     let alerts = alert_names();
     assert!(alerts.len() >= 11);
     // Each alert's block runs to the next "- alert:" or group.

@@ -3,10 +3,7 @@
 //! rates, a latency heatmap, top-k instead of a line per tenant), every
 //! expression parses (promtool) and reads only exported metrics.
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -14,14 +11,14 @@ use std::process::Command;
 use serde_json::Value;
 
 const BOARDS: [(&str, &str); 5] = [
-    ("fleet", include_str!("../dashboards/fleet.json")),
-    ("tenant", include_str!("../dashboards/tenant.json")),
+    ("fleet", include_str!("../../dashboards/fleet.json")),
+    ("tenant", include_str!("../../dashboards/tenant.json")),
     (
         "noisy-neighbours",
-        include_str!("../dashboards/noisy-neighbours.json"),
+        include_str!("../../dashboards/noisy-neighbours.json"),
     ),
-    ("capacity", include_str!("../dashboards/capacity.json")),
-    ("health", include_str!("../dashboards/health.json")),
+    ("capacity", include_str!("../../dashboards/capacity.json")),
+    ("health", include_str!("../../dashboards/health.json")),
 ];
 
 fn boards() -> Vec<(&'static str, Value)> {
@@ -247,7 +244,7 @@ fn the_committed_monitoring_content_is_what_the_mixin_generates() {
 /// Every recording rule a dashboard reads is one the rules file records.
 #[test]
 fn dashboards_read_only_recorded_rules() {
-    let rules = include_str!("../alerts/tenantwatch.rules.yml");
+    let rules = include_str!("../../alerts/tenantwatch.rules.yml");
     for (place, expr) in expressions() {
         for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
             if word.contains(':') && word.contains("tenantwatch_") {

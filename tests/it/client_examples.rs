@@ -2,18 +2,13 @@
 //! documentation cannot drift from the wire formats. Needs `python3`, `node`
 //! and `java` (scripts/test.sh installs them).
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::process::Command;
 
-use support::TestDaemon;
+use crate::support::TestDaemon;
 
 /// The body of the first fenced block in `language` in docs/ingest.md.
 fn example(language: &str) -> String {
-    let docs = include_str!("../docs/ingest.md");
+    let docs = include_str!("../../docs/ingest.md");
     let fence = format!("```{language}\n");
     let start = docs
         .find(&fence)

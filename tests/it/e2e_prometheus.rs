@@ -9,10 +9,7 @@
 //! Needs `prometheus` and `prometheus-alertmanager` (scripts/test.sh installs
 //! them).
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -3,14 +3,11 @@
 //! is stable across pages, CSV with the same rows as JSON, one tenant's
 //! detail, targets, and problem details for bad requests.
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 
-use support::{TestDaemon, cluster, connect};
+use crate::support::{TestDaemon, cluster, connect};
 use tenantwatch::config::TargetSettings;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

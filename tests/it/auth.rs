@@ -3,12 +3,9 @@
 //! scheme matched case-insensitively, and both tokens rotated by a reload
 //! without a restart.
 
-// Tests may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
+use crate::support;
 
-mod support;
-
-use support::{TestDaemon, http};
+use crate::support::{TestDaemon, http};
 use tenantwatch::Config;
 use tenantwatch::config::Settings;
 

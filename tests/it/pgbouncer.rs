@@ -3,14 +3,11 @@
 //! pool and per tenant, SHOW STATS against the workload, a PgBouncer that
 //! dies and comes back, and pooled server connections charged to no tenant.
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use support::{Exposition, TestDaemon, cluster, connect, rule};
+use crate::support::{Exposition, TestDaemon, cluster, connect, rule};
 use tenantwatch::config::TargetSettings;
 use tenantwatch::demo::pgbouncer::{PgBouncer, PgBouncerSettings};
 

@@ -2,14 +2,11 @@
 //! each source, per-schema figures against direct SQL, several instances,
 //! faults (down at start, restart, held locks), and secrets.
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
-use support::{Exposition, TestDaemon, cluster, connect, eventually, rule};
+use crate::support::{Exposition, TestDaemon, cluster, connect, eventually, rule};
 use tenantwatch::config::TargetSettings;
 use tenantwatch::demo::cluster::Cluster;
 

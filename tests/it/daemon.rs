@@ -1,16 +1,13 @@
 //! The daemon as a whole: the binary's command line, graceful shutdown on
 //! signals, readiness, and the metrics reference kept equal to `/metrics`.
 
-// Tests and benches may unwrap: a failure there is the report.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::TestDaemon;
+use crate::support::TestDaemon;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_tenantwatch");
 
