@@ -22,15 +22,6 @@ const READERS: [&str; 5] = ["detect", "ratelimit", "capacity", "api", "metrics"]
 /// Stores may import only these.
 const STORE_MAY_IMPORT: [&str; 1] = ["event"];
 
-/// Import cycles inside a module directory that are known and being
-/// removed, as (directory under `src/`, file, file): the pair's edges are
-/// not reported while the entry stands. TEMPORARY: `api/query.rs` and
-/// `api/tenants.rs` import each other (issue #29, point 5); delete the entry
-/// with the change that breaks the cycle. A stale entry fails
-/// `known_cycles_inside_a_directory_still_exist`, so it cannot outlive the
-/// cycle. Do not add entries: break the cycle instead.
-const KNOWN_CYCLES_INSIDE_A_DIRECTORY: [(&str, &str, &str); 1] = [("api", "query", "tenants")];
-
 type Edges = BTreeMap<String, BTreeSet<String>>;
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -303,12 +294,6 @@ fn cycles_inside_directories(edges: &BTreeMap<String, Edges>) -> Vec<(String, St
     cycles
 }
 
-fn is_known_cycle(dir: &str, a: &str, b: &str) -> bool {
-    KNOWN_CYCLES_INSIDE_A_DIRECTORY
-        .iter()
-        .any(|&(d, x, y)| d == dir && ((x == a && y == b) || (x == b && y == a)))
-}
-
 /// Every module that `from` reaches by following edges.
 fn reachable(edges: &Edges, from: &str) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
@@ -399,30 +384,12 @@ fn no_import_cycle_inside_a_module_directory() {
     }
     let cycles: Vec<String> = cycles_inside_directories(&edges)
         .into_iter()
-        .filter(|(dir, a, b)| !is_known_cycle(dir, a, b))
         .map(|(dir, a, b)| format!("src/{dir}/: {a} -> {b}"))
         .collect();
     assert!(
         cycles.is_empty(),
         "edges on an import cycle inside a module directory: {cycles:?}"
     );
-}
-
-#[test]
-fn known_cycles_inside_a_directory_still_exist() {
-    let cycles = cycles_inside_directories(&directory_edges());
-    for (dir, a, b) in KNOWN_CYCLES_INSIDE_A_DIRECTORY {
-        let on_cycle = |x: &str, y: &str| {
-            cycles
-                .iter()
-                .any(|(d, from, to)| d == dir && from == x && to == y)
-        };
-        assert!(
-            on_cycle(a, b) || on_cycle(b, a),
-            "src/{dir}/: {a} <-> {b} no longer import each other in a cycle; \
-             delete the entry from KNOWN_CYCLES_INSIDE_A_DIRECTORY"
-        );
-    }
 }
 
 #[test]
