@@ -286,12 +286,16 @@ impl Tasks {
                     ))
                 }),
         );
+        let sampler = crate::capacity::sampler::Sampler {
+            settings: config.settings.api.clone(),
+            store: shared.store.clone(),
+            statuses: shared.targets.clone(),
+            histories: shared.histories.clone(),
+            tenant_histories: shared.tenant_histories.clone(),
+            figures: shared.capacity_figures.clone(),
+        };
         handles.push(tokio::spawn(crate::capacity::sampler::run(
-            config.settings.api.clone(),
-            shared.store.clone(),
-            shared.targets.clone(),
-            (shared.histories.clone(), shared.tenant_histories.clone()),
-            shared.capacity_figures.clone(),
+            sampler,
             shutdown.clone(),
         )));
         let (detect_settings, detect_settings_rx) =

@@ -15,15 +15,27 @@ use super::{
 };
 use crate::store::{Store, TargetStatus, TargetStatuses};
 
+/// What the sampler reads (the store, the targets' statuses) and where it
+/// writes (the histories and the capacity figures).
+pub struct Sampler {
+    pub settings: CapacitySettings,
+    pub store: Arc<Store>,
+    pub statuses: TargetStatuses,
+    pub histories: SharedTargetHistories,
+    pub tenant_histories: SharedTenantHistories,
+    pub figures: super::view::SharedCapacityFigures,
+}
+
 /// Samples until `shutdown`.
-pub async fn run(
-    settings: CapacitySettings,
-    store: Arc<Store>,
-    statuses: TargetStatuses,
-    (histories, tenant_histories): (SharedTargetHistories, SharedTenantHistories),
-    figures: super::view::SharedCapacityFigures,
-    shutdown: CancellationToken,
-) {
+pub async fn run(sampler: Sampler, shutdown: CancellationToken) {
+    let Sampler {
+        settings,
+        store,
+        statuses,
+        histories,
+        tenant_histories,
+        figures,
+    } = sampler;
     let capacity = settings.history_len();
     let mut interval = tokio::time::interval(settings.history_resolution);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);

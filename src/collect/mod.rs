@@ -221,18 +221,17 @@ pub async fn run_target(
     let own_pids = OwnPids::default();
     let witness = Witness::default();
     let detail_sessions = target.settings.max_sessions.saturating_sub(1).max(1);
-    let cluster = Poller::new(
-        tls.clone(),
-        target.clone(),
-        (attribution.clone(), status.clone()),
-        (own_pids.clone(), witness.clone()),
-        Task::Cluster,
-    );
+    let shared = PollerShared {
+        attribution,
+        status,
+        own_pids,
+        witness,
+    };
+    let cluster = Poller::new(tls.clone(), target.clone(), shared.clone(), Task::Cluster);
     let detail = Poller::new(
         tls,
         target,
-        (attribution, status),
-        (own_pids, witness),
+        shared,
         Task::Detail {
             sessions: detail_sessions,
         },
@@ -329,14 +328,29 @@ enum Task {
     Detail { sessions: usize },
 }
 
+/// What a target's two pollers share: the tenant rules, the status they
+/// publish, and the bookkeeping of tenantwatch's own sessions.
+#[derive(Clone)]
+struct PollerShared {
+    attribution: Arc<Attribution>,
+    status: SharedStatus,
+    own_pids: OwnPids,
+    witness: Witness,
+}
+
 impl Poller {
     fn new(
         tls: tokio_postgres_rustls::MakeRustlsConnect,
         target: TargetConfig,
-        (attribution, status): (Arc<Attribution>, SharedStatus),
-        (own_pids, witness): (OwnPids, Witness),
+        shared: PollerShared,
         task: Task,
     ) -> Poller {
+        let PollerShared {
+            attribution,
+            status,
+            own_pids,
+            witness,
+        } = shared;
         Poller {
             tls,
             target,

@@ -187,10 +187,10 @@ fn target_config(
         v,
         key,
         &target.dsn,
-        (
-            target.password_file.as_deref(),
-            target.password_env.as_deref(),
-        ),
+        Password {
+            file: target.password_file.as_deref(),
+            env_var: target.password_env.as_deref(),
+        },
         env,
     )?;
     validate_target_tls(v, &key("tls_ca_file"), target, &mut pg);
@@ -225,7 +225,10 @@ fn pgbouncers(v: &mut Validator, s: &Settings, env: &[(String, String)]) -> Vec<
             v,
             &key,
             &file.dsn,
-            (file.password_file.as_deref(), file.password_env.as_deref()),
+            Password {
+                file: file.password_file.as_deref(),
+                env_var: file.password_env.as_deref(),
+            },
             env,
         ) else {
             continue;
@@ -275,13 +278,21 @@ fn token(
     from_env.or(from_file)
 }
 
+/// Where a connection's password comes from, if not from its DSN.
+struct Password<'a> {
+    /// `password_file`.
+    file: Option<&'a std::path::Path>,
+    /// `password_env`: a variable of the environment given.
+    env_var: Option<&'a str>,
+}
+
 /// A libpq connection string with its password from `password_file` or
 /// `password_env`. The DSN may hold a password: its value is never echoed.
 fn connection_settings(
     v: &mut Validator,
     key: &dyn Fn(&str) -> String,
     dsn: &str,
-    (password_file, password_env): (Option<&std::path::Path>, Option<&str>),
+    password: Password<'_>,
     env: &[(String, String)],
 ) -> Option<tokio_postgres::Config> {
     let mut pg: tokio_postgres::Config = match dsn.parse() {
@@ -301,7 +312,7 @@ fn connection_settings(
             return None;
         }
     };
-    if let Some(path) = password_file {
+    if let Some(path) = password.file {
         match std::fs::read_to_string(path) {
             Ok(password) => {
                 pg.password(password.trim_end_matches(['\n', '\r']));
@@ -313,7 +324,7 @@ fn connection_settings(
             ),
         }
     }
-    if let Some(var) = password_env {
+    if let Some(var) = password.env_var {
         match env.iter().find(|(key, _)| key == var) {
             Some((_, password)) => {
                 pg.password(password);

@@ -276,17 +276,26 @@ impl CheckClient {
     }
 }
 
+/// Where the demo's applications reach the daemon.
+#[derive(Debug, Clone, Copy)]
+struct DaemonAddrs {
+    /// The rate-limit check.
+    http: SocketAddr,
+    /// The event socket.
+    udp: SocketAddr,
+}
+
 /// What an application worker talks to: tenantwatch's rate limiter (HTTP),
 /// the database, and tenantwatch's event socket (UDP). `None` if the
 /// database or the socket cannot be reached (the worker then does nothing).
 async fn app_clients(
-    (daemon_http, daemon_udp): (SocketAddr, SocketAddr),
+    daemon: DaemonAddrs,
     dsn: &str,
     instance: String,
 ) -> Option<(CheckClient, Client, EventSender)> {
     let client = connect(dsn).await.ok()?;
-    let events = EventSender::new(daemon_udp, instance).ok()?;
-    Some((CheckClient::new(daemon_http), client, events))
+    let events = EventSender::new(daemon.udp, instance).ok()?;
+    Some((CheckClient::new(daemon.http), client, events))
 }
 
 /// The application's switch of its session to `tenant`, timed and sent as
@@ -306,7 +315,7 @@ async fn switch_to(client: &Client, events: &mut EventSender, tenant: &str) {
 async fn healthy_worker(
     dsn: String,
     tenants: Arc<Vec<String>>,
-    daemon: (SocketAddr, SocketAddr),
+    daemon: DaemonAddrs,
     seed: u64,
     shutdown: CancellationToken,
 ) {
@@ -369,7 +378,7 @@ async fn healthy_worker(
 
 /// The misbehaving tenant's worker: a heavy query in a loop. It asks for
 /// permission and backs off when denied, so the tightened quota shows.
-async fn noisy_worker(daemon: (SocketAddr, SocketAddr), dsn: String, shutdown: CancellationToken) {
+async fn noisy_worker(daemon: DaemonAddrs, dsn: String, shutdown: CancellationToken) {
     let Some((mut limits, client, mut events)) =
         app_clients(daemon, &dsn, "reports-1".into()).await
     else {
@@ -463,7 +472,10 @@ impl DemoEnvironment {
         let udp = daemon
             .udp_addr()
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8125)));
-        let addrs = (daemon.http_addr(), udp);
+        let addrs = DaemonAddrs {
+            http: daemon.http_addr(),
+            udp,
+        };
 
         let workload = CancellationToken::new();
         let mut tasks = JoinSet::new();
