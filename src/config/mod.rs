@@ -517,6 +517,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::time::Duration;
 
     use super::env::expand_text;
@@ -921,6 +922,66 @@ mod tests {
                 named == [key.clone()] || (named.is_empty() && applied),
                 "{key}: named {named:?}, applied {applied}"
             );
+        }
+    }
+
+    /// docs/configuration.md's reload section names every live key (a
+    /// section's name stands for all its keys) and nothing else.
+    #[test]
+    fn the_reload_section_lists_the_live_keys() {
+        let docs = include_str!("../../docs/configuration.md");
+        let start = docs.find("<!-- live keys").expect("the reload section");
+        let end = start + docs[start..].find("\n\n").expect("its end");
+        let list = &docs[start..end];
+        let mut documented: Vec<&str> = list
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|key| !key.starts_with("TENANTWATCH"))
+            .collect();
+        documented.sort_unstable();
+        let mut live = Config::defaults().live_keys();
+        live.sort();
+        assert_eq!(documented, live);
+    }
+
+    /// Every key docs/configuration.md documents is one the file accepts:
+    /// given a value of no key's type, each is refused for its type, never
+    /// as an unknown field.
+    #[test]
+    fn every_documented_key_is_read() {
+        let docs = include_str!("../../docs/configuration.md");
+        let keys: BTreeSet<&str> = docs
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `")?.split_once('`'))
+            .map(|(key, _)| key)
+            .filter(|key| key.contains('.'))
+            .collect();
+        assert!(keys.len() > 80, "only {} keys", keys.len());
+        let arrays = ["tenants.rules", "tenants.exclude", "targets", "pgbouncers"];
+        for key in keys {
+            let (section, field) = key.rsplit_once('.').unwrap();
+            let text = if arrays.contains(&key) {
+                format!("[[{key}]]\nnot_a_key_anywhere = 1\n")
+            } else if arrays.contains(&section) {
+                format!("[[{section}]]\n{field} = {{ wrong = \"type\" }}\n")
+            } else {
+                format!("[{section}]\n{field} = {{ wrong = \"type\" }}\n")
+            };
+            let message = match load(&text, &[]) {
+                Ok(_) => String::new(),
+                Err(err) => err.to_string(),
+            };
+            let unknown = |name: &str| message.contains(&format!("unknown field `{name}`"));
+            if arrays.contains(&key) {
+                // The section exists: only the planted key is unknown in it.
+                assert!(unknown("not_a_key_anywhere"), "{key}: {message}");
+            } else {
+                assert!(
+                    !unknown(field),
+                    "{key} is documented but not read: {message}"
+                );
+            }
         }
     }
 
