@@ -8,7 +8,7 @@
 //! give the drift report) and measures, in batches of `size_batch`, the
 //! exact sizes of those whose file or write and vacuum counters changed
 //! since their last measurement; every relation is measured again at least
-//! every [`FULL_SIZE_ROUND`] whatever its counters say (an index built or
+//! every `FULL_SIZE_ROUND` whatever its counters say (an index built or
 //! rebuilt changes a size without a write). After each visit the per-tenant
 //! figures of every database are merged and published, so a tenant's
 //! figures appear within one cycle.

@@ -11,7 +11,7 @@
 //! key at once with its value, and assembles the [`Config`]: the settings
 //! plus what they name outside the file (token and password files, CAs,
 //! tiers and expected-tenant lists) and the rules that span sections
-//! ([`mod@resolve`]).
+//! (`resolve`).
 //!
 //! What a reload may change is decided by the settings types themselves
 //! (`#[derive(Reload)]`, with `#[reload(live)]` on the keys the daemon

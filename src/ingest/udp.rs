@@ -2,7 +2,7 @@
 //!
 //! Each thread owns a store shard, so the receive path takes no lock that
 //! another thread wants. The first thread always receives; the others
-//! ([`Backlog`]) join only while it falls behind on datagrams that carry
+//! (`Backlog`) join only while it falls behind on datagrams that carry
 //! several events each: on single-event datagrams a second thread only
 //! contends for the socket (and for the cores the senders need).
 //!

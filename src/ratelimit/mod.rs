@@ -13,7 +13,7 @@
 //! bound and no tenant shares another's bucket. Shadow mode (global or per
 //! tier) always allows but counts what would have been denied.
 //!
-//! With `ratelimit.backend = "redis"` ([`redis_backend`]) the same GCRA runs
+//! With `ratelimit.backend = "redis"` (`redis_backend`) the same GCRA runs
 //! in Redis, shared by every instance; this map then keeps the decision
 //! counts and, while Redis cannot answer, the fallback limiters.
 

@@ -14,6 +14,18 @@
 //! nothing else; readers (metrics, detect, ratelimit, capacity, api) read
 //! here through snapshots and never reach a source. The store imports only
 //! the shared vocabulary ([`crate::event`]).
+//!
+//! What a reader *derives* from the stores stays with the reader that owns
+//! its types and is shared read-only from there: the detector's judgement
+//! (`crate::detect::SharedJudgement`: flags, advice, baselines) and the
+//! capacity histories (`crate::capacity::SharedTargetHistories`). Moving
+//! them here would make the store import the readers' vocabulary (rule
+//! names, severities, growth fits) and turn the one-way flow around.
+//!
+//! The guard spans the three layers on purpose: [`crate::detect`] decides
+//! an order (a reader), [`guard`] here queues it and keeps what came of it,
+//! and [`crate::collect`]'s poller of that target carries it out on its own
+//! session (a source: the only code that talks to PostgreSQL).
 
 pub mod guard;
 pub mod ingest_stats;
