@@ -230,6 +230,7 @@ pub fn ingest_payload(
     mut on_reject: impl FnMut(usize, Reject),
 ) -> PayloadOutcome {
     let mut outcome = PayloadOutcome::default();
+    writer.set_source(source);
     let mut batch = Batch::new();
     for (index, (raw_line, text)) in Lines::of(payload).enumerate() {
         if raw_line.iter().all(u8::is_ascii_whitespace) {
