@@ -363,6 +363,7 @@ impl Daemon {
                 let limits = UdpLimits {
                     max_datagram_bytes: config.settings.ingest.max_datagram_bytes,
                     lines: config.settings.ingest.line_limits(),
+                    sources: Arc::new(config.settings.ingest.source_filter()),
                 };
                 let (store, stats) = (shared.store.clone(), shared.stats.clone());
                 udp.spawn(udp_receivers, 0, limits, store, stats, stop.clone())

@@ -101,10 +101,13 @@ pub enum RejectReason {
     BodyTooLarge,
     /// An `endpoint` or `instance` that cannot be a label value.
     InvalidLabel,
+    /// A UDP datagram from a sender outside `ingest.udp_allow` (refused
+    /// whole, before it is parsed).
+    SourceNotAllowed,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 15] = [
         RejectReason::InvalidUtf8,
         RejectReason::Malformed,
         RejectReason::MissingField,
@@ -119,6 +122,7 @@ impl RejectReason {
         RejectReason::DatagramTooLarge,
         RejectReason::BodyTooLarge,
         RejectReason::InvalidLabel,
+        RejectReason::SourceNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -137,6 +141,7 @@ impl RejectReason {
             RejectReason::DatagramTooLarge => "datagram_too_large",
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::InvalidLabel => "invalid_label",
+            RejectReason::SourceNotAllowed => "source_not_allowed",
         }
     }
 

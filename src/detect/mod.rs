@@ -12,7 +12,12 @@
 //! 3. apply hysteresis and advice: a rule's condition must hold for its
 //!    `for` before the flag is raised, and stay false for its cool-down
 //!    before the flag clears, so a tenant hovering around a threshold does
-//!    not flap; flagged tenants' quotas are tightened ([`advice`]).
+//!    not flap; flagged tenants' quotas are tightened ([`advice`]), but
+//!    only on evidence from a source in `detect.tighten_from`: each
+//!    observation carries the sources its figures came through (the
+//!    collectors for PostgreSQL-side rules, the event transports a tenant's
+//!    window figures came through for event rules), and a flag resting only
+//!    on others is reported with `action = "none"`.
 //!
 //! The detector is a plain struct driven by [`Detector::evaluate`] with an
 //! explicit `now`, so tests replay scenarios deterministically; [`task`]
@@ -32,7 +37,8 @@ use serde::Serialize;
 
 pub use inputs::Baseline;
 pub use settings::{
-    DetectSettings, FlagAction, GuardMode, GuardSettings, RuleName, RuleSettings, Severity,
+    DetectSettings, Evidence, EvidenceSource, FlagAction, GuardMode, GuardSettings, RuleName,
+    RuleSettings, Severity,
 };
 
 use crate::event::OVERFLOW_TENANT;
@@ -89,6 +95,9 @@ struct Observation {
     value: f64,
     threshold: f64,
     target: Option<String>,
+    /// The sources of the figures behind it (of every holding
+    /// observation, when several targets agree).
+    evidence: Evidence,
 }
 
 /// Every rule's verdicts of one evaluation, the worst per (tenant, rule).
@@ -96,8 +105,15 @@ struct Observation {
 struct Observations(HashMap<(String, RuleName), Observation>);
 
 impl Observations {
-    fn add(&mut self, rule: RuleName, verdicts: Vec<Verdict>, target: Option<&str>) {
+    fn add(
+        &mut self,
+        rule: RuleName,
+        verdicts: Vec<Verdict>,
+        target: Option<&str>,
+        evidence: impl Fn(&str) -> Evidence,
+    ) {
         for v in verdicts {
+            let evidence = evidence(&v.tenant);
             let key = (v.tenant, rule);
             // With several targets, a tenant's worst observation counts.
             let replace = match self.0.get(&key) {
@@ -106,6 +122,13 @@ impl Observations {
                     (v.holds && !old.holds) || (v.holds == old.holds && v.value > old.value)
                 }
             };
+            // Several targets agreeing: the evidence is all of theirs.
+            let agreeing = self.0.get(&key).filter(|old| old.holds && v.holds);
+            let evidence = match agreeing {
+                Some(old) => old.evidence.union(evidence),
+                None => evidence,
+            };
+            let agreed = agreeing.is_some();
             if replace {
                 self.0.insert(
                     key,
@@ -114,8 +137,11 @@ impl Observations {
                         value: v.value,
                         threshold: v.threshold,
                         target: target.map(str::to_owned),
+                        evidence,
                     },
                 );
+            } else if agreed && let Some(old) = self.0.get_mut(&key) {
+                old.evidence = evidence;
             }
         }
     }
@@ -126,6 +152,9 @@ struct RuleState {
     true_since: Option<Instant>,
     false_since: Option<Instant>,
     raised: Option<Flag>,
+    /// The sources behind the last observation that held: whether the flag
+    /// may tighten is judged on them (against the current `tighten_from`).
+    evidence: Evidence,
 }
 
 /// Most (target, tenant) size series the growth rule keeps.
@@ -202,8 +231,16 @@ impl Detector {
     /// no new warm-up).
     pub fn restore(&mut self, judgement: Judgement) {
         for flag in judgement.flags {
+            // A flag that acted was judged on trusted evidence then; its
+            // sources were not saved, so it keeps acting until it is judged
+            // again.
+            let evidence = match flag.action {
+                FlagAction::None => Evidence::NONE,
+                FlagAction::Tighten | FlagAction::Guard => Evidence::of(&EvidenceSource::ALL),
+            };
             let state = RuleState {
                 raised: Some(flag.clone()),
+                evidence,
                 ..RuleState::default()
             };
             self.states.insert((flag.tenant, flag.reason), state);
@@ -242,7 +279,12 @@ impl Detector {
             for pgbouncer in pgbouncers.iter().filter(|p| p.up) {
                 if let Some(snapshot) = &pgbouncer.snapshot {
                     let verdicts = rules::pool_saturation(r, &snapshot.tenants);
-                    observations.add(RuleName::PoolSaturation, verdicts, Some(&pgbouncer.name));
+                    observations.add(
+                        RuleName::PoolSaturation,
+                        verdicts,
+                        Some(&pgbouncer.name),
+                        postgres,
+                    );
                 }
             }
         }
@@ -270,7 +312,8 @@ impl Detector {
     }
 
     /// The rules over application events. Returns the tenants whose rate
-    /// spikes above their baseline now.
+    /// spikes above their baseline now. Their evidence is the transports
+    /// each tenant's events over the window came through.
     fn judge_events(
         &self,
         store: &StoreSnapshot,
@@ -282,15 +325,22 @@ impl Detector {
             .iter()
             .filter(|t| t.tenant != OVERFLOW_TENANT)
             .collect();
+        let sources: HashMap<&str, Evidence> = tenants
+            .iter()
+            .map(|t| (t.tenant.as_str(), Evidence::of_events(t.window_sources)))
+            .collect();
+        let evidence = |tenant: &str| sources.get(tenant).copied().unwrap_or(Evidence::NONE);
         if let Some(r) = self.enabled(RuleName::DbTimeHog) {
-            observations.add(RuleName::DbTimeHog, rules::db_time_hog(r, &tenants), None);
+            let verdicts = rules::db_time_hog(r, &tenants);
+            observations.add(RuleName::DbTimeHog, verdicts, None, evidence);
         }
         if let Some(r) = self.enabled(RuleName::LatencyOutlier) {
             let verdicts = rules::latency_outlier(r, figures);
-            observations.add(RuleName::LatencyOutlier, verdicts, None);
+            observations.add(RuleName::LatencyOutlier, verdicts, None, evidence);
         }
         if let Some(r) = self.enabled(RuleName::ErrorStorm) {
-            observations.add(RuleName::ErrorStorm, rules::error_storm(r, figures), None);
+            let verdicts = rules::error_storm(r, figures);
+            observations.add(RuleName::ErrorStorm, verdicts, None, evidence);
         }
         if let Some(r) = self.enabled(RuleName::RateSpike) {
             // A baseline needs a window's worth of samples before it judges.
@@ -303,7 +353,7 @@ impl Detector {
                 .filter(|v| v.holds)
                 .map(|v| v.tenant.clone())
                 .collect();
-            observations.add(RuleName::RateSpike, verdicts, None);
+            observations.add(RuleName::RateSpike, verdicts, None, evidence);
             return spiking;
         }
         HashSet::new()
@@ -336,7 +386,7 @@ impl Detector {
             .map(|t| t.tenant.as_str())
             .collect();
         let verdicts = rules::db_time_hog_from_statements(r, &window, |t| !with_events.contains(t));
-        observations.add(RuleName::DbTimeHog, verdicts, None);
+        observations.add(RuleName::DbTimeHog, verdicts, None, postgres);
     }
 
     /// Folds this evaluation's rates into the baselines, after the rules
@@ -375,11 +425,11 @@ impl Detector {
             ];
             if let Some(r) = self.enabled(RuleName::ConnectionHog) {
                 let verdicts = rules::connection_hog(r, activity, target.max_connections);
-                observations.add(RuleName::ConnectionHog, verdicts, name);
+                observations.add(RuleName::ConnectionHog, verdicts, name, postgres);
             }
             for (rule, judge) in session_rules {
                 if let Some(r) = self.enabled(rule) {
-                    observations.add(rule, judge(r, activity), name);
+                    observations.add(rule, judge(r, activity), name, postgres);
                 }
             }
         }
@@ -392,7 +442,7 @@ impl Detector {
             return;
         }
         if let Some(r) = self.enabled(RuleName::Bloat) {
-            observations.add(RuleName::Bloat, rules::bloat(r, schemas), name);
+            observations.add(RuleName::Bloat, rules::bloat(r, schemas), name, postgres);
         }
         let growth = self.enabled(RuleName::RunawayGrowth).cloned();
         self.prune_sizes(now);
@@ -407,7 +457,7 @@ impl Detector {
                 verdicts.extend(rules::runaway_growth(r, tenant, now, size, samples));
             }
         }
-        observations.add(RuleName::RunawayGrowth, verdicts, name);
+        observations.add(RuleName::RunawayGrowth, verdicts, name, postgres);
     }
 
     /// Forgets size samples of tenants not seen for [`inputs::SIZE_HISTORY`]
@@ -451,13 +501,19 @@ impl Detector {
                 value: 0.0,
                 threshold: 0.0,
                 target: None,
+                evidence: Evidence::NONE,
             });
         }
         for ((tenant, rule), obs) in observations.0 {
             let Some(settings) = self.settings.rules.get(&rule).cloned() else {
                 continue;
             };
+            let trusted_sources = Evidence::of(&self.settings.tighten_from);
             let state = self.states.entry((tenant.clone(), rule)).or_default();
+            if obs.holds && settings.enabled {
+                state.evidence = obs.evidence;
+            }
+            let trusted = state.evidence.any_of(trusted_sources);
             if obs.holds && settings.enabled {
                 state.false_since = None;
                 let since = *state.true_since.get_or_insert(now);
@@ -465,6 +521,7 @@ impl Detector {
                     Some(flag) => {
                         flag.value = obs.value;
                         flag.threshold = obs.threshold;
+                        flag.action = flag_action(&settings, &self.settings.guard, trusted);
                     }
                     None if now.saturating_duration_since(since) >= settings.for_ => {
                         let flag = Flag {
@@ -475,7 +532,7 @@ impl Detector {
                             value: obs.value,
                             threshold: obs.threshold,
                             target: obs.target.clone(),
-                            action: flag_action(&settings, &self.settings.guard),
+                            action: flag_action(&settings, &self.settings.guard, trusted),
                         };
                         transitions.push(Transition::Raised(flag.clone()));
                         state.raised = Some(flag);
@@ -484,6 +541,10 @@ impl Detector {
                 }
             } else {
                 state.true_since = None;
+                if let Some(flag) = &mut state.raised {
+                    // A reload may have changed the rule or tighten_from.
+                    flag.action = flag_action(&settings, &self.settings.guard, trusted);
+                }
                 if state.raised.is_some() {
                     let since = *state.false_since.get_or_insert(now);
                     if now.saturating_duration_since(since) >= settings.cooldown
@@ -502,12 +563,16 @@ impl Detector {
         transitions
     }
 
-    /// Tenants with a raised flag whose rule tightens, with the first such
-    /// rule.
+    /// Tenants with a raised flag whose rule tightens, on evidence from a
+    /// source in `tighten_from`, with the first such rule.
     fn tightening(&self) -> BTreeMap<String, RuleName> {
+        let trusted = Evidence::of(&self.settings.tighten_from);
         let mut tightening = BTreeMap::new();
         for ((tenant, rule), state) in &self.states {
-            if state.raised.is_some() && self.settings.rules.get(rule).is_some_and(|r| r.tighten) {
+            if state.raised.is_some()
+                && state.evidence.any_of(trusted)
+                && self.settings.rules.get(rule).is_some_and(|r| r.tighten)
+            {
                 tightening.entry(tenant.clone()).or_insert(*rule);
             }
         }
@@ -515,12 +580,19 @@ impl Detector {
     }
 }
 
+/// The evidence of every PostgreSQL-side observation (the collectors').
+fn postgres(_tenant: &str) -> Evidence {
+    Evidence::POSTGRES
+}
+
 /// What follows from a rule's flag: ending sessions when the guard is on
-/// for it, else tightening when the rule tightens.
-fn flag_action(rule: &RuleSettings, guard: &GuardSettings) -> FlagAction {
+/// for it (the guard re-checks each session on the server itself), else
+/// tightening when the rule tightens and its evidence is `trusted` (came
+/// through a source in `detect.tighten_from`).
+fn flag_action(rule: &RuleSettings, guard: &GuardSettings, trusted: bool) -> FlagAction {
     if rule.guard.is_some() && guard.mode != GuardMode::Off {
         FlagAction::Guard
-    } else if rule.tighten {
+    } else if rule.tighten && trusted {
         FlagAction::Tighten
     } else {
         FlagAction::None
@@ -651,6 +723,8 @@ mod tests {
             self.elapsed += TICK;
             {
                 let mut w = self.store.writer(0);
+                // The fleet reports over HTTP; `extra` may switch sources.
+                w.set_source(crate::store::Source::Http);
                 for i in 0..self.tenants {
                     let name = format!("t{i}");
                     // 100 queries/s for the biggest tenant, down the tail.
@@ -747,6 +821,137 @@ mod tests {
                 .filter(|(_, t)| t != "t150")
                 .count(),
             0
+        );
+    }
+
+    /// 200 slow queries/s reported for `victim` over UDP only.
+    fn udp_hog(w: &mut crate::store::ShardWriter<'_>) {
+        w.set_source(crate::store::Source::Udp);
+        w.record(&query("victim", 500.0, 2000.0, false));
+    }
+
+    fn flags_of<'a>(fleet: &'a Fleet, tenant: &str) -> Vec<&'a Flag> {
+        fleet
+            .transitions
+            .iter()
+            .filter_map(|(_, t)| match t {
+                Transition::Raised(f) if f.tenant == tenant => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_hog_seen_only_over_an_untrusted_source_is_reported_but_never_tightened() {
+        let mut fleet = Fleet::new(200);
+        fleet.detector.set_settings(DetectSettings {
+            tighten_from: vec![EvidenceSource::Postgres, EvidenceSource::Http],
+            ..DetectSettings::default()
+        });
+        fleet.run(20, |_| {});
+        fleet.run(20, udp_hog);
+        let raised = fleet.raised(RuleName::DbTimeHog);
+        assert_eq!(raised.len(), 1, "{:?}", fleet.transitions);
+        assert_eq!(raised[0].1, "victim");
+        let flags = flags_of(&fleet, "victim");
+        assert!(
+            flags.iter().all(|f| f.action == FlagAction::None),
+            "{flags:?}"
+        );
+        assert!(
+            fleet.detector.advice().is_empty(),
+            "{:?}",
+            fleet.detector.advice()
+        );
+        assert!(
+            fleet
+                .detector
+                .flags()
+                .iter()
+                .all(|f| f.tenant != "victim" || f.action == FlagAction::None)
+        );
+
+        // The same tenant also reporting over HTTP: its figures rest on a
+        // trusted source too, and its quota is tightened.
+        fleet.run(3, |w| {
+            udp_hog(w);
+            w.set_source(crate::store::Source::Http);
+            w.record(&query("victim", 5.0, 1.0, false));
+        });
+        let advice = fleet.detector.advice();
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert_eq!(advice[0].tenant, "victim");
+        let hog = fleet.detector.flags();
+        let hog = hog
+            .iter()
+            .find(|f| f.tenant == "victim" && f.reason == RuleName::DbTimeHog)
+            .unwrap();
+        assert_eq!(hog.action, FlagAction::Tighten);
+    }
+
+    #[test]
+    fn by_default_every_source_tightens_and_a_reload_can_stop_it() {
+        let mut fleet = Fleet::new(200);
+        fleet.run(20, |_| {});
+        fleet.run(20, udp_hog);
+        assert_eq!(fleet.raised(RuleName::DbTimeHog)[0].1, "victim");
+        let hog = flags_of(&fleet, "victim")
+            .into_iter()
+            .find(|f| f.reason == RuleName::DbTimeHog)
+            .unwrap();
+        assert_eq!(hog.action, FlagAction::Tighten);
+        let advice = fleet.detector.advice();
+        assert_eq!(advice.len(), 1);
+        assert!(advice[0].effective_qps < 100.0);
+
+        // detect is live: leaving udp out stops the tightening at the next
+        // evaluation, and the quota grows back.
+        fleet.detector.set_settings(DetectSettings {
+            tighten_from: vec![EvidenceSource::Postgres, EvidenceSource::Http],
+            ..DetectSettings::default()
+        });
+        fleet.run(1, udp_hog);
+        assert!(
+            fleet
+                .detector
+                .flags()
+                .iter()
+                .filter(|f| f.tenant == "victim")
+                .all(|f| f.action == FlagAction::None)
+        );
+        assert!(fleet.detector.advice().iter().all(|a| a.relaxing));
+        fleet.run(10, udp_hog);
+        assert!(fleet.detector.advice().is_empty());
+    }
+
+    #[test]
+    fn postgres_side_flags_tighten_only_when_postgres_is_trusted() {
+        let run = |tighten_from: Vec<EvidenceSource>| {
+            let mut fleet = Fleet::new(20);
+            let mut settings = DetectSettings {
+                tighten_from,
+                ..DetectSettings::default()
+            };
+            settings.rule_mut(RuleName::ConnectionHog).tighten = true;
+            fleet.detector.set_settings(settings);
+            fleet.run(3, |_| {});
+            fleet.activity("t7", |a| {
+                a.connections.insert("active", 400);
+            });
+            fleet.run(30, |_| {});
+            let flags = flags_of(&fleet, "t7");
+            let hog = flags
+                .iter()
+                .find(|f| f.reason == RuleName::ConnectionHog)
+                .copied()
+                .cloned()
+                .unwrap_or_else(|| panic!("{:?}", fleet.transitions));
+            (hog.action, fleet.detector.advice().len())
+        };
+        assert_eq!(run(EvidenceSource::ALL.to_vec()), (FlagAction::Tighten, 1));
+        assert_eq!(
+            run(vec![EvidenceSource::Http, EvidenceSource::Udp]),
+            (FlagAction::None, 0)
         );
     }
 

@@ -209,9 +209,81 @@ pub struct DetectSettings {
     /// After a flag clears, the effective quota grows by this factor per
     /// interval until it is back at the base quota.
     pub relax_factor: f64,
+    /// Sources whose evidence may tighten a quota: `postgres` (what the
+    /// collectors read from the server and PgBouncer), `http`
+    /// (`POST /v1/events`, behind the write token) and `udp` (no token). A
+    /// flag whose evidence came only through sources not listed is still
+    /// raised and reported, with `action = "none"`, but never tightens.
+    pub tighten_from: Vec<EvidenceSource>,
     /// `[guard]`, set by `config`.
     #[serde(skip)]
     pub guard: GuardSettings,
+}
+
+/// Where a rule's evidence comes from (`detect.tighten_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceSource {
+    /// The collectors: `pg_stat_activity`, `pg_stat_statements`, sizes,
+    /// PgBouncer's pools.
+    Postgres,
+    /// Events over HTTP (`POST /v1/events`).
+    Http,
+    /// Events over UDP.
+    Udp,
+}
+
+impl EvidenceSource {
+    pub const ALL: [EvidenceSource; 3] = [
+        EvidenceSource::Postgres,
+        EvidenceSource::Http,
+        EvidenceSource::Udp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvidenceSource::Postgres => "postgres",
+            EvidenceSource::Http => "http",
+            EvidenceSource::Udp => "udp",
+        }
+    }
+}
+
+/// A set of [`EvidenceSource`]s, one bit each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evidence(u8);
+
+impl Evidence {
+    pub const NONE: Evidence = Evidence(0);
+    pub const POSTGRES: Evidence = Evidence(1 << EvidenceSource::Postgres as u8);
+
+    pub fn of(sources: &[EvidenceSource]) -> Evidence {
+        Evidence(sources.iter().fold(0, |bits, s| bits | 1 << *s as u8))
+    }
+
+    /// The event sources a tenant's window figures came through.
+    pub fn of_events(sources: crate::store::SourceSet) -> Evidence {
+        use crate::store::Source;
+        let mut evidence = Evidence::NONE;
+        for source in Source::ALL {
+            if sources.contains(source) {
+                evidence = evidence.union(Evidence::of(&[match source {
+                    Source::Udp => EvidenceSource::Udp,
+                    Source::Http => EvidenceSource::Http,
+                }]));
+            }
+        }
+        evidence
+    }
+
+    pub fn union(self, other: Evidence) -> Evidence {
+        Evidence(self.0 | other.0)
+    }
+
+    /// Whether any of this evidence came through a source in `trusted`.
+    pub fn any_of(self, trusted: Evidence) -> bool {
+        self.0 & trusted.0 != 0
+    }
 }
 
 /// `[detect.rules.<name>]`: every key optional; unset keys keep the default.
@@ -426,6 +498,7 @@ impl Default for DetectSettings {
                 .collect(),
             floor_qps: 1.0,
             relax_factor: 2.0,
+            tighten_from: EvidenceSource::ALL.to_vec(),
             guard: GuardSettings::default(),
         }
     }

@@ -6,9 +6,11 @@
 //! never stops the lines beside it.
 //!
 //! - [`ndjson`] and [`dogstatsd`] are the two wire-format parsers;
-//! - [`udp`] owns the UDP receive threads;
+//! - [`udp`] owns the UDP receive threads, and [`allow`] the networks they
+//!   admit datagrams from (`ingest.udp_allow`);
 //! - the HTTP endpoint lives in [`crate::http`] and calls [`ingest_payload`].
 
+pub mod allow;
 pub mod dogstatsd;
 pub mod ndjson;
 pub mod udp;
@@ -27,6 +29,17 @@ pub struct IngestSettings {
     /// UDP listener for NDJSON and DogStatsD lines; `""` turns UDP off.
     #[serde(with = "serde_text::optional_addr")]
     pub udp_listen: Option<std::net::SocketAddr>,
+    /// Networks (CIDR, or single addresses) whose datagrams are admitted;
+    /// any other datagram is dropped before it is parsed and counted
+    /// (`reason="source_not_allowed"`). UDP has no token, so this list (and
+    /// the network around it) is what stands between a stranger and another
+    /// tenant's figures. Defaults to loopback only.
+    pub udp_allow: Vec<allow::Cidr>,
+    /// Admit datagrams from any sender, whatever `udp_allow` says: for a
+    /// listener guarded by the network (a Kubernetes NetworkPolicy). Without
+    /// it, a non-loopback `udp_listen` needs `udp_allow` to name a
+    /// non-loopback network.
+    pub udp_allow_any: bool,
     /// Receive threads on the UDP socket, each with its own store shard.
     pub udp_receivers: usize,
     /// Socket receive buffer requested (`SO_RCVBUF`); it absorbs bursts.
@@ -60,6 +73,17 @@ impl Default for IngestSettings {
     fn default() -> Self {
         IngestSettings {
             udp_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8125))),
+            udp_allow: vec![
+                allow::Cidr::V4 {
+                    network: 0x7f00_0000,
+                    prefix: 8,
+                },
+                allow::Cidr::V6 {
+                    network: 1,
+                    prefix: 128,
+                },
+            ],
+            udp_allow_any: false,
             udp_receivers: 2,
             udp_recv_buffer_bytes: 8 * 1024 * 1024,
             max_datagram_bytes: 65_507,
@@ -78,6 +102,7 @@ impl Default for IngestSettings {
 impl IngestSettings {
     /// Checks each key on its own.
     pub fn check(&self, p: &mut Problems) {
+        self.check_udp_sources(p);
         p.range("ingest.udp_receivers", self.udp_receivers, 1, 64);
         p.range(
             "ingest.udp_recv_buffer_bytes",
@@ -113,6 +138,46 @@ impl IngestSettings {
             1000,
         );
         p.range("ingest.max_instances", self.max_instances, 1, 100_000);
+    }
+}
+
+impl IngestSettings {
+    /// The senders rule, as for the HTTP listener's token: a UDP listener
+    /// off loopback must say whom it admits, by naming a network that is
+    /// not loopback in `udp_allow`, or by `udp_allow_any = true` on purpose.
+    fn check_udp_sources(&self, p: &mut Problems) {
+        if self.udp_allow.is_empty() && !self.udp_allow_any {
+            p.fail(
+                "ingest.udp_allow",
+                "[]",
+                "admits no sender; name the senders' networks, set ingest.udp_allow_any = true, \
+                 or turn UDP off with ingest.udp_listen = \"\"",
+            );
+        }
+        let Some(listen) = self.udp_listen else {
+            return;
+        };
+        if !listen.ip().is_loopback()
+            && !self.udp_allow_any
+            && self.udp_allow.iter().all(allow::Cidr::is_loopback)
+        {
+            p.fail(
+                "ingest.udp_listen",
+                format!("{:?}", listen.to_string()),
+                "a non-loopback UDP listener needs ingest.udp_allow to name the senders' \
+                 networks (UDP carries no token), or ingest.udp_allow_any = true when the \
+                 network admits only trusted senders",
+            );
+        }
+    }
+
+    /// The senders the UDP receive threads admit.
+    pub fn source_filter(&self) -> allow::SourceFilter {
+        if self.udp_allow_any {
+            allow::SourceFilter::Any
+        } else {
+            allow::SourceFilter::Only(self.udp_allow.clone())
+        }
     }
 }
 
@@ -165,6 +230,7 @@ pub fn ingest_payload(
     mut on_reject: impl FnMut(usize, Reject),
 ) -> PayloadOutcome {
     let mut outcome = PayloadOutcome::default();
+    writer.set_source(source);
     let mut batch = Batch::new();
     for (index, (raw_line, text)) in Lines::of(payload).enumerate() {
         if raw_line.iter().all(u8::is_ascii_whitespace) {
@@ -342,6 +408,38 @@ mod tests {
         );
         assert_eq!(outcome.rejected, 1);
         assert_eq!(stats.rejected(Source::Udp, RejectReason::LineTooLong), 1);
+    }
+
+    fn problems(settings: &IngestSettings) -> Vec<String> {
+        let mut p = Problems::default();
+        settings.check(&mut p);
+        p.errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_udp_listener_off_loopback_must_name_its_senders() {
+        let mut s = IngestSettings::default();
+        assert!(problems(&s).is_empty());
+        assert_eq!(
+            s.source_filter(),
+            allow::SourceFilter::Only(s.udp_allow.clone())
+        );
+        s.udp_listen = Some("0.0.0.0:8125".parse().unwrap());
+        let errors = problems(&s);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("ingest.udp_listen = \"0.0.0.0:8125\""));
+        s.udp_allow = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(problems(&s).is_empty());
+        s.udp_allow = Vec::new();
+        assert!(problems(&s)[0].starts_with("ingest.udp_allow = []"));
+        s.udp_allow_any = true;
+        assert!(problems(&s).is_empty());
+        assert_eq!(s.source_filter(), allow::SourceFilter::Any);
+        // UDP off: nothing to admit.
+        s.udp_allow_any = false;
+        s.udp_allow = IngestSettings::default().udp_allow;
+        s.udp_listen = None;
+        assert!(problems(&s).is_empty());
     }
 
     proptest! {

@@ -12,24 +12,28 @@
 //! already queued (up to 32) in one system call. The receive buffer is set
 //! explicitly (the granted size is exported), a datagram longer than
 //! `max_datagram_bytes` is detected with a slot one byte longer and refused
-//! whole, and the kernel's own drop counter for the socket is read from
+//! whole, a datagram from a sender outside `ingest.udp_allow` is dropped
+//! before it is parsed (the source address comes with each datagram from
+//! `recvmmsg`, so the check is a few integer comparisons), and the kernel's
+//! own drop counter for the socket is read from
 //! `/proc/net/udp` by the first receive thread about once a second and left
 //! in [`IngestStats`] for the exposition.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, recvmmsg};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::IoSliceMut;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::RejectReason;
+use crate::ingest::allow::SourceFilter;
 use crate::ingest::{LineLimits, ingest_payload};
 use crate::store::{IngestStats, Source, Store};
 use crate::telemetry::RateLimitedWarn;
@@ -100,6 +104,7 @@ impl UdpListener {
             let socket = self.socket.try_clone()?;
             let (store, stats, shutdown) = (store.clone(), stats.clone(), shutdown.clone());
             let backlog = backlog.clone();
+            let limits = limits.clone();
             // The first thread keeps the kernel's drop counter fresh and
             // says when the others are needed.
             let role = if i == 0 {
@@ -117,6 +122,7 @@ impl UdpListener {
                         limits,
                         store: &store,
                         stats: &stats,
+                        refused_warn: RateLimitedWarn::new(Duration::from_secs(10)),
                     };
                     receiver.run(role, &backlog, &shutdown);
                 })?;
@@ -126,11 +132,12 @@ impl UdpListener {
     }
 }
 
-/// Size limits of the UDP path.
-#[derive(Debug, Clone, Copy)]
+/// Size limits of the UDP path, and the senders it admits.
+#[derive(Debug, Clone)]
 pub struct UdpLimits {
     pub max_datagram_bytes: usize,
     pub lines: LineLimits,
+    pub sources: Arc<SourceFilter>,
 }
 
 /// What a receive thread does besides receiving.
@@ -215,6 +222,8 @@ struct Receiver<'a> {
     limits: UdpLimits,
     store: &'a Store,
     stats: &'a IngestStats,
+    /// Logs refused senders, at most once per 10 s.
+    refused_warn: RateLimitedWarn,
 }
 
 impl Receiver<'_> {
@@ -249,9 +258,9 @@ impl Receiver<'_> {
             match batch.receive(self.socket) {
                 Ok(received) => {
                     let mut bytes = 0;
-                    for datagram in batch.datagrams(received) {
+                    for (source, datagram) in batch.datagrams(received) {
                         bytes += datagram.len();
-                        self.record(datagram);
+                        self.record(source, datagram);
                     }
                     if let Role::First { .. } = role {
                         backlog.after_receive(received, bytes);
@@ -298,18 +307,31 @@ impl Receiver<'_> {
             if started.elapsed() > DRAIN_LIMIT {
                 break;
             }
-            for datagram in batch.datagrams(received) {
-                self.record(datagram);
+            for (source, datagram) in batch.datagrams(received) {
+                self.record(source, datagram);
             }
         }
     }
 
-    /// One received datagram: refused whole when it filled its
+    /// One received datagram: refused whole when its sender is not
+    /// admitted (`ingest.udp_allow`) or when it filled its
     /// `max_datagram_bytes + 1` slot (it was truncated), else parsed into
     /// the thread's store shard.
-    fn record(&self, datagram: &[u8]) {
+    fn record(&self, source: Option<IpAddr>, datagram: &[u8]) {
         let stats = self.stats;
         stats.udp_datagrams.fetch_add(1, Ordering::Relaxed);
+        if !self.limits.sources.admits(source) {
+            stats.add_received(Source::Udp, 1);
+            stats.add_rejected(Source::Udp, RejectReason::SourceNotAllowed);
+            if let Some(suppressed) = self.refused_warn.should_log() {
+                tracing::warn!(
+                    source = ?source,
+                    suppressed,
+                    "UDP datagram from a sender outside ingest.udp_allow dropped"
+                );
+            }
+            return;
+        }
         if datagram.len() > self.limits.max_datagram_bytes {
             stats.add_received(Source::Udp, 1);
             stats.add_rejected(Source::Udp, RejectReason::DatagramTooLarge);
@@ -340,7 +362,9 @@ struct ReceiveBatch {
     buffer: Vec<u8>,
     slot_bytes: usize,
     lengths: [usize; DATAGRAMS_PER_RECEIVE],
-    headers: MultiHeaders<()>,
+    /// The sender of each datagram.
+    sources: [Option<IpAddr>; DATAGRAMS_PER_RECEIVE],
+    headers: MultiHeaders<SockaddrStorage>,
 }
 
 impl ReceiveBatch {
@@ -350,6 +374,7 @@ impl ReceiveBatch {
             buffer: vec![0u8; slot_bytes * DATAGRAMS_PER_RECEIVE],
             slot_bytes,
             lengths: [0; DATAGRAMS_PER_RECEIVE],
+            sources: [None; DATAGRAMS_PER_RECEIVE],
             headers: MultiHeaders::preallocate(DATAGRAMS_PER_RECEIVE, None),
         }
     }
@@ -370,22 +395,37 @@ impl ReceiveBatch {
         )
         .map_err(io::Error::from)?;
         let mut count = 0;
-        for (length, message) in self.lengths.iter_mut().zip(received) {
+        for ((length, source), message) in self
+            .lengths
+            .iter_mut()
+            .zip(self.sources.iter_mut())
+            .zip(received)
+        {
             *length = message.bytes;
+            *source = message.address.as_ref().and_then(source_ip);
             count += 1;
         }
         Ok(count)
     }
 
-    /// The first `received` datagrams of the last [`Self::receive`]; each
-    /// slice is one byte longer than `max_datagram_bytes` if the datagram
-    /// was.
-    fn datagrams(&self, received: usize) -> impl Iterator<Item = &[u8]> {
+    /// The first `received` datagrams of the last [`Self::receive`], each
+    /// with its sender; each slice is one byte longer than
+    /// `max_datagram_bytes` if the datagram was.
+    fn datagrams(&self, received: usize) -> impl Iterator<Item = (Option<IpAddr>, &[u8])> {
         self.buffer
             .chunks(self.slot_bytes)
             .zip(&self.lengths[..received])
-            .map(|(slot, length)| &slot[..(*length).min(slot.len())])
+            .zip(&self.sources[..received])
+            .map(|((slot, length), source)| (*source, &slot[..(*length).min(slot.len())]))
     }
+}
+
+/// The IP address of a datagram's sender.
+fn source_ip(address: &SockaddrStorage) -> Option<IpAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(IpAddr::V4(v4.ip()));
+    }
+    address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
 }
 
 /// The inode of a socket, from `/proc/self/fd/N` -> `socket:[INODE]`.
@@ -480,7 +520,10 @@ mod tests {
         while received.len() < sent.len() {
             let count = batch.receive(&listener.socket).unwrap();
             assert!((1..=DATAGRAMS_PER_RECEIVE).contains(&count));
-            received.extend(batch.datagrams(count).map(<[u8]>::to_vec));
+            received.extend(batch.datagrams(count).map(|(source, datagram)| {
+                assert_eq!(source, Some(IpAddr::from([127, 0, 0, 1])));
+                datagram.to_vec()
+            }));
         }
         // The oversized one fills its slot: one byte past the limit.
         assert_eq!(received[0], vec![b'x'; max_datagram_bytes + 1]);

@@ -19,6 +19,10 @@
 //! `max_instances` instances, the rest count under [`OTHER_LABEL`], so a
 //! flood of random names costs one bucket, not memory.
 //!
+//! Each window slot also remembers which sources (UDP, HTTP) its events
+//! came through, so detection can tell whose word a tenant's figures rest
+//! on (`detect.tighten_from`).
+//!
 //! Lock order: a shard (its tenants, then its instances) before a registry;
 //! [`Store::evict_idle`] takes all shards in index order, then the
 //! registries.
@@ -29,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::event::{Event, OVERFLOW_TENANT, QueryKind, Sample};
+use crate::store::Source;
 
 /// The endpoint or instance that gathers those beyond the caps.
 pub const OTHER_LABEL: &str = "__other__";
@@ -73,6 +78,40 @@ pub fn quantile(q: f64, buckets: &[f64; BUCKET_COUNT]) -> Option<f64> {
 
 /// The sliding window for database-time share is kept as this many slots.
 const WINDOW_SLOTS: usize = 12;
+
+/// A set of event [`Source`]s, one bit each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceSet(u8);
+
+impl SourceSet {
+    pub const EMPTY: SourceSet = SourceSet(0);
+
+    pub fn of(source: Source) -> SourceSet {
+        SourceSet(1 << source as u8)
+    }
+
+    pub fn contains(self, source: Source) -> bool {
+        self.0 & SourceSet::of(source).0 != 0
+    }
+
+    pub fn union(self, other: SourceSet) -> SourceSet {
+        SourceSet(self.0 | other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// One slot of a tenant's sliding window.
+#[derive(Debug, Clone, Copy, Default)]
+struct WindowSlot {
+    /// The slot's number (time / slot length); a stale one is reset.
+    number: u64,
+    db_time_ms: f64,
+    /// Sources of the slot's events, of any sample.
+    sources: SourceSet,
+}
 
 /// A source of monotonic milliseconds. The daemon uses [`MonotonicClock`];
 /// tests drive a [`ManualClock`].
@@ -165,8 +204,8 @@ impl KindTotals {
 #[derive(Debug, Clone, Default)]
 struct TenantAccumulator {
     kinds: [Option<KindTotals>; 3],
-    /// Database time per window slot: (slot number, milliseconds).
-    window: [(u64, f64); WINDOW_SLOTS],
+    /// Database time and sources per window slot.
+    window: [WindowSlot; WINDOW_SLOTS],
     last_seen_ms: u64,
     /// Only for tenants that send endpoints or schema switches, so the
     /// others cost nothing more to merge at snapshot time.
@@ -182,8 +221,23 @@ struct TenantExtras {
 }
 
 impl TenantAccumulator {
-    fn record(&mut self, kind: QueryKind, sample: Sample, now_ms: u64, slot: u64) {
+    fn record(
+        &mut self,
+        kind: QueryKind,
+        sample: Sample,
+        now_ms: u64,
+        slot: u64,
+        sources: SourceSet,
+    ) {
         self.last_seen_ms = now_ms;
+        let entry = &mut self.window[(slot % WINDOW_SLOTS as u64) as usize];
+        if entry.number != slot {
+            *entry = WindowSlot {
+                number: slot,
+                ..WindowSlot::default()
+            };
+        }
+        entry.sources = entry.sources.union(sources);
         if let Sample::SchemaSwitch {
             duration_ms,
             weight,
@@ -213,11 +267,7 @@ impl TenantAccumulator {
                 totals.duration_sum_ms += db_time_ms;
                 let bucket = LATENCY_BUCKETS_MS.partition_point(|bound| *bound < duration_ms);
                 totals.buckets[bucket] += weight;
-                let entry = &mut self.window[(slot % WINDOW_SLOTS as u64) as usize];
-                if entry.0 != slot {
-                    *entry = (slot, 0.0);
-                }
-                entry.1 += db_time_ms;
+                self.window[(slot % WINDOW_SLOTS as u64) as usize].db_time_ms += db_time_ms;
             }
             Sample::Rows(rows) => totals.rows += rows,
             Sample::Errors(errors) => totals.errors += errors,
@@ -248,13 +298,21 @@ impl TenantAccumulator {
         }
     }
 
-    fn window_ms(&self, current_slot: u64) -> f64 {
+    /// The slots inside the window that ends at `current_slot`.
+    fn in_window(&self, current_slot: u64) -> impl Iterator<Item = &WindowSlot> {
         let oldest = current_slot.saturating_sub(WINDOW_SLOTS as u64 - 1);
         self.window
             .iter()
-            .filter(|(slot, _)| *slot >= oldest && *slot <= current_slot)
-            .map(|(_, ms)| ms)
-            .sum()
+            .filter(move |s| s.number >= oldest && s.number <= current_slot)
+    }
+
+    fn window_ms(&self, current_slot: u64) -> f64 {
+        self.in_window(current_slot).map(|s| s.db_time_ms).sum()
+    }
+
+    fn window_sources(&self, current_slot: u64) -> SourceSet {
+        self.in_window(current_slot)
+            .fold(SourceSet::EMPTY, |all, s| all.union(s.sources))
     }
 }
 
@@ -309,6 +367,8 @@ pub struct TenantSnapshot {
     pub window_db_time_ms: f64,
     /// This tenant's share of all tenants' database time over the window.
     pub db_time_share: f64,
+    /// The sources its events over the window came through.
+    pub window_sources: SourceSet,
     /// Milliseconds since the tenant's last event.
     pub idle_ms: u64,
     /// Per endpoint, by name (at most `max_endpoints_per_tenant` and
@@ -370,6 +430,7 @@ impl Store {
             store: self,
             now_ms,
             slot: now_ms / self.slot_ms,
+            sources: SourceSet::EMPTY,
         }
     }
 
@@ -448,6 +509,9 @@ impl Store {
                     }
                 }
                 snapshot.window_db_time_ms += acc.window_ms(current_slot);
+                snapshot.window_sources = snapshot
+                    .window_sources
+                    .union(acc.window_sources(current_slot));
                 snapshot.idle_ms = snapshot
                     .idle_ms
                     .min(now_ms.saturating_sub(acc.last_seen_ms));
@@ -583,20 +647,28 @@ pub struct ShardWriter<'a> {
     store: &'a Store,
     now_ms: u64,
     slot: u64,
+    /// The source the events come through (none until [`Self::set_source`]:
+    /// such events count, but as nobody's word for detection).
+    sources: SourceSet,
 }
 
 impl ShardWriter<'_> {
+    /// Marks the events recorded from now on as coming through `source`.
+    pub fn set_source(&mut self, source: Source) {
+        self.sources = SourceSet::of(source);
+    }
+
     /// Adds one event to its tenant, or to the overflow bucket when the
     /// tenant is new and `max_tenants` are already tracked.
     pub fn record(&mut self, event: &Event<'_>) {
-        let (now_ms, slot) = (self.now_ms, self.slot);
+        let (now_ms, slot, sources) = (self.now_ms, self.slot, self.sources);
         let tenant: &str = event.tenant.as_ref();
         if let Some(acc) = self.tenants.get_mut(tenant) {
-            acc.record(event.kind, event.sample, now_ms, slot);
+            acc.record(event.kind, event.sample, now_ms, slot, sources);
             record_endpoint(self.store, acc, tenant, event);
         } else if self.store.admit(tenant) {
             let acc = self.tenants.entry(tenant.into()).or_default();
-            acc.record(event.kind, event.sample, now_ms, slot);
+            acc.record(event.kind, event.sample, now_ms, slot, sources);
             record_endpoint(self.store, acc, tenant, event);
         } else {
             // The overflow bucket keeps no endpoints: they would be anyone's.
@@ -604,7 +676,7 @@ impl ShardWriter<'_> {
             self.tenants
                 .entry(OVERFLOW_TENANT.into())
                 .or_default()
-                .record(event.kind, event.sample, now_ms, slot);
+                .record(event.kind, event.sample, now_ms, slot, sources);
         }
         if let Some(instance) = &event.instance {
             self.record_instance(instance, event.sample, now_ms);
@@ -837,6 +909,42 @@ mod tests {
         assert_eq!(snapshot.window_db_time_ms, 300.0);
         // Cumulative counters are not windowed.
         assert_eq!(find(&snapshot, "a").kinds[0].as_ref().unwrap().queries, 1.0);
+    }
+
+    #[test]
+    fn the_window_remembers_which_sources_a_tenants_events_came_through() {
+        let (store, clock) = store(10, 2);
+        let mut udp = store.writer(0);
+        udp.set_source(Source::Udp);
+        udp.record(&query("a", QueryKind::Read, 300.0));
+        udp.record(&query("b", QueryKind::Read, 1.0));
+        drop(udp);
+        let mut http = store.writer(1);
+        http.set_source(Source::Http);
+        http.record(&query("b", QueryKind::Read, 1.0));
+        drop(http);
+        // No source said: counted, but nobody's word.
+        store.writer(0).record(&query("c", QueryKind::Read, 1.0));
+        let snapshot = store.snapshot();
+        let a = find(&snapshot, "a").window_sources;
+        assert!(a.contains(Source::Udp) && !a.contains(Source::Http));
+        let b = find(&snapshot, "b").window_sources;
+        assert!(b.contains(Source::Udp) && b.contains(Source::Http));
+        assert!(find(&snapshot, "c").window_sources.is_empty());
+
+        // Only HTTP within the last window: the UDP events have left it.
+        clock.advance(Duration::from_secs(59));
+        let mut http = store.writer(0);
+        http.set_source(Source::Http);
+        http.record(&query("a", QueryKind::Read, 1.0));
+        drop(http);
+        clock.advance(Duration::from_secs(2));
+        let snapshot = store.snapshot();
+        assert_eq!(
+            find(&snapshot, "a").window_sources,
+            SourceSet::of(Source::Http)
+        );
+        assert!(find(&snapshot, "b").window_sources.is_empty());
     }
 
     #[test]

@@ -92,6 +92,7 @@ fn kustomize_overlays_build_and_validate() {
             workload.to_ascii_lowercase(),
             "service".into(),
             "configmap".into(),
+            "networkpolicy".into(),
         ] {
             assert!(
                 report.contains(&format!("passed for resource {kind}/")),
@@ -367,5 +368,93 @@ fn the_image_listens_everywhere_and_the_workloads_are_confined() {
     assert!(
         service.contains(&format!("  name: {governing}\n")),
         "serviceName {governing} is not the base Service"
+    );
+}
+
+/// UDP carries no token, so who may send events is the network's to say:
+/// in both overlays a NetworkPolicy admits tenantwatch's ports only from
+/// pods with the documented labels (`tenantwatch.io/client: "true"` for
+/// events and checks, `tenantwatch.io/scraper: "true"` for /metrics), and
+/// a shipped config that binds UDP off loopback either names its senders'
+/// networks or admits any sender only where such a policy guards it.
+#[test]
+fn tenantwatch_ports_admit_only_labelled_pods() {
+    const CLIENT: &str = "tenantwatch.io/client: \"true\"";
+    const SCRAPER: &str = "tenantwatch.io/scraper: \"true\"";
+    for (overlay, config) in [
+        ("standalone", "deploy/kustomize/base/tenantwatch.toml"),
+        (
+            "sidecar",
+            "deploy/kustomize/overlays/sidecar/tenantwatch.toml",
+        ),
+    ] {
+        let manifests = run(
+            "kubectl",
+            "apt-get install kubernetes-client",
+            &["kustomize", &format!("deploy/kustomize/overlays/{overlay}")],
+            None,
+        );
+        let policies: Vec<&str> = manifests
+            .split("\n---\n")
+            .filter(|o| o.contains("kind: NetworkPolicy\n"))
+            .collect();
+        assert_eq!(policies.len(), 1, "{overlay}: one NetworkPolicy");
+        let policy = policies[0];
+        let ingress = policy
+            .split_once("\n  ingress:\n")
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("{overlay}: the policy has no ingress rules"));
+        // Its rules: `  - ` items, up to the next key of `spec`.
+        let mut rules: Vec<String> = Vec::new();
+        for line in ingress.lines() {
+            if let Some(item) = line.strip_prefix("  - ") {
+                rules.push(format!("{item}\n"));
+            } else if line.starts_with("    ") {
+                rules.last_mut().unwrap().push_str(&format!("{line}\n"));
+            } else {
+                break;
+            }
+        }
+        let mut udp_rules = 0;
+        for rule in &rules {
+            let udp = rule.contains("port: 8125");
+            let http = rule.contains("port: 9645");
+            if udp {
+                udp_rules += 1;
+                assert!(
+                    rule.contains(CLIENT),
+                    "{overlay}: 8125/UDP open beyond labelled pods:\n{rule}"
+                );
+            }
+            if http {
+                assert!(
+                    rule.contains(CLIENT) || rule.contains(SCRAPER),
+                    "{overlay}: 9645/TCP open beyond labelled pods:\n{rule}"
+                );
+            }
+            if !udp && !http {
+                // Anything else open is PostgreSQL's own port (sidecar).
+                assert!(
+                    rule.contains("port: 5432") && !rule.contains("port: 9645"),
+                    "{overlay}: {rule}"
+                );
+            }
+        }
+        assert_eq!(udp_rules, 1, "{overlay}: {policy}");
+        let text = std::fs::read_to_string(format!("{ROOT}/{config}")).unwrap();
+        let file: tenantwatch::config::Settings = toml::from_str(&text).unwrap();
+        assert!(file.ingest.udp_allow_any, "{config}");
+    }
+    // The plain image has no policy around it: it names private networks.
+    let text = std::fs::read_to_string(format!("{ROOT}/deploy/container.toml")).unwrap();
+    let file: tenantwatch::config::Settings = toml::from_str(&text).unwrap();
+    assert!(!file.ingest.udp_allow_any);
+    let public: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+    assert!(file.ingest.udp_allow.iter().all(|n| !n.contains(public)));
+    assert!(
+        file.ingest
+            .udp_allow
+            .iter()
+            .any(|n| n.contains("172.17.0.1".parse().unwrap()))
     );
 }

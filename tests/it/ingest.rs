@@ -136,6 +136,101 @@ async fn oversize_datagrams_are_refused_whole() {
     daemon.stop().await;
 }
 
+/// UDP has no token: a sender outside `ingest.udp_allow` (here one bound
+/// to 127.0.0.2, as a spoofed or stray source would be) is dropped whole,
+/// before parsing, and counted; the admitted sender's events count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_from_outside_udp_allow_are_dropped_and_counted() {
+    let daemon =
+        TestDaemon::start_with(|c| c.ingest.udp_allow = vec!["127.0.0.1/32".parse().unwrap()])
+            .await;
+    let to = daemon.udp.unwrap();
+    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    for _ in 0..3 {
+        stranger
+            .send_to(b"tenantwatch.query:5000|ms|#tenant:victim", to)
+            .unwrap();
+    }
+    let trusted = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    trusted
+        .send_to(
+            b"tenantwatch.query:5|ms|#tenant:own
+tenantwatch.query:7|ms|#tenant:own",
+            to,
+        )
+        .unwrap();
+    let m = daemon
+        .metrics_when("4 datagrams", |m| {
+            m.value_or_zero("tenantwatch_udp_datagrams_received_total", &[]) == 4.0
+        })
+        .await;
+    assert_eq!(
+        m.value(
+            REJECTED,
+            &[("source", "udp"), ("reason", "source_not_allowed")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(m.value(QUERIES, &tk("victim", "other")), None);
+    assert_eq!(m.value(QUERIES, &tk("own", "other")), Some(2.0));
+    // Each refused datagram is one received, refused unit, as an
+    // oversized one is.
+    assert_eq!(m.value(RECEIVED, &[("source", "udp")]), Some(5.0));
+    daemon.stop().await;
+}
+
+/// The senders rule, as `check-config` and `run` apply it: a UDP listener
+/// off loopback that names no sender network is refused (exit 64, naming
+/// `ingest.udp_listen`); `udp_allow` or `udp_allow_any = true` admits it.
+#[test]
+fn a_non_loopback_udp_listener_must_say_whom_it_admits() {
+    let dir = std::env::temp_dir().join(format!("tw-ingest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |name: &str, ingest: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("[ingest]\n{ingest}")).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_tenantwatch"))
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let open = check("open.toml", "udp_listen = \"0.0.0.0:8125\"\n");
+    assert_eq!(open.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&open.stderr);
+    assert!(
+        stderr.contains("ingest.udp_listen = \"0.0.0.0:8125\""),
+        "{stderr}"
+    );
+    let loopback_only = check(
+        "loopback.toml",
+        "udp_listen = \"0.0.0.0:8125\"\nudp_allow = [\"127.0.0.1/32\"]\n",
+    );
+    assert_eq!(loopback_only.status.code(), Some(64));
+    for (name, ingest) in [
+        (
+            "allow.toml",
+            "udp_listen = \"0.0.0.0:8125\"\nudp_allow = [\"10.0.0.0/8\"]\n",
+        ),
+        (
+            "any.toml",
+            "udp_listen = \"0.0.0.0:8125\"\nudp_allow_any = true\n",
+        ),
+        ("local.toml", "udp_listen = \"127.0.0.1:8125\"\n"),
+    ] {
+        let out = check(name, ingest);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let typo = check("typo.toml", "udp_allow = [\"10.1.2.3/8\"]\n");
+    assert_eq!(typo.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("10.0.0.0/8"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_reports_which_lines_failed() {
     let daemon = TestDaemon::start().await;
