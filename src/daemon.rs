@@ -300,13 +300,17 @@ impl Tasks {
         )));
         let (detect_settings, detect_settings_rx) =
             tokio::sync::watch::channel(config.detect.clone());
-        handles.push(tokio::spawn(crate::detect::task::run(
-            detect_settings_rx,
-            shared.store.clone(),
-            (shared.targets.clone(), shared.pgbouncers.clone()),
-            shared.limits.clone(),
-            shared.judgement.clone(),
+        let detect_task = crate::detect::task::DetectTask {
+            settings: detect_settings_rx,
+            store: shared.store.clone(),
+            statuses: shared.targets.clone(),
+            pgbouncers: shared.pgbouncers.clone(),
+            limits: shared.limits.clone(),
+            judgement: shared.judgement.clone(),
             guard_outbox,
+        };
+        handles.push(tokio::spawn(crate::detect::task::run(
+            detect_task,
             shutdown.clone(),
         )));
         handles.push(tokio::spawn(evict_idle_tenants(

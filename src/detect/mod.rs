@@ -252,16 +252,21 @@ impl Detector {
     }
 
     /// Evaluates every rule at `now` (`wall` is the same instant as Unix
-    /// time, for the flags' `since`). Returns the flags raised and cleared.
-    /// `base_qps` gives each tenant's configured quota, for the advice.
+    /// time, for the flags' `since`) on what was `observed`. Returns the
+    /// flags raised and cleared. `base_qps` gives each tenant's configured
+    /// quota, for the advice.
     pub fn evaluate(
         &mut self,
         now: Instant,
         wall: SystemTime,
-        store: &StoreSnapshot,
-        (targets, pgbouncers): (&[TargetStatus], &[PgBouncerStatus]),
+        observed: Observed<'_>,
         base_qps: impl Fn(&str) -> f64,
     ) -> Vec<Transition> {
+        let Observed {
+            store,
+            targets,
+            pgbouncers,
+        } = observed;
         let wall_s = wall
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -599,6 +604,15 @@ fn flag_action(rule: &RuleSettings, guard: &GuardSettings, trusted: bool) -> Fla
     }
 }
 
+/// What one evaluation reads: the event store and the latest statuses of
+/// the targets and PgBouncers.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub store: &'a StoreSnapshot,
+    pub targets: &'a [TargetStatus],
+    pub pgbouncers: &'a [PgBouncerStatus],
+}
+
 /// What readers (the API, the exposition, the state file) see of the
 /// detector: the flags and advice of its last evaluation, and the rate
 /// baselines it judges against.
@@ -745,10 +759,16 @@ mod tests {
             let now = self.start + self.elapsed;
             let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + self.elapsed;
             let targets = [self.target.clone()];
-            for t in self
-                .detector
-                .evaluate(now, wall, &snapshot, (&targets, &[]), |_| 100.0)
-            {
+            for t in self.detector.evaluate(
+                now,
+                wall,
+                Observed {
+                    store: &snapshot,
+                    targets: &targets,
+                    pgbouncers: &[],
+                },
+                |_| 100.0,
+            ) {
                 self.transitions.push((self.elapsed, t));
             }
         }

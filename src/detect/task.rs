@@ -15,17 +15,30 @@ use super::{Advice, DetectSettings, Detector, Judgement, SharedJudgement, Transi
 use crate::ratelimit::RateLimits;
 use crate::store::{PgBouncerStatuses, Store, TargetStatuses};
 
-/// Runs until `shutdown`; new settings arriving on `settings` apply from the
-/// next evaluation.
-pub async fn run(
-    mut settings: watch::Receiver<DetectSettings>,
-    store: Arc<Store>,
-    (statuses, pgbouncers): (TargetStatuses, PgBouncerStatuses),
-    limits: Arc<RateLimits>,
-    judgement: SharedJudgement,
-    guard_outbox: GuardOutbox,
-    shutdown: CancellationToken,
-) {
+/// What the detection task reads and where it publishes.
+pub struct DetectTask {
+    /// New settings arriving here apply from the next evaluation.
+    pub settings: watch::Receiver<DetectSettings>,
+    pub store: Arc<Store>,
+    pub statuses: TargetStatuses,
+    pub pgbouncers: PgBouncerStatuses,
+    /// Advice goes to the limiters (and through them to Redis).
+    pub limits: Arc<RateLimits>,
+    pub judgement: SharedJudgement,
+    pub guard_outbox: GuardOutbox,
+}
+
+/// Runs until `shutdown`.
+pub async fn run(task: DetectTask, shutdown: CancellationToken) {
+    let DetectTask {
+        mut settings,
+        store,
+        statuses,
+        pgbouncers,
+        limits,
+        judgement,
+        guard_outbox,
+    } = task;
     let mut guard = Guard::default();
     let initial = settings.borrow_and_update().clone();
     let mut interval = tokio::time::interval(initial.interval);
@@ -59,8 +72,11 @@ pub async fn run(
         let transitions = detector.evaluate(
             std::time::Instant::now(),
             std::time::SystemTime::now(),
-            &snapshot,
-            (&targets, &pools),
+            super::Observed {
+                store: &snapshot,
+                targets: &targets,
+                pgbouncers: &pools,
+            },
             |tenant| policy.base_quota(tenant).rate.qps,
         );
         transitions.iter().for_each(log_transition);
