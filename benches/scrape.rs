@@ -88,6 +88,30 @@ fn bench(c: &mut Criterion) {
     group.bench_function("encode_10k_tenants_by_kind_15_buckets", |b| {
         b.iter(|| black_box(metrics::encode(&full).len()))
     });
+    // The store's families alone, by the direct writer and by
+    // prometheus-client's text encoder (the same families, byte for byte),
+    // in the same run; each includes the store snapshot it reads.
+    let settings = metrics::ExpositionSettings::default();
+    let direct = metrics::StoreExposition::new(store.clone(), &settings);
+    group.bench_function("store_families_10k_tenants_direct", |b| {
+        b.iter(|| {
+            let mut out = String::with_capacity(16 << 20);
+            direct.encode(&mut out);
+            black_box(out.len())
+        })
+    });
+    let mut by_crate = prometheus_client::registry::Registry::default();
+    by_crate.register_collector(Box::new(metrics::events::reference::ReferenceEncoder::new(
+        store.clone(),
+        &settings,
+    )));
+    group.bench_function("store_families_10k_tenants_prometheus_client", |b| {
+        b.iter(|| {
+            let mut out = String::with_capacity(16 << 20);
+            prometheus_client::encoding::text::encode(&mut out, &by_crate).unwrap();
+            black_box(out.len())
+        })
+    });
     group.finish();
 }
 

@@ -11,6 +11,8 @@
 
 use std::sync::Arc;
 
+pub mod reference;
+
 use super::text::{header, push_count, push_f64, push_label_value, push_u64};
 use crate::event::QueryKind;
 use crate::store::{BUCKET_COUNT, KindTotals, LATENCY_BUCKETS_SECONDS, Store, StoreSnapshot};
@@ -81,6 +83,8 @@ pub struct StoreExposition {
     /// Exposed bounds as the exposition writes them (`le="..."`), the last
     /// being `+Inf`.
     le: Vec<String>,
+    /// Exposed bounds, the last being infinity (for [`reference::ReferenceEncoder`]).
+    bounds: Vec<f64>,
     /// For each store bucket, the exposed bucket it folds into.
     fold: [usize; BUCKET_COUNT],
 }
@@ -110,10 +114,13 @@ impl StoreExposition {
             })
             .collect();
         le.push("+Inf".into());
+        let mut exposed = bounds.clone();
+        exposed.push(f64::INFINITY);
         StoreExposition {
             store,
             by_kind: settings.histogram_by_kind,
             le,
+            bounds: exposed,
             fold,
         }
     }
@@ -304,12 +311,14 @@ impl StoreExposition {
         let mut cumulative = 0.0;
         for (le, bucket) in self.le.iter().zip(exposed) {
             cumulative += bucket;
+            // `le` first, then the family's labels, as prometheus-client
+            // writes them.
             out.push_str(name);
-            out.push_str("_bucket{");
-            out.push_str(labels);
-            out.push_str(",le=\"");
+            out.push_str("_bucket{le=\"");
             out.push_str(le);
-            out.push_str("\"} ");
+            out.push_str("\",");
+            out.push_str(labels);
+            out.push_str("} ");
             push_u64(out, cumulative.round() as u64);
             out.push('\n');
         }

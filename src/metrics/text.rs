@@ -2,8 +2,16 @@
 //! nearly all of a large exposition (tens of thousands of tenants): names and
 //! label values are appended as they are, integers by `itoa`, floats by
 //! `dtoa`, with none of `fmt`'s machinery per sample. The output is
-//! byte-for-byte what prometheus-client writes for the same families, so a
-//! scrape reads the same series whichever writer produced them.
+//! byte-for-byte what prometheus-client writes for the same families (a
+//! histogram bucket's `le` first, then the family's labels), as a test beside
+//! the reference encoder (`events/reference.rs`) checks against
+//! prometheus-client's own encoder; a `# HELP` text is escaped as
+//! OpenMetrics asks, where prometheus-client writes it as it is (ours hold
+//! nothing to escape).
+//!
+//! Kept because prometheus-client's encoder is too slow for the 50 ms
+//! scrape target at 10,000 tenants: about four times the instructions for
+//! these families (`cargo bench --bench scrape`, `docs/performance.md`).
 
 /// Appends a family's `# HELP` and `# TYPE` lines.
 pub fn header(out: &mut String, name: &str, help: &str, metric_type: &str) {
