@@ -211,7 +211,9 @@ impl Shared {
             ready: AtomicBool::new(false),
             limits: HttpLimits {
                 max_connections: config.settings.server.max_connections,
+                max_connections_per_ip: config.settings.server.per_ip_connections(),
                 header_read_timeout: config.settings.server.header_read_timeout,
+                idle_timeout: config.settings.server.idle_timeout,
                 body_read_timeout: config.settings.server.body_read_timeout,
                 max_body_bytes: config.settings.ingest.max_body_bytes,
                 lines: config.settings.ingest.line_limits(),

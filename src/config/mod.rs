@@ -688,6 +688,7 @@ mod tests {
                 ("TENANTWATCH__INGEST__MAX_TENANTS", "42"),
                 ("TENANTWATCH__INGEST__UDP_LISTEN", ""),
                 ("TENANTWATCH_AUTH_TOKEN", " s3cret\n"),
+                ("TENANTWATCH_READ_TOKEN", "r"),
                 ("UNRELATED", "1"),
             ],
         )

@@ -76,8 +76,10 @@ pub(super) fn assemble(
 }
 
 /// The write and read tokens and the callers', from their files or the
-/// environment; a non-loopback listener needs a write token unless
-/// `server.allow_unauthenticated` says otherwise.
+/// environment. A non-loopback listener needs both a write token (for
+/// `/v1/*`) and a read token (for `/metrics` and `/api/v1/*`, which show
+/// query text and every tenant's figures) unless
+/// `server.allow_unauthenticated` says to serve without them on purpose.
 fn listener_tokens(v: &mut Validator, s: &Settings, env: &[(String, String)]) -> Tokens {
     let server = &s.server;
     let write = token(
@@ -94,14 +96,31 @@ fn listener_tokens(v: &mut Validator, s: &Settings, env: &[(String, String)]) ->
         READ_TOKEN_ENV,
         env,
     );
-    if !server.listen.ip().is_loopback() && write.is_none() && !server.allow_unauthenticated {
-        v.fail(
-            "server.listen",
-            format!("{:?}", server.listen.to_string()),
-            "a non-loopback listener needs a write token (server.auth_token_file or \
-             TENANTWATCH_AUTH_TOKEN), or server.allow_unauthenticated = true to serve \
-             without one on purpose",
-        );
+    if !server.listen.ip().is_loopback() && !server.allow_unauthenticated {
+        let missing: Vec<&str> = [
+            (
+                write.is_none(),
+                "a write token (server.auth_token_file or TENANTWATCH_AUTH_TOKEN)",
+            ),
+            (
+                read.is_none(),
+                "a read token (server.read_token_file or TENANTWATCH_READ_TOKEN)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(absent, what)| absent.then_some(what))
+        .collect();
+        if !missing.is_empty() {
+            v.fail(
+                "server.listen",
+                format!("{:?}", server.listen.to_string()),
+                format!(
+                    "a non-loopback listener needs {}, or server.allow_unauthenticated = true \
+                     to serve without one on purpose",
+                    missing.join(" and ")
+                ),
+            );
+        }
     }
     Tokens {
         write,
@@ -453,4 +472,40 @@ fn read_expected_file(
         Ok(())
     });
     expected
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_toml_with_env(text, Path::new("test.toml"), env)
+    }
+
+    #[test]
+    fn a_non_loopback_listener_needs_a_read_token_too() {
+        let exposed = "[server]\nlisten = \"0.0.0.0:9645\"\n";
+        let err = load(exposed, &[("TENANTWATCH_AUTH_TOKEN", "w")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        assert!(err.contains("TENANTWATCH_READ_TOKEN"), "{err}");
+        assert!(!err.contains("TENANTWATCH_AUTH_TOKEN"), "{err}");
+        let err = load(exposed, &[("TENANTWATCH_READ_TOKEN", "r")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TENANTWATCH_AUTH_TOKEN"), "{err}");
+        let both = [
+            ("TENANTWATCH_AUTH_TOKEN", "w"),
+            ("TENANTWATCH_READ_TOKEN", "r"),
+        ];
+        assert!(load(exposed, &both).is_ok());
+        let on_purpose = "[server]\nlisten = \"0.0.0.0:9645\"\nallow_unauthenticated = true\n";
+        assert!(load(on_purpose, &[("TENANTWATCH_AUTH_TOKEN", "w")]).is_ok());
+        // Loopback needs neither.
+        assert!(load("[server]\nlisten = \"127.0.0.1:9645\"\n", &[]).is_ok());
+    }
 }

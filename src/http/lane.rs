@@ -18,10 +18,15 @@
 //! reference for every error, limit and timeout; nothing is consumed before
 //! the lane knows it can answer.
 //!
-//! While it waits for a request, the lane keeps hyper's rules: it closes a
-//! connection that sends nothing for `server.header_read_timeout`, and on
-//! shutdown or at the end of the connection's lifetime it closes an idle
-//! connection at once and any other after its answer.
+//! While it waits for a request, the lane keeps the listener's rules: a new
+//! connection must send its first request within `server.header_read_timeout`
+//! of its accept, a keep-alive connection that sends nothing for
+//! `server.idle_timeout` after an answer is closed, and on shutdown or at
+//! the end of the connection's lifetime it closes an idle connection at
+//! once and any other after its answer. A request handed to hyper keeps the
+//! time it started (the accept, for a connection's first request): hyper's
+//! header-read deadline counts from it (see `clock`), so the lane's wait and
+//! hyper's are one `header_read_timeout`, not two.
 
 use std::io;
 use std::pin::Pin;
@@ -46,8 +51,9 @@ pub(super) enum LaneEnd<I> {
     /// Closed: the client went, the connection timed out, or the daemon is
     /// shutting down.
     Closed,
-    /// For hyper to serve from here on, the bytes read so far in front.
-    HandOff(Rewind<I>),
+    /// For hyper to serve from here on, the bytes read so far in front,
+    /// with the time the request they start began.
+    HandOff(Rewind<I>, Instant),
 }
 
 /// Serves checks on `io` until the connection closes or a request needs
@@ -57,25 +63,30 @@ pub(super) async fn serve_checks<I>(
     state: &AppState,
     ends: &ConnectionEnds,
     mut lifetime: Pin<&mut Sleep>,
+    accepted: Instant,
 ) -> LaneEnd<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let header_read_timeout = state.limits.header_read_timeout;
+    // The first request counts from the accept; a later one may idle first.
+    let mut wait_limit = state.limits.header_read_timeout;
+    // When the request being read began: the accept for the first.
+    let mut head_started = accepted;
     let mut input: Vec<u8> = vec![0; LANE_BUFFER_BYTES];
     let mut output: Vec<u8> = Vec::with_capacity(1024);
     let mut body: Vec<u8> = Vec::with_capacity(512);
+    let mut answered_any = false;
     let shutdown = ends.shutdown.cancelled();
     let hard_stop = ends.hard_stop.cancelled();
     tokio::pin!(shutdown, hard_stop);
     // The idle timer is armed once and moved on only when it fires early:
     // re-arming it for every request would cost a timer update each.
-    let mut waiting_since = Instant::now();
-    let idle = tokio::time::sleep_until(waiting_since + header_read_timeout);
+    let mut waiting_since = accepted;
+    let idle = tokio::time::sleep_until(waiting_since + wait_limit);
     tokio::pin!(idle);
     loop {
         // Wait for a request; an idle connection closes on any of the ends,
-        // and quietly after header_read_timeout, as hyper closes it.
+        // and quietly after its wait limit, as hyper closes it.
         let read = tokio::select! {
             biased;
             read = io.read(&mut input) => read,
@@ -83,7 +94,7 @@ where
             _ = &mut shutdown => return LaneEnd::Closed,
             _ = &mut lifetime => return LaneEnd::Closed,
             _ = &mut idle => {
-                let due = waiting_since + header_read_timeout;
+                let due = waiting_since + wait_limit;
                 if Instant::now() >= due {
                     return LaneEnd::Closed;
                 }
@@ -95,6 +106,10 @@ where
             Ok(0) | Err(_) => return LaneEnd::Closed,
             Ok(n) => n,
         };
+        if answered_any {
+            // What is left after this read's checks began in this read.
+            head_started = Instant::now();
+        }
         // Answer every whole check received, in order.
         let mut answered = 0;
         let mut closing = false;
@@ -113,6 +128,8 @@ where
             count_request(state, Endpoint::RatelimitCheck.as_str(), answer.status());
             write_answer(&mut output, &mut body, &answer, closing);
             answered += request.head_len + request.body_len;
+            answered_any = true;
+            head_started = Instant::now();
             if closing {
                 break;
             }
@@ -127,17 +144,27 @@ where
         if answered < filled {
             // What is left is not a whole check the lane may answer (or
             // not yet whole): hyper's from here on.
-            return hand_off(io, &input[answered..filled]);
+            return hand_off(io, &input[answered..filled], head_started);
         }
         waiting_since = Instant::now();
+        wait_limit = state.limits.idle_timeout;
+        // Moved later lazily (above); sooner only when the idle timeout is
+        // shorter than the first request's limit, once per connection.
+        let due = waiting_since + wait_limit;
+        if due < idle.deadline() {
+            idle.as_mut().reset(due);
+        }
     }
 }
 
-fn hand_off<I>(io: I, read: &[u8]) -> LaneEnd<I> {
-    LaneEnd::HandOff(Rewind {
-        prefix: Bytes::copy_from_slice(read),
-        inner: io,
-    })
+fn hand_off<I>(io: I, read: &[u8], head_started: Instant) -> LaneEnd<I> {
+    LaneEnd::HandOff(
+        Rewind {
+            prefix: Bytes::copy_from_slice(read),
+            inner: io,
+        },
+        head_started,
+    )
 }
 
 /// Where a whole check request lies in the bytes received.
@@ -257,7 +284,7 @@ thread_local! {
 }
 
 /// Appends the IMF-fixdate of now, formatted once per second per thread.
-fn http_date(out: &mut Vec<u8>) {
+pub(super) fn http_date(out: &mut Vec<u8>) {
     let now = SystemTime::now();
     let second = now
         .duration_since(UNIX_EPOCH)

@@ -5,12 +5,17 @@
 //! This module is wiring around the stores and readers: the events endpoint
 //! is an ingest source (it calls [`crate::ingest::ingest_payload`]), the
 //! others hand a reader's answer back. Every connection is bounded: a cap on
-//! concurrent connections (excess connections are closed at once and
-//! counted), a header-read timeout, a body size limit and a body-read
-//! timeout. Errors are RFC 9457 problem details. On shutdown the listener
-//! stops accepting, open connections are told to close after their current
-//! request, and the server waits for them up to the grace period.
+//! concurrent connections and one per client address (excess connections
+//! are closed at once and counted; a small reserve keeps `/healthz` and
+//! `/readyz` answerable when every slot is taken), a
+//! header-read timeout, an idle timeout between keep-alive requests, a
+//! bounded read buffer, a body size limit and a body-read timeout. Errors
+//! are RFC 9457 problem details. On shutdown the listener stops accepting,
+//! open connections are told to close after their current request, and the
+//! server waits for them up to the grace period.
 //!
+//! - `admission`: the cap per client address and the probes' reserve;
+//! - `clock`: hyper's header-read timer, which also keeps the idle timeout;
 //! - [`endpoint`]: the closed set of endpoints and their methods;
 //! - [`auth`]: the write, read and caller tokens, compared in constant time;
 //! - [`tls`]: TLS on the listener, swapped on reload;
@@ -25,9 +30,11 @@
 //! on blocking threads under `server.max_heavy_requests` permits (503 with
 //! `Retry-After` beyond), so probes and rate-limit checks stay fast.
 
+mod admission;
 pub mod auth;
 mod body;
 mod check;
+mod clock;
 mod deadline;
 pub mod endpoint;
 mod events;
@@ -50,7 +57,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -93,10 +100,21 @@ pub struct ServerSettings {
     pub allow_unauthenticated: bool,
     /// Concurrent HTTP connections; connections beyond it are closed at once
     /// and counted, so a connection flood cannot exhaust file descriptors.
+    /// 8 more are kept for `/healthz` and `/readyz` only.
     pub max_connections: usize,
-    /// Time a client has to send its request headers (slowloris guard).
+    /// Concurrent connections from one client address (an IPv6 client: its
+    /// /64); beyond it a new connection is closed at once and counted. 0
+    /// means a quarter of `max_connections` (at least 1).
+    pub max_connections_per_ip: usize,
+    /// Time a client has to send its request headers (slowloris guard): a
+    /// new connection from its accept, a keep-alive one from the first
+    /// byte of the request.
     #[serde(with = "serde_text::duration")]
     pub header_read_timeout: Duration,
+    /// A keep-alive connection that sends nothing for this long after a
+    /// response is closed.
+    #[serde(with = "serde_text::duration")]
+    pub idle_timeout: Duration,
     /// Time a client has to send a request body.
     #[serde(with = "serde_text::duration")]
     pub body_read_timeout: Duration,
@@ -143,7 +161,9 @@ impl Default for ServerSettings {
             read_token_file: None,
             allow_unauthenticated: false,
             max_connections: 1024,
+            max_connections_per_ip: 0,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             shutdown_delay: Duration::from_secs(5),
@@ -167,9 +187,24 @@ impl ServerSettings {
         (cores / 2).max(1)
     }
 
+    /// `max_connections_per_ip` with 0 resolved to a quarter of
+    /// `max_connections` (at least 1).
+    pub fn per_ip_connections(&self) -> usize {
+        match self.max_connections_per_ip {
+            0 => (self.max_connections / 4).max(1),
+            n => n,
+        }
+    }
+
     /// Checks each key on its own (rules across keys are `config`'s).
     pub fn check(&self, p: &mut Problems) {
         p.range("server.max_connections", self.max_connections, 1, 1_000_000);
+        p.range(
+            "server.max_connections_per_ip",
+            self.max_connections_per_ip,
+            0,
+            1_000_000,
+        );
         p.range(
             "server.max_heavy_requests",
             self.max_heavy_requests,
@@ -178,6 +213,7 @@ impl ServerSettings {
         );
         for (key, value) in [
             ("server.header_read_timeout", self.header_read_timeout),
+            ("server.idle_timeout", self.idle_timeout),
             ("server.body_read_timeout", self.body_read_timeout),
             ("server.shutdown_grace", self.shutdown_grace),
             ("server.write_timeout", self.write_timeout),
@@ -256,7 +292,10 @@ pub struct AppState {
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     pub max_connections: usize,
+    /// `server.max_connections_per_ip`, 0 resolved.
+    pub max_connections_per_ip: usize,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_body_bytes: usize,
     pub lines: crate::ingest::LineLimits,
@@ -271,10 +310,16 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
     let connections = TaskTracker::new();
     // Cancelled when the grace period is over: what is still open is closed.
     let hard_stop = CancellationToken::new();
-    let permits = Arc::new(Semaphore::new(state.limits.max_connections));
+    let admission = admission::Admission::new(
+        state.limits.max_connections,
+        state.limits.max_connections_per_ip,
+    );
+    for reason in admission::Rejected::ALL {
+        rejected(&state, reason, 0);
+    }
     let accept_warn = RateLimitedWarn::new(Duration::from_secs(10));
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -288,10 +333,15 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            state.http_metrics.connections_rejected.inc();
-            drop(stream);
-            continue;
+        let accepted = tokio::time::Instant::now();
+        let (slot, probe_only) = match admission.admit(peer.ip()) {
+            admission::Admit::Ordinary(slot) => (slot, false),
+            admission::Admit::ProbeOnly(slot) => (slot, true),
+            admission::Admit::Rejected(reason) => {
+                rejected(&state, reason, 1);
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let stream = WriteDeadline::new(stream, state.limits.write_timeout);
@@ -300,22 +350,41 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
             hard_stop: hard_stop.clone(),
         };
         let conn_state = state.clone();
-        match state.tls.get() {
-            None => connections.spawn(async move {
-                serve_connection(stream, conn_state, ends).await;
-                drop(permit);
-            }),
-            Some(tls) => connections.spawn(async move {
-                // The handshake has as long as the request headers would.
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                let within = conn_state.limits.header_read_timeout;
-                if let Ok(Ok(stream)) = tokio::time::timeout(within, acceptor.accept(stream)).await
-                {
-                    serve_connection(stream, conn_state, ends).await;
-                }
-                drop(permit);
-            }),
+        // A reserved slot has a short while for its handshake and its probe.
+        let handshake_within = if probe_only {
+            conn_state
+                .limits
+                .header_read_timeout
+                .min(admission::PROBE_HEAD_TIMEOUT)
+        } else {
+            conn_state.limits.header_read_timeout
         };
+        let tls = state.tls.get();
+        connections.spawn(async move {
+            let _slot = slot;
+            let until = accepted + handshake_within;
+            match tls {
+                None if probe_only => admission::serve_probe(stream, &conn_state, until).await,
+                None => serve_connection(stream, conn_state, ends, accepted).await,
+                Some(tls) => {
+                    // The handshake has as long as the request headers would.
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout_at(until, acceptor.accept(stream)).await
+                    else {
+                        if probe_only {
+                            rejected(&conn_state, admission::Rejected::MaxConnections, 1);
+                        }
+                        return;
+                    };
+                    if probe_only {
+                        admission::serve_probe(stream, &conn_state, until).await;
+                    } else {
+                        serve_connection(stream, conn_state, ends, accepted).await;
+                    }
+                }
+            }
+        });
     }
     drop(listener);
     connections.close();
@@ -328,6 +397,33 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
     }
 }
 
+/// Counts `n` connections closed unserved for `reason` (0: the series
+/// exists from the start).
+fn rejected(state: &AppState, reason: admission::Rejected, n: u64) {
+    state
+        .http_metrics
+        .connections_rejected
+        .get_or_create(&metrics::RejectLabels {
+            reason: reason.as_str(),
+        })
+        .inc_by(n);
+}
+
+/// Largest read buffer hyper keeps for a connection: room for a request
+/// head (hyper refuses a longer one with 431) plus a stretch of body, since
+/// bodies are read in pieces. At least 64 KiB, at least one
+/// `ingest.max_line_bytes` line plus a head, and never more than a whole
+/// `ingest.max_body_bytes` body plus a head; with the defaults 64 KiB, so
+/// at most `max_connections` × 64 KiB (64 MiB at 1024 connections) in
+/// read buffers, where hyper's default would allow about 400 KiB each.
+fn read_buffer_bytes(limits: &HttpLimits) -> usize {
+    const HEAD: usize = 16 * 1024;
+    (64 * 1024)
+        .max(limits.lines.max_line_bytes + HEAD)
+        .min(limits.max_body_bytes + HEAD)
+        .max(8192)
+}
+
 /// How a connection learns that it must end: shutdown (finish the request
 /// in flight) or the end of the grace period (stop now).
 struct ConnectionEnds {
@@ -338,22 +434,35 @@ struct ConnectionEnds {
 /// Serves HTTP/1.1 on one connection (plain or TLS) until the client
 /// closes it, its lifetime (`server.request_timeout`) is over, or the
 /// daemon shuts down.
-async fn serve_connection<I>(io: I, state: Arc<AppState>, ends: ConnectionEnds)
-where
+async fn serve_connection<I>(
+    io: I,
+    state: Arc<AppState>,
+    ends: ConnectionEnds,
+    accepted: tokio::time::Instant,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let deadline = tokio::time::sleep(state.limits.request_timeout);
     tokio::pin!(deadline);
     // Checks first; hyper takes the connection at its first other request.
-    let io = match lane::serve_checks(io, &state, &ends, deadline.as_mut()).await {
-        lane::LaneEnd::Closed => return,
-        lane::LaneEnd::HandOff(io) => io,
-    };
-    let header_read_timeout = state.limits.header_read_timeout;
+    let (io, head_started) =
+        match lane::serve_checks(io, &state, &ends, deadline.as_mut(), accepted).await {
+            lane::LaneEnd::Closed => return,
+            lane::LaneEnd::HandOff(io, head_started) => (io, head_started),
+        };
+    let limits = state.limits;
+    // hyper's header-read timer also keeps the idle timeout (see `clock`).
+    let (timer, io) = clock::HeadTimer::new(
+        io,
+        head_started.into_std(),
+        limits.idle_timeout,
+        limits.header_read_timeout,
+    );
     let service = service_fn(move |req| handle(state.clone(), req));
     let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        .timer(timer)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(read_buffer_bytes(&limits))
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;

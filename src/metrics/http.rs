@@ -12,9 +12,16 @@ pub struct HttpLabels {
     pub code: u16,
 }
 
+/// Labels of `tenantwatch_http_connections_rejected_total`: `reason` is
+/// `max_connections` or `per_ip`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub reason: &'static str,
+}
+
 /// Metrics the HTTP server updates directly.
 #[derive(Debug, Default, Clone)]
 pub struct HttpMetrics {
     pub requests: Family<HttpLabels, Counter>,
-    pub connections_rejected: Counter,
+    pub connections_rejected: Family<RejectLabels, Counter>,
 }

@@ -38,7 +38,7 @@ use prometheus_client::registry::Registry;
 
 pub use detect::DetectCollector;
 pub use events::{ExpositionSettings, StoreExposition};
-pub use http::{HttpLabels, HttpMetrics};
+pub use http::{HttpLabels, HttpMetrics, RejectLabels};
 pub use ingest::IngestCollector;
 pub use reload::ReloadMetrics;
 pub use targets::TargetCollector;
@@ -178,7 +178,7 @@ fn registry(
     );
     registry.register(
         "tenantwatch_http_connections_rejected",
-        "HTTP connections closed at once because server.max_connections were open.",
+        "HTTP connections closed unserved, by reason: max_connections (every slot taken, and not a probe) or per_ip (the client address had server.max_connections_per_ip open).",
         http.connections_rejected.clone(),
     );
     registry.register_collector(Box::new(BuildInfo));

@@ -81,6 +81,36 @@ async fn reads_need_the_read_token_and_probes_stay_open() {
     daemon.stop().await;
 }
 
+/// Off loopback, reads need the read token as writes need the write token:
+/// a listener on every interface with only a write token is refused
+/// (naming `server.listen`); with both it starts, and `/metrics` asked
+/// without the read token is refused while the probes answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_off_loopback_needs_the_read_token() {
+    let (write, read) = token_files("exposed", "w-token", "r-token");
+    let mut exposed = support::file_config();
+    exposed.server.listen = "0.0.0.0:0".parse().unwrap();
+    exposed.server.auth_token_file = Some(write.clone());
+    let err = Config::try_from(exposed.clone()).unwrap_err().to_string();
+    assert!(err.contains("server.listen"), "{err}");
+    assert!(err.contains("read token"), "{err}");
+
+    let daemon = TestDaemon::start_with(|c| {
+        c.server.listen = "0.0.0.0:0".parse().unwrap();
+        c.server.auth_token_file = Some(write.clone());
+        c.server.read_token_file = Some(read.clone());
+    })
+    .await;
+    assert_eq!(status(&daemon, "GET", "/metrics", None).await, 401);
+    assert_eq!(status(&daemon, "GET", "/api/v1/tenants", None).await, 401);
+    assert_eq!(
+        status(&daemon, "GET", "/metrics", Some("Bearer r-token")).await,
+        200
+    );
+    assert_eq!(status(&daemon, "GET", "/healthz", None).await, 200);
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_rotates_both_tokens() {
     let (write, read) = token_files("rotate", "old-w", "old-r");

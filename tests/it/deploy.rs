@@ -126,12 +126,27 @@ fn the_prometheusrule_holds_the_rule_files_groups() {
 
 #[test]
 fn the_example_prometheus_config_checks() {
+    // promtool reads the files the config names: the rules from the
+    // repository, and the read token from a stand-in for the file an
+    // operator installs.
+    let text = std::fs::read_to_string(format!("{ROOT}/deploy/prometheus/prometheus.yml")).unwrap();
+    let token_file = "/etc/prometheus/tenantwatch-read-token";
+    assert!(text.contains(&format!("credentials_file: {token_file}")));
+    let dir = std::env::temp_dir().join(format!("tw-promtool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("read-token"), "stand-in\n").unwrap();
+    let config = dir.join("prometheus.yml");
+    let text = text
+        .replace(token_file, &dir.join("read-token").display().to_string())
+        .replace("../../alerts/", &format!("{ROOT}/alerts/"));
+    std::fs::write(&config, text).unwrap();
     run(
         "promtool",
         "apt-get install prometheus",
-        &["check", "config", "deploy/prometheus/prometheus.yml"],
+        &["check", "config", &config.display().to_string()],
         None,
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -146,6 +161,7 @@ fn every_shipped_config_passes_check_config() {
             .args(["check-config", &format!("{ROOT}/{file}")])
             .env("PGPASSWORD", "from-a-secret")
             .env("TENANTWATCH_AUTH_TOKEN", "from-a-secret")
+            .env("TENANTWATCH_READ_TOKEN", "from-a-secret")
             .env("POD_NAME", "postgres-0")
             .output()
             .unwrap();
@@ -168,6 +184,7 @@ fn the_sidecar_names_its_target_after_its_pod() {
             .args(["check-config", &config])
             .env("PGPASSWORD", "from-a-secret")
             .env("TENANTWATCH_AUTH_TOKEN", "from-a-secret")
+            .env("TENANTWATCH_READ_TOKEN", "from-a-secret")
             .env_remove("POD_NAME");
         if let Some(pod) = pod {
             command.env("POD_NAME", pod);
@@ -278,6 +295,7 @@ fn the_standalone_overlay_shares_rate_limits_through_its_redis() {
         ])
         .env("PGPASSWORD", "from-a-secret")
         .env("TENANTWATCH_AUTH_TOKEN", "from-a-secret")
+        .env("TENANTWATCH_READ_TOKEN", "from-a-secret")
         .envs(env)
         .output()
         .unwrap();

@@ -563,6 +563,7 @@ async fn slow_and_excess_connections_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let daemon = TestDaemon::start_with(|c| {
         c.server.max_connections = 2;
+        c.server.max_connections_per_ip = 3;
         c.server.header_read_timeout = std::time::Duration::from_millis(500);
     })
     .await;
@@ -583,13 +584,14 @@ async fn slow_and_excess_connections_are_cut_off() {
     };
     assert!(closed);
 
-    // Two idle connections use the cap; a third is closed at once.
+    // Two idle connections use the cap; a third, not a probe (probes have
+    // a reserve of their own), is closed unanswered.
     let _first = tokio::net::TcpStream::connect(daemon.http).await.unwrap();
     let _second = tokio::net::TcpStream::connect(daemon.http).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut third = tokio::net::TcpStream::connect(daemon.http).await.unwrap();
     let _ = third
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
     let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
         .await
@@ -612,8 +614,11 @@ async fn slow_and_excess_connections_are_cut_off() {
     )
     .await;
     assert!(
-        m.value("tenantwatch_http_connections_rejected_total", &[])
-            .unwrap()
+        m.value(
+            "tenantwatch_http_connections_rejected_total",
+            &[("reason", "max_connections")]
+        )
+        .unwrap()
             >= 1.0
     );
     daemon.stop().await;

@@ -573,12 +573,12 @@ async fn pipelined_checks_and_a_probe_share_one_connection() {
 }
 
 /// A keep-alive connection that sends nothing more is closed after
-/// `server.header_read_timeout`, and at once when the daemon stops.
+/// `server.idle_timeout`, and at once when the daemon stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_check_connections_are_closed_in_time() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (daemon, _redis) = start(Backend::Local, |c| {
-        c.server.header_read_timeout = std::time::Duration::from_millis(300);
+        c.server.idle_timeout = std::time::Duration::from_millis(300);
     })
     .await;
     let addr = daemon.http;
@@ -591,7 +591,7 @@ async fn idle_check_connections_are_closed_in_time() {
         idle.read(&mut [0u8; 64]).await.unwrap()
     })
     .await
-    .expect("closed after header_read_timeout");
+    .expect("closed after idle_timeout");
     assert_eq!(closed, 0);
     // The same once hyper serves the connection.
     let mut probed = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -604,13 +604,14 @@ async fn idle_check_connections_are_closed_in_time() {
         probed.read(&mut [0u8; 64]).await.unwrap_or(0)
     })
     .await
-    .expect("closed after header_read_timeout under hyper");
+    .expect("closed after idle_timeout under hyper");
     assert_eq!(closed, 0);
 
     daemon.stop().await;
 
     let (daemon, _redis) = start(Backend::Local, |c| {
         c.server.header_read_timeout = std::time::Duration::from_secs(60);
+        c.server.idle_timeout = std::time::Duration::from_secs(60);
     })
     .await;
     let addr = daemon.http;

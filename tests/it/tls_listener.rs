@@ -143,6 +143,36 @@ async fn the_listener_serves_tls_and_reloads_its_certificate() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// With every ordinary slot held by idle sockets, a probe over TLS is
+/// still answered from the probes' reserve, and anything else is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_over_tls_are_answered_when_every_slot_is_taken() {
+    let dir = std::env::temp_dir().join(format!("tw-tls-probes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed(&dir, "probes");
+    let daemon = TestDaemon::start_with(|c| {
+        c.server.tls_cert_file = Some(cert.clone());
+        c.server.tls_key_file = Some(key.clone());
+        c.server.max_connections = 2;
+        c.server.max_connections_per_ip = 4;
+    })
+    .await;
+    let _held = [
+        tokio::net::TcpStream::connect(daemon.http).await.unwrap(),
+        tokio::net::TcpStream::connect(daemon.http).await.unwrap(),
+    ];
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        get_tls(daemon.http, &cert, "/healthz").await.unwrap(),
+        (200, "ok\n".into())
+    );
+    assert_eq!(get_tls(daemon.http, &cert, "/readyz").await.unwrap().0, 200);
+    let metrics = get_tls(daemon.http, &cert, "/metrics").await;
+    assert!(metrics.is_err(), "{metrics:?}");
+    daemon.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn a_cert_without_a_key_is_refused_by_name() {
     let mut file = Settings::default();
