@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::support::{TestDaemon, http};
+use crate::support::{self, TestDaemon, http};
 
 /// Events for `tenants` tenants, in bodies the HTTP endpoint accepts.
 async fn fill(daemon: &TestDaemon, tenants: usize) {
