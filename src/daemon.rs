@@ -24,7 +24,7 @@ use crate::collect;
 use crate::config::Config;
 use crate::detect::guard::GuardOutbox;
 use crate::detect::{DetectSettings, Judgement, SharedJudgement};
-use crate::http::{self, AppState, HttpLimits};
+use crate::http::{self, AppState};
 use crate::ingest::udp::{UdpLimits, UdpListener};
 use crate::metrics::HttpMetrics;
 use crate::ratelimit::RateLimits;
@@ -60,6 +60,8 @@ pub struct Daemon {
     target_statuses: TargetStatuses,
     judgement: SharedJudgement,
     state: Arc<AppState>,
+    /// Whether the last configuration reload applied.
+    reloads: crate::metrics::ReloadMetrics,
     /// The configuration started with, to name what a reload cannot apply.
     started: Config,
     rate_limits: Arc<RateLimits>,
@@ -179,9 +181,13 @@ impl Shared {
     }
 
     /// What the HTTP handlers share.
-    fn app_state(&self, config: &Config, udp_receivers: usize) -> AppState {
+    fn app_state(
+        &self,
+        config: &Config,
+        udp_receivers: usize,
+        reloads: &crate::metrics::ReloadMetrics,
+    ) -> AppState {
         let http_metrics = HttpMetrics::default();
-        let reloads = crate::metrics::ReloadMetrics::default();
         let exposition = crate::metrics::exposition(
             crate::metrics::Sources {
                 store: self.store.clone(),
@@ -197,43 +203,44 @@ impl Shared {
             &http_metrics,
             &config.settings.metrics,
         );
+        let server = &config.settings.server;
         AppState {
-            exposition: crate::metrics::SharedExposition::new(
-                exposition,
-                config.settings.server.metrics_max_age,
-            ),
-            heavy: Arc::new(tokio::sync::Semaphore::new(
-                config.settings.server.heavy_permits(),
-            )),
-            store: self.store.clone(),
-            stats: self.stats.clone(),
-            http_metrics,
-            ready: AtomicBool::new(false),
-            limits: HttpLimits {
-                max_connections: config.settings.server.max_connections,
-                max_connections_per_ip: config.settings.server.per_ip_connections(),
-                header_read_timeout: config.settings.server.header_read_timeout,
-                idle_timeout: config.settings.server.idle_timeout,
-                body_read_timeout: config.settings.server.body_read_timeout,
-                max_body_bytes: config.settings.ingest.max_body_bytes,
-                lines: config.settings.ingest.line_limits(),
-                shutdown_grace: config.settings.server.shutdown_grace,
-                write_timeout: config.settings.server.write_timeout,
-                request_timeout: config.settings.server.request_timeout,
+            listener: http::ListenerState {
+                server: server.clone(),
+                ingest_limits: http::IngestLimits {
+                    max_body_bytes: config.settings.ingest.max_body_bytes,
+                    lines: config.settings.ingest.line_limits(),
+                },
+                heavy: Arc::new(tokio::sync::Semaphore::new(server.heavy_permits())),
+                http_metrics,
+                ready: AtomicBool::new(false),
+                tokens: crate::http::auth::SharedTokens::new(config.tokens.clone()),
+                tls: crate::http::tls::SharedTls::new(config.tls.clone()),
             },
-            tokens: crate::http::auth::SharedTokens::new(config.tokens.clone()),
-            tls: crate::http::tls::SharedTls::new(config.tls.clone()),
-            http_shards: (udp_receivers, HTTP_SHARDS),
-            rate_limits: self.limits.clone(),
-            guard_log: self.guard_log.clone(),
-            reloads,
-            judgement: self.judgement.clone(),
-            targets: self.targets.clone(),
-            pgbouncers: self.pgbouncers.clone(),
-            histories: self.histories.clone(),
-            tenant_histories: self.tenant_histories.clone(),
-            api: config.settings.api.clone(),
-            next_shard: AtomicUsize::new(0),
+            ingest: http::IngestState {
+                store: self.store.clone(),
+                stats: self.stats.clone(),
+                http_shards: (udp_receivers, HTTP_SHARDS),
+                next_shard: AtomicUsize::new(0),
+            },
+            check: http::CheckState {
+                rate_limits: self.limits.clone(),
+            },
+            read: http::ReadState {
+                exposition: crate::metrics::SharedExposition::new(
+                    exposition,
+                    server.metrics_max_age,
+                ),
+                store: self.store.clone(),
+                rate_limits: self.limits.clone(),
+                guard_log: self.guard_log.clone(),
+                judgement: self.judgement.clone(),
+                targets: self.targets.clone(),
+                pgbouncers: self.pgbouncers.clone(),
+                histories: self.histories.clone(),
+                tenant_histories: self.tenant_histories.clone(),
+                api: config.settings.api.clone(),
+            },
         }
     }
 }
@@ -358,7 +365,8 @@ impl Daemon {
                 .map(|a| (a.tenant.clone(), a.effective_qps))
                 .collect(),
         );
-        let state = Arc::new(shared.app_state(&config, udp_receivers));
+        let reloads = crate::metrics::ReloadMetrics::default();
+        let state = Arc::new(shared.app_state(&config, udp_receivers, &reloads));
         // `shutdown` is the request; `stop` is what the tasks obey, once
         // readiness has been false for `server.shutdown_delay`.
         let shutdown = CancellationToken::new();
@@ -384,7 +392,7 @@ impl Daemon {
             persisted,
             stop.clone(),
         )));
-        state.ready.store(true, Ordering::Relaxed);
+        state.listener.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             http = %http_addr,
             udp = ?udp_addr,
@@ -398,7 +406,7 @@ impl Daemon {
         let delay = config.settings.server.shutdown_delay;
         let supervisor = tokio::spawn(async move {
             token.cancelled().await;
-            state.ready.store(false, Ordering::Relaxed);
+            state.listener.ready.store(false, Ordering::Relaxed);
             tracing::info!(delay = ?delay, "Shutting down: not ready, still serving");
             tokio::time::sleep(delay).await;
             stop.cancel();
@@ -428,6 +436,7 @@ impl Daemon {
             shutdown,
             supervisor,
             state: state_for_reload,
+            reloads,
             started: config,
         })
     }
@@ -472,11 +481,11 @@ impl Daemon {
         self.detect_settings.send_replace(config.detect.clone());
         self.target_statuses
             .set_expected(config.expected_tenants.clone());
-        self.state.tokens.set(config.tokens.clone());
+        self.state.listener.tokens.set(config.tokens.clone());
         // A renewed certificate serves from the next connection on; turning
         // TLS on or off needs a restart (clients would break mid-flight).
         if self.started.tls.is_some() == config.tls.is_some() {
-            self.state.tls.set(config.tls.clone());
+            self.state.listener.tls.set(config.tls.clone());
         }
         let ignored = self.started.restart_only_changes(config);
         if !ignored.is_empty() {
@@ -490,14 +499,14 @@ impl Daemon {
             tenant_overrides = config.ratelimit.tenants.len(),
             "Configuration reloaded: quotas, detection rules and tokens"
         );
-        self.state.reloads.succeeded();
+        self.reloads.succeeded();
         ignored
     }
 
     /// Records a reload refused for an invalid file (the running
     /// configuration stays): `tenantwatch_config_last_reload_successful` 0.
     pub fn reload_refused(&self) {
-        self.state.reloads.failed();
+        self.reloads.failed();
     }
 
     /// Starts a graceful shutdown; [`Daemon::wait`] returns when it is done.

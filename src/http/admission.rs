@@ -192,7 +192,13 @@ where
     };
     let (status, body) = match endpoint {
         Endpoint::Healthz => (StatusCode::OK, "ok\n"),
-        _ if state.ready.load(std::sync::atomic::Ordering::Relaxed) => (StatusCode::OK, "ready\n"),
+        _ if state
+            .listener
+            .ready
+            .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            (StatusCode::OK, "ready\n")
+        }
         _ => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
     };
     count_request(state, endpoint.as_str(), status);

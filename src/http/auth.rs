@@ -100,7 +100,7 @@ pub(super) fn bearer_token(authorization: &[u8]) -> Option<&str> {
 
 /// Whether the request may spend (`POST /v1/*`).
 pub(super) fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
-    let tokens = state.tokens.get();
+    let tokens = state.listener.tokens.get();
     let Some(expected) = &tokens.write else {
         return true;
     };
@@ -124,7 +124,7 @@ pub(super) fn may_spend_as(
     given: Option<&str>,
     tenant: &str,
 ) -> Result<(), SpendDenied> {
-    let tokens = state.tokens.get();
+    let tokens = state.listener.tokens.get();
     if tokens.write.is_none() && tokens.callers.is_empty() {
         return Ok(());
     }
@@ -154,7 +154,7 @@ pub(super) fn may_spend_as(
 /// Whether the request may read (`/metrics`, `/api/v1/*`): with a read
 /// token, it or the write token; without one, anyone.
 pub(super) fn may_read(state: &AppState, req: &Request<Incoming>) -> bool {
-    let tokens = state.tokens.get();
+    let tokens = state.listener.tokens.get();
     let Some(read) = &tokens.read else {
         return true;
     };

@@ -11,10 +11,10 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
-use super::AppState;
 use super::auth::{SpendDenied, may_spend, may_spend_as, unauthorized};
 use super::body::{BodyError, read_body};
 use super::reply::{Body, json_bytes, problem};
+use super::{AppState, CheckState};
 use crate::ratelimit::Decision;
 
 /// Largest body of a rate-limit check (a batch of 100 fits).
@@ -204,7 +204,13 @@ pub(super) async fn ratelimit_check(state: &AppState, req: Request<Incoming>) ->
     if may_spend(state, &parts.headers, "") == Err(SpendDenied::Unauthenticated) {
         return unauthorized();
     }
-    let body = match read_body(body, MAX_CHECK_BODY_BYTES, state.limits.body_read_timeout).await {
+    let body = match read_body(
+        body,
+        MAX_CHECK_BODY_BYTES,
+        state.listener.server.body_read_timeout,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(BodyError::TooLarge) => {
             return problem(
@@ -243,8 +249,8 @@ pub(super) async fn ratelimit_check(state: &AppState, req: Request<Incoming>) ->
         );
     }
     match asked {
-        Asked::One(check) => decide_single(state, check).await.into_response(),
-        Asked::Batch(checks) => answer_batch(state, &checks).await,
+        Asked::One(check) => decide_single(&state.check, check).await.into_response(),
+        Asked::Batch(checks) => answer_batch(&state.check, &checks).await,
     }
 }
 
@@ -261,10 +267,10 @@ pub(super) async fn answer_single<'a>(
         return None;
     };
     may_spend_as(state, bearer, &check.tenant).ok()?;
-    Some(decide_single(state, check).await)
+    Some(decide_single(&state.check, check).await)
 }
 
-async fn decide_single<'a>(state: &AppState, check: OneCheck<'a>) -> SingleAnswer<'a> {
+async fn decide_single<'a>(state: &CheckState, check: OneCheck<'a>) -> SingleAnswer<'a> {
     let decision = state
         .rate_limits
         .decide_one(&check.tenant, check.cost)
@@ -353,7 +359,7 @@ fn is_header_value(bytes: &[u8]) -> bool {
 
 /// A batch's answer: every decision in `results`, 429 when any is denied,
 /// with `Retry-After` the longest wait.
-async fn answer_batch(state: &AppState, checks: &[OneCheck<'_>]) -> Response<Body> {
+async fn answer_batch(state: &CheckState, checks: &[OneCheck<'_>]) -> Response<Body> {
     let asked: Vec<(&str, u32)> = checks.iter().map(|c| (c.tenant.as_ref(), c.cost)).collect();
     let decisions = state.rate_limits.decide(&asked).await;
     let all_allowed = decisions.iter().all(|d| d.allowed);

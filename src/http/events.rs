@@ -9,13 +9,13 @@ use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::AppState;
 use super::auth::{authorized, unauthorized};
 use super::body::{BodyError, read_body};
 use super::reply::{Body, busy, json, problem};
+use super::{AppState, IngestState};
 use crate::event::RejectReason;
-use crate::ingest::ingest_payload;
-use crate::store::Source;
+use crate::ingest::{LineLimits, ingest_payload};
+use crate::store::{IngestStats, Source};
 
 /// Bodies up to this size are parsed inline (microseconds); larger ones on
 /// a blocking thread.
@@ -70,10 +70,16 @@ pub(super) async fn post_events(state: &Arc<AppState>, req: Request<Incoming>) -
             );
         }
     }
-    let max = state.limits.max_body_bytes;
-    let body = match read_body(req.into_body(), max, state.limits.body_read_timeout).await {
+    let max = state.listener.ingest_limits.max_body_bytes;
+    let body = match read_body(
+        req.into_body(),
+        max,
+        state.listener.server.body_read_timeout,
+    )
+    .await
+    {
         Ok(body) => body,
-        Err(BodyError::TooLarge) => return body_too_large(state, max),
+        Err(BodyError::TooLarge) => return body_too_large(&state.ingest.stats, max),
         Err(BodyError::TimedOut) => {
             return problem(
                 StatusCode::REQUEST_TIMEOUT,
@@ -89,24 +95,24 @@ pub(super) async fn post_events(state: &Arc<AppState>, req: Request<Incoming>) -
     };
 
     if body.len() <= INLINE_BODY_BYTES {
-        return record(state, &body);
+        return record(&state.ingest, state.listener.ingest_limits.lines, &body);
     }
     // A large body takes milliseconds to parse: do it on a blocking thread
     // under a heavy-work permit, never on an async worker.
-    let Ok(permit) = state.heavy.clone().try_acquire_owned() else {
+    let Ok(permit) = state.listener.heavy.clone().try_acquire_owned() else {
         return busy();
     };
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        record(&state, &body)
+        record(&state.ingest, state.listener.ingest_limits.lines, &body)
     })
     .await
     .unwrap_or_else(|_| problem(StatusCode::INTERNAL_SERVER_ERROR, "ingest failed"))
 }
 
 /// Parses and records a body into one store shard of the HTTP pool.
-fn record(state: &AppState, body: &[u8]) -> Response<Body> {
+fn record(state: &IngestState, lines: LineLimits, body: &[u8]) -> Response<Body> {
     let (first, count) = state.http_shards;
     let shard = first + state.next_shard.fetch_add(1, Ordering::Relaxed) % count;
     let mut rejected = Vec::new();
@@ -114,7 +120,7 @@ fn record(state: &AppState, body: &[u8]) -> Response<Body> {
         let mut writer = state.store.writer(shard);
         ingest_payload(
             body,
-            state.limits.lines,
+            lines,
             Source::Http,
             &mut writer,
             &state.stats,
@@ -144,11 +150,9 @@ fn record(state: &AppState, body: &[u8]) -> Response<Body> {
     )
 }
 
-fn body_too_large(state: &AppState, max: usize) -> Response<Body> {
-    state.stats.add_received(Source::Http, 1);
-    state
-        .stats
-        .add_rejected(Source::Http, RejectReason::BodyTooLarge);
+fn body_too_large(stats: &IngestStats, max: usize) -> Response<Body> {
+    stats.add_received(Source::Http, 1);
+    stats.add_rejected(Source::Http, RejectReason::BodyTooLarge);
     problem(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("the body is larger than ingest.max_body_bytes ({max} bytes)"),

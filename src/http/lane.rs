@@ -69,7 +69,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     // The first request counts from the accept; a later one may idle first.
-    let mut wait_limit = state.limits.header_read_timeout;
+    let mut wait_limit = state.listener.server.header_read_timeout;
     // When the request being read began: the accept for the first.
     let mut head_started = accepted;
     let mut input: Vec<u8> = vec![0; LANE_BUFFER_BYTES];
@@ -147,7 +147,7 @@ where
             return hand_off(io, &input[answered..filled], head_started);
         }
         waiting_since = Instant::now();
-        wait_limit = state.limits.idle_timeout;
+        wait_limit = state.listener.server.idle_timeout;
         // Moved later lazily (above); sooner only when the idle timeout is
         // shorter than the first request's limit, once per connection.
         let due = waiting_since + wait_limit;

@@ -255,30 +255,63 @@ impl ServerSettings {
     }
 }
 
-/// What the request handlers share.
+/// What the request handlers share, by endpoint family: each handler is
+/// given the part it uses.
 #[derive(Debug)]
 pub struct AppState {
-    pub exposition: metrics::SharedExposition,
+    /// Every connection: limits, tokens, TLS, permits, counters, readiness.
+    pub listener: ListenerState,
+    /// `POST /v1/events`.
+    pub ingest: IngestState,
+    /// `POST /v1/ratelimit/check`.
+    pub check: CheckState,
+    /// `/metrics` and `/api/v1/*`.
+    pub read: ReadState,
+}
+
+/// What every connection and request uses, whatever its endpoint.
+#[derive(Debug)]
+pub struct ListenerState {
+    /// The `[server]` settings the listener runs on.
+    pub server: ServerSettings,
+    /// `ingest.max_body_bytes` and the line limits: they bound the read
+    /// buffer and `POST /v1/events` bodies.
+    pub ingest_limits: IngestLimits,
     /// Permits for heavy work (`server.max_heavy_requests`).
     pub heavy: Arc<Semaphore>,
-    pub store: Arc<Store>,
-    pub stats: Arc<IngestStats>,
     pub http_metrics: HttpMetrics,
     /// True once every listener is bound, false again while draining.
     pub ready: AtomicBool,
-    pub limits: HttpLimits,
     /// The write and read tokens; swapped on reload.
     pub tokens: auth::SharedTokens,
     /// TLS on the listener, if configured; swapped on reload.
     pub tls: tls::SharedTls,
+}
+
+/// What `POST /v1/events` writes to.
+#[derive(Debug)]
+pub struct IngestState {
+    pub store: Arc<Store>,
+    pub stats: Arc<IngestStats>,
     /// Store shards `[first, first + count)` serve HTTP requests, round robin.
     pub http_shards: (usize, usize),
     pub next_shard: AtomicUsize,
+}
+
+/// What `POST /v1/ratelimit/check` decides with.
+#[derive(Debug)]
+pub struct CheckState {
+    pub rate_limits: Arc<RateLimits>,
+}
+
+/// What `/metrics` and the API read.
+#[derive(Debug)]
+pub struct ReadState {
+    pub exposition: metrics::SharedExposition,
+    pub store: Arc<Store>,
     pub rate_limits: Arc<RateLimits>,
     /// The guard's last actions and counts.
     pub guard_log: crate::store::guard::SharedGuardLog,
-    /// Whether the last configuration reload applied (the daemon writes it).
-    pub reloads: crate::metrics::ReloadMetrics,
     pub judgement: SharedJudgement,
     pub targets: TargetStatuses,
     pub pgbouncers: crate::store::PgBouncerStatuses,
@@ -288,20 +321,11 @@ pub struct AppState {
     pub api: CapacitySettings,
 }
 
-/// Size and time limits of the HTTP listener.
+/// The ingest limits the listener enforces on bodies and lines.
 #[derive(Debug, Clone, Copy)]
-pub struct HttpLimits {
-    pub max_connections: usize,
-    /// `server.max_connections_per_ip`, 0 resolved.
-    pub max_connections_per_ip: usize,
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub body_read_timeout: Duration,
+pub struct IngestLimits {
     pub max_body_bytes: usize,
     pub lines: crate::ingest::LineLimits,
-    pub shutdown_grace: Duration,
-    pub write_timeout: Duration,
-    pub request_timeout: Duration,
 }
 
 /// Serves `listener` until `shutdown`, then drains open connections for at
@@ -311,8 +335,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
     // Cancelled when the grace period is over: what is still open is closed.
     let hard_stop = CancellationToken::new();
     let admission = admission::Admission::new(
-        state.limits.max_connections,
-        state.limits.max_connections_per_ip,
+        state.listener.server.max_connections,
+        state.listener.server.per_ip_connections(),
     );
     for reason in admission::Rejected::ALL {
         rejected(&state, reason, 0);
@@ -344,7 +368,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
             }
         };
         let _ = stream.set_nodelay(true);
-        let stream = WriteDeadline::new(stream, state.limits.write_timeout);
+        let stream = WriteDeadline::new(stream, state.listener.server.write_timeout);
         let ends = ConnectionEnds {
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),
@@ -353,13 +377,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         // A reserved slot has a short while for its handshake and its probe.
         let handshake_within = if probe_only {
             conn_state
-                .limits
+                .listener
+                .server
                 .header_read_timeout
                 .min(admission::PROBE_HEAD_TIMEOUT)
         } else {
-            conn_state.limits.header_read_timeout
+            conn_state.listener.server.header_read_timeout
         };
-        let tls = state.tls.get();
+        let tls = state.listener.tls.get();
         connections.spawn(async move {
             let _slot = slot;
             let until = accepted + handshake_within;
@@ -390,8 +415,8 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
     connections.close();
     tokio::select! {
         _ = connections.wait() => {}
-        _ = tokio::time::sleep(state.limits.shutdown_grace) => {
-            tracing::warn!(grace = ?state.limits.shutdown_grace, "Grace period over; closing open HTTP connections");
+        _ = tokio::time::sleep(state.listener.server.shutdown_grace) => {
+            tracing::warn!(grace = ?state.listener.server.shutdown_grace, "Grace period over; closing open HTTP connections");
             hard_stop.cancel();
         }
     }
@@ -401,6 +426,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
 /// exists from the start).
 fn rejected(state: &AppState, reason: admission::Rejected, n: u64) {
     state
+        .listener
         .http_metrics
         .connections_rejected
         .get_or_create(&metrics::RejectLabels {
@@ -416,11 +442,11 @@ fn rejected(state: &AppState, reason: admission::Rejected, n: u64) {
 /// `ingest.max_body_bytes` body plus a head; with the defaults 64 KiB, so
 /// at most `max_connections` × 64 KiB (64 MiB at 1024 connections) in
 /// read buffers, where hyper's default would allow about 400 KiB each.
-fn read_buffer_bytes(limits: &HttpLimits) -> usize {
+fn read_buffer_bytes(listener: &ListenerState) -> usize {
     const HEAD: usize = 16 * 1024;
     (64 * 1024)
-        .max(limits.lines.max_line_bytes + HEAD)
-        .min(limits.max_body_bytes + HEAD)
+        .max(listener.ingest_limits.lines.max_line_bytes + HEAD)
+        .min(listener.ingest_limits.max_body_bytes + HEAD)
         .max(8192)
 }
 
@@ -442,7 +468,7 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let deadline = tokio::time::sleep(state.limits.request_timeout);
+    let deadline = tokio::time::sleep(state.listener.server.request_timeout);
     tokio::pin!(deadline);
     // Checks first; hyper takes the connection at its first other request.
     let (io, head_started) =
@@ -450,19 +476,20 @@ async fn serve_connection<I>(
             lane::LaneEnd::Closed => return,
             lane::LaneEnd::HandOff(io, head_started) => (io, head_started),
         };
-    let limits = state.limits;
+    let header_read_timeout = state.listener.server.header_read_timeout;
+    let read_buffer = read_buffer_bytes(&state.listener);
     // hyper's header-read timer also keeps the idle timeout (see `clock`).
     let (timer, io) = clock::HeadTimer::new(
         io,
         head_started.into_std(),
-        limits.idle_timeout,
-        limits.header_read_timeout,
+        state.listener.server.idle_timeout,
+        header_read_timeout,
     );
     let service = service_fn(move |req| handle(state.clone(), req));
     let conn = http1::Builder::new()
         .timer(timer)
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(read_buffer_bytes(&limits))
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(read_buffer)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
@@ -497,6 +524,7 @@ async fn handle(
 /// `tenantwatch_http_requests_total`, for hyper's requests and the lane's.
 fn count_request(state: &AppState, endpoint: &'static str, status: StatusCode) {
     state
+        .listener
         .http_metrics
         .requests
         .get_or_create(&HttpLabels {
@@ -531,7 +559,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
         Endpoint::Index => reply::landing_page(),
         Endpoint::Healthz => text(StatusCode::OK, "ok\n"),
         Endpoint::Readyz => {
-            if state.ready.load(Ordering::Relaxed) {
+            if state.listener.ready.load(Ordering::Relaxed) {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -539,9 +567,9 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
         }
         Endpoint::Events => events::post_events(state, req).await,
         Endpoint::RatelimitCheck => check::ratelimit_check(state, req).await,
-        Endpoint::Flags => read::flags(state),
-        Endpoint::Advice => read::advice(state),
-        Endpoint::Guard => read::guard(state),
+        Endpoint::Flags => read::flags(&state.read),
+        Endpoint::Advice => read::advice(&state.read),
+        Endpoint::Guard => read::guard(&state.read),
         Endpoint::Tenants => heavy_read(state, read::View::Tenants, req).await,
         Endpoint::Tenant => heavy_read(state, read::View::Tenant, req).await,
         Endpoint::Targets => heavy_read(state, read::View::Targets, req).await,
@@ -561,7 +589,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
 /// `GET /metrics`: the shared exposition, gzipped when the scraper accepts
 /// it (compressed once per exposition, off the async workers).
 async fn exposition(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
-    let Ok(encoded) = state.exposition.current(&state.heavy).await else {
+    let Ok(encoded) = state.read.exposition.current(&state.listener.heavy).await else {
         return reply::busy();
     };
     let gzip = req
@@ -609,14 +637,14 @@ async fn heavy_read(
     view: read::View,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let Ok(permit) = state.heavy.clone().try_acquire_owned() else {
+    let Ok(permit) = state.listener.heavy.clone().try_acquire_owned() else {
         return reply::busy();
     };
     let (parts, _body) = req.into_parts();
     let state = state.clone();
     let built = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        read::build(&state, view, &parts)
+        read::build(&state.read, view, &parts)
     })
     .await;
     built.unwrap_or_else(|_| problem(StatusCode::INTERNAL_SERVER_ERROR, "the view failed"))

@@ -11,7 +11,7 @@ use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
-use super::AppState;
+use super::ReadState;
 use super::endpoint::TENANT_PATH_PREFIX;
 use super::reply::{Body, json, problem};
 use crate::api::{self, DetailSources};
@@ -27,7 +27,7 @@ pub(super) enum View {
     Capacity,
 }
 
-pub(super) fn build(state: &AppState, view: View, req: &Parts) -> Response<Body> {
+pub(super) fn build(state: &ReadState, view: View, req: &Parts) -> Response<Body> {
     match view {
         View::Tenants => tenants(state, req),
         View::Tenant => tenant(state, req),
@@ -61,7 +61,7 @@ struct TargetsReply {
     pgbouncers: Vec<api::PgBouncerView>,
 }
 
-pub(super) fn flags(state: &AppState) -> Response<Body> {
+pub(super) fn flags(state: &ReadState) -> Response<Body> {
     let judgement = read_judgement(&state.judgement);
     let policy = state.rate_limits.policy();
     let flags = judgement
@@ -75,7 +75,7 @@ pub(super) fn flags(state: &AppState) -> Response<Body> {
     json(StatusCode::OK, &FlagsReply { flags })
 }
 
-pub(super) fn advice(state: &AppState) -> Response<Body> {
+pub(super) fn advice(state: &ReadState) -> Response<Body> {
     let judgement = read_judgement(&state.judgement);
     json(
         StatusCode::OK,
@@ -96,7 +96,7 @@ struct GuardReply {
 }
 
 /// `GET /api/v1/guard`: the last guard actions and their results.
-pub(super) fn guard(state: &AppState) -> Response<Body> {
+pub(super) fn guard(state: &ReadState) -> Response<Body> {
     let actions = state
         .guard_log
         .lock()
@@ -105,7 +105,7 @@ pub(super) fn guard(state: &AppState) -> Response<Body> {
     json(StatusCode::OK, &GuardReply { actions })
 }
 
-fn targets(state: &AppState) -> Response<Body> {
+fn targets(state: &ReadState) -> Response<Body> {
     let targets = state.targets.snapshot();
     json(
         StatusCode::OK,
@@ -118,13 +118,13 @@ fn targets(state: &AppState) -> Response<Body> {
 
 /// Every tenant's row, joined from the store, the targets, the flags and the
 /// rate limits.
-fn rows(state: &AppState, targets: &[crate::store::TargetStatus]) -> Vec<api::TenantRow> {
+fn rows(state: &ReadState, targets: &[crate::store::TargetStatus]) -> Vec<api::TenantRow> {
     let store = state.store.snapshot();
     let judgement = read_judgement(&state.judgement);
     api::tenant_rows(&store, targets, &judgement, &state.rate_limits)
 }
 
-fn capacity(state: &AppState) -> Response<Body> {
+fn capacity(state: &ReadState) -> Response<Body> {
     let targets = state.targets.snapshot();
     let rows = rows(state, &targets);
     let shares: HashMap<&str, TenantShare> = rows
@@ -154,7 +154,7 @@ fn capacity(state: &AppState) -> Response<Body> {
     json(StatusCode::OK, &view)
 }
 
-fn tenant(state: &AppState, req: &Parts) -> Response<Body> {
+fn tenant(state: &ReadState, req: &Parts) -> Response<Body> {
     let tenant = api::url_decode_path(
         req.uri
             .path()
@@ -187,7 +187,7 @@ fn tenant(state: &AppState, req: &Parts) -> Response<Body> {
     }
 }
 
-fn tenants(state: &AppState, req: &Parts) -> Response<Body> {
+fn tenants(state: &ReadState, req: &Parts) -> Response<Body> {
     let accept_csv = req
         .headers
         .get(header::ACCEPT)
