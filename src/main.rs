@@ -160,7 +160,21 @@ where
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        // Installed here, before the daemon binds anything: a SIGTERM sent
+        // once it listens must start a graceful shutdown, never meet the
+        // default action because a spawned task had not run yet.
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => {
+                tokio::spawn(watch_signals(shutdown.clone(), term, int));
+            }
+            _ => {
+                tracing::error!("Failed to install signal handlers; stop tenantwatch with SIGKILL")
+            }
+        }
         match main(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -188,15 +202,11 @@ fn demo(args: DemoArgs) -> ExitCode {
 
 /// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits
 /// at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("Failed to install signal handlers; stop tenantwatch with SIGKILL");
-        return;
-    };
+async fn watch_signals(
+    shutdown: CancellationToken,
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "Received signal"),
         _ = int.recv() => tracing::info!(signal = "SIGINT", "Received signal"),
