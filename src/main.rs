@@ -72,12 +72,6 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(
-        cli.command,
-        None | Some(Command::Run(_)) | Some(Command::Demo(_))
-    ) {
-        reexec_with_fixed_mmap_threshold();
-    }
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Healthcheck { addr, timeout }) => healthcheck(addr, timeout),
@@ -86,58 +80,6 @@ fn main() -> ExitCode {
         None => run(cli.run),
     }
 }
-
-/// The mmap threshold the daemon runs with (see
-/// [`reexec_with_fixed_mmap_threshold`]).
-const MMAP_THRESHOLD_TUNABLE: &str = "glibc.malloc.mmap_threshold=1048576";
-
-/// Set in the re-executed process, so that it never re-executes again.
-const REEXECUTED_ENV: &str = "TENANTWATCH_REEXECUTED";
-
-/// glibc's malloc raises its mmap threshold to the largest block freed so
-/// far (up to 32 MiB). Once the first exposition (12 MiB at 10,000 tenants)
-/// was freed, the next ones and the snapshots' large maps came from heap
-/// arenas that keep what is freed: RSS grew from 34 to about 140 MiB over
-/// 40 scrapes. With a fixed threshold of 1 MiB large blocks get mappings of
-/// their own, returned to the system when freed (63-71 MiB in the same
-/// run). The threshold is set before the process starts (`GLIBC_TUNABLES`)
-/// or by `mallopt`, which is unsafe code this crate forbids; so a daemon
-/// re-executes itself once with the tunable added, unless `GLIBC_TUNABLES`
-/// already sets a threshold.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn reexec_with_fixed_mmap_threshold() {
-    use std::os::unix::process::CommandExt;
-    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    if tunables.contains("glibc.malloc.mmap_threshold")
-        || std::env::var_os(REEXECUTED_ENV).is_some()
-    {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let tunables = match tunables.as_str() {
-        "" => MMAP_THRESHOLD_TUNABLE.to_string(),
-        other => format!("{other}:{MMAP_THRESHOLD_TUNABLE}"),
-    };
-    let mut args = std::env::args_os();
-    let mut command = std::process::Command::new(exe);
-    if let Some(arg0) = args.next() {
-        command.arg0(arg0);
-    }
-    let err = command
-        .args(args)
-        .env("GLIBC_TUNABLES", tunables)
-        .env(REEXECUTED_ENV, "1")
-        .exec();
-    // `exec` only returns on failure: run on with glibc's defaults.
-    eprintln!(
-        "tenantwatch: could not re-execute with {MMAP_THRESHOLD_TUNABLE} ({err}); running on"
-    );
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn reexec_with_fixed_mmap_threshold() {}
 
 fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
@@ -218,7 +160,21 @@ where
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        // Installed here, before the daemon binds anything: a SIGTERM sent
+        // once it listens must start a graceful shutdown, never meet the
+        // default action because a spawned task had not run yet.
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => {
+                tokio::spawn(watch_signals(shutdown.clone(), term, int));
+            }
+            _ => {
+                tracing::error!("Failed to install signal handlers; stop tenantwatch with SIGKILL")
+            }
+        }
         match main(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -246,15 +202,11 @@ fn demo(args: DemoArgs) -> ExitCode {
 
 /// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits
 /// at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("Failed to install signal handlers; stop tenantwatch with SIGKILL");
-        return;
-    };
+async fn watch_signals(
+    shutdown: CancellationToken,
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "Received signal"),
         _ = int.recv() => tracing::info!(signal = "SIGINT", "Received signal"),

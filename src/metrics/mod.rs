@@ -213,30 +213,39 @@ impl Collector for BuildInfo {
     }
 }
 
-/// Size of the last exposition, so the next one is allocated once instead of
-/// growing (and copying) its way up to tens of megabytes.
+/// Size of the last exposition, so that a new buffer is allocated once
+/// instead of growing (and copying) its way up to tens of megabytes.
 static LAST_EXPOSITION_BYTES: AtomicUsize = AtomicUsize::new(64 * 1024);
 
 /// The end of an OpenMetrics exposition.
 const EOF_LINE: &str = "# EOF\n";
 
-/// Encodes the exposition in the OpenMetrics text format.
+/// Encodes the exposition in the OpenMetrics text format into a new buffer.
 pub fn encode(exposition: &Exposition) -> String {
+    let mut out = String::new();
+    encode_into(exposition, &mut out);
+    out
+}
+
+/// Encodes the exposition into `out`, replacing what it held and keeping
+/// its allocation: the scrape path hands back the last exposition's buffer,
+/// so a steady daemon allocates it once.
+pub fn encode_into(exposition: &Exposition, out: &mut String) {
+    out.clear();
     let expected = LAST_EXPOSITION_BYTES.load(Ordering::Relaxed);
-    let mut out = String::with_capacity(expected + expected / 8);
+    out.reserve(expected + expected / 8);
     // Writing into a String cannot fail; an error here would be a bug in a
     // collector, and a partial exposition is still better than none.
-    if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &exposition.registry) {
+    if let Err(err) = prometheus_client::encoding::text::encode(out, &exposition.registry) {
         tracing::error!(error = %err, "Failed to encode metrics");
     }
     // The store's families go before the end marker the registry wrote.
     if out.ends_with(EOF_LINE) {
         out.truncate(out.len() - EOF_LINE.len());
     }
-    exposition.store.encode(&mut out);
+    exposition.store.encode(out);
     out.push_str(EOF_LINE);
     LAST_EXPOSITION_BYTES.store(out.len(), Ordering::Relaxed);
-    out
 }
 
 /// One encoded exposition, shared by every scraper that asks within its
@@ -265,6 +274,15 @@ impl Encoded {
                 bytes::Bytes::from(encoder.finish().unwrap_or_default())
             })
             .clone()
+    }
+
+    /// The buffer of `plain`, emptied, once no scraper holds this
+    /// exposition any more (`None` while one still sends it).
+    fn into_buffer(self: Arc<Self>) -> Option<String> {
+        let encoded = Arc::into_inner(self)?;
+        let mut buffer = Vec::from(encoded.plain.try_into_mut().ok()?);
+        buffer.clear();
+        String::from_utf8(buffer).ok()
     }
 }
 
@@ -305,10 +323,23 @@ impl SharedExposition {
             return Ok(encoded.clone());
         }
         let _permit = heavy.try_acquire().map_err(|_| Busy)?;
+        // The new exposition is written into the last one's buffer when no
+        // scraper still sends it. A fresh buffer of several megabytes per
+        // encode, freed after the next, made glibc raise its mmap threshold
+        // to that size and serve later ones from arenas that keep what is
+        // freed: RSS grew with every generation (docs/performance.md).
+        let buffer = last
+            .take()
+            .and_then(Encoded::into_buffer)
+            .unwrap_or_default();
         let exposition = self.exposition.clone();
-        let plain = tokio::task::spawn_blocking(move || encode(&exposition))
-            .await
-            .map_err(|_| Busy)?;
+        let plain = tokio::task::spawn_blocking(move || {
+            let mut out = buffer;
+            encode_into(&exposition, &mut out);
+            out
+        })
+        .await
+        .map_err(|_| Busy)?;
         let encoded = Arc::new(Encoded {
             at: std::time::Instant::now(),
             plain: bytes::Bytes::from(plain),
@@ -316,5 +347,95 @@ impl SharedExposition {
         });
         *last = Some(encoded.clone());
         Ok(encoded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::event::{Event, QueryKind, Sample};
+    use crate::ratelimit::RatePolicy;
+    use crate::store::{MonotonicClock, StoreLimits};
+
+    fn exposition_of_a_few_tenants() -> Exposition {
+        let store = Arc::new(Store::new(
+            1,
+            StoreLimits {
+                max_tenants: 100,
+                tenant_idle_ttl: Duration::from_secs(900),
+                share_window: Duration::from_secs(60),
+                max_endpoints_per_tenant: 20,
+                max_instances: 500,
+            },
+            Arc::new(MonotonicClock::new()),
+        ));
+        {
+            let mut writer = store.writer(0);
+            for tenant in ["acme", "globex", "initech"] {
+                writer.record(&Event {
+                    endpoint: None,
+                    instance: None,
+                    tenant: Cow::Borrowed(tenant),
+                    kind: QueryKind::Read,
+                    sample: Sample::Query {
+                        duration_ms: 3.0,
+                        rows: 10.0,
+                        error: false,
+                        weight: 1.0,
+                    },
+                });
+            }
+        }
+        exposition(
+            Sources {
+                store,
+                stats: Arc::new(IngestStats::default()),
+                targets: TargetStatuses::default(),
+                pgbouncers: Default::default(),
+                judgement: Arc::default(),
+                limits: Arc::new(RateLimits::new(
+                    RatePolicy::default(),
+                    100,
+                    Duration::from_secs(60),
+                )),
+                guard_log: Default::default(),
+                reloads: Default::default(),
+                capacity: Default::default(),
+            },
+            &HttpMetrics::default(),
+            &ExpositionSettings::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_new_exposition_reuses_the_last_buffer_once_no_scraper_holds_it() {
+        let shared = SharedExposition::new(exposition_of_a_few_tenants(), Duration::ZERO);
+        let heavy = tokio::sync::Semaphore::new(1);
+        let next = || async {
+            std::thread::sleep(Duration::from_millis(2));
+            shared.current(&heavy).await.expect("a permit is free")
+        };
+
+        let first = next().await;
+        let first_buffer = first.plain.as_ptr();
+        // A scraper still sending the first exposition: its buffer stays.
+        let sending = first.plain.clone();
+        drop(first);
+        let second = next().await;
+        assert_ne!(second.plain.as_ptr(), first_buffer);
+        drop(sending);
+
+        // Sent and dropped: the next exposition is written into its buffer.
+        let second_buffer = second.plain.as_ptr();
+        let sent = second.plain.clone();
+        drop((second, sent));
+        let third = next().await;
+        assert_eq!(third.plain.as_ptr(), second_buffer);
+        let text = std::str::from_utf8(&third.plain).unwrap();
+        assert!(text.contains("tenant=\"initech\""), "{text}");
+        assert!(text.ends_with("# EOF\n"));
     }
 }
