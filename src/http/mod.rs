@@ -349,6 +349,19 @@ where
         lane::LaneEnd::Closed => return,
         lane::LaneEnd::HandOff(io) => io,
     };
+    serve_with_hyper(io, state, &ends, deadline).await;
+}
+
+/// Serves the rest of a connection with hyper, until the client closes it,
+/// `deadline` (its lifetime) passes, or the daemon shuts down.
+async fn serve_with_hyper<I>(
+    io: I,
+    state: Arc<AppState>,
+    ends: &ConnectionEnds,
+    mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let header_read_timeout = state.limits.header_read_timeout;
     let service = service_fn(move |req| handle(state.clone(), req));
     let conn = http1::Builder::new()
@@ -368,11 +381,175 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = &mut deadline, if !closing => {
+            _ = deadline.as_mut(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// For `fuzz/fuzz_targets/check_lane.rs` only, not an API: one connection
+/// served in memory either as the listener serves it (the check lane, then
+/// hyper) or by hyper alone, so that the two can be given the same bytes
+/// and their answers compared.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::Semaphore;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{AppState, ConnectionEnds, HttpLimits, ServerSettings, Tokens};
+    use crate::capacity::{CapacitySettings, TenantHistories};
+    use crate::ingest::IngestSettings;
+    use crate::metrics::{ExpositionSettings, HttpMetrics, ReloadMetrics};
+    use crate::ratelimit::{RateLimits, RatePolicy};
+    use crate::store::{IngestStats, MonotonicClock, PgBouncerStatuses, Store, TargetStatuses};
+
+    /// What the listener's state is built from: the sections of a
+    /// configuration and what they resolve to.
+    pub struct Parts<'a> {
+        pub server: &'a ServerSettings,
+        pub ingest: &'a IngestSettings,
+        pub metrics: &'a ExpositionSettings,
+        pub api: &'a CapacitySettings,
+        pub ratelimit: RatePolicy,
+        pub tokens: Tokens,
+    }
+
+    /// The listener's state, as the daemon builds it with no targets: empty
+    /// stores, fresh limiters (local), ready.
+    pub fn state(parts: Parts<'_>) -> Arc<AppState> {
+        const HTTP_SHARDS: usize = 2;
+        let store = Arc::new(Store::new(
+            HTTP_SHARDS,
+            parts.ingest.store_limits(),
+            Arc::new(MonotonicClock::new()),
+        ));
+        let stats = Arc::new(IngestStats::default());
+        let targets = TargetStatuses::new(Vec::new());
+        let pgbouncers = PgBouncerStatuses::new(Vec::new());
+        let limits = Arc::new(RateLimits::new(
+            parts.ratelimit,
+            parts.ingest.max_tenants,
+            Duration::from_secs(600),
+        ));
+        let judgement = crate::detect::SharedJudgement::default();
+        let guard_log = crate::store::guard::SharedGuardLog::default();
+        let http_metrics = HttpMetrics::default();
+        let reloads = ReloadMetrics::default();
+        let exposition = crate::metrics::exposition(
+            crate::metrics::Sources {
+                store: store.clone(),
+                stats: stats.clone(),
+                targets: targets.clone(),
+                pgbouncers: pgbouncers.clone(),
+                judgement: judgement.clone(),
+                limits: limits.clone(),
+                guard_log: guard_log.clone(),
+                reloads: reloads.clone(),
+                capacity: Default::default(),
+            },
+            &http_metrics,
+            parts.metrics,
+        );
+        let server = parts.server;
+        Arc::new(AppState {
+            exposition: crate::metrics::SharedExposition::new(exposition, server.metrics_max_age),
+            heavy: Arc::new(Semaphore::new(server.heavy_permits())),
+            store,
+            stats,
+            http_metrics,
+            ready: AtomicBool::new(true),
+            limits: HttpLimits {
+                max_connections: server.max_connections,
+                header_read_timeout: server.header_read_timeout,
+                body_read_timeout: server.body_read_timeout,
+                max_body_bytes: parts.ingest.max_body_bytes,
+                lines: parts.ingest.line_limits(),
+                shutdown_grace: server.shutdown_grace,
+                write_timeout: server.write_timeout,
+                request_timeout: server.request_timeout,
+            },
+            tokens: super::auth::SharedTokens::new(parts.tokens),
+            tls: super::tls::SharedTls::new(None),
+            http_shards: (0, HTTP_SHARDS),
+            next_shard: AtomicUsize::new(0),
+            rate_limits: limits,
+            guard_log,
+            reloads,
+            judgement,
+            targets,
+            pgbouncers,
+            histories: Default::default(),
+            tenant_histories: Arc::new(Mutex::new(TenantHistories::new(
+                parts.api.history_len(),
+                parts.api.history_tenants,
+            ))),
+            api: parts.api.clone(),
+        })
+    }
+
+    /// Which way a connection is served.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Path {
+        /// As the listener does: the check lane, then hyper.
+        Lane,
+        /// hyper from the first byte.
+        HyperOnly,
+    }
+
+    /// Sends `chunks` on one in-memory connection served by `path` (each
+    /// chunk its own write, the server given turns in between), then ends
+    /// the client's side, and returns every byte the server wrote until it
+    /// closed the connection; `None` if it had not within 10 seconds.
+    pub fn exchange(state: &Arc<AppState>, chunks: &[&[u8]], path: Path) -> Option<Vec<u8>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let (mut from_server, mut to_server) = tokio::io::split(client);
+            let ends = ConnectionEnds {
+                shutdown: CancellationToken::new(),
+                hard_stop: CancellationToken::new(),
+            };
+            let serve = async {
+                match path {
+                    Path::Lane => super::serve_connection(server, state.clone(), ends).await,
+                    Path::HyperOnly => {
+                        let deadline = tokio::time::sleep(state.limits.request_timeout);
+                        tokio::pin!(deadline);
+                        super::serve_with_hyper(server, state.clone(), &ends, deadline).await;
+                    }
+                }
+            };
+            let send = async {
+                for chunk in chunks {
+                    if to_server.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                    for _ in 0..4 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                let _ = to_server.shutdown().await;
+            };
+            let receive = async {
+                let mut received = Vec::new();
+                let _ = from_server.read_to_end(&mut received).await;
+                received
+            };
+            let all = async { tokio::join!(serve, send, receive).2 };
+            tokio::time::timeout(Duration::from_secs(10), all)
+                .await
+                .ok()
+        })
     }
 }
 
@@ -516,6 +693,61 @@ async fn heavy_read(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The in-memory harness of `fuzz/fuzz_targets/check_lane.rs`: on
+    /// pipelined checks cut anywhere, and a request the lane leaves to
+    /// hyper, both ways answer alike (the fuzz target compares them fully).
+    #[test]
+    fn the_fuzzing_harness_serves_both_ways() {
+        let config = crate::config::Config::from_toml_with_env(
+            "[ratelimit]\ndefault_qps = 1000000000.0\ndefault_burst = 2\n",
+            std::path::Path::new("test.toml"),
+            [("TENANTWATCH_AUTH_TOKEN".to_owned(), "t0ken".to_owned())],
+        )
+        .unwrap();
+        let state = || {
+            fuzzing::state(fuzzing::Parts {
+                server: &config.settings.server,
+                ingest: &config.settings.ingest,
+                metrics: &config.settings.metrics,
+                api: &config.settings.api,
+                ratelimit: config.ratelimit.clone(),
+                tokens: config.tokens.clone(),
+            })
+        };
+        let check = |cost: u32| {
+            let body = format!("{{\"tenant\":\"acme\",\"cost\":{cost}}}");
+            format!(
+                "POST /v1/ratelimit/check HTTP/1.1\r\nAuthorization: Bearer t0ken\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        // Within the burst, over it (refused at any rate), then hyper's.
+        let stream = format!("{}{}GET /healthz HTTP/1.1\r\n\r\n", check(2), check(3));
+        let stream = stream.as_bytes();
+        let chunks: Vec<&[u8]> = vec![&stream[..50], &stream[50..130], &stream[130..]];
+        let without_date = |bytes: Vec<u8>| -> Vec<String> {
+            String::from_utf8(bytes)
+                .unwrap()
+                .split("\r\n")
+                .filter(|line| !line.starts_with("date:"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let lane = fuzzing::exchange(&state(), &chunks, fuzzing::Path::Lane).unwrap();
+        let hyper = fuzzing::exchange(&state(), &chunks, fuzzing::Path::HyperOnly).unwrap();
+        let lane = without_date(lane);
+        let text = lane.join("\n");
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+        assert!(text.contains("ok\n") || text.ends_with("ok"), "{text}");
+        assert_eq!(text.matches("HTTP/1.1 429").count(), 1, "{text}");
+        let mut hyper = without_date(hyper);
+        let mut lane = lane;
+        lane.sort();
+        hyper.sort();
+        assert_eq!(lane, hyper);
+    }
 
     #[test]
     fn accept_encoding_is_read_like_rfc_9110() {
