@@ -2,7 +2,9 @@
 # Fuzzes every parser of outside input with libFuzzer for a bounded time:
 # DogStatsD and NDJSON lines, whole ingest payloads, the API's paths and
 # query strings, the sqlcommenter tag and session attribution, PgBouncer
-# admin console answers, and the configuration file. Uses the stable toolchain with libFuzzer's coverage
+# admin console answers, and the configuration file; and, differentially,
+# the HTTP check lane against hyper alone on the same pipelined bytes
+# (check_lane). Uses the stable toolchain with libFuzzer's coverage
 # instrumentation (what cargo-fuzz passes, without a sanitizer).
 #
 #   scripts/fuzz.sh                  # every target, FUZZ_SECONDS each (default 20)
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/../fuzz"
 seconds=${FUZZ_SECONDS:-20}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(dogstatsd ndjson ingest_payload api_query sqlcommenter config pgbouncer_admin)
+  targets=(dogstatsd ndjson ingest_payload api_query sqlcommenter config pgbouncer_admin check_lane)
 fi
 if ! command -v c++ >/dev/null 2>&1; then
   echo "scripts/fuzz.sh: a C++ compiler is needed for libFuzzer (apt-get install g++)" >&2

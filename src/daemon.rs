@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +26,6 @@ use crate::detect::guard::GuardOutbox;
 use crate::detect::{DetectSettings, Judgement, SharedJudgement};
 use crate::http::{self, AppState};
 use crate::ingest::udp::{UdpLimits, UdpListener};
-use crate::metrics::HttpMetrics;
 use crate::ratelimit::RateLimits;
 use crate::store::guard::SharedGuardLog;
 use crate::store::{
@@ -187,61 +186,29 @@ impl Shared {
         udp_receivers: usize,
         reloads: &crate::metrics::ReloadMetrics,
     ) -> AppState {
-        let http_metrics = HttpMetrics::default();
-        let exposition = crate::metrics::exposition(
-            crate::metrics::Sources {
-                store: self.store.clone(),
-                stats: self.stats.clone(),
-                targets: self.targets.clone(),
-                pgbouncers: self.pgbouncers.clone(),
-                judgement: self.judgement.clone(),
-                limits: self.limits.clone(),
-                guard_log: self.guard_log.clone(),
-                reloads: reloads.clone(),
-                capacity: self.capacity_figures.clone(),
-            },
-            &http_metrics,
-            &config.settings.metrics,
-        );
-        let server = &config.settings.server;
-        AppState {
-            listener: http::ListenerState {
-                server: server.clone(),
-                ingest_limits: http::IngestLimits {
-                    max_body_bytes: config.settings.ingest.max_body_bytes,
-                    lines: config.settings.ingest.line_limits(),
-                },
-                heavy: Arc::new(tokio::sync::Semaphore::new(server.heavy_permits())),
-                http_metrics,
-                ready: AtomicBool::new(false),
-                tokens: crate::http::auth::SharedTokens::new(config.tokens.clone()),
-                tls: crate::http::tls::SharedTls::new(config.tls.clone()),
-            },
-            ingest: http::IngestState {
-                store: self.store.clone(),
-                stats: self.stats.clone(),
-                http_shards: (udp_receivers, HTTP_SHARDS),
-                next_shard: AtomicUsize::new(0),
-            },
-            check: http::CheckState {
-                rate_limits: self.limits.clone(),
-            },
-            read: http::ReadState {
-                exposition: crate::metrics::SharedExposition::new(
-                    exposition,
-                    server.metrics_max_age,
-                ),
-                store: self.store.clone(),
-                rate_limits: self.limits.clone(),
-                guard_log: self.guard_log.clone(),
-                judgement: self.judgement.clone(),
-                targets: self.targets.clone(),
-                pgbouncers: self.pgbouncers.clone(),
-                histories: self.histories.clone(),
-                tenant_histories: self.tenant_histories.clone(),
-                api: config.settings.api.clone(),
-            },
-        }
+        let settings = http::StateSettings {
+            server: &config.settings.server,
+            ingest: &config.settings.ingest,
+            metrics: &config.settings.metrics,
+            api: &config.settings.api,
+            tokens: config.tokens.clone(),
+            tls: config.tls.clone(),
+            http_shards: (udp_receivers, HTTP_SHARDS),
+        };
+        let sources = http::StateSources {
+            store: self.store.clone(),
+            stats: self.stats.clone(),
+            targets: self.targets.clone(),
+            pgbouncers: self.pgbouncers.clone(),
+            judgement: self.judgement.clone(),
+            rate_limits: self.limits.clone(),
+            guard_log: self.guard_log.clone(),
+            histories: self.histories.clone(),
+            tenant_histories: self.tenant_histories.clone(),
+            capacity_figures: self.capacity_figures.clone(),
+            reloads: reloads.clone(),
+        };
+        AppState::new(settings, sources)
     }
 }
 

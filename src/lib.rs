@@ -8,6 +8,7 @@
 //! shared vocabulary  event        the typed tenant query event, reject reasons
 //!                    attribution  which tenant a schema, session or query is
 //!                    telemetry    logging set-up, rate-limited warnings
+//!                    redact       query text with its literals replaced by $n
 //! sources            ingest/      UDP datagrams and event bodies -> tenant store
 //!                    collect/     one poller per PostgreSQL target -> target statuses
 //! stores             store/       tenant aggregates, target statuses, ingest counters
@@ -48,6 +49,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
+pub mod redact;
 pub mod settings;
 pub mod state;
 pub mod store;

@@ -3,15 +3,20 @@
 //! `save_interval` and on shutdown, and loaded at start, so a rollout does
 //! not un-throttle a flagged tenant or restart every warm-up.
 //!
-//! The file is JSON with a format `version`, written to a temporary file
-//! beside it, synced, and renamed over it (atomic on one filesystem). A
-//! missing, corrupt or incompatible file is a warning and an empty start,
-//! never a crash.
+//! The file is JSON with a format `version`. It is written to a new
+//! temporary file beside it (a unique name, created with `O_EXCL` and mode
+//! 0600, so a symlink or file planted there is never followed or reused),
+//! synced, renamed over it (atomic on one filesystem), and the directory is
+//! synced so the rename survives a power loss. A missing, corrupt,
+//! incompatible or oversize (over [`MAX_FILE_BYTES`]) file is a warning and
+//! an empty start, never a crash; restored advice, baselines and flags pass
+//! the same checks as live ones (a NaN or negative quota is dropped).
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::PoisonError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +30,12 @@ use crate::detect::{Advice, Baseline, Flag, Judgement, SharedJudgement};
 
 /// The format this build reads and writes.
 pub const VERSION: u32 = 1;
+
+/// A state file larger than this is refused at load (64 MiB): the state
+/// of a 10,000-tenant fleet with a full history is a few MiB, so a larger
+/// file is not one this build wrote, and reading it whole would cost that
+/// much memory.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `[state]`: what survives a restart. Every key takes effect at start-up.
 #[derive(Debug, Clone, PartialEq, Deserialize, crate::settings::Reload)]
@@ -86,11 +97,29 @@ pub enum StateError {
     Corrupt { path: PathBuf, detail: String },
     #[error("{path} has format version {found}; this build reads {VERSION}")]
     Version { path: PathBuf, found: u32 },
+    #[error(
+        "{path} is {size} bytes, over the {MAX_FILE_BYTES}-byte limit of a state file; \
+         move it away to start empty"
+    )]
+    TooLarge { path: PathBuf, size: u64 },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl StateError {
+    /// Why, as a short word for a log field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StateError::Read { .. } => "read",
+            StateError::Corrupt { .. } => "corrupt",
+            StateError::Version { .. } => "version",
+            StateError::TooLarge { .. } => "too_large",
+            StateError::Write { .. } => "write",
+        }
+    }
 }
 
 /// What the saver reads and the loader fills.
@@ -129,8 +158,19 @@ impl Persisted {
     }
 
     /// Puts `saved` back: the detector picks the judgement up when it
-    /// starts; histories are refilled within their bounds.
-    pub fn restore(&self, saved: Saved, history_len: usize) {
+    /// starts; histories are refilled within their bounds. Advice,
+    /// baselines and flags whose figures no detector would produce (NaN,
+    /// infinite, a quota not above zero) are dropped: how many is returned.
+    pub fn restore(&self, mut saved: Saved, history_len: usize) -> usize {
+        let before = saved.advice.len() + saved.baselines.len() + saved.flags.len();
+        saved.advice.retain(crate::detect::advice::enforceable);
+        saved
+            .baselines
+            .retain(|(_, b)| b.rate.is_finite() && b.rate >= 0.0);
+        saved
+            .flags
+            .retain(|f| f.since.is_finite() && f.value.is_finite() && f.threshold.is_finite());
+        let dropped = before - (saved.advice.len() + saved.baselines.len() + saved.flags.len());
         *self
             .judgement
             .write()
@@ -152,6 +192,7 @@ impl Persisted {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .restore(saved.tenant_history);
+        dropped
     }
 }
 
@@ -164,16 +205,37 @@ fn unix_now() -> f64 {
 
 /// Reads a state file. `Ok(None)` when there is none yet.
 pub fn load(path: &Path) -> Result<Option<Saved>, StateError> {
-    let text = match std::fs::read(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StateError::Read {
-                path: path.to_owned(),
-                source,
-            });
-        }
+    load_at_most(path, MAX_FILE_BYTES)
+}
+
+/// [`load`], refusing a file over `max_bytes`.
+fn load_at_most(path: &Path, max_bytes: u64) -> Result<Option<Saved>, StateError> {
+    let read_error = |source| StateError::Read {
+        path: path.to_owned(),
+        source,
     };
+    let too_large = |size| StateError::TooLarge {
+        path: path.to_owned(),
+        size,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(read_error(source)),
+    };
+    let size = file.metadata().map_err(read_error)?.len();
+    if size > max_bytes {
+        return Err(too_large(size));
+    }
+    // The length may change, or not be known (a pipe, a device): read at
+    // most one byte over the limit to tell.
+    let mut text = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut text)
+        .map_err(read_error)?;
+    if text.len() as u64 > max_bytes {
+        return Err(too_large(text.len() as u64));
+    }
     #[derive(Deserialize)]
     struct Header {
         version: u32,
@@ -193,22 +255,80 @@ pub fn load(path: &Path) -> Result<Option<Saved>, StateError> {
     Ok(Some(saved))
 }
 
-/// Writes `saved` to `path` atomically: a temporary file beside it, synced,
-/// then renamed over it.
+/// Writes `saved` to `path` atomically: a new temporary file beside it
+/// (see [`create_temporary`]), synced, renamed over it, and the directory
+/// synced. On an error the temporary file is removed.
 pub fn save(path: &Path, saved: &Saved) -> Result<(), StateError> {
     let write_error = |source| StateError::Write {
         path: path.to_owned(),
         source,
     };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
     let body = serde_json::to_vec(saved).map_err(|e| write_error(std::io::Error::other(e)))?;
-    let mut file = std::fs::File::create(&tmp).map_err(write_error)?;
-    file.write_all(&body).map_err(write_error)?;
-    file.sync_all().map_err(write_error)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(write_error)
+    let (mut file, tmp) = create_temporary(path).map_err(write_error)?;
+    let written = file
+        .write_all(&body)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop(file);
+            std::fs::rename(&tmp, path)
+        });
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_error(err));
+    }
+    sync_directory(path).map_err(write_error)
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// Creates a temporary file beside `path` under a name no other save uses
+/// (`<file>.<pid>.<n>.tmp`), with `O_EXCL` (a symlink or file already there
+/// is an error, never followed or truncated) and mode 0600 (the state names
+/// tenants and their quotas; it is nobody else's to read).
+fn create_temporary(path: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
+    static SAVES: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the state file path names no file"))?;
+    let dir = directory_of(path);
+    let mut attempt = 0;
+    loop {
+        let mut tmp_name = name.to_owned();
+        tmp_name.push(format!(
+            ".{}.{}.tmp",
+            std::process::id(),
+            SAVES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp = dir.join(tmp_name);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(&tmp) {
+            Ok(file) => return Ok((file, tmp)),
+            // Left by an earlier process with our pid, or planted: take
+            // the next name.
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Syncs the directory holding `path`, so that the rename is durable.
+fn sync_directory(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(directory_of(path))?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Loads the file (a warning and an empty start when it cannot be used).
@@ -218,17 +338,24 @@ pub fn load_into(settings: &StateSettings, persisted: &Persisted, history_len: u
     };
     match load(path) {
         Ok(Some(saved)) => {
-            tracing::info!(
-                path = %path.display(),
-                flags = saved.flags.len(),
-                advice = saved.advice.len(),
-                "State restored"
-            );
-            persisted.restore(saved, history_len);
+            let (flags, advice) = (saved.flags.len(), saved.advice.len());
+            let dropped = persisted.restore(saved, history_len);
+            tracing::info!(path = %path.display(), flags, advice, "State restored");
+            if dropped > 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    dropped,
+                    "State file entries with NaN, infinite or non-positive figures dropped"
+                );
+            }
         }
         Ok(None) => tracing::info!(path = %path.display(), "No state file yet; starting empty"),
         Err(err) => {
-            tracing::warn!(error = %err, "State file ignored; starting empty");
+            tracing::warn!(
+                reason = err.reason(),
+                error = %err,
+                "State file ignored; starting empty"
+            );
         }
     }
 }
@@ -290,6 +417,179 @@ mod tests {
         save(&path, &saved).unwrap();
         assert_eq!(load(&path).unwrap(), Some(saved));
         assert!(!path.with_extension("json.tmp").exists());
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["state.json"], "no temporary file is left behind");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_planted_at_the_old_temporary_path_is_not_followed() {
+        let dir = dir("symlink");
+        let path = dir.join("state.json");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let planted = dir.join("state.json.tmp");
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let saved = Saved {
+            version: VERSION,
+            ..Saved::default()
+        };
+        save(&path, &saved).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(
+            !std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the state file is a file of its own"
+        );
+        assert_eq!(load(&path).unwrap(), Some(saved));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_state_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = dir("mode");
+        let path = dir.join("state.json");
+        // An older file with wider permissions is replaced, not reused.
+        std::fs::write(&path, "{}").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        save(&path, &Saved::default()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_oversize_file_is_refused() {
+        let dir = dir("oversize");
+        let path = dir.join("state.json");
+        // Sparse: costs no disk.
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_FILE_BYTES + 1).unwrap();
+        drop(file);
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, StateError::TooLarge { size, .. } if size == MAX_FILE_BYTES + 1));
+        assert_eq!(err.reason(), "too_large");
+        assert!(err.to_string().contains("67108864-byte limit"), "{err}");
+        // A valid file over a smaller limit is refused just the same.
+        let saved = Saved {
+            version: VERSION,
+            ..Saved::default()
+        };
+        save(&path, &saved).unwrap();
+        assert!(load_at_most(&path, 1_000_000).unwrap().is_some());
+        assert!(matches!(
+            load_at_most(&path, 10),
+            Err(StateError::TooLarge { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn restored_advice_baselines_and_flags_must_be_finite() {
+        let advice = |tenant: &str, effective_qps: f64, base_qps: f64| Advice {
+            tenant: tenant.into(),
+            base_qps,
+            effective_qps,
+            reason: crate::detect::RuleName::DbTimeHog,
+            since: 1.0,
+            relaxing: false,
+            instance: None,
+        };
+        let flag = |tenant: &str, value: f64| Flag {
+            tenant: tenant.into(),
+            reason: crate::detect::RuleName::DbTimeHog,
+            severity: crate::detect::Severity::Warning,
+            since: 1.0,
+            value,
+            threshold: 0.5,
+            target: None,
+            action: crate::detect::FlagAction::Tighten,
+        };
+        let saved = Saved {
+            version: VERSION,
+            advice: vec![
+                advice("good", 2.5, 100.0),
+                advice("nan", f64::NAN, 100.0),
+                advice("negative", -1.0, 100.0),
+                advice("zero", 0.0, 100.0),
+                advice("inf", f64::INFINITY, 100.0),
+                advice("nan_base", 2.5, f64::NAN),
+            ],
+            baselines: vec![
+                (
+                    "good".into(),
+                    Baseline {
+                        rate: 3.0,
+                        samples: 4,
+                    },
+                ),
+                (
+                    "nan".into(),
+                    Baseline {
+                        rate: f64::NAN,
+                        samples: 4,
+                    },
+                ),
+                (
+                    "neg".into(),
+                    Baseline {
+                        rate: -3.0,
+                        samples: 4,
+                    },
+                ),
+            ],
+            flags: vec![flag("good", 0.9), flag("inf", f64::INFINITY)],
+            ..Saved::default()
+        };
+        let restored = |candidate: Saved| {
+            let persisted = Persisted {
+                judgement: SharedJudgement::default(),
+                histories: SharedTargetHistories::default(),
+                tenant_histories: SharedTenantHistories::default(),
+            };
+            let dropped = persisted.restore(candidate, 10);
+            (crate::detect::read_judgement(&persisted.judgement), dropped)
+        };
+        let (judgement, dropped) = restored(saved);
+        let tenants: Vec<&str> = judgement.advice.iter().map(|a| a.tenant.as_str()).collect();
+        assert_eq!(tenants, ["good"]);
+        let baselines: Vec<&str> = judgement.baselines.iter().map(|b| b.0.as_str()).collect();
+        assert_eq!(baselines, ["good"]);
+        let flags: Vec<&str> = judgement.flags.iter().map(|f| f.tenant.as_str()).collect();
+        assert_eq!(flags, ["good"]);
+        assert_eq!(dropped, 5 + 2 + 1);
+
+        // Through a file, as a restart reads it: JSON has no NaN or
+        // infinity, but a negative or zero quota parses.
+        let dir = dir("finite");
+        let path = dir.join("state.json");
+        std::fs::write(
+            &path,
+            r#"{"version":1,"saved_unix":1.0,"flags":[],"baselines":[],
+                "target_history":{},"tenant_history":[],"advice":[
+                {"tenant":"good","base_qps":100.0,"effective_qps":2.5,"reason":"db_time_hog",
+                 "since":1.0,"relaxing":false},
+                {"tenant":"negative","base_qps":100.0,"effective_qps":-5.0,
+                 "reason":"db_time_hog","since":1.0,"relaxing":false},
+                {"tenant":"zero","base_qps":100.0,"effective_qps":0.0,
+                 "reason":"db_time_hog","since":1.0,"relaxing":true}]}"#,
+        )
+        .unwrap();
+        let loaded = load(&path).unwrap().unwrap();
+        assert_eq!(loaded.advice.len(), 3);
+        let (judgement, dropped) = restored(loaded);
+        assert_eq!(judgement.advice.len(), 1);
+        assert_eq!(judgement.advice[0].tenant, "good");
+        assert_eq!(dropped, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

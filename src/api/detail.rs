@@ -11,7 +11,7 @@ use crate::capacity::TenantSample;
 use crate::detect::Flag;
 use crate::event::QueryKind;
 use crate::ratelimit::RateLimits;
-use crate::store::{PgBouncerStatus, StoreSnapshot, TargetStatus, quantile};
+use crate::store::{PgBouncerStatus, StoreSnapshot, TargetStatus, TopStatement, quantile};
 
 /// The whole detail.
 #[derive(Debug, Serialize)]
@@ -88,7 +88,8 @@ pub struct StatementFigures {
     pub blocks_hit: f64,
     pub blocks_read: f64,
     pub blocks_temp: f64,
-    pub top: Vec<crate::store::TopStatement>,
+    /// Texts with any literal left in them replaced by `$n`.
+    pub top: Vec<TopStatement>,
 }
 
 /// The tenant's configured and effective quota.
@@ -167,6 +168,17 @@ pub fn tenant_detail<'a>(tenant: &'a str, from: &DetailSources<'a>) -> Option<Te
     })
 }
 
+/// A top statement with any literal its text still holds replaced by
+/// `$n`: `pg_stat_statements` normalises planned statements only, so a
+/// utility statement (`ALTER ROLE app PASSWORD 'hunter2'`) keeps its values.
+/// A normalised text comes out unchanged.
+fn redacted(statement: &TopStatement) -> TopStatement {
+    TopStatement {
+        query: statement.query.as_deref().map(crate::redact::normalise),
+        ..statement.clone()
+    }
+}
+
 fn target_figures(tenant: &str, t: &TargetStatus) -> Option<TargetFigures> {
     let activity = t.activity.as_ref().and_then(|a| a.tenants.get(tenant));
     let schema = t.schemas.as_ref().and_then(|s| s.get(tenant));
@@ -194,7 +206,7 @@ fn target_figures(tenant: &str, t: &TargetStatus) -> Option<TargetFigures> {
             blocks_hit: s.blocks_hit,
             blocks_read: s.blocks_read,
             blocks_temp: s.blocks_temp,
-            top: s.top.clone(),
+            top: s.top.iter().map(redacted).collect(),
         }),
         schema_drift: t.schema_drift.as_ref().and_then(|d| d.get(tenant)).map(
             |(missing, extra)| SchemaDrift {
@@ -204,4 +216,35 @@ fn target_figures(tenant: &str, t: &TargetStatus) -> Option<TargetFigures> {
             },
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_top_statement_keeps_no_literal() {
+        let statement = |query: &str| TopStatement {
+            queryid: 7,
+            calls: 3,
+            total_seconds: 1.5,
+            mean_seconds: 0.5,
+            query: Some(query.into()),
+        };
+        // pg_stat_statements leaves a utility statement's values in.
+        let shown = redacted(&statement("ALTER ROLE app PASSWORD 'hunter2'"));
+        assert_eq!(shown.query.as_deref(), Some("ALTER ROLE app PASSWORD $1"));
+        assert_eq!(shown.queryid, 7);
+        // A normalised text is left as it is.
+        let normalised = "SELECT * FROM t WHERE a = $1 AND b IN ($2, $3)";
+        assert_eq!(
+            redacted(&statement(normalised)).query.as_deref(),
+            Some(normalised)
+        );
+        let without = TopStatement {
+            query: None,
+            ..statement("")
+        };
+        assert_eq!(redacted(&without), without);
+    }
 }

@@ -833,6 +833,7 @@ mod tests {
                     match text.as_str() {
                         "plain" => "json".into(),
                         "off" => "dry_run".into(),
+                        "redacted" => "full".into(),
                         "local" if key == "ratelimit.backend" => "redis".into(),
                         "local" => "open".into(),
                         "" => "/tmp/tenantwatch-test-state.json".into(),

@@ -136,7 +136,7 @@ fn callers(v: &mut Validator, s: &Settings) -> Vec<crate::ratelimit::Caller> {
         let token = token(v, &key("token_file"), Some(&caller.token_file), "", &[]);
         let mut patterns = Vec::new();
         for (i, pattern) in caller.tenants.iter().enumerate() {
-            match regex::Regex::new(pattern) {
+            match anchored(pattern) {
                 Ok(re) => patterns.push(re),
                 Err(err) => v.fail(
                     &format!("{}[{i}]", key("tenants")),
@@ -154,6 +154,15 @@ fn callers(v: &mut Validator, s: &Settings) -> Vec<crate::ratelimit::Caller> {
         }
     }
     valid
+}
+
+/// A caller's tenant pattern, matched against the whole tenant id: `clinic1`
+/// lets a caller check `clinic1`, never `xclinic12`. The pattern is checked
+/// on its own first, so that one like `a)|(b` is refused rather than
+/// changing the meaning of the anchors around it.
+fn anchored(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(pattern)?;
+    regex::Regex::new(&format!(r"\A(?:{pattern})\z"))
 }
 
 /// `[ratelimit.redis]` with the instance name filled in: host name and
@@ -507,5 +516,47 @@ mod tests {
         assert!(load(on_purpose, &[("TENANTWATCH_AUTH_TOKEN", "w")]).is_ok());
         // Loopback needs neither.
         assert!(load("[server]\nlisten = \"127.0.0.1:9645\"\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn caller_patterns_match_whole_tenant_ids() {
+        let dir = std::env::temp_dir().join(format!("tw-resolve-callers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("router");
+        std::fs::write(&token, "router-token\n").unwrap();
+        let mut settings = Settings::default();
+        settings.ratelimit.callers.insert(
+            "router".into(),
+            crate::ratelimit::CallerSettings {
+                token_file: token,
+                tenants: vec!["clinic1".into(), "^lab[0-9]+$".into(), "a|b".into()],
+            },
+        );
+        let mut v = Problems::default();
+        let callers = callers(&mut v, &settings);
+        assert_eq!(callers.len(), 1);
+        let router = &callers[0];
+        for allowed in ["clinic1", "lab7", "a", "b"] {
+            assert!(router.may_check(allowed), "{allowed}");
+        }
+        for refused in [
+            "xclinic12",
+            "clinic12",
+            "xclinic1",
+            "lab7x",
+            "ab",
+            "xa",
+            "b\n",
+        ] {
+            assert!(!router.may_check(refused), "{refused:?}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_pattern_that_would_escape_its_anchors_is_refused() {
+        assert!(anchored("a)|(b").is_err());
+        assert!(anchored("(").is_err());
+        assert!(anchored("(?m)^x$").is_ok_and(|re| !re.is_match("x\ny")));
     }
 }

@@ -7,6 +7,19 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{Advice, DetectSettings, RuleName};
 
+/// Whether a piece of advice can be enforced: its quota a finite number of
+/// queries per second above zero (and its configured quota and start
+/// finite). The detector only ever computes such advice; advice read back
+/// from elsewhere (the state file) that is not is dropped, never enforced:
+/// a NaN, negative or infinite quota would deny or admit everything.
+pub fn enforceable(advice: &Advice) -> bool {
+    advice.effective_qps.is_finite()
+        && advice.effective_qps > 0.0
+        && advice.base_qps.is_finite()
+        && advice.base_qps >= 0.0
+        && advice.since.is_finite()
+}
+
 /// Updates `advice` for this evaluation. `tightening` holds each tenant
 /// that must be tightened (with the rule why), `rates` every tenant's query
 /// rate over the window, `base_qps` each tenant's configured quota.

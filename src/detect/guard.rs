@@ -168,7 +168,7 @@ impl Guard {
                     downgraded_from,
                     pid: offender.pid,
                     judged,
-                    query: offender.query.clone(),
+                    query: guard.query_text.show(&offender.query),
                     age_seconds: offender.seconds,
                     dry_run: guard.mode == GuardMode::DryRun,
                 };

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::settings::{Problems, serde_text};
 
+pub use crate::redact::QueryText;
+
 pub use crate::store::guard::GuardAction;
 
 /// The rules, by name.
@@ -430,6 +432,11 @@ pub struct GuardSettings {
     /// the guard never ends.
     #[serde(deserialize_with = "regex_set")]
     pub exclude_applications: regex::RegexSet,
+    /// How a session's query is shown in guard records and their log
+    /// lines: `"redacted"` (literals replaced by `$1`, `$2`, … as
+    /// `pg_stat_statements` does; the default, since literal values can be
+    /// a tenant's data), `"full"` or `"none"`.
+    pub query_text: QueryText,
 }
 
 fn regex_set<'de, D: serde::Deserializer<'de>>(
@@ -460,6 +467,7 @@ impl PartialEq for GuardSettings {
             && self.grace == other.grace
             && self.max_actions_per_minute == other.max_actions_per_minute
             && self.exclude_applications.patterns() == other.exclude_applications.patterns()
+            && self.query_text == other.query_text
     }
 }
 
@@ -482,6 +490,7 @@ impl Default for GuardSettings {
             max_actions_per_minute: 10,
             exclude_applications: regex::RegexSet::new(DEFAULT_GUARD_EXCLUDES)
                 .unwrap_or_else(|_| regex::RegexSet::empty()),
+            query_text: QueryText::Redacted,
         }
     }
 }

@@ -328,6 +328,94 @@ pub struct IngestLimits {
     pub lines: crate::ingest::LineLimits,
 }
 
+/// What the listener reads and writes, from the daemon: its stores,
+/// limiters and shared results.
+pub struct StateSources {
+    pub store: Arc<Store>,
+    pub stats: Arc<IngestStats>,
+    pub targets: TargetStatuses,
+    pub pgbouncers: crate::store::PgBouncerStatuses,
+    pub judgement: SharedJudgement,
+    pub rate_limits: Arc<RateLimits>,
+    pub guard_log: crate::store::guard::SharedGuardLog,
+    pub histories: SharedTargetHistories,
+    pub tenant_histories: SharedTenantHistories,
+    pub capacity_figures: crate::capacity::view::SharedCapacityFigures,
+    pub reloads: crate::metrics::ReloadMetrics,
+}
+
+/// The settings the listener's state is built on, and what they resolved
+/// to (tokens, TLS).
+pub struct StateSettings<'a> {
+    pub server: &'a ServerSettings,
+    pub ingest: &'a crate::ingest::IngestSettings,
+    pub metrics: &'a crate::metrics::ExpositionSettings,
+    pub api: &'a CapacitySettings,
+    pub tokens: Tokens,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Store shards `[first, first + count)` that `POST /v1/events` writes.
+    pub http_shards: (usize, usize),
+}
+
+impl AppState {
+    /// The listener's state, not yet ready (the daemon turns `ready` on
+    /// once every listener is bound).
+    pub fn new(settings: StateSettings<'_>, sources: StateSources) -> AppState {
+        let http_metrics = HttpMetrics::default();
+        let exposition = metrics::exposition(
+            metrics::Sources {
+                store: sources.store.clone(),
+                stats: sources.stats.clone(),
+                targets: sources.targets.clone(),
+                pgbouncers: sources.pgbouncers.clone(),
+                judgement: sources.judgement.clone(),
+                limits: sources.rate_limits.clone(),
+                guard_log: sources.guard_log.clone(),
+                reloads: sources.reloads.clone(),
+                capacity: sources.capacity_figures.clone(),
+            },
+            &http_metrics,
+            settings.metrics,
+        );
+        let server = settings.server;
+        AppState {
+            listener: ListenerState {
+                server: server.clone(),
+                ingest_limits: IngestLimits {
+                    max_body_bytes: settings.ingest.max_body_bytes,
+                    lines: settings.ingest.line_limits(),
+                },
+                heavy: Arc::new(Semaphore::new(server.heavy_permits())),
+                http_metrics,
+                ready: AtomicBool::new(false),
+                tokens: auth::SharedTokens::new(settings.tokens),
+                tls: tls::SharedTls::new(settings.tls),
+            },
+            ingest: IngestState {
+                store: sources.store.clone(),
+                stats: sources.stats,
+                http_shards: settings.http_shards,
+                next_shard: AtomicUsize::new(0),
+            },
+            check: CheckState {
+                rate_limits: sources.rate_limits.clone(),
+            },
+            read: ReadState {
+                exposition: metrics::SharedExposition::new(exposition, server.metrics_max_age),
+                store: sources.store,
+                rate_limits: sources.rate_limits,
+                guard_log: sources.guard_log,
+                judgement: sources.judgement,
+                targets: sources.targets,
+                pgbouncers: sources.pgbouncers,
+                histories: sources.histories,
+                tenant_histories: sources.tenant_histories,
+                api: settings.api.clone(),
+            },
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown`, then drains open connections for at
 /// most the grace period.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
@@ -476,6 +564,21 @@ async fn serve_connection<I>(
             lane::LaneEnd::Closed => return,
             lane::LaneEnd::HandOff(io, head_started) => (io, head_started),
         };
+    serve_with_hyper(io, state, &ends, deadline, head_started).await;
+}
+
+/// Serves the rest of a connection with hyper, until the client closes it,
+/// `deadline` (its lifetime) passes, or the daemon shuts down. The first
+/// request head began to arrive at `head_started`.
+async fn serve_with_hyper<I>(
+    io: I,
+    state: Arc<AppState>,
+    ends: &ConnectionEnds,
+    mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+    head_started: tokio::time::Instant,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let header_read_timeout = state.listener.server.header_read_timeout;
     let read_buffer = read_buffer_bytes(&state.listener);
     // hyper's header-read timer also keeps the idle timeout (see `clock`).
@@ -504,11 +607,149 @@ async fn serve_connection<I>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = &mut deadline, if !closing => {
+            _ = deadline.as_mut(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// For `fuzz/fuzz_targets/check_lane.rs` only, not an API: one connection
+/// served in memory either as the listener serves it (the check lane, then
+/// hyper) or by hyper alone, so that the two can be given the same bytes
+/// and their answers compared.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
+
+    use super::{AppState, ConnectionEnds, ServerSettings, Tokens};
+    use crate::capacity::{CapacitySettings, TenantHistories};
+    use crate::ingest::IngestSettings;
+    use crate::metrics::{ExpositionSettings, ReloadMetrics};
+    use crate::ratelimit::{RateLimits, RatePolicy};
+    use crate::store::{IngestStats, MonotonicClock, PgBouncerStatuses, Store, TargetStatuses};
+
+    /// What the listener's state is built from: the sections of a
+    /// configuration and what they resolve to.
+    pub struct Parts<'a> {
+        pub server: &'a ServerSettings,
+        pub ingest: &'a IngestSettings,
+        pub metrics: &'a ExpositionSettings,
+        pub api: &'a CapacitySettings,
+        pub ratelimit: RatePolicy,
+        pub tokens: Tokens,
+    }
+
+    /// The listener's state, as the daemon builds it with no targets: empty
+    /// stores, fresh limiters (local), ready.
+    pub fn state(parts: Parts<'_>) -> Arc<AppState> {
+        const HTTP_SHARDS: usize = 2;
+        let store = Arc::new(Store::new(
+            HTTP_SHARDS,
+            parts.ingest.store_limits(),
+            Arc::new(MonotonicClock::new()),
+        ));
+        let sources = super::StateSources {
+            store,
+            stats: Arc::new(IngestStats::default()),
+            targets: TargetStatuses::new(Vec::new()),
+            pgbouncers: PgBouncerStatuses::new(Vec::new()),
+            judgement: crate::detect::SharedJudgement::default(),
+            rate_limits: Arc::new(RateLimits::new(
+                parts.ratelimit,
+                parts.ingest.max_tenants,
+                Duration::from_secs(600),
+            )),
+            guard_log: crate::store::guard::SharedGuardLog::default(),
+            histories: Default::default(),
+            tenant_histories: Arc::new(Mutex::new(TenantHistories::new(
+                parts.api.history_len(),
+                parts.api.history_tenants,
+            ))),
+            capacity_figures: Default::default(),
+            reloads: ReloadMetrics::default(),
+        };
+        let settings = super::StateSettings {
+            server: parts.server,
+            ingest: parts.ingest,
+            metrics: parts.metrics,
+            api: parts.api,
+            tokens: parts.tokens,
+            tls: None,
+            http_shards: (0, HTTP_SHARDS),
+        };
+        let state = AppState::new(settings, sources);
+        state.listener.ready.store(true, Ordering::Relaxed);
+        Arc::new(state)
+    }
+
+    /// Which way a connection is served.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Path {
+        /// As the listener does: the check lane, then hyper.
+        Lane,
+        /// hyper from the first byte.
+        HyperOnly,
+    }
+
+    /// Sends `chunks` on one in-memory connection served by `path` (each
+    /// chunk its own write, the server given turns in between), then ends
+    /// the client's side, and returns every byte the server wrote until it
+    /// closed the connection; `None` if it had not within 10 seconds.
+    pub fn exchange(state: &Arc<AppState>, chunks: &[&[u8]], path: Path) -> Option<Vec<u8>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let (mut from_server, mut to_server) = tokio::io::split(client);
+            let ends = ConnectionEnds {
+                shutdown: CancellationToken::new(),
+                hard_stop: CancellationToken::new(),
+            };
+            let serve = async {
+                match path {
+                    Path::Lane => {
+                        let accepted = tokio::time::Instant::now();
+                        super::serve_connection(server, state.clone(), ends, accepted).await
+                    }
+                    Path::HyperOnly => {
+                        let deadline = tokio::time::sleep(state.listener.server.request_timeout);
+                        tokio::pin!(deadline);
+                        let started = tokio::time::Instant::now();
+                        super::serve_with_hyper(server, state.clone(), &ends, deadline, started)
+                            .await;
+                    }
+                }
+            };
+            let send = async {
+                for chunk in chunks {
+                    if to_server.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                    for _ in 0..4 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                let _ = to_server.shutdown().await;
+            };
+            let receive = async {
+                let mut received = Vec::new();
+                let _ = from_server.read_to_end(&mut received).await;
+                received
+            };
+            let all = async { tokio::join!(serve, send, receive).2 };
+            tokio::time::timeout(Duration::from_secs(10), all)
+                .await
+                .ok()
+        })
     }
 }
 
@@ -653,6 +894,61 @@ async fn heavy_read(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The in-memory harness of `fuzz/fuzz_targets/check_lane.rs`: on
+    /// pipelined checks cut anywhere, and a request the lane leaves to
+    /// hyper, both ways answer alike (the fuzz target compares them fully).
+    #[test]
+    fn the_fuzzing_harness_serves_both_ways() {
+        let config = crate::config::Config::from_toml_with_env(
+            "[ratelimit]\ndefault_qps = 1000000000.0\ndefault_burst = 2\n",
+            std::path::Path::new("test.toml"),
+            [("TENANTWATCH_AUTH_TOKEN".to_owned(), "t0ken".to_owned())],
+        )
+        .unwrap();
+        let state = || {
+            fuzzing::state(fuzzing::Parts {
+                server: &config.settings.server,
+                ingest: &config.settings.ingest,
+                metrics: &config.settings.metrics,
+                api: &config.settings.api,
+                ratelimit: config.ratelimit.clone(),
+                tokens: config.tokens.clone(),
+            })
+        };
+        let check = |cost: u32| {
+            let body = format!("{{\"tenant\":\"acme\",\"cost\":{cost}}}");
+            format!(
+                "POST /v1/ratelimit/check HTTP/1.1\r\nAuthorization: Bearer t0ken\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        // Within the burst, over it (refused at any rate), then hyper's.
+        let stream = format!("{}{}GET /healthz HTTP/1.1\r\n\r\n", check(2), check(3));
+        let stream = stream.as_bytes();
+        let chunks: Vec<&[u8]> = vec![&stream[..50], &stream[50..130], &stream[130..]];
+        let without_date = |bytes: Vec<u8>| -> Vec<String> {
+            String::from_utf8(bytes)
+                .unwrap()
+                .split("\r\n")
+                .filter(|line| !line.starts_with("date:"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let lane = fuzzing::exchange(&state(), &chunks, fuzzing::Path::Lane).unwrap();
+        let hyper = fuzzing::exchange(&state(), &chunks, fuzzing::Path::HyperOnly).unwrap();
+        let lane = without_date(lane);
+        let text = lane.join("\n");
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+        assert!(text.contains("ok\n") || text.ends_with("ok"), "{text}");
+        assert_eq!(text.matches("HTTP/1.1 429").count(), 1, "{text}");
+        let mut hyper = without_date(hyper);
+        let mut lane = lane;
+        lane.sort();
+        hyper.sort();
+        assert_eq!(lane, hyper);
+    }
 
     #[test]
     fn accept_encoding_is_read_like_rfc_9110() {

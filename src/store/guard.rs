@@ -57,7 +57,10 @@ pub struct GuardOrder {
     /// `state_change`, as the poll saw them (Unix seconds in the API).
     #[serde(flatten)]
     pub judged: Judged,
-    /// The start of the session's query (at most [`QUERY_PREFIX_CHARS`]).
+    /// The start of the session's query (at most [`QUERY_PREFIX_CHARS`]
+    /// of it) as `guard.query_text` shows it: literals replaced by `$n`
+    /// (the default), in full, or `""`. This text is what the record, its
+    /// log line and `GET /api/v1/guard` show.
     pub query: String,
     /// How long the query has run, or the session sat idle in its
     /// transaction, or the blocker's transaction has lasted, in seconds.

@@ -316,7 +316,9 @@ pub struct Offender {
     pub pid: i32,
     pub offence: Offence,
     pub seconds: f64,
-    /// The start of its query (at most 100 characters).
+    /// The start of its query (at most 100 characters), as the server
+    /// shows it, literal values included: kept for the guard, which shows
+    /// it only as `guard.query_text` says (redacted by default).
     pub query: String,
     /// Run by a superuser: never ended.
     pub superuser: bool,
@@ -479,6 +481,8 @@ pub struct TopStatement {
     pub total_seconds: f64,
     pub mean_seconds: f64,
     /// The normalised text, at most 200 characters; only with
-    /// `statements_text = true`.
+    /// `statements_text = true`. `pg_stat_statements` replaces the
+    /// constants of the statements it plans, not of utility statements
+    /// (`ALTER ROLE … PASSWORD '…'`): the API redacts those too.
     pub query: Option<String>,
 }

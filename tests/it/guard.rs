@@ -51,6 +51,19 @@ fn guarded(c: &mut Settings, dsn: String, mode: &str) {
     c.guard.grace = std::time::Duration::from_secs(0);
 }
 
+/// The `query` of the newest guard action recorded for `tenant`.
+async fn query_of(daemon: &TestDaemon, tenant: &str) -> String {
+    let guard = daemon.get("/api/v1/guard").await.json();
+    guard["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["tenant"] == tenant)
+        .and_then(|a| a["query"].as_str())
+        .unwrap_or_else(|| panic!("no action of {tenant}: {guard}"))
+        .to_owned()
+}
+
 /// The `result` of each guard action recorded for `tenant`.
 async fn results(daemon: &TestDaemon, tenant: &str) -> Vec<String> {
     let guard = daemon.get("/api/v1/guard").await.json();
@@ -115,11 +128,20 @@ async fn the_guard_ends_only_the_sessions_that_caused_the_flag() {
     });
 
     // Dry run: logged and counted, nothing touched.
-    let dry = TestDaemon::start_with(|c| guarded(c, as_role("watcher"), "dry_run")).await;
+    // It shows query texts in full, as asked.
+    let dry = TestDaemon::start_with(|c| {
+        guarded(c, as_role("watcher"), "dry_run");
+        c.guard.query_text = tenantwatch::redact::QueryText::Full;
+    })
+    .await;
     support::eventually("a dry-run action", Duration::from_secs(15), || async {
         (results(&dry, "slow").await == ["dry_run"]).then_some(())
     })
     .await;
+    assert_eq!(
+        query_of(&dry, "slow").await,
+        "/*tenant='slow'*/ SELECT pg_sleep(60)"
+    );
     let flags = dry.get("/api/v1/flags").await.json();
     let slow_flag = flags["flags"]
         .as_array()
@@ -143,11 +165,17 @@ async fn the_guard_ends_only_the_sessions_that_caused_the_flag() {
     dry.stop().await;
 
     // A role without pg_signal_backend: refused, counted, nothing touched.
-    let weak = TestDaemon::start_with(|c| guarded(c, as_role("weak"), "enforce")).await;
+    // It shows no query text, as asked.
+    let weak = TestDaemon::start_with(|c| {
+        guarded(c, as_role("weak"), "enforce");
+        c.guard.query_text = tenantwatch::redact::QueryText::None;
+    })
+    .await;
     support::eventually("a refused action", Duration::from_secs(15), || async {
         (results(&weak, "slow").await == ["permission"]).then_some(())
     })
     .await;
+    assert_eq!(query_of(&weak, "slow").await, "");
     assert!(still_running(&admin, "slow").await);
     weak.stop().await;
 
@@ -204,6 +232,11 @@ async fn the_guard_ends_only_the_sessions_that_caused_the_flag() {
     );
     let slow_action = action_of("slow");
     assert!(slow_action["query_start"].as_f64().unwrap() > 0.0);
+    // Literals redacted (the default), the tenant's tag kept.
+    assert_eq!(
+        slow_action["query"], "/*tenant='slow'*/ SELECT pg_sleep($1)",
+        "{slow_action}"
+    );
     // The tag is the client's word: cancelled (which leaves an idle
     // transaction as it is), never terminated, and recorded so.
     let claimed = action_of("claimer");
@@ -312,8 +345,9 @@ async fn an_order_signals_the_statement_it_judged_or_nothing() {
                 }
                 let (tenant, sleep) = if n % 2 == 0 { ("a", 2.6) } else { ("b", 1.0) };
                 let label = format!("s{session}-{n}");
-                let sql =
-                    format!("/*tenant='{tenant}'*/ SELECT '{label}' AS label, pg_sleep({sleep})");
+                // The label is a (quoted) name, which the record keeps;
+                // the sleep's literal is redacted.
+                let sql = format!("/*tenant='{tenant}'*/ SELECT pg_sleep({sleep}) AS \"{label}\"");
                 let at = std::time::Instant::now();
                 let cancelled = match client.batch_execute(&sql).await {
                     Ok(()) => false,
@@ -346,9 +380,13 @@ async fn an_order_signals_the_statement_it_judged_or_nothing() {
         .iter()
         .map(|a| {
             let query = a["query"].as_str().unwrap();
+            assert!(
+                query.contains("SELECT pg_sleep($1) AS") && !query.contains("2.6"),
+                "the query text is redacted by default: {a}"
+            );
             let label = query
-                .split_once("SELECT '")
-                .and_then(|(_, rest)| rest.split_once('\''))
+                .split_once("AS \"")
+                .and_then(|(_, rest)| rest.split_once('"'))
                 .map(|(label, _)| label.to_owned())
                 .unwrap_or_else(|| panic!("a record of another statement: {a}"));
             (
