@@ -445,7 +445,11 @@ impl Daemon {
     /// each changed key that would need a restart. Returns those keys.
     pub fn reload(&self, config: &Config) -> Vec<String> {
         self.rate_limits.set_policy(config.ratelimit.clone());
-        self.detect_settings.send_replace(config.detect.clone());
+        // The window is the store's (`ingest.share_window`), fixed at start.
+        self.detect_settings.send_replace(DetectSettings {
+            window: self.started.detect.window,
+            ..config.detect.clone()
+        });
         self.target_statuses
             .set_expected(config.expected_tenants.clone());
         self.state.listener.tokens.set(config.tokens.clone());

@@ -41,7 +41,7 @@ use crate::attribution::Attribution;
 use crate::store::{CollectorName, PollErrorKind, SharedStatus, lock};
 use crate::telemetry::RateLimitedWarn;
 pub use settings::{
-    DatabaseSelection, PgBouncerSettings, StatementsMode, TargetConfig, TargetSettings,
+    DatabaseSelection, Dsn, PgBouncerSettings, StatementsMode, TargetConfig, TargetSettings,
 };
 
 /// Maps a driver error to a bounded kind.

@@ -11,6 +11,37 @@ use serde::Deserialize;
 use crate::settings::{Problems, Reload, serde_text};
 use crate::store::SchemaDetail;
 
+/// A libpq connection string, `key=value` or `postgresql://` URL. It may
+/// hold a password: `Debug` never shows it, and nothing logs it (only host,
+/// port and database are, from the parsed connection).
+#[derive(Clone, PartialEq, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Dsn(String);
+
+impl Dsn {
+    pub fn new(dsn: impl Into<String>) -> Dsn {
+        Dsn(dsn.into())
+    }
+
+    /// The connection string itself, password included.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Checks that it is given; `config` parses it with the password.
+    fn check(&self, key: &str, p: &mut Problems) {
+        if self.0.trim().is_empty() {
+            p.fail(key, "\"\"", "required: a libpq connection string");
+        }
+    }
+}
+
+impl std::fmt::Debug for Dsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Whether `pg_stat_statements` is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -28,9 +59,9 @@ pub enum StatementsMode {
 pub struct TargetSettings {
     /// Name of the target: the `target` label. Unique.
     pub name: String,
-    /// libpq connection string, `key=value` or `postgresql://` URL. Never
-    /// logged: only host, port and database are.
-    pub dsn: String,
+    /// libpq connection string, `key=value` or `postgresql://` URL
+    /// (required). Never logged: only host, port and database are.
+    pub dsn: Dsn,
     /// File holding the password (overrides one in the DSN).
     pub password_file: Option<PathBuf>,
     /// Environment variable holding the password (overrides one in the DSN).
@@ -89,7 +120,7 @@ impl Default for TargetSettings {
     fn default() -> Self {
         TargetSettings {
             name: String::new(),
-            dsn: String::new(),
+            dsn: Dsn::default(),
             password_file: None,
             password_env: None,
             poll_interval: Duration::from_secs(10),
@@ -116,13 +147,14 @@ impl TargetSettings {
     pub fn new(name: impl Into<String>, dsn: impl Into<String>) -> TargetSettings {
         TargetSettings {
             name: name.into(),
-            dsn: dsn.into(),
+            dsn: Dsn::new(dsn),
             ..TargetSettings::default()
         }
     }
 
     /// Checks each key on its own; `key` gives a field's dotted name.
     pub fn check(&self, key: &dyn Fn(&str) -> String, p: &mut Problems) {
+        self.dsn.check(&key("dsn"), p);
         if !crate::settings::valid_name(&self.name) {
             p.fail(
                 &key("name"),
@@ -218,8 +250,9 @@ pub struct PgBouncerSettings {
     /// Name of the PgBouncer: the `pgbouncer` label. Unique.
     pub name: String,
     /// libpq connection string to the admin console (`dbname=pgbouncer`)
-    /// as a user in `stats_users`. Never logged: only host and port are.
-    pub dsn: String,
+    /// as a user in `stats_users` (required). Never logged: only host and
+    /// port are.
+    pub dsn: Dsn,
     /// File holding the password (overrides one in the DSN).
     pub password_file: Option<PathBuf>,
     /// Environment variable holding the password (overrides one in the DSN).
@@ -236,7 +269,7 @@ impl Default for PgBouncerSettings {
     fn default() -> Self {
         PgBouncerSettings {
             name: String::new(),
-            dsn: String::new(),
+            dsn: Dsn::default(),
             password_file: None,
             password_env: None,
             poll_interval: Duration::from_secs(10),
@@ -250,13 +283,14 @@ impl PgBouncerSettings {
     pub fn new(name: impl Into<String>, dsn: impl Into<String>) -> PgBouncerSettings {
         PgBouncerSettings {
             name: name.into(),
-            dsn: dsn.into(),
+            dsn: Dsn::new(dsn),
             ..PgBouncerSettings::default()
         }
     }
 
     /// Checks each key on its own; `key` gives a field's dotted name.
     pub fn check(&self, key: &dyn Fn(&str) -> String, p: &mut Problems) {
+        self.dsn.check(&key("dsn"), p);
         if !crate::settings::valid_name(&self.name) {
             p.fail(
                 &key("name"),

@@ -188,10 +188,13 @@ impl Config {
                 }
             })?;
         }
+        // Passwords are redacted from errors wherever they came from: the
+        // file as written, or the environment it was expanded with.
+        let secrets = format!("{text}\n{}", toml::to_string(&table).unwrap_or_default());
         // Straight from the text when the environment changed nothing, so
         // that the first error names its line.
         let text = (table == original).then_some(text);
-        let (settings, mut errors) = deserialize(table, text);
+        let (settings, mut errors) = deserialize(table, text, &secrets);
         // Every section's checks run as well, on the keys that parsed.
         match resolve::assemble(settings, &env) {
             Ok(config) if errors.is_empty() => Ok(config),
@@ -242,7 +245,11 @@ impl Config {
 /// read again, so one run names every wrong type and unknown key. `text`,
 /// when given, is what `table` was parsed from; the first error then says
 /// its line.
-fn deserialize(mut table: toml::Table, text: Option<&str>) -> (Settings, Vec<InvalidKey>) {
+fn deserialize(
+    mut table: toml::Table,
+    text: Option<&str>,
+    secrets: &str,
+) -> (Settings, Vec<InvalidKey>) {
     let mut errors = Vec::new();
     if let Some(text) = text {
         let first = toml::de::Deserializer::parse(text)
@@ -255,22 +262,22 @@ fn deserialize(mut table: toml::Table, text: Option<&str>) -> (Settings, Vec<Inv
             Ok(settings) => return (settings, errors),
             Err((path, err)) => {
                 let key = bad_key(&path, err.message());
-                errors.push(invalid(&table, &key, describe_toml_error(&err, text), text));
+                let message = redact(&describe_toml_error(&err, text), secrets);
+                errors.push(invalid(&table, &key, message, secrets));
                 if !remove_key(&mut table, &key) {
                     return (Settings::default(), errors);
                 }
             }
         }
     }
-    let text = text.unwrap_or_default();
     // Each pass sets one bad key aside; a file has only so many keys.
     for _ in 0..256 {
         match serde_path_to_error::deserialize::<_, Settings>(toml::Value::Table(table.clone())) {
             Ok(settings) => return (settings, errors),
             Err(err) => {
-                let message = redact(err.inner().message(), text);
+                let message = redact(err.inner().message(), secrets);
                 let key = bad_key(&err.path().to_string(), &message);
-                errors.push(invalid(&table, &key, message, text));
+                errors.push(invalid(&table, &key, message, secrets));
                 if !remove_key(&mut table, &key) {
                     break;
                 }
@@ -284,11 +291,14 @@ fn deserialize(mut table: toml::Table, text: Option<&str>) -> (Settings, Vec<Inv
 /// path serde reports (the table holding it).
 fn bad_key(path: &str, message: &str) -> String {
     let path = if path == "." || path == "?" { "" } else { path };
-    match message
-        .split_once("unknown field `")
-        .and_then(|(_, rest)| rest.split_once('`'))
-    {
-        Some((field, _)) if !path.ends_with(field) => join(path, field),
+    let named = ["unknown field `", "unknown rule `"]
+        .iter()
+        .find_map(|prefix| {
+            let (_, rest) = message.split_once(prefix)?;
+            Some(rest.split_once('`')?.0)
+        });
+    match named {
+        Some(name) if steps(path).last() != Some(&name) => join(path, name),
         _ => path.to_owned(),
     }
 }
@@ -326,7 +336,9 @@ fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
     Some(value)
 }
 
-/// Removes `key` from `table`; false when it is not there.
+/// Removes `key` from `table`; false when it is not there. A list entry
+/// goes with its whole list: removing it alone would shift the index of
+/// every error after it.
 fn remove_key(table: &mut toml::Table, key: &str) -> bool {
     fn remove(value: &mut toml::Value, steps: &[&str]) -> bool {
         match (value, steps) {
@@ -349,8 +361,15 @@ fn remove_key(table: &mut toml::Table, key: &str) -> bool {
             _ => false,
         }
     }
+    let mut steps = steps(key);
+    if steps
+        .last()
+        .is_some_and(|step| step.parse::<usize>().is_ok())
+    {
+        steps.pop();
+    }
     let mut root = toml::Value::Table(std::mem::take(table));
-    let removed = remove(&mut root, &steps(key));
+    let removed = remove(&mut root, &steps);
     if let toml::Value::Table(t) = root {
         *table = t;
     }
@@ -985,6 +1004,53 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Review findings: secrets stay hidden when the environment changed
+    /// the file; a target needs its DSN and never shows it; an unknown rule
+    /// is named by itself and the other bad keys are still found.
+    #[test]
+    fn secrets_dsns_and_rule_names_in_errors() {
+        let env = [("TENANTWATCH__INGEST__MAX_TENANTS", "5")];
+        let err = load(
+            "[ratelimit]\nredis = \"redis://:hunter2@cache:6379\"\n",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ratelimit.redis"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+
+        let err = load("[[targets]]\nname = \"a\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("targets[0].dsn"), "{err}");
+        let config = load(
+            "[[targets]]\nname = \"a\"\ndsn = \"host=h user=u password=hunter2\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+
+        let err = load(
+            "[detect.rules.bogus]\nthreshold = 1.0\n[detect.rules.long_query]\nthreshold = \"x\"\n\
+             [guard]\nmode = \"always\"\n",
+            &[],
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(errors) = err else {
+            panic!("expected key errors, got {err}");
+        };
+        let mut keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "detect.rules.bogus",
+                "detect.rules.long_query.threshold",
+                "guard.mode"
+            ]
+        );
     }
 
     #[test]

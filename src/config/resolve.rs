@@ -214,7 +214,7 @@ fn target_config(
     let mut pg = connection_settings(
         v,
         key,
-        &target.dsn,
+        target.dsn.expose(),
         Password {
             file: target.password_file.as_deref(),
             env_var: target.password_env.as_deref(),
@@ -252,7 +252,7 @@ fn pgbouncers(v: &mut Validator, s: &Settings, env: &[(String, String)]) -> Vec<
         let Some(mut pg) = connection_settings(
             v,
             &key,
-            &file.dsn,
+            file.dsn.expose(),
             Password {
                 file: file.password_file.as_deref(),
                 env_var: file.password_env.as_deref(),

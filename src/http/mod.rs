@@ -96,7 +96,8 @@ pub struct ServerSettings {
     /// require (or `TENANTWATCH_READ_TOKEN`). Unset: reads are open.
     #[reload(live)]
     pub read_token_file: Option<PathBuf>,
-    /// Serve a non-loopback `listen` without a write token, on purpose.
+    /// Serve a non-loopback `listen` without a write or a read token, on
+    /// purpose (a network policy guards it).
     pub allow_unauthenticated: bool,
     /// Concurrent HTTP connections; connections beyond it are closed at once
     /// and counted, so a connection flood cannot exhaust file descriptors.

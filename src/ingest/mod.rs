@@ -146,6 +146,9 @@ impl IngestSettings {
     /// off loopback must say whom it admits, by naming a network that is
     /// not loopback in `udp_allow`, or by `udp_allow_any = true` on purpose.
     fn check_udp_sources(&self, p: &mut Problems) {
+        if self.udp_listen.is_none() {
+            return;
+        }
         if self.udp_allow.is_empty() && !self.udp_allow_any {
             p.fail(
                 "ingest.udp_allow",

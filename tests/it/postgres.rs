@@ -658,7 +658,7 @@ async fn a_ca_file_means_tls_or_nothing() {
         tokio_postgres::config::SslMode::Require
     );
     let mut file = tenantwatch::config::Settings::default();
-    target.dsn = format!("{} sslmode=disable", pg.dsn("postgres"));
+    target.dsn = tenantwatch::collect::Dsn::new(format!("{} sslmode=disable", pg.dsn("postgres")));
     file.targets.push(target);
     let err = tenantwatch::Config::try_from(file).unwrap_err().to_string();
     assert!(err.contains("tls_ca_file"), "{err}");
