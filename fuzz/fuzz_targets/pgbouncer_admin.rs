@@ -16,13 +16,13 @@ const MAX_TENANTS: usize = 50;
 fn rules() -> &'static Attribution {
     static RULES: OnceLock<Attribution> = OnceLock::new();
     RULES.get_or_init(|| {
-        let mut file = tenantwatch::config::FileConfig::default();
-        file.tenants.rules = vec![tenantwatch::config::FileRule {
-            source: "database".into(),
+        let mut settings = tenantwatch::config::Settings::default();
+        settings.tenants.rules = vec![tenantwatch::config::RuleSettings {
+            source: tenantwatch::attribution::RuleSource::Database,
             pattern: "^tenant_(?P<tenant>.+)$".into(),
             key: None,
         }];
-        tenantwatch::Config::try_from(file).unwrap().attribution
+        tenantwatch::Config::try_from(settings).unwrap().attribution
     })
 }
 
