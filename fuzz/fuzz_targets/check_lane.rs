@@ -92,7 +92,11 @@ fn responses(mut bytes: &[u8]) -> (Vec<Response>, Vec<u8>) {
         headers.sort();
         let length = headers
             .iter()
-            .find_map(|h| h.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+            .find_map(|h| {
+                h.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
             .and_then(|v| v.parse::<usize>().ok());
         let rest = &bytes[end + 4..];
         let Some(length) = length.filter(|&n| n <= rest.len()) else {
