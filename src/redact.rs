@@ -9,6 +9,10 @@
 //! comments stay as written: a sqlcommenter comment such as
 //! `/*tenant='clinic7'*/` names the tenant, not a value of its data.
 //!
+//! A `$n` that would be glued to a name or a lone `$` before it (`ab'x'`,
+//! `$c'x'`) gets a space in front, so that it cannot read as part of a name
+//! or open a dollar quote.
+//!
 //! A text cut short (a prefix of `pg_stat_activity.query`) is fine: a
 //! literal or comment left open runs to the end, so the rest of an open
 //! string is replaced, never shown.

@@ -52,7 +52,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(snapshot.tenants.len() <= MAX_TENANTS + 1);
     }
     for (tenant, pools) in &first.tenants {
-        let later = second.tenants.get(tenant).map_or(0.0, |p| p.wait_seconds_total);
-        assert!(later >= pools.wait_seconds_total, "{tenant}: {later} < {}", pools.wait_seconds_total);
+        let later = second
+            .tenants
+            .get(tenant)
+            .map_or(0.0, |p| p.wait_seconds_total);
+        assert!(
+            later >= pools.wait_seconds_total,
+            "{tenant}: {later} < {}",
+            pools.wait_seconds_total
+        );
     }
 });
