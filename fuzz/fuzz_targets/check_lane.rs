@@ -5,7 +5,8 @@
 //! headers (in any order, but for `date`) and body, in order, and the
 //! connection closed after the same bytes. (A `/metrics` answer is
 //! compared without its process figures and timestamps, which differ
-//! between any two scrapes.)
+//! between any two scrapes, and as a set of lines: a family's series come
+//! in its hash map's order.)
 //!
 //! The input: byte 0 says how many cuts (0 to 7), the next that many bytes
 //! how far apart they are (1 to 256 bytes); the rest is what the client
@@ -107,12 +108,16 @@ fn responses(mut bytes: &[u8]) -> (Vec<Response>, Vec<u8>) {
             // Figures of the process and of the clock differ from one run
             // to the other (so does the length); the rest must not.
             headers.retain(|h| !h.to_ascii_lowercase().starts_with("content-length:"));
-            body = String::from_utf8_lossy(&body)
+            // The series of a family come in the order of its hash map,
+            // which differs between two processes' states: compared as a
+            // set of lines.
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let mut lines: Vec<&str> = text
                 .lines()
                 .filter(|line| !line.starts_with("process_") && !line.contains("timestamp_seconds"))
-                .collect::<Vec<_>>()
-                .join("\n")
-                .into_bytes();
+                .collect();
+            lines.sort_unstable();
+            body = lines.join("\n").into_bytes();
         }
         found.push(Response {
             status,
