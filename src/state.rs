@@ -256,7 +256,7 @@ fn load_at_most(path: &Path, max_bytes: u64) -> Result<Option<Saved>, StateError
 }
 
 /// Writes `saved` to `path` atomically: a new temporary file beside it
-/// (see [`create_temporary`]), synced, renamed over it, and the directory
+/// (see `create_temporary`), synced, renamed over it, and the directory
 /// synced. On an error the temporary file is removed.
 pub fn save(path: &Path, saved: &Saved) -> Result<(), StateError> {
     let write_error = |source| StateError::Write {

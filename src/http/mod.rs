@@ -461,6 +461,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         let ends = ConnectionEnds {
             shutdown: shutdown.clone(),
             hard_stop: hard_stop.clone(),
+            half_close: LISTENER_HALF_CLOSE,
         };
         let conn_state = state.clone();
         // A reserved slot has a short while for its handshake and its probe.
@@ -544,7 +545,16 @@ fn read_buffer_bytes(listener: &ListenerState) -> usize {
 struct ConnectionEnds {
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
+    /// Whether hyper keeps a connection whose client shut its writing side
+    /// until the request in flight is answered (hyper's `half_close`). The
+    /// listener keeps hyper's default, off ([`LISTENER_HALF_CLOSE`]); the
+    /// fuzz harness turns it on, so that an answer made on a blocking
+    /// thread is not lost to the end of its input at a moment that varies.
+    half_close: bool,
 }
+
+/// hyper's default: a client's EOF closes its connection at once.
+const LISTENER_HALF_CLOSE: bool = false;
 
 /// Serves HTTP/1.1 on one connection (plain or TLS) until the client
 /// closes it, its lifetime (`server.request_timeout`) is over, or the
@@ -593,6 +603,7 @@ async fn serve_with_hyper<I>(
     let conn = http1::Builder::new()
         .timer(timer)
         .header_read_timeout(header_read_timeout)
+        .half_close(ends.half_close)
         .max_buf_size(read_buffer)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -714,6 +725,8 @@ pub mod fuzzing {
             let ends = ConnectionEnds {
                 shutdown: CancellationToken::new(),
                 hard_stop: CancellationToken::new(),
+                // The end of the input must not race an answer in flight.
+                half_close: true,
             };
             let serve = async {
                 match path {
