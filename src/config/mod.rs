@@ -548,6 +548,20 @@ mod tests {
         Config::from_toml_with_env(text, Path::new("test.toml"), env)
     }
 
+    /// The bad keys of a refused file.
+    fn invalid_keys(err: ConfigError) -> Vec<InvalidKey> {
+        match err {
+            ConfigError::Invalid(errors) => errors,
+            other => panic!("expected key errors, got {other}"),
+        }
+    }
+
+    fn sorted_keys(errors: &[InvalidKey]) -> Vec<&str> {
+        let mut keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        keys.sort_unstable();
+        keys
+    }
+
     #[test]
     fn empty_file_gives_the_defaults() {
         let config = load("", &[]).unwrap();
@@ -583,13 +597,9 @@ mod tests {
             &[],
         )
         .unwrap_err();
-        let ConfigError::Invalid(errors) = err else {
-            panic!("expected validation errors, got {err}");
-        };
-        let mut keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
-        keys.sort_unstable();
+        let errors = invalid_keys(err);
         assert_eq!(
-            keys,
+            sorted_keys(&errors),
             [
                 "ingest.max_datagram_bytes",
                 "ingest.max_tenants",
@@ -1038,13 +1048,8 @@ mod tests {
             &[],
         )
         .unwrap_err();
-        let ConfigError::Invalid(errors) = err else {
-            panic!("expected key errors, got {err}");
-        };
-        let mut keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
-        keys.sort_unstable();
         assert_eq!(
-            keys,
+            sorted_keys(&invalid_keys(err)),
             [
                 "detect.rules.bogus",
                 "detect.rules.long_query.threshold",
