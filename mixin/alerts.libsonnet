@@ -164,11 +164,11 @@
       },
       {
         alert: "TenantwatchTargetNearSizeBudget",
-        expr: 'tenantwatch_target_days_until_budget < %(targetSizeBudgetDays)s' % $._config,
+        expr: 'tenantwatch_target_time_to_size_budget_seconds < %(targetSizeBudgetDays)s * 86400' % $._config,
         'for': "1h",
         labels: { severity: "warning" },
         annotations: {
-          summary: "Target {{ $labels.target }} reaches its size budget in {{ $value | printf \"%.0f\" }} days",
+          summary: "Target {{ $labels.target }} reaches its size budget in {{ $value | humanizeDuration }}",
           description: "At the growth fitted over api.history, the tenant schemas on {{ $labels.target }} reach api.size_budget_bytes within %(targetSizeBudgetDays)s days. GET /api/v1/capacity has the fastest-growing tenants and placement advice." % $._config,
           runbook_url: $._config.runbookURLPrefix + "TenantwatchTargetNearSizeBudget.md",
         },

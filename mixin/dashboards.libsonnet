@@ -292,12 +292,12 @@ local layout(items) =
           target('histogram_quantile(%s, sum by (le) (%s))' % [q, rate('tenantwatch_tenant_query_duration_seconds_bucket', 'tenant="$tenant"')], 'p%d' % (q * 100))
           for q in [0.5, 0.95, 0.99]
         ], 's'),
-        panel(ts, 'Share of database time', [target(m('tenantwatch_tenant_db_time_share', 'tenant="$tenant"'), 'share')], 'percentunit'),
+        panel(ts, 'Share of database time', [target(m('tenantwatch_tenant_db_time_ratio', 'tenant="$tenant"'), 'share')], 'percentunit'),
         panel('heatmap', 'Latency distribution', [
           { expr: 'sum by (le) (increase(%s[$__rate_interval]))' % m('tenantwatch_tenant_query_duration_seconds_bucket', 'tenant="$tenant"'), legendFormat: '{{le}}', format: 'heatmap' },
         ], 's', w=24, options={ calculate: false, yAxis: { unit: 's' } }),
         panel(ts, 'Rows/s', [target('sum by (kind) (%s)' % rate('tenantwatch_tenant_rows_total', 'tenant="$tenant"'), '{{kind}}')], 'short'),
-        panel(ts, 'Requests/s by endpoint', [target('sum by (endpoint) (%s)' % rate('tenantwatch_tenant_endpoint_requests_total', 'tenant="$tenant"'), '{{endpoint}}')], 'reqps',
+        panel(ts, 'Queries/s by endpoint', [target('sum by (endpoint) (%s)' % rate('tenantwatch_tenant_endpoint_queries_total', 'tenant="$tenant"'), '{{endpoint}}')], 'reqps',
               description='Queries sent with an endpoint (at most ingest.max_endpoints_per_tenant per tenant, the rest as __other__).'),
         panel(ts, 'p95 latency by endpoint', [target('histogram_quantile(0.95, sum by (endpoint, le) (%s))' % rate('tenantwatch_tenant_endpoint_duration_seconds_bucket', 'tenant="$tenant"'), '{{endpoint}}')], 's'),
         panel(ts, 'Schema switch p95', [target('histogram_quantile(0.95, sum by (le) (%s))' % rate('tenantwatch_tenant_schema_switch_duration_seconds_bucket', 'tenant="$tenant"'), 'p95')], 's',
@@ -366,7 +366,7 @@ local layout(items) =
       [row('Top tenants')] + [
         panel('table', p[0], [target(p[1], instant=true)], p[2], options=tableOptions, tenant_link=true)
         for p in [
-          ['Share of database time', 'topk($limit, %s)' % m('tenantwatch_tenant_db_time_share'), 'percentunit'],
+          ['Share of database time', 'topk($limit, %s)' % m('tenantwatch_tenant_db_time_ratio'), 'percentunit'],
           ['Queries/s', 'topk($limit, %s)' % m('tenant:tenantwatch_tenant_queries:rate5m'), 'reqps'],
           ['p95 latency', 'topk($limit, %s)' % m('tenant:tenantwatch_tenant_query_duration_seconds:p95_5m'), 's'],
           ['Errors/s', 'topk($limit, %s)' % m('tenant:tenantwatch_tenant_query_errors:rate5m'), 'reqps'],
@@ -380,7 +380,7 @@ local layout(items) =
           ['Clients waiting in PgBouncer', 'topk($limit, sum by (tenant) (%s))' % m('tenantwatch_tenant_pool_waiting_clients'), 'short'],
         ]
       ] + [
-        panel(ts, 'Share of database time, top tenants', [target(topOverRange(m('tenantwatch_tenant_db_time_share')), '{{tenant}}')], 'percentunit', w=24,
+        panel(ts, 'Share of database time, top tenants', [target(topOverRange(m('tenantwatch_tenant_db_time_ratio')), '{{tenant}}')], 'percentunit', w=24,
               description='The $limit tenants with the highest average share over the range, the same at every step.', tenant_link=true),
       ],
       [flagAnnotation()],
@@ -409,7 +409,7 @@ local layout(items) =
         panel(ts, 'Growth per day', [target('sum by (target) (deriv(%s[6h])) * 86400' % m('tenantwatch_tenant_schema_size_bytes', 'target=~"$target"'), '{{target}}')], 'bytes'),
         panel('stat', 'More median tenants that fit', [target(m('tenantwatch_fleet_tenants_fit'))], 'short', w=6, h=4,
               description='Tenants of the median footprint (connections, size) that still fit in the headroom and size budget.'),
-        panel('stat', 'Days until the size budget (soonest)', [target('min(%s) or vector(-1)' % m('tenantwatch_target_days_until_budget', 'target=~"$target"'))], 'd', w=6, h=4,
+        panel('stat', 'Time until the size budget (soonest)', [target('min(%s) or vector(-1)' % m('tenantwatch_target_time_to_size_budget_seconds', 'target=~"$target"'))], 's', w=6, h=4,
               description='-1: no api.size_budget_bytes set, or no target growing.'),
         panel('stat', 'Databases watched', [target('sum(%s)' % m('tenantwatch_target_watched_databases', 'target=~"$target"'))], 'short', w=6, h=4),
         panel('stat', 'Tenants with schema drift', [target('sum(%s)' % m('tenantwatch_tenant_schema_drift', 'target=~"$target"'))], 'short', w=6, h=4,

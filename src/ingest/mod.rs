@@ -59,7 +59,7 @@ pub struct IngestSettings {
     /// A tenant with no event for this long is forgotten.
     #[serde(with = "serde_text::duration")]
     pub tenant_idle_ttl: std::time::Duration,
-    /// Window over which `tenantwatch_tenant_db_time_share` is computed
+    /// Window over which `tenantwatch_tenant_db_time_ratio` is computed
     /// (at least 12s: it is kept in 12 slots).
     #[serde(with = "serde_text::duration")]
     pub share_window: std::time::Duration,

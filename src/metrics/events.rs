@@ -216,7 +216,7 @@ impl StoreExposition {
     /// Queries and latency per endpoint, schema switches.
     fn encode_endpoints(&self, snapshot: &StoreSnapshot, out: &mut String) {
         let mut labels = String::new();
-        let name = "tenantwatch_tenant_endpoint_requests";
+        let name = "tenantwatch_tenant_endpoint_queries";
         header(
             out,
             name,
@@ -327,7 +327,7 @@ impl StoreExposition {
 
 /// Each tenant's share of database time over the window.
 fn encode_share(snapshot: &StoreSnapshot, out: &mut String) {
-    let name = "tenantwatch_tenant_db_time_share";
+    let name = "tenantwatch_tenant_db_time_ratio";
     header(
         out,
         name,

@@ -75,13 +75,15 @@ impl Collector for CapacityCollector {
         }
         let mut metric = family(
             &mut encoder,
-            "tenantwatch_target_days_until_budget",
-            "Days until the target's tenant schemas reach api.size_budget_bytes at the growth fitted over api.history; absent without a budget or without growth.",
+            "tenantwatch_target_time_to_size_budget_seconds",
+            "Time until the target's tenant schemas reach api.size_budget_bytes at the growth fitted over api.history; absent without a budget or without growth.",
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for (target, _, days) in &figures.targets {
             if let Some(days) = days {
-                gauge(&mut metric, &[("target", target.as_str())], *days)?;
+                // Base units: the API speaks days, the exposition seconds.
+                let seconds = days * 86_400.0;
+                gauge(&mut metric, &[("target", target.as_str())], seconds)?;
             }
         }
         let mut metric = family(

@@ -749,11 +749,11 @@ fn a_flood_of_endpoints_and_instances_stays_bounded() {
     let m = metrics_blocking(&http);
     let grown = rss_bytes(child.id()).saturating_sub(before);
     let endpoints = m
-        .samples_named("tenantwatch_tenant_endpoint_requests_total")
+        .samples_named("tenantwatch_tenant_endpoint_queries_total")
         .count();
     assert_eq!(endpoints, 10 * 21, "20 endpoints and __other__ per tenant");
     let other: f64 = m
-        .samples_named("tenantwatch_tenant_endpoint_requests_total")
+        .samples_named("tenantwatch_tenant_endpoint_queries_total")
         .filter(|s| s.labels["endpoint"] == "__other__")
         .map(|s| s.value)
         .sum();

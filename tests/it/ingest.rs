@@ -104,7 +104,7 @@ async fn udp_events_appear_with_exact_counts() {
 
     // db time share: clinic1 713.5 ms, dental7 (2 + 4) * 2 = 12 ms.
     let share = m
-        .value("tenantwatch_tenant_db_time_share", &[("tenant", "clinic1")])
+        .value("tenantwatch_tenant_db_time_ratio", &[("tenant", "clinic1")])
         .unwrap();
     assert!((share - 713.5 / 725.5).abs() < 1e-9, "{share}");
     daemon.stop().await;

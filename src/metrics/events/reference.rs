@@ -106,7 +106,7 @@ fn encode_kind_counters(
 fn encode_shares(encoder: &mut DescriptorEncoder, snapshot: &StoreSnapshot) -> std::fmt::Result {
     let mut metric = family(
         encoder,
-        "tenantwatch_tenant_db_time_share",
+        "tenantwatch_tenant_db_time_ratio",
         "The tenant's share of all tenants' reported query time over the sliding window (0 to 1).",
         MetricType::Gauge,
     )?;
@@ -237,7 +237,7 @@ impl ReferenceEncoder {
     ) -> std::fmt::Result {
         let mut metric = family(
             encoder,
-            "tenantwatch_tenant_endpoint_requests",
+            "tenantwatch_tenant_endpoint_queries",
             "Queries reported with an endpoint, per tenant and endpoint (at most ingest.max_endpoints_per_tenant per tenant, the rest under __other__).",
             MetricType::Counter,
         )?;
