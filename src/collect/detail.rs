@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::counters::{RelationMemory, TenantCounters};
 use super::queries::{self, TableSets};
 use super::{PollError, Poller};
 use crate::store::{CollectorName, PollErrorKind, SchemaTotals, lock};
@@ -31,8 +32,11 @@ use crate::store::{CollectorName, PollErrorKind, SchemaTotals, lock};
 /// What the detail task knows of one database.
 #[derive(Debug, Default)]
 struct DatabaseDetail {
-    /// Per tenant, from the last schema statistics.
+    /// Per tenant, the gauges of the last schema statistics (its counters
+    /// are kept per target, in [`TenantCounters`]).
     totals: BTreeMap<String, SchemaTotals>,
+    /// Each relation's counters at the last visit.
+    relations: RelationMemory,
     /// Per tenant, exact bytes from the last size measurement.
     sizes: Option<BTreeMap<String, u64>>,
     /// Each relation's bytes and change signature at its last measurement:
@@ -63,11 +67,12 @@ struct RelationSignature([i64; 5]);
 /// Runs the detail cycles until `shutdown`.
 pub(super) async fn run(mut poller: Poller, shutdown: CancellationToken) {
     let mut databases: BTreeMap<String, DatabaseDetail> = BTreeMap::new();
+    let mut counters = TenantCounters::default();
     loop {
         let started = Instant::now();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            () = cycle(&mut poller, &mut databases, &shutdown) => {}
+            () = cycle(&mut poller, &mut databases, &mut counters, &shutdown) => {}
         }
         lock(&poller.status).detail_cycle_seconds = Some(started.elapsed().as_secs_f64());
         let next = started + poller.target.settings.stats_interval;
@@ -82,6 +87,7 @@ pub(super) async fn run(mut poller: Poller, shutdown: CancellationToken) {
 async fn cycle(
     poller: &mut Poller,
     databases: &mut BTreeMap<String, DatabaseDetail>,
+    counters: &mut TenantCounters,
     shutdown: &CancellationToken,
 ) {
     let primary = poller.primary_database();
@@ -104,7 +110,7 @@ async fn cycle(
         }
         let detail = databases.entry(database.clone()).or_default();
         let visit = Instant::now();
-        match visit_stats(poller, database, detail).await {
+        match visit_stats(poller, database, detail, counters).await {
             Ok(()) => {}
             Err(err) => {
                 stats_error.get_or_insert(err);
@@ -119,7 +125,7 @@ async fn cycle(
             let took = measuring.elapsed();
             slowest_sizes = Some(slowest_sizes.map_or(took, |s| s.max(took)));
         }
-        publish(poller, databases);
+        publish(poller, databases, counters);
     }
     // The collectors' durations are their slowest visit in the cycle: what
     // one database costs, which the slow-poll alert is about; the whole
@@ -152,12 +158,13 @@ async fn visit_stats(
     poller: &mut Poller,
     database: &str,
     detail: &mut DatabaseDetail,
+    counters: &mut TenantCounters,
 ) -> Result<(), PollError> {
     let rows = poller
         .query(database, queries::SCHEMA_STATS_SQL, &[])
         .await?;
     let mut totals = BTreeMap::new();
-    queries::add_schema_rows(
+    let relations = queries::add_schema_rows(
         &mut totals,
         database,
         &rows,
@@ -165,6 +172,9 @@ async fn visit_stats(
         poller.target.max_tenants,
     )
     .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
+    let mut increases = BTreeMap::new();
+    detail.relations.advance(relations, &mut increases);
+    counters.add(increases, poller.target.max_tenants);
     detail.totals = totals;
     Ok(())
 }
@@ -275,7 +285,11 @@ async fn visit_sizes(
 }
 
 /// Merges every database's figures and publishes them.
-fn publish(poller: &Poller, databases: &BTreeMap<String, DatabaseDetail>) {
+fn publish(
+    poller: &Poller,
+    databases: &BTreeMap<String, DatabaseDetail>,
+    counters: &mut TenantCounters,
+) {
     let max_tenants = poller.target.max_tenants;
     let mut totals: BTreeMap<String, SchemaTotals> = BTreeMap::new();
     let mut sizes: BTreeMap<String, u64> = BTreeMap::new();
@@ -298,6 +312,7 @@ fn publish(poller: &Poller, databases: &BTreeMap<String, DatabaseDetail>) {
         }
         tables.absorb(&detail.tables);
     }
+    counters.publish(&mut totals);
     let mut status = lock(&poller.status);
     status.schemas = Some(Arc::new(totals));
     // Exact sizes once every database has been measured; until then the

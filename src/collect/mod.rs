@@ -19,6 +19,7 @@
 //!   line; reconnects back off exponentially, capped at the poll interval;
 //! - readers (the `/metrics` scrape) never query PostgreSQL.
 
+pub mod counters;
 pub mod detail;
 pub mod guard;
 pub mod pgbouncer;

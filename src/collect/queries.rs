@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use tokio_postgres::Row;
 
+use super::counters::{COUNTERS, RelationCounters};
 use crate::attribution::{Attribution, RuleSource, Session};
 use crate::store::guard::query_prefix;
 use crate::store::targets::OFFENDERS_PER_KIND;
@@ -302,45 +303,44 @@ fn keep_oldest_offenders(offenders: &mut Vec<Offender>) {
     });
 }
 
-/// Per-schema sums of what `pg_stat_user_tables` and `pg_statio_user_tables`
-/// show, and a size estimate from `pg_class` page counts (heap, indexes,
-/// TOAST), in one pass over `pg_class` grouped by schema.
+/// Per relation (tables and their indexes), what `pg_stat_user_tables` and
+/// `pg_statio_user_tables` are made of, and a size estimate from `pg_class`
+/// page counts (heap, indexes, TOAST), in one pass over `pg_class`.
 ///
 /// It calls the `pg_stat_get_*` functions those views are made of directly,
 /// on tables and on indexes alike: an index lives in its table's schema, so
-/// summing index rows per schema gives the views' index figures without
-/// joining `pg_index` (which dominated the cost at 10,000 schemas). The
-/// figures are the views' own; a test compares them.
+/// its row adds the views' index figures to its schema without joining
+/// `pg_index` (which dominated the cost at 10,000 schemas). The figures are
+/// the views' own; a test compares them. Rows are per relation, not summed
+/// per schema, because the counters are cumulative per relation: a dropped
+/// table or a reset of its statistics must take nothing away from its
+/// tenant's counters, which only per-relation increases can tell
+/// ([`super::counters`]).
 pub const SCHEMA_STATS_SQL: &str = "\
 SELECT n.nspname::text AS schema,
-       count(*) FILTER (WHERE c.relkind <> 'i')::int8 AS tables,
-       COALESCE(sum(pg_stat_get_numscans(c.oid)) FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS seq_scan,
-       COALESCE(sum(pg_stat_get_numscans(c.oid)) FILTER (WHERE c.relkind = 'i'), 0)::int8 AS idx_scan,
-       COALESCE(sum(pg_stat_get_tuples_returned(c.oid)) FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS seq_tup_read,
-       COALESCE(sum(pg_stat_get_tuples_fetched(c.oid)), 0)::int8 AS idx_tup_fetch,
-       COALESCE(sum(pg_stat_get_tuples_inserted(c.oid)) FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS n_tup_ins,
-       COALESCE(sum(pg_stat_get_tuples_updated(c.oid)) FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS n_tup_upd,
-       COALESCE(sum(pg_stat_get_tuples_deleted(c.oid)) FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS n_tup_del,
-       COALESCE(sum(pg_stat_get_tuples_hot_updated(c.oid)) FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS n_tup_hot_upd,
-       COALESCE(sum(pg_stat_get_live_tuples(c.oid)) FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS n_live_tup,
-       COALESCE(sum(pg_stat_get_dead_tuples(c.oid)) FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS n_dead_tup,
-       COALESCE(sum(pg_stat_get_blocks_fetched(c.oid) - pg_stat_get_blocks_hit(c.oid))
-                  FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS heap_blks_read,
-       COALESCE(sum(pg_stat_get_blocks_hit(c.oid)) FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS heap_blks_hit,
-       COALESCE(sum(pg_stat_get_blocks_fetched(c.oid) - pg_stat_get_blocks_hit(c.oid))
-                  FILTER (WHERE c.relkind = 'i'), 0)::int8 AS idx_blks_read,
-       COALESCE(sum(pg_stat_get_blocks_hit(c.oid)) FILTER (WHERE c.relkind = 'i'), 0)::int8 AS idx_blks_hit,
-       COALESCE(sum(pg_stat_get_vacuum_count(c.oid) + pg_stat_get_autovacuum_count(c.oid))
-                  FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS vacuums,
-       COALESCE(sum(pg_stat_get_analyze_count(c.oid) + pg_stat_get_autoanalyze_count(c.oid))
-                  FILTER (WHERE c.relkind <> 'i'), 0)::int8 AS analyzes,
-       EXTRACT(EPOCH FROM max(GREATEST(pg_stat_get_last_vacuum_time(c.oid),
-                                       pg_stat_get_last_autovacuum_time(c.oid)))
-                           FILTER (WHERE c.relkind <> 'i'))::float8 AS last_vacuum_unix,
-       EXTRACT(EPOCH FROM max(GREATEST(pg_stat_get_last_analyze_time(c.oid),
-                                       pg_stat_get_last_autoanalyze_time(c.oid)))
-                           FILTER (WHERE c.relkind <> 'i'))::float8 AS last_analyze_unix,
-       (COALESCE(sum(c.relpages::int8 + COALESCE(t.relpages, 0)::int8), 0)
+       c.oid::int8 AS relid,
+       (c.relkind <> 'i')::int::int8 AS tables,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_numscans(c.oid) ELSE 0 END)::int8 AS seq_scan,
+       (CASE WHEN c.relkind = 'i' THEN pg_stat_get_numscans(c.oid) ELSE 0 END)::int8 AS idx_scan,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_tuples_returned(c.oid) ELSE 0 END)::int8 AS seq_tup_read,
+       pg_stat_get_tuples_fetched(c.oid)::int8 AS idx_tup_fetch,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_tuples_inserted(c.oid) ELSE 0 END)::int8 AS n_tup_ins,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_tuples_updated(c.oid) ELSE 0 END)::int8 AS n_tup_upd,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_tuples_deleted(c.oid) ELSE 0 END)::int8 AS n_tup_del,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_tuples_hot_updated(c.oid) ELSE 0 END)::int8 AS n_tup_hot_upd,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_live_tuples(c.oid) ELSE 0 END)::int8 AS n_live_tup,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_dead_tuples(c.oid) ELSE 0 END)::int8 AS n_dead_tup,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_blocks_fetched(c.oid) - pg_stat_get_blocks_hit(c.oid) ELSE 0 END)::int8 AS heap_blks_read,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_blocks_hit(c.oid) ELSE 0 END)::int8 AS heap_blks_hit,
+       (CASE WHEN c.relkind = 'i' THEN pg_stat_get_blocks_fetched(c.oid) - pg_stat_get_blocks_hit(c.oid) ELSE 0 END)::int8 AS idx_blks_read,
+       (CASE WHEN c.relkind = 'i' THEN pg_stat_get_blocks_hit(c.oid) ELSE 0 END)::int8 AS idx_blks_hit,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_vacuum_count(c.oid) + pg_stat_get_autovacuum_count(c.oid) ELSE 0 END)::int8 AS vacuums,
+       (CASE WHEN c.relkind <> 'i' THEN pg_stat_get_analyze_count(c.oid) + pg_stat_get_autoanalyze_count(c.oid) ELSE 0 END)::int8 AS analyzes,
+       (CASE WHEN c.relkind <> 'i' THEN EXTRACT(EPOCH FROM GREATEST(pg_stat_get_last_vacuum_time(c.oid),
+                                                                   pg_stat_get_last_autovacuum_time(c.oid))) END)::float8 AS last_vacuum_unix,
+       (CASE WHEN c.relkind <> 'i' THEN EXTRACT(EPOCH FROM GREATEST(pg_stat_get_last_analyze_time(c.oid),
+                                                                   pg_stat_get_last_autoanalyze_time(c.oid))) END)::float8 AS last_analyze_unix,
+       ((c.relpages::int8 + COALESCE(t.relpages, 0)::int8)
          * current_setting('block_size')::int8)::int8 AS estimated_bytes
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -348,8 +348,7 @@ SELECT n.nspname::text AS schema,
  WHERE c.relkind IN ('r', 'm', 'p', 'i')
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND n.nspname NOT LIKE 'pg\\_%'
- GROUP BY n.nspname
-HAVING count(*) FILTER (WHERE c.relkind <> 'i') > 0";
+ ORDER BY n.nspname";
 
 fn nonneg(value: i64) -> u64 {
     value.max(0) as u64
@@ -363,7 +362,6 @@ fn latest(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Adds a database's schema rows into per-tenant totals.
 /// The key a tenant's figures go under in a per-tenant map of at most
 /// `max_tenants` keys: its own while there is room, else the overflow
 /// bucket. Tenants from PostgreSQL (schemas, databases) are not admitted by
@@ -377,47 +375,69 @@ pub fn capped_tenant<V>(map: &BTreeMap<String, V>, tenant: String, max_tenants: 
     }
 }
 
+/// Adds a database's relation rows ([`SCHEMA_STATS_SQL`]) into per-tenant
+/// totals: the gauges (tuples, sizes, tables, schemas, times) summed as the
+/// server shows them; each relation's cumulative counters returned with its
+/// oid and tenant, for [`super::counters`] to turn into increases.
 pub fn add_schema_rows(
     totals: &mut BTreeMap<String, SchemaTotals>,
     database: &str,
     rows: &[Row],
     attribution: &Attribution,
     max_tenants: usize,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Vec<(u32, String, RelationCounters)>, tokio_postgres::Error> {
+    let mut relations = Vec::with_capacity(rows.len());
+    let mut last_schema: Option<&str> = None;
     for row in rows {
         let schema: &str = row.try_get("schema")?;
         let Some(tenant) = attribution.schema_tenant(database, schema) else {
             continue;
         };
         let tenant = capped_tenant(totals, tenant, max_tenants);
-        let t = totals.entry(tenant).or_default();
+        let t = totals.entry(tenant.clone()).or_default();
         let get = |name: &str| -> Result<u64, tokio_postgres::Error> {
             Ok(nonneg(row.try_get::<_, i64>(name)?))
         };
-        t.schemas = t.schemas.saturating_add(1);
+        // Rows come ordered by schema: a new name is one more schema.
+        if last_schema != Some(schema) {
+            t.schemas = t.schemas.saturating_add(1);
+            last_schema = Some(schema);
+        }
         t.tables = t.tables.saturating_add(get("tables")?);
-        t.seq_scan = t.seq_scan.saturating_add(get("seq_scan")?);
-        t.idx_scan = t.idx_scan.saturating_add(get("idx_scan")?);
-        t.seq_tup_read = t.seq_tup_read.saturating_add(get("seq_tup_read")?);
-        t.idx_tup_fetch = t.idx_tup_fetch.saturating_add(get("idx_tup_fetch")?);
-        t.n_tup_ins = t.n_tup_ins.saturating_add(get("n_tup_ins")?);
-        t.n_tup_upd = t.n_tup_upd.saturating_add(get("n_tup_upd")?);
-        t.n_tup_del = t.n_tup_del.saturating_add(get("n_tup_del")?);
-        t.n_tup_hot_upd = t.n_tup_hot_upd.saturating_add(get("n_tup_hot_upd")?);
         t.n_live_tup = t.n_live_tup.saturating_add(get("n_live_tup")?);
         t.n_dead_tup = t.n_dead_tup.saturating_add(get("n_dead_tup")?);
-        t.heap_blks_read = t.heap_blks_read.saturating_add(get("heap_blks_read")?);
-        t.heap_blks_hit = t.heap_blks_hit.saturating_add(get("heap_blks_hit")?);
-        t.idx_blks_read = t.idx_blks_read.saturating_add(get("idx_blks_read")?);
-        t.idx_blks_hit = t.idx_blks_hit.saturating_add(get("idx_blks_hit")?);
-        t.vacuums = t.vacuums.saturating_add(get("vacuums")?);
-        t.analyzes = t.analyzes.saturating_add(get("analyzes")?);
         t.last_vacuum_unix = latest(t.last_vacuum_unix, row.try_get("last_vacuum_unix")?);
         t.last_analyze_unix = latest(t.last_analyze_unix, row.try_get("last_analyze_unix")?);
         t.estimated_bytes = t.estimated_bytes.saturating_add(get("estimated_bytes")?);
+        let mut counters = RelationCounters::default();
+        for (slot, column) in counters.0.iter_mut().zip(COUNTER_COLUMNS) {
+            *slot = get(column)?;
+        }
+        // An oid is 32 bits; the query widens it to int8.
+        let oid = u32::try_from(row.try_get::<_, i64>("relid")?).unwrap_or(u32::MAX);
+        relations.push((oid, tenant, counters));
     }
-    Ok(())
+    Ok(relations)
 }
+
+/// The columns of [`SCHEMA_STATS_SQL`] that are cumulative counters, in the
+/// order of [`SchemaTotals::counters_mut`].
+const COUNTER_COLUMNS: [&str; COUNTERS] = [
+    "seq_scan",
+    "idx_scan",
+    "seq_tup_read",
+    "idx_tup_fetch",
+    "n_tup_ins",
+    "n_tup_upd",
+    "n_tup_del",
+    "n_tup_hot_upd",
+    "heap_blks_read",
+    "heap_blks_hit",
+    "idx_blks_read",
+    "idx_blks_hit",
+    "vacuums",
+    "analyzes",
+];
 
 /// The relations whose exact size the size collector measures: user tables,
 /// materialized views (with their indexes and TOAST via

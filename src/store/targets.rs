@@ -375,7 +375,11 @@ pub struct ActivitySnapshot {
     pub tenants: BTreeMap<String, TenantActivity>,
 }
 
-/// One tenant's schema figures on a target (summed over its schemas).
+/// One tenant's schema figures on a target (summed over its schemas). The
+/// gauges are the server's sums; the counters (scans, tuples, blocks,
+/// maintenance runs) are the sums of each relation's increases since
+/// tenantwatch first saw it, so they never go down while it runs (see
+/// `collect::counters`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SchemaTotals {
     pub schemas: u64,
@@ -405,6 +409,28 @@ pub struct SchemaTotals {
 }
 
 impl SchemaTotals {
+    /// The cumulative counters, in one fixed order: the collector keeps
+    /// them per relation in that order and writes each tenant's
+    /// never-decreasing sums back through this.
+    pub fn counters_mut(&mut self) -> [&mut u64; 14] {
+        [
+            &mut self.seq_scan,
+            &mut self.idx_scan,
+            &mut self.seq_tup_read,
+            &mut self.idx_tup_fetch,
+            &mut self.n_tup_ins,
+            &mut self.n_tup_upd,
+            &mut self.n_tup_del,
+            &mut self.n_tup_hot_upd,
+            &mut self.heap_blks_read,
+            &mut self.heap_blks_hit,
+            &mut self.idx_blks_read,
+            &mut self.idx_blks_hit,
+            &mut self.vacuums,
+            &mut self.analyzes,
+        ]
+    }
+
     /// Adds another set of schemas (another database's) to these.
     pub fn absorb(&mut self, other: &SchemaTotals) {
         self.schemas = self.schemas.saturating_add(other.schemas);
