@@ -317,6 +317,7 @@ impl Daemon {
             judgement: shared.judgement.clone(),
             histories: shared.histories.clone(),
             tenant_histories: shared.tenant_histories.clone(),
+            targets: shared.targets.clone(),
         };
         crate::state::load_into(
             &config.settings.state,

@@ -1,5 +1,6 @@
 //! What matters across restarts: raised flags, tightened quotas, rate-spike
-//! baselines and the capacity history, saved to `[state] file` every
+//! baselines, the capacity history and each target's last exact tenant
+//! sizes, saved to `[state] file` every
 //! `save_interval` and on shutdown, and loaded at start, so a rollout does
 //! not un-throttle a flagged tenant or restart every warm-up.
 //!
@@ -41,8 +42,9 @@ pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Deserialize, crate::settings::Reload)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateSettings {
-    /// Where raised flags, tightened quotas, baselines and the capacity
-    /// history are saved; `""` (the default) saves nothing.
+    /// Where raised flags, tightened quotas, baselines, the capacity
+    /// history and the targets' last exact tenant sizes are saved; `""`
+    /// (the default) saves nothing.
     #[serde(deserialize_with = "optional_path")]
     pub file: Option<PathBuf>,
     /// How often the state is saved (and once more on shutdown).
@@ -84,6 +86,13 @@ pub struct Saved {
     pub baselines: Vec<(String, Baseline)>,
     pub target_history: BTreeMap<String, Vec<TargetSample>>,
     pub tenant_history: Vec<(String, Vec<TenantSample>)>,
+    /// Per target, each tenant's exact size from its last complete size
+    /// cycle. Restored, it stands until the restarted daemon's first
+    /// complete cycle, so the size series and the growth fitted over it do
+    /// not step from the exact figure to the `relpages` estimate and back
+    /// at a restart. Absent from files of older builds.
+    #[serde(default)]
+    pub exact_sizes: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +137,8 @@ pub struct Persisted {
     pub judgement: SharedJudgement,
     pub histories: SharedTargetHistories,
     pub tenant_histories: SharedTenantHistories,
+    /// The targets, for their last exact sizes.
+    pub targets: crate::store::TargetStatuses,
 }
 
 impl Persisted {
@@ -146,6 +157,12 @@ impl Persisted {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .export();
+        let exact_sizes = self
+            .targets
+            .snapshot()
+            .into_iter()
+            .filter_map(|t| Some((t.name, t.exact_sizes?.as_ref().clone())))
+            .collect();
         Saved {
             version: VERSION,
             saved_unix: unix_now(),
@@ -154,6 +171,7 @@ impl Persisted {
             baselines: judgement.baselines.clone(),
             target_history,
             tenant_history,
+            exact_sizes,
         }
     }
 
@@ -192,6 +210,16 @@ impl Persisted {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .restore(saved.tenant_history);
+        // Only for targets still configured, and never over sizes a
+        // collector already published.
+        for status in self.targets.handles() {
+            let mut status = crate::store::lock(status);
+            if status.exact_sizes.is_none()
+                && let Some(sizes) = saved.exact_sizes.remove(&status.name)
+            {
+                status.exact_sizes = Some(std::sync::Arc::new(sizes));
+            }
+        }
         dropped
     }
 }
@@ -554,6 +582,7 @@ mod tests {
                 judgement: SharedJudgement::default(),
                 histories: SharedTargetHistories::default(),
                 tenant_histories: SharedTenantHistories::default(),
+                targets: crate::store::TargetStatuses::default(),
             };
             let dropped = persisted.restore(candidate, 10);
             (crate::detect::read_judgement(&persisted.judgement), dropped)
@@ -606,5 +635,58 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             assert!(load(&path).is_err(), "{name}");
         }
+    }
+
+    #[test]
+    fn exact_sizes_come_back_for_configured_targets_only() {
+        use crate::store::{SchemaDetail, TargetStatus, TargetStatuses, lock};
+        use std::sync::{Arc, Mutex};
+        let targets = |names: &[&str]| {
+            TargetStatuses::new(
+                names
+                    .iter()
+                    .map(|n| Arc::new(Mutex::new(TargetStatus::new(n, "", SchemaDetail::Basic))))
+                    .collect(),
+            )
+        };
+        let persisted = |targets: TargetStatuses| Persisted {
+            judgement: SharedJudgement::default(),
+            histories: SharedTargetHistories::default(),
+            tenant_histories: SharedTenantHistories::default(),
+            targets,
+        };
+        let before = persisted(targets(&["main", "gone"]));
+        for (status, bytes) in before.targets.handles().iter().zip([7_u64, 9]) {
+            lock(status).exact_sizes = Some(Arc::new(BTreeMap::from([("a".to_owned(), bytes)])));
+        }
+        let saved: Saved =
+            serde_json::from_str(&serde_json::to_string(&before.collect()).unwrap()).unwrap();
+        assert_eq!(saved.exact_sizes.len(), 2);
+
+        // Restarted with "main", "other" and without "gone"; "other" has
+        // already measured (a collector's figures are never overwritten).
+        let after = persisted(targets(&["main", "other"]));
+        let fresh = Arc::new(BTreeMap::from([("b".to_owned(), 1_u64)]));
+        lock(&after.targets.handles()[1]).exact_sizes = Some(fresh.clone());
+        after.restore(saved, 10);
+        let sizes: Vec<_> = after
+            .targets
+            .snapshot()
+            .into_iter()
+            .map(|t| t.exact_sizes.map(|s| s.as_ref().clone()))
+            .collect();
+        assert_eq!(
+            sizes,
+            [
+                Some(BTreeMap::from([("a".to_owned(), 7)])),
+                Some(fresh.as_ref().clone())
+            ]
+        );
+        // A file of an older build has no sizes at all.
+        let old: Saved = serde_json::from_str(
+            r#"{"version":1,"saved_unix":0,"flags":[],"advice":[],"baselines":[],"target_history":{},"tenant_history":[]}"#,
+        )
+        .unwrap();
+        assert!(old.exact_sizes.is_empty());
     }
 }

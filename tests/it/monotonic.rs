@@ -196,3 +196,95 @@ async fn schema_counters_never_go_down_through_a_drop_and_resets() {
         "counter resets seen by Prometheus: {resets:?}"
     );
 }
+
+/// The size of `schema`'s tables as the exact size cycle counts them.
+async fn exact_size(app: &tokio_postgres::Client, schema: &str) -> f64 {
+    app.query_one(
+        "SELECT sum(pg_total_relation_size(c.oid))::int8 FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relkind = 'r'",
+        &[&schema],
+    )
+    .await
+    .unwrap()
+    .get::<_, i64>(0) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_exports_the_sizes_it_exported_before() {
+    let (pg, app) = app_cluster().await;
+    // Never analyzed: relpages says 0 while the table holds 10,000 rows.
+    app.batch_execute(
+        "CREATE SCHEMA tenant_a;
+         CREATE TABLE tenant_a.t (id int PRIMARY KEY, pad text) WITH (autovacuum_enabled = false);
+         INSERT INTO tenant_a.t SELECT i, repeat('x', 100) FROM generate_series(1, 10000) i",
+    )
+    .await
+    .unwrap();
+    let exact = exact_size(&app, "tenant_a").await;
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let state_file = pg.dir().join("tenantwatch-state.json");
+    let start = || {
+        let (dsn, state_file) = (pg.dsn("app"), state_file.clone());
+        TestDaemon::start_with(move |c| {
+            c.server.listen = listen;
+            c.targets.push(fast_target(dsn));
+            c.tenants.rules = vec![rule("schema", "^tenant_(?P<tenant>.+)$")];
+            c.state.file = Some(state_file);
+        })
+    };
+    let size = |m: &Exposition| {
+        m.value(
+            "tenantwatch_tenant_schema_size_bytes",
+            &[("target", "main"), ("tenant", "a")],
+        )
+    };
+    let daemon = start().await;
+    let prometheus = Prometheus::scraping(&pg, "sizes", listen);
+    daemon
+        .metrics_when("the exact size", |m| size(m) == Some(exact))
+        .await;
+    let series = r#"tenantwatch_tenant_schema_size_bytes{tenant="a"}"#;
+    prometheus.scraped(series, exact).await;
+    daemon.stop().await;
+
+    // A REINDEX holds its index while the new daemon starts: every size
+    // round fails on the lock, and no exact size is measured.
+    let reindex = connect(&pg.dsn("app")).await;
+    reindex
+        .batch_execute("BEGIN; REINDEX INDEX tenant_a.t_pkey")
+        .await
+        .unwrap();
+    let daemon = start().await;
+    let restarted = daemon
+        .metrics_when("the restarted daemon's size", |m| size(m).is_some())
+        .await;
+    assert_eq!(
+        size(&restarted),
+        Some(exact),
+        "the size right after the restart"
+    );
+    // Several failed size rounds and scrapes later, still the same figure.
+    daemon
+        .metrics_when("a failed size round", |m| {
+            m.value(
+                "tenantwatch_poll_errors_total",
+                &[
+                    ("target", "main"),
+                    ("collector", "sizes"),
+                    ("error", "lock_timeout"),
+                ],
+            )
+            .is_some_and(|errors| errors >= 2.0)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let flat = prometheus
+        .query(&format!(
+            "max_over_time({series}[5m]) - min_over_time({series}[5m])"
+        ))
+        .await;
+    assert_eq!(flat, [0.0], "the size stepped at the restart");
+    assert_eq!(size(&daemon.metrics().await), Some(exact));
+    reindex.batch_execute("COMMIT").await.unwrap();
+}
