@@ -262,6 +262,48 @@
       },
       ],
     },
+    {
+      // Figures that stop without anything failing: the senders of events
+      // went quiet, or pg_stat_statements stopped counting. Both compare an
+      // instance with its own past (`without (source)`, `without (tenant)`
+      // keep job and instance), so two daemons on one target name are
+      // judged apart, and a series that is absent (a daemon gone, a target
+      // down) never fires: TenantwatchDown and TenantwatchTargetDown say so.
+      name: "tenantwatch.silence",
+      rules: [
+      {
+        alert: "TenantwatchEventsStopped",
+        expr: |||
+          sum without (source) (increase(tenantwatch_events_received_total[%(eventsSilentFor)s])) == 0
+            and sum without (source) (increase(tenantwatch_events_received_total[%(eventsLookback)s])) > 0
+        ||| % $._config,
+        'for': "5m",
+        labels: { severity: "critical" },
+        annotations: {
+          summary: "tenantwatch receives no tenant events any more{{ with $labels.instance }} ({{ . }}){{ end }}",
+          description: "This instance received events within the last %(eventsLookback)s and none, over UDP or HTTP, for %(eventsSilentFor)s: the applications stopped sending (a deploy without the client, a changed address, a network policy), so the per-tenant query figures stand still and the detector's rules that read events judge nobody." % $._config,
+          runbook_url: $._config.runbookURLPrefix + "TenantwatchEventsStopped.md",
+        },
+      },
+      {
+        alert: "TenantwatchStatementsStalled",
+        expr: |||
+          sum without (tenant) (increase(tenantwatch_tenant_statement_calls_total[%(statementsStalledFor)s])) == 0
+            and (
+              sum without (tenant, op) (increase(tenantwatch_tenant_tuples_total[%(statementsStalledFor)s])) > 0
+              or sum without (tenant, state) (max_over_time(tenantwatch_tenant_connections{state="active"}[%(statementsStalledFor)s])) > 0
+            )
+        ||| % $._config,
+        'for': "10m",
+        labels: { severity: "warning" },
+        annotations: {
+          summary: "pg_stat_statements figures of {{ $labels.target }} stopped moving",
+          description: "No tenant's statement count on {{ $labels.target }} has grown for %(statementsStalledFor)s while its tenants' tables were read or written or their sessions ran queries: tenantwatch_tenant_statement_* and the db_time_hog judgement of tenants that send no events are stale." % $._config,
+          runbook_url: $._config.runbookURLPrefix + "TenantwatchStatementsStalled.md",
+        },
+      },
+      ],
+    },
     ],
   },
 }

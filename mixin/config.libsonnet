@@ -31,5 +31,12 @@
     ingestRejectedRatio: 0.05,
     pgbouncerMaxWaitSeconds: 1,
     pgbouncerClientsNearMaxRatio: 0.9,
+    // Silence: an instance that received events within eventsLookback and
+    // none for eventsSilentFor pages; a target whose pg_stat_statements
+    // calls have not moved for statementsStalledFor while its tenants work
+    // warns.
+    eventsSilentFor: '10m',
+    eventsLookback: '6h',
+    statementsStalledFor: '15m',
   },
 }
