@@ -108,7 +108,7 @@ impl TenantCounters {
     /// Adds one visit's increases.
     pub fn add(&mut self, increases: BTreeMap<String, RelationCounters>, max_tenants: usize) {
         for (tenant, increase) in increases {
-            let tenant = super::queries::capped_tenant(&self.totals, tenant, max_tenants);
+            let tenant = super::capped_tenant(&self.totals, tenant, max_tenants);
             let sum = self.totals.entry(tenant).or_default();
             for (total, add) in sum.0.iter_mut().zip(increase.0) {
                 *total = total.saturating_add(add);

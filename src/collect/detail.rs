@@ -263,7 +263,7 @@ async fn visit_sizes(
         };
         relation_sizes.insert(*oid, relation);
         if let Some(tenant) = poller.attribution.schema_tenant(database, schema) {
-            let tenant = queries::capped_tenant(&sizes, tenant, poller.target.max_tenants);
+            let tenant = super::capped_tenant(&sizes, tenant, poller.target.max_tenants);
             let sum = sizes.entry(tenant).or_default();
             *sum = sum.saturating_add(relation.bytes);
         }
@@ -297,13 +297,13 @@ fn publish(
     let mut measured_all = true;
     for detail in databases.values() {
         for (tenant, figures) in &detail.totals {
-            let tenant = queries::capped_tenant(&totals, tenant.clone(), max_tenants);
+            let tenant = super::capped_tenant(&totals, tenant.clone(), max_tenants);
             totals.entry(tenant).or_default().absorb(figures);
         }
         match &detail.sizes {
             Some(measured) => {
                 for (tenant, bytes) in measured {
-                    let tenant = queries::capped_tenant(&sizes, tenant.clone(), max_tenants);
+                    let tenant = super::capped_tenant(&sizes, tenant.clone(), max_tenants);
                     let sum = sizes.entry(tenant).or_default();
                     *sum = sum.saturating_add(*bytes);
                 }

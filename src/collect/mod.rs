@@ -45,6 +45,19 @@ pub use settings::{
     DatabaseSelection, Dsn, PgBouncerSettings, StatementsMode, TargetConfig, TargetSettings,
 };
 
+/// The key a tenant's figures go under in a per-tenant map of at most
+/// `max_tenants` keys: its own while there is room, else the overflow
+/// bucket. Tenants from PostgreSQL (schemas, databases) are not admitted by
+/// the event store, so their maps are capped here, like every map keyed by
+/// outside data.
+pub fn capped_tenant<V>(map: &BTreeMap<String, V>, tenant: String, max_tenants: usize) -> String {
+    if map.len() < max_tenants || map.contains_key(&tenant) {
+        tenant
+    } else {
+        crate::event::OVERFLOW_TENANT.to_owned()
+    }
+}
+
 /// Maps a driver error to a bounded kind.
 pub fn error_kind(err: &tokio_postgres::Error) -> PollErrorKind {
     match err.code() {

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use tokio_postgres::Row;
 
+use super::capped_tenant;
 use super::counters::{COUNTERS, RelationCounters};
 use crate::attribution::{Attribution, RuleSource, Session};
 use crate::store::guard::query_prefix;
@@ -359,19 +360,6 @@ fn latest(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
-    }
-}
-
-/// The key a tenant's figures go under in a per-tenant map of at most
-/// `max_tenants` keys: its own while there is room, else the overflow
-/// bucket. Tenants from PostgreSQL (schemas, databases) are not admitted by
-/// the event store, so their maps are capped here, like every map keyed by
-/// outside data.
-pub fn capped_tenant<V>(map: &BTreeMap<String, V>, tenant: String, max_tenants: usize) -> String {
-    if map.len() < max_tenants || map.contains_key(&tenant) {
-        tenant
-    } else {
-        crate::event::OVERFLOW_TENANT.to_owned()
     }
 }
 

@@ -137,7 +137,7 @@ impl StatementAccounts {
             let Some(tenant) = attribution.session_tenant(&session) else {
                 continue;
             };
-            let tenant = crate::collect::queries::capped_tenant(&self.totals, tenant, max_tenants);
+            let tenant = crate::collect::capped_tenant(&self.totals, tenant, max_tenants);
             let totals = self.totals.entry(tenant.clone()).or_default();
             totals.calls += increase[0];
             totals.seconds += increase[1];
