@@ -331,17 +331,29 @@ fn post_blocking(addr: &str, path: &str, body: &str) -> (u16, String) {
 
 /// The exposition, fetched without a runtime.
 fn metrics_blocking(addr: &str) -> support::Exposition {
-    let (status, body) = request_blocking(addr, "GET", "/metrics", "");
+    let accept = "Accept: application/openmetrics-text\r\n";
+    let (status, body) = request_blocking_with(addr, "GET", "/metrics", accept, "");
     assert_eq!(status, 200);
     support::Exposition::parse(&body)
 }
 
 fn request_blocking(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    request_blocking_with(addr, method, path, "", body)
+}
+
+/// As [`request_blocking`], with `headers` (each line ending in CRLF) added.
+fn request_blocking_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

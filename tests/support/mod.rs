@@ -75,8 +75,10 @@ impl TestDaemon {
         http(self.http, "POST", path, headers, body.into()).await
     }
 
+    /// The exposition in OpenMetrics (what [`Exposition::parse`] reads;
+    /// without `Accept`, `/metrics` answers the text format 0.0.4).
     pub async fn metrics(&self) -> Exposition {
-        let reply = self.get("/metrics").await;
+        let reply = http(self.http, "GET", "/metrics", &[OPENMETRICS], Vec::new()).await;
         assert_eq!(reply.status, 200, "GET /metrics: {}", reply.text());
         Exposition::parse(&reply.text())
     }
@@ -139,6 +141,9 @@ impl HttpReply {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
+
+/// The `Accept` header of a scraper that reads OpenMetrics.
+pub const OPENMETRICS: (&str, &str) = ("accept", "application/openmetrics-text; version=1.0.0");
 
 /// One HTTP/1.1 request on a fresh connection.
 pub async fn http(

@@ -380,10 +380,7 @@ impl ReferenceEncoder {
 
     /// Sum (seconds), count and per-bucket counts of `kinds` folded into
     /// the exposed bounds; `None` when they hold no query.
-    fn classic<'a>(
-        &self,
-        kinds: impl Iterator<Item = Option<&'a KindTotals>>,
-    ) -> Option<Classic> {
+    fn classic<'a>(&self, kinds: impl Iterator<Item = Option<&'a KindTotals>>) -> Option<Classic> {
         let mut folded = [0.0f64; BUCKET_COUNT];
         let (mut queries, mut sum_ms) = (0.0, 0.0);
         for totals in kinds.flatten() {
