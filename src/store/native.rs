@@ -366,6 +366,29 @@ mod tests {
         }
     }
 
+    /// What a tenant's histogram costs (docs/metrics.md): 100,000
+    /// log-normal latencies, sigma 0.5 and 1, and the cap whatever comes.
+    #[test]
+    fn a_tenants_histogram_stays_small() {
+        let n = 100_000;
+        for (sigma, most) in [(0.5, 52), (1.0, 104)] {
+            let mut h = NativeHistogram::default();
+            for k in 0..n {
+                let z = inverse_normal((f64::from(k) + 0.5) / f64::from(n));
+                h.observe(0.02 * (z * sigma).exp(), 1.0);
+            }
+            let buckets = h.buckets().count();
+            assert_eq!(h.schema(), NATIVE_SCHEMA);
+            assert!(buckets <= most, "sigma {sigma}: {buckets} buckets");
+            assert_eq!(h.heap_bytes(), buckets * 8, "no spare capacity");
+        }
+        let mut wild = NativeHistogram::default();
+        for i in 0..100_000 {
+            wild.observe(1e-9 * 1.001f64.powi(i), 1.0);
+        }
+        assert!(wild.heap_bytes() <= NATIVE_MAX_BUCKETS * 8);
+    }
+
     #[test]
     fn spans_and_deltas_encode_gaps_and_empty_histograms() {
         let mut h = NativeHistogram::default();

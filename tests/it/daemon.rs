@@ -619,6 +619,23 @@ async fn series_budget_per_tenant() {
         ),
         Some(21.0)
     );
+    // Scraped in protobuf (Prometheus with native histograms), a tenant's
+    // native latency histogram is one series: still within the budget.
+    let families = daemon.protobuf_families().await;
+    let mut per_tenant = std::collections::BTreeMap::<&str, usize>::new();
+    for metric in families.iter().flat_map(|f| &f.metric) {
+        if let Some(tenant) = metric.label.iter().find(|l| l.name == "tenant") {
+            *per_tenant.entry(tenant.value.as_str()).or_default() += 1;
+        }
+    }
+    assert_eq!(per_tenant.len(), tenants.len(), "{per_tenant:?}");
+    assert!(per_tenant.values().all(|series| *series <= 20), "{per_tenant:?}");
+    let latency = families
+        .iter()
+        .find(|f| f.name == "tenantwatch_tenant_query_duration_seconds")
+        .unwrap();
+    let native = latency.metric[0].histogram.as_ref().unwrap();
+    assert_eq!((native.schema, native.sample_count), (3, 21));
     daemon.stop().await;
 
     // Per kind, on request, with a bound set of one's own.

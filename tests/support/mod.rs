@@ -83,6 +83,25 @@ impl TestDaemon {
         Exposition::parse(&reply.text())
     }
 
+    /// The exposition in the Prometheus protobuf format (what a Prometheus
+    /// with native histograms enabled asks for).
+    pub async fn protobuf_families(
+        &self,
+    ) -> Vec<prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily>
+    {
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+        use prost::Message as _;
+        let accept = tenantwatch::metrics::Format::Protobuf.content_type();
+        let reply = http(self.http, "GET", "/metrics", &[("accept", accept)], Vec::new()).await;
+        assert_eq!(reply.status, 200);
+        let mut rest = &reply.body[..];
+        let mut families = Vec::new();
+        while !rest.is_empty() {
+            families.push(MetricFamily::decode_length_delimited(&mut rest).unwrap());
+        }
+        families
+    }
+
     /// Sends one datagram to the UDP listener.
     pub fn send_udp(&self, payload: &[u8]) {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
