@@ -108,7 +108,7 @@ def measured(binary):
             for i in range(40):
                 p95 = 10 ** (-3 + 4 * i / 39)
                 mu = math.log(p95) - 1.6449 * sigma
-                tenant = f"s{sigma}-{i:02d}"
+                tenant = f"sigma{sigma * 10:.0f}-{i:02d}"
                 durations = [math.exp(rng.gauss(mu, sigma)) for _ in range(20_000)]
                 ledger[tenant] = (sigma, p95, durations)
                 for start in range(0, len(durations), 5_000):
@@ -116,7 +116,8 @@ def measured(binary):
                         json.dumps({"tenant": tenant, "kind": "read", "duration_ms": d * 1000}) + "\n"
                         for d in durations[start:start + 5_000])
                     urllib.request.urlopen(urllib.request.Request(
-                        f"{base}/v1/events", data=body.encode(), method="POST"), timeout=30).read()
+                        f"{base}/v1/events", data=body.encode(), method="POST",
+                        headers={"Content-Type": "application/x-ndjson"}), timeout=30).read()
         prometheus = subprocess.Popen(
             ["prometheus", f"--config.file={work}/prometheus.yml",
              f"--storage.tsdb.path={work}/data", f"--web.listen-address=127.0.0.1:{prom_port}",
