@@ -629,7 +629,10 @@ async fn series_budget_per_tenant() {
         }
     }
     assert_eq!(per_tenant.len(), tenants.len(), "{per_tenant:?}");
-    assert!(per_tenant.values().all(|series| *series <= 20), "{per_tenant:?}");
+    assert!(
+        per_tenant.values().all(|series| *series <= 20),
+        "{per_tenant:?}"
+    );
     let latency = families
         .iter()
         .find(|f| f.name == "tenantwatch_tenant_query_duration_seconds")

@@ -92,7 +92,14 @@ impl TestDaemon {
         use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
         use prost::Message as _;
         let accept = tenantwatch::metrics::Format::Protobuf.content_type();
-        let reply = http(self.http, "GET", "/metrics", &[("accept", accept)], Vec::new()).await;
+        let reply = http(
+            self.http,
+            "GET",
+            "/metrics",
+            &[("accept", accept)],
+            Vec::new(),
+        )
+        .await;
         assert_eq!(reply.status, 200);
         let mut rest = &reply.body[..];
         let mut families = Vec::new();
