@@ -9,7 +9,7 @@
 //!   written by the direct [`text`] writer rather than prometheus-client
 //!   (and by prometheus-client for the protobuf format, with native
 //!   histograms);
-//! - [`format`]: the formats `/metrics` negotiates (OpenMetrics, text
+//! - [`mod@format`]: the formats `/metrics` negotiates (OpenMetrics, text
 //!   0.0.4, protobuf);
 //! - [`ingest`]: what the ingest sources received and refused;
 //! - [`targets`]: what the PostgreSQL collectors last saw;
