@@ -19,6 +19,11 @@
 //! `max_instances` instances, the rest count under [`OTHER_LABEL`], so a
 //! flood of random names costs one bucket, not memory.
 //!
+//! Each tenant's query latency is kept twice: in the 15 classic buckets per
+//! kind the text exposition folds, and in one sparse exponential
+//! [`NativeHistogram`] over all kinds (a few hundred bytes) for quantiles
+//! within a few percent: the detector and the protobuf exposition read it.
+//!
 //! Each window slot also remembers which sources (UDP, HTTP) its events
 //! came through, so detection can tell whose word a tenant's figures rest
 //! on (`detect.tighten_from`).
