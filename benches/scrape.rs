@@ -1,5 +1,5 @@
 //! `/metrics` encoding cost with 10,000 tenants doing reads, writes and
-//! other queries: one store merge plus the text exposition.
+//! other queries: one store merge plus the exposition, in each format.
 //! `cargo bench --bench scrape`.
 
 // Tests and benches may unwrap: a failure there is the report.
@@ -79,6 +79,18 @@ fn bench(c: &mut Criterion) {
     group.bench_function("encode_10k_tenants", |b| {
         b.iter(|| black_box(metrics::encode(&registry).len()))
     });
+    // The other two formats `/metrics` negotiates: text 0.0.4 (OpenMetrics
+    // rewritten line by line) and protobuf (prometheus-client's encoder,
+    // with native histograms).
+    for format in [metrics::Format::Text, metrics::Format::Protobuf] {
+        let name = match format {
+            metrics::Format::Text => "encode_10k_tenants_text_004",
+            _ => "encode_10k_tenants_protobuf",
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(metrics::encode_format(&registry, format, String::new()).len()))
+        });
+    }
     // The shape before the series budget (a histogram per kind with all 15
     // bounds), to compare the writer alone.
     let full = exposition_of(&metrics::ExpositionSettings {

@@ -21,6 +21,13 @@
     dashboardTags: ['tenantwatch'],
     dashboardRefresh: '30s',
     dashboardFrom: 'now-6h',
+    // Latency quantiles (panels and the p95 recording rule) read the native
+    // histograms first — what a Prometheus started with
+    // --enable-feature=native-histograms scrapes, as tenantwatch then
+    // answers in the protobuf format — and, with `or`, the classic
+    // `_bucket` series, so they work with either (or both, with
+    // scrape_classic_histograms). false: the classic series only.
+    nativeHistograms: true,
 
     // Alert thresholds.
     tenantLatencyP95Seconds: 1,

@@ -182,6 +182,19 @@ local layout(items) =
   ),
 
   local rate(name, extra='') = 'rate(%s[$__rate_interval])' % m(name, extra),
+  // The `q` quantile of histogram `name` aggregated by `by`: from its
+  // native buckets, or (`or`) its classic ones when Prometheus has none
+  // (config.nativeHistograms; classic only without). `classicRate` replaces
+  // the classic side's rate, e.g. by a recording rule.
+  local quantile(q, name, extra='', by=[], classicRate=null) =
+    local classic = 'histogram_quantile(%s, sum by (%s) (%s))' % [q, std.join(', ', by + ['le']), if classicRate == null then rate(name + '_bucket', extra) else classicRate];
+    local native = 'histogram_quantile(%s, sum%s (%s))' % [q, if by == [] then '' else ' by (%s)' % std.join(', ', by), rate(name, extra)];
+    if config.nativeHistograms then native + ' or ' + classic else classic,
+  // The increase of a histogram's buckets, for a heatmap: native, or
+  // classic by `le`.
+  local heatmap(name, extra='') =
+    local classic = 'sum by (le) (increase(%s[$__rate_interval]))' % m(name + '_bucket', extra);
+    if config.nativeHistograms then 'sum(increase(%s[$__rate_interval])) or %s' % [m(name, extra), classic] else classic,
 
   grafanaDashboards+:: {
     'fleet.json': dashboard(
@@ -200,11 +213,11 @@ local layout(items) =
         panel('stat', 'Connections in use', [target('sum(%s)' % m('tenantwatch_target_connections', 'target=~"$target"'))], 'short', w=4, h=4),
         panel(ts, 'Queries/s by kind', [target('sum by (kind) (%s)' % rate('tenantwatch_tenant_queries_total'), '{{kind}}')], 'reqps'),
         panel(ts, 'Fleet latency (p50, p95, p99)', [
-          target('histogram_quantile(%s, sum by (le) (%s))' % [q, m('le:tenantwatch_tenant_query_duration_seconds_bucket:rate5m')], 'p%d' % (q * 100))
+          target(quantile(q, 'tenantwatch_tenant_query_duration_seconds', classicRate=m('le:tenantwatch_tenant_query_duration_seconds_bucket:rate5m')), 'p%d' % (q * 100))
           for q in [0.5, 0.95, 0.99]
-        ], 's', description='From the recording rule le:tenantwatch_tenant_query_duration_seconds_bucket:rate5m (5m rates summed over tenants).'),
+        ], 's', description='From the native histograms, else the recording rule le:tenantwatch_tenant_query_duration_seconds_bucket:rate5m (5m rates summed over tenants).'),
         panel('heatmap', 'Query latency distribution', [
-          { expr: 'sum by (le) (increase(%s[$__rate_interval]))' % m('tenantwatch_tenant_query_duration_seconds_bucket'), legendFormat: '{{le}}', format: 'heatmap' },
+          { expr: heatmap('tenantwatch_tenant_query_duration_seconds'), legendFormat: '{{le}}', format: 'heatmap' },
         ], 's', w=24, options={ calculate: false, yAxis: { unit: 's' }, color: { scheme: 'Oranges' }, cellGap: 1 }),
         panel(ts, 'Top tenants by queries/s', [target(topOverRange(m('tenant:tenantwatch_tenant_queries:rate5m'), '10'), '{{tenant}}')], 'reqps',
               description='The ten tenants with most queries over the range; click a line for the tenant.', tenant_link=true),
@@ -289,12 +302,12 @@ local layout(items) =
         panel(ts, 'Queries/s by kind', [target('sum by (kind) (%s)' % rate('tenantwatch_tenant_queries_total', 'tenant="$tenant"'), '{{kind}}')], 'reqps'),
         panel(ts, 'Error ratio', [target('sum(%s) / sum(%s)' % [rate('tenantwatch_tenant_query_errors_total', 'tenant="$tenant"'), rate('tenantwatch_tenant_queries_total', 'tenant="$tenant"')], 'errors')], 'percentunit'),
         panel(ts, 'Latency (p50, p95, p99)', [
-          target('histogram_quantile(%s, sum by (le) (%s))' % [q, rate('tenantwatch_tenant_query_duration_seconds_bucket', 'tenant="$tenant"')], 'p%d' % (q * 100))
+          target(quantile(q, 'tenantwatch_tenant_query_duration_seconds', 'tenant="$tenant"'), 'p%d' % (q * 100))
           for q in [0.5, 0.95, 0.99]
         ], 's'),
         panel(ts, 'Share of database time', [target(m('tenantwatch_tenant_db_time_ratio', 'tenant="$tenant"'), 'share')], 'percentunit'),
         panel('heatmap', 'Latency distribution', [
-          { expr: 'sum by (le) (increase(%s[$__rate_interval]))' % m('tenantwatch_tenant_query_duration_seconds_bucket', 'tenant="$tenant"'), legendFormat: '{{le}}', format: 'heatmap' },
+          { expr: heatmap('tenantwatch_tenant_query_duration_seconds', 'tenant="$tenant"'), legendFormat: '{{le}}', format: 'heatmap' },
         ], 's', w=24, options={ calculate: false, yAxis: { unit: 's' } }),
         panel(ts, 'Rows/s', [target('sum by (kind) (%s)' % rate('tenantwatch_tenant_rows_total', 'tenant="$tenant"'), '{{kind}}')], 'short'),
         panel(ts, 'Queries/s by endpoint', [target('sum by (endpoint) (%s)' % rate('tenantwatch_tenant_endpoint_queries_total', 'tenant="$tenant"'), '{{endpoint}}')], 'reqps',

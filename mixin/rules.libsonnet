@@ -33,7 +33,9 @@
           },
           {
             record: 'tenant:tenantwatch_tenant_query_duration_seconds:p95_5m',
-            expr: 'histogram_quantile(0.95, tenant_le:tenantwatch_tenant_query_duration_seconds_bucket:rate5m)',
+            local classic = 'histogram_quantile(0.95, tenant_le:tenantwatch_tenant_query_duration_seconds_bucket:rate5m)',
+            local native = 'histogram_quantile(0.95, sum without (kind) (rate(tenantwatch_tenant_query_duration_seconds[5m])))',
+            expr: if $._config.nativeHistograms then native + ' or ' + classic else classic,
           },
           // The fleet's latency distribution, summed over tenants once per
           // evaluation instead of on every dashboard refresh.

@@ -885,10 +885,17 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, 
     (endpoint.as_str(), response)
 }
 
-/// `GET /metrics`: the shared exposition, gzipped when the scraper accepts
-/// it (compressed once per exposition, off the async workers).
+/// `GET /metrics`: the shared exposition in the format the scraper's
+/// `Accept` asks for ([`metrics::Format::negotiate`]), gzipped when it
+/// accepts it (compressed once per exposition, off the async workers).
 async fn exposition(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
-    let Ok(encoded) = state.read.exposition.current(&state.listener.heavy).await else {
+    let format = metrics::Format::negotiate(
+        req.headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let exposition = &state.read.exposition;
+    let Ok(encoded) = exposition.current(&state.listener.heavy, format).await else {
         return reply::busy();
     };
     let gzip = req
@@ -908,9 +915,12 @@ async fn exposition(state: &AppState, req: &Request<Incoming>) -> Response<Body>
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(metrics::CONTENT_TYPE),
+        HeaderValue::from_static(format.content_type()),
     );
-    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("accept, accept-encoding"),
+    );
     if gzip {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }

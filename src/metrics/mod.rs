@@ -6,7 +6,11 @@
 //! `Family` per tenant would put a lock and a hash lookup on the hot path);
 //! each area has one collector that reads its store at scrape time:
 //! - [`events`]: the tenant store (queries, errors, rows, latency, share),
-//!   written by the direct [`text`] writer rather than prometheus-client;
+//!   written by the direct [`text`] writer rather than prometheus-client
+//!   (and by prometheus-client for the protobuf format, with native
+//!   histograms);
+//! - [`mod@format`]: the formats `/metrics` negotiates (OpenMetrics, text
+//!   0.0.4, protobuf);
 //! - [`ingest`]: what the ingest sources received and refused;
 //! - [`targets`]: what the PostgreSQL collectors last saw;
 //! - [`pgbouncers`]: what the PgBouncer pollers last saw;
@@ -19,6 +23,7 @@
 pub mod detect;
 pub mod encode;
 pub mod events;
+pub mod format;
 pub mod http;
 pub mod ingest;
 pub mod pgbouncers;
@@ -38,6 +43,7 @@ use prometheus_client::registry::Registry;
 
 pub use detect::DetectCollector;
 pub use events::{ExpositionSettings, StoreExposition};
+pub use format::Format;
 pub use http::{HttpLabels, HttpMetrics, RejectLabels};
 pub use ingest::IngestCollector;
 pub use reload::ReloadMetrics;
@@ -99,15 +105,17 @@ impl Collector for CapacityCollector {
     }
 }
 
-/// Content type of the exposition prometheus-client writes.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// Everything `/metrics` shows: the registry of prometheus-client families
-/// and collectors, and the tenant store's families written directly.
+/// and collectors, and the tenant store's families written directly (in
+/// text) or through prometheus-client (in protobuf, where its latency
+/// histograms carry native buckets).
 #[derive(Debug)]
 pub struct Exposition {
     registry: Registry,
     store: StoreExposition,
+    /// The store's families as a prometheus-client collector, for the
+    /// protobuf format only.
+    store_protobuf: Registry,
 }
 
 /// What the exposition reads.
@@ -156,9 +164,15 @@ pub fn exposition(
         "Unix time of start-up or of the last configuration reload that applied.",
         reloads.success_timestamp,
     );
+    let mut store_protobuf = Registry::default();
+    store_protobuf.register_collector(Box::new(events::reference::ReferenceEncoder::with_native(
+        store.clone(),
+        settings,
+    )));
     Exposition {
         store: StoreExposition::new(store, settings),
         registry,
+        store_protobuf,
     }
 }
 
@@ -250,11 +264,51 @@ pub fn encode_into(exposition: &Exposition, out: &mut String) {
     LAST_EXPOSITION_BYTES.store(out.len(), Ordering::Relaxed);
 }
 
-/// One encoded exposition, shared by every scraper that asks within its
-/// lifetime, and its gzip form, compressed once on first request.
+/// Encodes the exposition in `format`, reusing `buffer` where it can (the
+/// text formats).
+pub fn encode_format(exposition: &Exposition, format: Format, buffer: String) -> bytes::Bytes {
+    match format {
+        Format::OpenMetrics => {
+            let mut out = buffer;
+            encode_into(exposition, &mut out);
+            bytes::Bytes::from(out)
+        }
+        Format::Text => {
+            let openmetrics = encode(exposition);
+            let mut out = buffer;
+            out.clear();
+            out.reserve(openmetrics.len());
+            format::openmetrics_to_text(&openmetrics, &mut out);
+            bytes::Bytes::from(out)
+        }
+        Format::Protobuf => bytes::Bytes::from(encode_protobuf(exposition)),
+    }
+}
+
+/// The exposition as length-delimited `io.prometheus.client.MetricFamily`
+/// messages, through prometheus-client's protobuf encoder.
+pub fn encode_protobuf(exposition: &Exposition) -> Vec<u8> {
+    use prometheus_client::encoding::prometheus_protobuf::encode_to_vec;
+    let mut out = Vec::new();
+    for registry in [&exposition.registry, &exposition.store_protobuf] {
+        // As in text: an error would be a collector's bug, and the
+        // families of the other registry are still worth sending.
+        match encode_to_vec(registry) {
+            Ok(families) if out.is_empty() => out = families,
+            Ok(families) => out.extend_from_slice(&families),
+            Err(err) => tracing::error!(error = %err, "Failed to encode metrics"),
+        }
+    }
+    out
+}
+
+/// One encoded exposition, shared by every scraper that asks for its
+/// format within its lifetime, and its gzip form, compressed once on first
+/// request.
 #[derive(Debug)]
 pub struct Encoded {
     pub at: std::time::Instant,
+    pub format: Format,
     pub plain: bytes::Bytes,
     gzip: std::sync::OnceLock<bytes::Bytes>,
 }
@@ -290,12 +344,12 @@ impl Encoded {
 
 /// The exposition, encoded at most once per `max_age` and once
 /// for every group of concurrent scrapes (single flight): 200 scrapers cost
-/// one encode and share one buffer.
+/// one encode and share one buffer. Each [`Format`] has its own.
 #[derive(Debug)]
 pub struct SharedExposition {
     exposition: Arc<Exposition>,
     max_age: std::time::Duration,
-    last: tokio::sync::Mutex<Option<Arc<Encoded>>>,
+    last: [tokio::sync::Mutex<Option<Arc<Encoded>>>; 3],
 }
 
 /// No permit for heavy work was free: answer 503 and let the client retry.
@@ -307,18 +361,22 @@ impl SharedExposition {
         SharedExposition {
             exposition: Arc::new(exposition),
             max_age,
-            last: tokio::sync::Mutex::new(None),
+            last: Default::default(),
         }
     }
 
-    /// The current exposition: the last one if it is younger than `max_age`
-    /// or was encoded after this call began, else a new one, encoded on a
-    /// blocking thread under one of `heavy`'s permits.
-    pub async fn current(&self, heavy: &tokio::sync::Semaphore) -> Result<Arc<Encoded>, Busy> {
+    /// The current exposition in `format`: the last one if it is younger
+    /// than `max_age` or was encoded after this call began, else a new one,
+    /// encoded on a blocking thread under one of `heavy`'s permits.
+    pub async fn current(
+        &self,
+        heavy: &tokio::sync::Semaphore,
+        format: Format,
+    ) -> Result<Arc<Encoded>, Busy> {
         let arrived = std::time::Instant::now();
         // Held across the encode on purpose: concurrent scrapers wait for
         // this encode instead of starting their own.
-        let mut last = self.last.lock().await;
+        let mut last = self.last[format.index()].lock().await;
         if let Some(encoded) = last.as_ref()
             && (encoded.at >= arrived || encoded.at.elapsed() <= self.max_age)
         {
@@ -335,16 +393,13 @@ impl SharedExposition {
             .and_then(Encoded::into_buffer)
             .unwrap_or_default();
         let exposition = self.exposition.clone();
-        let plain = tokio::task::spawn_blocking(move || {
-            let mut out = buffer;
-            encode_into(&exposition, &mut out);
-            out
-        })
-        .await
-        .map_err(|_| Busy)?;
+        let plain = tokio::task::spawn_blocking(move || encode_format(&exposition, format, buffer))
+            .await
+            .map_err(|_| Busy)?;
         let encoded = Arc::new(Encoded {
             at: std::time::Instant::now(),
-            plain: bytes::Bytes::from(plain),
+            format,
+            plain,
             gzip: std::sync::OnceLock::new(),
         });
         *last = Some(encoded.clone());
@@ -362,7 +417,7 @@ mod tests {
     use crate::ratelimit::RatePolicy;
     use crate::store::{MonotonicClock, StoreLimits};
 
-    fn exposition_of_a_few_tenants() -> Exposition {
+    pub(super) fn exposition_of_a_few_tenants() -> Exposition {
         let store = Arc::new(Store::new(
             1,
             StoreLimits {
@@ -418,7 +473,10 @@ mod tests {
         let heavy = tokio::sync::Semaphore::new(1);
         let next = || async {
             std::thread::sleep(Duration::from_millis(2));
-            shared.current(&heavy).await.expect("a permit is free")
+            shared
+                .current(&heavy, Format::OpenMetrics)
+                .await
+                .expect("a permit is free")
         };
 
         let first = next().await;
@@ -439,5 +497,83 @@ mod tests {
         let text = std::str::from_utf8(&third.plain).unwrap();
         assert!(text.contains("tenant=\"initech\""), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::{
+        MetricFamily, MetricType,
+    };
+    use prost::Message as _;
+
+    use super::*;
+
+    fn families(mut bytes: &[u8]) -> Vec<MetricFamily> {
+        let mut families = Vec::new();
+        while !bytes.is_empty() {
+            families.push(MetricFamily::decode_length_delimited(&mut bytes).unwrap());
+        }
+        families
+    }
+
+    #[test]
+    fn protobuf_carries_every_family_and_native_latency_histograms() {
+        let exposition = tests::exposition_of_a_few_tenants();
+        let families = families(&encode_protobuf(&exposition));
+        let names: Vec<&str> = families.iter().map(|f| f.name.as_str()).collect();
+        for expected in [
+            "tenantwatch_build_info",
+            "tenantwatch_events_received_total",
+            "tenantwatch_tenant_queries_total",
+            "tenantwatch_tenant_db_time_share",
+            "tenantwatch_tenants_tracked",
+        ] {
+            assert!(names.contains(&expected), "{expected} in {names:?}");
+        }
+        let latency = families
+            .iter()
+            .find(|f| f.name == "tenantwatch_tenant_query_duration_seconds")
+            .unwrap();
+        assert_eq!(latency.r#type, MetricType::Histogram as i32);
+        assert_eq!(latency.metric.len(), 3);
+        for metric in &latency.metric {
+            let h = metric.histogram.as_ref().unwrap();
+            // 3 ms: one observation in bucket ceil(log2(0.003) * 8) = -67.
+            assert_eq!((h.schema, h.sample_count), (3, 1));
+            assert_eq!(h.positive_span.len(), 1);
+            assert_eq!(
+                (h.positive_span[0].offset, h.positive_span[0].length),
+                (-67, 1)
+            );
+            assert_eq!(h.positive_delta, [1]);
+            assert!((h.sample_sum - 0.003).abs() < 1e-12);
+            // And the classic buckets, for scrape_classic_histograms.
+            assert_eq!(h.bucket.len(), DEFAULT_CLASSIC_BUCKETS + 1);
+        }
+    }
+
+    const DEFAULT_CLASSIC_BUCKETS: usize = events::DEFAULT_LATENCY_BUCKETS.len();
+
+    #[test]
+    fn the_text_format_is_the_openmetrics_one_less_its_differences() {
+        let exposition = tests::exposition_of_a_few_tenants();
+        let openmetrics = encode(&exposition);
+        let text = encode_format(&exposition, Format::Text, String::new());
+        let text = std::str::from_utf8(&text).unwrap();
+        assert!(!text.contains("# EOF"));
+        assert!(text.contains("# TYPE tenantwatch_tenant_queries_total counter\n"));
+        assert!(text.contains("# TYPE tenantwatch_tenants_tracked gauge\n"));
+        // Same samples, in the same order (but the process's memory,
+        // which moved between the two encodes).
+        let samples = |s: &str| -> Vec<String> {
+            s.lines()
+                .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(samples(text), samples(&openmetrics));
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! - [`tenants`]: per-tenant, per-kind figures aggregated from events,
 //!   sharded per writer and bounded by `max_tenants` ([`Store`]);
+//! - [`native`]: the sparse exponential latency histogram each tenant
+//!   keeps beside its classic buckets ([`NativeHistogram`]);
 //! - [`targets`]: what the PostgreSQL collectors last saw of each target
 //!   ([`TargetStatus`], shared through [`TargetStatuses`]);
 //! - [`ingest_stats`]: what the ingest sources received and refused;
@@ -29,11 +31,13 @@
 
 pub mod guard;
 pub mod ingest_stats;
+pub mod native;
 pub mod pgbouncers;
 pub mod targets;
 pub mod tenants;
 
 pub use ingest_stats::{IngestStats, Source};
+pub use native::NativeHistogram;
 pub use pgbouncers::{
     MAX_POOL_LABEL_VALUES, PgBouncerSnapshot, PgBouncerStatus, PgBouncerStatuses, PoolDatabase,
     PoolFigures, PoolTraffic, SharedPgBouncerStatus, TenantPools, lock_pgbouncer,

@@ -19,6 +19,11 @@
 //! `max_instances` instances, the rest count under [`OTHER_LABEL`], so a
 //! flood of random names costs one bucket, not memory.
 //!
+//! Each tenant's query latency is kept twice: in the 15 classic buckets per
+//! kind the text exposition folds, and in one sparse exponential
+//! [`NativeHistogram`] over all kinds (a few hundred bytes) for quantiles
+//! within a few percent: the detector and the protobuf exposition read it.
+//!
 //! Each window slot also remembers which sources (UDP, HTTP) its events
 //! came through, so detection can tell whose word a tenant's figures rest
 //! on (`detect.tighten_from`).
@@ -33,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::event::{Event, OVERFLOW_TENANT, QueryKind, Sample};
-use crate::store::Source;
+use crate::store::{NativeHistogram, Source};
 
 /// The endpoint or instance that gathers those beyond the caps.
 pub const OTHER_LABEL: &str = "__other__";
@@ -204,6 +209,8 @@ impl KindTotals {
 #[derive(Debug, Clone, Default)]
 struct TenantAccumulator {
     kinds: [Option<KindTotals>; 3],
+    /// Query latency of all kinds in exponential buckets (sparse).
+    latency: NativeHistogram,
     /// Database time and sources per window slot.
     window: [WindowSlot; WINDOW_SLOTS],
     last_seen_ms: u64,
@@ -267,6 +274,7 @@ impl TenantAccumulator {
                 totals.duration_sum_ms += db_time_ms;
                 let bucket = LATENCY_BUCKETS_MS.partition_point(|bound| *bound < duration_ms);
                 totals.buckets[bucket] += weight;
+                self.latency.observe(duration_ms / 1000.0, weight);
                 self.window[(slot % WINDOW_SLOTS as u64) as usize].db_time_ms += db_time_ms;
             }
             Sample::Rows(rows) => totals.rows += rows,
@@ -363,6 +371,9 @@ pub struct TenantSnapshot {
     pub tenant: String,
     /// Indexed by [`QueryKind::index`]; `None` for kinds never seen.
     pub kinds: [Option<KindTotals>; 3],
+    /// Query latency of all kinds in exponential (native-histogram)
+    /// buckets: the fine view, for quantiles within a few percent.
+    pub latency: NativeHistogram,
     /// Database time summed over the sliding window, in milliseconds.
     pub window_db_time_ms: f64,
     /// This tenant's share of all tenants' database time over the window.
@@ -508,6 +519,7 @@ impl Store {
                         mine.get_or_insert_with(KindTotals::default).merge(theirs);
                     }
                 }
+                snapshot.latency.merge(&acc.latency);
                 snapshot.window_db_time_ms += acc.window_ms(current_slot);
                 snapshot.window_sources = snapshot
                     .window_sources

@@ -331,17 +331,29 @@ fn post_blocking(addr: &str, path: &str, body: &str) -> (u16, String) {
 
 /// The exposition, fetched without a runtime.
 fn metrics_blocking(addr: &str) -> support::Exposition {
-    let (status, body) = request_blocking(addr, "GET", "/metrics", "");
+    let accept = "Accept: application/openmetrics-text\r\n";
+    let (status, body) = request_blocking_with(addr, "GET", "/metrics", accept, "");
     assert_eq!(status, 200);
     support::Exposition::parse(&body)
 }
 
 fn request_blocking(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    request_blocking_with(addr, method, path, "", body)
+}
+
+/// As [`request_blocking`], with `headers` (each line ending in CRLF) added.
+fn request_blocking_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -607,6 +619,26 @@ async fn series_budget_per_tenant() {
         ),
         Some(21.0)
     );
+    // Scraped in protobuf (Prometheus with native histograms), a tenant's
+    // native latency histogram is one series: still within the budget.
+    let families = daemon.protobuf_families().await;
+    let mut per_tenant = std::collections::BTreeMap::<&str, usize>::new();
+    for metric in families.iter().flat_map(|f| &f.metric) {
+        if let Some(tenant) = metric.label.iter().find(|l| l.name == "tenant") {
+            *per_tenant.entry(tenant.value.as_str()).or_default() += 1;
+        }
+    }
+    assert_eq!(per_tenant.len(), tenants.len(), "{per_tenant:?}");
+    assert!(
+        per_tenant.values().all(|series| *series <= 20),
+        "{per_tenant:?}"
+    );
+    let latency = families
+        .iter()
+        .find(|f| f.name == "tenantwatch_tenant_query_duration_seconds")
+        .unwrap();
+    let native = latency.metric[0].histogram.as_ref().unwrap();
+    assert_eq!((native.schema, native.sample_count), (3, 21));
     daemon.stop().await;
 
     // Per kind, on request, with a bound set of one's own.

@@ -604,7 +604,13 @@ async fn slow_and_excess_connections_are_cut_off() {
         "a free connection slot",
         Duration::from_secs(10),
         || async {
-            let get = support::try_http(daemon.http, "GET", "/metrics", &[], Vec::new());
+            let get = support::try_http(
+                daemon.http,
+                "GET",
+                "/metrics",
+                &[support::OPENMETRICS],
+                Vec::new(),
+            );
             let reply = tokio::time::timeout(Duration::from_secs(2), get)
                 .await
                 .ok()?

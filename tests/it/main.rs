@@ -27,6 +27,7 @@ mod e2e_prometheus;
 mod guard;
 mod ingest;
 mod monotonic;
+mod negotiation;
 mod openapi;
 mod pgbouncer;
 mod poisoned_figures;

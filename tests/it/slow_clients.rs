@@ -111,18 +111,25 @@ async fn heavy_views_beyond_the_cap_get_503_and_probes_still_answer() {
 async fn metrics_are_gzipped_for_scrapers_that_accept_it() {
     let daemon = TestDaemon::start().await;
     fill(&daemon, 2_000).await;
-    let plain = daemon.get("/metrics").await;
+    let plain = http(
+        daemon.http,
+        "GET",
+        "/metrics",
+        &[support::OPENMETRICS],
+        Vec::new(),
+    )
+    .await;
     let gzipped = http(
         daemon.http,
         "GET",
         "/metrics",
-        &[("accept-encoding", "gzip, deflate")],
+        &[("accept-encoding", "gzip, deflate"), support::OPENMETRICS],
         Vec::new(),
     )
     .await;
     assert_eq!(gzipped.status, 200);
     assert_eq!(gzipped.header("content-encoding"), Some("gzip"));
-    assert_eq!(gzipped.header("vary"), Some("accept-encoding"));
+    assert_eq!(gzipped.header("vary"), Some("accept, accept-encoding"));
     let mut text = String::new();
     flate2::read::GzDecoder::new(&gzipped.body[..])
         .read_to_string(&mut text)

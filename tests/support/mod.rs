@@ -75,10 +75,38 @@ impl TestDaemon {
         http(self.http, "POST", path, headers, body.into()).await
     }
 
+    /// The exposition in OpenMetrics (what [`Exposition::parse`] reads;
+    /// without `Accept`, `/metrics` answers the text format 0.0.4).
     pub async fn metrics(&self) -> Exposition {
-        let reply = self.get("/metrics").await;
+        let reply = http(self.http, "GET", "/metrics", &[OPENMETRICS], Vec::new()).await;
         assert_eq!(reply.status, 200, "GET /metrics: {}", reply.text());
         Exposition::parse(&reply.text())
+    }
+
+    /// The exposition in the Prometheus protobuf format (what a Prometheus
+    /// with native histograms enabled asks for).
+    pub async fn protobuf_families(
+        &self,
+    ) -> Vec<prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily>
+    {
+        use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+        use prost::Message as _;
+        let accept = tenantwatch::metrics::Format::Protobuf.content_type();
+        let reply = http(
+            self.http,
+            "GET",
+            "/metrics",
+            &[("accept", accept)],
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        let mut rest = &reply.body[..];
+        let mut families = Vec::new();
+        while !rest.is_empty() {
+            families.push(MetricFamily::decode_length_delimited(&mut rest).unwrap());
+        }
+        families
     }
 
     /// Sends one datagram to the UDP listener.
@@ -139,6 +167,9 @@ impl HttpReply {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
+
+/// The `Accept` header of a scraper that reads OpenMetrics.
+pub const OPENMETRICS: (&str, &str) = ("accept", "application/openmetrics-text; version=1.0.0");
 
 /// One HTTP/1.1 request on a fresh connection.
 pub async fn http(

@@ -1,30 +1,53 @@
-//! The store's families through prometheus-client's own text encoder: the
+//! The store's families through prometheus-client's encoders: in text, the
 //! reference the direct writer ([`super::super::text`]) is tested against
-//! byte for byte and benchmarked against (`cargo bench --bench scrape`).
-//! Not served: at 10,000 tenants it takes about four times the direct
-//! writer's instructions, too slow for the 50 ms scrape target
-//! (`docs/performance.md`, issue 29).
+//! byte for byte and benchmarked against (`cargo bench --bench scrape`),
+//! not served (at 10,000 tenants it takes about four times the direct
+//! writer's instructions, too slow for the 50 ms scrape target:
+//! `docs/performance.md`, issue 29); in the Prometheus protobuf format, what
+//! `/metrics` serves to scrapers that ask for it, the per-tenant latency
+//! histograms carrying the store's native buckets beside the classic ones
+//! (prometheus-client's text encoder writes the classic ones only).
 
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, MetricEncoder, NativeHistogramBuckets, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 
 use super::{ExpositionSettings, StoreExposition};
 use crate::event::QueryKind;
 use crate::metrics::encode::{counter, family, gauge};
-use crate::store::{BUCKET_COUNT, KindTotals, Store, StoreSnapshot};
+use crate::store::native::NATIVE_ZERO_THRESHOLD;
+use crate::store::{BUCKET_COUNT, KindTotals, NativeHistogram, Store, StoreSnapshot};
 
-/// The store's families as a prometheus-client collector, for tests and
-/// benchmarks (never registered in the served registry: its families are
+/// The store's families as a prometheus-client collector: served in
+/// protobuf; in text, for tests and benchmarks only (the served text is
 /// the direct writer's).
 #[derive(Debug)]
-pub struct ReferenceEncoder(StoreExposition);
+pub struct ReferenceEncoder(StoreExposition, Native);
+
+/// Whether the per-tenant latency histograms carry native buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Native {
+    /// Classic buckets only: what the text formats show.
+    Without,
+    /// Native buckets beside the classic ones, the count being the native
+    /// buckets' (Prometheus refuses a native histogram whose count differs
+    /// from its buckets'): for the protobuf format.
+    With,
+}
 
 impl ReferenceEncoder {
+    /// Classic histograms only, as the direct writer writes them.
     pub fn new(store: Arc<Store>, settings: &ExpositionSettings) -> ReferenceEncoder {
-        ReferenceEncoder(StoreExposition::new(store, settings))
+        ReferenceEncoder(StoreExposition::new(store, settings), Native::Without)
+    }
+
+    /// With native buckets, for the protobuf format.
+    pub fn with_native(store: Arc<Store>, settings: &ExpositionSettings) -> ReferenceEncoder {
+        ReferenceEncoder(StoreExposition::new(store, settings), Native::With)
     }
 }
 
@@ -194,6 +217,10 @@ fn encode_totals(encoder: &mut DescriptorEncoder, snapshot: &StoreSnapshot) -> s
     Ok(())
 }
 
+/// A classic histogram: sum in seconds, count, and per-bucket (not
+/// cumulative) counts by upper bound.
+type Classic = (f64, u64, [(f64, u64); BUCKET_COUNT]);
+
 impl ReferenceEncoder {
     /// Query latency per tenant, or per tenant and kind.
     fn encode_latency(
@@ -221,6 +248,13 @@ impl ReferenceEncoder {
                         self.histogram_of(&mut metric, &labels, [Some(totals)].into_iter())?;
                     }
                 }
+            } else if self.1 == Native::With {
+                // Native buckets are kept per tenant, all kinds: they go
+                // with the per-tenant histogram (by kind, classic only).
+                let kinds = tenant.kinds.iter().map(Option::as_ref);
+                let labels = [("tenant", id)];
+                let mut metric = metric.encode_family(&labels)?;
+                self.native_histogram_of(&mut metric, kinds, &tenant.latency)?;
             } else {
                 let kinds = tenant.kinds.iter().map(Option::as_ref);
                 self.histogram_of(&mut metric, &[("tenant", id)], kinds)?;
@@ -297,6 +331,56 @@ impl ReferenceEncoder {
         labels: &impl EncodeLabelSet,
         kinds: impl Iterator<Item = Option<&'a KindTotals>>,
     ) -> std::fmt::Result {
+        let Some((sum, count, buckets)) = self.classic(kinds) else {
+            return Ok(());
+        };
+        let buckets = &buckets[..self.0.bounds.len()];
+        metric
+            .encode_family(labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, buckets, None)
+    }
+
+    /// The classic histogram of [`Self::histogram_of`] with `native`'s
+    /// buckets beside it. The count is the native buckets' (they count a
+    /// sampled line at its rounded weight, the classic buckets at its exact
+    /// weight: the two differ only with fractional weights).
+    fn native_histogram_of<'a>(
+        &self,
+        metric: &mut MetricEncoder<'_>,
+        kinds: impl Iterator<Item = Option<&'a KindTotals>>,
+        native: &NativeHistogram,
+    ) -> std::fmt::Result {
+        let Some((sum, count, buckets)) = self.classic(kinds) else {
+            return Ok(());
+        };
+        let buckets = &buckets[..self.0.bounds.len()];
+        let (spans, deltas) = native.spans_and_deltas();
+        let native_count = native.count();
+        let native = prometheus_client::encoding::NativeHistogram {
+            schema: i32::from(native.schema()),
+            zero_threshold: NATIVE_ZERO_THRESHOLD,
+            zero_count: u64::from(native.zero_count()),
+            negative: NativeHistogramBuckets {
+                spans: &[],
+                deltas: &[],
+            },
+            positive: NativeHistogramBuckets {
+                spans: &spans,
+                deltas: &deltas,
+            },
+            created: None,
+        };
+        let count = if native_count > 0 {
+            native_count
+        } else {
+            count
+        };
+        metric.encode_histogram_with_native::<NoLabelSet>(sum, count, buckets, None, native)
+    }
+
+    /// Sum (seconds), count and per-bucket counts of `kinds` folded into
+    /// the exposed bounds; `None` when they hold no query.
+    fn classic<'a>(&self, kinds: impl Iterator<Item = Option<&'a KindTotals>>) -> Option<Classic> {
         let mut folded = [0.0f64; BUCKET_COUNT];
         let (mut queries, mut sum_ms) = (0.0, 0.0);
         for totals in kinds.flatten() {
@@ -307,7 +391,7 @@ impl ReferenceEncoder {
             }
         }
         if queries == 0.0 {
-            return Ok(());
+            return None;
         }
         // Weighted (sampled) counts are fractional: the cumulative counts
         // are rounded, which keeps them monotonic, and each bucket holds
@@ -320,10 +404,7 @@ impl ReferenceEncoder {
             *slot = (*bound, rounded.saturating_sub(rounded_before));
             rounded_before = rounded;
         }
-        let buckets = &buckets[..self.0.bounds.len()];
-        metric
-            .encode_family(labels)?
-            .encode_histogram::<NoLabelSet>(sum_ms / 1000.0, rounded_before, buckets, None)
+        Some((sum_ms / 1000.0, rounded_before, buckets))
     }
 }
 
