@@ -106,6 +106,18 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub struct Exposition {
     registry: Registry,
     store: StoreExposition,
+    /// Watched for new collector results, which make the next scrape
+    /// encode afresh.
+    published: (TargetStatuses, crate::store::PgBouncerStatuses),
+}
+
+impl Exposition {
+    /// A number that moves whenever a PostgreSQL or PgBouncer collector
+    /// publishes a result.
+    fn published(&self) -> u64 {
+        let (targets, pgbouncers) = &self.published;
+        targets.published().wrapping_add(pgbouncers.published())
+    }
 }
 
 /// What the exposition reads.
@@ -141,6 +153,7 @@ pub fn exposition(
         reloads,
         capacity,
     } = sources;
+    let published = (targets.clone(), pgbouncers.clone());
     let mut registry = registry(stats, http, targets, (judgement, limits, guard_log));
     registry.register_collector(Box::new(CapacityCollector { figures: capacity }));
     registry.register_collector(Box::new(pgbouncers::PgBouncerCollector { pgbouncers }));
@@ -157,6 +170,7 @@ pub fn exposition(
     Exposition {
         store: StoreExposition::new(store, settings),
         registry,
+        published,
     }
 }
 
@@ -253,6 +267,8 @@ pub fn encode_into(exposition: &Exposition, out: &mut String) {
 #[derive(Debug)]
 pub struct Encoded {
     pub at: std::time::Instant,
+    /// [`Exposition::published`] when the encode began.
+    published: u64,
     pub plain: bytes::Bytes,
     gzip: std::sync::OnceLock<bytes::Bytes>,
 }
@@ -288,7 +304,9 @@ impl Encoded {
 
 /// The exposition, encoded at most once per `max_age` and once
 /// for every group of concurrent scrapes (single flight): 200 scrapers cost
-/// one encode and share one buffer.
+/// one encode and share one buffer. A collector result published since the
+/// last encode (a poll that failed, a new `up`) makes the next scrape
+/// encode afresh: the cache shares work, never a target's health.
 #[derive(Debug)]
 pub struct SharedExposition {
     exposition: Arc<Exposition>,
@@ -309,16 +327,19 @@ impl SharedExposition {
         }
     }
 
-    /// The current exposition: the last one if it is younger than `max_age`
-    /// or was encoded after this call began, else a new one, encoded on a
-    /// blocking thread under one of `heavy`'s permits.
+    /// The current exposition: the last one if it was encoded after this
+    /// call began, or is younger than `max_age` with no collector result
+    /// published since; else a new one, encoded on a blocking thread under
+    /// one of `heavy`'s permits.
     pub async fn current(&self, heavy: &tokio::sync::Semaphore) -> Result<Arc<Encoded>, Busy> {
         let arrived = std::time::Instant::now();
         // Held across the encode on purpose: concurrent scrapers wait for
         // this encode instead of starting their own.
         let mut last = self.last.lock().await;
+        let published = self.exposition.published();
         if let Some(encoded) = last.as_ref()
-            && (encoded.at >= arrived || encoded.at.elapsed() <= self.max_age)
+            && (encoded.at >= arrived
+                || (encoded.at.elapsed() < self.max_age && encoded.published == published))
         {
             return Ok(encoded.clone());
         }
@@ -342,6 +363,7 @@ impl SharedExposition {
         .map_err(|_| Busy)?;
         let encoded = Arc::new(Encoded {
             at: std::time::Instant::now(),
+            published,
             plain: bytes::Bytes::from(plain),
             gzip: std::sync::OnceLock::new(),
         });
