@@ -84,6 +84,7 @@ fn bench(c: &mut Criterion) {
     let full = exposition_of(&metrics::ExpositionSettings {
         histogram_by_kind: true,
         latency_buckets: tenantwatch::store::LATENCY_BUCKETS_SECONDS.to_vec(),
+        ..metrics::ExpositionSettings::default()
     });
     group.bench_function("encode_10k_tenants_by_kind_15_buckets", |b| {
         b.iter(|| black_box(metrics::encode(&full).len()))
