@@ -447,7 +447,11 @@ impl AppState {
                 rate_limits: sources.rate_limits.clone(),
             },
             read: ReadState {
-                exposition: metrics::SharedExposition::new(exposition, server.metrics_max_age),
+                exposition: metrics::SharedExposition::new(
+                    exposition,
+                    server.metrics_max_age,
+                    server.heavy_permits(),
+                ),
                 store: sources.store,
                 rate_limits: sources.rate_limits,
                 guard_log: sources.guard_log,
