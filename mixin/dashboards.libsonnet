@@ -479,6 +479,7 @@ local layout(items) =
               description='What the kernel granted for ingest.udp_recv_buffer_bytes (net.core.rmem_max caps it).'),
         panel(ts, 'Tenants tracked and overflow', [
           target('sum(%s)' % m('tenantwatch_tenants_tracked'), 'tracked'),
+          target('sum(%s)' % m('tenantwatch_tenants_exported'), 'exported (event within metrics.idle_after)'),
           target('sum(%s)' % rate('tenantwatch_tenants_overflow_total'), 'overflow events/s'),
           target('sum(%s)' % rate('tenantwatch_tenants_evicted_total'), 'idle tenants evicted/s'),
         ], 'short'),

@@ -10,6 +10,14 @@
 #   SCRAPE_ONLY=1 [BASELINE_BIN=...] scripts/bench-ingest.sh
 #                                           # only the /metrics figures, builds
 #                                           # alternating over ROUNDS (3) rounds
+#   SCRAPE_ONLY=1 GZIP=1 ...                # the same, gzip'd as Prometheus asks
+#   SCRAPE_ONLY=1 GZIP=1 IDLE_TENANTS=100000 TENANTS=10000 IDLE_AFTER=15s ...
+#                                           # IDLE_TENANTS send, go idle for
+#                                           # IDLE_AFTER (metrics.idle_after and
+#                                           # ingest.share_window, >= 12s), then
+#                                           # TENANTS of them send again
+#                                           # (a build without metrics.idle_after
+#                                           # exports every tenant)
 #
 # A trial sends at a fixed rate from a separate process (examples/udp_bench.rs)
 # for TRIAL_SECONDS, waits for the receiver to drain, and passes when every
@@ -21,6 +29,9 @@ cd "$(dirname "$0")/.."
 REPEATS=${REPEATS:-3}
 TRIAL_SECONDS=${TRIAL_SECONDS:-3}
 TENANTS=${TENANTS:-10000}
+IDLE_TENANTS=${IDLE_TENANTS:-0}
+IDLE_AFTER=${IDLE_AFTER:-15s}
+MAX_TENANTS=$(( IDLE_TENANTS > TENANTS ? IDLE_TENANTS : TENANTS ))
 RECV_BUFFER=${RECV_BUFFER:-8388608}
 BISECT_STEPS=${BISECT_STEPS:-4}
 UDP_RECEIVERS=${UDP_RECEIVERS:-2}
@@ -58,8 +69,14 @@ metrics_max_age = "0s"
 udp_listen = "127.0.0.1:$DAEMON_UDP"
 udp_recv_buffer_bytes = $RECV_BUFFER
 udp_receivers = $UDP_RECEIVERS
-max_tenants = $TENANTS
+max_tenants = $MAX_TENANTS
 EOF
+  if [ "$IDLE_TENANTS" -gt 0 ]; then
+    # Older builds refuse the key they do not know: they run without it.
+    cp "$WORK/tenantwatch.toml" "$WORK/without-idle.toml"
+    printf 'share_window = "%s"\n[metrics]\nidle_after = "%s"\n' "$IDLE_AFTER" "$IDLE_AFTER" >> "$WORK/tenantwatch.toml"
+    "$1" check-config "$WORK/tenantwatch.toml" >/dev/null 2>&1 || cp "$WORK/without-idle.toml" "$WORK/tenantwatch.toml"
+  fi
   TENANTWATCH_LOG=warn "$1" run --config "$WORK/tenantwatch.toml" &
   DAEMON_PID=$!
   for _ in $(seq 50); do curl -sf "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null && break; sleep 0.1; done
@@ -114,22 +131,31 @@ run_searches() {
 }
 
 # scrape_figures: 5 scrapes of the running daemon after every tenant sent
-# events of each kind; prints the median in milliseconds.
+# events of each kind (after IDLE_TENANTS did and went idle); prints the
+# median in milliseconds. GZIP=1: gzip'd, as Prometheus asks.
 scrape_figures() {
+  if [ "$IDLE_TENANTS" -gt 0 ]; then
+    "$BENCH" send "127.0.0.1:$DAEMON_UDP" 100000 20 $(( IDLE_TENANTS * 3 / 100000 + 3 )) "$IDLE_TENANTS" >/dev/null
+    sleep "$(python3 -c "import re; d='$IDLE_AFTER'; print(int(re.match(r'(\d+)', d).group(1)) * (60 if d.endswith('m') else 1) + 2)")"
+  fi
   "$BENCH" send "127.0.0.1:$DAEMON_UDP" 100000 20 3 "$TENANTS" >/dev/null
   sleep 1
+  local encoding=identity
+  [ -n "${GZIP:-}" ] && encoding=gzip
   for _ in 1 2 3 4 5; do
-    curl -s -o "$WORK/metrics.txt" -w '%{time_total}\n' "http://127.0.0.1:$HTTP_PORT/metrics"
+    curl -s -H "Accept-Encoding: $encoding" -o "$WORK/metrics.out" -w '%{time_total}\n' "http://127.0.0.1:$HTTP_PORT/metrics"
   done | median | python3 -c "import sys; print(f'{float(sys.stdin.read()) * 1000:.1f}')"
+  if [ -n "${GZIP:-}" ]; then gzip -dc "$WORK/metrics.out" > "$WORK/metrics.txt"; else cp "$WORK/metrics.out" "$WORK/metrics.txt"; fi
 }
 
 if [ -n "${SCRAPE_ONLY:-}" ]; then
   builds=("$BIN"); [ -n "$BASELINE_BIN" ] && builds+=("$BASELINE_BIN")
-  echo "== /metrics with $TENANTS tenants (metrics_max_age 0s), ${ROUNDS:-3} rounds, median of 5 scrapes each"
+  echo "== /metrics with $TENANTS active tenants of $MAX_TENANTS (metrics_max_age 0s${GZIP:+, gzip}), ${ROUNDS:-3} rounds, median of 5 scrapes each"
   for round in $(seq "${ROUNDS:-3}"); do
     for build in "${builds[@]}"; do
       start_daemon "$build"
-      echo "round $round $build: $(scrape_figures) ms, $(grep -vc '^#' "$WORK/metrics.txt") samples"
+      ms=$(scrape_figures)
+      echo "round $round $build: $ms ms, $(grep -vc '^#' "$WORK/metrics.txt") samples, $(wc -c < "$WORK/metrics.out") bytes sent"
     done
   done
   exit 0

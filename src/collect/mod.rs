@@ -527,6 +527,7 @@ impl Poller {
             Err(err) => {
                 *status.poll_errors.entry((collector, err.kind)).or_default() += 1;
                 status.last_error = Some(err.kind);
+                status.publish();
                 drop(status);
                 if let Some(suppressed) = self.warn.should_log() {
                     tracing::warn!(
@@ -543,8 +544,15 @@ impl Poller {
         }
     }
 
-    /// One poll of every collector. Returns whether the target is up.
+    /// One poll of every collector, published as a whole when it ends (the
+    /// next scrape encodes afresh). Returns whether the target is up.
     async fn poll(&mut self) -> bool {
+        let up = self.poll_collectors().await;
+        lock(&self.status).publish();
+        up
+    }
+
+    async fn poll_collectors(&mut self) -> bool {
         lock(&self.status).polls += 1;
         let primary = self.primary_database();
         let started = Instant::now();

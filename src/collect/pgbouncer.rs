@@ -582,6 +582,7 @@ impl PgBouncerPoller {
                 status.bad_values = status.bad_values.saturating_add(bad);
                 status.version = version.or(status.version.take());
                 status.snapshot = Some(Arc::new(snapshot));
+                status.published = status.published.wrapping_add(1);
             }
             Err(err) => {
                 self.client = None;
@@ -591,6 +592,7 @@ impl PgBouncerPoller {
                 status.poll_seconds = Some(elapsed);
                 status.last_error = Some(err.kind);
                 *status.poll_errors.entry(err.kind).or_default() += 1;
+                status.published = status.published.wrapping_add(1);
                 drop(status);
                 if was_up {
                     tracing::warn!(pgbouncer = %self.config.settings.name, addr = %self.config.description, "PgBouncer is down");

@@ -34,6 +34,16 @@ pub(super) fn assemble(
     s.api.check(&mut v);
     s.state.check(&mut v);
     s.metrics.check(&mut v);
+    if !s.metrics.idle_after.is_zero() && s.metrics.idle_after < s.ingest.share_window {
+        v.fail(
+            "metrics.idle_after",
+            humantime::format_duration(s.metrics.idle_after).to_string(),
+            format!(
+                "must be 0s or at least ingest.share_window ({}): a hidden tenant would still hold database time the others' shares are measured against",
+                humantime::format_duration(s.ingest.share_window)
+            ),
+        );
+    }
     let tokens = listener_tokens(&mut v, s, env);
     let tls = s.server.load_tls(&mut v);
     let targets = targets(&mut v, s, env);

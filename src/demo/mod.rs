@@ -541,8 +541,6 @@ pub fn demo_config(
     file.server.listen = listen;
     // Nothing routes to the demo: stop at once on Ctrl-C.
     file.server.shutdown_delay = Duration::ZERO;
-    // The demo's live view and its 1 s scrapes want fresh figures.
-    file.server.metrics_max_age = Duration::from_secs(1);
     file.ingest.udp_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     file.targets.push(TargetSettings {
         poll_interval: Duration::from_secs(2),

@@ -185,7 +185,8 @@ pub struct ServerSettings {
     /// workers that answer probes and checks.
     pub max_heavy_requests: usize,
     /// A scrape within this long of the last encode reuses its bytes
-    /// (`"0s"`: every scrape encodes).
+    /// unless a collector published a result since (`"0s"`: every scrape
+    /// encodes). Concurrent scrapes share one encode whatever it is.
     #[serde(with = "serde_text::duration")]
     pub metrics_max_age: Duration,
     /// PEM certificate chain: with `tls_key_file`, the listener serves TLS.
@@ -215,7 +216,7 @@ impl Default for ServerSettings {
             write_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(300),
             max_heavy_requests: 0,
-            metrics_max_age: Duration::from_secs(10),
+            metrics_max_age: Duration::from_secs(1),
             tls_cert_file: None,
             tls_key_file: None,
         }
@@ -446,7 +447,11 @@ impl AppState {
                 rate_limits: sources.rate_limits.clone(),
             },
             read: ReadState {
-                exposition: metrics::SharedExposition::new(exposition, server.metrics_max_age),
+                exposition: metrics::SharedExposition::new(
+                    exposition,
+                    server.metrics_max_age,
+                    server.heavy_permits(),
+                ),
                 store: sources.store,
                 rate_limits: sources.rate_limits,
                 guard_log: sources.guard_log,

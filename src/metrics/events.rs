@@ -8,13 +8,24 @@
 //! subset of the store's bounds, so folding is exact) and, by default, into
 //! one histogram per tenant rather than one per tenant and kind. That keeps
 //! a tenant sending all three kinds at 20 samples.
+//!
+//! A tenant with no event for `metrics.idle_after` leaves the exposition
+//! (statsd_exporter's `ttl`): most of a large fleet is idle, and each
+//! exported series costs the Prometheus that stores it memory. The store
+//! keeps its figures (the API still shows them) until
+//! `ingest.tenant_idle_ttl`, so when it sends again its counters come back
+//! where they were: Prometheus sees a series that went stale and resumes,
+//! never a counter reset. `tenantwatch_tenants_exported` says how many are
+//! shown, beside `tenantwatch_tenants_tracked`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub mod reference;
 
 use super::text::{header, push_count, push_f64, push_label_value, push_u64};
-use crate::event::QueryKind;
+use crate::event::{OVERFLOW_TENANT, QueryKind};
+use crate::settings::serde_text;
 use crate::store::{BUCKET_COUNT, KindTotals, LATENCY_BUCKETS_SECONDS, Store, StoreSnapshot};
 
 /// Latency histogram bounds exposed by default, in seconds: one bound at the
@@ -32,6 +43,13 @@ pub struct ExpositionSettings {
     /// Exposed latency histogram bounds in seconds, ascending, each one of
     /// the store's 15 bounds ([`LATENCY_BUCKETS_SECONDS`]).
     pub latency_buckets: Vec<f64>,
+    /// A tenant with no event for this long leaves the exposition until its
+    /// next event (its figures stay in the store and the API, and its
+    /// counters continue where they were). `"0s"`: every tracked tenant is
+    /// exposed. At least `ingest.share_window` otherwise, so a hidden tenant
+    /// holds no database time the others' shares are measured against.
+    #[serde(with = "serde_text::duration")]
+    pub idle_after: Duration,
 }
 
 impl Default for ExpositionSettings {
@@ -39,6 +57,7 @@ impl Default for ExpositionSettings {
         ExpositionSettings {
             histogram_by_kind: false,
             latency_buckets: DEFAULT_LATENCY_BUCKETS.to_vec(),
+            idle_after: Duration::from_secs(600),
         }
     }
 }
@@ -87,6 +106,8 @@ pub struct StoreExposition {
     bounds: Vec<f64>,
     /// For each store bucket, the exposed bucket it folds into.
     fold: [usize; BUCKET_COUNT],
+    /// `metrics.idle_after` (zero: every tenant).
+    idle_after: Duration,
 }
 
 impl StoreExposition {
@@ -122,12 +143,23 @@ impl StoreExposition {
             le,
             bounds: exposed,
             fold,
+            idle_after: settings.idle_after,
+        }
+    }
+
+    /// The store's tenants to expose: those with an event within
+    /// `idle_after`.
+    fn snapshot(&self) -> StoreSnapshot {
+        if self.idle_after.is_zero() {
+            self.store.snapshot()
+        } else {
+            self.store.snapshot_recent(self.idle_after)
         }
     }
 
     /// Appends the store's families to `out`.
     pub fn encode(&self, out: &mut String) {
-        self.encode_snapshot(&self.store.snapshot(), out);
+        self.encode_snapshot(&self.snapshot(), out);
     }
 
     fn encode_snapshot(&self, snapshot: &StoreSnapshot, out: &mut String) {
@@ -344,6 +376,17 @@ fn encode_share(snapshot: &StoreSnapshot, out: &mut String) {
     }
 }
 
+const EXPORTED_HELP: &str = "Tenants whose series this exposition shows: those tracked with an event within metrics.idle_after (the overflow bucket not counted).";
+
+/// Tenants in the snapshot, not counting the overflow bucket.
+fn exported(snapshot: &StoreSnapshot) -> u64 {
+    snapshot
+        .tenants
+        .iter()
+        .filter(|t| t.tenant != OVERFLOW_TENANT)
+        .count() as u64
+}
+
 /// Per-instance queries and the store's own counts.
 fn encode_store_totals(snapshot: &StoreSnapshot, out: &mut String) {
     let name = "tenantwatch_instance_queries";
@@ -364,12 +407,18 @@ fn encode_store_totals(snapshot: &StoreSnapshot, out: &mut String) {
         out.push('\n');
     }
 
-    let totals: [(&str, &str, &str, u64); 5] = [
+    let totals: [(&str, &str, &str, u64); 6] = [
         (
             "tenantwatch_tenants_tracked",
             "Tenants currently tracked from events (at most ingest.max_tenants; the overflow bucket not counted).",
             "gauge",
             snapshot.tracked as u64,
+        ),
+        (
+            "tenantwatch_tenants_exported",
+            EXPORTED_HELP,
+            "gauge",
+            exported(snapshot),
         ),
         (
             "tenantwatch_tenants_overflow",

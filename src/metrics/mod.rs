@@ -18,12 +18,14 @@
 //! - [`http`]: the listener's own counters;
 //! - [`reload`]: configuration reloads;
 //! - [`process`]: the process's memory, CPU and descriptors (`process_*`);
+//! - [`mod@gzip`]: the gzip form, compressed in blocks kept between scrapes;
 //! - [`mod@encode`]: the helpers they share.
 
 pub mod detect;
 pub mod encode;
 pub mod events;
 pub mod format;
+pub mod gzip;
 pub mod http;
 pub mod ingest;
 pub mod pgbouncers;
@@ -116,6 +118,18 @@ pub struct Exposition {
     /// The store's families as a prometheus-client collector, for the
     /// protobuf format only.
     store_protobuf: Registry,
+    /// Watched for new collector results, which make the next scrape
+    /// encode afresh.
+    published: (TargetStatuses, crate::store::PgBouncerStatuses),
+}
+
+impl Exposition {
+    /// A number that moves whenever a PostgreSQL or PgBouncer collector
+    /// publishes a result.
+    fn published(&self) -> u64 {
+        let (targets, pgbouncers) = &self.published;
+        targets.published().wrapping_add(pgbouncers.published())
+    }
 }
 
 /// What the exposition reads.
@@ -151,6 +165,7 @@ pub fn exposition(
         reloads,
         capacity,
     } = sources;
+    let published = (targets.clone(), pgbouncers.clone());
     let mut registry = registry(stats, http, targets, (judgement, limits, guard_log));
     registry.register_collector(Box::new(CapacityCollector { figures: capacity }));
     registry.register_collector(Box::new(pgbouncers::PgBouncerCollector { pgbouncers }));
@@ -173,6 +188,7 @@ pub fn exposition(
         store: StoreExposition::new(store, settings),
         registry,
         store_protobuf,
+        published,
     }
 }
 
@@ -302,33 +318,41 @@ pub fn encode_protobuf(exposition: &Exposition) -> Vec<u8> {
     out
 }
 
-/// One encoded exposition, shared by every scraper that asks for its
-/// format within its lifetime, and its gzip form, compressed once on first
-/// request.
+/// `plain` gzipped in one stream (fast level), as `/metrics` served it
+/// before [`gzip::GzipBlocks`]: the reference its benchmark compares with.
+pub fn gzip_one_stream(plain: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(plain.len() / 8),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(plain);
+    encoder.finish().unwrap_or_default()
+}
+
+/// One encoded exposition in one format, shared by every scraper that asks
+/// for that format within its lifetime, and its gzip form, compressed once
+/// on first request.
 #[derive(Debug)]
 pub struct Encoded {
     pub at: std::time::Instant,
     pub format: Format,
+    /// [`Exposition::published`] when the encode began.
+    published: u64,
     pub plain: bytes::Bytes,
     gzip: std::sync::OnceLock<bytes::Bytes>,
+    blocks: Arc<gzip::GzipBlocks>,
 }
 
 impl Encoded {
     /// The exposition gzipped (fast level: scrapes are frequent, and text
-    /// exposition compresses about tenfold even so). Heavy the first time:
-    /// call it off the async workers.
+    /// exposition compresses about tenfold even so), from the blocks of
+    /// the last gzip'd exposition where they did not change. Heavy the
+    /// first time: call it off the async workers.
     pub fn gzip(&self) -> bytes::Bytes {
         self.gzip
-            .get_or_init(|| {
-                use std::io::Write as _;
-                let mut encoder = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(self.plain.len() / 8),
-                    flate2::Compression::fast(),
-                );
-                // Writing into a Vec cannot fail.
-                let _ = encoder.write_all(&self.plain);
-                bytes::Bytes::from(encoder.finish().unwrap_or_default())
-            })
+            .get_or_init(|| bytes::Bytes::from(self.blocks.gzip(&self.plain)))
             .clone()
     }
 
@@ -344,12 +368,17 @@ impl Encoded {
 
 /// The exposition, encoded at most once per `max_age` and once
 /// for every group of concurrent scrapes (single flight): 200 scrapers cost
-/// one encode and share one buffer. Each [`Format`] has its own.
+/// one encode and share one buffer. Each [`Format`] has its own. A
+/// collector result published since the last encode (a poll that failed, a
+/// new `up`) makes the next scrape encode afresh: the cache shares work,
+/// never a target's health.
 #[derive(Debug)]
 pub struct SharedExposition {
     exposition: Arc<Exposition>,
     max_age: std::time::Duration,
     last: [tokio::sync::Mutex<Option<Arc<Encoded>>>; 3],
+    /// One per format: each keeps the blocks of its format's last gzip.
+    blocks: [Arc<gzip::GzipBlocks>; 3],
 }
 
 /// No permit for heavy work was free: answer 503 and let the client retry.
@@ -357,17 +386,25 @@ pub struct SharedExposition {
 pub struct Busy;
 
 impl SharedExposition {
-    pub fn new(exposition: Exposition, max_age: std::time::Duration) -> SharedExposition {
+    /// `gzip_threads`: how many threads may compress one exposition's
+    /// changed blocks at once (the heavy-work cap).
+    pub fn new(
+        exposition: Exposition,
+        max_age: std::time::Duration,
+        gzip_threads: usize,
+    ) -> SharedExposition {
         SharedExposition {
             exposition: Arc::new(exposition),
             max_age,
             last: Default::default(),
+            blocks: std::array::from_fn(|_| Arc::new(gzip::GzipBlocks::new(gzip_threads))),
         }
     }
 
-    /// The current exposition in `format`: the last one if it is younger
-    /// than `max_age` or was encoded after this call began, else a new one,
-    /// encoded on a blocking thread under one of `heavy`'s permits.
+    /// The current exposition in `format`: the last one if it was encoded
+    /// after this call began, or is younger than `max_age` with no
+    /// collector result published since; else a new one, encoded on a
+    /// blocking thread under one of `heavy`'s permits.
     pub async fn current(
         &self,
         heavy: &tokio::sync::Semaphore,
@@ -377,8 +414,10 @@ impl SharedExposition {
         // Held across the encode on purpose: concurrent scrapers wait for
         // this encode instead of starting their own.
         let mut last = self.last[format.index()].lock().await;
+        let published = self.exposition.published();
         if let Some(encoded) = last.as_ref()
-            && (encoded.at >= arrived || encoded.at.elapsed() <= self.max_age)
+            && (encoded.at >= arrived
+                || (encoded.at.elapsed() < self.max_age && encoded.published == published))
         {
             return Ok(encoded.clone());
         }
@@ -399,8 +438,10 @@ impl SharedExposition {
         let encoded = Arc::new(Encoded {
             at: std::time::Instant::now(),
             format,
+            published,
             plain,
             gzip: std::sync::OnceLock::new(),
+            blocks: self.blocks[format.index()].clone(),
         });
         *last = Some(encoded.clone());
         Ok(encoded)
@@ -469,7 +510,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_exposition_reuses_the_last_buffer_once_no_scraper_holds_it() {
-        let shared = SharedExposition::new(exposition_of_a_few_tenants(), Duration::ZERO);
+        let shared = SharedExposition::new(exposition_of_a_few_tenants(), Duration::ZERO, 1);
         let heavy = tokio::sync::Semaphore::new(1);
         let next = || async {
             std::thread::sleep(Duration::from_millis(2));

@@ -136,6 +136,9 @@ pub struct PgBouncerStatus {
     pub polls: u64,
     pub version: Option<String>,
     pub snapshot: Option<Arc<PgBouncerSnapshot>>,
+    /// Moves each time a poll finishes, so the exposition encodes afresh
+    /// (as [`super::TargetStatus::published`]).
+    pub published: u64,
 }
 
 impl PgBouncerStatus {
@@ -172,5 +175,12 @@ impl PgBouncerStatuses {
 
     pub fn handles(&self) -> &[SharedPgBouncerStatus] {
         &self.0
+    }
+
+    /// A number that moves whenever any PgBouncer poll finishes.
+    pub fn published(&self) -> u64 {
+        self.0
+            .iter()
+            .fold(0u64, |sum, s| sum.wrapping_add(lock_pgbouncer(s).published))
     }
 }

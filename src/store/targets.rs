@@ -161,9 +161,19 @@ pub struct TargetStatus {
     pub poll_errors: BTreeMap<(CollectorName, PollErrorKind), u64>,
     /// Polls started since start.
     pub polls: u64,
+    /// Moves each time the cluster task finishes a poll or a collector
+    /// records a failure: the exposition encodes afresh when it moved, so
+    /// `up` and a new error show in the next scrape whatever
+    /// `server.metrics_max_age` is.
+    pub published: u64,
 }
 
 impl TargetStatus {
+    /// Marks a result as published (see [`TargetStatus::published`]).
+    pub fn publish(&mut self) {
+        self.published = self.published.wrapping_add(1);
+    }
+
     /// A status for a target that has not been polled yet.
     pub fn new(name: &str, description: &str, schema_detail: SchemaDetail) -> TargetStatus {
         TargetStatus {
@@ -278,6 +288,14 @@ impl TargetStatuses {
     /// The shared handles, for the collectors that write them.
     pub fn handles(&self) -> &[SharedStatus] {
         &self.statuses
+    }
+
+    /// A number that moves whenever any target publishes a result
+    /// ([`TargetStatus::published`]); cheap: one short lock per target.
+    pub fn published(&self) -> u64 {
+        self.statuses
+            .iter()
+            .fold(0u64, |sum, s| sum.wrapping_add(lock(s).published))
     }
 }
 

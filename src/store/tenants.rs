@@ -470,6 +470,34 @@ impl Store {
     /// Merges every shard into one consistent-enough view (each shard is read
     /// under its own lock, one after another).
     pub fn snapshot(&self) -> StoreSnapshot {
+        self.snapshot_of(None)
+    }
+
+    /// As [`Store::snapshot`], with only the tenants that had an event
+    /// within `within` (the exposition's `metrics.idle_after`): an idle
+    /// tenant costs a comparison, not a merge. `tracked` still counts every
+    /// admitted tenant. A tenant is kept or left out whole, every shard's
+    /// part of it, so a counter it shows never goes down.
+    pub fn snapshot_recent(&self, within: Duration) -> StoreSnapshot {
+        let now_ms = self.clock.now_ms();
+        let within_ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        let mut recent: std::collections::HashSet<Arc<str>, foldhash::fast::RandomState> =
+            std::collections::HashSet::default();
+        for shard in self.shards.iter() {
+            for (name, acc) in lock(&shard.tenants).iter() {
+                if now_ms.saturating_sub(acc.last_seen_ms) <= within_ms {
+                    recent.insert(name.clone());
+                }
+            }
+        }
+        self.snapshot_of(Some(&recent))
+    }
+
+    /// The merge behind both snapshots: every tenant, or those in `only`.
+    fn snapshot_of(
+        &self,
+        only: Option<&std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>>,
+    ) -> StoreSnapshot {
         let now_ms = self.clock.now_ms();
         let current_slot = now_ms / self.slot_ms;
         // Snapshots are a few hundred bytes each: they are built in place in
@@ -482,9 +510,13 @@ impl Store {
             // first took longer than merging them (they are mostly
             // histogram buckets, which the merge only adds up).
             let tenants = lock(&shard.tenants);
-            index.reserve(tenants.len().saturating_sub(index.len()));
-            merged.reserve(tenants.len().saturating_sub(merged.len()));
+            let expected = only.map_or(tenants.len(), |only| only.len());
+            index.reserve(expected.saturating_sub(index.len()));
+            merged.reserve(expected.saturating_sub(merged.len()));
             for (name, acc) in tenants.iter() {
+                if only.is_some_and(|only| !only.contains(name)) {
+                    continue;
+                }
                 let at = *index.entry(name.clone()).or_insert_with(|| {
                     merged.push(TenantSnapshot {
                         tenant: name.to_string(),
@@ -1001,6 +1033,42 @@ mod tests {
         );
         store.writer(0).record(&query("new", QueryKind::Read, 1.0));
         assert_eq!(store.snapshot().overflow_events, 0);
+    }
+
+    #[test]
+    fn a_recent_snapshot_leaves_idle_tenants_out_whole_and_keeps_them() {
+        let (store, clock) = store(10, 2);
+        store
+            .writer(0)
+            .record(&query("sleepy", QueryKind::Read, 1.0));
+        store
+            .writer(1)
+            .record(&query("sleepy", QueryKind::Read, 1.0));
+        clock.advance(Duration::from_secs(500));
+        // "sleepy" is back on one shard only: both shards' counts show.
+        store
+            .writer(1)
+            .record(&query("sleepy", QueryKind::Read, 1.0));
+        store.writer(0).record(&query("busy", QueryKind::Read, 1.0));
+        let recent = store.snapshot_recent(Duration::from_secs(60));
+        assert_eq!(
+            find(&recent, "sleepy").kinds[0].as_ref().unwrap().queries,
+            3.0
+        );
+        clock.advance(Duration::from_secs(61));
+        store.writer(0).record(&query("busy", QueryKind::Read, 1.0));
+        let recent = store.snapshot_recent(Duration::from_secs(60));
+        let names: Vec<&str> = recent.tenants.iter().map(|t| t.tenant.as_str()).collect();
+        assert_eq!(names, ["busy"]);
+        assert_eq!(recent.tracked, 2);
+        // Still in the store, whole, for every other reader.
+        assert_eq!(
+            find(&store.snapshot(), "sleepy").kinds[0]
+                .as_ref()
+                .unwrap()
+                .queries,
+            3.0
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ const fn doc(name: &'static str, help: &'static str, metric_type: MetricType) ->
 
 impl Collector for ReferenceEncoder {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let snapshot = self.0.store.snapshot();
+        let snapshot = self.0.snapshot();
         encode_kind_counters(&mut encoder, &snapshot)?;
         self.encode_latency(&mut encoder, &snapshot)?;
         encode_shares(&mut encoder, &snapshot)?;
@@ -165,7 +165,7 @@ fn encode_instances(encoder: &mut DescriptorEncoder, snapshot: &StoreSnapshot) -
 
 /// The store's own counts: tenants tracked, overflow, evictions, folds.
 fn encode_totals(encoder: &mut DescriptorEncoder, snapshot: &StoreSnapshot) -> std::fmt::Result {
-    let totals: [(FamilyDoc, u64); 5] = [
+    let totals: [(FamilyDoc, u64); 6] = [
         (
             doc(
                 "tenantwatch_tenants_tracked",
@@ -173,6 +173,14 @@ fn encode_totals(encoder: &mut DescriptorEncoder, snapshot: &StoreSnapshot) -> s
                 MetricType::Gauge,
             ),
             snapshot.tracked as u64,
+        ),
+        (
+            doc(
+                "tenantwatch_tenants_exported",
+                super::EXPORTED_HELP,
+                MetricType::Gauge,
+            ),
+            super::exported(snapshot),
         ),
         (
             doc(
@@ -486,6 +494,7 @@ mod tests {
             ExpositionSettings {
                 histogram_by_kind: true,
                 latency_buckets: LATENCY_BUCKETS_SECONDS.to_vec(),
+                ..ExpositionSettings::default()
             },
         ] {
             let store = store();
