@@ -569,7 +569,7 @@ mod format_tests {
             "tenantwatch_build_info",
             "tenantwatch_events_received_total",
             "tenantwatch_tenant_queries_total",
-            "tenantwatch_tenant_db_time_share",
+            "tenantwatch_tenant_db_time_ratio",
             "tenantwatch_tenants_tracked",
         ] {
             assert!(names.contains(&expected), "{expected} in {names:?}");
