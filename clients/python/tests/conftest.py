@@ -3,6 +3,7 @@ collects datagrams and an HTTP server that answers checks as told."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -26,10 +27,8 @@ class UdpSink:
         """Reads datagrams until `events` lines arrived (or the timeout)."""
         deadline = time.monotonic() + timeout
         while self.count() < events and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(TimeoutError):
                 self.datagrams.append(self.sock.recv(65536))
-            except TimeoutError:
-                pass
         return self.events()
 
     def events(self) -> list[dict[str, Any]]:
@@ -88,9 +87,7 @@ class FakeDaemon:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(
-            target=self.server.serve_forever, args=(0.02,), daemon=True
-        ).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
 
 def allowed(tenant: str) -> dict[str, Any]:
@@ -108,8 +105,13 @@ def allowed(tenant: str) -> dict[str, Any]:
 
 
 def denied(tenant: str, retry_after_ms: int = 1500) -> dict[str, Any]:
-    return {**allowed(tenant), "allowed": False, "remaining": 0,
-            "retry_after_ms": retry_after_ms, "reason": "quota exceeded"}
+    return {
+        **allowed(tenant),
+        "allowed": False,
+        "remaining": 0,
+        "retry_after_ms": retry_after_ms,
+        "reason": "quota exceeded",
+    }
 
 
 RATE_HEADERS = {"RateLimit-Policy": '"default";q=200;w=2', "RateLimit": '"default";r=0;t=2'}

@@ -14,8 +14,13 @@ def test_record_query_sends_ndjson_lines(udp):
     client.close()
     events = udp.collect(2)
     assert events == [
-        {"tenant": "clinic1", "kind": "read", "duration_ms": 12.5, "rows": 100,
-         "endpoint": "GET /patients/<int:id>"},
+        {
+            "tenant": "clinic1",
+            "kind": "read",
+            "duration_ms": 12.5,
+            "rows": 100,
+            "endpoint": "GET /patients/<int:id>",
+        },
         {"tenant": "clinic1", "kind": "write", "duration_ms": 3.1, "error": True},
     ]
     assert len(udp.datagrams) == 1
