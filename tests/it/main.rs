@@ -30,6 +30,7 @@ mod openapi;
 mod pgbouncer;
 mod poisoned_figures;
 mod postgres;
+mod python_client;
 mod ratelimit;
 mod ratelimit_redis;
 mod slow_clients;
