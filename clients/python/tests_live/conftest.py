@@ -6,15 +6,10 @@ starts the cluster, builds the binary and sets both."""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from daemon import Daemon  # noqa: E402
+from daemon import Daemon
 
 TENANTS = ("clinic1", "clinic2", "tiny", "stormy")
 DATABASE = "tw_django"
