@@ -26,6 +26,7 @@ mod deploy;
 mod e2e_prometheus;
 mod guard;
 mod ingest;
+mod layouts;
 mod openapi;
 mod pgbouncer;
 mod poisoned_figures;
