@@ -37,6 +37,9 @@ needed_jars=(
   "/usr/share/java/servlet-api.jar:libservlet-api-java"
   "/usr/share/java/HikariCP.jar:libhikaricp-java"
   "/usr/share/java/postgresql.jar:libpostgresql-jdbc-java"
+  "/usr/share/java/spring3-web.jar:libspring-web-java"
+  "/usr/share/java/spring3-core.jar:libspring-core-java"
+  "/usr/share/java/slf4j-api.jar:libslf4j-java"
 )
 
 missing=()

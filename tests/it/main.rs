@@ -34,6 +34,7 @@ mod postgres;
 mod python_client;
 mod ratelimit;
 mod ratelimit_redis;
+mod recipes;
 mod slow_clients;
 mod state;
 mod tls_listener;

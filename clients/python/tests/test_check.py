@@ -12,7 +12,7 @@ from tenantwatch.check import Checker
 
 
 def test_allowed_decision(daemon):
-    checker = Checker(daemon.url)
+    checker = Checker(daemon.url, timeout=1.0)
     decision = checker.check("clinic1", cost=3)
     assert decision.allowed and not decision.failed
     assert (decision.limit, decision.remaining, decision.retry_after) == (200, 199, 0.0)
@@ -21,7 +21,7 @@ def test_allowed_decision(daemon):
 
 def test_denied_decision_carries_retry_after_and_headers(daemon):
     daemon.answer = lambda body: (429, denied(body["tenant"], 1500), RATE_HEADERS)
-    decision = Checker(daemon.url).check("clinic1")
+    decision = Checker(daemon.url, timeout=1.0).check("clinic1")
     assert not decision.allowed
     assert decision.retry_after == 1.5
     assert decision.retry_after_header == "2"
@@ -29,14 +29,14 @@ def test_denied_decision_carries_retry_after_and_headers(daemon):
 
 
 def test_the_connection_is_kept_alive(daemon):
-    checker = Checker(daemon.url)
+    checker = Checker(daemon.url, timeout=1.0)
     for _ in range(20):
         assert checker.check("clinic1").allowed
     assert daemon.connections == 1
 
 
 def test_a_connection_the_daemon_closed_is_reopened_without_a_failure(daemon):
-    checker = Checker(daemon.url)
+    checker = Checker(daemon.url, timeout=1.0)
     assert checker.check("clinic1").allowed
     # The daemon's idle timeout closes the kept-alive connection.
     checker._local.conn.sock.shutdown(socket.SHUT_RDWR)
@@ -47,7 +47,7 @@ def test_a_connection_the_daemon_closed_is_reopened_without_a_failure(daemon):
 
 def test_token_from_the_environment(daemon, monkeypatch):
     monkeypatch.setenv("TENANTWATCH_TOKEN", "s3cret")
-    client = tenantwatch.Client(url=daemon.url)
+    client = tenantwatch.Client(url=daemon.url, timeout=1.0)
     client.check("clinic1")
     assert daemon.requests[0][1]["Authorization"] == "Bearer s3cret"
 
@@ -57,7 +57,7 @@ def test_token_file_from_the_environment(daemon, monkeypatch, tmp_path):
     path.write_text("from-file\n")
     monkeypatch.delenv("TENANTWATCH_TOKEN", raising=False)
     monkeypatch.setenv("TENANTWATCH_TOKEN_FILE", str(path))
-    tenantwatch.Client(url=daemon.url).check("clinic1")
+    tenantwatch.Client(url=daemon.url, timeout=1.0).check("clinic1")
     assert daemon.requests[0][1]["Authorization"] == "Bearer from-file"
 
 
@@ -95,7 +95,7 @@ def test_a_slow_answer_is_a_timeout(daemon):
 @pytest.mark.parametrize("status", [400, 401, 403, 503])
 def test_an_error_status_is_a_counted_failure(daemon, status):
     daemon.answer = lambda body: (status, {"title": "no"}, {})
-    checker = Checker(daemon.url)
+    checker = Checker(daemon.url, timeout=1.0)
     decision = checker.check("clinic1")
     assert decision.allowed and decision.failed
     assert checker.stats.failures == {f"http_{status}": 1}
@@ -103,13 +103,13 @@ def test_an_error_status_is_a_counted_failure(daemon, status):
 
 def test_a_bad_answer_is_a_counted_failure(daemon):
     daemon.answer = lambda body: (200, {"allowed": True}, {})
-    checker = Checker(daemon.url)
+    checker = Checker(daemon.url, timeout=1.0)
     assert checker.check("clinic1").failed
     assert checker.stats.failures == {"bad_answer": 1}
 
 
 def test_threads_use_their_own_connections(daemon):
-    checker = Checker(daemon.url)
+    checker = Checker(daemon.url, timeout=1.0)
     results: list[bool] = []
 
     def run() -> None:

@@ -87,7 +87,9 @@ urlpatterns = [
 
 @pytest.fixture
 def tw(udp, daemon):
-    options = {"CLIENT": {"udp": udp.address, "url": daemon.url, "flush_interval": 0.02}}
+    options = {
+        "CLIENT": {"udp": udp.address, "url": daemon.url, "flush_interval": 0.02, "timeout": 1.0}
+    }
     with override_settings(TENANTWATCH=options):
         yield udp, daemon
 
@@ -165,7 +167,10 @@ def test_fail_closed_denies_when_the_daemon_is_down(udp, closed_port):
 def test_sqlcommenter_prefixes_the_tenant_tag(tw):
     udp, daemon = tw
     seen_sql.clear()
-    options = {"SQLCOMMENTER": True, "CLIENT": {"udp": udp.address, "url": daemon.url}}
+    options = {
+        "SQLCOMMENTER": True,
+        "CLIENT": {"udp": udp.address, "url": daemon.url, "timeout": 1.0},
+    }
     with override_settings(TENANTWATCH=options):
         assert request("/tagged/", tenant="clinic-2").status_code == 200
     assert seen_sql == ["/*tenant='clinic-2'*/ SELECT 1"]
@@ -176,7 +181,7 @@ def test_resolver_setting_names_a_callable(tw):
     options = {
         "TENANT_RESOLVER": f"{__name__}.resolve_from_query",
         "CHECK": False,
-        "CLIENT": {"udp": udp.address, "url": daemon.url},
+        "CLIENT": {"udp": udp.address, "url": daemon.url, "timeout": 1.0},
     }
     with override_settings(TENANTWATCH=options):
         DjangoClient().get("/patients/1/?t=acme")

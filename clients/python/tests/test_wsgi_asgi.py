@@ -34,7 +34,7 @@ def call_wsgi(app, tenant):
 
 
 def wsgi(daemon, udp, **kw):
-    client = tenantwatch.Client(udp=udp.address, url=daemon.url)
+    client = tenantwatch.Client(udp=udp.address, url=daemon.url, timeout=1.0)
     return TenantwatchWSGI(
         wsgi_app,
         resolver=lambda env: env.get("HTTP_X_TENANT"),
@@ -95,7 +95,7 @@ def asgi(daemon, udp):
         asgi_app,
         resolver=lambda scope: dict(scope["headers"]).get(b"x-tenant", b"").decode() or None,
         endpoint=lambda scope: "GET /items/{id}",
-        client=tenantwatch.Client(udp=udp.address, url=daemon.url),
+        client=tenantwatch.Client(udp=udp.address, url=daemon.url, timeout=1.0),
     )
 
 

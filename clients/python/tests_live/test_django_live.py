@@ -16,7 +16,10 @@ import tenantwatch
 
 @pytest.fixture
 def tw(daemon):
-    client = tenantwatch.configure(udp=daemon.udp_address, url=daemon.url, flush_interval=0.02)
+    # A long timeout: on a loaded machine a 50 ms one could fail open here.
+    client = tenantwatch.configure(
+        udp=daemon.udp_address, url=daemon.url, flush_interval=0.02, timeout=2.0
+    )
     yield client
     tenantwatch.close()
 
@@ -113,10 +116,11 @@ def test_a_flagged_tenant_is_tightened_to_429(daemon, tw):
 
 def test_fail_open_within_the_timeout_when_the_daemon_is_down():
     own = Daemon()
-    client = tenantwatch.configure(udp=own.udp_address, url=own.url, timeout=0.05)
     try:
+        client = tenantwatch.configure(udp=own.udp_address, url=own.url, timeout=2.0)
         assert get("clinic1").status_code == 200
         assert client.stats().checks.failed == 0
+        client = tenantwatch.configure(udp=own.udp_address, url=own.url, timeout=0.05)
         own.pause()  # hung: connections queue in the kernel, nothing answers
         started = time.perf_counter()
         assert get("clinic1").status_code == 200
