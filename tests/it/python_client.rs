@@ -1,6 +1,6 @@
 //! Runs the Python client's tests (`clients/python`): its unit tests, and
-//! the live ones, a Django project on a throwaway PostgreSQL (a schema per
-//! tenant) in front of this build's daemon binary. Needs the virtualenv
+//! the live ones, a Django project with django-tenants on a throwaway
+//! PostgreSQL (a schema per tenant) in front of this build's daemon binary. Needs the virtualenv
 //! `target/venv` with the client's test dependencies, which scripts/test.sh
 //! creates.
 
@@ -17,12 +17,15 @@ fn root() -> &'static Path {
 fn python() -> PathBuf {
     let python = root().join("target/venv/bin/python");
     let probe = Command::new(&python)
-        .args(["-c", "import pytest, django, psycopg, sqlalchemy"])
+        .args([
+            "-c",
+            "import pytest, django, django_tenants, psycopg, sqlalchemy",
+        ])
         .output();
     let ok = probe.as_ref().is_ok_and(|out| out.status.success());
     assert!(
         ok,
-        "{} with pytest, Django, psycopg and SQLAlchemy is needed: run scripts/test.sh (it creates \
+        "{} with pytest, Django, django-tenants, psycopg and SQLAlchemy is needed: run scripts/test.sh (it creates \
          the venv), or python3 -m venv target/venv && target/venv/bin/pip install './clients/python[test]' ({:?})",
         python.display(),
         probe.map(|out| String::from_utf8_lossy(&out.stderr).into_owned())

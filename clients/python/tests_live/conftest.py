@@ -1,7 +1,8 @@
-"""A real Django project on PostgreSQL (one schema per tenant) in front of
-the real daemon. Needs TENANTWATCH_TEST_PG (a libpq DSN of a throwaway
-cluster's superuser) and TENANTWATCH_TEST_BIN; tests/it/python_client.rs
-starts the cluster, builds the binary and sets both."""
+"""A real Django project with django-tenants on PostgreSQL (one schema per
+tenant, chosen by the host name) in front of the real daemon. Needs
+TENANTWATCH_TEST_PG (a libpq DSN of a throwaway cluster's superuser) and
+TENANTWATCH_TEST_BIN; tests/it/python_client.rs starts the cluster, builds
+the binary and sets both."""
 
 from __future__ import annotations
 
@@ -33,6 +34,24 @@ def _create_schemas(parts: dict[str, str]) -> None:
         conn.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
         conn.execute(f"CREATE DATABASE {DATABASE}")
     with psycopg.connect(dbname=DATABASE, autocommit=True, **admin) as conn:
+        # django-tenants' shared tables (customers.models), in public.
+        conn.execute(
+            "CREATE TABLE customers_client (id bigserial PRIMARY KEY,"
+            " schema_name varchar(63) NOT NULL UNIQUE, name varchar(100) NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE customers_domain (id bigserial PRIMARY KEY,"
+            " domain varchar(253) NOT NULL UNIQUE,"
+            " tenant_id bigint NOT NULL REFERENCES customers_client,"
+            " is_primary boolean NOT NULL)"
+        )
+        for tenant in TENANTS:
+            conn.execute(
+                "WITH c AS (INSERT INTO customers_client (schema_name, name) VALUES (%s, %s)"
+                " RETURNING id) INSERT INTO customers_domain (domain, tenant_id, is_primary)"
+                " SELECT %s, id, true FROM c",
+                (tenant, tenant, f"{tenant}.example.test"),
+            )
         for tenant in TENANTS:
             conn.execute(f"CREATE SCHEMA {tenant}")
             conn.execute(f"CREATE TABLE {tenant}.patients (id serial PRIMARY KEY, name text)")
@@ -50,17 +69,25 @@ def pytest_configure(config: pytest.Config) -> None:
         SECRET_KEY="live-test",
         DATABASES={
             "default": {
-                "ENGINE": "django.db.backends.postgresql",
+                "ENGINE": "django_tenants.postgresql_backend",
                 "NAME": DATABASE,
                 "HOST": parts.get("host", "127.0.0.1"),
                 "PORT": parts.get("port", "5432"),
                 "USER": parts.get("user", "postgres"),
             }
         },
+        DATABASE_ROUTERS=["django_tenants.routers.TenantSyncRouter"],
+        SHARED_APPS=["django_tenants", "customers", "django.contrib.contenttypes"],
+        TENANT_APPS=["django.contrib.contenttypes"],
+        INSTALLED_APPS=["django_tenants", "customers", "django.contrib.contenttypes"],
+        TENANT_MODEL="customers.Client",
+        TENANT_DOMAIN_MODEL="customers.Domain",
         ROOT_URLCONF="app",
-        MIDDLEWARE=["app.TenantBySubdomain", "tenantwatch.django.TenantwatchMiddleware"],
-        INSTALLED_APPS=[],
-        TENANTWATCH={},
+        MIDDLEWARE=[
+            "django_tenants.middleware.main.TenantMainMiddleware",
+            "tenantwatch.django.TenantwatchMiddleware",
+        ],
+        TENANTWATCH={},  # the defaults: django-tenants' request.tenant
     )
     import django
 

@@ -36,7 +36,11 @@ def test_events_match_the_ledger_exactly(daemon, tw):
     endpoints: Counter[tuple[str, str]] = Counter()
     plan = [("clinic1", "get", "/patients/")] * 5 + [("clinic1", "post", "/patients/")] * 2
     plan += [("clinic1", "get", "/broken/"), ("clinic2", "get", "/patients/")] * 3
+    # django-tenants sets the search_path on each new cursor, through
+    # Django's cursor (so the wrapper sees it): one schema switch per view.
+    switches: Counter[str] = Counter()
     for tenant, method, path in plan:
+        switches[tenant] += 1
         status = get(tenant, path, method).status_code
         if path == "/broken/":
             assert status == 500
@@ -54,7 +58,7 @@ def test_events_match_the_ledger_exactly(daemon, tw):
             rows[tenant, "read"] += 3
             endpoints[tenant, "GET /patients/"] += 1
     tw.flush()
-    total = sum(queries.values())
+    total = sum(queries.values()) + sum(switches.values())
     daemon.wait_for(
         f"{total} events",
         lambda: daemon.value("tenantwatch_events_received_total", source="udp") >= total,
@@ -74,6 +78,9 @@ def test_events_match_the_ledger_exactly(daemon, tw):
             assert sample("tenantwatch_tenant_queries_total", **labels) == queries[key], key
             assert sample("tenantwatch_tenant_rows_total", **labels) == rows[key], key
             assert sample("tenantwatch_tenant_query_errors_total", **labels) == errors[key], key
+    for tenant, count in switches.items():
+        got = sample("tenantwatch_tenant_schema_switch_duration_seconds_count", tenant=tenant)
+        assert got == count, tenant
     for (tenant, endpoint), count in endpoints.items():
         got = sample("tenantwatch_tenant_endpoint_requests_total", tenant=tenant, endpoint=endpoint)
         assert got == count, (tenant, endpoint)
@@ -105,7 +112,8 @@ def test_a_flagged_tenant_is_tightened_to_429(daemon, tw):
     # Failing queries through the app raise error_storm, which tightens
     # `stormy` from 100,000/s to a fair share; `clinic2` keeps its quota.
     for _ in range(20):
-        assert get("stormy", "/broken/").status_code == 500
+        # The flag may be raised (and the quota cut) within the loop.
+        assert get("stormy", "/broken/").status_code in (500, 429)
         assert get("clinic2").status_code == 200
     tw.flush()
     daemon.wait_for("stormy's advice", lambda: '"tenant":"stormy"' in daemon.get("/api/v1/advice"))
