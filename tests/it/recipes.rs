@@ -159,7 +159,10 @@ async fn check_recipe(lang: &str, expect: Expect, command: impl Fn(&str, &str) -
 
     // The daemon's HTTP port closed: every request is allowed, every check
     // (8 requests, then the 200 timed ones) counted as a failure.
-    let closed = format!("http://127.0.0.1:{}", support_free_port());
+    let closed = format!(
+        "http://127.0.0.1:{}",
+        tenantwatch::demo::cluster::free_port()
+    );
     let down = command(&closed, &udp);
     let down = tokio::task::spawn_blocking(move || run(down, "the scenario, daemon down"));
     let down = down.await.unwrap();
@@ -171,10 +174,6 @@ async fn check_recipe(lang: &str, expect: Expect, command: impl Fn(&str, &str) -
     assert_eq!(down["tiny"], serde_json::json!([200, 200, 200]), "{down}");
     assert_eq!(down["failures"], 208, "{down}");
     daemon.stop().await;
-}
-
-fn support_free_port() -> u16 {
-    tenantwatch::demo::cluster::free_port()
 }
 
 fn port_of(url: &str) -> &str {
