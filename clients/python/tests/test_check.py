@@ -39,7 +39,7 @@ def test_a_connection_the_daemon_closed_is_reopened_without_a_failure(daemon):
     checker = Checker(daemon.url, timeout=1.0)
     assert checker.check("clinic1").allowed
     # The daemon's idle timeout closes the kept-alive connection.
-    checker._local.conn.sock.shutdown(socket.SHUT_RDWR)
+    checker._local.sock.shutdown(socket.SHUT_RDWR)
     decision = checker.check("clinic1")
     assert decision.allowed and not decision.failed
     assert checker.stats.failed == 0
