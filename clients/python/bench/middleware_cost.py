@@ -9,7 +9,8 @@ Measured in one process, side by side:
   inside the view), with a `check` to the daemon on a kept-alive loopback
   connection, against the same view called bare, and beside it the floor:
   a `GET /healthz` on another kept-alive connection, sent and read by the
-  client's own code;
+  client's own code; and the same check sent through `http.client` (what the
+  client used first) on a third connection;
 - `query`: the execute wrapper's own time per query (timing, classifying,
   queueing the event) around a no-op execute, against the no-op alone.
 
@@ -19,6 +20,7 @@ Prints the median and p99 of each, in microseconds.
 from __future__ import annotations
 
 import argparse
+import http.client
 import socket
 import statistics
 import sys
@@ -65,6 +67,7 @@ def bench_requests(n: int) -> None:
     own: list[float] = []
     bare: list[float] = []
     probe: list[float] = []
+    via_library: list[float] = []
     # The floor: a GET /healthz on its own kept-alive connection, the
     # cheapest round trip the daemon answers, sent and read by the same code.
     checker = tenantwatch.default_client().checker
@@ -75,9 +78,20 @@ def bench_requests(n: int) -> None:
     def probe_once() -> None:
         Checker._exchange(healthz, probe_request, time.monotonic() + 1.0)
 
+    # The same check through http.client (what the client used before):
+    # the peer the raw exchange is measured against.
+    library = http.client.HTTPConnection(checker.host, checker.port, timeout=1)
+    check_body = b'{"tenant":"clinic1","cost":1}'
+    check_headers = {"Content-Type": "application/json"}
+
+    def library_once() -> None:
+        library.request("POST", "/v1/ratelimit/check", check_body, check_headers)
+        library.getresponse().read()
+
     for _ in range(1000):  # warm the connections and the code
         middleware(request)
         probe_once()
+        library_once()
     inside.clear()
     for _ in range(n):
         start = time.perf_counter()
@@ -89,9 +103,16 @@ def bench_requests(n: int) -> None:
         start = time.perf_counter()
         probe_once()
         probe.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        library_once()
+        via_library.append(time.perf_counter() - start)
     report("request (middleware with check)", own, bare)
-    p50, p99 = percentiles(probe)
-    print(f"  floor, GET /healthz round trip: median {p50 * 1e6:.1f} us, p99 {p99 * 1e6:.1f} us")
+    for what, samples in (
+        ("floor, GET /healthz round trip", probe),
+        ("the check through http.client", via_library),
+    ):
+        p50, p99 = percentiles(samples)
+        print(f"  {what}: median {p50 * 1e6:.1f} us, p99 {p99 * 1e6:.1f} us")
     stats = tenantwatch.default_client().stats().checks
     print(f"  checks {stats.checks}, failed {stats.failed}, denied {stats.denied}")
 
