@@ -19,13 +19,13 @@ fn python() -> PathBuf {
     let probe = Command::new(&python)
         .args([
             "-c",
-            "import pytest, django, django_tenants, psycopg, sqlalchemy",
+            "import pytest, django, django_tenants, flask, psycopg, sqlalchemy",
         ])
         .output();
     let ok = probe.as_ref().is_ok_and(|out| out.status.success());
     assert!(
         ok,
-        "{} with pytest, Django, django-tenants, psycopg and SQLAlchemy is needed: run scripts/test.sh (it creates \
+        "{} with pytest, Django, django-tenants, Flask, psycopg and SQLAlchemy is needed: run scripts/test.sh (it creates \
          the venv), or python3 -m venv target/venv && target/venv/bin/pip install './clients/python[test]' ({:?})",
         python.display(),
         probe.map(|out| String::from_utf8_lossy(&out.stderr).into_owned())
