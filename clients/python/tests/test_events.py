@@ -110,3 +110,16 @@ def test_module_level_functions_use_the_environment(udp, monkeypatch):
     tenantwatch.record_query("clinic9", "read", 2.0)
     tenantwatch.close()
     assert udp.collect(1) == [{"tenant": "clinic9", "kind": "read", "duration_ms": 2.0}]
+
+
+def test_events_queued_at_exit_are_sent(udp):
+    code = (
+        "import tenantwatch; "
+        f"c = tenantwatch.Client(udp=('127.0.0.1', {udp.address[1]}), flush_interval=30); "
+        "c.record_query('atexit', 'read', 1.0)"
+    )
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert [e["tenant"] for e in udp.collect(1)] == ["atexit"]

@@ -12,6 +12,7 @@ The wire format is the NDJSON line of docs/ingest.md, one per event.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import json
 import os
@@ -214,8 +215,15 @@ def _reset_all() -> None:
         sender._reset_after_fork()
 
 
+def _flush_all() -> None:
+    # The sender thread is a daemon thread: at exit, send what it had not.
+    for sender in list(_after_fork):
+        sender.flush()
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_all)
+atexit.register(_flush_all)
 
 
 def monotonic_ms() -> float:
