@@ -49,6 +49,8 @@ done
 for pair in "${needed_jars[@]}"; do
   [ -f "${pair%%:*}" ] || missing+=("${pair#*:}")
 done
+# The Python client's virtualenv needs venv and ensurepip (Debian splits them out).
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=("python3-venv")
 # PostgreSQL's server binaries (initdb, pg_ctl) for the throwaway clusters.
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=("postgresql")
