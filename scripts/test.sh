@@ -27,12 +27,30 @@ needed=(
   "redis-server:redis-server"
   "jsonnet:jsonnet"
   "pgbouncer:pgbouncer"
+  "php:php-cli"
+  "go:golang-go"
+  "npm:npm"
+)
+# Jars the Java recipe of docs/integration.md compiles against, as "file:package".
+needed_jars=(
+  "/usr/share/java/spring3-web.servlet.jar:libspring-web-servlet-java"
+  "/usr/share/java/servlet-api.jar:libservlet-api-java"
+  "/usr/share/java/HikariCP.jar:libhikaricp-java"
+  "/usr/share/java/postgresql.jar:libpostgresql-jdbc-java"
+  "/usr/share/java/spring3-web.jar:libspring-web-java"
+  "/usr/share/java/spring3-core.jar:libspring-core-java"
+  "/usr/share/java/slf4j-api.jar:libslf4j-java"
 )
 
 missing=()
 for pair in "${needed[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
+for pair in "${needed_jars[@]}"; do
+  [ -f "${pair%%:*}" ] || missing+=("${pair#*:}")
+done
+# The Python client's virtualenv needs venv and ensurepip (Debian splits them out).
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=("python3-venv")
 # PostgreSQL's server binaries (initdb, pg_ctl) for the throwaway clusters.
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=("postgresql")
@@ -55,6 +73,29 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
     echo "scripts/test.sh: pip install kubernetes-validate failed" >&2; exit 1; }
   command -v pyenv >/dev/null 2>&1 && pyenv rehash
   export PATH="$PATH:$(python3 -m site --user-base)/bin"
+fi
+
+# The Python client (clients/python): a virtualenv at target/venv with its
+# test extras from PyPI, reinstalled when its pyproject.toml changes; then
+# ruff and mypy. Its pytest suites run from tests/it/python_client.rs.
+venv=target/venv
+stamp="$venv/.tenantwatch-client-$(sha256sum clients/python/pyproject.toml | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+  echo "scripts/test.sh: installing the Python client's test dependencies in $venv (pip)"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet './clients/python[test]' || {
+    echo "scripts/test.sh: pip install ./clients/python[test] failed" >&2; exit 1; }
+  touch "$stamp"
+fi
+"$venv/bin/ruff" check --no-cache clients/python && "$venv/bin/ruff" format --no-cache --check clients/python \
+  && (cd clients/python && "../../$venv/bin/mypy" --cache-dir=../../target/mypy-cache) || {
+  echo "scripts/test.sh: ruff or mypy failed on clients/python" >&2; exit 1; }
+
+# Express for the Node recipe of docs/integration.md (npm registry).
+if [ ! -d target/node/node_modules/express ]; then
+  echo "scripts/test.sh: installing express (npm) in target/node"
+  npm install --silent --no-audit --no-fund --prefix target/node express@4 || {
+    echo "scripts/test.sh: npm install express failed" >&2; exit 1; }
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 //! Runs the client examples of docs/ingest.md against a live daemon, so the
-//! documentation cannot drift from the wire formats. Needs `python3`, `node`
-//! and `java` (scripts/test.sh installs them).
+//! documentation cannot drift from the wire formats. Needs `python3`, `node`,
+//! `java` and `go` (scripts/test.sh installs them).
 
 use std::process::Command;
 
@@ -89,4 +89,10 @@ async fn node_example() {
 async fn java_example() {
     require("java", "default-jdk-headless");
     run_example("java", "java", &[], "SendEvents.java").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_example() {
+    require("go", "golang-go");
+    run_example("go", "go", &["run"], "send_events.go").await;
 }
