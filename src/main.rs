@@ -84,7 +84,12 @@ fn main() -> ExitCode {
 fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(file) {
         Ok(config) => {
-            print!("{}: ok\n{}", file.display(), config.summary());
+            use std::io::Write as _;
+            // The verdict is the exit status; a reader that left early
+            // (`check-config … | head -1`) is not an error, and `print!`
+            // would panic on its broken pipe.
+            let report = format!("{}: ok\n{}", file.display(), config.summary());
+            let _ = std::io::stdout().lock().write_all(report.as_bytes());
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -19,6 +19,25 @@ fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
     path
 }
 
+/// `check-config … | head -1`: the reader closes the pipe before the report
+/// is written, and the verdict (exit 0, no panic) stands.
+#[test]
+fn check_config_to_a_closed_pipe_still_exits_zero() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/tenantwatch.example.toml");
+    let mut child = Command::new(BINARY)
+        .args(["check-config", example])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the child has read its file, let alone written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn check_config_accepts_the_example_and_names_every_bad_key() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/tenantwatch.example.toml");
