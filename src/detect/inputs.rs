@@ -8,7 +8,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::store::{BUCKET_COUNT, StoreSnapshot, quantile};
+use super::fleet::TenantFigures;
+use crate::store::{BUCKET_COUNT, StoreSnapshot};
 
 /// Size samples of one tenant on one target are kept at most one per
 /// this spacing, for the growth rule...
@@ -51,13 +52,14 @@ pub struct Window {
 
 impl Window {
     /// Records the store's cumulative figures at `now` and returns each
-    /// tenant's figures since the oldest kept record (about `window` ago).
+    /// tenant's figures since the oldest kept record (about `window` ago):
+    /// queries, errors, rate and buckets (the caller adds the rest).
     pub fn advance(
         &mut self,
         now: Instant,
         store: &StoreSnapshot,
         horizon: Duration,
-    ) -> HashMap<String, WindowFigures> {
+    ) -> HashMap<String, TenantFigures> {
         let mut current: HashMap<String, Cumulative> = HashMap::with_capacity(store.tenants.len());
         for tenant in &store.tenants {
             let mut c = Cumulative::default();
@@ -91,7 +93,7 @@ impl Window {
     }
 }
 
-fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> WindowFigures {
+fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> TenantFigures {
     let zero = Cumulative::default();
     let old = old.unwrap_or(&zero);
     let mut buckets = [0.0; BUCKET_COUNT];
@@ -99,11 +101,12 @@ fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> Windo
         *b = (now.buckets[i] - old.buckets[i]).max(0.0);
     }
     let queries = (now.queries - old.queries).max(0.0);
-    WindowFigures {
+    TenantFigures {
         queries,
         errors: (now.errors - old.errors).max(0.0),
         rate: queries / seconds,
-        p95_seconds: quantile(0.95, &buckets),
+        buckets,
+        ..TenantFigures::default()
     }
 }
 

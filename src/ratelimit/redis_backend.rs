@@ -20,7 +20,10 @@
 //!   its bucket is full again;
 //! - `<key_prefix>meta:{advice}`: the set of instances sharing advice, and
 //!   `<key_prefix>meta:{advice}:<instance>`: each one's advice. The `{advice}`
-//!   hash tag keeps them in one Redis Cluster slot (one `MGET` reads them).
+//!   hash tag keeps them in one Redis Cluster slot (one `MGET` reads them);
+//! - `<key_prefix>meta:{fleet}` and `<key_prefix>meta:{fleet}:<instance>`:
+//!   likewise, each replica's window figures for the fleet view
+//!   ([`crate::detect::fleet`]).
 //!
 //! No key of one namespace can be spelled in the other: every tenant key
 //! starts `t:` after the prefix, every own key `meta:`.
@@ -490,12 +493,47 @@ impl RedisBackend {
         own: &str,
         ttl: Duration,
     ) -> Result<Vec<(String, String)>, BackendError> {
+        let shared = self
+            .exchange(&self.advice_key(), own.as_bytes(), ttl)
+            .await?;
+        Ok(shared
+            .into_iter()
+            .map(|(name, bytes)| (name, String::from_utf8_lossy(&bytes).into_owned()))
+            .collect())
+    }
+
+    /// The set of replicas sharing window figures (the fleet view); each
+    /// one's figures are under this key, `:`, its name.
+    pub fn figures_key(&self) -> String {
+        format!("{}meta:{{fleet}}", self.settings.key_prefix)
+    }
+
+    /// Publishes this replica's encoded window figures (kept for `ttl`) and
+    /// returns every live replica's, this one's included.
+    pub async fn exchange_figures(
+        &self,
+        own: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<(String, Vec<u8>)>, BackendError> {
+        self.exchange(&self.figures_key(), own, ttl).await
+    }
+
+    /// The exchange both advice and figures go through: `own` is written
+    /// under `<set>:<instance>` for `ttl` and the instance added to `set`
+    /// (one round trip), then every member's value is read with one `MGET`
+    /// (a second); members whose value expired leave the set (a rare
+    /// third).
+    async fn exchange(
+        &self,
+        set: &str,
+        own: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<(String, Vec<u8>)>, BackendError> {
         if !self.is_up() {
             self.count_fallback(BackendError::Unavailable, 1);
             return Err(BackendError::Unavailable);
         }
-        let instances_key = self.advice_key();
-        let own_key = format!("{instances_key}:{}", self.settings.instance);
+        let own_key = format!("{set}:{}", self.settings.instance);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut connection = self.connection();
         let run = async {
@@ -507,23 +545,20 @@ impl RedisBackend {
                 .arg(ttl_ms)
                 .ignore()
                 .cmd("SADD")
-                .arg(&instances_key)
+                .arg(set)
                 .arg(&self.settings.instance)
                 .ignore()
                 // The set goes too once no instance has published for a TTL.
                 .cmd("PEXPIRE")
-                .arg(&instances_key)
+                .arg(set)
                 .arg(ttl_ms)
                 .ignore()
                 .cmd("SMEMBERS")
-                .arg(&instances_key)
+                .arg(set)
                 .query_async(&mut connection)
                 .await?;
-            let keys: Vec<String> = names
-                .iter()
-                .map(|name| format!("{instances_key}:{name}"))
-                .collect();
-            let values: Vec<Option<String>> = redis::cmd("MGET")
+            let keys: Vec<String> = names.iter().map(|name| format!("{set}:{name}")).collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
                 .arg(&keys)
                 .query_async(&mut connection)
                 .await?;
@@ -534,7 +569,7 @@ impl RedisBackend {
             if !gone.is_empty() {
                 let gone: Vec<String> = gone.into_iter().map(|(name, _)| name).collect();
                 redis::cmd("SREM")
-                    .arg(&instances_key)
+                    .arg(set)
                     .arg(gone)
                     .exec_async(&mut connection)
                     .await?;
@@ -547,7 +582,7 @@ impl RedisBackend {
         };
         // Two round trips and a rare third: allow three timeouts.
         let failure = match tokio::time::timeout(self.settings.timeout * 3, run).await {
-            Ok(Ok(advice)) => return Ok(advice),
+            Ok(Ok(shared)) => return Ok(shared),
             Ok(Err(err)) => match BackendError::of(&err) {
                 error @ (BackendError::Timeout | BackendError::Connection) => {
                     self.failed(error, &err.to_string())
