@@ -22,8 +22,9 @@
 
 use std::collections::HashMap;
 
-use crate::store::{BUCKET_COUNT, SourceSet, quantile};
+use crate::store::{BUCKET_COUNT, SourceSet};
 
+pub use super::inputs::TenantFigures;
 use super::inputs::WindowFigures;
 
 /// The first bytes of an encoding, with its version: a replica ignores
@@ -35,49 +36,6 @@ pub const MAX_FLEET_TENANTS: usize = 100_000;
 
 /// Longest tenant id carried (the store admits no longer ones).
 const MAX_TENANT_BYTES: usize = u16::MAX as usize;
-
-/// One tenant's figures over the window, as one replica saw them or summed
-/// over the fleet.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TenantFigures {
-    pub queries: f64,
-    pub errors: f64,
-    /// Queries per second over the window.
-    pub rate: f64,
-    /// Database time over the store's share window, in milliseconds.
-    pub db_time_ms: f64,
-    /// Per-bucket (not cumulative) query counts; the last is `+Inf`.
-    pub buckets: [f64; BUCKET_COUNT],
-    /// The transports its events came through.
-    pub sources: SourceSet,
-}
-
-impl TenantFigures {
-    fn add(&mut self, other: &TenantFigures) {
-        self.queries += other.queries;
-        self.errors += other.errors;
-        self.rate += other.rate;
-        self.db_time_ms += other.db_time_ms;
-        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
-            *mine += theirs;
-        }
-        self.sources = self.sources.union(other.sources);
-    }
-
-    /// What the rules over rates, errors and latency read.
-    pub fn window(&self) -> WindowFigures {
-        WindowFigures {
-            queries: self.queries,
-            errors: self.errors,
-            rate: self.rate,
-            p95_seconds: quantile(0.95, &self.buckets),
-        }
-    }
-
-    fn is_active(&self) -> bool {
-        self.queries > 0.0 || self.db_time_ms > 0.0
-    }
-}
 
 /// Every tenant's figures, of one replica or of the fleet.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -251,7 +209,8 @@ pub fn decode(bytes: &[u8]) -> Result<Figures, DecodeError> {
     if count > MAX_FLEET_TENANTS {
         return Err(DecodeError::TooMany);
     }
-    let mut tenants = HashMap::with_capacity(count.min(bytes.len() / 20));
+    let mut tenants: HashMap<String, TenantFigures> =
+        HashMap::with_capacity(count.min(bytes.len() / 20));
     for _ in 0..count {
         let len = u16::from_le_bytes(r.array()?) as usize;
         let tenant = std::str::from_utf8(r.take(len)?).map_err(|_| DecodeError::TenantId)?;
@@ -268,7 +227,7 @@ pub fn decode(bytes: &[u8]) -> Result<Figures, DecodeError> {
             sources,
         };
         match tenants.get_mut(tenant) {
-            Some(existing) => TenantFigures::add(existing, &f),
+            Some(existing) => existing.add(&f),
             None => {
                 tenants.insert(tenant.to_owned(), f);
             }

@@ -8,8 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::fleet::TenantFigures;
-use crate::store::{BUCKET_COUNT, StoreSnapshot};
+use crate::store::{BUCKET_COUNT, SourceSet, StoreSnapshot, quantile};
 
 /// Size samples of one tenant on one target are kept at most one per
 /// this spacing, for the growth rule...
@@ -33,6 +32,51 @@ pub struct WindowFigures {
     /// Queries per second over the window.
     pub rate: f64,
     pub p95_seconds: Option<f64>,
+}
+
+/// One tenant's figures over the window, as one replica saw them or summed
+/// over the fleet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantFigures {
+    pub queries: f64,
+    pub errors: f64,
+    /// Queries per second over the window.
+    pub rate: f64,
+    /// Database time over the store's share window, in milliseconds.
+    pub db_time_ms: f64,
+    /// Per-bucket (not cumulative) query counts; the last is `+Inf`.
+    pub buckets: [f64; BUCKET_COUNT],
+    /// The transports its events came through.
+    pub sources: SourceSet,
+}
+
+impl TenantFigures {
+    /// Adds another replica's figures of the same tenant.
+    pub fn add(&mut self, other: &TenantFigures) {
+        self.queries += other.queries;
+        self.errors += other.errors;
+        self.rate += other.rate;
+        self.db_time_ms += other.db_time_ms;
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.sources = self.sources.union(other.sources);
+    }
+
+    /// What the rules over rates, errors and latency read.
+    pub fn window(&self) -> WindowFigures {
+        WindowFigures {
+            queries: self.queries,
+            errors: self.errors,
+            rate: self.rate,
+            p95_seconds: quantile(0.95, &self.buckets),
+        }
+    }
+
+    /// Whether it has anything to share.
+    pub fn is_active(&self) -> bool {
+        self.queries > 0.0 || self.db_time_ms > 0.0
+    }
 }
 
 /// A tenant's query-rate baseline: an exponentially weighted mean.

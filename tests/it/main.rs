@@ -24,6 +24,7 @@ mod dashboards;
 mod demo;
 mod deploy;
 mod e2e_prometheus;
+mod fleet;
 mod guard;
 mod ingest;
 mod openapi;
