@@ -27,6 +27,9 @@ pub struct DetectTask {
     pub limits: Arc<RateLimits>,
     pub judgement: SharedJudgement,
     pub guard_outbox: GuardOutbox,
+    /// Told once the first judgement is published (readiness waits for it
+    /// with the Redis backend).
+    pub first_judgement: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Runs until `shutdown`.
@@ -39,6 +42,7 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
         limits,
         judgement,
         guard_outbox,
+        mut first_judgement,
     } = task;
     let mut guard = Guard::default();
     let initial = settings.borrow_and_update().clone();
@@ -129,6 +133,10 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
             db_time_shares: Arc::new(events.db_time_shares()),
         });
         *judgement.write().unwrap_or_else(PoisonError::into_inner) = view;
+        if let Some(told) = first_judgement.take() {
+            // Nobody waiting any more is fine.
+            let _ = told.send(());
+        }
         limits.prune();
     }
 }

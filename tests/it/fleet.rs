@@ -231,3 +231,46 @@ async fn a_replica_that_stops_drops_out_of_the_others_figures() {
         daemon.stop().await;
     }
 }
+
+/// A new replica turns ready only once its first judgement holds the
+/// fleet's figures (a rolling update never routes checks to a pod that
+/// judges alone); with Redis unreachable it turns ready all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_is_ready_once_it_holds_the_fleets_figures() {
+    let redis = RedisServer::start();
+    let old = TestDaemon::start_with(|c| on_redis(c, &redis, "old")).await;
+    until_replicas(&[&old], 1.0).await;
+    let new = TestDaemon::start_with(|c| on_redis(c, &redis, "new")).await;
+    support::eventually("the new replica ready", Duration::from_secs(10), || async {
+        (new.get("/readyz").await.status == 200).then_some(())
+    })
+    .await;
+    let flags = new.get("/api/v1/flags").await.json();
+    assert_eq!(flags["scope"], "fleet", "{flags}");
+    assert_eq!(flags["replicas"], 2, "{flags}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let alone = TestDaemon::start_with(|c| {
+        on_redis(c, &redis, "alone");
+        c.ratelimit.redis.url = format!("redis://{closed}");
+    })
+    .await;
+    support::eventually("ready without Redis", Duration::from_secs(10), || async {
+        (alone.get("/readyz").await.status == 200).then_some(())
+    })
+    .await;
+    let flags = alone.get("/api/v1/flags").await.json();
+    assert_eq!(flags["scope"], "replica", "{flags}");
+    assert_eq!(
+        alone
+            .metrics()
+            .await
+            .value("tenantwatch_fleet_view_up", &[]),
+        Some(0.0)
+    );
+    for daemon in [old, new, alone] {
+        daemon.stop().await;
+    }
+}
