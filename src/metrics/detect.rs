@@ -161,7 +161,6 @@ impl DetectCollector {
     fn encode_fleet(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let judgement = read_judgement(&self.judgement);
         let fleet = &judgement.fleet;
-        let no_labels: [(&str, &str); 0] = [];
         let mut metric = family(
             encoder,
             "tenantwatch_fleet_view_up",
@@ -169,14 +168,14 @@ impl DetectCollector {
             MetricType::Gauge,
         )?;
         let up = fleet.scope == crate::detect::fleet::Scope::Fleet;
-        gauge(&mut metric, &no_labels, f64::from(u8::from(up)))?;
+        metric.encode_gauge(&i64::from(up))?;
         let mut metric = family(
             encoder,
             "tenantwatch_fleet_replicas",
             "Replicas whose window figures the last evaluation summed (1 in replica scope).",
             MetricType::Gauge,
         )?;
-        gauge(&mut metric, &no_labels, fleet.replicas as f64)?;
+        metric.encode_gauge(&(fleet.replicas as i64))?;
         let mut metric = family(
             encoder,
             "tenantwatch_fleet_exchange_bytes",
