@@ -88,12 +88,16 @@ fn kustomize_overlays_build_and_validate() {
             &["--strict", file.to_str().unwrap()],
             None,
         );
-        for kind in [
+        let mut kinds = vec![
             workload.to_ascii_lowercase(),
             "service".into(),
             "configmap".into(),
             "networkpolicy".into(),
-        ] {
+        ];
+        if overlay == "standalone" {
+            kinds.push("poddisruptionbudget".into());
+        }
+        for kind in kinds {
             assert!(
                 report.contains(&format!("passed for resource {kind}/")),
                 "{overlay}: {kind} not validated:\n{report}"
@@ -308,23 +312,54 @@ fn the_standalone_overlay_shares_rate_limits_through_its_redis() {
     assert!(summary.contains("rate limits: redis, shared"), "{summary}");
 }
 
-/// The shipped Kubernetes configs keep `[state]` on a volume that outlives
-/// the pod (so a redeploy does not forget flags and tightened quotas), and
-/// the systemd unit gives it a writable directory.
+/// The standalone overlay is highly available: two replicas sharing the
+/// fleet view through Redis, rolled one at a time with none taken away
+/// before its successor is ready, spread over nodes and zones, a
+/// PodDisruptionBudget, and no ReadWriteOnce volume (its shared state is
+/// in Redis, docs/deploy.md says what a restart loses).
+#[test]
+fn the_standalone_overlay_is_highly_available() {
+    let manifests = run(
+        "kubectl",
+        "apt-get install kubernetes-client",
+        &["kustomize", "deploy/kustomize/overlays/standalone"],
+        None,
+    );
+    let deployment = std::fs::read_to_string(format!(
+        "{ROOT}/deploy/kustomize/overlays/standalone/deployment.yaml"
+    ))
+    .unwrap();
+    for needed in [
+        "replicas: 2\n",
+        "type: RollingUpdate\n",
+        "maxUnavailable: 0\n",
+        "topologySpreadConstraints:\n",
+        "topologyKey: kubernetes.io/hostname\n",
+        "name: TENANTWATCH__RATELIMIT__BACKEND\n              value: redis\n",
+        "name: TENANTWATCH__RATELIMIT__REDIS__EXPECTED_INSTANCES\n              value: \"2\"\n",
+        "path: /readyz\n",
+        "emptyDir:",
+    ] {
+        assert!(
+            deployment.contains(needed),
+            "the standalone Deployment lacks {needed:?}"
+        );
+    }
+    assert!(!manifests.contains("kind: PersistentVolumeClaim"));
+    assert!(manifests.contains("kind: PodDisruptionBudget\n"));
+    assert!(manifests.contains("minAvailable: 1\n"));
+}
+
+/// The sidecar keeps `[state]` on a volume that outlives the pod (so a
+/// redeploy does not forget flags and tightened quotas), and the systemd
+/// unit gives it a writable directory.
 #[test]
 fn shipped_configs_keep_state_on_a_lasting_volume() {
-    for (config, workload, claim) in [
-        (
-            "deploy/kustomize/base/tenantwatch.toml",
-            "deploy/kustomize/overlays/standalone/deployment.yaml",
-            "claimName: tenantwatch-state",
-        ),
-        (
-            "deploy/kustomize/overlays/sidecar/tenantwatch.toml",
-            "deploy/kustomize/overlays/sidecar/statefulset.yaml",
-            "name: tenantwatch-state\n      spec:",
-        ),
-    ] {
+    for (config, workload, claim) in [(
+        "deploy/kustomize/overlays/sidecar/tenantwatch.toml",
+        "deploy/kustomize/overlays/sidecar/statefulset.yaml",
+        "name: tenantwatch-state\n      spec:",
+    )] {
         let text = std::fs::read_to_string(format!("{ROOT}/{config}")).unwrap();
         let file: tenantwatch::config::Settings = toml::from_str(&text).unwrap();
         assert_eq!(

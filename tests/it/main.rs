@@ -33,6 +33,7 @@ mod poisoned_figures;
 mod postgres;
 mod ratelimit;
 mod ratelimit_redis;
+mod readme;
 mod slow_clients;
 mod state;
 mod tls_listener;
