@@ -23,6 +23,7 @@ mod daemon;
 mod dashboards;
 mod demo;
 mod deploy;
+mod deploy_guide;
 mod e2e_prometheus;
 mod fleet;
 mod guard;
