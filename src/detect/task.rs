@@ -56,6 +56,9 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
         .as_ref()
         .clone();
     detector.restore(restored);
+    if let Some(redis) = limits.redis() {
+        redis.warm_up().await;
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

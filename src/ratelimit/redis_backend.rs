@@ -492,6 +492,20 @@ impl RedisBackend {
         });
     }
 
+    /// Connects every check connection and loads the script on it, so the
+    /// first checks need no connection set-up within their short timeout
+    /// (readiness waits for the detector's first evaluation, which calls
+    /// this first). A connection that does not answer is left to connect
+    /// on first use, as before.
+    pub async fn warm_up(&self) {
+        let timeout = exchange_timeout(&self.settings);
+        for connection in &self.connections {
+            let mut connection = connection.clone();
+            let load = self.gcra.load_async(&mut connection);
+            let _ = tokio::time::timeout(timeout, load).await;
+        }
+    }
+
     /// Publishes this instance's advice (opaque JSON, kept for `ttl`) and
     /// returns every live instance's, this one's included: `(instance,
     /// json)`. Instances whose advice expired are forgotten.

@@ -118,6 +118,13 @@ async fn two_daemons_sharing_one_redis_hold_one_quota() {
         quota(c);
     })
     .await;
+    // Ready: connected to Redis, the script loaded.
+    for daemon in [&a, &b] {
+        support::eventually("ready", Duration::from_secs(10), || async {
+            (daemon.get("/readyz").await.status == 200).then_some(())
+        })
+        .await;
+    }
     // Four clients on each instance, as fast as they can, for 5 s.
     let started = Instant::now();
     let hammer = |addr| async move {
