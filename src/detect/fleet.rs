@@ -16,8 +16,8 @@
 //!
 //! The encoding is compact and bounded (see [`encode`]): at 10,000 active
 //! tenants it is about 0.4 MB per replica. The latency buckets are the
-//! store's fixed classic buckets, written and read by [`write_buckets`] and
-//! [`read_buckets`] only: a change of bucket layout changes those two and
+//! store's fixed classic buckets, written and read by `write_buckets` and
+//! `read_buckets` only: a change of bucket layout changes those two and
 //! [`VERSION`].
 
 use std::collections::HashMap;
@@ -174,7 +174,7 @@ pub enum DecodeError {
 /// Encodes the active tenants' figures: [`VERSION`], a `u32` count, then per
 /// tenant a `u16` id length and the id, `queries`, `errors`, `rate` and
 /// `db_time_ms` as `f32`, the sources' bits, and the buckets
-/// ([`write_buckets`]); little-endian. `f32` keeps 7 significant digits,
+/// (`write_buckets`); little-endian. `f32` keeps 7 significant digits,
 /// far finer than any threshold.
 pub fn encode(figures: &Figures) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + figures.tenants.len() * 48);
