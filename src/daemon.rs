@@ -216,6 +216,9 @@ impl Shared {
 struct Tasks {
     handles: Vec<JoinHandle<()>>,
     detect_settings: tokio::sync::watch::Sender<DetectSettings>,
+    /// Fires once the detector has published its first judgement (with
+    /// the Redis backend: after its first exchange with the fleet).
+    first_judgement: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl Tasks {
@@ -276,6 +279,7 @@ impl Tasks {
         )));
         let (detect_settings, detect_settings_rx) =
             tokio::sync::watch::channel(config.detect.clone());
+        let (first_judgement_tx, first_judgement) = tokio::sync::oneshot::channel();
         let detect_task = crate::detect::task::DetectTask {
             settings: detect_settings_rx,
             store: shared.store.clone(),
@@ -284,6 +288,7 @@ impl Tasks {
             limits: shared.limits.clone(),
             judgement: shared.judgement.clone(),
             guard_outbox,
+            first_judgement: Some(first_judgement_tx),
         };
         handles.push(tokio::spawn(crate::detect::task::run(
             detect_task,
@@ -297,8 +302,39 @@ impl Tasks {
         Tasks {
             handles,
             detect_settings,
+            first_judgement,
         }
     }
+}
+
+/// Marks the daemon ready. With the Redis backend, not before its first
+/// judgement (its first exchange with the fleet: the other replicas' figures
+/// and advice are loaded, so a new pod in a rolling update never answers on
+/// its own figures alone), or three detection intervals, whichever comes
+/// first: a Redis that is down delays readiness, never blocks it (checks
+/// then follow `ratelimit.redis.fail_mode`).
+fn hold_readiness(
+    config: &Config,
+    shared: &Shared,
+    state: Arc<http::AppState>,
+    first_judgement: tokio::sync::oneshot::Receiver<()>,
+    shutdown: &CancellationToken,
+) {
+    if shared.limits.redis().is_none() {
+        state.listener.ready.store(true, Ordering::Relaxed);
+        return;
+    }
+    let bound = config.detect.interval * 3;
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::timeout(bound, first_judgement) => {}
+        }
+        if !shutdown.is_cancelled() {
+            state.listener.ready.store(true, Ordering::Relaxed);
+        }
+    });
 }
 
 impl Daemon {
@@ -360,7 +396,13 @@ impl Daemon {
             persisted,
             stop.clone(),
         )));
-        state.listener.ready.store(true, Ordering::Relaxed);
+        hold_readiness(
+            &config,
+            &shared,
+            state.clone(),
+            tasks.first_judgement,
+            &shutdown,
+        );
         tracing::info!(
             http = %http_addr,
             udp = ?udp_addr,

@@ -197,6 +197,7 @@ impl Persisted {
             advice: saved.advice,
             shared_advice: Vec::new(),
             baselines: saved.baselines,
+            ..Judgement::default()
         });
         let mut histories = self
             .histories

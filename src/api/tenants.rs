@@ -52,6 +52,18 @@ pub fn tenant_rows(
         }
         row.db_time_share = t.db_time_share;
     }
+    // In fleet scope a tenant's share is the fleet's, and tenants seen only
+    // by other replicas have rows too.
+    if judgement.fleet.scope == crate::detect::fleet::Scope::Fleet {
+        for row in rows.values_mut() {
+            row.db_time_share = 0.0;
+        }
+        for (tenant, share) in judgement.db_time_shares.iter() {
+            rows.entry(tenant.clone())
+                .or_insert_with(|| empty(tenant))
+                .db_time_share = *share;
+        }
+    }
     for target in targets {
         if let Some(activity) = &target.activity {
             for (tenant, a) in &activity.tenants {

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::store::{NativeHistogram, StoreSnapshot};
+use crate::store::{NativeHistogram, SourceSet, StoreSnapshot};
 
 /// Size samples of one tenant on one target are kept at most one per
 /// this spacing, for the growth rule...
@@ -36,6 +36,50 @@ pub struct WindowFigures {
     pub p95_seconds: Option<f64>,
 }
 
+/// One tenant's figures over the window, as one replica saw them or summed
+/// over the fleet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantFigures {
+    pub queries: f64,
+    pub errors: f64,
+    /// Queries per second over the window.
+    pub rate: f64,
+    /// Database time over the store's share window, in milliseconds.
+    pub db_time_ms: f64,
+    /// The latencies of the window's queries, in the store's fine
+    /// (native-histogram) buckets.
+    pub latency: NativeHistogram,
+    /// The transports its events came through.
+    pub sources: SourceSet,
+}
+
+impl TenantFigures {
+    /// Adds another replica's figures of the same tenant.
+    pub fn add(&mut self, other: &TenantFigures) {
+        self.queries += other.queries;
+        self.errors += other.errors;
+        self.rate += other.rate;
+        self.db_time_ms += other.db_time_ms;
+        self.latency.merge(&other.latency);
+        self.sources = self.sources.union(other.sources);
+    }
+
+    /// What the rules over rates, errors and latency read.
+    pub fn window(&self) -> WindowFigures {
+        WindowFigures {
+            queries: self.queries,
+            errors: self.errors,
+            rate: self.rate,
+            p95_seconds: self.latency.quantile(0.95),
+        }
+    }
+
+    /// Whether it has anything to share.
+    pub fn is_active(&self) -> bool {
+        self.queries > 0.0 || self.db_time_ms > 0.0
+    }
+}
+
 /// A tenant's query-rate baseline: an exponentially weighted mean.
 #[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Baseline {
@@ -53,13 +97,14 @@ pub struct Window {
 
 impl Window {
     /// Records the store's cumulative figures at `now` and returns each
-    /// tenant's figures since the oldest kept record (about `window` ago).
+    /// tenant's figures since the oldest kept record (about `window` ago):
+    /// queries, errors, rate and buckets (the caller adds the rest).
     pub fn advance(
         &mut self,
         now: Instant,
         store: &StoreSnapshot,
         horizon: Duration,
-    ) -> HashMap<String, WindowFigures> {
+    ) -> HashMap<String, TenantFigures> {
         let mut current: HashMap<String, Cumulative> = HashMap::with_capacity(store.tenants.len());
         for tenant in &store.tenants {
             let mut c = Cumulative {
@@ -93,15 +138,16 @@ impl Window {
     }
 }
 
-fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> WindowFigures {
+fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> TenantFigures {
     let zero = Cumulative::default();
     let old = old.unwrap_or(&zero);
     let queries = (now.queries - old.queries).max(0.0);
-    WindowFigures {
+    TenantFigures {
         queries,
         errors: (now.errors - old.errors).max(0.0),
         rate: queries / seconds,
-        p95_seconds: now.latency.since(&old.latency).quantile(0.95),
+        latency: now.latency.since(&old.latency),
+        ..TenantFigures::default()
     }
 }
 
@@ -229,7 +275,7 @@ mod tests {
         );
         let a = &figures["a"];
         assert_eq!(a.queries, 1000.0);
-        let p95 = a.p95_seconds.unwrap();
+        let p95 = a.window().p95_seconds.unwrap();
         assert!((p95 / 0.395 - 1.0).abs() < 0.05, "{p95}");
     }
 }

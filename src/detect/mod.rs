@@ -24,6 +24,7 @@
 //! runs it in the daemon.
 
 pub mod advice;
+pub mod fleet;
 pub mod guard;
 pub mod inputs;
 pub mod rules;
@@ -252,9 +253,9 @@ impl Detector {
     }
 
     /// Evaluates every rule at `now` (`wall` is the same instant as Unix
-    /// time, for the flags' `since`) on what was `observed`. Returns the
-    /// flags raised and cleared. `base_qps` gives each tenant's configured
-    /// quota, for the advice.
+    /// time, for the flags' `since`) on what was `observed`, this replica's
+    /// events alone. Returns the flags raised and cleared. `base_qps` gives
+    /// each tenant's configured quota, for the advice.
     pub fn evaluate(
         &mut self,
         now: Instant,
@@ -262,24 +263,59 @@ impl Detector {
         observed: Observed<'_>,
         base_qps: impl Fn(&str) -> f64,
     ) -> Vec<Transition> {
+        let events = self.observe_events(now, observed.store);
+        self.judge(now, wall, observed, &events, base_qps)
+    }
+
+    /// Step one for events: advances the window over the store's counters
+    /// and returns this replica's window figures, the ones it shares with
+    /// the fleet ([`fleet`]).
+    pub fn observe_events(&mut self, now: Instant, store: &StoreSnapshot) -> fleet::Figures {
+        let horizon = self.settings.window + self.settings.interval / 2;
+        let mut tenants = self.window.advance(now, store, horizon);
+        let windowed = !tenants.is_empty() || self.window_is_warm();
+        for t in &store.tenants {
+            let f = tenants.entry(t.tenant.clone()).or_default();
+            f.db_time_ms = t.window_db_time_ms;
+            f.sources = t.window_sources;
+        }
+        fleet::Figures { tenants, windowed }
+    }
+
+    /// Whether the window has a record to difference against.
+    fn window_is_warm(&self) -> bool {
+        self.last_evaluation.is_some()
+    }
+
+    /// Steps two and three: judges every rule on `events` (this replica's
+    /// figures, or the fleet's) and the targets' last polls, then applies
+    /// hysteresis and advice.
+    pub fn judge(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        observed: Observed<'_>,
+        events: &fleet::Figures,
+        base_qps: impl Fn(&str) -> f64,
+    ) -> Vec<Transition> {
         let Observed {
-            store,
             targets,
             pgbouncers,
+            ..
         } = observed;
         let wall_s = wall
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         let horizon = self.settings.window + self.settings.interval / 2;
-        let figures = self.window.advance(now, store, horizon);
+        let figures = events.windows();
         let mut observations = Observations::default();
-        let spiking = self.judge_events(store, &figures, &mut observations);
+        let spiking = self.judge_events(events, &figures, &mut observations);
         self.advance_baselines(now, &figures, &spiking);
         for target in targets.iter().filter(|t| t.up) {
             self.judge_target(now, target, &mut observations);
         }
-        self.judge_statements(now, store, targets, horizon, &mut observations);
+        self.judge_statements(now, events, targets, horizon, &mut observations);
         if let Some(r) = self.enabled(RuleName::PoolSaturation) {
             for pgbouncer in pgbouncers.iter().filter(|p| p.up) {
                 if let Some(snapshot) = &pgbouncer.snapshot {
@@ -321,22 +357,24 @@ impl Detector {
     /// each tenant's events over the window came through.
     fn judge_events(
         &self,
-        store: &StoreSnapshot,
+        events: &fleet::Figures,
         figures: &HashMap<String, WindowFigures>,
         observations: &mut Observations,
     ) -> HashSet<String> {
-        let tenants: Vec<_> = store
+        let sources: HashMap<&str, Evidence> = events
             .tenants
             .iter()
-            .filter(|t| t.tenant != OVERFLOW_TENANT)
-            .collect();
-        let sources: HashMap<&str, Evidence> = tenants
-            .iter()
-            .map(|t| (t.tenant.as_str(), Evidence::of_events(t.window_sources)))
+            .map(|(t, f)| (t.as_str(), Evidence::of_events(f.sources)))
             .collect();
         let evidence = |tenant: &str| sources.get(tenant).copied().unwrap_or(Evidence::NONE);
         if let Some(r) = self.enabled(RuleName::DbTimeHog) {
-            let verdicts = rules::db_time_hog(r, &tenants);
+            let shares = events.db_time_shares();
+            let shares: Vec<(&str, f64)> = shares
+                .iter()
+                .filter(|(t, _)| *t != OVERFLOW_TENANT)
+                .map(|(t, share)| (t.as_str(), *share))
+                .collect();
+            let verdicts = rules::db_time_hog_from_shares(r, &shares);
             observations.add(RuleName::DbTimeHog, verdicts, None, evidence);
         }
         if let Some(r) = self.enabled(RuleName::LatencyOutlier) {
@@ -369,7 +407,7 @@ impl Detector {
     fn judge_statements(
         &mut self,
         now: Instant,
-        store: &StoreSnapshot,
+        events: &fleet::Figures,
         targets: &[TargetStatus],
         horizon: std::time::Duration,
         observations: &mut Observations,
@@ -384,11 +422,11 @@ impl Detector {
         let Some(r) = self.enabled(RuleName::DbTimeHog) else {
             return;
         };
-        let with_events: HashSet<&str> = store
+        let with_events: HashSet<&str> = events
             .tenants
             .iter()
-            .filter(|t| t.window_db_time_ms > 0.0)
-            .map(|t| t.tenant.as_str())
+            .filter(|(_, f)| f.db_time_ms > 0.0)
+            .map(|(t, _)| t.as_str())
             .collect();
         let verdicts = rules::db_time_hog_from_statements(r, &window, |t| !with_events.contains(t));
         observations.add(RuleName::DbTimeHog, verdicts, None, postgres);
@@ -626,6 +664,13 @@ pub struct Judgement {
     pub shared_advice: Vec<Advice>,
     #[serde(skip)]
     pub baselines: Vec<(String, Baseline)>,
+    /// Whether the judgement is the fleet's or this replica's alone.
+    #[serde(skip)]
+    pub fleet: fleet::FleetStatus,
+    /// Each tenant's share of database time over the window, in the
+    /// judgement's scope (what the API shows).
+    #[serde(skip)]
+    pub db_time_shares: std::sync::Arc<HashMap<String, f64>>,
 }
 
 /// Shared handle on the last judgement.

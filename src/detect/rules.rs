@@ -49,7 +49,13 @@ pub fn db_time_hog(r: &RuleSettings, tenants: &[&TenantSnapshot]) -> Vec<Verdict
             (t.tenant.as_str(), share)
         })
         .collect();
-    hog_verdicts(r, &shares, |_| true)
+    db_time_hog_from_shares(r, &shares)
+}
+
+/// `db_time_hog` on each tenant's share of database time (this replica's
+/// or the fleet's), as [`db_time_hog`] judges it.
+pub fn db_time_hog_from_shares(r: &RuleSettings, shares: &[(&str, f64)]) -> Vec<Verdict> {
+    hog_verdicts(r, shares, |_| true)
 }
 
 /// `db_time_hog` on server-side figures: each tenant's share of the

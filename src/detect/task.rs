@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::collections::HashMap;
 
+use super::fleet::{self, Figures, FleetStatus};
 use super::guard::{Guard, GuardOutbox};
 use super::{Advice, DetectSettings, Detector, Judgement, SharedJudgement, Transition};
 use crate::ratelimit::RateLimits;
@@ -26,6 +27,9 @@ pub struct DetectTask {
     pub limits: Arc<RateLimits>,
     pub judgement: SharedJudgement,
     pub guard_outbox: GuardOutbox,
+    /// Told once the first judgement is published (readiness waits for it
+    /// with the Redis backend).
+    pub first_judgement: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Runs until `shutdown`.
@@ -38,6 +42,7 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
         limits,
         judgement,
         guard_outbox,
+        mut first_judgement,
     } = task;
     let mut guard = Guard::default();
     let initial = settings.borrow_and_update().clone();
@@ -51,6 +56,9 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
         .as_ref()
         .clone();
     detector.restore(restored);
+    if let Some(redis) = limits.redis() {
+        redis.warm_up().await;
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -69,14 +77,21 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
         let targets = statuses.snapshot();
         let pools = pgbouncers.snapshot();
         let policy = limits.policy();
-        let transitions = detector.evaluate(
-            std::time::Instant::now(),
+        let now = std::time::Instant::now();
+        let own = detector.observe_events(now, &snapshot);
+        let (events, fleet_status) = match limits.redis() {
+            Some(redis) => exchange_figures(redis, own, detector.settings().interval).await,
+            None => (own, FleetStatus::replica()),
+        };
+        let transitions = detector.judge(
+            now,
             std::time::SystemTime::now(),
             super::Observed {
                 store: &snapshot,
                 targets: &targets,
                 pgbouncers: &pools,
             },
+            &events,
             |tenant| policy.base_quota(tenant).rate.qps,
         );
         transitions.iter().for_each(log_transition);
@@ -117,9 +132,35 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
             advice,
             shared_advice,
             baselines: detector.baselines(),
+            fleet: fleet_status,
+            db_time_shares: Arc::new(events.db_time_shares()),
         });
         *judgement.write().unwrap_or_else(PoisonError::into_inner) = view;
+        if let Some(told) = first_judgement.take() {
+            // Nobody waiting any more is fine.
+            let _ = told.send(());
+        }
         limits.prune();
+    }
+}
+
+/// Publishes this replica's window figures to Redis and returns the sum of
+/// every live replica's, in fleet scope; when Redis cannot answer, this
+/// replica's own figures, in replica scope. Published figures live three
+/// evaluations, so a replica that stops drops out within three.
+async fn exchange_figures(
+    redis: &crate::ratelimit::RedisBackend,
+    own: Figures,
+    interval: std::time::Duration,
+) -> (Figures, FleetStatus) {
+    let encoded = fleet::encode(&own);
+    match redis.exchange_figures(&encoded, interval * 3).await {
+        Ok(shared) => {
+            let (figures, mut status) = fleet::merge(&own, &redis.settings().instance, &shared);
+            status.bytes_sent = encoded.len();
+            (figures, status)
+        }
+        Err(_) => (own, FleetStatus::replica()),
     }
 }
 

@@ -16,6 +16,7 @@ use super::endpoint::TENANT_PATH_PREFIX;
 use super::reply::{Body, json, problem};
 use crate::api::{self, DetailSources};
 use crate::capacity::view::{TenantShare, capacity_view};
+use crate::detect::fleet::{FleetStatus, Scope};
 use crate::detect::{Advice, Flag, read_judgement};
 
 /// The heavy views, built on a blocking thread.
@@ -39,6 +40,25 @@ pub(super) fn build(state: &ReadState, view: View, req: &Parts) -> Response<Body
 #[derive(Serialize)]
 struct FlagsReply<'a> {
     flags: Vec<FlagView<'a>>,
+}
+
+/// A reply that says whom it answers for: the fleet (every live replica's
+/// figures, through Redis) or this replica alone.
+#[derive(Serialize)]
+struct Scoped<'a, T> {
+    scope: Scope,
+    /// Replicas whose figures the answer rests on.
+    replicas: usize,
+    #[serde(flatten)]
+    reply: &'a T,
+}
+
+fn scoped<'a, T>(fleet: &FleetStatus, reply: &'a T) -> Scoped<'a, T> {
+    Scoped {
+        scope: fleet.scope,
+        replicas: fleet.replicas,
+        reply,
+    }
 }
 
 /// A flag with its tenant's tier.
@@ -72,7 +92,10 @@ pub(super) fn flags(state: &ReadState) -> Response<Body> {
             tier: policy.tier_of(&flag.tenant),
         })
         .collect();
-    json(StatusCode::OK, &FlagsReply { flags })
+    json(
+        StatusCode::OK,
+        &scoped(&judgement.fleet, &FlagsReply { flags }),
+    )
 }
 
 pub(super) fn advice(state: &ReadState) -> Response<Body> {
@@ -151,7 +174,8 @@ fn capacity(state: &ReadState) -> Response<Body> {
         rows.len(),
         &state.api,
     );
-    json(StatusCode::OK, &view)
+    let fleet = read_judgement(&state.judgement).fleet.clone();
+    json(StatusCode::OK, &scoped(&fleet, &view))
 }
 
 fn tenant(state: &ReadState, req: &Parts) -> Response<Body> {
@@ -210,7 +234,8 @@ fn tenants(state: &ReadState, req: &Parts) -> Response<Body> {
     let rows = rows(state, &targets);
     let page = api::page(&rows, &query);
     if !query.csv {
-        return json(StatusCode::OK, &page);
+        let fleet = read_judgement(&state.judgement).fleet.clone();
+        return json(StatusCode::OK, &scoped(&fleet, &page));
     }
     let mut response = Response::new(Full::new(Bytes::from(api::csv(&page.tenants))));
     response.headers_mut().insert(

@@ -25,6 +25,7 @@ impl Collector for DetectCollector {
         self.encode_flags(&mut encoder)?;
         self.encode_limiters(&mut encoder)?;
         self.encode_backend(&mut encoder)?;
+        self.encode_fleet(&mut encoder)?;
         self.encode_guard(&mut encoder)
     }
 }
@@ -151,6 +152,41 @@ impl DetectCollector {
             .unwrap_or_else(|| crate::ratelimit::BackendError::ALL.map(|error| (error, 0)));
         for (error, count) in errors {
             counter_u64(&mut metric, &[("error", error.as_str())], count)?;
+        }
+        Ok(())
+    }
+
+    /// The fleet view: whom the judgement answers for, and what the last
+    /// exchange of window figures cost.
+    fn encode_fleet(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let judgement = read_judgement(&self.judgement);
+        let fleet = &judgement.fleet;
+        let mut metric = family(
+            encoder,
+            "tenantwatch_fleet_view_up",
+            "1 while flags, advice and shares are judged on every live replica's figures (Redis backend answering); 0 while on this replica's alone.",
+            MetricType::Gauge,
+        )?;
+        let up = fleet.scope == crate::detect::fleet::Scope::Fleet;
+        metric.encode_gauge(&i64::from(up))?;
+        let mut metric = family(
+            encoder,
+            "tenantwatch_fleet_replicas",
+            "Replicas whose window figures the last evaluation summed (1 in replica scope).",
+            MetricType::Gauge,
+        )?;
+        metric.encode_gauge(&(fleet.replicas as i64))?;
+        let mut metric = family(
+            encoder,
+            "tenantwatch_fleet_exchange_bytes",
+            "Bytes of window figures this replica wrote to (sent) and read from (received) Redis in the last evaluation.",
+            MetricType::Gauge,
+        )?;
+        for (direction, bytes) in [
+            ("sent", fleet.bytes_sent),
+            ("received", fleet.bytes_received),
+        ] {
+            gauge(&mut metric, &[("direction", direction)], bytes as f64)?;
         }
         Ok(())
     }

@@ -20,7 +20,10 @@
 //!   its bucket is full again;
 //! - `<key_prefix>meta:{advice}`: the set of instances sharing advice, and
 //!   `<key_prefix>meta:{advice}:<instance>`: each one's advice. The `{advice}`
-//!   hash tag keeps them in one Redis Cluster slot (one `MGET` reads them).
+//!   hash tag keeps them in one Redis Cluster slot (one `MGET` reads them);
+//! - `<key_prefix>meta:{fleet}` and `<key_prefix>meta:{fleet}:<instance>`:
+//!   likewise, each replica's window figures for the fleet view
+//!   ([`crate::detect::fleet`]).
 //!
 //! No key of one namespace can be spelled in the other: every tenant key
 //! starts `t:` after the prefix, every own key `meta:`.
@@ -230,6 +233,10 @@ pub type GcraReplies = Vec<Result<GcraReply, BackendError>>;
 pub struct RedisBackend {
     settings: RedisSettings,
     connections: Vec<ConnectionManager>,
+    /// The exchanges of advice and window figures: a connection of their
+    /// own, so a large reply (about 0.3 MB per replica at 10,000 tenants)
+    /// never holds up a check queued behind it.
+    exchange_connection: ConnectionManager,
     next: AtomicUsize,
     gcra: Script,
     up: Arc<AtomicBool>,
@@ -265,9 +272,12 @@ impl RedisBackend {
         let connections = (0..settings.pool_size.max(1))
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
             .collect::<Result<Vec<_>, _>>()?;
+        let exchange_config = config.set_response_timeout(Some(exchange_timeout(&settings)));
+        let exchange_connection = ConnectionManager::new_lazy_with_config(client, exchange_config)?;
         Ok(RedisBackend {
             settings,
             connections,
+            exchange_connection,
             next: AtomicUsize::new(0),
             gcra: Script::new(include_str!("gcra.lua")),
             up: Arc::new(AtomicBool::new(true)),
@@ -482,6 +492,20 @@ impl RedisBackend {
         });
     }
 
+    /// Connects every check connection and loads the script on it, so the
+    /// first checks need no connection set-up within their short timeout
+    /// (readiness waits for the detector's first evaluation, which calls
+    /// this first). A connection that does not answer is left to connect
+    /// on first use, as before.
+    pub async fn warm_up(&self) {
+        let timeout = exchange_timeout(&self.settings);
+        for connection in &self.connections {
+            let mut connection = connection.clone();
+            let load = self.gcra.load_async(&mut connection);
+            let _ = tokio::time::timeout(timeout, load).await;
+        }
+    }
+
     /// Publishes this instance's advice (opaque JSON, kept for `ttl`) and
     /// returns every live instance's, this one's included: `(instance,
     /// json)`. Instances whose advice expired are forgotten.
@@ -490,14 +514,49 @@ impl RedisBackend {
         own: &str,
         ttl: Duration,
     ) -> Result<Vec<(String, String)>, BackendError> {
+        let shared = self
+            .exchange(&self.advice_key(), own.as_bytes(), ttl)
+            .await?;
+        Ok(shared
+            .into_iter()
+            .map(|(name, bytes)| (name, String::from_utf8_lossy(&bytes).into_owned()))
+            .collect())
+    }
+
+    /// The set of replicas sharing window figures (the fleet view); each
+    /// one's figures are under this key, `:`, its name.
+    pub fn figures_key(&self) -> String {
+        format!("{}meta:{{fleet}}", self.settings.key_prefix)
+    }
+
+    /// Publishes this replica's encoded window figures (kept for `ttl`) and
+    /// returns every live replica's, this one's included.
+    pub async fn exchange_figures(
+        &self,
+        own: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<(String, Vec<u8>)>, BackendError> {
+        self.exchange(&self.figures_key(), own, ttl).await
+    }
+
+    /// The exchange both advice and figures go through: `own` is written
+    /// under `<set>:<instance>` for `ttl` and the instance added to `set`
+    /// (one round trip), then every member's value is read with one `MGET`
+    /// (a second); members whose value expired leave the set (a rare
+    /// third).
+    async fn exchange(
+        &self,
+        set: &str,
+        own: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<(String, Vec<u8>)>, BackendError> {
         if !self.is_up() {
             self.count_fallback(BackendError::Unavailable, 1);
             return Err(BackendError::Unavailable);
         }
-        let instances_key = self.advice_key();
-        let own_key = format!("{instances_key}:{}", self.settings.instance);
+        let own_key = format!("{set}:{}", self.settings.instance);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut connection = self.connection();
+        let mut connection = self.exchange_connection.clone();
         let run = async {
             let (names,): (Vec<String>,) = redis::pipe()
                 .cmd("SET")
@@ -507,23 +566,20 @@ impl RedisBackend {
                 .arg(ttl_ms)
                 .ignore()
                 .cmd("SADD")
-                .arg(&instances_key)
+                .arg(set)
                 .arg(&self.settings.instance)
                 .ignore()
                 // The set goes too once no instance has published for a TTL.
                 .cmd("PEXPIRE")
-                .arg(&instances_key)
+                .arg(set)
                 .arg(ttl_ms)
                 .ignore()
                 .cmd("SMEMBERS")
-                .arg(&instances_key)
+                .arg(set)
                 .query_async(&mut connection)
                 .await?;
-            let keys: Vec<String> = names
-                .iter()
-                .map(|name| format!("{instances_key}:{name}"))
-                .collect();
-            let values: Vec<Option<String>> = redis::cmd("MGET")
+            let keys: Vec<String> = names.iter().map(|name| format!("{set}:{name}")).collect();
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
                 .arg(&keys)
                 .query_async(&mut connection)
                 .await?;
@@ -534,7 +590,7 @@ impl RedisBackend {
             if !gone.is_empty() {
                 let gone: Vec<String> = gone.into_iter().map(|(name, _)| name).collect();
                 redis::cmd("SREM")
-                    .arg(&instances_key)
+                    .arg(set)
                     .arg(gone)
                     .exec_async(&mut connection)
                     .await?;
@@ -545,22 +601,44 @@ impl RedisBackend {
                     .collect(),
             )
         };
-        // Two round trips and a rare third: allow three timeouts.
-        let failure = match tokio::time::timeout(self.settings.timeout * 3, run).await {
-            Ok(Ok(advice)) => return Ok(advice),
-            Ok(Err(err)) => match BackendError::of(&err) {
-                error @ (BackendError::Timeout | BackendError::Connection) => {
-                    self.failed(error, &err.to_string())
-                }
-                BackendError::Response | BackendError::Unavailable => {
-                    self.reply_error(&err.to_string())
-                }
-            },
-            Err(_) => self.failed(BackendError::Timeout, "no answer in time"),
+        // A slow or failed exchange is not a dead Redis: it is counted and
+        // logged, and this evaluation judges alone, but checks carry on
+        // (their own calls mark Redis down when it is).
+        let failure = match tokio::time::timeout(exchange_timeout(&self.settings), run).await {
+            Ok(Ok(shared)) => return Ok(shared),
+            Ok(Err(err)) => {
+                let error = BackendError::of(&err);
+                self.exchange_failed(error, &err.to_string())
+            }
+            Err(_) => self.exchange_failed(BackendError::Timeout, "no answer in time"),
         };
         self.count_fallback(failure, 1);
         Err(failure)
     }
+
+    /// Logs a failed exchange, at most once per [`LOG_EVERY`].
+    fn exchange_failed(&self, error: BackendError, detail: &str) -> BackendError {
+        let mut last = self
+            .last_reply_warning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                error = error.as_str(),
+                detail,
+                "Exchange of advice and window figures through Redis failed; judging alone until it answers"
+            );
+        }
+        error
+    }
+}
+
+/// The longest an exchange of advice or figures may take: two round trips
+/// and a rare third, each carrying up to a few megabytes, so well above
+/// the checks' `ratelimit.redis.timeout`.
+fn exchange_timeout(settings: &RedisSettings) -> Duration {
+    (settings.timeout * 3).max(Duration::from_secs(2))
 }
 
 /// A pipeline reply saying the script is not loaded.

@@ -83,6 +83,24 @@ impl NativeHistogram {
         self.buckets.iter().map(|&(i, c)| (i32::from(i), c))
     }
 
+    /// A histogram from its parts as [`Self::schema`], [`Self::zero_count`]
+    /// and [`Self::buckets`] gave them (another replica's, read back from
+    /// Redis): `None` unless the schema is one a histogram can have, the
+    /// indexes ascend strictly within range, every count is positive and
+    /// there are at most [`NATIVE_MAX_BUCKETS`].
+    pub fn from_parts(schema: i8, zero: u32, buckets: Vec<(i16, u32)>) -> Option<NativeHistogram> {
+        let ascending = buckets.windows(2).all(|pair| pair[0].0 < pair[1].0);
+        let valid = (NATIVE_MIN_SCHEMA..=NATIVE_SCHEMA).contains(&schema)
+            && buckets.len() <= NATIVE_MAX_BUCKETS
+            && ascending
+            && buckets.iter().all(|&(index, count)| count > 0 && index.unsigned_abs() <= 8192);
+        valid.then_some(NativeHistogram {
+            schema,
+            zero,
+            buckets,
+        })
+    }
+
     /// Observations in all buckets.
     pub fn count(&self) -> u64 {
         u64::from(self.zero) + self.buckets.iter().map(|&(_, c)| u64::from(c)).sum::<u64>()

@@ -106,6 +106,19 @@ impl SourceSet {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+
+    /// The set as one byte, for the fleet view's exchange.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set `bits` says (unknown bits ignored).
+    pub fn from_bits(bits: u8) -> SourceSet {
+        let known = Source::ALL
+            .iter()
+            .fold(0, |all, source| all | SourceSet::of(*source).0);
+        SourceSet(bits & known)
+    }
 }
 
 /// One slot of a tenant's sliding window.
