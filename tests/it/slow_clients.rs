@@ -172,7 +172,7 @@ async fn metrics_from(from: &str, addr: std::net::SocketAddr) -> support::Exposi
         let reply = exchange_from(
             from,
             addr,
-            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text\r\nConnection: close\r\n\r\n",
         )
         .await;
         let (head, body) = reply.split_once("\r\n\r\n")?;
