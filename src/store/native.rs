@@ -93,7 +93,9 @@ impl NativeHistogram {
         let valid = (NATIVE_MIN_SCHEMA..=NATIVE_SCHEMA).contains(&schema)
             && buckets.len() <= NATIVE_MAX_BUCKETS
             && ascending
-            && buckets.iter().all(|&(index, count)| count > 0 && index.unsigned_abs() <= 8192);
+            && buckets
+                .iter()
+                .all(|&(index, count)| count > 0 && index.unsigned_abs() <= 8192);
         valid.then_some(NativeHistogram {
             schema,
             zero,
