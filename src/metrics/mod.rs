@@ -14,13 +14,11 @@
 //! - [`http`]: the listener's own counters;
 //! - [`reload`]: configuration reloads;
 //! - [`process`]: the process's memory, CPU and descriptors (`process_*`);
-//! - [`mod@gzip`]: the gzip form, compressed in blocks kept between scrapes;
 //! - [`mod@encode`]: the helpers they share.
 
 pub mod detect;
 pub mod encode;
 pub mod events;
-pub mod gzip;
 pub mod http;
 pub mod ingest;
 pub mod pgbouncers;
@@ -264,19 +262,6 @@ pub fn encode_into(exposition: &Exposition, out: &mut String) {
     LAST_EXPOSITION_BYTES.store(out.len(), Ordering::Relaxed);
 }
 
-/// `plain` gzipped in one stream (fast level), as `/metrics` served it
-/// before [`gzip::GzipBlocks`]: the reference its benchmark compares with.
-pub fn gzip_one_stream(plain: &[u8]) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(plain.len() / 8),
-        flate2::Compression::fast(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(plain);
-    encoder.finish().unwrap_or_default()
-}
-
 /// One encoded exposition, shared by every scraper that asks within its
 /// lifetime, and its gzip form, compressed once on first request.
 #[derive(Debug)]
@@ -286,17 +271,24 @@ pub struct Encoded {
     published: u64,
     pub plain: bytes::Bytes,
     gzip: std::sync::OnceLock<bytes::Bytes>,
-    blocks: Arc<gzip::GzipBlocks>,
 }
 
 impl Encoded {
     /// The exposition gzipped (fast level: scrapes are frequent, and text
-    /// exposition compresses about tenfold even so), from the blocks of
-    /// the last gzip'd exposition where they did not change. Heavy the
-    /// first time: call it off the async workers.
+    /// exposition compresses about tenfold even so). Heavy the first time:
+    /// call it off the async workers.
     pub fn gzip(&self) -> bytes::Bytes {
         self.gzip
-            .get_or_init(|| bytes::Bytes::from(self.blocks.gzip(&self.plain)))
+            .get_or_init(|| {
+                use std::io::Write as _;
+                let mut encoder = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(self.plain.len() / 8),
+                    flate2::Compression::fast(),
+                );
+                // Writing into a Vec cannot fail.
+                let _ = encoder.write_all(&self.plain);
+                bytes::Bytes::from(encoder.finish().unwrap_or_default())
+            })
             .clone()
     }
 
@@ -320,7 +312,6 @@ pub struct SharedExposition {
     exposition: Arc<Exposition>,
     max_age: std::time::Duration,
     last: tokio::sync::Mutex<Option<Arc<Encoded>>>,
-    blocks: Arc<gzip::GzipBlocks>,
 }
 
 /// No permit for heavy work was free: answer 503 and let the client retry.
@@ -328,18 +319,11 @@ pub struct SharedExposition {
 pub struct Busy;
 
 impl SharedExposition {
-    /// `gzip_threads`: how many threads may compress one exposition's
-    /// changed blocks at once (the heavy-work cap).
-    pub fn new(
-        exposition: Exposition,
-        max_age: std::time::Duration,
-        gzip_threads: usize,
-    ) -> SharedExposition {
+    pub fn new(exposition: Exposition, max_age: std::time::Duration) -> SharedExposition {
         SharedExposition {
             exposition: Arc::new(exposition),
             max_age,
             last: tokio::sync::Mutex::new(None),
-            blocks: Arc::new(gzip::GzipBlocks::new(gzip_threads)),
         }
     }
 
@@ -382,7 +366,6 @@ impl SharedExposition {
             published,
             plain: bytes::Bytes::from(plain),
             gzip: std::sync::OnceLock::new(),
-            blocks: self.blocks.clone(),
         });
         *last = Some(encoded.clone());
         Ok(encoded)
@@ -451,7 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_exposition_reuses_the_last_buffer_once_no_scraper_holds_it() {
-        let shared = SharedExposition::new(exposition_of_a_few_tenants(), Duration::ZERO, 1);
+        let shared = SharedExposition::new(exposition_of_a_few_tenants(), Duration::ZERO);
         let heavy = tokio::sync::Semaphore::new(1);
         let next = || async {
             std::thread::sleep(Duration::from_millis(2));
