@@ -1,6 +1,10 @@
 //! `/metrics` encoding cost with 10,000 tenants doing reads, writes and
-//! other queries: one store merge plus the text exposition.
-//! `cargo bench --bench scrape`.
+//! other queries: one store merge plus the text exposition, and its gzip
+//! form as Prometheus asks for it; and 100,000 tenants of which 10,000 had
+//! an event within `metrics.idle_after`.
+//! `cargo bench --bench scrape` (`-- gzip` for the gzip'd scrapes only).
+//! `SCRAPE_TENANTS` and `SCRAPE_ACTIVE` (100000 and 10000) size the second
+//! store; its sample count is printed once.
 
 // Tests and benches may unwrap: a failure there is the report.
 #![allow(clippy::unwrap_used)]
@@ -14,23 +18,15 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use tenantwatch::event::{Event, QueryKind, Sample};
 use tenantwatch::metrics::{self, HttpMetrics};
 use tenantwatch::ratelimit::{RateLimits, RatePolicy};
-use tenantwatch::store::{IngestStats, MonotonicClock, Store, StoreLimits, TargetStatuses};
+use tenantwatch::store::{
+    IngestStats, ManualClock, MonotonicClock, Store, StoreLimits, TargetStatuses,
+};
 
-fn bench(c: &mut Criterion) {
-    let store = Arc::new(Store::new(
-        3,
-        StoreLimits {
-            max_tenants: 10_000,
-            tenant_idle_ttl: Duration::from_secs(900),
-            share_window: Duration::from_secs(60),
-            max_endpoints_per_tenant: 20,
-            max_instances: 500,
-        },
-        Arc::new(MonotonicClock::new()),
-    ));
+/// Records one event of each kind for tenants `range` on each of 3 shards.
+fn record_all_kinds(store: &Store, range: std::ops::Range<usize>) {
     for shard in 0..3 {
         let mut writer = store.writer(shard);
-        for tenant in 0..10_000 {
+        for tenant in range.clone() {
             let name = format!("tenant{tenant}");
             for (i, kind) in QueryKind::ALL.into_iter().enumerate() {
                 writer.record(&Event {
@@ -48,29 +44,106 @@ fn bench(c: &mut Criterion) {
             }
         }
     }
-    // The store's exposition, and nothing else to show.
-    let exposition_of = |settings: &metrics::ExpositionSettings| {
-        metrics::exposition(
-            metrics::Sources {
-                store: store.clone(),
-                stats: Arc::new(IngestStats::default()),
-                targets: TargetStatuses::default(),
-                pgbouncers: Default::default(),
-                judgement: Arc::default(),
-                limits: Arc::new(RateLimits::new(
-                    RatePolicy::default(),
-                    100,
-                    Duration::from_secs(60),
-                )),
-                guard_log: Default::default(),
-                reloads: Default::default(),
-                capacity: Default::default(),
-            },
-            &HttpMetrics::default(),
-            settings,
-        )
-    };
-    let registry = exposition_of(&metrics::ExpositionSettings::default());
+}
+
+/// The daemon's exposition of `store` with `settings`, and nothing else to
+/// show.
+fn exposition_of(
+    store: &Arc<Store>,
+    settings: &metrics::ExpositionSettings,
+) -> metrics::Exposition {
+    metrics::exposition(
+        metrics::Sources {
+            store: store.clone(),
+            stats: Arc::new(IngestStats::default()),
+            targets: TargetStatuses::default(),
+            pgbouncers: Default::default(),
+            judgement: Arc::default(),
+            limits: Arc::new(RateLimits::new(
+                RatePolicy::default(),
+                100,
+                Duration::from_secs(60),
+            )),
+            guard_log: Default::default(),
+            reloads: Default::default(),
+            capacity: Default::default(),
+        },
+        &HttpMetrics::default(),
+        settings,
+    )
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The gzip'd scrape: at 10,000 tenants, and at `SCRAPE_TENANTS` of which
+/// the last `SCRAPE_ACTIVE` sent an event after the others went idle.
+fn bench_gzip(c: &mut Criterion, store_10k: &Arc<Store>) {
+    let mut group = c.benchmark_group("gzip");
+    group.sample_size(10);
+    let served = exposition_of(store_10k, &metrics::ExpositionSettings::default());
+    group.bench_function("encode_gzip_10k_tenants", |b| {
+        b.iter(|| black_box(metrics::gzip(metrics::encode(&served).as_bytes()).len()))
+    });
+
+    let (tenants, active) = (
+        env_count("SCRAPE_TENANTS", 100_000),
+        env_count("SCRAPE_ACTIVE", 10_000),
+    );
+    let clock = Arc::new(ManualClock::default());
+    let store = Arc::new(Store::new(
+        3,
+        StoreLimits {
+            max_tenants: tenants,
+            tenant_idle_ttl: Duration::from_secs(900),
+            share_window: Duration::from_secs(60),
+            max_endpoints_per_tenant: 20,
+            max_instances: 500,
+        },
+        clock.clone(),
+    ));
+    record_all_kinds(&store, 0..tenants);
+    let settings = metrics::ExpositionSettings::default();
+    clock.advance(settings.idle_after + Duration::from_secs(60));
+    record_all_kinds(&store, 0..active);
+    let exposition = exposition_of(&store, &settings);
+    let text = metrics::encode(&exposition);
+    let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+    eprintln!(
+        "{tenants} tenants, {active} active: {samples} samples, {} bytes, {} gzip'd",
+        text.len(),
+        metrics::gzip(text.as_bytes()).len()
+    );
+    let name = format!(
+        "encode_gzip_{}k_tenants_{}k_active",
+        tenants / 1000,
+        active / 1000
+    );
+    group.bench_function(name, |b| {
+        b.iter(|| black_box(metrics::gzip(metrics::encode(&exposition).as_bytes()).len()))
+    });
+    group.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    let store = Arc::new(Store::new(
+        3,
+        StoreLimits {
+            max_tenants: 10_000,
+            tenant_idle_ttl: Duration::from_secs(900),
+            share_window: Duration::from_secs(60),
+            max_endpoints_per_tenant: 20,
+            max_instances: 500,
+        },
+        Arc::new(MonotonicClock::new()),
+    ));
+    record_all_kinds(&store, 0..10_000);
+    bench_gzip(c, &store);
+    let registry = exposition_of(&store, &metrics::ExpositionSettings::default());
     let mut group = c.benchmark_group("scrape");
     group.sample_size(10);
     group.bench_function("snapshot_10k_tenants", |b| {
@@ -81,11 +154,14 @@ fn bench(c: &mut Criterion) {
     });
     // The shape before the series budget (a histogram per kind with all 15
     // bounds), to compare the writer alone.
-    let full = exposition_of(&metrics::ExpositionSettings {
-        histogram_by_kind: true,
-        latency_buckets: tenantwatch::store::LATENCY_BUCKETS_SECONDS.to_vec(),
-        ..metrics::ExpositionSettings::default()
-    });
+    let full = exposition_of(
+        &store,
+        &metrics::ExpositionSettings {
+            histogram_by_kind: true,
+            latency_buckets: tenantwatch::store::LATENCY_BUCKETS_SECONDS.to_vec(),
+            ..metrics::ExpositionSettings::default()
+        },
+    );
     group.bench_function("encode_10k_tenants_by_kind_15_buckets", |b| {
         b.iter(|| black_box(metrics::encode(&full).len()))
     });

@@ -262,6 +262,19 @@ pub fn encode_into(exposition: &Exposition, out: &mut String) {
     LAST_EXPOSITION_BYTES.store(out.len(), Ordering::Relaxed);
 }
 
+/// `plain` gzipped as `/metrics` serves it (fast level: scrapes are
+/// frequent, and text exposition compresses about tenfold even so).
+pub fn gzip(plain: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(plain.len() / 8),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(plain);
+    encoder.finish().unwrap_or_default()
+}
+
 /// One encoded exposition, shared by every scraper that asks within its
 /// lifetime, and its gzip form, compressed once on first request.
 #[derive(Debug)]
@@ -279,16 +292,7 @@ impl Encoded {
     /// call it off the async workers.
     pub fn gzip(&self) -> bytes::Bytes {
         self.gzip
-            .get_or_init(|| {
-                use std::io::Write as _;
-                let mut encoder = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(self.plain.len() / 8),
-                    flate2::Compression::fast(),
-                );
-                // Writing into a Vec cannot fail.
-                let _ = encoder.write_all(&self.plain);
-                bytes::Bytes::from(encoder.finish().unwrap_or_default())
-            })
+            .get_or_init(|| bytes::Bytes::from(gzip(&self.plain)))
             .clone()
     }
 
