@@ -86,24 +86,8 @@ fn bench_gzip(c: &mut Criterion, store_10k: &Arc<Store>) {
     let mut group = c.benchmark_group("gzip");
     group.sample_size(10);
     let served = exposition_of(store_10k, &metrics::ExpositionSettings::default());
-    group.bench_function("encode_gzip_10k_tenants_one_stream", |b| {
-        b.iter(|| black_box(metrics::gzip_one_stream(metrics::encode(&served).as_bytes()).len()))
-    });
-    // As served: blocks kept between scrapes. Every block new (the first
-    // scrape, or every tenant changed since the last) on 1 and on
-    // `SCRAPE_GZIP_THREADS` (2) threads; then nothing changed since.
-    for threads in [1, env_count("SCRAPE_GZIP_THREADS", 2)] {
-        let name = format!("encode_gzip_10k_tenants_blocks_all_new_{threads}_threads");
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let blocks = metrics::gzip::GzipBlocks::new(threads);
-                black_box(blocks.gzip(metrics::encode(&served).as_bytes()).len())
-            })
-        });
-    }
-    let blocks = metrics::gzip::GzipBlocks::new(1);
-    group.bench_function("encode_gzip_10k_tenants_blocks_unchanged", |b| {
-        b.iter(|| black_box(blocks.gzip(metrics::encode(&served).as_bytes()).len()))
+    group.bench_function("encode_gzip_10k_tenants", |b| {
+        b.iter(|| black_box(metrics::gzip(metrics::encode(&served).as_bytes()).len()))
     });
 
     let (tenants, active) = (
@@ -132,9 +116,7 @@ fn bench_gzip(c: &mut Criterion, store_10k: &Arc<Store>) {
     eprintln!(
         "{tenants} tenants, {active} active: {samples} samples, {} bytes, {} gzip'd",
         text.len(),
-        metrics::gzip::GzipBlocks::new(1)
-            .gzip(text.as_bytes())
-            .len()
+        metrics::gzip(text.as_bytes()).len()
     );
     let name = format!(
         "encode_gzip_{}k_tenants_{}k_active",
@@ -142,10 +124,7 @@ fn bench_gzip(c: &mut Criterion, store_10k: &Arc<Store>) {
         active / 1000
     );
     group.bench_function(name, |b| {
-        b.iter(|| {
-            let blocks = metrics::gzip::GzipBlocks::new(1);
-            black_box(blocks.gzip(metrics::encode(&exposition).as_bytes()).len())
-        })
+        b.iter(|| black_box(metrics::gzip(metrics::encode(&exposition).as_bytes()).len()))
     });
     group.finish();
 }

@@ -447,11 +447,7 @@ impl AppState {
                 rate_limits: sources.rate_limits.clone(),
             },
             read: ReadState {
-                exposition: metrics::SharedExposition::new(
-                    exposition,
-                    server.metrics_max_age,
-                    server.heavy_permits(),
-                ),
+                exposition: metrics::SharedExposition::new(exposition, server.metrics_max_age),
                 store: sources.store,
                 rate_limits: sources.rate_limits,
                 guard_log: sources.guard_log,

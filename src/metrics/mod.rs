@@ -18,14 +18,12 @@
 //! - [`http`]: the listener's own counters;
 //! - [`reload`]: configuration reloads;
 //! - [`process`]: the process's memory, CPU and descriptors (`process_*`);
-//! - [`mod@gzip`]: the gzip form, compressed in blocks kept between scrapes;
 //! - [`mod@encode`]: the helpers they share.
 
 pub mod detect;
 pub mod encode;
 pub mod events;
 pub mod format;
-pub mod gzip;
 pub mod http;
 pub mod ingest;
 pub mod pgbouncers;
@@ -318,9 +316,9 @@ pub fn encode_protobuf(exposition: &Exposition) -> Vec<u8> {
     out
 }
 
-/// `plain` gzipped in one stream (fast level), as `/metrics` served it
-/// before [`gzip::GzipBlocks`]: the reference its benchmark compares with.
-pub fn gzip_one_stream(plain: &[u8]) -> Vec<u8> {
+/// `plain` gzipped as `/metrics` serves it (fast level: scrapes are
+/// frequent, and text exposition compresses about tenfold even so).
+pub fn gzip(plain: &[u8]) -> Vec<u8> {
     use std::io::Write as _;
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(plain.len() / 8),
@@ -342,17 +340,15 @@ pub struct Encoded {
     published: u64,
     pub plain: bytes::Bytes,
     gzip: std::sync::OnceLock<bytes::Bytes>,
-    blocks: Arc<gzip::GzipBlocks>,
 }
 
 impl Encoded {
     /// The exposition gzipped (fast level: scrapes are frequent, and text
-    /// exposition compresses about tenfold even so), from the blocks of
-    /// the last gzip'd exposition where they did not change. Heavy the
-    /// first time: call it off the async workers.
+    /// exposition compresses about tenfold even so). Heavy the first time:
+    /// call it off the async workers.
     pub fn gzip(&self) -> bytes::Bytes {
         self.gzip
-            .get_or_init(|| bytes::Bytes::from(self.blocks.gzip(&self.plain)))
+            .get_or_init(|| bytes::Bytes::from(gzip(&self.plain)))
             .clone()
     }
 
@@ -377,8 +373,6 @@ pub struct SharedExposition {
     exposition: Arc<Exposition>,
     max_age: std::time::Duration,
     last: [tokio::sync::Mutex<Option<Arc<Encoded>>>; 3],
-    /// One per format: each keeps the blocks of its format's last gzip.
-    blocks: [Arc<gzip::GzipBlocks>; 3],
 }
 
 /// No permit for heavy work was free: answer 503 and let the client retry.
@@ -386,18 +380,11 @@ pub struct SharedExposition {
 pub struct Busy;
 
 impl SharedExposition {
-    /// `gzip_threads`: how many threads may compress one exposition's
-    /// changed blocks at once (the heavy-work cap).
-    pub fn new(
-        exposition: Exposition,
-        max_age: std::time::Duration,
-        gzip_threads: usize,
-    ) -> SharedExposition {
+    pub fn new(exposition: Exposition, max_age: std::time::Duration) -> SharedExposition {
         SharedExposition {
             exposition: Arc::new(exposition),
             max_age,
             last: Default::default(),
-            blocks: std::array::from_fn(|_| Arc::new(gzip::GzipBlocks::new(gzip_threads))),
         }
     }
 
@@ -441,7 +428,6 @@ impl SharedExposition {
             published,
             plain,
             gzip: std::sync::OnceLock::new(),
-            blocks: self.blocks[format.index()].clone(),
         });
         *last = Some(encoded.clone());
         Ok(encoded)
@@ -510,7 +496,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_exposition_reuses_the_last_buffer_once_no_scraper_holds_it() {
-        let shared = SharedExposition::new(exposition_of_a_few_tenants(), Duration::ZERO, 1);
+        let shared = SharedExposition::new(exposition_of_a_few_tenants(), Duration::ZERO);
         let heavy = tokio::sync::Semaphore::new(1);
         let next = || async {
             std::thread::sleep(Duration::from_millis(2));
