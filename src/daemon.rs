@@ -54,6 +54,7 @@ pub enum DaemonError {
 #[derive(Debug)]
 pub struct Daemon {
     http_addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
     udp_addr: Option<SocketAddr>,
     store: Arc<Store>,
     target_statuses: TargetStatuses,
@@ -74,6 +75,8 @@ struct Listeners {
     http: TcpListener,
     http_addr: SocketAddr,
     udp: Option<UdpListener>,
+    /// Envoy's rate-limit service, with `ratelimit.grpc_listen`.
+    grpc: Option<crate::rls::GrpcListener>,
 }
 
 impl Listeners {
@@ -99,10 +102,22 @@ impl Listeners {
             ),
             None => None,
         };
+        let grpc =
+            match config.settings.ratelimit.grpc_listen {
+                Some(addr) => Some(crate::rls::GrpcListener::bind(addr).await.map_err(
+                    |source| DaemonError::Bind {
+                        what: "gRPC",
+                        addr,
+                        source,
+                    },
+                )?),
+                None => None,
+            };
         Ok(Listeners {
             http,
             http_addr,
             udp,
+            grpc,
         })
     }
 }
@@ -353,6 +368,16 @@ impl Daemon {
             None => Vec::new(),
         };
         let server = tokio::spawn(http::serve(listeners.http, state.clone(), stop.clone()));
+        let grpc_addr = listeners.grpc.as_ref().map(|g| g.addr);
+        let grpc_health = listeners.grpc.as_ref().map(|g| g.health.clone());
+        let grpc_server = listeners.grpc.map(|grpc| {
+            let rls = Arc::new(crate::rls::RlsState {
+                limits: shared.limits.clone(),
+                app: state.clone(),
+                settings: config.settings.ratelimit.rls.clone(),
+            });
+            tokio::spawn(crate::rls::serve(grpc, rls, stop.clone()))
+        });
         let mut tasks = Tasks::spawn(&config, &shared, &stop);
         tasks.handles.push(tokio::spawn(crate::state::run(
             config.settings.state.clone(),
@@ -360,8 +385,12 @@ impl Daemon {
             stop.clone(),
         )));
         state.listener.ready.store(true, Ordering::Relaxed);
+        if let Some(health) = &grpc_health {
+            crate::rls::set_serving(health, true).await;
+        }
         tracing::info!(
             http = %http_addr,
+            grpc = ?grpc_addr,
             udp = ?udp_addr,
             targets = config.targets.len(),
             "tenantwatch is listening"
@@ -374,11 +403,17 @@ impl Daemon {
         let supervisor = tokio::spawn(async move {
             token.cancelled().await;
             state.listener.ready.store(false, Ordering::Relaxed);
+            if let Some(health) = &grpc_health {
+                crate::rls::set_serving(health, false).await;
+            }
             tracing::info!(delay = ?delay, "Shutting down: not ready, still serving");
             tokio::time::sleep(delay).await;
             stop.cancel();
             tracing::info!("Shutting down: draining connections");
             let _ = server.await;
+            if let Some(grpc_server) = grpc_server {
+                let _ = grpc_server.await;
+            }
             for handle in handles {
                 let _ = handle.await;
             }
@@ -394,6 +429,7 @@ impl Daemon {
 
         Ok(Daemon {
             http_addr,
+            grpc_addr,
             udp_addr,
             store: shared.store,
             target_statuses: shared.targets,
@@ -411,6 +447,11 @@ impl Daemon {
     /// Address the HTTP listener is bound to.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Address the gRPC rate-limit service is bound to, if it is on.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// Address the UDP listener is bound to, if UDP is on.
