@@ -316,6 +316,22 @@ impl Tasks {
     }
 }
 
+/// Starts Envoy's rate-limit service on its bound listener.
+fn spawn_grpc(
+    grpc: crate::rls::GrpcListener,
+    config: &Config,
+    shared: &Shared,
+    state: &Arc<AppState>,
+    stop: &CancellationToken,
+) -> JoinHandle<()> {
+    let rls = Arc::new(crate::rls::RlsState {
+        limits: shared.limits.clone(),
+        app: state.clone(),
+        settings: config.settings.ratelimit.rls.clone(),
+    });
+    tokio::spawn(crate::rls::serve(grpc, rls, stop.clone()))
+}
+
 impl Daemon {
     /// Binds every listener, then starts the server, the UDP receive threads,
     /// the pollers, the detector and the housekeeping tasks.
@@ -370,14 +386,9 @@ impl Daemon {
         let server = tokio::spawn(http::serve(listeners.http, state.clone(), stop.clone()));
         let grpc_addr = listeners.grpc.as_ref().map(|g| g.addr);
         let grpc_health = listeners.grpc.as_ref().map(|g| g.health.clone());
-        let grpc_server = listeners.grpc.map(|grpc| {
-            let rls = Arc::new(crate::rls::RlsState {
-                limits: shared.limits.clone(),
-                app: state.clone(),
-                settings: config.settings.ratelimit.rls.clone(),
-            });
-            tokio::spawn(crate::rls::serve(grpc, rls, stop.clone()))
-        });
+        let grpc_server = listeners
+            .grpc
+            .map(|grpc| spawn_grpc(grpc, &config, &shared, &state, &stop));
         let mut tasks = Tasks::spawn(&config, &shared, &stop);
         tasks.handles.push(tokio::spawn(crate::state::run(
             config.settings.state.clone(),

@@ -32,6 +32,7 @@ mod poisoned_figures;
 mod postgres;
 mod ratelimit;
 mod ratelimit_redis;
+mod rls;
 mod slow_clients;
 mod state;
 mod tls_listener;
