@@ -57,6 +57,15 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   export PATH="$PATH:$(python3 -m site --user-base)/bin"
 fi
 
+# A venv for the Python tests' packages (pip install is idempotent): the
+# gRPC tools that compile Envoy's protos for tests/it/rls.rs, and PyYAML.
+if [ ! -x target/venv/bin/python ]; then
+  python3 -m venv target/venv || {
+    echo "scripts/test.sh: python3 -m venv failed (apt-get install python3-venv)" >&2; exit 1; }
+fi
+target/venv/bin/pip install --quiet grpcio-tools pyyaml || {
+  echo "scripts/test.sh: pip install grpcio-tools pyyaml (target/venv) failed" >&2; exit 1; }
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "scripts/test.sh: cargo is missing; install the Rust toolchain (https://rustup.rs)" >&2
   exit 1

@@ -572,3 +572,97 @@ async fn the_service_serves_tls_with_the_listeners_certificate() {
     daemon.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The Python of `target/venv` (grpcio-tools, PyYAML), which
+/// scripts/test.sh makes.
+fn venv_python() -> PathBuf {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python");
+    let ready = std::process::Command::new(&python)
+        .args(["-c", "import grpc_tools, yaml"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    assert!(
+        ready,
+        "target/venv with grpcio-tools and pyyaml is needed: scripts/test.sh makes it \
+         (python3 -m venv target/venv && target/venv/bin/pip install grpcio-tools pyyaml)"
+    );
+    python
+}
+
+/// Runs tests/fixtures/envoy-config/check.py on `files`: (success, output).
+fn check_envoy_configs(files: &[PathBuf]) -> (bool, String) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shipped: Settings = toml::from_str(
+        &std::fs::read_to_string(root.join("deploy/envoy/tenantwatch.toml")).unwrap(),
+    )
+    .unwrap();
+    let rls = &shipped.ratelimit.rls;
+    let port = shipped.ratelimit.grpc_listen.expect("grpc_listen").port();
+    let out = std::env::temp_dir().join(format!(
+        "tw-envoy-protos-{}-{}",
+        std::process::id(),
+        files.len()
+    ));
+    std::fs::create_dir_all(&out).unwrap();
+    let result = std::process::Command::new(venv_python())
+        .arg(root.join("tests/fixtures/envoy-config/check.py"))
+        .arg(&out)
+        .args([&rls.domain, &rls.tenant_key, &port.to_string()])
+        .args(files)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    (result.status.success(), text)
+}
+
+/// No Envoy binary can be installed here: the shipped Envoy configuration
+/// and Istio EnvoyFilter are checked against Envoy's protos instead (their
+/// rate-limit filter, service and route actions parse as Envoy's messages,
+/// with the shipped tenantwatch.toml's domain, tenant key and port), and a
+/// misspelt field is caught.
+#[test]
+fn the_envoy_and_istio_configurations_match_the_protos() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shipped = [
+        root.join("deploy/envoy/envoy.yaml"),
+        root.join("deploy/istio/envoyfilter-ratelimit.yaml"),
+    ];
+    let (ok, text) = check_envoy_configs(&shipped);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches(": ok (1 filter(s)").count(), 2, "{text}");
+
+    let envoy = std::fs::read_to_string(&shipped[0]).unwrap();
+    let tampered = std::env::temp_dir().join(format!("tw-envoy-bad-{}.yaml", std::process::id()));
+    for (from, to, complaint) in [
+        (
+            "descriptor_key: tenant\n",
+            "descriptor_keyy: tenant\n",
+            "no field named",
+        ),
+        (
+            "transport_api_version: V3",
+            "transport_api_version: V4",
+            "V4",
+        ),
+        (
+            "domain: tenantwatch",
+            "domain: envoy",
+            "is not 'tenantwatch'",
+        ),
+        (
+            "http2_protocol_options: {}",
+            "http_protocol_options: {}",
+            "HTTP/2",
+        ),
+    ] {
+        std::fs::write(&tampered, envoy.replacen(from, to, 1)).unwrap();
+        let (ok, text) = check_envoy_configs(std::slice::from_ref(&tampered));
+        assert!(!ok && text.contains(complaint), "{to}: {text}");
+    }
+    let _ = std::fs::remove_file(tampered);
+}
