@@ -530,6 +530,13 @@ impl Config {
                 redis.instance,
             ),
         });
+        let ratelimit = &self.settings.ratelimit;
+        if let Some(grpc) = ratelimit.grpc_listen {
+            summary.push_str(&format!(
+                "envoy rate-limit service (gRPC): {grpc} (domain {:?}, tenant entry {:?}, tier entries {:?})\n",
+                ratelimit.rls.domain, ratelimit.rls.tenant_key, ratelimit.rls.tier_keys
+            ));
+        }
         summary
     }
 }
