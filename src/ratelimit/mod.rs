@@ -995,6 +995,48 @@ mod tests {
     }
 
     #[test]
+    fn a_claimed_tier_counts_only_for_a_tenant_without_one() {
+        let policy = policy();
+        assert_eq!(
+            policy.base_quota_in("newcomer", Some("gold")).policy,
+            "tier:gold"
+        );
+        assert_eq!(
+            policy.base_quota_in("newcomer", Some("nope")).policy,
+            "default"
+        );
+        assert_eq!(
+            policy.base_quota_in("newcomer", None),
+            policy.base_quota("newcomer")
+        );
+        for tenant in policy.tenants.keys() {
+            assert_eq!(
+                policy.base_quota_in(tenant, Some("gold")),
+                policy.base_quota(tenant),
+                "{tenant}"
+            );
+        }
+    }
+
+    #[test]
+    fn decisions_are_counted_by_protocol() {
+        let limits = RateLimits::new(policy(), 100, Duration::from_secs(60));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(limits.decide(&[Ask::new("p", 1), Ask::new("p", 1)], Protocol::Grpc));
+        limits.check("p", 1);
+        let (_, _, counts) = limits
+            .snapshot()
+            .into_iter()
+            .find(|(t, _, _)| t == "p")
+            .unwrap();
+        assert_eq!(counts.of(Protocol::Grpc).allowed.load(Ordering::Relaxed), 2);
+        assert_eq!(counts.of(Protocol::Http).allowed.load(Ordering::Relaxed), 1);
+        assert!(counts.of(Protocol::Grpc).any());
+    }
+
+    #[test]
     fn shadow_mode_allows_but_counts() {
         let limits = RateLimits::new(policy(), 100, Duration::from_secs(60));
         assert!(limits.check("t1", 1).allowed);

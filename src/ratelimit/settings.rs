@@ -259,3 +259,44 @@ impl RateLimitSettings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_descriptor_names_its_tenant_and_the_first_tier_claim() {
+        let rls = RlsSettings {
+            tier_keys: vec!["plan".into(), "tier".into()],
+            ..RlsSettings::default()
+        };
+        let entries = [
+            ("path", "/x"),
+            ("tier", "silver"),
+            ("tenant", "acme"),
+            ("plan", "gold"),
+        ];
+        assert_eq!(
+            rls.read(entries.iter().copied()),
+            (Some("acme"), Some("gold"))
+        );
+        let entries = [("remote_address", "10.0.0.1")];
+        assert_eq!(rls.read(entries.iter().copied()), (None, None));
+    }
+
+    #[test]
+    fn the_mapping_is_checked() {
+        let mut p = Problems::default();
+        RlsSettings {
+            domain: String::new(),
+            tenant_key: "tenant".into(),
+            tier_keys: vec!["tenant".into()],
+        }
+        .check(&mut p);
+        let text = format!("{p:?}");
+        assert!(
+            text.contains("ratelimit.rls.domain") && text.contains("ratelimit.rls.tier_keys"),
+            "{text}"
+        );
+    }
+}
