@@ -244,7 +244,7 @@ fn descriptor_status(decision: &Decision) -> DescriptorStatus {
 }
 
 /// A rate in the smallest of Envoy's units that holds at least one whole
-/// request: 0.5 qps is 30 per minute.
+/// request, rounded down: 0.5 qps is 30 per minute, 100.5 qps 100 per second.
 fn per_unit(qps: f64) -> (u32, Unit) {
     [
         (1.0, Unit::Second),
@@ -253,7 +253,7 @@ fn per_unit(qps: f64) -> (u32, Unit) {
         (86_400.0, Unit::Day),
     ]
     .into_iter()
-    .map(|(seconds, unit)| ((qps * seconds).round(), unit))
+    .map(|(seconds, unit)| ((qps * seconds).floor(), unit))
     .find(|(n, _)| *n >= 1.0)
     .map(|(n, unit)| (n.min(f64::from(u32::MAX)) as u32, unit))
     .unwrap_or((1, Unit::Day))
@@ -324,7 +324,8 @@ mod tests {
     fn a_rate_is_given_in_the_smallest_unit_that_holds_a_request() {
         assert_eq!(per_unit(100.0), (100, Unit::Second));
         assert_eq!(per_unit(0.5), (30, Unit::Minute));
-        assert_eq!(per_unit(0.001), (4, Unit::Hour));
+        assert_eq!(per_unit(0.001), (3, Unit::Hour));
+        assert_eq!(per_unit(100.5), (100, Unit::Second));
         assert_eq!(per_unit(1e-7), (1, Unit::Day));
         assert_eq!(per_unit(1e12), (u32::MAX, Unit::Second));
     }
