@@ -165,7 +165,11 @@ async fn the_burst_is_allowed_then_denied_with_headers(backend: Backend) {
     let decisions = |tenant: &str, decision: &str| {
         m.value(
             "tenantwatch_ratelimit_decisions_total",
-            &[("tenant", tenant), ("decision", decision)],
+            &[
+                ("tenant", tenant),
+                ("decision", decision),
+                ("protocol", "http"),
+            ],
         )
     };
     assert_eq!(decisions("clinic1", "allowed"), Some(3.0));
@@ -189,7 +193,11 @@ async fn shadow_mode_allows_and_counts_what_it_would_deny(backend: Backend) {
     let decisions = |decision: &str| {
         m.value(
             "tenantwatch_ratelimit_decisions_total",
-            &[("tenant", "newbie"), ("decision", decision)],
+            &[
+                ("tenant", "newbie"),
+                ("decision", decision),
+                ("protocol", "http"),
+            ],
         )
     };
     assert_eq!(decisions("allowed"), Some(1.0));
@@ -340,7 +348,11 @@ async fn a_batch_answers_every_check(backend: Backend) {
     let decisions = |decision: &str| {
         m.value(
             "tenantwatch_ratelimit_decisions_total",
-            &[("tenant", "clinic1"), ("decision", decision)],
+            &[
+                ("tenant", "clinic1"),
+                ("decision", decision),
+                ("protocol", "http"),
+            ],
         )
     };
     assert_eq!(decisions("allowed"), Some(3.0));
