@@ -10,6 +10,10 @@
 #   RUNS=5 DURATION=20s CONNECTIONS=64 scripts/bench-ratelimit.sh
 #   BASELINE_BIN=/path/to/old/tenantwatch scripts/bench-ratelimit.sh
 #                                              # adds another build's checks and /healthz
+#   GRPC=0 scripts/bench-ratelimit.sh        # without Envoy's gRPC check (on by default:
+#                                              # examples/rls_load drives ShouldRateLimit on
+#                                              # ratelimit.grpc_listen beside wrk's HTTP
+#                                              # check, same connections, threads, tenants)
 #   CALLGRIND=1 [BASELINE_BIN=...] scripts/bench-ratelimit.sh
 #                                              # instructions per request under
 #                                              # valgrind's callgrind (noise-free)
@@ -24,6 +28,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 BACKEND=${BACKEND:-local}
+GRPC=${GRPC:-1}
 
 need=(wrk curl python3)
 [ "$BACKEND" = redis ] && need+=(redis-server)
@@ -39,6 +44,7 @@ for tool in "${need[@]}"; do
 done
 
 cargo build --release --locked --quiet --bin tenantwatch
+[ "$GRPC" = 1 ] && cargo build --release --locked --quiet --example rls_load
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
@@ -67,7 +73,11 @@ udp_listen = ""
 default_qps = $qps
 default_burst = $burst
 CONF
-  # An older build may not know the backend keys: written only when used.
+  # An older build may not know the backend or gRPC keys: written only when used.
+  if [ "$GRPC" = 1 ] && [ "$name" = local ]; then
+    GRPC_PORT=$(free_port)
+    sed -i "/^\[ratelimit\]/a grpc_listen = \"127.0.0.1:$GRPC_PORT\"" "$WORK/$name.toml"
+  fi
   if [ "$backend" = redis ]; then
     printf 'backend = "redis"\n[ratelimit.redis]\nurl = "%s"\ninstance = "%s"\n' \
       "$REDIS_URL" "$name" >> "$WORK/$name.toml"
@@ -118,6 +128,15 @@ run() {
   p99_ms "$out" >> "$WORK/$label.p99"
   printf "  %-14s %10s req/s  p99 %6s ms  non-2xx %s\n" "$label" "$(awk '/^Requests\/sec/ {print $2}' "$out")" \
     "$(p99_ms "$out")" "$(awk '/Non-2xx/ {print $NF}' "$out" | grep . || echo 0)"
+}
+# run_grpc LABEL PORT: one rls_load run (ShouldRateLimit), as run does for wrk.
+run_grpc() {
+  local label=$1 port=$2 out
+  out=$(target/release/examples/rls_load "127.0.0.1:$port" "$CONNECTIONS" "${DURATION%s}" 1000 "$THREADS")
+  awk '{print $4}' <<<"$out" >> "$WORK/$label.rps"
+  awk '{print $8}' <<<"$out" >> "$WORK/$label.p99"
+  printf "  %-14s %10s req/s  p99 %6s ms  errors %s\n" "$label" "$(awk '{print $4}' <<<"$out")" \
+    "$(awk '{print $8}' <<<"$out")" "$(awk '{print $10}' <<<"$out")"
 }
 report() {
   local label=$1
@@ -187,6 +206,7 @@ fi
 
 start_daemon local local 1000000000 1000000000; LOCAL_PORT=$PORT
 labels=(healthz local)
+[ "$GRPC" = 1 ] && labels+=(grpc)
 if [ -n "${BASELINE_BIN:-}" ]; then
   start_daemon baseline local 1000000000 1000000000 "$BASELINE_BIN"; BASELINE_PORT=$PORT
   labels+=(baseline baseline_healthz)
@@ -200,6 +220,7 @@ for round in $(seq "$RUNS"); do
   echo "round $round"
   run healthz "$LOCAL_PORT"
   run local "$LOCAL_PORT" "$WORK/check.lua"
+  [ "$GRPC" = 1 ] && run_grpc grpc "$GRPC_PORT"
   if [ -n "${BASELINE_BIN:-}" ]; then
     run baseline "$BASELINE_PORT" "$WORK/check.lua"
     run baseline_healthz "$BASELINE_PORT"
@@ -220,6 +241,8 @@ if "baseline" in rps:
     print(f"healthz: {rps['healthz'] / rps['baseline_healthz']:.2f} of the baseline build's /healthz")
 if "redis" in rps:
     print(f"redis: {rps['redis'] / rps['local']:.2f} of the local backend's throughput")
+if "grpc" in rps:
+    print(f"grpc: {rps['grpc'] / rps['local']:.2f} of the HTTP check's throughput")
 if "baseline" in rps:
     print(f"local: {rps['local'] / rps['baseline']:.2f} of the baseline build's throughput")
 PY

@@ -75,16 +75,20 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   export PATH="$PATH:$(python3 -m site --user-base)/bin"
 fi
 
-# The Python client (clients/python): a virtualenv at target/venv with its
-# test extras from PyPI, reinstalled when its pyproject.toml changes; then
-# ruff and mypy. Its pytest suites run from tests/it/python_client.rs.
+# One virtualenv at target/venv for the Python the tests run, from PyPI:
+# the Python client (clients/python) with its test extras, and the gRPC
+# tools that compile Envoy's protos for tests/it/rls.rs, with PyYAML.
+# Reinstalled when the client's pyproject.toml or this list changes; then
+# ruff and mypy. The client's pytest suites run from tests/it/python_client.rs.
 venv=target/venv
-stamp="$venv/.tenantwatch-client-$(sha256sum clients/python/pyproject.toml | cut -c1-16)"
+python_packages=("./clients/python[test]" grpcio-tools pyyaml)
+stamp="$venv/.tenantwatch-$( (cat clients/python/pyproject.toml; echo "${python_packages[*]}") | sha256sum | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
   echo "scripts/test.sh: installing the Python client's test dependencies in $venv (pip)"
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet './clients/python[test]' || {
-    echo "scripts/test.sh: pip install ./clients/python[test] failed" >&2; exit 1; }
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || {
+    echo "scripts/test.sh: python3 -m venv failed (apt-get install python3-venv)" >&2; exit 1; }
+  "$venv/bin/pip" install --quiet "${python_packages[@]}" || {
+    echo "scripts/test.sh: pip install ${python_packages[*]} failed" >&2; exit 1; }
   touch "$stamp"
 fi
 "$venv/bin/ruff" check --no-cache clients/python && "$venv/bin/ruff" format --no-cache --check clients/python \

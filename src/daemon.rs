@@ -54,6 +54,7 @@ pub enum DaemonError {
 #[derive(Debug)]
 pub struct Daemon {
     http_addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
     udp_addr: Option<SocketAddr>,
     store: Arc<Store>,
     target_statuses: TargetStatuses,
@@ -74,6 +75,8 @@ struct Listeners {
     http: TcpListener,
     http_addr: SocketAddr,
     udp: Option<UdpListener>,
+    /// Envoy's rate-limit service, with `ratelimit.grpc_listen`.
+    grpc: Option<crate::rls::GrpcListener>,
 }
 
 impl Listeners {
@@ -99,10 +102,22 @@ impl Listeners {
             ),
             None => None,
         };
+        let grpc =
+            match config.settings.ratelimit.grpc_listen {
+                Some(addr) => Some(crate::rls::GrpcListener::bind(addr).await.map_err(
+                    |source| DaemonError::Bind {
+                        what: "gRPC",
+                        addr,
+                        source,
+                    },
+                )?),
+                None => None,
+            };
         Ok(Listeners {
             http,
             http_addr,
             udp,
+            grpc,
         })
     }
 }
@@ -313,15 +328,24 @@ impl Tasks {
 /// its own figures alone), or three detection intervals, whichever comes
 /// first: a Redis that is down delays readiness, never blocks it (checks
 /// then follow `ratelimit.redis.fail_mode`).
-fn hold_readiness(
+async fn hold_readiness(
     config: &Config,
     shared: &Shared,
     state: Arc<http::AppState>,
     first_judgement: tokio::sync::oneshot::Receiver<()>,
+    grpc_health: Option<tonic_health::server::HealthReporter>,
     shutdown: &CancellationToken,
 ) {
-    if shared.limits.redis().is_none() {
+    let mark_ready = |state: Arc<http::AppState>,
+                      health: Option<tonic_health::server::HealthReporter>| async move {
         state.listener.ready.store(true, Ordering::Relaxed);
+        // Envoy's health checks of the gRPC service follow `/readyz`.
+        if let Some(health) = &health {
+            crate::rls::set_serving(health, true).await;
+        }
+    };
+    if shared.limits.redis().is_none() {
+        mark_ready(state, grpc_health).await;
         return;
     }
     let bound = config.detect.interval * 3;
@@ -332,9 +356,25 @@ fn hold_readiness(
             _ = tokio::time::timeout(bound, first_judgement) => {}
         }
         if !shutdown.is_cancelled() {
-            state.listener.ready.store(true, Ordering::Relaxed);
+            mark_ready(state, grpc_health).await;
         }
     });
+}
+
+/// Starts Envoy's rate-limit service on its bound listener.
+fn spawn_grpc(
+    grpc: crate::rls::GrpcListener,
+    config: &Config,
+    shared: &Shared,
+    state: &Arc<AppState>,
+    stop: &CancellationToken,
+) -> JoinHandle<()> {
+    let rls = Arc::new(crate::rls::RlsState {
+        limits: shared.limits.clone(),
+        app: state.clone(),
+        settings: config.settings.ratelimit.rls.clone(),
+    });
+    tokio::spawn(crate::rls::serve(grpc, rls, stop.clone()))
 }
 
 impl Daemon {
@@ -390,6 +430,11 @@ impl Daemon {
             None => Vec::new(),
         };
         let server = tokio::spawn(http::serve(listeners.http, state.clone(), stop.clone()));
+        let grpc_addr = listeners.grpc.as_ref().map(|g| g.addr);
+        let grpc_health = listeners.grpc.as_ref().map(|g| g.health.clone());
+        let grpc_server = listeners
+            .grpc
+            .map(|grpc| spawn_grpc(grpc, &config, &shared, &state, &stop));
         let mut tasks = Tasks::spawn(&config, &shared, &stop);
         tasks.handles.push(tokio::spawn(crate::state::run(
             config.settings.state.clone(),
@@ -401,10 +446,13 @@ impl Daemon {
             &shared,
             state.clone(),
             tasks.first_judgement,
+            grpc_health.clone(),
             &shutdown,
-        );
+        )
+        .await;
         tracing::info!(
             http = %http_addr,
+            grpc = ?grpc_addr,
             udp = ?udp_addr,
             targets = config.targets.len(),
             "tenantwatch is listening"
@@ -417,11 +465,17 @@ impl Daemon {
         let supervisor = tokio::spawn(async move {
             token.cancelled().await;
             state.listener.ready.store(false, Ordering::Relaxed);
+            if let Some(health) = &grpc_health {
+                crate::rls::set_serving(health, false).await;
+            }
             tracing::info!(delay = ?delay, "Shutting down: not ready, still serving");
             tokio::time::sleep(delay).await;
             stop.cancel();
             tracing::info!("Shutting down: draining connections");
             let _ = server.await;
+            if let Some(grpc_server) = grpc_server {
+                let _ = grpc_server.await;
+            }
             for handle in handles {
                 let _ = handle.await;
             }
@@ -437,6 +491,7 @@ impl Daemon {
 
         Ok(Daemon {
             http_addr,
+            grpc_addr,
             udp_addr,
             store: shared.store,
             target_statuses: shared.targets,
@@ -454,6 +509,11 @@ impl Daemon {
     /// Address the HTTP listener is bound to.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Address the gRPC rate-limit service is bound to, if it is on.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// Address the UDP listener is bound to, if UDP is on.

@@ -18,6 +18,7 @@
 //!                    api/         typed views for the planners' API
 //!                    metrics/     the Prometheus exposition, one collector per area
 //! edges and wiring   http/        the listener: endpoints, auth, handlers
+//!                    rls/         Envoy's rate-limit service over gRPC (ratelimit.grpc_listen)
 //!                    config/      the TOML file; assembles each module's settings
 //!                    daemon       bind, spawn, reload, drain
 //!                    state        flags, quotas, baselines, history across restarts
@@ -50,6 +51,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
 pub mod redact;
+pub mod rls;
 pub mod settings;
 pub mod state;
 pub mod store;

@@ -530,6 +530,13 @@ impl Config {
                 redis.instance,
             ),
         });
+        let ratelimit = &self.settings.ratelimit;
+        if let Some(grpc) = ratelimit.grpc_listen {
+            summary.push_str(&format!(
+                "envoy rate-limit service (gRPC): {grpc} (domain {:?}, tenant entry {:?}, tier entries {:?})\n",
+                ratelimit.rls.domain, ratelimit.rls.tenant_key, ratelimit.rls.tier_keys
+            ));
+        }
         summary
     }
 }
@@ -850,6 +857,9 @@ mod tests {
             Value::Integer(n) if *n < 16 => Value::Integer(n + 1),
             Value::Integer(n) => Value::Integer(n / 2),
             Value::Float(x) => Value::Float(x * 2.0),
+            Value::Array(items) if items.is_empty() && key == "ratelimit.rls.tier_keys" => {
+                Value::Array(vec![Value::String("plan".into())])
+            }
             Value::Array(items) if !items.is_empty() => {
                 Value::Array(items[..items.len() - 1].to_vec())
             }
@@ -865,7 +875,10 @@ mod tests {
                         "redacted" => "full".into(),
                         "local" if key == "ratelimit.backend" => "redis".into(),
                         "local" => "open".into(),
+                        "" if key == "ratelimit.grpc_listen" => "127.0.0.1:0".into(),
                         "" => "/tmp/tenantwatch-test-state.json".into(),
+                        "tenantwatch" => "envoy".into(),
+                        "tenant" => "tenant_id".into(),
                         url if url.starts_with("redis://") => format!("{url}/1"),
                         other => panic!("{key}: no changed value for {other:?}"),
                     }

@@ -132,10 +132,27 @@ fn listener_tokens(v: &mut Validator, s: &Settings, env: &[(String, String)]) ->
             );
         }
     }
+    let callers = callers(v, s);
+    // The gRPC rate-limit service spends quotas: off loopback it needs a
+    // token that may (the write token or a caller's), as POST /v1/* does.
+    if let Some(grpc) = s.ratelimit.grpc_listen
+        && !grpc.ip().is_loopback()
+        && !server.allow_unauthenticated
+        && write.is_none()
+        && callers.is_empty()
+    {
+        v.fail(
+            "ratelimit.grpc_listen",
+            format!("{:?}", grpc.to_string()),
+            "a non-loopback gRPC listener needs a write token (server.auth_token_file or \
+             TENANTWATCH_AUTH_TOKEN) or [ratelimit.callers], or server.allow_unauthenticated = \
+             true to serve without one on purpose",
+        );
+    }
     Tokens {
         write,
         read,
-        callers: callers(v, s),
+        callers,
     }
 }
 

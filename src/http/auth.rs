@@ -50,7 +50,7 @@ pub struct Tokens {
 
 /// Why a rate-limit check may not go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SpendDenied {
+pub enum SpendDenied {
     /// No token, or an unknown one: 401.
     Unauthenticated,
     /// A caller's token, for a tenant it is not bound to: 403.
@@ -83,7 +83,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The token of an `Authorization` value, `Bearer <token>`.
-pub(super) fn bearer_token(authorization: &[u8]) -> Option<&str> {
+pub fn bearer_token(authorization: &[u8]) -> Option<&str> {
     // Visible ASCII only, as `HeaderValue::to_str` accepts.
     let value = std::str::from_utf8(authorization).ok()?;
     if !value
@@ -124,30 +124,40 @@ pub(super) fn may_spend_as(
     given: Option<&str>,
     tenant: &str,
 ) -> Result<(), SpendDenied> {
-    let tokens = state.listener.tokens.get();
-    if tokens.write.is_none() && tokens.callers.is_empty() {
-        return Ok(());
-    }
-    let Some(given) = given else {
-        return Err(SpendDenied::Unauthenticated);
-    };
-    let writer = tokens
-        .write
-        .as_ref()
-        .is_some_and(|w| constant_time_eq(given.as_bytes(), w.expose().as_bytes()));
-    if writer {
-        return Ok(());
-    }
-    // Every caller's token is compared, so timing does not tell which matched.
-    let caller = tokens
-        .callers
-        .iter()
-        .filter(|c| constant_time_eq(given.as_bytes(), c.token.as_bytes()))
-        .fold(None, |found, c| found.or(Some(c)));
-    match caller {
-        Some(caller) if caller.may_check(tenant) => Ok(()),
-        Some(_) => Err(SpendDenied::Forbidden),
-        None => Err(SpendDenied::Unauthenticated),
+    state.listener.tokens.get().may_spend(given, tenant)
+}
+
+impl Tokens {
+    /// Whether a request that gave `given` as its bearer token may spend
+    /// `tenant`'s quota: the write token spends any; a caller's token only
+    /// its tenants; with neither configured, anyone. The HTTP check and the
+    /// gRPC service (`crate::rls`) ask the same.
+    pub fn may_spend(&self, given: Option<&str>, tenant: &str) -> Result<(), SpendDenied> {
+        let tokens = self;
+        if tokens.write.is_none() && tokens.callers.is_empty() {
+            return Ok(());
+        }
+        let Some(given) = given else {
+            return Err(SpendDenied::Unauthenticated);
+        };
+        let writer = tokens
+            .write
+            .as_ref()
+            .is_some_and(|w| constant_time_eq(given.as_bytes(), w.expose().as_bytes()));
+        if writer {
+            return Ok(());
+        }
+        // Every caller's token is compared, so timing does not tell which matched.
+        let caller = tokens
+            .callers
+            .iter()
+            .filter(|c| constant_time_eq(given.as_bytes(), c.token.as_bytes()))
+            .fold(None, |found, c| found.or(Some(c)));
+        match caller {
+            Some(caller) if caller.may_check(tenant) => Ok(()),
+            Some(_) => Err(SpendDenied::Forbidden),
+            None => Err(SpendDenied::Unauthenticated),
+        }
     }
 }
 

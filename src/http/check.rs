@@ -15,7 +15,7 @@ use super::auth::{SpendDenied, may_spend, may_spend_as, unauthorized};
 use super::body::{BodyError, read_body};
 use super::reply::{Body, json_bytes, problem};
 use super::{AppState, CheckState};
-use crate::ratelimit::Decision;
+use crate::ratelimit::{Ask, Decision, Protocol};
 
 /// Largest body of a rate-limit check (a batch of 100 fits).
 const MAX_CHECK_BODY_BYTES: usize = 16 * 1024;
@@ -273,7 +273,7 @@ pub(super) async fn answer_single<'a>(
 async fn decide_single<'a>(state: &CheckState, check: OneCheck<'a>) -> SingleAnswer<'a> {
     let decision = state
         .rate_limits
-        .decide_one(&check.tenant, check.cost)
+        .decide_one(&check.tenant, check.cost, Protocol::Http)
         .await;
     SingleAnswer {
         tenant: check.tenant,
@@ -296,39 +296,11 @@ impl SingleAnswer<'_> {
     }
 
     /// Calls `header` with each header, in order (`Content-Length` and
-    /// `Date` are the server's). The `RateLimit` pair follows
-    /// draft-ietf-httpapi-ratelimit-headers: the policy (quota q over
-    /// window w seconds) and the current state (remaining r, seconds until
-    /// reset t).
+    /// `Date` are the server's): the content type, then
+    /// [`rate_limit_headers`].
     pub(super) fn headers(&self, mut header: impl FnMut(&HeaderName, &[u8])) {
         header(&header::CONTENT_TYPE, b"application/json");
-        let decision = &self.decision;
-        let window = (decision.rate.burst as f64 / decision.rate.qps)
-            .ceil()
-            .max(1.0) as u64;
-        let reset = if decision.limited {
-            decision.retry_after.as_secs_f64().ceil() as u64
-        } else {
-            0
-        };
-        let mut integers = itoa::Buffer::new();
-        if let Some(value) = policy_header(&decision.policy, decision.rate.burst, window) {
-            header(&RATELIMIT_POLICY, value.as_bytes());
-        }
-        with_scratch(|value| {
-            write_quoted_policy(value, &decision.policy);
-            value.extend_from_slice(b";r=");
-            value.extend_from_slice(integers.format(decision.remaining).as_bytes());
-            value.extend_from_slice(b";t=");
-            value.extend_from_slice(integers.format(reset).as_bytes());
-            if is_header_value(value) {
-                header(&RATELIMIT, value);
-            }
-        });
-        if !decision.allowed {
-            let seconds = retry_after_seconds(decision.retry_after);
-            header(&header::RETRY_AFTER, integers.format(seconds).as_bytes());
-        }
+        rate_limit_headers(&self.decision, header);
     }
 
     pub(super) fn write_body(&self, out: &mut Vec<u8>) {
@@ -352,6 +324,40 @@ impl SingleAnswer<'_> {
     }
 }
 
+/// The `RateLimit` pair of a decision, and `Retry-After` when it is
+/// denied. The pair follows draft-ietf-httpapi-ratelimit-headers: the
+/// policy (quota q over window w seconds) and the current state (remaining
+/// r, seconds until reset t). The HTTP check answers with them; the gRPC
+/// service (`crate::rls`) hands them to Envoy to add to its response.
+pub fn rate_limit_headers(decision: &Decision, mut header: impl FnMut(&HeaderName, &[u8])) {
+    let window = (decision.rate.burst as f64 / decision.rate.qps)
+        .ceil()
+        .max(1.0) as u64;
+    let reset = if decision.limited {
+        decision.retry_after.as_secs_f64().ceil() as u64
+    } else {
+        0
+    };
+    let mut integers = itoa::Buffer::new();
+    if let Some(value) = policy_header(&decision.policy, decision.rate.burst, window) {
+        header(&RATELIMIT_POLICY, value.as_bytes());
+    }
+    with_scratch(|value| {
+        write_quoted_policy(value, &decision.policy);
+        value.extend_from_slice(b";r=");
+        value.extend_from_slice(integers.format(decision.remaining).as_bytes());
+        value.extend_from_slice(b";t=");
+        value.extend_from_slice(integers.format(reset).as_bytes());
+        if is_header_value(value) {
+            header(&RATELIMIT, value);
+        }
+    });
+    if !decision.allowed {
+        let seconds = retry_after_seconds(decision.retry_after);
+        header(&header::RETRY_AFTER, integers.format(seconds).as_bytes());
+    }
+}
+
 /// What `HeaderValue::from_bytes` accepts: no control characters but tab.
 fn is_header_value(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
@@ -360,8 +366,11 @@ fn is_header_value(bytes: &[u8]) -> bool {
 /// A batch's answer: every decision in `results`, 429 when any is denied,
 /// with `Retry-After` the longest wait.
 async fn answer_batch(state: &CheckState, checks: &[OneCheck<'_>]) -> Response<Body> {
-    let asked: Vec<(&str, u32)> = checks.iter().map(|c| (c.tenant.as_ref(), c.cost)).collect();
-    let decisions = state.rate_limits.decide(&asked).await;
+    let asked: Vec<Ask<'_>> = checks
+        .iter()
+        .map(|c| Ask::new(c.tenant.as_ref(), c.cost))
+        .collect();
+    let decisions = state.rate_limits.decide(&asked, Protocol::Http).await;
     let all_allowed = decisions.iter().all(|d| d.allowed);
     let body = with_scratch(|body| {
         body.extend_from_slice(b"{\"allowed\":");

@@ -108,7 +108,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use auth::{Secret, Tokens};
+pub use auth::{Secret, SpendDenied, Tokens, bearer_token};
+pub use check::rate_limit_headers;
 pub use endpoint::Endpoint;
 pub use reply::problem;
 

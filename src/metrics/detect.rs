@@ -10,7 +10,7 @@ use prometheus_client::metrics::MetricType;
 
 use super::encode::{counter_u64, family, gauge};
 use crate::detect::{Flag, SharedJudgement, read_judgement};
-use crate::ratelimit::RateLimits;
+use crate::ratelimit::{Protocol, RateLimits};
 
 /// Exposes the detector's flags and the rate limiter's decisions.
 #[derive(Debug)]
@@ -83,19 +83,48 @@ impl DetectCollector {
         let mut metric = family(
             encoder,
             "tenantwatch_ratelimit_decisions",
-            "POST /v1/ratelimit/check answers per tenant: allowed, denied, or shadow_denied (allowed in shadow mode, over quota).",
+            "Rate-limit answers per tenant: allowed, denied, or shadow_denied (allowed in shadow mode, over quota), by protocol: http (POST /v1/ratelimit/check) or grpc (Envoy's ShouldRateLimit).",
             MetricType::Counter,
         )?;
         for (tenant, _, counts) in &limiters {
-            for (decision, counter) in [
-                ("allowed", &counts.allowed),
-                ("denied", &counts.denied),
-                ("shadow_denied", &counts.shadow_denied),
-            ] {
-                let labels = [("tenant", tenant.as_str()), ("decision", decision)];
-                counter_u64(&mut metric, &labels, counter.load(Ordering::Relaxed))?;
+            for protocol in Protocol::ALL {
+                let counts = counts.of(protocol);
+                // gRPC series only for tenants checked over gRPC: a tenant
+                // checked over HTTP alone keeps its three series.
+                if protocol == Protocol::Grpc && !counts.any() {
+                    continue;
+                }
+                for (decision, counter) in [
+                    ("allowed", &counts.allowed),
+                    ("denied", &counts.denied),
+                    ("shadow_denied", &counts.shadow_denied),
+                ] {
+                    let labels = [
+                        ("tenant", tenant.as_str()),
+                        ("decision", decision),
+                        ("protocol", protocol.as_str()),
+                    ];
+                    counter_u64(&mut metric, &labels, counter.load(Ordering::Relaxed))?;
+                }
             }
         }
+        let grpc = self.limits.grpc();
+        let mut metric = family(
+            encoder,
+            "tenantwatch_ratelimit_grpc_refused",
+            "ShouldRateLimit requests refused with a gRPC status instead of a decision, and gRPC connections closed at once, by why: unauthenticated, forbidden, unknown_domain, invalid, connection.",
+            MetricType::Counter,
+        )?;
+        for (reason, count) in grpc.refusals() {
+            counter_u64(&mut metric, &[("reason", reason.as_str())], count)?;
+        }
+        let mut metric = family(
+            encoder,
+            "tenantwatch_ratelimit_grpc_untenanted_descriptors",
+            "ShouldRateLimit descriptors without the ratelimit.rls.tenant_key entry: answered OK, no quota spent.",
+            MetricType::Counter,
+        )?;
+        metric.encode_counter::<NoLabelSet, _, u64>(&grpc.untenanted_descriptors(), None)?;
         let mut metric = family(
             encoder,
             "tenantwatch_tenant_ratelimit_qps",

@@ -31,7 +31,7 @@ use std::time::Instant;
 mod redis_backend;
 mod settings;
 
-pub use settings::{Backend, CallerSettings, RateLimitSettings, TierSettings};
+pub use settings::{Backend, CallerSettings, RateLimitSettings, RlsSettings, TierSettings};
 
 pub use redis_backend::{
     BackendError, FailMode, GcraCall, GcraReply, RedisBackend, RedisSettings, host_name,
@@ -244,8 +244,16 @@ impl RatePolicy {
     }
 
     pub fn base_quota(&self, tenant: &str) -> BaseQuota {
+        self.base_quota_in(tenant, None)
+    }
+
+    /// [`RatePolicy::base_quota`], with `tier` (a gateway's claim) as the
+    /// tier of a tenant the configuration gives none; ignored when it names
+    /// no tier of `[ratelimit.tiers]`.
+    pub fn base_quota_in(&self, tenant: &str, tier: Option<&str>) -> BaseQuota {
         let over = self.tenants.get(tenant);
-        let tier_name = self.tier_of(tenant);
+        let claimed = tier.and_then(|name| self.tiers.get_key_value(name).map(|(k, _)| k.as_str()));
+        let tier_name = self.tier_of(tenant).or(claimed);
         let tier = tier_name.and_then(|name| self.tiers.get(name));
         let mut rate = tier.map(|t| t.rate).unwrap_or(self.default);
         if let Some(o) = over {
@@ -285,12 +293,141 @@ pub struct Decision {
     pub backend: &'static str,
 }
 
-/// Decision counters per tenant.
+/// One check: a tenant, its cost and, from a gateway, a claimed tier
+/// ([`RatePolicy::base_quota_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask<'a> {
+    pub tenant: &'a str,
+    pub cost: u32,
+    pub tier: Option<&'a str>,
+}
+
+impl<'a> Ask<'a> {
+    pub fn new(tenant: &'a str, cost: u32) -> Ask<'a> {
+        Ask {
+            tenant,
+            cost,
+            tier: None,
+        }
+    }
+}
+
+/// How a check reached the limiter: the `protocol` label of
+/// `tenantwatch_ratelimit_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `POST /v1/ratelimit/check`.
+    Http,
+    /// Envoy's `ShouldRateLimit` over gRPC (`ratelimit.grpc_listen`).
+    Grpc,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// Why a `ShouldRateLimit` request was refused with a gRPC status instead
+/// of answered: the `reason` label of
+/// `tenantwatch_ratelimit_grpc_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcRefusal {
+    /// No token, or an unknown one, while tokens are configured.
+    Unauthenticated,
+    /// A caller's token, for a tenant it is not bound to.
+    Forbidden,
+    /// A `domain` other than `ratelimit.rls.domain`.
+    UnknownDomain,
+    /// No descriptor, too many, a bad tenant id or cost.
+    Invalid,
+    /// Beyond `server.max_connections`, or the TLS handshake failed or
+    /// timed out: the connection was closed.
+    Connection,
+}
+
+impl GrpcRefusal {
+    pub const ALL: [GrpcRefusal; 5] = [
+        GrpcRefusal::Unauthenticated,
+        GrpcRefusal::Forbidden,
+        GrpcRefusal::UnknownDomain,
+        GrpcRefusal::Invalid,
+        GrpcRefusal::Connection,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrpcRefusal::Unauthenticated => "unauthenticated",
+            GrpcRefusal::Forbidden => "forbidden",
+            GrpcRefusal::UnknownDomain => "unknown_domain",
+            GrpcRefusal::Invalid => "invalid",
+            GrpcRefusal::Connection => "connection",
+        }
+    }
+}
+
+/// What the gRPC service counts besides decisions.
 #[derive(Debug, Default)]
-pub struct DecisionCounts {
+pub struct GrpcCounts {
+    refused: [AtomicU64; GrpcRefusal::ALL.len()],
+    untenanted: AtomicU64,
+}
+
+impl GrpcCounts {
+    pub fn refused(&self, reason: GrpcRefusal) {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A descriptor without the tenant entry, answered `OK` unspent.
+    pub fn untenanted(&self) {
+        self.untenanted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refusals by reason, for the exposition.
+    pub fn refusals(&self) -> [(GrpcRefusal, u64); GrpcRefusal::ALL.len()] {
+        GrpcRefusal::ALL.map(|r| (r, self.refused[r as usize].load(Ordering::Relaxed)))
+    }
+
+    pub fn untenanted_descriptors(&self) -> u64 {
+        self.untenanted.load(Ordering::Relaxed)
+    }
+}
+
+/// Decision counters of one tenant through one protocol.
+#[derive(Debug, Default)]
+pub struct ProtocolCounts {
     pub allowed: AtomicU64,
     pub denied: AtomicU64,
     pub shadow_denied: AtomicU64,
+}
+
+impl ProtocolCounts {
+    /// Whether any decision was counted here.
+    pub fn any(&self) -> bool {
+        [&self.allowed, &self.denied, &self.shadow_denied]
+            .iter()
+            .any(|c| c.load(Ordering::Relaxed) > 0)
+    }
+}
+
+/// Decision counters per tenant, by protocol.
+#[derive(Debug, Default)]
+pub struct DecisionCounts {
+    by_protocol: [ProtocolCounts; 2],
+}
+
+impl DecisionCounts {
+    pub fn of(&self, protocol: Protocol) -> &ProtocolCounts {
+        match protocol {
+            Protocol::Http => &self.by_protocol[0],
+            Protocol::Grpc => &self.by_protocol[1],
+        }
+    }
 }
 
 struct Entry {
@@ -329,6 +466,8 @@ pub struct RateLimits {
     evicted: AtomicU64,
     /// The shared store, with `ratelimit.backend = "redis"`.
     redis: Option<RedisBackend>,
+    /// The gRPC service's refusals and untenanted descriptors.
+    grpc: GrpcCounts,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -351,6 +490,7 @@ impl RateLimits {
             entries: Default::default(),
             evicted: AtomicU64::new(0),
             redis: None,
+            grpc: GrpcCounts::default(),
         }
     }
 
@@ -358,6 +498,11 @@ impl RateLimits {
     pub fn with_redis(mut self, backend: RedisBackend) -> RateLimits {
         self.redis = Some(backend);
         self
+    }
+
+    /// What the gRPC service counts besides decisions.
+    pub fn grpc(&self) -> &GrpcCounts {
+        &self.grpc
     }
 
     /// The Redis backend, when configured.
@@ -386,7 +531,13 @@ impl RateLimits {
 
     /// The quota a tenant gets now: its base quota, tightened by advice.
     pub fn effective(&self, tenant: &str) -> (BaseQuota, Rate) {
-        let base = self.policy.load().base_quota(tenant);
+        self.effective_in(tenant, None)
+    }
+
+    /// [`RateLimits::effective`] with a claimed tier
+    /// ([`RatePolicy::base_quota_in`]).
+    fn effective_in(&self, tenant: &str, tier: Option<&str>) -> (BaseQuota, Rate) {
+        let base = self.policy.load().base_quota_in(tenant, tier);
         let mut rate = base.rate;
         if let Some(qps) = self.advice.load().get(tenant).copied()
             && qps < rate.qps
@@ -418,37 +569,45 @@ impl RateLimits {
 
     /// Decides whether `tenant` may spend `cost` units now, with this
     /// instance's own limiter.
+    /// Counted as an HTTP check.
     pub fn check(&self, tenant: &str, cost: u32) -> Decision {
-        let (base, rate) = self.effective(tenant);
-        self.decide_locally(tenant, cost, base, rate, "local")
+        self.check_via(Ask::new(tenant, cost), Protocol::Http)
+    }
+
+    fn check_via(&self, ask: Ask<'_>, protocol: Protocol) -> Decision {
+        let (base, rate) = self.effective_in(ask.tenant, ask.tier);
+        self.decide_locally(ask.tenant, ask.cost, base, rate, "local", protocol)
     }
 
     /// Decides one check, as [`RateLimits::decide`] does.
-    pub async fn decide_one(&self, tenant: &str, cost: u32) -> Decision {
+    pub async fn decide_one(&self, tenant: &str, cost: u32, protocol: Protocol) -> Decision {
+        let ask = Ask::new(tenant, cost);
         if self.redis.is_none() {
-            return self.check(tenant, cost);
+            return self.check_via(ask, protocol);
         }
         // One decision per check, always: the local one is never reached.
-        match self.decide(&[(tenant, cost)]).await.pop() {
+        match self.decide(&[ask], protocol).await.pop() {
             Some(decision) => decision,
-            None => self.check(tenant, cost),
+            None => self.check_via(ask, protocol),
         }
     }
 
     /// Decides each `(tenant, cost)`: in Redis (one round trip for all)
     /// with the Redis backend, else as [`RateLimits::check`]. While Redis
-    /// cannot answer, `ratelimit.redis.fail_mode` decides.
-    pub async fn decide(&self, checks: &[(&str, u32)]) -> Vec<Decision> {
+    /// cannot answer, `ratelimit.redis.fail_mode` decides. Each decision
+    /// is counted under `protocol`.
+    pub async fn decide(&self, asks: &[Ask<'_>], protocol: Protocol) -> Vec<Decision> {
         let Some(redis) = &self.redis else {
-            return checks
+            return asks
                 .iter()
-                .map(|&(tenant, cost)| self.check(tenant, cost))
+                .map(|&ask| self.check_via(ask, protocol))
                 .collect();
         };
-        let quotas: Vec<(BaseQuota, Rate)> = checks
+        let quotas: Vec<(BaseQuota, Rate)> = asks
             .iter()
-            .map(|(tenant, _)| self.effective(tenant))
+            .map(|ask| self.effective_in(ask.tenant, ask.tier))
             .collect();
+        let checks: Vec<(&str, u32)> = asks.iter().map(|a| (a.tenant, a.cost)).collect();
         // A cost above the burst is refused without asking Redis.
         let additional: Vec<Option<u64>> = checks
             .iter()
@@ -489,10 +648,12 @@ impl RateLimits {
                             // check alone is decided without Redis.
                             Some(Err(error)) => {
                                 redis.count_fallback(error, 1);
-                                return self.fall_back(settings, error, tenant, cost, base, rate);
+                                return self.fall_back(
+                                    settings, error, tenant, cost, base, rate, protocol,
+                                );
                             }
                         };
-                        self.record(tenant, base, rate, verdict, "redis")
+                        self.record(tenant, base, rate, verdict, "redis", protocol)
                     })
                     .collect()
             }
@@ -502,7 +663,7 @@ impl RateLimits {
                     .iter()
                     .zip(quotas)
                     .map(|(&(tenant, cost), (base, rate))| {
-                        self.fall_back(settings, error, tenant, cost, base, rate)
+                        self.fall_back(settings, error, tenant, cost, base, rate, protocol)
                     })
                     .collect()
             }
@@ -511,6 +672,7 @@ impl RateLimits {
 
     /// A check Redis could not decide (because of `error`), as `fail_mode`
     /// says.
+    #[allow(clippy::too_many_arguments)]
     fn fall_back(
         &self,
         settings: &RedisSettings,
@@ -519,6 +681,7 @@ impl RateLimits {
         cost: u32,
         base: BaseQuota,
         rate: Rate,
+        protocol: Protocol,
     ) -> Decision {
         match settings.fail_mode {
             FailMode::Local => {
@@ -528,7 +691,7 @@ impl RateLimits {
                     qps: rate.qps / instances,
                     burst: ((f64::from(rate.burst) / instances).round() as u32).max(1),
                 };
-                self.decide_locally(tenant, cost, base, share, "local")
+                self.decide_locally(tenant, cost, base, share, "local", protocol)
             }
             FailMode::Open => Decision {
                 reason: match error {
@@ -547,6 +710,7 @@ impl RateLimits {
                     rate,
                     Verdict::Allowed { remaining: 0 },
                     "local",
+                    protocol,
                 )
             },
             FailMode::Closed => {
@@ -562,7 +726,7 @@ impl RateLimits {
                             "rate-limit backend unavailable (fail_mode closed: denied)"
                         }
                     },
-                    ..self.record(tenant, base, rate, wait, "local")
+                    ..self.record(tenant, base, rate, wait, "local", protocol)
                 }
             }
         }
@@ -607,10 +771,11 @@ impl RateLimits {
         base: BaseQuota,
         rate: Rate,
         backend: &'static str,
+        protocol: Protocol,
     ) -> Decision {
         self.with_entry(tenant, rate, |entry, now| {
             let verdict = entry.gcra.check(rate, nonzero(cost), now);
-            conclude(base, rate, verdict, &entry.counts, backend)
+            conclude(base, rate, verdict, entry.counts.of(protocol), backend)
         })
     }
 
@@ -622,9 +787,10 @@ impl RateLimits {
         rate: Rate,
         verdict: Verdict,
         backend: &'static str,
+        protocol: Protocol,
     ) -> Decision {
         self.with_entry(tenant, rate, |entry, _| {
-            conclude(base, rate, verdict, &entry.counts, backend)
+            conclude(base, rate, verdict, entry.counts.of(protocol), backend)
         })
     }
 
@@ -696,7 +862,7 @@ fn conclude(
     base: BaseQuota,
     rate: Rate,
     verdict: Verdict,
-    counts: &DecisionCounts,
+    counts: &ProtocolCounts,
     backend: &'static str,
 ) -> Decision {
     let (limited, remaining, retry_after, reason) = match verdict {
@@ -829,6 +995,48 @@ mod tests {
     }
 
     #[test]
+    fn a_claimed_tier_counts_only_for_a_tenant_without_one() {
+        let policy = policy();
+        assert_eq!(
+            policy.base_quota_in("newcomer", Some("gold")).policy,
+            "tier:gold"
+        );
+        assert_eq!(
+            policy.base_quota_in("newcomer", Some("nope")).policy,
+            "default"
+        );
+        assert_eq!(
+            policy.base_quota_in("newcomer", None),
+            policy.base_quota("newcomer")
+        );
+        for tenant in policy.tenants.keys() {
+            assert_eq!(
+                policy.base_quota_in(tenant, Some("gold")),
+                policy.base_quota(tenant),
+                "{tenant}"
+            );
+        }
+    }
+
+    #[test]
+    fn decisions_are_counted_by_protocol() {
+        let limits = RateLimits::new(policy(), 100, Duration::from_secs(60));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(limits.decide(&[Ask::new("p", 1), Ask::new("p", 1)], Protocol::Grpc));
+        limits.check("p", 1);
+        let (_, _, counts) = limits
+            .snapshot()
+            .into_iter()
+            .find(|(t, _, _)| t == "p")
+            .unwrap();
+        assert_eq!(counts.of(Protocol::Grpc).allowed.load(Ordering::Relaxed), 2);
+        assert_eq!(counts.of(Protocol::Http).allowed.load(Ordering::Relaxed), 1);
+        assert!(counts.of(Protocol::Grpc).any());
+    }
+
+    #[test]
     fn shadow_mode_allows_but_counts() {
         let limits = RateLimits::new(policy(), 100, Duration::from_secs(60));
         assert!(limits.check("t1", 1).allowed);
@@ -836,6 +1044,7 @@ mod tests {
         assert!(d.allowed && d.limited);
         let counts = limits.snapshot();
         let (_, _, c) = counts.iter().find(|(t, _, _)| t == "t1").unwrap();
+        let c = c.of(Protocol::Http);
         assert_eq!(c.shadow_denied.load(Ordering::Relaxed), 1);
         assert_eq!(c.allowed.load(Ordering::Relaxed), 1);
     }

@@ -56,6 +56,84 @@ pub struct RateLimitSettings {
     /// `[ratelimit.redis]`: the shared store, used with `backend = "redis"`.
     #[reload(nested)]
     pub redis: RedisSettings,
+    /// Envoy's rate-limit service (`ShouldRateLimit` over gRPC, with the
+    /// gRPC health service) listens here; `""` (the default) turns it off.
+    #[serde(with = "serde_text::optional_addr")]
+    pub grpc_listen: Option<std::net::SocketAddr>,
+    /// `[ratelimit.rls]`: how Envoy's descriptors map to tenants.
+    #[reload(nested)]
+    pub rls: RlsSettings,
+}
+
+/// `[ratelimit.rls]`: how a `ShouldRateLimit` request's descriptors map to
+/// tenants and tiers. A descriptor is a list of `(key, value)` entries
+/// that Envoy's route actions build from the request.
+#[derive(Debug, Clone, PartialEq, Deserialize, Reload)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlsSettings {
+    /// The `domain` Envoy's filter sends; a request for another domain is
+    /// refused (`INVALID_ARGUMENT`), so two filters cannot share quotas by
+    /// mistake.
+    pub domain: String,
+    /// The descriptor entry key whose value is the tenant. A descriptor
+    /// without it is none of tenantwatch's business: answered `OK`, spent
+    /// nowhere, counted.
+    pub tenant_key: String,
+    /// Descriptor entry keys whose value names a tier of
+    /// `[ratelimit.tiers]` (the first present wins): the tier of a tenant
+    /// the configuration gives no tier of its own. A configured tier or
+    /// override always wins, and a value naming no tier is ignored.
+    pub tier_keys: Vec<String>,
+}
+
+impl Default for RlsSettings {
+    fn default() -> Self {
+        RlsSettings {
+            domain: "tenantwatch".into(),
+            tenant_key: "tenant".into(),
+            tier_keys: Vec::new(),
+        }
+    }
+}
+
+impl RlsSettings {
+    /// The tenant a descriptor names, and the tier its entries select.
+    pub fn read<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> (Option<&'a str>, Option<&'a str>) {
+        let tenant = entries
+            .clone()
+            .find(|(key, _)| *key == self.tenant_key)
+            .map(|(_, value)| value);
+        let tier = self.tier_keys.iter().find_map(|tier_key| {
+            entries
+                .clone()
+                .find(|(key, _)| key == tier_key)
+                .map(|(_, value)| value)
+        });
+        (tenant, tier)
+    }
+
+    fn check(&self, p: &mut Problems) {
+        if self.domain.is_empty() {
+            p.fail("ratelimit.rls.domain", "\"\"", "must not be empty");
+        }
+        if self.tenant_key.is_empty() {
+            p.fail("ratelimit.rls.tenant_key", "\"\"", "must not be empty");
+        }
+        if self
+            .tier_keys
+            .iter()
+            .any(|k| k.is_empty() || *k == self.tenant_key)
+        {
+            p.fail(
+                "ratelimit.rls.tier_keys",
+                format!("{:?}", self.tier_keys),
+                "keys must be non-empty and differ from tenant_key",
+            );
+        }
+    }
 }
 
 impl Default for RateLimitSettings {
@@ -71,6 +149,8 @@ impl Default for RateLimitSettings {
             callers: BTreeMap::new(),
             backend: Backend::Local,
             redis: RedisSettings::default(),
+            grpc_listen: None,
+            rls: RlsSettings::default(),
         }
     }
 }
@@ -146,6 +226,7 @@ impl RateLimitSettings {
         if self.backend == Backend::Redis {
             self.redis.check(p);
         }
+        self.rls.check(p);
     }
 
     /// The quotas the limiters run on, with each tenant's tier from
@@ -176,5 +257,46 @@ impl RateLimitSettings {
                 .collect(),
             tenant_tiers,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_descriptor_names_its_tenant_and_the_first_tier_claim() {
+        let rls = RlsSettings {
+            tier_keys: vec!["plan".into(), "tier".into()],
+            ..RlsSettings::default()
+        };
+        let entries = [
+            ("path", "/x"),
+            ("tier", "silver"),
+            ("tenant", "acme"),
+            ("plan", "gold"),
+        ];
+        assert_eq!(
+            rls.read(entries.iter().copied()),
+            (Some("acme"), Some("gold"))
+        );
+        let entries = [("remote_address", "10.0.0.1")];
+        assert_eq!(rls.read(entries.iter().copied()), (None, None));
+    }
+
+    #[test]
+    fn the_mapping_is_checked() {
+        let mut p = Problems::default();
+        RlsSettings {
+            domain: String::new(),
+            tenant_key: "tenant".into(),
+            tier_keys: vec!["tenant".into()],
+        }
+        .check(&mut p);
+        let text = format!("{p:?}");
+        assert!(
+            text.contains("ratelimit.rls.domain") && text.contains("ratelimit.rls.tier_keys"),
+            "{text}"
+        );
     }
 }

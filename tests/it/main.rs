@@ -41,6 +41,7 @@ mod ratelimit;
 mod ratelimit_redis;
 mod readme;
 mod recipes;
+mod rls;
 mod slow_clients;
 mod state;
 mod tls_listener;

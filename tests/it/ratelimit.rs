@@ -165,7 +165,11 @@ async fn the_burst_is_allowed_then_denied_with_headers(backend: Backend) {
     let decisions = |tenant: &str, decision: &str| {
         m.value(
             "tenantwatch_ratelimit_decisions_total",
-            &[("tenant", tenant), ("decision", decision)],
+            &[
+                ("tenant", tenant),
+                ("decision", decision),
+                ("protocol", "http"),
+            ],
         )
     };
     assert_eq!(decisions("clinic1", "allowed"), Some(3.0));
@@ -189,7 +193,11 @@ async fn shadow_mode_allows_and_counts_what_it_would_deny(backend: Backend) {
     let decisions = |decision: &str| {
         m.value(
             "tenantwatch_ratelimit_decisions_total",
-            &[("tenant", "newbie"), ("decision", decision)],
+            &[
+                ("tenant", "newbie"),
+                ("decision", decision),
+                ("protocol", "http"),
+            ],
         )
     };
     assert_eq!(decisions("allowed"), Some(1.0));
@@ -233,7 +241,14 @@ async fn bad_checks_are_refused_with_problem_details(backend: Backend) {
 
     let flags = daemon.get("/api/v1/flags").await;
     assert_eq!(flags.status, 200);
-    assert_eq!(flags.json(), serde_json::json!({"flags": []}));
+    assert_eq!(flags.json()["flags"], serde_json::json!([]));
+    // Local: this replica alone; Redis: the fleet (of one).
+    let scope = flags.json()["scope"].as_str().map(str::to_owned);
+    assert!(
+        matches!(scope.as_deref(), Some("replica" | "fleet")),
+        "{}",
+        flags.text()
+    );
     let advice = daemon.get("/api/v1/advice").await;
     assert_eq!(advice.json(), serde_json::json!({"advice": []}));
     daemon.stop().await;
@@ -340,7 +355,11 @@ async fn a_batch_answers_every_check(backend: Backend) {
     let decisions = |decision: &str| {
         m.value(
             "tenantwatch_ratelimit_decisions_total",
-            &[("tenant", "clinic1"), ("decision", decision)],
+            &[
+                ("tenant", "clinic1"),
+                ("decision", decision),
+                ("protocol", "http"),
+            ],
         )
     };
     assert_eq!(decisions("allowed"), Some(3.0));

@@ -18,7 +18,7 @@ use tenantwatch::Config;
 use tenantwatch::config::Settings;
 
 /// A self-signed certificate for 127.0.0.1 and localhost, via openssl.
-fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = (
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
