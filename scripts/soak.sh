@@ -39,4 +39,5 @@ else
   cargo build --locked --bin tenantwatch
 fi
 mkdir -p target/soak
-SOAK_BINARY="$PWD/target/$profile/tenantwatch" exec "$venv/bin/python" scripts/soak/soak.py
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+SOAK_BINARY="$target_dir/$profile/tenantwatch" exec "$venv/bin/python" scripts/soak/soak.py

@@ -110,9 +110,16 @@ class Postgres:
         return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode == 0
 
 
-def psql(port, db, sql, user="postgres", check=True):
-    return subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(port), "-U", user,
-                           "-d", db], input=sql, text=True, capture_output=True, check=check)
+def psql(port, db, sql, user="postgres", check=True, timeout=600):
+    """One psql run; a hung server (a PAUSE that waits on a transaction)
+    gives up after `timeout` seconds as a failed run."""
+    argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", db]
+    try:
+        return subprocess.run(argv, input=sql, text=True, capture_output=True, check=check, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if check:
+            raise
+        return subprocess.CompletedProcess(argv, 124, "", "timed out")
 
 
 def make_cluster(run_dir, schemas, databases):
@@ -225,7 +232,7 @@ class PgBouncer(Process):
         chown_pg(self.ini)
 
     def admin(self, command):
-        return psql(self.port, "pgbouncer", command + ";", check=False)
+        return psql(self.port, "pgbouncer", command + ";", check=False, timeout=30)
 
     def ready(self):
         return self.admin("SHOW VERSION").returncode == 0
