@@ -26,13 +26,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::queries::{self, TableSets};
 use super::{PollError, Poller};
+use crate::store::targets::carry_over;
 use crate::store::{CollectorName, PollErrorKind, SchemaTotals, lock};
 
 /// What the detail task knows of one database.
 #[derive(Debug, Default)]
 struct DatabaseDetail {
-    /// Per tenant, from the last schema statistics.
+    /// Per tenant, from the last schema statistics, counters carried over
+    /// the server's statistics resets ([`carry_over`]).
     totals: BTreeMap<String, SchemaTotals>,
+    /// Per tenant, the last schema statistics as the server showed them.
+    raw_totals: BTreeMap<String, SchemaTotals>,
     /// Per tenant, exact bytes from the last size measurement.
     sizes: Option<BTreeMap<String, u64>>,
     /// Each relation's bytes and change signature at its last measurement:
@@ -165,7 +169,14 @@ async fn visit_stats(
         poller.target.max_tenants,
     )
     .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
-    detail.totals = totals;
+    detail.totals = totals
+        .iter()
+        .map(|(tenant, raw)| {
+            let last = detail.raw_totals.get(tenant).zip(detail.totals.get(tenant));
+            (tenant.clone(), carry_over(raw, last))
+        })
+        .collect();
+    detail.raw_totals = totals;
     Ok(())
 }
 
