@@ -32,6 +32,10 @@ pub struct WindowFigures {
     /// Queries per second over the window.
     pub rate: f64,
     pub p95_seconds: Option<f64>,
+    /// The tenant was known at the window's start: `rate` covers the whole
+    /// window. A tenant first seen within it has its queries spread over
+    /// time it did not exist, so its rate reads low.
+    pub whole_window: bool,
 }
 
 /// A tenant's query-rate baseline: an exponentially weighted mean.
@@ -93,6 +97,7 @@ impl Window {
 
 fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> WindowFigures {
     let zero = Cumulative::default();
+    let old_known = old.is_some();
     let old = old.unwrap_or(&zero);
     let mut buckets = [0.0; BUCKET_COUNT];
     for (i, b) in buckets.iter_mut().enumerate() {
@@ -104,6 +109,7 @@ fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> Windo
         errors: (now.errors - old.errors).max(0.0),
         rate: queries / seconds,
         p95_seconds: quantile(0.95, &buckets),
+        whole_window: old_known,
     }
 }
 
@@ -147,14 +153,21 @@ impl StatementWindow {
 
 /// Folds this evaluation's rates into every tenant's baseline (`alpha` is
 /// the weight of the new rate) but those `held` still, and forgets tenants
-/// without figures.
+/// without figures. A tenant's baseline starts only from a whole window of
+/// its figures: started from the partial window in which it first appeared
+/// (its rate read low), it sat far below the tenant's steady rate, which
+/// `rate_spike` then flagged after its `for`, and kept flagged, since a
+/// spiking tenant's baseline is held still (found by the soak, issue 26).
 pub fn advance_baselines(
     baselines: &mut HashMap<String, Baseline>,
     figures: &HashMap<String, WindowFigures>,
     alpha: f64,
     held: &std::collections::HashSet<String>,
 ) {
-    for (tenant, f) in figures.iter().filter(|(t, _)| !held.contains(*t)) {
+    let folded = figures
+        .iter()
+        .filter(|(t, f)| f.whole_window && !held.contains(*t));
+    for (tenant, f) in folded {
         let baseline = baselines.entry(tenant.clone()).or_insert(Baseline {
             rate: f.rate,
             samples: 0,
