@@ -62,12 +62,12 @@ def detection(soak, d):
         clear_bound = FOR + WINDOW + 2 * POLL + 2.0  # cooldown + the window to forget + poll/eval + probe
         raised = next((t for t, fl in obs if t >= m.began and (m.tenant, m.kind) in fl), None)
         cleared = next((t for t, fl in obs if t >= ended and (m.tenant, m.kind) not in fl), None)
-        ok = (raised is not None and raised - m.began <= raise_bound and cleared is not None
-              and cleared - ended <= clear_bound)
+        seen = raised is not None and cleared is not None
+        ok = seen and raised - m.began <= raise_bound and cleared - ended <= clear_bound
         out.append({"kind": m.kind, "tenant": m.tenant, "start": m.began - soak.t0, "end": ended - soak.t0,
                     "raised_after": None if raised is None else raised - m.began, "raise_bound": raise_bound,
                     "cleared_after": None if cleared is None else cleared - ended, "clear_bound": clear_bound,
-                    "ok": ok, "problems": m.problems})
+                    "seen": seen, "ok": ok, "problems": m.problems})
         windows[m.tenant].append((m.began, ended + clear_bound))
     wrong = collections.Counter()
     for t, fl in obs:
@@ -169,6 +169,10 @@ def write(soak, out_dir):
              f"- faults injected: {len(soak.faults)}; misbehaviours: {len(soak.misbehaviours)}", ""]
     ok = True
     rows = []
+    timed = soak.minutes >= 20 or os.environ.get("SOAK_JUDGE_TIMING") == "1"
+
+    def timing(bound):
+        return bound if timed else f"{bound} (shown; judged from 20 min)"
     acc, det = {}, {}
     for d in soak.daemons:
         a = accounting(soak, d)
@@ -196,12 +200,19 @@ def write(soak, out_dir):
             ("counter resets outside restarts (Prometheus)", soak.prom_results["resets"].get(d.name), "0",
              soak.prom_results["resets"].get(d.name) == 0),
             ("NaN / Inf samples", soak.nonfinite[d.name], "0", soak.nonfinite[d.name] == 0),
-            ("misbehaviours flagged and cleared in time", f"{sum(x['ok'] for x in found)}/{len(found)}", "all",
-             bool(found) and all(x["ok"] for x in found)),
+            ("misbehaviours flagged, and cleared after", f"{sum(x['seen'] for x in found)}/{len(found)}", "all",
+             bool(found) and all(x["seen"] for x in found)),
             ("healthy tenants ever flagged", len(wrong), "0", not wrong),
-            ("worst recovery to up == 1 with fresh figures (s)", worst, f"<= {2 * POLL:.0f}",
-             worst is not None and worst <= 2 * POLL),
-            ("/healthz p99 (ms)", None if hz is None else hz * 1000, "<= 50", hz is not None and hz <= 0.05),
+            # Timing figures: judged in runs of 20 minutes or more (or with
+            # SOAK_JUDGE_TIMING=1); a short run, the one CI makes on a
+            # machine it shares, shows them against their bounds without
+            # failing on them (no timed assertions in tests).
+            ("misbehaviours flagged and cleared in time", f"{sum(x['ok'] for x in found)}/{len(found)}",
+             timing("all"), not timed or (bool(found) and all(x["ok"] for x in found))),
+            ("worst recovery to up == 1 with fresh figures (s)", worst, timing(f"<= {2 * POLL:.0f}"),
+             not timed or (worst is not None and worst <= 2 * POLL)),
+            ("/healthz p99 (ms)", None if hz is None else hz * 1000, timing("<= 50"),
+             not timed or (hz is not None and hz <= 0.05)),
         ]
         for name, value, bound, good in figures:
             rows.append((d.name, name, value, bound, good))
