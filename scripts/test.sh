@@ -55,6 +55,10 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=("python3-venv")
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=("postgresql")
 fi
+# The soak's driver makes a virtualenv (Debian splits venv out of python3).
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  missing+=("python3-venv")
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing ${missing[*]}"
@@ -116,6 +120,13 @@ cargo test --locked --all-targets "$@" 2>&1 | tee "$log" || status=$?
 # SKIP_FUZZ=1 leaves it out, e.g. when running a single test.
 if [ "${SKIP_FUZZ:-0}" != 1 ] && [ $# -eq 0 ]; then
   FUZZ_SECONDS=${FUZZ_SECONDS:-20} scripts/fuzz.sh || status=1
+fi
+# The fault-injection soak's short form (docs/reliability.md): real
+# PostgreSQL + standby, PgBouncer, Redis, Prometheus and two daemons under
+# load and faults for SOAK_MINUTES (3 here; about 4 minutes with set-up).
+# SKIP_SOAK=1 leaves it out.
+if [ "${SKIP_SOAK:-0}" != 1 ] && [ $# -eq 0 ]; then
+  SOAK_MINUTES=${SOAK_MINUTES:-3} scripts/soak.sh || status=1
 fi
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }

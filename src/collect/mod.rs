@@ -39,7 +39,8 @@ use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::attribution::Attribution;
-use crate::store::{CollectorName, PollErrorKind, SharedStatus, lock};
+use crate::store::targets::carry_over;
+use crate::store::{CollectorName, DatabaseStats, PollErrorKind, SharedStatus, lock};
 use crate::telemetry::RateLimitedWarn;
 pub use settings::{
     DatabaseSelection, Dsn, PgBouncerSettings, StatementsMode, TargetConfig, TargetSettings,
@@ -327,6 +328,9 @@ struct Poller {
     statements_next_check: Instant,
     /// The extension was missing at the last check (counted and logged once).
     statements_missing: bool,
+    /// `pg_stat_database` as the server last showed it (what is published
+    /// is carried over its resets).
+    database_raw: BTreeMap<String, DatabaseStats>,
 }
 
 /// How long a target without `pg_stat_statements` waits before it is
@@ -380,6 +384,7 @@ impl Poller {
             database_size_next: Instant::now(),
             statements_next_check: Instant::now(),
             statements_missing: false,
+            database_raw: BTreeMap::new(),
         }
     }
 
@@ -637,9 +642,23 @@ impl Poller {
 
     async fn poll_database(&mut self, primary: &str) -> Result<(), PollError> {
         let rows = self.query(primary, queries::DATABASE_SQL, &[]).await?;
-        let databases = queries::databases_from_rows(&rows)
+        let raw = queries::databases_from_rows(&rows)
             .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
-        lock(&self.status).databases = Some(Arc::new(databases));
+        let published = {
+            let status = lock(&self.status);
+            let shown = status.databases.as_deref();
+            raw.iter()
+                .map(|(database, stats)| {
+                    let last = self
+                        .database_raw
+                        .get(database)
+                        .zip(shown.and_then(|s| s.get(database)));
+                    (database.clone(), carry_over(stats, last))
+                })
+                .collect()
+        };
+        self.database_raw = raw;
+        lock(&self.status).databases = Some(Arc::new(published));
         // A standby has no standbys of its own to report (cascading ones
         // are reported by the standby they stream from, if watched).
         let replicas = if lock(&self.status).in_recovery == Some(true) {

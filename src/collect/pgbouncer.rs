@@ -164,12 +164,15 @@ pub struct AdminTables {
 }
 
 /// What the poller carries from one poll to the next: each database's last
-/// cumulative wait, and each tenant's monotonic total.
+/// cumulative wait, and each tenant's monotonic total; each database's
+/// traffic as PgBouncer last showed it and as published.
 #[derive(Debug, Default)]
 pub struct WaitAccounts {
     /// Microseconds, as PgBouncer counts them, so that sums are exact.
     last: HashMap<String, u64>,
     totals: BTreeMap<String, u64>,
+    traffic_raw: BTreeMap<String, PoolTraffic>,
+    traffic_shown: BTreeMap<String, PoolTraffic>,
 }
 
 /// `key` if fewer than [`MAX_POOL_LABEL_VALUES`] values were seen, else
@@ -209,7 +212,7 @@ pub fn snapshot_from(
     let database_tenant = database_tenants(&snapshot.pools);
     snapshot.databases = read_databases(&tables.databases, &mut bad);
     let (traffic, current_waits) = read_traffic(&tables.stats, &mut bad);
-    snapshot.traffic = traffic;
+    snapshot.traffic = carry_traffic(waits, traffic);
     account_waits(
         waits,
         &current_waits,
@@ -391,6 +394,67 @@ fn read_traffic(
         entry.client_wait_seconds = sum_f(entry.client_wait_seconds, figures.client_wait_seconds);
     }
     (traffic, current_waits)
+}
+
+/// Each database's traffic as published: every figure grows by its
+/// increase since the last poll, or by the whole figure when it went down
+/// (PgBouncer restarted and counts from zero again), so a restart of
+/// PgBouncer is never a reset of `tenantwatch_pgbouncer_*_total` (the soak,
+/// issue 26, saw Prometheus count one at each restart). A figure first
+/// seen, or missing in the last poll, is published as it is.
+fn carry_traffic(
+    accounts: &mut WaitAccounts,
+    raw: BTreeMap<String, PoolTraffic>,
+) -> BTreeMap<String, PoolTraffic> {
+    fn grow_u(now: Option<u64>, before: Option<u64>, shown: Option<u64>) -> Option<u64> {
+        match (now, before, shown) {
+            (Some(now), Some(before), Some(shown)) => {
+                Some(shown.saturating_add(if now >= before { now - before } else { now }))
+            }
+            (now, _, _) => now,
+        }
+    }
+    fn grow_f(now: Option<f64>, before: Option<f64>, shown: Option<f64>) -> Option<f64> {
+        match (now, before, shown) {
+            (Some(now), Some(before), Some(shown)) => {
+                Some(shown + if now >= before { now - before } else { now })
+            }
+            (now, _, _) => now,
+        }
+    }
+    let published: BTreeMap<String, PoolTraffic> = raw
+        .iter()
+        .map(|(database, now)| {
+            let before = accounts.traffic_raw.get(database);
+            let shown = accounts.traffic_shown.get(database);
+            let traffic = PoolTraffic {
+                queries: grow_u(
+                    now.queries,
+                    before.and_then(|b| b.queries),
+                    shown.and_then(|s| s.queries),
+                ),
+                transactions: grow_u(
+                    now.transactions,
+                    before.and_then(|b| b.transactions),
+                    shown.and_then(|s| s.transactions),
+                ),
+                query_seconds: grow_f(
+                    now.query_seconds,
+                    before.and_then(|b| b.query_seconds),
+                    shown.and_then(|s| s.query_seconds),
+                ),
+                client_wait_seconds: grow_f(
+                    now.client_wait_seconds,
+                    before.and_then(|b| b.client_wait_seconds),
+                    shown.and_then(|s| s.client_wait_seconds),
+                ),
+            };
+            (database.clone(), traffic)
+        })
+        .collect();
+    accounts.traffic_raw = raw;
+    accounts.traffic_shown = published.clone();
+    published
 }
 
 /// `SHOW CLIENTS`: connections by `application_name` (capped), and the
@@ -828,6 +892,41 @@ mod tests {
             totals.push(s.tenants["acme"].wait_seconds_total);
         }
         assert_eq!(totals, vec![1.0, 3.0, 3.5, 4.5]);
+    }
+
+    /// PgBouncer restarted between the second and third polls: its
+    /// `SHOW STATS` counts from zero again, tenantwatch's counters do not.
+    #[test]
+    fn traffic_stays_monotonic_across_a_restart() {
+        let mut waits = WaitAccounts::default();
+        let stats = |n: u64| {
+            format!(
+                "database | total_xact_count | total_query_count | total_query_time | total_wait_time\n \
+                 tenant_acme | {n} | {} | {} | {}\n",
+                2 * n,
+                n * 1_000_000,
+                n * 500_000
+            )
+        };
+        let mut seen = Vec::new();
+        for n in [10, 30, 5, 15] {
+            let (s, _) = snapshot_from(
+                &tables(POOLS_1_18, &stats(n), ""),
+                &attribution(),
+                &mut waits,
+                100,
+            );
+            let t = &s.traffic["tenant_acme"];
+            seen.push((
+                t.transactions,
+                t.queries,
+                t.query_seconds,
+                t.client_wait_seconds,
+            ));
+        }
+        let expected = [10, 30, 35, 45]
+            .map(|n: u64| (Some(n), Some(2 * n), Some(n as f64), Some(n as f64 / 2.0)));
+        assert_eq!(seen, expected);
     }
 
     #[test]

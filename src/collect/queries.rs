@@ -125,7 +125,7 @@ pub fn activity_from_rows(
     let mut snapshot = ActivitySnapshot::default();
     let mut tenant_of_pid: HashMap<i32, String> = HashMap::new();
     let mut possible_blockers: HashMap<i32, Offender> = HashMap::new();
-    let mut blockers_of_waiting: Vec<Vec<i32>> = Vec::new();
+    let mut blockers_of_waiting: HashMap<i32, Vec<i32>> = HashMap::new();
     for row in rows {
         let pid: i32 = row.try_get("pid")?;
         let database: &str = row.try_get("datname")?;
@@ -154,7 +154,7 @@ pub fn activity_from_rows(
         bump(&mut snapshot.by_application, application_name);
         if waiting {
             snapshot.lock_waiting += 1;
-            blockers_of_waiting.push(blockers);
+            blockers_of_waiting.insert(pid, blockers);
         }
         let session = Session {
             database,
@@ -254,17 +254,28 @@ fn judged(
     })
 }
 
-/// Lock blockers: each backend others wait on becomes an offender of its
-/// tenant, and each waiting backend counts once against every tenant
-/// blocking it.
+/// Lock blockers: the backend at the root of each wait becomes an offender
+/// of its tenant, and each waiting backend counts once against every
+/// tenant whose root backends it waits on.
+///
+/// The root, not the direct blocker: `pg_blocking_pids` names the backends
+/// a waiter queues behind, and those may be waiting themselves. Behind a
+/// row lock the first waiter holds the tuple lock the others queue on while
+/// it waits for the transaction holding the row, so the direct blockers of
+/// all but one waiter are fellow victims, and the holder looked as if it
+/// blocked one backend however long the queue (the soak's lock blocker with
+/// four queued updates was never flagged).
 fn charge_blockers(
     snapshot: &mut ActivitySnapshot,
     tenant_of_pid: &HashMap<i32, String>,
     mut possible_blockers: HashMap<i32, Offender>,
-    blockers_of_waiting: Vec<Vec<i32>>,
+    blockers_of_waiting: HashMap<i32, Vec<i32>>,
 ) {
-    // A waiting backend counts once against each tenant blocking it.
-    let mut blocking_pids: Vec<i32> = blockers_of_waiting.iter().flatten().copied().collect();
+    let roots_of_waiting: Vec<Vec<i32>> = blockers_of_waiting
+        .keys()
+        .map(|pid| chain_roots(*pid, &blockers_of_waiting))
+        .collect();
+    let mut blocking_pids: Vec<i32> = roots_of_waiting.iter().flatten().copied().collect();
     blocking_pids.sort_unstable();
     blocking_pids.dedup();
     for pid in blocking_pids {
@@ -278,8 +289,8 @@ fn charge_blockers(
     for activity in snapshot.tenants.values_mut() {
         keep_oldest_offenders(&mut activity.offenders);
     }
-    for blockers in blockers_of_waiting {
-        let mut tenants: Vec<&String> = blockers
+    for roots in roots_of_waiting {
+        let mut tenants: Vec<&String> = roots
             .iter()
             .filter_map(|pid| tenant_of_pid.get(pid))
             .collect();
@@ -291,6 +302,26 @@ fn charge_blockers(
             }
         }
     }
+}
+
+/// The backends `pid` waits on at the end of its chain: its blockers,
+/// followed through those that wait themselves to those that do not. A
+/// cycle (a deadlock, until PostgreSQL breaks it) has no root and charges
+/// no one.
+fn chain_roots(pid: i32, blockers_of_waiting: &HashMap<i32, Vec<i32>>) -> Vec<i32> {
+    let mut roots = Vec::new();
+    let mut seen = std::collections::BTreeSet::from([pid]);
+    let mut next: Vec<i32> = blockers_of_waiting.get(&pid).cloned().unwrap_or_default();
+    while let Some(blocker) = next.pop() {
+        if !seen.insert(blocker) {
+            continue;
+        }
+        match blockers_of_waiting.get(&blocker) {
+            Some(its_blockers) => next.extend(its_blockers),
+            None => roots.push(blocker),
+        }
+    }
+    roots
 }
 
 /// Keeps the [`OFFENDERS_PER_KIND`] oldest sessions of each offence.
@@ -502,6 +533,69 @@ SELECT datname::text FROM pg_database
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Who `charge_blockers` charges, tenant by tenant.
+    fn blocking_after(
+        tenant_of_pid: &[(i32, &str)],
+        blockers_of_waiting: &[(i32, &[i32])],
+    ) -> BTreeMap<String, u64> {
+        let mut snapshot = ActivitySnapshot::default();
+        for (_, tenant) in tenant_of_pid {
+            snapshot.tenants.entry((*tenant).to_owned()).or_default();
+        }
+        let tenants = tenant_of_pid
+            .iter()
+            .map(|(pid, tenant)| (*pid, (*tenant).to_owned()))
+            .collect();
+        let waiting = blockers_of_waiting
+            .iter()
+            .map(|(pid, blockers)| (*pid, blockers.to_vec()))
+            .collect();
+        charge_blockers(&mut snapshot, &tenants, HashMap::new(), waiting);
+        snapshot
+            .tenants
+            .into_iter()
+            .map(|(tenant, activity)| (tenant, activity.blocking))
+            .collect()
+    }
+
+    /// A row lock held by an idle transaction (pid 1, tenant `blocker`) and
+    /// four updates of the row queued behind it (tenant `queue`): the first
+    /// (pid 2) waits on pid 1's transaction and holds the tuple lock that
+    /// pids 3-5 wait on, so `pg_blocking_pids` names pid 2 for them. All
+    /// four wait because of pid 1; the queue blocks no one.
+    #[test]
+    fn a_row_lock_queue_is_charged_to_the_holder_not_to_the_first_waiter() {
+        let charged = blocking_after(
+            &[
+                (1, "blocker"),
+                (2, "queue"),
+                (3, "queue"),
+                (4, "queue"),
+                (5, "queue"),
+            ],
+            &[(2, &[1]), (3, &[2]), (4, &[2, 3]), (5, &[2, 3, 4])],
+        );
+        assert_eq!(charged["blocker"], 4);
+        assert_eq!(charged["queue"], 0);
+    }
+
+    #[test]
+    fn a_deadlock_cycle_charges_no_one_and_ends() {
+        let charged = blocking_after(&[(1, "a"), (2, "b")], &[(1, &[2]), (2, &[1])]);
+        assert_eq!(charged["a"], 0);
+        assert_eq!(charged["b"], 0);
+    }
+
+    #[test]
+    fn a_table_lock_charges_its_holder_once_per_waiter() {
+        let charged = blocking_after(
+            &[(1, "locker"), (2, "x"), (3, "y")],
+            &[(2, &[1]), (3, &[1, 2])],
+        );
+        assert_eq!(charged["locker"], 2);
+        assert_eq!(charged["x"], 0);
+    }
 
     #[test]
     fn tenants_beyond_the_cap_fold_into_the_overflow_bucket() {

@@ -34,6 +34,10 @@ pub struct WindowFigures {
     /// Queries per second over the window.
     pub rate: f64,
     pub p95_seconds: Option<f64>,
+    /// The tenant was known at the window's start: `rate` covers the whole
+    /// window. A tenant first seen within it has its queries spread over
+    /// time it did not exist, so its rate reads low.
+    pub whole_window: bool,
 }
 
 /// One tenant's figures over the window, as one replica saw them or summed
@@ -51,6 +55,9 @@ pub struct TenantFigures {
     pub latency: NativeHistogram,
     /// The transports its events came through.
     pub sources: SourceSet,
+    /// Known at the window's start on every replica that saw it (see
+    /// [`WindowFigures::whole_window`]).
+    pub whole_window: bool,
 }
 
 impl TenantFigures {
@@ -62,6 +69,7 @@ impl TenantFigures {
         self.db_time_ms += other.db_time_ms;
         self.latency.merge(&other.latency);
         self.sources = self.sources.union(other.sources);
+        self.whole_window = self.whole_window && other.whole_window;
     }
 
     /// What the rules over rates, errors and latency read.
@@ -71,6 +79,7 @@ impl TenantFigures {
             errors: self.errors,
             rate: self.rate,
             p95_seconds: self.latency.quantile(0.95),
+            whole_window: self.whole_window,
         }
     }
 
@@ -140,6 +149,7 @@ impl Window {
 
 fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> TenantFigures {
     let zero = Cumulative::default();
+    let old_known = old.is_some();
     let old = old.unwrap_or(&zero);
     let queries = (now.queries - old.queries).max(0.0);
     TenantFigures {
@@ -147,6 +157,7 @@ fn difference(now: &Cumulative, old: Option<&Cumulative>, seconds: f64) -> Tenan
         errors: (now.errors - old.errors).max(0.0),
         rate: queries / seconds,
         latency: now.latency.since(&old.latency),
+        whole_window: old_known,
         ..TenantFigures::default()
     }
 }
@@ -191,14 +202,21 @@ impl StatementWindow {
 
 /// Folds this evaluation's rates into every tenant's baseline (`alpha` is
 /// the weight of the new rate) but those `held` still, and forgets tenants
-/// without figures.
+/// without figures. A tenant's baseline starts only from a whole window of
+/// its figures: started from the partial window in which it first appeared
+/// (its rate read low), it sat far below the tenant's steady rate, which
+/// `rate_spike` then flagged after its `for`, and kept flagged, since a
+/// spiking tenant's baseline is held still (found by the soak, issue 26).
 pub fn advance_baselines(
     baselines: &mut HashMap<String, Baseline>,
     figures: &HashMap<String, WindowFigures>,
     alpha: f64,
     held: &std::collections::HashSet<String>,
 ) {
-    for (tenant, f) in figures.iter().filter(|(t, _)| !held.contains(*t)) {
+    let folded = figures
+        .iter()
+        .filter(|(t, f)| f.whole_window && !held.contains(*t));
+    for (tenant, f) in folded {
         let baseline = baselines.entry(tenant.clone()).or_insert(Baseline {
             rate: f.rate,
             samples: 0,

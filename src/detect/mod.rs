@@ -1057,6 +1057,25 @@ mod tests {
         );
     }
 
+    /// A tenant that appears and keeps a steady 50 queries/s is not a
+    /// spike: its first window, in which it existed for one tick of six,
+    /// must not become its baseline (it read 50 / 6 per second, so the
+    /// tenant's steady rate was "6x its baseline" from then on).
+    #[test]
+    fn a_new_tenant_at_a_steady_rate_is_not_a_rate_spike() {
+        let mut fleet = Fleet::new(20);
+        fleet.run(30, |_| {});
+        fleet.run(60, |w| w.record(&query("newcomer", 2.0, 500.0, false)));
+        assert_eq!(fleet.raised(RuleName::RateSpike), []);
+        // A real spike of the newcomer is still one.
+        fleet.run(20, |w| w.record(&query("newcomer", 2.0, 5000.0, false)));
+        let raised = fleet.raised(RuleName::RateSpike);
+        assert_eq!(
+            raised.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+            ["newcomer"]
+        );
+    }
+
     #[test]
     fn a_sustained_spike_does_not_become_its_own_baseline() {
         let mut fleet = Fleet::new(200);

@@ -341,6 +341,7 @@ mod tests {
             errors,
             rate: queries / 60.0,
             p95_seconds: p95,
+            whole_window: true,
         }
     }
 

@@ -43,8 +43,8 @@ pub use pgbouncers::{
     PoolFigures, PoolTraffic, SharedPgBouncerStatus, TenantPools, lock_pgbouncer,
 };
 pub use targets::{
-    ActivitySnapshot, CollectorName, DatabaseStats, Judged, JudgedActivity, Offence, Offender,
-    PollErrorKind, SchemaDetail, SchemaTotals, SharedStatus, TargetStatus, TargetStatuses,
-    TenantActivity, TenantStatements, TopStatement, lock,
+    ActivitySnapshot, CollectorName, Cumulative, DatabaseStats, Judged, JudgedActivity, Offence,
+    Offender, PollErrorKind, SchemaDetail, SchemaTotals, SharedStatus, TargetStatus,
+    TargetStatuses, TenantActivity, TenantStatements, TopStatement, lock,
 };
 pub use tenants::*;

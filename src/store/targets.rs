@@ -479,6 +479,71 @@ impl SchemaTotals {
     }
 }
 
+/// Figures a server counts from its start or its last statistics reset.
+pub trait Cumulative: Clone {
+    /// The counter fields, in a fixed order.
+    fn counters(&self) -> Vec<u64>;
+    /// Sets the counter fields, in the order of [`Cumulative::counters`].
+    fn set_counters(&mut self, values: &[u64]);
+}
+
+/// What to publish for the `raw` figures just read, given the last raw
+/// figures and what was published then: each counter grows by its raw
+/// increase, or by its whole raw value when it went down (the server's
+/// statistics restarted from zero: a crash, a standby restart,
+/// `pg_stat_reset`), so a reset on the server is never a reset of
+/// tenantwatch's counter (Prometheus' `resets()` and `increase()` over a
+/// sum of series would otherwise see one). Without a last reading the raw
+/// figures are published as they are.
+pub fn carry_over<T: Cumulative>(raw: &T, last: Option<(&T, &T)>) -> T {
+    let mut published = raw.clone();
+    if let Some((last_raw, last_published)) = last {
+        let grown: Vec<u64> = raw
+            .counters()
+            .into_iter()
+            .zip(last_raw.counters())
+            .zip(last_published.counters())
+            .map(|((now, before), shown)| {
+                let increase = if now >= before { now - before } else { now };
+                shown.saturating_add(increase)
+            })
+            .collect();
+        published.set_counters(&grown);
+    }
+    published
+}
+
+impl Cumulative for DatabaseStats {
+    fn counters(&self) -> Vec<u64> {
+        vec![
+            self.xact_commit,
+            self.xact_rollback,
+            self.deadlocks,
+            self.temp_files,
+            self.temp_bytes,
+            self.conflicts,
+            self.blks_read,
+            self.blks_hit,
+        ]
+    }
+
+    fn set_counters(&mut self, values: &[u64]) {
+        let fields = [
+            &mut self.xact_commit,
+            &mut self.xact_rollback,
+            &mut self.deadlocks,
+            &mut self.temp_files,
+            &mut self.temp_bytes,
+            &mut self.conflicts,
+            &mut self.blks_read,
+            &mut self.blks_hit,
+        ];
+        for (field, value) in fields.into_iter().zip(values) {
+            *field = *value;
+        }
+    }
+}
+
 /// `pg_stat_database` for one database.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DatabaseStats {

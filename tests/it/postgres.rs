@@ -1516,3 +1516,71 @@ async fn three_hundred_tenant_databases_on_two_sessions() {
     assert!(most <= 2, "tenantwatch held {most} sessions");
     daemon.stop().await;
 }
+
+/// Statistics that restart from zero on the server (a crash of the
+/// primary, a restarted standby, `pg_stat_reset()`) never make one of
+/// tenantwatch's counters go down: the soak (issue 26) saw Prometheus count
+/// a reset of every `tenantwatch_tenant_{tuples,scans,blocks}_total` and
+/// `tenantwatch_database_*_total` series at each `kill -9` of the primary.
+/// After the reset a counter grows by what the server counts anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statistics_reset_on_the_server_never_resets_a_counter() {
+    let (pg, _admin) = cluster_with_app_database().await;
+    let app = connect(&pg.dsn("app")).await;
+    app.batch_execute(
+        "CREATE SCHEMA tenant_acme; CREATE TABLE tenant_acme.t (id int);
+         INSERT INTO tenant_acme.t SELECT generate_series(1, 100);
+         SELECT pg_stat_force_next_flush()",
+    )
+    .await
+    .unwrap();
+    let daemon =
+        TestDaemon::start_with(|c| c.targets.push(fast_target("main", pg.dsn("app")))).await;
+    let inserted = |m: &Exposition| {
+        m.value(
+            "tenantwatch_tenant_tuples_total",
+            &[("target", "main"), ("tenant", "acme"), ("op", "inserted")],
+        )
+    };
+    let commits = |m: &Exposition| {
+        m.value_or_zero(
+            "tenantwatch_database_commits_total",
+            &[("target", "main"), ("database", "app")],
+        )
+    };
+    let polls = |m: &Exposition| m.value_or_zero("tenantwatch_polls_total", &[("target", "main")]);
+    let before = daemon
+        .metrics_when("the inserts counted", |m| {
+            inserted(m) == Some(100.0) && commits(m) > 0.0
+        })
+        .await;
+    let commits_before = commits(&before);
+
+    app.batch_execute("SELECT pg_stat_reset(); SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let polls_at_reset = polls(&daemon.metrics().await);
+    let after = daemon
+        .metrics_when("polls after the reset", |m| {
+            polls(m) >= polls_at_reset + 6.0
+        })
+        .await;
+    assert_eq!(inserted(&after), Some(100.0), "the reset showed as a reset");
+    assert!(
+        commits(&after) >= commits_before,
+        "commits went from {commits_before} to {}",
+        commits(&after)
+    );
+
+    app.batch_execute(
+        "INSERT INTO tenant_acme.t SELECT generate_series(1, 50); SELECT pg_stat_force_next_flush()",
+    )
+    .await
+    .unwrap();
+    daemon
+        .metrics_when("the new inserts added to the old", |m| {
+            inserted(m) == Some(150.0)
+        })
+        .await;
+    daemon.stop().await;
+}

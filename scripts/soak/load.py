@@ -1,0 +1,359 @@
+"""The load: applications sending events (UDP DogStatsD, UDP NDJSON, HTTP
+NDJSON) with a ledger of every event sent per daemon, tenant and kind;
+rate-limit clients with a ledger of answers; tenants running real SQL
+through PgBouncer, among them the scheduled misbehaviours.
+
+Event senders stop at a checkpoint (`Gate`) so the auditor can compare the
+ledger with each daemon's counters with nothing in flight."""
+
+import collections
+import http.client
+import json
+import random
+import socket
+import threading
+import time
+
+import psycopg
+
+KINDS = ("read", "write", "other")
+
+
+class Gate:
+    """Senders pass through `gate.wait()` between batches; the auditor
+    closes it, waits for every sender to be parked, reads, and reopens."""
+
+    def __init__(self, senders):
+        self.open = threading.Event()
+        self.open.set()
+        self.parked = threading.Semaphore(0)
+        self.senders = senders
+        self.lock = threading.Lock()
+
+    def wait(self):
+        if not self.open.is_set():
+            self.parked.release()
+            self.open.wait()
+
+    def close(self):
+        self.open.clear()
+        for _ in range(self.senders):
+            self.parked.acquire(timeout=10)
+
+    def reopen(self):
+        self.open.set()
+
+
+class Ledger:
+    """Events sent per daemon (every one to a ledger tenant), in total and
+    per second, so the events sent while a daemon was down can be told
+    apart. Cheap per batch: the sender adds a batch's line count."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sent = collections.Counter()
+        self.per_second = collections.Counter()
+        self.tenants = set()
+        self.http_refused = collections.Counter()  # per daemon: the client saw the failure
+
+    def add(self, daemon, n, now):
+        with self.lock:
+            self.sent[daemon] += n
+            self.per_second[(daemon, int(now))] += n
+
+    def snapshot(self):
+        with self.lock:
+            return collections.Counter(self.sent)
+
+    def sent_between(self, daemon, start, end):
+        with self.lock:
+            return sum(n for (d, s), n in self.per_second.items() if d == daemon and start <= s <= end)
+
+
+def dogstatsd_line(tenant, kind, ms, error):
+    return f"tenantwatch.query:{ms:.2f}|ms|#tenant:{tenant},kind:{kind},error:{'true' if error else 'false'},rows:3"
+
+
+def ndjson_line(tenant, kind, ms, error):
+    return json.dumps({"tenant": tenant, "kind": kind, "duration_ms": round(ms, 2), "rows": 3, "error": error})
+
+
+class EventSender(threading.Thread):
+    """Sends `rate` events/s spread over `tenants`, in batches of `batch`
+    lines, alternating the daemon and the format; ledgers every line.
+    `extra` lets the misbehaviours add their own lines (tenant, kind, ms,
+    error); the `trickle` tenants send 5 ordinary events/s each through it."""
+
+    def __init__(self, daemons, tenants, trickle, rate, ledger, gate, stop, seed, batch=20):
+        super().__init__(daemon=True)
+        self.daemons, self.tenants, self.rate, self.ledger = daemons, tenants, rate, ledger
+        self.gate, self.stop, self.batch = gate, stop, batch
+        self.rng = random.Random(seed)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.extra = collections.deque()
+        self.conns = {}
+        self.i = 0
+        self.trickle, self.trickle_at = trickle, 0.0
+        ledger.tenants.update(tenants, trickle)
+        # Payloads made once (formatting lines costs more than sending
+        # them), each with its line count. Durations shrink
+        # with the rate so the healthy tenants' summed database time stays
+        # near 0.6 s/s, which a db-time hog must dwarf.
+        scale_ms = 1000.0 / rate
+        self.pool = []
+        for k in range(300):
+            fmt = ("dogstatsd", "ndjson", "http")[k % 3]
+            make = dogstatsd_line if fmt == "dogstatsd" else ndjson_line
+            lines = []
+            for _ in range(batch):
+                tenant, kind = self.rng.choice(tenants), self.rng.choice(KINDS)
+                lines.append(make(tenant, kind, self.rng.uniform(0.2, 1.0) * scale_ms, self.rng.random() < 0.001))
+            self.pool.append((fmt, "\n".join(lines).encode(), batch))
+
+    def post(self, daemon, body):
+        conn = self.conns.get(daemon.name)
+        for _ in range(2):
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=5)
+                conn.request("POST", "/v1/events", body, {"Content-Type": "application/x-ndjson"})
+                reply = conn.getresponse()
+                reply.read()
+                self.conns[daemon.name] = conn
+                return reply.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = None
+                self.conns.pop(daemon.name, None)
+        return None
+
+    def one_batch(self):
+        self.i += 1
+        daemon = self.daemons[self.i % len(self.daemons)]
+        now = time.time()
+        if now - self.trickle_at >= 0.2:
+            # The misbehaving tenants' ordinary traffic: 5 events/s each.
+            self.trickle_at = now
+            for tenant in self.trickle:
+                self.extra.append((tenant, self.rng.choice(KINDS), self.rng.uniform(0.2, 1.0), False))
+        if self.extra:
+            fmt = ("dogstatsd", "ndjson", "http")[self.i % 3]
+            make = dogstatsd_line if fmt == "dogstatsd" else ndjson_line
+            lines = []
+            while self.extra and len(lines) < self.batch:
+                tenant, kind, ms, error = self.extra.popleft()
+                lines.append(make(tenant, kind, ms, error))
+            payload, counts = "\n".join(lines).encode(), len(lines)
+        else:
+            fmt, payload, counts = self.pool[self.i % len(self.pool)]
+        if fmt == "http":
+            status = self.post(daemon, payload)
+            self.ledger.add(daemon.name, counts, now)
+            if status is None or not 200 <= status < 300:
+                self.ledger.http_refused[daemon.name] += counts
+        else:
+            try:
+                self.sock.sendto(payload, ("127.0.0.1", daemon.udp_port))
+            except OSError:
+                pass  # ICMP port unreachable from an earlier datagram: the daemon is down
+            self.ledger.add(daemon.name, counts, now)
+
+    def run(self):
+        next_at = time.time()
+        while not self.stop.is_set():
+            self.gate.wait()
+            self.one_batch()
+            next_at += self.batch / self.rate
+            delay = next_at - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -1:
+                next_at = time.time()  # behind by more than a second: do not try to catch up
+
+
+def burst(sender, rate, seconds, stop):
+    """UDP at `rate` events/s for `seconds`, from the sender's pool (so the
+    lines are ledgered like the steady ones), pausing at checkpoints."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp = [p for p in sender.pool if p[0] != "http"]
+    end, i, next_at = time.time() + seconds, 0, time.time()
+    while time.time() < end and not stop.is_set():
+        sender.gate.open.wait()
+        i += 1
+        daemon = sender.daemons[i % len(sender.daemons)]
+        _, payload, counts = udp[i % len(udp)]
+        try:
+            sock.sendto(payload, ("127.0.0.1", daemon.udp_port))
+        except OSError:
+            pass
+        sender.ledger.add(daemon.name, counts, time.time())
+        next_at += sender.batch / rate
+        delay = next_at - time.time()
+        if delay > 0.001:
+            time.sleep(delay)
+    return i
+
+
+class RateLimitClient(threading.Thread):
+    """Asks for `rate` checks/s of `tenant`, alternating the daemons, and
+    keeps every answer: (time, daemon, allowed, backend)."""
+
+    def __init__(self, daemons, tenant, rate, stop):
+        super().__init__(daemon=True)
+        self.daemons, self.tenant, self.rate, self.stop = daemons, tenant, rate, stop
+        self.answers = []
+        self.errors = collections.Counter()
+        self.conns = {}
+
+    def ask(self, daemon):
+        conn = self.conns.get(daemon.name) or http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=5)
+        try:
+            conn.request("POST", "/v1/ratelimit/check", json.dumps({"tenant": self.tenant}),
+                         {"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            body = json.loads(reply.read() or b"{}")
+            self.conns[daemon.name] = conn
+            if reply.status in (200, 429):
+                self.answers.append((time.time(), daemon.name, bool(body.get("allowed")), body.get("backend")))
+            else:
+                self.errors[reply.status] += 1
+        except (OSError, http.client.HTTPException, ValueError):
+            conn.close()
+            self.conns.pop(daemon.name, None)
+            self.errors["connection"] += 1
+
+    def run(self):
+        i = 0
+        next_at = time.time()
+        while not self.stop.is_set():
+            i += 1
+            self.ask(self.daemons[i % len(self.daemons)])
+            next_at += 1.0 / self.rate
+            delay = next_at - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -1:
+                next_at = time.time()
+
+
+def connect(port, db="app", autocommit=True):
+    # prepare_threshold=None: no server-side prepared statements, which
+    # PgBouncer's transaction mode would send to another server connection.
+    return psycopg.connect(host="127.0.0.1", port=port, user="app", dbname=db, connect_timeout=3,
+                           autocommit=autocommit, prepare_threshold=None)
+
+
+class SqlTenants(threading.Thread):
+    """Healthy tenants' real SQL through PgBouncer, tagged sqlcommenter style;
+    errors (faults) are counted and the worker reconnects."""
+
+    def __init__(self, port, tenants, stop, seed):
+        super().__init__(daemon=True)
+        self.port, self.tenants, self.stop = port, tenants, stop
+        self.rng = random.Random(seed)
+        self.done = 0
+        self.failed = 0
+
+    def run(self):
+        conn = None
+        while not self.stop.is_set():
+            tenant = self.rng.choice(self.tenants)
+            try:
+                if conn is None:
+                    conn = connect(self.port)
+                conn.execute(f"UPDATE tenant_{tenant}.t SET v = v + 1 WHERE id = %s /* tenant='{tenant}' */",
+                             (self.rng.randint(1, 50),))
+                conn.execute(f"SELECT count(*) FROM tenant_{tenant}.t /* tenant='{tenant}' */").fetchone()
+                self.done += 1
+            except psycopg.Error:
+                self.failed += 1
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.2)
+            time.sleep(0.05)
+        if conn is not None:
+            conn.close()
+
+
+class Misbehaviour(threading.Thread):
+    """One scheduled misbehaviour, run between `start` and `end` (seconds
+    from the run's start), recording when it really began and ended."""
+
+    def __init__(self, kind, tenant, start, end, t0, port, sender, stop):
+        super().__init__(daemon=True)
+        self.kind, self.tenant, self.start_at, self.end_at = kind, tenant, start, end
+        self.t0, self.port, self.sender, self.stop = t0, port, sender, stop
+        self.began = self.ended = None
+        self.problems = []
+
+    def until_end(self):
+        return not self.stop.is_set() and time.time() < self.t0 + self.end_at
+
+    def run(self):
+        delay = self.t0 + self.start_at - time.time()
+        if delay > 0 and self.stop.wait(delay):
+            return
+        self.began = time.time()
+        try:
+            getattr(self, self.kind)()
+        except psycopg.Error as e:
+            self.problems.append(f"{type(e).__name__}: {e}".strip()[:200])
+        self.ended = time.time()
+
+    def db_time_hog(self):
+        """Four sessions running 0.4 s queries back to back, and the app
+        reporting each as an event with its measured duration."""
+        def worker():
+            try:
+                with connect(self.port) as conn:
+                    while self.until_end():
+                        t = time.time()
+                        conn.execute(f"SELECT pg_sleep(0.4), count(*) FROM tenant_{self.tenant}.t "
+                                     f"/* tenant='{self.tenant}' */").fetchone()
+                        self.sender.extra.append((self.tenant, "read", (time.time() - t) * 1000.0, False))
+            except psycopg.Error as e:
+                self.problems.append(f"hog session: {e}".strip()[:200])
+        workers = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    def idle_in_transaction(self):
+        with connect(self.port, autocommit=False) as conn:
+            conn.execute(f"SELECT v FROM tenant_{self.tenant}.t WHERE id = 1 /* tenant='{self.tenant}' */")
+            while self.until_end():
+                time.sleep(0.2)
+            conn.commit()
+
+    def lock_blocker(self):
+        """Holds a row lock that four other sessions queue behind."""
+        with connect(self.port, autocommit=False) as conn:
+            conn.execute(f"SELECT v FROM tenant_{self.tenant}.t WHERE id = 1 FOR UPDATE /* tenant='{self.tenant}' */")
+
+            def waiter():
+                try:
+                    with connect(self.port) as w:
+                        w.execute(f"UPDATE tenant_{self.tenant}.t SET v = v + 1 WHERE id = 1 /* tenant='queue' */")
+                except psycopg.Error as e:
+                    self.problems.append(f"waiter: {e}".strip()[:200])
+            waiters = [threading.Thread(target=waiter, daemon=True) for _ in range(4)]
+            for w in waiters:
+                w.start()
+            while self.until_end():
+                time.sleep(0.2)
+            conn.commit()
+            for w in waiters:
+                w.join(10)
+
+    def error_storm(self):
+        """Failing SQL (a missing table) and the app reporting the errors."""
+        with connect(self.port) as conn:
+            while self.until_end():
+                for _ in range(5):
+                    try:
+                        conn.execute(f"SELECT * FROM tenant_{self.tenant}.missing /* tenant='{self.tenant}' */")
+                    except psycopg.errors.UndefinedTable:
+                        self.sender.extra.append((self.tenant, "read", 1.0, True))
+                time.sleep(0.1)
