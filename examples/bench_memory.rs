@@ -105,7 +105,7 @@ fn event(tenant: &str, kind: QueryKind, i: usize) -> Event<'_> {
         sample: Sample::Query {
             duration_ms: (i % 500) as f64 / 10.0 + 0.3,
             rows: 3.0,
-            error: i % 50 == 0,
+            error: i.is_multiple_of(50),
             weight: 1.0,
         },
         endpoint: None,
