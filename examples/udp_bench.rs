@@ -58,7 +58,10 @@ fn send(addr: SocketAddr, rate: u64, per_datagram: u64, seconds: f64, tenants: u
     // Pre-built datagrams, cycled: the sender measures the receiver, not
     // its own formatting.
     let kinds = ["read", "write", "other"];
-    let datagrams: Vec<Vec<u8>> = (0..1024u64)
+    // Enough datagrams that every tenant sends every kind (3 x TENANTS
+    // events; 1,024 datagrams of 20 reached only 20,480 tenants).
+    let count = (tenants.max(1) * 3).div_ceil(per_datagram.max(1)).max(1024);
+    let datagrams: Vec<Vec<u8>> = (0..count)
         .map(|d| {
             let mut payload = String::new();
             for i in 0..per_datagram {

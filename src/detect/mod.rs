@@ -113,7 +113,12 @@ impl Observations {
         target: Option<&str>,
         evidence: impl Fn(&str) -> Evidence,
     ) {
-        for v in verdicts {
+        // Only verdicts that hold are kept: one that does not changes
+        // nothing an absent one would not (`apply_hysteresis` counts every
+        // tenant with a state and no observation as false), and at 100,000
+        // tenants keeping them put every tenant of every rule into the
+        // states each evaluation, only for `retain` to drop them again.
+        for v in verdicts.into_iter().filter(|v| v.holds) {
             let evidence = evidence(&v.tenant);
             let key = (v.tenant, rule);
             // With several targets, a tenant's worst observation counts.
