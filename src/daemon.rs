@@ -361,6 +361,32 @@ async fn hold_readiness(
     });
 }
 
+/// Loads what the state file kept into the shared parts, and hands the
+/// restored advice to the limiter so it holds from the first check, before
+/// any evaluation.
+fn restore_state(config: &Config, shared: &Shared) -> crate::state::Persisted {
+    let persisted = crate::state::Persisted {
+        judgement: shared.judgement.clone(),
+        histories: shared.histories.clone(),
+        tenant_histories: shared.tenant_histories.clone(),
+        targets: shared.targets.clone(),
+    };
+    crate::state::load_into(
+        &config.settings.state,
+        &persisted,
+        config.settings.api.history_len(),
+    );
+    let restored = crate::detect::read_judgement(&shared.judgement);
+    shared.limits.set_advice(
+        restored
+            .advice
+            .iter()
+            .map(|a| (a.tenant.clone(), a.effective_qps))
+            .collect(),
+    );
+    persisted
+}
+
 /// Starts Envoy's rate-limit service on its bound listener.
 fn spawn_grpc(
     grpc: crate::rls::GrpcListener,
@@ -389,26 +415,7 @@ impl Daemon {
             None => 0,
         };
         let shared = Shared::new(&config, udp_receivers)?;
-        let persisted = crate::state::Persisted {
-            judgement: shared.judgement.clone(),
-            histories: shared.histories.clone(),
-            tenant_histories: shared.tenant_histories.clone(),
-            targets: shared.targets.clone(),
-        };
-        crate::state::load_into(
-            &config.settings.state,
-            &persisted,
-            config.settings.api.history_len(),
-        );
-        // Restored advice holds from the first check, before any evaluation.
-        let restored = crate::detect::read_judgement(&shared.judgement);
-        shared.limits.set_advice(
-            restored
-                .advice
-                .iter()
-                .map(|a| (a.tenant.clone(), a.effective_qps))
-                .collect(),
-        );
+        let persisted = restore_state(&config, &shared);
         let reloads = crate::metrics::ReloadMetrics::default();
         let state = Arc::new(shared.app_state(&config, udp_receivers, &reloads));
         // `shutdown` is the request; `stop` is what the tasks obey, once
