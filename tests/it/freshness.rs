@@ -16,7 +16,11 @@ fn default_cache(c: &mut Settings) {
 fn decisions(m: &support::Exposition, tenant: &str) -> f64 {
     m.value_or_zero(
         "tenantwatch_ratelimit_decisions_total",
-        &[("tenant", tenant), ("decision", "allowed")],
+        &[
+            ("tenant", tenant),
+            ("decision", "allowed"),
+            ("protocol", "http"),
+        ],
     )
 }
 

@@ -910,10 +910,13 @@ async fn a_down_target_withdraws_its_tenant_series() {
     let daemon =
         TestDaemon::start_with(|c| c.targets.push(fast_target("main", pg.dsn("app")))).await;
     let tables = |m: &Exposition| tenant_value(m, "tenantwatch_tenant_tables", "main", "gone");
-    let m = daemon
-        .metrics_when("the tenant's tables", |m| tables(m) == Some(1.0))
+    // The schema statistics and the activity poll publish separately:
+    // wait for both before taking the target down.
+    daemon
+        .metrics_when("the tenant's tables and the target's connections", |m| {
+            tables(m) == Some(1.0) && m.samples_named("tenantwatch_target_connections").count() > 0
+        })
         .await;
-    assert!(m.samples_named("tenantwatch_target_connections").count() > 0);
 
     pg.stop().expect("stop");
     let m = daemon

@@ -147,7 +147,7 @@ async fn check_recipe(lang: &str, expect: Expect, command: impl Fn(&str, &str) -
         );
         let endpoint = [("tenant", tenant), ("endpoint", expect.endpoint)];
         assert_eq!(
-            m.value("tenantwatch_tenant_endpoint_requests_total", &endpoint),
+            m.value("tenantwatch_tenant_endpoint_queries_total", &endpoint),
             Some(2.0 * requests)
         );
     }

@@ -82,7 +82,7 @@ def test_events_match_the_ledger_exactly(daemon, tw):
         got = sample("tenantwatch_tenant_schema_switch_duration_seconds_count", tenant=tenant)
         assert got == count, tenant
     for (tenant, endpoint), count in endpoints.items():
-        got = sample("tenantwatch_tenant_endpoint_requests_total", tenant=tenant, endpoint=endpoint)
+        got = sample("tenantwatch_tenant_endpoint_queries_total", tenant=tenant, endpoint=endpoint)
         assert got == count, (tenant, endpoint)
     stats = tw.stats()
     assert stats.events.dropped == 0 and stats.events.send_errors == 0
