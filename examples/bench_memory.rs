@@ -27,15 +27,18 @@
 // Tests and benches may unwrap: a failure there is the report.
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/scale.rs"]
+mod scale;
+
 use std::alloc::System;
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use scale::event;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tenantwatch::capacity::{CapacitySettings, TenantHistories, TenantSample};
 use tenantwatch::detect::{DetectSettings, Detector, Judgement, Observed};
-use tenantwatch::event::{Event, QueryKind, Sample};
+use tenantwatch::event::QueryKind;
 use tenantwatch::metrics::{ExpositionSettings, StoreExposition};
 use tenantwatch::ratelimit::{RateLimits, RatePolicy};
 use tenantwatch::store::{ManualClock, Store, StoreLimits};
@@ -95,21 +98,6 @@ impl Table {
             total.bytes as f64 / n,
             total.allocations as f64 / n
         );
-    }
-}
-
-fn event(tenant: &str, kind: QueryKind, i: usize) -> Event<'_> {
-    Event {
-        tenant: Cow::Borrowed(tenant),
-        kind,
-        sample: Sample::Query {
-            duration_ms: (i % 500) as f64 / 10.0 + 0.3,
-            rows: 3.0,
-            error: i.is_multiple_of(50),
-            weight: 1.0,
-        },
-        endpoint: None,
-        instance: None,
     }
 }
 

@@ -21,29 +21,17 @@
 // Tests and benches may unwrap: a failure there is the report.
 #![allow(clippy::unwrap_used)]
 
-use std::borrow::Cow;
+#[path = "common/scale.rs"]
+mod scale;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use scale::event;
 use tenantwatch::detect::{DetectSettings, Detector, Judgement, Observed};
-use tenantwatch::event::{Event, QueryKind, Sample};
+use tenantwatch::event::QueryKind;
 use tenantwatch::ratelimit::{RateLimits, RatePolicy};
 use tenantwatch::store::{ManualClock, Store, StoreLimits};
-
-fn event(tenant: &str, kind: QueryKind, i: usize) -> Event<'_> {
-    Event {
-        tenant: Cow::Borrowed(tenant),
-        kind,
-        sample: Sample::Query {
-            duration_ms: (i % 500) as f64 / 10.0 + 0.3,
-            rows: 3.0,
-            error: i.is_multiple_of(50),
-            weight: 1.0,
-        },
-        endpoint: None,
-        instance: None,
-    }
-}
 
 /// Records one event of each kind for every tenant (`order` says in which
 /// order the tenants come) on `shard`, a writer per 20 events.

@@ -405,12 +405,7 @@ impl RedisBackend {
     /// most once per [`LOG_EVERY`]; the backend stays up (the caller counts
     /// the checks it decides without Redis).
     fn reply_error(&self, detail: &str) -> BackendError {
-        let mut last = self
-            .last_reply_warning
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-            *last = Some(Instant::now());
+        if log_due(&self.last_reply_warning) {
             tracing::warn!(
                 error = BackendError::Response.as_str(),
                 detail,
@@ -437,12 +432,7 @@ impl RedisBackend {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
             self.spawn_prober();
         } else {
-            let mut last = self
-                .last_warning
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-                *last = Some(Instant::now());
+            if log_due(&self.last_warning) {
                 tracing::warn!(
                     error = error.as_str(),
                     detail,
@@ -618,12 +608,7 @@ impl RedisBackend {
 
     /// Logs a failed exchange, at most once per [`LOG_EVERY`].
     fn exchange_failed(&self, error: BackendError, detail: &str) -> BackendError {
-        let mut last = self
-            .last_reply_warning
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-            *last = Some(Instant::now());
+        if log_due(&self.last_reply_warning) {
             tracing::warn!(
                 error = error.as_str(),
                 detail,
@@ -632,6 +617,19 @@ impl RedisBackend {
         }
         error
     }
+}
+
+/// Whether a warning kept at most once per [`LOG_EVERY`] in `last` is due
+/// now; if so, `last` becomes now.
+fn log_due(last: &std::sync::Mutex<Option<Instant>>) -> bool {
+    let mut last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let due = last.is_none_or(|at| at.elapsed() >= LOG_EVERY);
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
 }
 
 /// The longest an exchange of advice or figures may take: two round trips
