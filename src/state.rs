@@ -1,7 +1,8 @@
 //! What matters across restarts: raised flags, tightened quotas, rate-spike
 //! baselines, the capacity history and each target's last exact tenant
 //! sizes, saved to `[state] file` every
-//! `save_interval` and on shutdown, and loaded at start, so a rollout does
+//! `save_interval`, within a second of a change of flags or advice, and on
+//! shutdown, and loaded at start, so a rollout does
 //! not un-throttle a flagged tenant or restart every warm-up.
 //!
 //! The file is JSON with a format `version`. It is written to a new
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::capacity::{
     History, SharedTargetHistories, SharedTenantHistories, TargetSample, TenantSample,
 };
-use crate::detect::{Advice, Baseline, Flag, Judgement, SharedJudgement};
+use crate::detect::{Advice, Baseline, Flag, Judgement, RuleName, SharedJudgement};
 
 /// The format this build reads and writes.
 pub const VERSION: u32 = 1;
@@ -389,7 +390,33 @@ pub fn load_into(settings: &StateSettings, persisted: &Persisted, history_len: u
     }
 }
 
-/// Saves every `save_interval` until `shutdown`, then once more.
+/// How often the judgement is compared with the one last saved.
+const JUDGEMENT_CHECK: Duration = Duration::from_secs(1);
+
+/// What a restarted daemon acts on from its first check: which tenants are
+/// flagged for what, and which quotas are tightened to what.
+type Acts = (Vec<(String, RuleName)>, Vec<(String, u64)>);
+
+fn acts(persisted: &Persisted) -> Acts {
+    let judgement = crate::detect::read_judgement(&persisted.judgement);
+    let flags = judgement
+        .flags
+        .iter()
+        .map(|f| (f.tenant.clone(), f.reason))
+        .collect();
+    let advice = judgement
+        .advice
+        .iter()
+        .map(|a| (a.tenant.clone(), a.effective_qps.to_bits()))
+        .collect();
+    (flags, advice)
+}
+
+/// Saves every `save_interval`, and within [`JUDGEMENT_CHECK`] of a change
+/// of flags or advice, until `shutdown`, then once more. Without the
+/// second, a daemon killed just after a flag cleared restored the flag
+/// (and throttled its tenant) until its first evaluation (found by the
+/// soak, issue 26).
 pub async fn run(settings: StateSettings, persisted: Persisted, shutdown: CancellationToken) {
     let Some(path) = settings.file.clone() else {
         return;
@@ -397,11 +424,20 @@ pub async fn run(settings: StateSettings, persisted: Persisted, shutdown: Cancel
     let mut interval = tokio::time::interval(settings.save_interval);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval.tick().await;
+    let mut check = tokio::time::interval(JUDGEMENT_CHECK);
+    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut saved = acts(&persisted);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = interval.tick() => {}
+            _ = check.tick() => {
+                if acts(&persisted) == saved {
+                    continue;
+                }
+            }
         }
+        saved = acts(&persisted);
         save_now(&path, &persisted).await;
     }
     save_now(&path, &persisted).await;

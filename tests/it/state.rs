@@ -27,6 +27,38 @@ async fn effective_qps(daemon: &TestDaemon, tenant: &str) -> f64 {
     reply.json()["qps"].as_f64().unwrap()
 }
 
+/// A flag raised is in the state file within a few seconds, not at the next
+/// `save_interval` (an hour here): a daemon killed between the two would
+/// otherwise come back without it, or, after a flag cleared, with a flag
+/// and a throttle it had already lifted (found by the soak, issue 26).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_flags_is_saved_at_once() {
+    let dir = std::env::temp_dir().join(format!("tw-statechange-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state.json");
+    let _ = std::fs::remove_file(&state);
+
+    let daemon = TestDaemon::start_with(|c| configure(c, &state)).await;
+    let body = support::error_storm_events();
+    support::eventually("stormy flagged", Duration::from_secs(20), || async {
+        daemon.post("/v1/events", &[], body.clone()).await;
+        let flags = daemon.get("/api/v1/flags").await.json();
+        (flags["flags"].as_array().map_or(0, Vec::len) > 0).then_some(())
+    })
+    .await;
+    support::eventually(
+        "the flag in the state file",
+        Duration::from_secs(5),
+        || async {
+            let saved = std::fs::read_to_string(&state).unwrap_or_default();
+            saved.contains("stormy").then_some(())
+        },
+    )
+    .await;
+    daemon.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_flags_and_tightened_quotas() {
     let dir = std::env::temp_dir().join(format!("tw-statefile-{}", std::process::id()));
