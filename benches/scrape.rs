@@ -17,10 +17,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tenantwatch::event::{Event, QueryKind, Sample};
 use tenantwatch::metrics::{self, HttpMetrics};
-use tenantwatch::ratelimit::{RateLimits, RatePolicy};
-use tenantwatch::store::{
-    IngestStats, ManualClock, MonotonicClock, Store, StoreLimits, TargetStatuses,
-};
+use tenantwatch::store::{ManualClock, MonotonicClock, Store, StoreLimits};
 
 /// Records one event of each kind for tenants `range` on each of 3 shards.
 fn record_all_kinds(store: &Store, range: std::ops::Range<usize>) {
@@ -53,21 +50,7 @@ fn exposition_of(
     settings: &metrics::ExpositionSettings,
 ) -> metrics::Exposition {
     metrics::exposition(
-        metrics::Sources {
-            store: store.clone(),
-            stats: Arc::new(IngestStats::default()),
-            targets: TargetStatuses::default(),
-            pgbouncers: Default::default(),
-            judgement: Arc::default(),
-            limits: Arc::new(RateLimits::new(
-                RatePolicy::default(),
-                100,
-                Duration::from_secs(60),
-            )),
-            guard_log: Default::default(),
-            reloads: Default::default(),
-            capacity: Default::default(),
-        },
+        metrics::Sources::of_store(store.clone()),
         &HttpMetrics::default(),
         settings,
     )

@@ -50,7 +50,7 @@ pub use reload::ReloadMetrics;
 pub use targets::TargetCollector;
 
 use crate::detect::SharedJudgement;
-use crate::ratelimit::RateLimits;
+use crate::ratelimit::{RateLimits, RatePolicy};
 use crate::store::{IngestStats, Store, TargetStatuses};
 use encode::{family, gauge};
 
@@ -144,6 +144,28 @@ pub struct Sources {
     pub reloads: ReloadMetrics,
     /// Worked out by the capacity sampler.
     pub capacity: crate::capacity::view::SharedCapacityFigures,
+}
+
+impl Sources {
+    /// `store` with nothing else behind it (no collectors, no judgement, a
+    /// limiter of defaults): what benchmarks and tests encode.
+    pub fn of_store(store: Arc<Store>) -> Sources {
+        Sources {
+            store,
+            stats: Arc::new(IngestStats::default()),
+            targets: TargetStatuses::default(),
+            pgbouncers: Default::default(),
+            judgement: Arc::default(),
+            limits: Arc::new(RateLimits::new(
+                RatePolicy::default(),
+                100,
+                std::time::Duration::from_secs(60),
+            )),
+            guard_log: Default::default(),
+            reloads: Default::default(),
+            capacity: Default::default(),
+        }
+    }
 }
 
 /// Builds the daemon's exposition.
@@ -441,7 +463,6 @@ mod tests {
 
     use super::*;
     use crate::event::{Event, QueryKind, Sample};
-    use crate::ratelimit::RatePolicy;
     use crate::store::{MonotonicClock, StoreLimits};
 
     pub(super) fn exposition_of_a_few_tenants() -> Exposition {
@@ -474,21 +495,7 @@ mod tests {
             }
         }
         exposition(
-            Sources {
-                store,
-                stats: Arc::new(IngestStats::default()),
-                targets: TargetStatuses::default(),
-                pgbouncers: Default::default(),
-                judgement: Arc::default(),
-                limits: Arc::new(RateLimits::new(
-                    RatePolicy::default(),
-                    100,
-                    Duration::from_secs(60),
-                )),
-                guard_log: Default::default(),
-                reloads: Default::default(),
-                capacity: Default::default(),
-            },
+            Sources::of_store(store),
             &HttpMetrics::default(),
             &ExpositionSettings::default(),
         )
