@@ -333,15 +333,14 @@ async fn hold_readiness(
     shared: &Shared,
     state: Arc<http::AppState>,
     first_judgement: tokio::sync::oneshot::Receiver<()>,
-    grpc_health: Option<tonic_health::server::HealthReporter>,
+    grpc_health: Option<crate::rls::Health>,
     shutdown: &CancellationToken,
 ) {
-    let mark_ready = |state: Arc<http::AppState>,
-                      health: Option<tonic_health::server::HealthReporter>| async move {
+    let mark_ready = |state: Arc<http::AppState>, health: Option<crate::rls::Health>| async move {
         state.listener.ready.store(true, Ordering::Relaxed);
         // Envoy's health checks of the gRPC service follow `/readyz`.
         if let Some(health) = &health {
-            crate::rls::set_serving(health, true).await;
+            health.set_serving(true);
         }
     };
     if shared.limits.redis().is_none() {
@@ -473,7 +472,7 @@ impl Daemon {
             token.cancelled().await;
             state.listener.ready.store(false, Ordering::Relaxed);
             if let Some(health) = &grpc_health {
-                crate::rls::set_serving(health, false).await;
+                health.set_serving(false);
             }
             tracing::info!(delay = ?delay, "Shutting down: not ready, still serving");
             tokio::time::sleep(delay).await;

@@ -15,24 +15,34 @@
 //! An edge like `http`: it reads the rate limiter, and the listener's
 //! tokens and TLS from `http`; nothing imports it but `daemon`.
 //!
-//! The messages are generated from `proto/` (Envoy's protos, trimmed; see
-//! `proto/README.md`) by `scripts/gen-rls-proto.sh` and committed.
+//! The listener (`server`, `connection`, `wire`) speaks gRPC over HTTP/2
+//! with the `h2` crate directly, as the HTTP listener's check lane skips
+//! hyper: a call costs about three quarters of what tonic's server stack
+//! cost (docs/performance.md). The messages are generated from `proto/`
+//! (Envoy's protos, trimmed; see `proto/README.md`) by
+//! `scripts/gen-rls-proto.sh` and committed; the tonic client half serves
+//! the tests and the load generator.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::{Request, Response, Status};
-
-use crate::http::{SpendDenied, Tokens, bearer_token, rate_limit_headers};
+use crate::http::{SpendDenied, Tokens, rate_limit_headers};
 use crate::ratelimit::{Ask, Decision, GrpcRefusal, Protocol, RateLimits, RlsSettings};
 
+mod connection;
 mod server;
+mod wire;
 
-pub use server::{GrpcListener, serve, set_serving};
+pub use connection::Health;
+pub use server::{GrpcListener, serve};
+use wire::{Code as GrpcCode, Status};
+
+/// The rate-limit service's full name, as the health service knows it.
+pub const SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
 
 /// The messages and service of Envoy's rate-limit protocol, as
-/// tonic-prost-build wrote them (clients included, for tests and the
-/// load generator).
+/// tonic-prost-build wrote them (the client, for tests and the load
+/// generator; the listener uses the messages only).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod generated {
     include!("generated/mod.rs");
@@ -84,13 +94,14 @@ impl Refused {
     }
 
     fn into_status(self) -> Status {
-        match self.reason {
-            GrpcRefusal::Unauthenticated => Status::unauthenticated(self.detail),
-            GrpcRefusal::Forbidden => Status::permission_denied(self.detail),
+        let code = match self.reason {
+            GrpcRefusal::Unauthenticated => GrpcCode::Unauthenticated,
+            GrpcRefusal::Forbidden => GrpcCode::PermissionDenied,
             GrpcRefusal::UnknownDomain | GrpcRefusal::Invalid | GrpcRefusal::Connection => {
-                Status::invalid_argument(self.detail)
+                GrpcCode::InvalidArgument
             }
-        }
+        };
+        Status::new(code, self.detail)
     }
 }
 
@@ -283,37 +294,12 @@ fn headers(decision: &Decision) -> Vec<HeaderValue> {
 }
 
 /// At most 64 bytes of an outside string, for an error message.
-fn truncated(text: &str) -> &str {
+pub(crate) fn truncated(text: &str) -> &str {
     let mut end = text.len().min(64);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     &text[..end]
-}
-
-/// The service tonic calls.
-#[derive(Debug, Clone)]
-pub struct Rls(pub Arc<RlsState>);
-
-#[tonic::async_trait]
-impl generated::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService for Rls {
-    async fn should_rate_limit(
-        &self,
-        request: Request<RateLimitRequest>,
-    ) -> Result<Response<RateLimitResponse>, Status> {
-        let bearer = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| bearer_token(value.as_bytes()))
-            .map(str::to_owned);
-        match self.0.answer(request.get_ref(), bearer.as_deref()).await {
-            Ok(answer) => Ok(Response::new(answer)),
-            Err(refused) => {
-                self.0.limits.grpc().refused(refused.reason);
-                Err(refused.into_status())
-            }
-        }
-    }
 }
 
 #[cfg(test)]

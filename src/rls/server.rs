@@ -1,17 +1,11 @@
 //! The gRPC listener: accepts connections (at most `server.max_connections`
 //! at once, TLS as the HTTP listener serves it, handshakes within
-//! `server.header_read_timeout`) and hands them to tonic's HTTP/2 server,
-//! which routes to the rate-limit service or the health service.
+//! `server.header_read_timeout`) and serves each over HTTP/2
+//! ([`super::connection`]), with the health service's state.
 //!
-//! Bounds, each stated here: a request message of at most
-//! [`MAX_MESSAGE_BYTES`], [`MAX_STREAMS`] requests in flight per
-//! connection, a request answered within [`REQUEST_TIMEOUT`] or
-//! `DEADLINE_EXCEEDED`, headers of at most [`MAX_HEADER_BYTES`], dead peers
-//! found by HTTP/2 keep-alive pings, a connection closed after
-//! `server.request_timeout` (clients reconnect), and on shutdown
-//! `server.shutdown_grace` for what is in flight.
+//! On shutdown, `server.shutdown_grace` for what is in flight; a
+//! connection's own bounds are in [`super::connection`].
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,114 +16,58 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tonic::body::Body;
-use tonic::codegen::{BoxFuture, Service, http};
-use tonic::server::NamedService;
-use tonic::transport::server::Connected;
-use tonic_health::pb::health_server::HealthServer;
-use tonic_health::server::{HealthReporter, HealthService};
+use tokio_util::task::TaskTracker;
 
-use super::generated::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
-use super::{Rls, RlsState};
+use super::RlsState;
+use super::connection::Health;
 use crate::ratelimit::GrpcRefusal;
 use crate::telemetry::RateLimitedWarn;
-
-/// Largest request message (a request of 64 descriptors of 32 entries of
-/// long values fits).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-/// Requests in flight on one connection (HTTP/2 streams).
-pub const MAX_STREAMS: u32 = 256;
-/// Longest a request may take, Redis round trip included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest header block of a request.
-pub const MAX_HEADER_BYTES: u32 = 16 * 1024;
 
 /// The gRPC listener, bound by the daemon before anything is spawned.
 #[derive(Debug)]
 pub struct GrpcListener {
     pub listener: TcpListener,
     pub addr: SocketAddr,
-    /// Set to serving once the daemon is ready, not serving while it drains.
-    pub health: HealthReporter,
-    health_service: HealthService,
+    /// Serving once the daemon is ready, not serving while it drains.
+    pub health: Health,
 }
 
 impl GrpcListener {
     pub async fn bind(addr: SocketAddr) -> io::Result<GrpcListener> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let health = HealthReporter::new();
-        let health_service = HealthService::from_health_reporter(health.clone());
         Ok(GrpcListener {
             listener,
             addr,
-            health,
-            health_service,
+            health: Health::default(),
         })
-    }
-}
-
-/// Says the service (and the server as a whole, `""`) is serving or not.
-pub async fn set_serving(health: &HealthReporter, serving: bool) {
-    use tonic_health::ServingStatus;
-    let status = if serving {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
-    };
-    for name in ["", <RateLimitServiceServer<Rls> as NamedService>::NAME] {
-        health.set_service_status(name, status).await;
     }
 }
 
 /// Serves until `shutdown`, then lets what is in flight finish within
 /// `server.shutdown_grace`.
 pub async fn serve(listener: GrpcListener, state: Arc<RlsState>, shutdown: CancellationToken) {
-    let server_settings = state.app.listener.server.clone();
-    let routes = Routes {
-        rls: RateLimitServiceServer::new(Rls(state.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        health: HealthServer::new(listener.health_service),
-    };
-    // Connections come through a small channel: the accept loop waits
-    // (backpressure) while tonic has not taken the last ones.
-    let (sender, receiver) = mpsc::channel::<Conn>(64);
-    let accept = tokio::spawn(accept(
+    let grace = state.app.listener.server.shutdown_grace;
+    let connections = TaskTracker::new();
+    accept(
         listener.listener,
-        state.clone(),
-        sender,
-        shutdown.clone(),
-    ));
-    let server = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(MAX_STREAMS as usize)
-        .max_concurrent_streams(MAX_STREAMS)
-        .timeout(REQUEST_TIMEOUT)
-        .http2_max_header_list_size(MAX_HEADER_BYTES)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_connection_age(server_settings.request_timeout)
-        .tcp_nodelay(true)
-        .serve_with_incoming_shutdown(
-            routes,
-            tokio_stream::wrappers::ReceiverStream::new(receiver).map_ok(),
-            shutdown.clone().cancelled_owned(),
-        );
-    let grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(server_settings.shutdown_grace).await;
-        tracing::warn!(grace = ?server_settings.shutdown_grace, "Grace period over; closing open gRPC connections");
-    };
-    tokio::select! {
-        result = server => {
-            if let Err(error) = result {
-                tracing::error!(%error, "The gRPC server stopped");
-            }
-        }
-        () = grace => {}
+        &listener.health,
+        &state,
+        &connections,
+        &shutdown,
+    )
+    .await;
+    connections.close();
+    // Each connection saw `shutdown` too: it sent GOAWAY and finishes
+    // what is in flight.
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?grace, "Grace period over; closing open gRPC connections");
     }
-    let _ = accept.await;
 }
 
 /// Accepts connections until `shutdown`: each takes a slot of
@@ -137,9 +75,10 @@ pub async fn serve(listener: GrpcListener, state: Arc<RlsState>, shutdown: Cance
 /// TLS, its handshake within `server.header_read_timeout`.
 async fn accept(
     listener: TcpListener,
-    state: Arc<RlsState>,
-    sender: mpsc::Sender<Conn>,
-    shutdown: CancellationToken,
+    health: &Health,
+    state: &Arc<RlsState>,
+    connections: &TaskTracker,
+    shutdown: &CancellationToken,
 ) {
     let settings = &state.app.listener.server;
     let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
@@ -164,29 +103,27 @@ async fn accept(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let Some(tls) = state.app.listener.tls.get() else {
-            if sender
-                .send(Conn::new(Io::Plain(stream), slot))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            continue;
-        };
-        let tls = alpn.of(&tls);
-        let sender = sender.clone();
+        let tls = state.app.listener.tls.get().map(|tls| alpn.of(&tls));
         let state = state.clone();
+        let health = health.clone();
+        let shutdown = shutdown.clone();
         let within = settings.header_read_timeout;
-        tokio::spawn(async move {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            match tokio::time::timeout(within, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    let conn = Conn::new(Io::Tls(Box::new(stream)), slot);
-                    let _ = sender.send(conn).await;
+        connections.spawn(async move {
+            let io = match tls {
+                None => Io::Plain(stream),
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                    match tokio::time::timeout(within, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => Io::Tls(Box::new(stream)),
+                        Ok(Err(_)) | Err(_) => {
+                            state.limits.grpc().refused(GrpcRefusal::Connection);
+                            return;
+                        }
+                    }
                 }
-                Ok(Err(_)) | Err(_) => state.limits.grpc().refused(GrpcRefusal::Connection),
-            }
+            };
+            let conn = Conn::new(io, slot);
+            super::connection::serve(conn, state, health, shutdown).await;
         });
     }
 }
@@ -213,27 +150,6 @@ impl AlpnH2 {
     }
 }
 
-/// A stream of connections that never fails, as tonic wants it.
-trait MapOk: Sized {
-    fn map_ok(self) -> OkStream<Self>;
-}
-
-impl<S> MapOk for S {
-    fn map_ok(self) -> OkStream<Self> {
-        OkStream(self)
-    }
-}
-
-struct OkStream<S>(S);
-
-impl<S: tokio_stream::Stream + Unpin> tokio_stream::Stream for OkStream<S> {
-    type Item = Result<S::Item, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0).poll_next(cx).map(|item| item.map(Ok))
-    }
-}
-
 /// A connection, plain or TLS.
 enum Io {
     Plain(TcpStream),
@@ -250,12 +166,6 @@ impl Conn {
     fn new(io: Io, slot: OwnedSemaphorePermit) -> Conn {
         Conn { io, _slot: slot }
     }
-}
-
-impl Connected for Conn {
-    type ConnectInfo = ();
-
-    fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
 impl AsyncRead for Conn {
@@ -312,39 +222,6 @@ impl AsyncWrite for Conn {
         match &mut self.io {
             Io::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
             Io::Tls(stream) => Pin::new(stream).poll_shutdown(cx),
-        }
-    }
-}
-
-/// Routes a request to the health service or the rate-limit service
-/// (which answers `UNIMPLEMENTED` for any other path).
-#[derive(Clone)]
-struct Routes {
-    rls: RateLimitServiceServer<Rls>,
-    health: HealthServer<HealthService>,
-}
-
-impl Service<http::Request<Body>> for Routes {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Both services are always ready.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let health = <HealthServer<HealthService> as NamedService>::NAME;
-        let path = request.uri().path();
-        let to_health = path
-            .strip_prefix('/')
-            .and_then(|p| p.strip_prefix(health))
-            .is_some_and(|p| p.starts_with('/'));
-        if to_health {
-            self.health.call(request)
-        } else {
-            self.rls.call(request)
         }
     }
 }

@@ -480,7 +480,9 @@ async fn malformed_requests_get_a_grpc_status_and_the_service_goes_on() {
             "tenantwatch_ratelimit_grpc_refused_total",
             &[("reason", "invalid")]
         ),
-        Some(7.0)
+        // The seven invalid requests, the one too large, the garbage, the
+        // unknown method.
+        Some(10.0)
     );
     assert_eq!(
         metrics.value(
@@ -665,4 +667,111 @@ fn the_envoy_and_istio_configurations_match_the_protos() {
         assert!(!ok && text.contains(complaint), "{to}: {text}");
     }
     let _ = std::fs::remove_file(tampered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_the_service_from_serving_to_draining() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let (daemon, url) = daemon(|c| c.server.shutdown_delay = Duration::from_millis(1500)).await;
+    let channel = Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel);
+    let watch = |service: &str| {
+        let mut health = health.clone();
+        let service = service.to_owned();
+        async move {
+            health
+                .watch(HealthCheckRequest { service })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let mut server = watch("").await;
+    let mut unknown = watch("no.such.Service").await;
+    let next = |status: Option<tonic_health::pb::HealthCheckResponse>| status.unwrap().status;
+    assert_eq!(
+        next(server.message().await.unwrap()),
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        next(unknown.message().await.unwrap()),
+        ServingStatus::ServiceUnknown as i32
+    );
+    // Stopping: not serving at once (the shutdown delay), then the stream
+    // ends with OK when the listener stops.
+    daemon.daemon.as_ref().unwrap().shutdown();
+    let draining = tokio::time::timeout(Duration::from_secs(1), server.message())
+        .await
+        .expect("the change within a second");
+    assert_eq!(next(draining.unwrap()), ServingStatus::NotServing as i32);
+    let end = tokio::time::timeout(Duration::from_secs(10), server.message())
+        .await
+        .expect("the stream ends when the daemon stops");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    let checked = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await;
+    assert!(checked.is_err(), "the listener is closed: {checked:?}");
+    daemon.stop().await;
+}
+
+/// A raw HTTP/2 connection to the gRPC listener.
+async fn h2_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+fn grpc_request(addr: std::net::SocketAddr, content_type: &str) -> http::Request<()> {
+    http::Request::post(format!(
+        "http://{addr}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+    ))
+    .header("content-type", content_type)
+    .header("te", "trailers")
+    .header("grpc-timeout", "200m")
+    .body(())
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_calls_time_out_old_connections_close_and_non_grpc_is_refused() {
+    let (daemon, _) = daemon(|c| c.server.request_timeout = Duration::from_secs(2)).await;
+    let addr = daemon.daemon.as_ref().unwrap().grpc_addr().unwrap();
+    let (mut sender, connection) = h2_connection(addr).await;
+
+    // Headers, then nothing: the caller's grpc-timeout (200 ms) ends it.
+    let started = std::time::Instant::now();
+    let (response, _body) = sender
+        .send_request(grpc_request(addr, "application/grpc"), false)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "4", "{response:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Not gRPC: HTTP's answer, 415.
+    let (response, mut body) = sender
+        .send_request(grpc_request(addr, "application/json"), false)
+        .unwrap();
+    let _ = body.send_data(bytes::Bytes::from_static(b"{}"), true);
+    assert_eq!(response.await.unwrap().status(), 415);
+
+    // The connection is closed (GOAWAY, then the end) once it is
+    // server.request_timeout old.
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the daemon closes a connection older than request_timeout");
+    assert!(closed.unwrap().is_ok(), "a graceful close");
+    // A new connection is served.
+    let mut client = client(&format!("http://{addr}")).await;
+    let answer = ask(&mut client, for_tenant("later")).await;
+    assert_eq!(answer.overall_code, Code::Ok as i32);
+    daemon.stop().await;
 }
