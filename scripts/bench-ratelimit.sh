@@ -13,7 +13,15 @@
 #   GRPC=0 scripts/bench-ratelimit.sh        # without Envoy's gRPC check (on by default:
 #                                              # examples/rls_load drives ShouldRateLimit on
 #                                              # ratelimit.grpc_listen beside wrk's HTTP
-#                                              # check, same connections, threads, tenants)
+#                                              # check, as many requests in flight, same
+#                                              # threads and tenants, two ways: `grpc`, as
+#                                              # Envoy calls it, one HTTP/2 connection per
+#                                              # thread carrying every call of that thread;
+#                                              # `grpc_conns`, one call per connection, as
+#                                              # wrk's connections)
+#   GRPC_CLIENT=tonic scripts/bench-ratelimit.sh
+#                                              # the generated tonic client instead of
+#                                              # rls_load's small h2 one
 #   CALLGRIND=1 [BASELINE_BIN=...] scripts/bench-ratelimit.sh
 #                                              # instructions per request under
 #                                              # valgrind's callgrind (noise-free)
@@ -29,6 +37,7 @@ CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
 BACKEND=${BACKEND:-local}
 GRPC=${GRPC:-1}
+GRPC_CLIENT=${GRPC_CLIENT:-h2}
 
 need=(wrk curl python3)
 [ "$BACKEND" = redis ] && need+=(redis-server)
@@ -129,10 +138,11 @@ run() {
   printf "  %-14s %10s req/s  p99 %6s ms  non-2xx %s\n" "$label" "$(awk '/^Requests\/sec/ {print $2}' "$out")" \
     "$(p99_ms "$out")" "$(awk '/Non-2xx/ {print $NF}' "$out" | grep . || echo 0)"
 }
-# run_grpc LABEL PORT: one rls_load run (ShouldRateLimit), as run does for wrk.
+# run_grpc LABEL PORT CONNECTIONS STREAMS: one rls_load run (ShouldRateLimit),
+# CONNECTIONS x STREAMS calls in flight, as run does for wrk.
 run_grpc() {
   local label=$1 port=$2 out
-  out=$(target/release/examples/rls_load "127.0.0.1:$port" "$CONNECTIONS" "${DURATION%s}" 1000 "$THREADS")
+  out=$(target/release/examples/rls_load "127.0.0.1:$port" "$3" "${DURATION%s}" 1000 "$THREADS" "$GRPC_CLIENT" "$4")
   awk '{print $4}' <<<"$out" >> "$WORK/$label.rps"
   awk '{print $8}' <<<"$out" >> "$WORK/$label.p99"
   printf "  %-14s %10s req/s  p99 %6s ms  errors %s\n" "$label" "$(awk '{print $4}' <<<"$out")" \
@@ -151,6 +161,13 @@ callgrind_per_request() {
   port=$(free_port)
   printf '[server]\nlisten = "127.0.0.1:%s"\n[ingest]\nudp_listen = ""\n[ratelimit]\ndefault_qps = 1000000000\ndefault_burst = 1000000000\n' \
     "$port" > "$WORK/$name.toml"
+  # gRPC too when this build is measured (an older one may not know the key).
+  local grpc_port="" whats=(healthz check)
+  if [ "$GRPC" = 1 ] && [ "$name" = this ]; then
+    grpc_port=$(free_port)
+    sed -i "/^\[ratelimit\]/a grpc_listen = \"127.0.0.1:$grpc_port\"" "$WORK/$name.toml"
+    whats+=(grpc)
+  fi
   # Already re-executed: valgrind follows one process.
   TENANTWATCH_REEXECUTED=1 TENANTWATCH_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$WORK/$name.%p.cg" "$binary" run --config "$WORK/$name.toml" 2>/dev/null &
@@ -158,13 +175,21 @@ callgrind_per_request() {
   PIDS+=("$vg")
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
   callgrind_control -i on "$vg" >/dev/null 2>&1
-  for what in healthz check; do
+  for what in "${whats[@]}"; do
     local args=("http://127.0.0.1:$port/healthz")
     [ "$what" = check ] && args=(-s "$WORK/check.lua" "http://127.0.0.1:$port/v1/ratelimit/check")
-    wrk -t1 -c4 -d2s "${args[@]}" >/dev/null
+    # ShouldRateLimit: 4 calls in flight on one HTTP/2 connection.
+    load() {
+      if [ "$what" = grpc ]; then
+        target/release/examples/rls_load "127.0.0.1:$grpc_port" 1 "$1" 1000 1 "$GRPC_CLIENT" 4 | awk '{print $2}'
+      else
+        wrk -t1 -c4 -d"$1"s "${args[@]}" | awk '/requests in/ {print $1}'
+      fi
+    }
+    load 2 >/dev/null
     callgrind_control -z "$vg" >/dev/null 2>&1
     local requests
-    requests=$(wrk -t1 -c4 -d5s "${args[@]}" | awk '/requests in/ {print $1}')
+    requests=$(load 5)
     callgrind_control -d "$vg" >/dev/null 2>&1
     k=$((k + 1))
     sleep 1
@@ -198,7 +223,7 @@ PY
 
 # Quotas far above the load: every check is allowed, so this measures the path.
 if [ -n "${CALLGRIND:-}" ]; then
-  echo "== callgrind, wrk -t1 -c4 -d5s, 1,000 tenants"
+  echo "== callgrind, wrk -t1 -c4 -d5s (gRPC: rls_load, 4 calls in flight on one connection), 1,000 tenants"
   callgrind_per_request this target/release/tenantwatch
   [ -n "${BASELINE_BIN:-}" ] && callgrind_per_request baseline "$BASELINE_BIN"
   exit 0
@@ -206,7 +231,7 @@ fi
 
 start_daemon local local 1000000000 1000000000; LOCAL_PORT=$PORT
 labels=(healthz local)
-[ "$GRPC" = 1 ] && labels+=(grpc)
+[ "$GRPC" = 1 ] && labels+=(grpc grpc_conns)
 if [ -n "${BASELINE_BIN:-}" ]; then
   start_daemon baseline local 1000000000 1000000000 "$BASELINE_BIN"; BASELINE_PORT=$PORT
   labels+=(baseline baseline_healthz)
@@ -220,7 +245,10 @@ for round in $(seq "$RUNS"); do
   echo "round $round"
   run healthz "$LOCAL_PORT"
   run local "$LOCAL_PORT" "$WORK/check.lua"
-  [ "$GRPC" = 1 ] && run_grpc grpc "$GRPC_PORT"
+  if [ "$GRPC" = 1 ]; then
+    run_grpc grpc "$GRPC_PORT" "$THREADS" $((CONNECTIONS / THREADS))
+    run_grpc grpc_conns "$GRPC_PORT" "$CONNECTIONS" 1
+  fi
   if [ -n "${BASELINE_BIN:-}" ]; then
     run baseline "$BASELINE_PORT" "$WORK/check.lua"
     run baseline_healthz "$BASELINE_PORT"
@@ -242,7 +270,10 @@ if "baseline" in rps:
 if "redis" in rps:
     print(f"redis: {rps['redis'] / rps['local']:.2f} of the local backend's throughput")
 if "grpc" in rps:
-    print(f"grpc: {rps['grpc'] / rps['local']:.2f} of the HTTP check's throughput")
+    print(f"grpc: {rps['grpc'] / rps['local']:.2f} of the HTTP check's throughput "
+          "(one HTTP/2 connection per thread, as Envoy calls it)")
+    print(f"grpc_conns: {rps['grpc_conns'] / rps['local']:.2f} of the HTTP check's throughput "
+          "(one call per connection, as wrk's)")
 if "baseline" in rps:
     print(f"local: {rps['local'] / rps['baseline']:.2f} of the baseline build's throughput")
 PY
