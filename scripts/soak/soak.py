@@ -31,6 +31,7 @@ FOR = 10.0  # the misbehaviours' rules' `for` and `cooldown`
 WINDOW = 20.0  # ingest.share_window
 IDLE_THRESHOLD = 8.0
 MAX_TENANTS = 600
+EXPECTED_INSTANCES = 2  # ratelimit.redis.expected_instances: each daemon's share while Redis is out
 RL = {"rl0": (20.0, 20), "rl1": (50.0, 10)}  # tenant: (qps, burst), asked at 3x and 1.5x
 BATCH = 20
 SAMPLE = re.compile(r'^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)')
@@ -91,7 +92,7 @@ backend = "redis"
 
 {rl}[ratelimit.redis]
 url = "redis://127.0.0.1:{redis.port}"
-expected_instances = 2
+expected_instances = {EXPECTED_INSTANCES}
 fail_mode = "local"
 instance = "{d.name}"
 
