@@ -93,6 +93,10 @@ mod tests {
         let p = page(&rows, &q);
         assert_eq!(p.total, 15);
         assert_eq!(p.tenants[0].tenant, "t10");
+        assert_eq!(
+            parse_list_query(Some("sort=db_time"), false).unwrap().sort,
+            SortKey::Field(SortField::DbTimeShare)
+        );
         for (query, name) in [
             ("sort=size", "sort"),
             ("order=up", "order"),

@@ -73,10 +73,13 @@ pub enum SortKey {
 
 impl SortKey {
     pub fn parse(text: &str) -> Option<SortKey> {
-        if text == "tenant" {
-            return Some(SortKey::Tenant);
+        match text {
+            "tenant" => Some(SortKey::Tenant),
+            // What people ask for (and what issue 31 named): the share is
+            // the only db-time figure a row has.
+            "db_time" => Some(SortKey::Field(SortField::DbTimeShare)),
+            _ => SortField::parse(text).map(SortKey::Field),
         }
-        SortField::parse(text).map(SortKey::Field)
     }
 }
 
