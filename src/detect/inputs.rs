@@ -98,10 +98,40 @@ pub struct Baseline {
 }
 
 /// Cumulative figures of past evaluations, just enough to reach one window
-/// back.
+/// back. Kept per tenant, and only when they changed: an idle tenant costs
+/// one record, not one per evaluation in the window (at 100,000 tenants the
+/// full copy per evaluation was the daemon's largest structure, issue 31).
 #[derive(Debug, Default)]
 pub struct Window {
-    history: VecDeque<(Instant, HashMap<String, Cumulative>)>,
+    /// The evaluations kept: number and time, oldest first (the one being
+    /// made is not in it yet).
+    evaluations: VecDeque<(u64, Instant)>,
+    next: u64,
+    tenants: HashMap<String, Trail>,
+}
+
+/// One tenant's cumulative figures within the window.
+#[derive(Debug, Default)]
+struct Trail {
+    /// As of the oldest kept evaluation (none: not known then).
+    base: Option<Cumulative>,
+    /// Each later evaluation they changed at, oldest first.
+    changes: VecDeque<(u64, Cumulative)>,
+    /// The last evaluation the tenant was in the store.
+    seen: u64,
+}
+
+impl Trail {
+    /// Moves the changes made at or before evaluation `front` into `base`.
+    fn fold_up_to(&mut self, front: u64) {
+        while self.changes.front().is_some_and(|(n, _)| *n <= front) {
+            self.base = self.changes.pop_front().map(|(_, c)| c);
+        }
+    }
+
+    fn latest(&self) -> Option<&Cumulative> {
+        self.changes.back().map(|(_, c)| c).or(self.base.as_ref())
+    }
 }
 
 impl Window {
@@ -114,35 +144,65 @@ impl Window {
         store: &StoreSnapshot,
         horizon: Duration,
     ) -> HashMap<String, TenantFigures> {
-        let mut current: HashMap<String, Cumulative> = HashMap::with_capacity(store.tenants.len());
-        for tenant in &store.tenants {
-            let mut c = Cumulative {
-                latency: tenant.latency.clone(),
-                ..Cumulative::default()
-            };
-            for totals in tenant.kinds.iter().flatten() {
-                c.queries += totals.queries;
-                c.errors += totals.errors;
-            }
-            current.insert(tenant.tenant.clone(), c);
-        }
         while self
-            .history
+            .evaluations
             .get(1)
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= horizon)
+            .is_some_and(|(_, t)| now.saturating_duration_since(*t) >= horizon)
         {
-            self.history.pop_front();
+            self.evaluations.pop_front();
         }
-        let mut figures = HashMap::with_capacity(current.len());
-        if let Some((then, old)) = self.history.front() {
-            let seconds = now.saturating_duration_since(*then).as_secs_f64();
+        let this = self.next;
+        self.next += 1;
+        let front = self.evaluations.front().copied();
+        let seconds = front.map_or(0.0, |(_, then)| {
+            now.saturating_duration_since(then).as_secs_f64()
+        });
+        let mut figures = HashMap::with_capacity(if seconds > 0.0 {
+            store.tenants.len()
+        } else {
+            0
+        });
+        for tenant in &store.tenants {
+            let (mut queries, mut errors) = (0.0, 0.0);
+            for totals in tenant.kinds.iter().flatten() {
+                queries += totals.queries;
+                errors += totals.errors;
+            }
+            let trail = match self.tenants.get_mut(tenant.tenant.as_str()) {
+                Some(trail) => trail,
+                None => self.tenants.entry(tenant.tenant.clone()).or_default(),
+            };
+            trail.seen = this;
+            if let Some((front, _)) = front {
+                trail.fold_up_to(front);
+            }
+            // Latency moves only with queries: equal counts, nothing new.
+            let changed = trail
+                .latest()
+                .is_none_or(|c| c.queries != queries || c.errors != errors);
+            let now_c = changed.then(|| Cumulative {
+                queries,
+                errors,
+                latency: tenant.latency.clone(),
+            });
             if seconds > 0.0 {
-                for (tenant, now_c) in &current {
-                    figures.insert(tenant.clone(), difference(now_c, old.get(tenant), seconds));
+                let current = now_c.as_ref().or(trail.latest());
+                if let Some(current) = current {
+                    figures.insert(
+                        tenant.tenant.clone(),
+                        difference(current, trail.base.as_ref(), seconds),
+                    );
                 }
             }
+            if let Some(c) = now_c {
+                trail.changes.push_back((this, c));
+            }
         }
-        self.history.push_back((now, current));
+        // A tenant gone from the store since the window's start is
+        // forgotten, as its records would have rolled out of the window.
+        let oldest = front.map_or(this, |(n, _)| n);
+        self.tenants.retain(|_, trail| trail.seen >= oldest);
+        self.evaluations.push_back((this, now));
         figures
     }
 }
@@ -295,5 +355,67 @@ mod tests {
         assert_eq!(a.queries, 1000.0);
         let p95 = a.window().p95_seconds.unwrap();
         assert!((p95 / 0.395 - 1.0).abs() < 0.05, "{p95}");
+    }
+
+    fn tenants(list: &[(&str, f64)]) -> StoreSnapshot {
+        StoreSnapshot {
+            tenants: list
+                .iter()
+                .map(|(tenant, queries)| TenantSnapshot {
+                    tenant: (*tenant).into(),
+                    kinds: [
+                        Some(KindTotals {
+                            queries: *queries,
+                            ..KindTotals::default()
+                        }),
+                        None,
+                        None,
+                    ],
+                    ..TenantSnapshot::default()
+                })
+                .collect(),
+            ..StoreSnapshot::default()
+        }
+    }
+
+    /// An idle tenant keeps one record however many evaluations the window
+    /// spans; an active one a record per evaluation in the window; a
+    /// tenant's figures are always against its value at the window's start,
+    /// and one first seen within the window is not `whole_window` until it
+    /// has been known for a window.
+    #[test]
+    fn the_window_keeps_changes_only_and_reads_from_its_start() {
+        let mut window = Window::default();
+        let start = Instant::now();
+        let tick = Duration::from_secs(10);
+        let horizon = Duration::from_secs(60);
+        let mut last = HashMap::new();
+        for i in 0..20u32 {
+            let t = f64::from(i);
+            let mut list = vec![("idle", 5.0), ("busy", 100.0 * t)];
+            if i >= 12 {
+                list.push(("late", 7.0 * (t - 11.0)));
+            }
+            last = window.advance(start + tick * i, &tenants(&list), horizon);
+            if i >= 6 {
+                // 60 s back: six evaluations ago.
+                assert_eq!(last["busy"].queries, 600.0, "at {i}");
+                assert!((last["busy"].rate - 10.0).abs() < 1e-9);
+                assert_eq!(last["idle"].queries, 0.0);
+                assert!(last["idle"].whole_window && last["busy"].whole_window);
+            }
+            if (12..18).contains(&i) {
+                assert!(!last["late"].whole_window, "at {i}");
+            }
+        }
+        assert!(last["late"].whole_window);
+        assert_eq!(last["late"].queries, 42.0);
+        assert!(window.tenants["idle"].changes.is_empty());
+        assert!(window.tenants["busy"].changes.len() <= 7);
+        // A tenant gone from the store is forgotten once the window passed.
+        for i in 20..28u32 {
+            window.advance(start + tick * i, &tenants(&[("busy", 0.0)]), horizon);
+        }
+        assert!(!window.tenants.contains_key("idle"));
     }
 }
