@@ -154,30 +154,43 @@ class EventSender:
 
     def _run(self) -> None:
         while not self._closed:
-            self._wake.wait(self.flush_interval)
+            woken = self._wake.wait(self.flush_interval)
             self._wake.clear()
             with self._lock:
-                self._drain()
+                # Woken because a datagram's worth is waiting: full
+                # datagrams only; the rest leads the next one, or goes when
+                # the interval passes without a wake. Sending the remainder
+                # too would make a partial datagram at every wake whenever
+                # the thread lags behind the caller (a busy machine).
+                self._drain(whole_only=woken and not self._closed)
 
-    def _drain(self) -> None:
-        # Called with self._lock held. Full datagrams go at once; the last,
-        # partial one too: the thread wakes every flush_interval or when a
-        # datagram's worth is waiting, so a partial datagram is at most one
-        # interval old either way.
+    def _drain(self, whole_only: bool = False) -> None:
+        # Called with self._lock held. A partial datagram is at most one
+        # flush_interval old: the thread wakes at least that often.
         lines = self._lines
         batch: list[bytes] = []
         size = 0
+        seen_lines = seen_bytes = 0
         while lines:
             try:
                 line = lines.popleft()
             except IndexError:
                 break
+            seen_lines += 1
+            seen_bytes += len(line) + 1
             if batch and size + 1 + len(line) > self.max_datagram:
                 self._send(batch)
                 batch, size = [], 0
             size += len(line) + (1 if batch else 0)
             batch.append(line)
-        if batch:
+        if seen_lines:
+            # Wake next when a little more than a datagram of lines of the
+            # size just seen is queued: each early wake then sends one.
+            self._wake_at = self.max_datagram * seen_lines // seen_bytes + 1
+        if batch and whole_only:
+            # Not a full datagram: back to the front of the queue, in order.
+            lines.extendleft(reversed(batch))
+        elif batch:
             self._send(batch)
 
     def _send(self, batch: list[bytes]) -> None:
