@@ -174,4 +174,41 @@ mod tests {
         });
         assert_eq!(prefix(&framed), Prefix::Plain(framed.len() - PREFIX));
     }
+
+    proptest::proptest! {
+        /// Any header value: an answer or none, never a panic, and what is
+        /// read back is what was written.
+        #[test]
+        fn any_timeout_value_is_read_or_refused(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12)) {
+            let _ = timeout(&value);
+        }
+
+        #[test]
+        fn written_timeouts_read_back(n in 0u32..100_000_000, unit in 0usize..6) {
+            let n = u64::from(n);
+            let (letter, expected) = [
+                (b'H', Duration::from_secs(n * 3600)),
+                (b'M', Duration::from_secs(n * 60)),
+                (b'S', Duration::from_secs(n)),
+                (b'm', Duration::from_millis(n)),
+                (b'u', Duration::from_micros(n)),
+                (b'n', Duration::from_nanos(n)),
+            ][unit];
+            let mut value = n.to_string().into_bytes();
+            value.push(letter);
+            proptest::prop_assert_eq!(timeout(&value), Some(expected));
+        }
+
+        #[test]
+        fn any_body_start_has_a_prefix_reading(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16)) {
+            let read = prefix(&body);
+            proptest::prop_assert_eq!(read == Prefix::Short, body.len() < PREFIX);
+        }
+
+        #[test]
+        fn any_message_text_encodes_to_a_header_value(message in ".{0,64}") {
+            let value = message_value(&message);
+            proptest::prop_assert!(http::HeaderValue::from_str(&value).is_ok());
+        }
+    }
 }
