@@ -173,6 +173,10 @@ pub struct WaitAccounts {
     totals: BTreeMap<String, u64>,
     traffic_raw: BTreeMap<String, PoolTraffic>,
     traffic_shown: BTreeMap<String, PoolTraffic>,
+    /// Databases missing from the last polls' `SHOW STATS`, with how many
+    /// polls in a row: their figures above are kept, so one that comes back
+    /// continues from them.
+    traffic_missing: BTreeMap<String, u32>,
 }
 
 /// `key` if fewer than [`MAX_POOL_LABEL_VALUES`] values were seen, else
@@ -401,7 +405,12 @@ fn read_traffic(
 /// (PgBouncer restarted and counts from zero again), so a restart of
 /// PgBouncer is never a reset of `tenantwatch_pgbouncer_*_total` (the soak,
 /// issue 26, saw Prometheus count one at each restart). A figure first
-/// seen, or missing in the last poll, is published as it is.
+/// seen is published as it is. A database missing from a poll (after a
+/// restart PgBouncer lists one only once a client used it again) is kept,
+/// unpublished, for [`MISSING_POLLS_KEPT`] polls and at most
+/// [`MAX_POOL_LABEL_VALUES`] of them, and continues from its figures when it
+/// comes back: published as new, it went back to PgBouncer's count, a
+/// reset Prometheus counted (the soak, again).
 fn carry_traffic(
     accounts: &mut WaitAccounts,
     raw: BTreeMap<String, PoolTraffic>,
@@ -452,10 +461,37 @@ fn carry_traffic(
             (database.clone(), traffic)
         })
         .collect();
+    let mut raw = raw;
+    let mut shown = published.clone();
+    let mut missing = BTreeMap::new();
+    let before = std::mem::take(&mut accounts.traffic_raw);
+    let mut gone: Vec<(u32, String, PoolTraffic)> = before
+        .into_iter()
+        .filter(|(database, _)| !raw.contains_key(database))
+        .map(|(database, figures)| {
+            let polls = accounts.traffic_missing.get(&database).map_or(1, |p| p + 1);
+            (polls, database, figures)
+        })
+        .filter(|(polls, _, _)| *polls <= MISSING_POLLS_KEPT)
+        .collect();
+    // The most recently seen first, when there are too many to keep.
+    gone.sort_by_key(|(polls, _, _)| *polls);
+    for (polls, database, figures) in gone.into_iter().take(MAX_POOL_LABEL_VALUES) {
+        if let Some(last_shown) = accounts.traffic_shown.get(&database) {
+            shown.insert(database.clone(), last_shown.clone());
+        }
+        raw.insert(database.clone(), figures);
+        missing.insert(database, polls);
+    }
     accounts.traffic_raw = raw;
-    accounts.traffic_shown = published.clone();
+    accounts.traffic_shown = shown;
+    accounts.traffic_missing = missing;
     published
 }
+
+/// How many polls in a row a database may be missing from `SHOW STATS` and
+/// still continue from its figures (a day at the default 10 s).
+const MISSING_POLLS_KEPT: u32 = 8640;
 
 /// `SHOW CLIENTS`: connections by `application_name` (capped), and the
 /// number of rows.
@@ -927,6 +963,40 @@ mod tests {
         let expected = [10, 30, 35, 45]
             .map(|n: u64| (Some(n), Some(2 * n), Some(n as f64), Some(n as f64 / 2.0)));
         assert_eq!(seen, expected);
+    }
+
+    /// After a restart PgBouncer lists a database only once a client used
+    /// it again: missing from a poll, then back with its new, lower count,
+    /// it continues from what was published (the soak saw a reset of every
+    /// `tenantwatch_pgbouncer_*_total` there).
+    #[test]
+    fn traffic_continues_after_a_database_missing_from_a_poll() {
+        let mut waits = WaitAccounts::default();
+        let stats = |rows: &[(&str, u64)]| {
+            let mut text = String::from(
+                "database | total_xact_count | total_query_count | total_query_time | total_wait_time\n",
+            );
+            for (database, n) in rows {
+                text.push_str(&format!(" {database} | {n} | {n} | {n} | {n}\n"));
+            }
+            text
+        };
+        let mut seen = Vec::new();
+        for rows in [
+            vec![("tenant_acme", 40), ("tenant_beta", 7)],
+            vec![("tenant_beta", 9)],
+            vec![("tenant_beta", 2)],
+            vec![("tenant_acme", 3), ("tenant_beta", 4)],
+        ] {
+            let (s, _) = snapshot_from(
+                &tables(POOLS_1_18, &stats(&rows), ""),
+                &attribution(),
+                &mut waits,
+                100,
+            );
+            seen.push(s.traffic.get("tenant_acme").and_then(|t| t.transactions));
+        }
+        assert_eq!(seen, [Some(40), None, None, Some(43)]);
     }
 
     #[test]
