@@ -123,6 +123,25 @@ fn request_for(tenant: usize) -> RateLimitRequest {
 }
 
 impl Tally {
+    /// One call's answer (its overall code) or failure, `sent` at.
+    fn record<E: std::fmt::Display>(&mut self, sent: Instant, answer: Result<i32, E>) {
+        match answer {
+            Ok(code) => {
+                let us = sent.elapsed().as_micros().min(u128::from(u32::MAX));
+                self.latencies_us.push(us as u32);
+                if code == Code::OverLimit as i32 {
+                    self.over_limit += 1;
+                }
+            }
+            Err(error) => {
+                if self.errors == 0 {
+                    eprintln!("rls_load: {error}");
+                }
+                self.errors += 1;
+            }
+        }
+    }
+
     fn add(mut self, other: Tally) -> Tally {
         self.latencies_us.extend(other.latencies_us);
         self.errors += other.errors;
@@ -140,16 +159,6 @@ async fn gather(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
     all
 }
 
-/// One gRPC message, length-prefixed as on the wire (uncompressed).
-fn framed(request: &RateLimitRequest) -> Bytes {
-    let message = request.encode_to_vec();
-    let mut out = Vec::with_capacity(5 + message.len());
-    out.push(0);
-    out.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
-    out.extend_from_slice(&message);
-    Bytes::from(out)
-}
-
 async fn run_h2(
     addr: std::net::SocketAddr,
     connections: usize,
@@ -157,7 +166,11 @@ async fn run_h2(
     length: Duration,
     tenants: usize,
 ) -> Tally {
-    let bodies: Arc<Vec<Bytes>> = Arc::new((0..tenants).map(|t| framed(&request_for(t))).collect());
+    let bodies: Arc<Vec<Bytes>> = Arc::new(
+        (0..tenants)
+            .map(|t| tenantwatch::rls::framed(&request_for(t)))
+            .collect(),
+    );
     let uri: http::Uri =
         format!("http://{addr}/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit")
             .parse()
@@ -195,21 +208,7 @@ async fn run_h2(
                             n += in_flight;
                             let sent = Instant::now();
                             let body = bodies[n % bodies.len()].clone();
-                            match call_h2(&mut sender, uri, body).await {
-                                Ok(code) => {
-                                    let us = sent.elapsed().as_micros().min(u128::from(u32::MAX));
-                                    tally.latencies_us.push(us as u32);
-                                    if code == Code::OverLimit as i32 {
-                                        tally.over_limit += 1;
-                                    }
-                                }
-                                Err(error) => {
-                                    if tally.errors == 0 {
-                                        eprintln!("rls_load: {error}");
-                                    }
-                                    tally.errors += 1;
-                                }
-                            }
+                            tally.record(sent, call_h2(&mut sender, uri, body).await);
                         }
                         tally
                     }
@@ -300,16 +299,8 @@ async fn run_tonic(
                     n += in_flight;
                     let request = request_for(n % tenants);
                     let sent = Instant::now();
-                    match client.should_rate_limit(request).await {
-                        Ok(answer) => {
-                            let us = sent.elapsed().as_micros().min(u128::from(u32::MAX));
-                            tally.latencies_us.push(us as u32);
-                            if answer.get_ref().overall_code == Code::OverLimit as i32 {
-                                tally.over_limit += 1;
-                            }
-                        }
-                        Err(_) => tally.errors += 1,
-                    }
+                    let answer = client.should_rate_limit(request).await;
+                    tally.record(sent, answer.map(|a| a.get_ref().overall_code));
                 }
                 tally
             })

@@ -35,6 +35,8 @@ mod wire;
 
 pub use connection::Health;
 pub use server::{GrpcListener, serve};
+/// A message as gRPC frames it (for the load generator's requests).
+pub use wire::framed;
 use wire::{Code as GrpcCode, Status};
 
 /// The rate-limit service's full name, as the health service knows it.
