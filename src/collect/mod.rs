@@ -141,6 +141,13 @@ async fn connect(
 /// `application_name`, which any client can set.
 type OwnPids = Arc<std::sync::Mutex<BTreeSet<i32>>>;
 
+/// Held (shared) by the detail task from the moment it connects until its
+/// new session's pid is in [`OwnPids`], and (exclusive) by the cluster task
+/// while it reads `pg_stat_activity`: a session of ours that the server
+/// already lists but whose pid we do not know yet would otherwise be counted
+/// as a client's idle session.
+type Opening = Arc<tokio::sync::RwLock<()>>;
+
 /// The cluster task's session, lent to the detail task to confirm that a
 /// backend it closed has left the server before it opens the next one.
 /// Weak: it lends nothing once the cluster task's session is gone.
@@ -174,6 +181,10 @@ impl Session {
     async fn close(mut self, witness: Option<Arc<Client>>) {
         let connection = self.connection.take();
         let pid = self.pid;
+        // Ours until the server no longer lists it, not from the drop on
+        // (the drop leaves the pid when the connection is taken): an
+        // activity read in between would count it as a client's.
+        let own_pids = self.own_pids.clone();
         drop(self);
         let ended = async {
             if let Some(connection) = connection {
@@ -196,18 +207,23 @@ impl Session {
             }
         };
         let _ = tokio::time::timeout(CLOSE_WAIT, ended).await;
+        own_pids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&pid);
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // A session that `close` took keeps its pid until it has gone.
         if let Some(connection) = &self.connection {
             connection.abort();
+            self.own_pids
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&self.pid);
         }
-        self.own_pids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&self.pid);
     }
 }
 
@@ -234,12 +250,14 @@ pub async fn run_target(
         }
     };
     let own_pids = OwnPids::default();
+    let opening = Opening::default();
     let witness = Witness::default();
     let detail_sessions = target.settings.max_sessions.saturating_sub(1).max(1);
     let shared = PollerShared {
         attribution,
         status,
         own_pids,
+        opening,
         witness,
     };
     let cluster = Poller::new(tls.clone(), target.clone(), shared.clone(), Task::Cluster);
@@ -314,6 +332,7 @@ struct Poller {
     /// Open sessions by database name, at most [`Poller::session_limit`].
     sessions: HashMap<String, Session>,
     own_pids: OwnPids,
+    opening: Opening,
     witness: Witness,
     /// The cluster task lends its session as the witness; the detail task
     /// borrows it.
@@ -353,6 +372,7 @@ struct PollerShared {
     attribution: Arc<Attribution>,
     status: SharedStatus,
     own_pids: OwnPids,
+    opening: Opening,
     witness: Witness,
 }
 
@@ -367,6 +387,7 @@ impl Poller {
             attribution,
             status,
             own_pids,
+            opening,
             witness,
         } = shared;
         Poller {
@@ -376,6 +397,7 @@ impl Poller {
             status,
             sessions: HashMap::new(),
             own_pids,
+            opening,
             witness,
             task,
             warn: RateLimitedWarn::new(Duration::from_secs(60)),
@@ -439,6 +461,12 @@ impl Poller {
                     session.close(witness).await;
                 }
             }
+            let opening = self.opening.clone();
+            let _opening = match self.task {
+                // The cluster task never reads activity while it connects.
+                Task::Cluster => None,
+                Task::Detail { .. } => Some(opening.read().await),
+            };
             let mut config = self.target.pg.clone();
             config.dbname(database);
             let within = self.target.settings.connect_timeout + Duration::from_secs(1);
@@ -627,7 +655,12 @@ impl Poller {
 
     async fn poll_activity(&mut self, primary: &str) -> Result<(), PollError> {
         self.session(primary).await?;
-        let rows = self.query(primary, queries::ACTIVITY_SQL, &[]).await?;
+        // No session of ours half-registered while the server lists them.
+        let opening = self.opening.clone();
+        let quiet = opening.write().await;
+        let rows = self.query(primary, queries::ACTIVITY_SQL, &[]).await;
+        drop(quiet);
+        let rows = rows?;
         // Our own sessions, by process id, of both tasks.
         let own = self
             .own_pids

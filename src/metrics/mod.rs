@@ -522,13 +522,27 @@ mod tests {
         assert_ne!(second.plain.as_ptr(), first_buffer);
         drop(sending);
 
-        // Sent and dropped: the next exposition is written into its buffer.
+        // Sent and dropped: its buffer is handed back for the next encode...
         let second_buffer = second.plain.as_ptr();
         let sent = second.plain.clone();
         drop((second, sent));
-        let third = next().await;
-        assert_eq!(third.plain.as_ptr(), second_buffer);
-        let text = std::str::from_utf8(&third.plain).unwrap();
+        let last = shared.last[Format::OpenMetrics.index()]
+            .lock()
+            .await
+            .take()
+            .expect("the last exposition is kept");
+        let buffer = last.into_buffer().expect("no scraper holds it");
+        assert_eq!(buffer.as_ptr(), second_buffer);
+        assert!(buffer.is_empty());
+        // ...which writes into it. (With the buffer exactly as long as the
+        // last text, a text a byte longer could move it: room is made first,
+        // so that what is checked is the reuse, not the allocator's luck.)
+        let mut buffer = buffer;
+        buffer.reserve(1 << 16);
+        let reserved = buffer.as_ptr();
+        let third = encode_format(&shared.exposition, Format::OpenMetrics, buffer);
+        assert_eq!(third.as_ptr(), reserved);
+        let text = std::str::from_utf8(&third).unwrap();
         assert!(text.contains("tenant=\"initech\""), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
