@@ -1,18 +1,20 @@
 //! The tenant store: per-tenant, per-kind figures aggregated from events,
 //! bounded in memory, read by every reader through [`Store::snapshot`].
 //!
-//! Writers never share a lock per event. The store is split into shards; each
-//! ingest task owns one shard (a UDP receive thread) or borrows one of a small
-//! pool (HTTP requests), and locks it once per datagram or body. Readers merge
-//! the shards at read time. A shard lock is uncontended in the steady state, so
-//! it costs an atomic instruction, not a wait.
+//! Each tenant has one accumulator, in one of [`TENANT_SHARDS`] shards
+//! chosen by a hash of its name. A writer (a UDP receive thread, an HTTP
+//! request) holds one shard's lock at a time, from one event to the next of
+//! the same shard; with many shards and few writers a lock is uncontended,
+//! so it costs an atomic instruction, not a wait. (Before, each writer had
+//! its own shard and a tenant one accumulator in each: at 100,000 tenants
+//! on two receive threads that was 80 MiB, and every read merged them.)
 //!
-//! Cardinality is bounded by a registry of admitted tenants, consulted only
-//! when a shard meets a tenant it has not seen: at most `max_tenants` are
-//! admitted, and events for any tenant beyond that go to the single
-//! [`OVERFLOW_TENANT`] bucket and are counted. Tenants idle for longer than
-//! `tenant_idle_ttl` are evicted from every shard at once, so a tenant's
-//! counters never go backwards while it is still tracked.
+//! Cardinality is bounded by a count of admitted tenants, checked only when
+//! a tenant is not in its shard: at most `max_tenants` are admitted, and
+//! events for any tenant beyond that go to the single [`OVERFLOW_TENANT`]
+//! bucket and are counted. Tenants idle for longer than `tenant_idle_ttl`
+//! are evicted whole, so a tenant's counters never go backwards while it is
+//! still tracked.
 //!
 //! Endpoints and instances (pods) are bounded the same way: each tenant
 //! admits at most `max_endpoints_per_tenant` endpoints and the store at most
@@ -28,12 +30,11 @@
 //! came through, so detection can tell whose word a tenant's figures rest
 //! on (`detect.tighten_from`).
 //!
-//! Lock order: a shard (its tenants, then its instances) before a registry;
-//! [`Store::evict_idle`] takes all shards in index order, then the
-//! registries.
+//! Lock order: a tenant shard, then a writer's instances, then a registry;
+//! a writer holds at most one tenant shard at a time.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,11 @@ pub fn quantile(q: f64, buckets: &[f64; BUCKET_COUNT]) -> Option<f64> {
 /// The sliding window for database-time share is kept as this many slots.
 const WINDOW_SLOTS: usize = 12;
 
+/// Shards of the tenant accumulators: enough that the receive threads and
+/// HTTP requests seldom meet on one, few enough that a read's pass over
+/// them costs nothing.
+pub const TENANT_SHARDS: usize = 32;
+
 /// A set of event [`Source`]s, one bit each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SourceSet(u8);
@@ -124,8 +130,10 @@ impl SourceSet {
 /// One slot of a tenant's sliding window.
 #[derive(Debug, Clone, Copy, Default)]
 struct WindowSlot {
-    /// The slot's number (time / slot length); a stale one is reset.
-    number: u64,
+    /// The slot's number (time / slot length); a stale one is reset. A
+    /// slot lasts at least a second (`share_window` is at least 12 s), so
+    /// 32 bits last 136 years.
+    number: u32,
     db_time_ms: f64,
     /// Sources of the slot's events, of any sample.
     sources: SourceSet,
@@ -207,16 +215,6 @@ impl KindTotals {
         let bucket = LATENCY_BUCKETS_MS.partition_point(|bound| *bound < duration_ms);
         self.buckets[bucket] += weight;
     }
-
-    fn merge(&mut self, other: &KindTotals) {
-        self.queries += other.queries;
-        self.errors += other.errors;
-        self.rows += other.rows;
-        self.duration_sum_ms += other.duration_sum_ms;
-        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
-            *mine += theirs;
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -246,11 +244,11 @@ impl TenantAccumulator {
         kind: QueryKind,
         sample: Sample,
         now_ms: u64,
-        slot: u64,
+        slot: u32,
         sources: SourceSet,
     ) {
         self.last_seen_ms = now_ms;
-        let entry = &mut self.window[(slot % WINDOW_SLOTS as u64) as usize];
+        let entry = &mut self.window[slot as usize % WINDOW_SLOTS];
         if entry.number != slot {
             *entry = WindowSlot {
                 number: slot,
@@ -288,7 +286,7 @@ impl TenantAccumulator {
                 let bucket = LATENCY_BUCKETS_MS.partition_point(|bound| *bound < duration_ms);
                 totals.buckets[bucket] += weight;
                 self.latency.observe(duration_ms / 1000.0, weight);
-                self.window[(slot % WINDOW_SLOTS as u64) as usize].db_time_ms += db_time_ms;
+                self.window[slot as usize % WINDOW_SLOTS].db_time_ms += db_time_ms;
             }
             Sample::Rows(rows) => totals.rows += rows,
             Sample::Errors(errors) => totals.errors += errors,
@@ -320,20 +318,47 @@ impl TenantAccumulator {
     }
 
     /// The slots inside the window that ends at `current_slot`.
-    fn in_window(&self, current_slot: u64) -> impl Iterator<Item = &WindowSlot> {
-        let oldest = current_slot.saturating_sub(WINDOW_SLOTS as u64 - 1);
+    fn in_window(&self, current_slot: u32) -> impl Iterator<Item = &WindowSlot> {
+        let oldest = current_slot.saturating_sub(WINDOW_SLOTS as u32 - 1);
         self.window
             .iter()
             .filter(move |s| s.number >= oldest && s.number <= current_slot)
     }
 
-    fn window_ms(&self, current_slot: u64) -> f64 {
+    fn window_ms(&self, current_slot: u32) -> f64 {
         self.in_window(current_slot).map(|s| s.db_time_ms).sum()
     }
 
-    fn window_sources(&self, current_slot: u64) -> SourceSet {
+    fn window_sources(&self, current_slot: u32) -> SourceSet {
         self.in_window(current_slot)
             .fold(SourceSet::EMPTY, |all, s| all.union(s.sources))
+    }
+
+    /// The tenant's figures at read time.
+    fn snapshot(&self, tenant: &str, now_ms: u64, current_slot: u32) -> TenantSnapshot {
+        let (mut endpoints, schema_switch) = match &self.extras {
+            Some(extras) => (
+                extras
+                    .endpoints
+                    .iter()
+                    .map(|(endpoint, totals)| (endpoint.to_string(), totals.clone()))
+                    .collect(),
+                extras.schema_switch.clone(),
+            ),
+            None => (Vec::new(), None),
+        };
+        endpoints.sort_unstable_by(|a: &(String, KindTotals), b| a.0.cmp(&b.0));
+        TenantSnapshot {
+            tenant: tenant.to_owned(),
+            kinds: self.kinds.clone(),
+            latency: self.latency.clone(),
+            window_db_time_ms: self.window_ms(current_slot),
+            db_time_share: 0.0,
+            window_sources: self.window_sources(current_slot),
+            idle_ms: now_ms.saturating_sub(self.last_seen_ms),
+            endpoints,
+            schema_switch,
+        }
     }
 }
 
@@ -347,12 +372,6 @@ type TenantMap = HashMap<Arc<str>, TenantAccumulator, foldhash::fast::RandomStat
 /// Queries per instance, and when each was last seen.
 type InstanceMap = HashMap<Arc<str>, (f64, u64), foldhash::fast::RandomState>;
 
-#[derive(Debug, Default)]
-struct Shard {
-    tenants: Mutex<TenantMap>,
-    instances: Mutex<InstanceMap>,
-}
-
 /// Locks a mutex, ignoring poisoning: the data behind our locks are plain
 /// counters that stay consistent even if a holder panicked.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -362,9 +381,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The per-tenant store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
-    shards: Box<[Shard]>,
+    /// Each tenant in the shard its name hashes to.
+    tenant_shards: Box<[Mutex<TenantMap>]>,
+    /// Chooses a tenant's shard; seeded at random, as the maps are.
+    shard_hasher: foldhash::fast::RandomState,
+    /// Queries per instance, one map per writer index (merged at read
+    /// time: instances are few).
+    instance_shards: Box<[Mutex<InstanceMap>]>,
     /// Tenants admitted under `max_tenants`, excluding the overflow bucket.
-    registry: Mutex<std::collections::HashSet<Box<str>>>,
+    tracked: AtomicUsize,
     limits: StoreLimits,
     slot_ms: u64,
     clock: Arc<dyn Clock>,
@@ -426,8 +451,10 @@ impl Store {
     pub fn new(shard_count: usize, limits: StoreLimits, clock: Arc<dyn Clock>) -> Store {
         let slot_ms = (limits.share_window.as_millis() as u64 / WINDOW_SLOTS as u64).max(1);
         Store {
-            shards: (0..shard_count.max(1)).map(|_| Shard::default()).collect(),
-            registry: Mutex::default(),
+            tenant_shards: (0..TENANT_SHARDS).map(|_| Mutex::default()).collect(),
+            shard_hasher: foldhash::fast::RandomState::default(),
+            instance_shards: (0..shard_count.max(1)).map(|_| Mutex::default()).collect(),
+            tracked: AtomicUsize::new(0),
             limits,
             slot_ms,
             clock,
@@ -440,22 +467,33 @@ impl Store {
         }
     }
 
+    /// The writers' count (for their instance maps); tenants have
+    /// [`TENANT_SHARDS`] shards whatever it is.
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
+        self.instance_shards.len()
     }
 
-    /// Locks shard `index` (modulo the shard count) for a batch of events.
+    /// A writer for a batch of events, as writer `index` (modulo the
+    /// shard count): it locks the shard of each event's tenant as it goes.
     pub fn writer(&self, index: usize) -> ShardWriter<'_> {
         let now_ms = self.clock.now_ms();
-        let shard = &self.shards[index % self.shards.len()];
         ShardWriter {
-            tenants: lock(&shard.tenants),
-            instances: &shard.instances,
+            held: None,
+            instances: &self.instance_shards[index % self.instance_shards.len()],
             store: self,
             now_ms,
-            slot: now_ms / self.slot_ms,
+            slot: self.slot_at(now_ms),
             sources: SourceSet::EMPTY,
         }
+    }
+
+    fn slot_at(&self, now_ms: u64) -> u32 {
+        u32::try_from(now_ms / self.slot_ms).unwrap_or(u32::MAX)
+    }
+
+    fn shard_of(&self, tenant: &str) -> usize {
+        use std::hash::BuildHasher as _;
+        (self.shard_hasher.hash_one(tenant) % TENANT_SHARDS as u64) as usize
     }
 
     /// Admits `endpoint` for `tenant` if it is known or there is room.
@@ -474,118 +512,63 @@ impl Store {
         admit_under(&mut registry, instance, self.limits.max_instances)
     }
 
-    /// Admits `tenant` if it is known or there is room for it.
-    fn admit(&self, tenant: &str) -> bool {
-        let mut registry = lock(&self.registry);
-        admit_under(&mut registry, tenant, self.limits.max_tenants)
+    /// Counts a tenant not yet in its shard in, if there is room for it.
+    fn admit(&self) -> bool {
+        let max = self.limits.max_tenants;
+        self.tracked
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
     }
 
-    /// Merges every shard into one consistent-enough view (each shard is read
-    /// under its own lock, one after another).
+    /// Every tenant's figures, one shard at a time (each read under its own
+    /// lock), in id order.
     pub fn snapshot(&self) -> StoreSnapshot {
         self.snapshot_of(None)
     }
 
     /// As [`Store::snapshot`], with only the tenants that had an event
     /// within `within` (the exposition's `metrics.idle_after`): an idle
-    /// tenant costs a comparison, not a merge. `tracked` still counts every
-    /// admitted tenant. A tenant is kept or left out whole, every shard's
-    /// part of it, so a counter it shows never goes down.
+    /// tenant costs a comparison, not a copy. `tracked` still counts every
+    /// admitted tenant.
     pub fn snapshot_recent(&self, within: Duration) -> StoreSnapshot {
-        let now_ms = self.clock.now_ms();
         let within_ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
-        let mut recent: std::collections::HashSet<Arc<str>, foldhash::fast::RandomState> =
-            std::collections::HashSet::default();
-        for shard in self.shards.iter() {
-            for (name, acc) in lock(&shard.tenants).iter() {
-                if now_ms.saturating_sub(acc.last_seen_ms) <= within_ms {
-                    recent.insert(name.clone());
-                }
-            }
-        }
-        self.snapshot_of(Some(&recent))
+        self.snapshot_of(Some(within_ms))
     }
 
-    /// The merge behind both snapshots: every tenant, or those in `only`.
-    fn snapshot_of(
-        &self,
-        only: Option<&std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>>,
-    ) -> StoreSnapshot {
+    /// Both snapshots: every tenant, or those seen within `within_ms`.
+    fn snapshot_of(&self, within_ms: Option<u64>) -> StoreSnapshot {
         let now_ms = self.clock.now_ms();
-        let current_slot = now_ms / self.slot_ms;
-        // Snapshots are a few hundred bytes each: they are built in place in
-        // `merged` and moved once more, into id order, never through a
-        // growing map's rehashes or a sort's swaps.
-        let mut index: HashMap<Arc<str>, usize, foldhash::fast::RandomState> = HashMap::default();
-        let mut merged: Vec<TenantSnapshot> = Vec::new();
-        for shard in self.shards.iter() {
-            // Merged under the shard's lock: copying the accumulators out
-            // first took longer than merging them (they are mostly
-            // histogram buckets, which the merge only adds up).
-            let tenants = lock(&shard.tenants);
-            let expected = only.map_or(tenants.len(), |only| only.len());
-            index.reserve(expected.saturating_sub(index.len()));
-            merged.reserve(expected.saturating_sub(merged.len()));
+        let current_slot = self.slot_at(now_ms);
+        // Snapshots are a few hundred bytes each: built in place, then moved
+        // once more, into id order, never through a sort's swaps.
+        let mut unordered: Vec<TenantSnapshot> = Vec::new();
+        for shard in self.tenant_shards.iter() {
+            let tenants = lock(shard);
+            if within_ms.is_none() {
+                unordered.reserve(tenants.len());
+            }
             for (name, acc) in tenants.iter() {
-                if only.is_some_and(|only| !only.contains(name)) {
+                if within_ms.is_some_and(|w| now_ms.saturating_sub(acc.last_seen_ms) > w) {
                     continue;
                 }
-                let at = *index.entry(name.clone()).or_insert_with(|| {
-                    merged.push(TenantSnapshot {
-                        tenant: name.to_string(),
-                        idle_ms: u64::MAX,
-                        ..TenantSnapshot::default()
-                    });
-                    merged.len() - 1
-                });
-                let snapshot = &mut merged[at];
-                if let Some(extras) = &acc.extras {
-                    for (endpoint, theirs) in &extras.endpoints {
-                        match snapshot
-                            .endpoints
-                            .iter_mut()
-                            .find(|(e, _)| **e == **endpoint)
-                        {
-                            Some((_, mine)) => mine.merge(theirs),
-                            None => snapshot
-                                .endpoints
-                                .push((endpoint.to_string(), theirs.clone())),
-                        }
-                    }
-                    if let Some(theirs) = &extras.schema_switch {
-                        snapshot
-                            .schema_switch
-                            .get_or_insert_with(KindTotals::default)
-                            .merge(theirs);
-                    }
-                }
-                for (mine, theirs) in snapshot.kinds.iter_mut().zip(&acc.kinds) {
-                    if let Some(theirs) = theirs {
-                        mine.get_or_insert_with(KindTotals::default).merge(theirs);
-                    }
-                }
-                snapshot.latency.merge(&acc.latency);
-                snapshot.window_db_time_ms += acc.window_ms(current_slot);
-                snapshot.window_sources = snapshot
-                    .window_sources
-                    .union(acc.window_sources(current_slot));
-                snapshot.idle_ms = snapshot
-                    .idle_ms
-                    .min(now_ms.saturating_sub(acc.last_seen_ms));
+                unordered.push(acc.snapshot(name, now_ms, current_slot));
             }
         }
-        let mut order: Vec<(Arc<str>, usize)> = index.into_iter().collect();
-        order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut order: Vec<u32> = (0..unordered.len() as u32).collect();
+        order.sort_unstable_by(|a, b| {
+            unordered[*a as usize]
+                .tenant
+                .cmp(&unordered[*b as usize].tenant)
+        });
         let mut tenants: Vec<TenantSnapshot> = order
             .iter()
-            .map(|&(_, at)| std::mem::take(&mut merged[at]))
+            .map(|at| std::mem::take(&mut unordered[*at as usize]))
             .collect();
-        for tenant in &mut tenants {
-            tenant.endpoints.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        }
         let mut instances: HashMap<Arc<str>, f64, foldhash::fast::RandomState> = HashMap::default();
-        for shard in self.shards.iter() {
-            for (name, (queries, _)) in lock(&shard.instances).iter() {
+        for shard in self.instance_shards.iter() {
+            for (name, (queries, _)) in lock(shard).iter() {
                 *instances.entry(name.clone()).or_default() += queries;
             }
         }
@@ -594,6 +577,9 @@ impl Store {
             .map(|(name, queries)| (name.to_string(), queries))
             .collect();
         instances.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // A tenant left out of a recent snapshot has had no event for
+        // longer than the window (`metrics.idle_after` is at least
+        // `ingest.share_window`): the sum misses none of the window's time.
         let window_db_time_ms: f64 = tenants.iter().map(|t| t.window_db_time_ms).sum();
         if window_db_time_ms > 0.0 {
             for tenant in &mut tenants {
@@ -601,7 +587,7 @@ impl Store {
             }
         }
         StoreSnapshot {
-            tracked: lock(&self.registry).len(),
+            tracked: self.tracked(),
             tenants,
             overflow_events: self.overflow_events.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
@@ -614,49 +600,36 @@ impl Store {
 
     /// Number of admitted tenants (excluding the overflow bucket).
     pub fn tracked(&self) -> usize {
-        lock(&self.registry).len()
+        self.tracked.load(Ordering::Relaxed)
     }
 
-    /// Removes tenants with no event for `tenant_idle_ttl` from every shard
-    /// and from the registry. Returns how many were evicted.
+    /// Removes tenants with no event for `tenant_idle_ttl`, one shard at a
+    /// time. Returns how many were evicted.
     pub fn evict_idle(&self) -> usize {
         let now_ms = self.clock.now_ms();
         let ttl_ms = self.limits.tenant_idle_ttl.as_millis() as u64;
         self.evict_idle_instances(now_ms, ttl_ms);
-        let mut shards: Vec<MutexGuard<'_, TenantMap>> =
-            self.shards.iter().map(|s| lock(&s.tenants)).collect();
-
-        let mut last_seen: HashMap<&str, u64> = HashMap::new();
-        for shard in &shards {
-            for (name, acc) in shard.iter() {
-                let seen = last_seen.entry(name).or_insert(0);
-                *seen = (*seen).max(acc.last_seen_ms);
-            }
+        let mut expired: Vec<Arc<str>> = Vec::new();
+        for shard in self.tenant_shards.iter() {
+            lock(shard).retain(|name, acc| {
+                let keep = now_ms.saturating_sub(acc.last_seen_ms) < ttl_ms;
+                if !keep {
+                    expired.push(name.clone());
+                }
+                keep
+            });
         }
-        let expired: Vec<Box<str>> = last_seen
-            .into_iter()
-            .filter(|(_, seen)| now_ms.saturating_sub(*seen) >= ttl_ms)
-            .map(|(name, _)| name.into())
-            .collect();
+        let evicted = expired
+            .iter()
+            .filter(|name| ***name != *OVERFLOW_TENANT)
+            .count();
         if expired.is_empty() {
             return 0;
         }
-        for shard in &mut shards {
-            for name in &expired {
-                shard.remove(name.as_ref());
-            }
-        }
-        let mut registry = lock(&self.registry);
-        let mut evicted = 0;
-        for name in &expired {
-            if registry.remove(name) {
-                evicted += 1;
-            }
-        }
-        drop(registry);
+        self.tracked.fetch_sub(evicted, Ordering::Relaxed);
         let mut endpoints = lock(&self.endpoint_registry);
         for name in &expired {
-            endpoints.remove(name);
+            endpoints.remove(name.as_ref());
         }
         self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
         evicted
@@ -666,7 +639,7 @@ impl Store {
     /// go; a cap full of departed pods would fold every new one).
     fn evict_idle_instances(&self, now_ms: u64, ttl_ms: u64) {
         let mut shards: Vec<MutexGuard<'_, InstanceMap>> =
-            self.shards.iter().map(|s| lock(&s.instances)).collect();
+            self.instance_shards.iter().map(|s| lock(s)).collect();
         let mut last_seen: HashMap<Arc<str>, u64> = HashMap::new();
         for shard in &shards {
             for (name, (_, seen)) in shard.iter() {
@@ -695,45 +668,64 @@ impl Store {
     }
 }
 
-/// A locked shard, for recording one batch of events.
+/// Records a batch of events, locking each event's tenant shard (kept
+/// locked while the next events are of the same shard).
 pub struct ShardWriter<'a> {
-    tenants: MutexGuard<'a, TenantMap>,
+    /// The tenant shard locked now, by index.
+    held: Option<(usize, MutexGuard<'a, TenantMap>)>,
     /// Locked per event that names an instance (uncontended but for a
     /// snapshot's read).
     instances: &'a Mutex<InstanceMap>,
     store: &'a Store,
     now_ms: u64,
-    slot: u64,
+    slot: u32,
     /// The source the events come through (none until [`Self::set_source`]:
     /// such events count, but as nobody's word for detection).
     sources: SourceSet,
 }
 
-impl ShardWriter<'_> {
+impl<'a> ShardWriter<'a> {
     /// Marks the events recorded from now on as coming through `source`.
     pub fn set_source(&mut self, source: Source) {
         self.sources = SourceSet::of(source);
+    }
+
+    /// The tenants of shard `index`, locked (the one held before released
+    /// first: a writer never holds two).
+    fn shard(&mut self, index: usize) -> &mut TenantMap {
+        let held = match self.held.take() {
+            Some((at, guard)) if at == index => (at, guard),
+            other => {
+                drop(other);
+                (index, lock(&self.store.tenant_shards[index]))
+            }
+        };
+        &mut self.held.insert(held).1
     }
 
     /// Adds one event to its tenant, or to the overflow bucket when the
     /// tenant is new and `max_tenants` are already tracked.
     pub fn record(&mut self, event: &Event<'_>) {
         let (now_ms, slot, sources) = (self.now_ms, self.slot, self.sources);
+        let store: &'a Store = self.store;
         let tenant: &str = event.tenant.as_ref();
-        if let Some(acc) = self.tenants.get_mut(tenant) {
+        let tenants = self.shard(store.shard_of(tenant));
+        if let Some(acc) = tenants.get_mut(tenant) {
             acc.record(event.kind, event.sample, now_ms, slot, sources);
-            record_endpoint(self.store, acc, tenant, event);
-        } else if self.store.admit(tenant) {
-            let acc = self.tenants.entry(tenant.into()).or_default();
+            record_endpoint(store, acc, tenant, event);
+        } else if store.admit() {
+            let acc = tenants.entry(tenant.into()).or_default();
             acc.record(event.kind, event.sample, now_ms, slot, sources);
-            record_endpoint(self.store, acc, tenant, event);
+            record_endpoint(store, acc, tenant, event);
         } else {
             // The overflow bucket keeps no endpoints: they would be anyone's.
-            self.store.overflow_events.fetch_add(1, Ordering::Relaxed);
-            self.tenants
-                .entry(OVERFLOW_TENANT.into())
-                .or_default()
-                .record(event.kind, event.sample, now_ms, slot, sources);
+            store.overflow_events.fetch_add(1, Ordering::Relaxed);
+            let overflow = self.shard(store.shard_of(OVERFLOW_TENANT));
+            let acc = match overflow.get_mut(OVERFLOW_TENANT) {
+                Some(acc) => acc,
+                None => overflow.entry(OVERFLOW_TENANT.into()).or_default(),
+            };
+            acc.record(event.kind, event.sample, now_ms, slot, sources);
         }
         if let Some(instance) = &event.instance {
             self.record_instance(instance, event.sample, now_ms);
@@ -908,7 +900,7 @@ mod tests {
     }
 
     #[test]
-    fn shards_merge_at_read_time() {
+    fn every_writer_adds_to_the_tenants_one_accumulator() {
         let (store, _) = store(10, 3);
         for shard in 0..3 {
             let mut writer = store.writer(shard);
@@ -926,6 +918,45 @@ mod tests {
         assert_eq!(write.buckets[7], 3.0, "100 ms falls in the le=0.1 bucket");
         assert!(a.kinds[2].is_none());
         assert_eq!(snapshot.tracked, 1);
+    }
+
+    #[test]
+    fn writers_on_many_threads_lose_nothing_and_admit_no_more_than_the_cap() {
+        let (store, _) = store(500, 4);
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let store = &store;
+                scope.spawn(move || {
+                    for round in 0..50 {
+                        let mut writer = store.writer(thread);
+                        for i in 0..20 {
+                            let tenant = format!("t{}", (round * 20 + i + thread * 7) % 600);
+                            writer.record(&query(&tenant, QueryKind::Read, 1.0));
+                        }
+                    }
+                });
+            }
+        });
+        let snapshot = store.snapshot();
+        assert_eq!(snapshot.tracked, 500);
+        let counted: f64 = snapshot
+            .tenants
+            .iter()
+            .map(|t| t.kinds[0].as_ref().map_or(0.0, |k| k.queries))
+            .sum();
+        assert_eq!(counted, 4.0 * 50.0 * 20.0);
+        assert_eq!(
+            snapshot.tenants.len(),
+            501,
+            "500 tenants and the overflow bucket"
+        );
+        let overflow = find(&snapshot, OVERFLOW_TENANT).kinds[0]
+            .as_ref()
+            .unwrap()
+            .queries;
+        assert_eq!(overflow, snapshot.overflow_events as f64);
+        let names: Vec<&str> = snapshot.tenants.iter().map(|t| t.tenant.as_str()).collect();
+        assert!(names.is_sorted(), "tenants in id order");
     }
 
     #[test]
@@ -1039,7 +1070,7 @@ mod tests {
         assert_eq!(snapshot.tracked, 1);
         assert_eq!(snapshot.evicted, 1);
         assert!(snapshot.tenants.iter().all(|t| t.tenant != "old"));
-        // "busy" was seen 0 s ago on shard 0 and 100 s ago on shard 1: it stays whole.
+        // "busy" was seen 0 s ago by writer 0 and 100 s ago by writer 1: it stays whole.
         assert_eq!(
             find(&snapshot, "busy").kinds[0].as_ref().unwrap().queries,
             2.0
@@ -1058,7 +1089,7 @@ mod tests {
             .writer(1)
             .record(&query("sleepy", QueryKind::Read, 1.0));
         clock.advance(Duration::from_secs(500));
-        // "sleepy" is back on one shard only: both shards' counts show.
+        // "sleepy" is back through one writer only: both writers' counts show.
         store
             .writer(1)
             .record(&query("sleepy", QueryKind::Read, 1.0));
