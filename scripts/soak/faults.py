@@ -76,10 +76,12 @@ class Injector:
         self.flood_round = 0
 
     def next_daemon(self, quiet):
-        # The short form kills only the second daemon so the first one's RSS
-        # slope is read over one whole life; a long run alternates.
+        # Kills and SIGTERMs go to the last daemon only, in every run length,
+        # so that the first one lives through the whole run: its RSS slope
+        # over the last three quarters is read over one life (a life begun
+        # at a kill is all warm-up). Other faults alternate.
         daemons = self.p["daemons"]
-        if quiet and self.p["minutes"] < 10:
+        if quiet:
             return daemons[-1]
         self.daemon_turn += 1
         return daemons[self.daemon_turn % len(daemons)]
@@ -257,15 +259,19 @@ class Injector:
         return f"{daemon.name}: {n} hostile payloads over UDP and HTTP"
 
     def tenant_flood(self):
+        # Every daemon, as an application's flood reaches each replica:
+        # the first one fills each daemon's `max_tenants` early, before the
+        # span its RSS slope is judged on.
         self.flood_round += 1
         count = int(self.p["max_tenants"] * 1.5)
-        daemon = self.next_daemon(False)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         lines = [f"tenantwatch.query:1|ms|#tenant:flood{self.flood_round}x{i},kind:read" for i in range(count)]
         for i in range(0, count, 25):
-            sock.sendto("\n".join(lines[i:i + 25]).encode(), ("127.0.0.1", daemon.udp_port))
+            datagram = "\n".join(lines[i:i + 25]).encode()
+            for daemon in self.p["daemons"]:
+                sock.sendto(datagram, ("127.0.0.1", daemon.udp_port))
             time.sleep(0.002)
-        return f"{daemon.name}: {count} new tenant ids (max_tenants {self.p['max_tenants']})"
+        return f"every daemon: {count} new tenant ids (max_tenants {self.p['max_tenants']})"
 
 
 def run_lane(injector, lane, t0, faults, lock):

@@ -17,6 +17,8 @@ import time
 import psycopg
 
 KINDS = ("read", "write", "other")
+# Waiters the lock_blocker rule needs (its default threshold).
+LOCK_WAITERS_NEEDED = 3
 
 
 class Gate:
@@ -136,13 +138,15 @@ class EventSender(threading.Thread):
             self.trickle_at = now
             for tenant in self.trickle:
                 self.extra.append((tenant, self.rng.choice(KINDS), self.rng.uniform(0.2, 1.0), False))
+        owners = set()
         if self.extra:
             fmt = ("dogstatsd", "ndjson", "http")[self.i % 3]
             make = dogstatsd_line if fmt == "dogstatsd" else ndjson_line
             lines = []
             while self.extra and len(lines) < self.batch:
-                tenant, kind, ms, error = self.extra.popleft()
+                tenant, kind, ms, error, *owner = self.extra.popleft()
                 lines.append(make(tenant, kind, ms, error))
+                owners.update(owner)
             payload, counts = "\n".join(lines).encode(), len(lines)
         else:
             fmt, payload, counts = self.pool[self.i % len(self.pool)]
@@ -157,6 +161,9 @@ class EventSender(threading.Thread):
             except OSError:
                 pass  # ICMP port unreachable from an earlier datagram: the daemon is down
             self.ledger.add(daemon.name, counts, now)
+        sent = time.time()
+        for owner in owners:
+            owner.delivered(sent)
 
     def run(self):
         next_at = time.time()
@@ -285,7 +292,33 @@ class Misbehaviour(threading.Thread):
         self.kind, self.tenant, self.start_at, self.end_at = kind, tenant, start, end
         self.t0, self.port, self.sender, self.stop = t0, port, sender, stop
         self.began = self.ended = None
+        # When it was in effect, which the report times the flags from:
+        # the scheduled start can find PgBouncer paused or the sender
+        # behind, and the effect then begins later than `began`.
+        self.in_effect = None
+        self.first_delivered = self.last_delivered = None
+        self.lock = threading.Lock()
         self.problems = []
+
+    def effective(self):
+        """(onset, end): from its first effect (its first event delivered,
+        the lock taken with enough waiters, the transaction opened) to the
+        later of its end and its last event delivered."""
+        onset = self.in_effect or self.first_delivered or self.began
+        end = self.ended
+        if end is not None and self.last_delivered is not None:
+            end = max(end, self.last_delivered)
+        return onset, end
+
+    def delivered(self, at):
+        """The sender sent one of this misbehaviour's events at `at`."""
+        with self.lock:
+            if self.first_delivered is None:
+                self.first_delivered = at
+            self.last_delivered = at
+
+    def report(self, ms, error):
+        self.sender.extra.append((self.tenant, "read", ms, error, self))
 
     def until_end(self):
         return not self.stop.is_set() and time.time() < self.t0 + self.end_at
@@ -311,7 +344,7 @@ class Misbehaviour(threading.Thread):
                         t = time.time()
                         conn.execute(f"SELECT pg_sleep(0.4), count(*) FROM tenant_{self.tenant}.t "
                                      f"/* tenant='{self.tenant}' */").fetchone()
-                        self.sender.extra.append((self.tenant, "read", (time.time() - t) * 1000.0, False))
+                        self.report((time.time() - t) * 1000.0, False)
             except psycopg.Error as e:
                 self.problems.append(f"hog session: {e}".strip()[:200])
         workers = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
@@ -323,6 +356,7 @@ class Misbehaviour(threading.Thread):
     def idle_in_transaction(self):
         with connect(self.port, autocommit=False) as conn:
             conn.execute(f"SELECT v FROM tenant_{self.tenant}.t WHERE id = 1 /* tenant='{self.tenant}' */")
+            self.in_effect = time.time()
             while self.until_end():
                 time.sleep(0.2)
             conn.commit()
@@ -332,9 +366,17 @@ class Misbehaviour(threading.Thread):
         with connect(self.port, autocommit=False) as conn:
             conn.execute(f"SELECT v FROM tenant_{self.tenant}.t WHERE id = 1 FOR UPDATE /* tenant='{self.tenant}' */")
 
+            waiting = []
+
             def waiter():
                 try:
                     with connect(self.port) as w:
+                        with self.lock:
+                            waiting.append(time.time())
+                            # The rule's threshold (3 waiters, the default)
+                            # is met from the third on.
+                            if len(waiting) == LOCK_WAITERS_NEEDED:
+                                self.in_effect = waiting[-1]
                         w.execute(f"UPDATE tenant_{self.tenant}.t SET v = v + 1 WHERE id = 1 /* tenant='queue' */")
                 except psycopg.Error as e:
                     self.problems.append(f"waiter: {e}".strip()[:200])
@@ -355,5 +397,5 @@ class Misbehaviour(threading.Thread):
                     try:
                         conn.execute(f"SELECT * FROM tenant_{self.tenant}.missing /* tenant='{self.tenant}' */")
                     except psycopg.errors.UndefinedTable:
-                        self.sender.extra.append((self.tenant, "read", 1.0, True))
+                        self.report(1.0, True)
                 time.sleep(0.1)
