@@ -224,9 +224,9 @@ fn main() {
 
     let region = Region::new(GLOBAL);
     let judgement = Judgement::default();
-    let snapshot = store.snapshot();
-    let rows = tenantwatch::api::tenant_rows(&snapshot, &[], &judgement, &limits);
-    drop(snapshot);
+    let summaries = store.summaries();
+    let rows = tenantwatch::api::tenant_rows(&summaries, &[], &judgement, &limits);
+    drop(summaries);
     table.add("API tenant rows (GET /api/v1/tenants)", held(&region));
     drop(rows);
 

@@ -45,6 +45,53 @@ mod tests {
     }
 
     #[test]
+    fn rows_join_the_store_and_the_targets_in_id_order() {
+        use crate::store::{ActivitySnapshot, TargetStatus, TenantActivity, TenantSummary};
+        let summary = |tenant: &str, queries: f64| TenantSummary {
+            tenant: tenant.into(),
+            queries,
+            errors: queries / 2.0,
+            rows: 0.0,
+            db_time_share: 0.5,
+        };
+        let mut activity = ActivitySnapshot::default();
+        for tenant in ["a", "b", "d"] {
+            activity.tenants.insert(
+                tenant.into(),
+                TenantActivity {
+                    connections: [("active", 2)].into(),
+                    ..TenantActivity::default()
+                },
+            );
+        }
+        let target = TargetStatus {
+            name: "main".into(),
+            activity: Some(std::sync::Arc::new(activity)),
+            ..TargetStatus::default()
+        };
+        let limits = crate::ratelimit::RateLimits::new(
+            crate::ratelimit::RatePolicy::default(),
+            10,
+            std::time::Duration::from_secs(60),
+        );
+        let rows = tenant_rows(
+            &[summary("a", 4.0), summary("c", 2.0)],
+            &[target],
+            &crate::detect::Judgement::default(),
+            &limits,
+        );
+        let names: Vec<&str> = rows.iter().map(|r| r.tenant.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        assert_eq!((rows[0].queries, rows[0].connections), (4.0, 2.0));
+        assert_eq!(rows[0].error_ratio, 0.5);
+        assert_eq!(rows[0].targets, ["main"]);
+        assert_eq!((rows[1].queries, rows[1].connections), (0.0, 2.0));
+        assert_eq!((rows[2].queries, rows[2].connections), (2.0, 0.0));
+        assert!(rows[2].targets.is_empty());
+        assert!(rows.iter().all(|r| r.effective_qps > 0.0));
+    }
+
+    #[test]
     fn paging_is_stable_and_complete_with_ties() {
         let rows: Vec<TenantRow> = (0..57)
             .map(|i| {

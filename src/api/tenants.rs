@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::query::{ListQuery, SortField, SortKey, url_encode};
 use crate::detect::Judgement;
 use crate::ratelimit::RateLimits;
-use crate::store::{StoreSnapshot, TargetStatus};
+use crate::store::{TargetStatus, TenantSummary};
 
 /// One tenant's current figures, from events and from every target.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -32,42 +32,43 @@ pub struct TenantRow {
     pub flags: Vec<String>,
 }
 
-/// Builds every tenant's row.
+/// Builds every tenant's row, in id order: those of the store's
+/// `summaries` (in id order), then those only the targets, or only the
+/// fleet, know.
 pub fn tenant_rows(
-    store: &StoreSnapshot,
+    summaries: &[TenantSummary],
     targets: &[TargetStatus],
     judgement: &Judgement,
     limits: &RateLimits,
 ) -> Vec<TenantRow> {
-    let mut rows: BTreeMap<String, TenantRow> = BTreeMap::new();
-    let empty = TenantRow::probe;
-    for t in &store.tenants {
-        let row = rows
-            .entry(t.tenant.clone())
-            .or_insert_with(|| empty(&t.tenant));
-        for kind in t.kinds.iter().flatten() {
-            row.queries += kind.queries;
-            row.errors += kind.errors;
-            row.rows += kind.rows;
-        }
-        row.db_time_share = t.db_time_share;
-    }
+    let mut rows = Rows {
+        sorted: summaries
+            .iter()
+            .map(|t| {
+                let mut row = TenantRow::probe(&t.tenant);
+                row.queries = t.queries;
+                row.errors = t.errors;
+                row.rows = t.rows;
+                row.db_time_share = t.db_time_share;
+                row
+            })
+            .collect(),
+        others: BTreeMap::new(),
+    };
     // In fleet scope a tenant's share is the fleet's, and tenants seen only
     // by other replicas have rows too.
     if judgement.fleet.scope == crate::detect::fleet::Scope::Fleet {
-        for row in rows.values_mut() {
+        for row in &mut rows.sorted {
             row.db_time_share = 0.0;
         }
         for (tenant, share) in judgement.db_time_shares.iter() {
-            rows.entry(tenant.clone())
-                .or_insert_with(|| empty(tenant))
-                .db_time_share = *share;
+            rows.get(tenant).db_time_share = *share;
         }
     }
     for target in targets {
         if let Some(activity) = &target.activity {
             for (tenant, a) in &activity.tenants {
-                let row = rows.entry(tenant.clone()).or_insert_with(|| empty(tenant));
+                let row = rows.get(tenant);
                 row.connections += a.total_connections() as f64;
                 row.idle_in_transaction_max_seconds = row
                     .idle_in_transaction_max_seconds
@@ -79,7 +80,7 @@ pub fn tenant_rows(
         }
         if let Some(schemas) = &target.schemas {
             for (tenant, s) in schemas.iter() {
-                let row = rows.entry(tenant.clone()).or_insert_with(|| empty(tenant));
+                let row = rows.get(tenant);
                 row.schema_size_bytes += target.size_of(tenant, s) as f64;
                 row.live_tuples += s.n_live_tup as f64;
                 row.dead_tuples += s.n_dead_tup as f64;
@@ -90,22 +91,62 @@ pub fn tenant_rows(
         }
     }
     for flag in &judgement.flags {
-        if let Some(row) = rows.get_mut(&flag.tenant) {
+        if let Some(row) = rows.find(&flag.tenant) {
             row.flags.push(flag.reason.as_str().to_owned());
         }
     }
-    rows.into_values()
-        .map(|mut row| {
-            row.error_ratio = if row.queries > 0.0 {
-                row.errors / row.queries
-            } else {
-                0.0
-            };
-            row.effective_qps = limits.effective(&row.tenant).1.qps;
-            row.targets.sort();
-            row
-        })
-        .collect()
+    let mut rows = rows.into_sorted();
+    for row in &mut rows {
+        row.error_ratio = if row.queries > 0.0 {
+            row.errors / row.queries
+        } else {
+            0.0
+        };
+        row.effective_qps = limits.effective(&row.tenant).1.qps;
+        row.targets.sort();
+    }
+    rows
+}
+
+/// Rows being built: the store's tenants in id order (found by binary
+/// search), and the few others in a map.
+struct Rows {
+    sorted: Vec<TenantRow>,
+    others: BTreeMap<String, TenantRow>,
+}
+
+impl Rows {
+    fn find(&mut self, tenant: &str) -> Option<&mut TenantRow> {
+        match self
+            .sorted
+            .binary_search_by(|row| row.tenant.as_str().cmp(tenant))
+        {
+            Ok(at) => self.sorted.get_mut(at),
+            Err(_) => self.others.get_mut(tenant),
+        }
+    }
+
+    /// The tenant's row, made if it has none.
+    fn get(&mut self, tenant: &str) -> &mut TenantRow {
+        if let Ok(at) = self
+            .sorted
+            .binary_search_by(|row| row.tenant.as_str().cmp(tenant))
+        {
+            return &mut self.sorted[at];
+        }
+        self.others
+            .entry(tenant.to_owned())
+            .or_insert_with(|| TenantRow::probe(tenant))
+    }
+
+    fn into_sorted(self) -> Vec<TenantRow> {
+        let Rows { mut sorted, others } = self;
+        if !others.is_empty() {
+            sorted.extend(others.into_values());
+            sorted.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        }
+        sorted
+    }
 }
 
 /// One page of rows and the cursor of the next.

@@ -142,9 +142,9 @@ fn targets(state: &ReadState) -> Response<Body> {
 /// Every tenant's row, joined from the store, the targets, the flags and the
 /// rate limits.
 fn rows(state: &ReadState, targets: &[crate::store::TargetStatus]) -> Vec<api::TenantRow> {
-    let store = state.store.snapshot();
+    let summaries = state.store.summaries();
     let judgement = read_judgement(&state.judgement);
-    api::tenant_rows(&store, targets, &judgement, &state.rate_limits)
+    api::tenant_rows(&summaries, targets, &judgement, &state.rate_limits)
 }
 
 fn capacity(state: &ReadState) -> Response<Body> {
@@ -188,7 +188,7 @@ fn tenant(state: &ReadState, req: &Parts) -> Response<Body> {
     let targets = state.targets.snapshot();
     let store = state.store.snapshot();
     let judgement = read_judgement(&state.judgement);
-    let rows = api::tenant_rows(&store, &targets, &judgement, &state.rate_limits);
+    let rows = api::tenant_rows(&store.summaries(), &targets, &judgement, &state.rate_limits);
     let histories = state
         .tenant_histories
         .lock()

@@ -427,6 +427,36 @@ pub struct TenantSnapshot {
     pub schema_switch: Option<KindTotals>,
 }
 
+/// A tenant's totals over every kind, and its share of database time: what
+/// a list of every tenant shows, without the histograms a
+/// [`TenantSnapshot`] copies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantSummary {
+    pub tenant: Arc<str>,
+    pub queries: f64,
+    pub errors: f64,
+    pub rows: f64,
+    pub db_time_share: f64,
+}
+
+impl TenantSummary {
+    fn of(tenant: Arc<str>, kinds: &[Option<KindTotals>; 3], db_time_share: f64) -> TenantSummary {
+        let mut summary = TenantSummary {
+            tenant,
+            queries: 0.0,
+            errors: 0.0,
+            rows: 0.0,
+            db_time_share,
+        };
+        for kind in kinds.iter().flatten() {
+            summary.queries += kind.queries;
+            summary.errors += kind.errors;
+            summary.rows += kind.rows;
+        }
+        summary
+    }
+}
+
 /// The whole store at read time, tenants sorted by id.
 #[derive(Debug, Clone, Default)]
 pub struct StoreSnapshot {
@@ -445,6 +475,16 @@ pub struct StoreSnapshot {
     /// Events whose endpoint or instance went to [`OTHER_LABEL`] since start.
     pub endpoints_folded: u64,
     pub instances_folded: u64,
+}
+
+impl StoreSnapshot {
+    /// Each tenant's [`TenantSummary`], in id order.
+    pub fn summaries(&self) -> Vec<TenantSummary> {
+        self.tenants
+            .iter()
+            .map(|t| TenantSummary::of(t.tenant.as_str().into(), &t.kinds, t.db_time_share))
+            .collect()
+    }
 }
 
 impl Store {
@@ -535,6 +575,31 @@ impl Store {
     pub fn snapshot_recent(&self, within: Duration) -> StoreSnapshot {
         let within_ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
         self.snapshot_of(Some(within_ms))
+    }
+
+    /// Every tenant's [`TenantSummary`], in id order: a list's figures at a
+    /// fraction of a snapshot's cost (no histogram is copied, no name).
+    pub fn summaries(&self) -> Vec<TenantSummary> {
+        let current_slot = self.slot_at(self.clock.now_ms());
+        let mut summaries: Vec<TenantSummary> = Vec::with_capacity(self.tracked() + 1);
+        let mut window_db_time_ms = 0.0;
+        for shard in self.tenant_shards.iter() {
+            for (name, acc) in lock(shard).iter() {
+                // The share's numerator, until the total is known.
+                let window_ms = acc.window_ms(current_slot);
+                window_db_time_ms += window_ms;
+                summaries.push(TenantSummary::of(name.clone(), &acc.kinds, window_ms));
+            }
+        }
+        for summary in &mut summaries {
+            summary.db_time_share = if window_db_time_ms > 0.0 {
+                summary.db_time_share / window_db_time_ms
+            } else {
+                0.0
+            };
+        }
+        summaries.sort_unstable_by(|a, b| a.tenant.cmp(&b.tenant));
+        summaries
     }
 
     /// Both snapshots: every tenant, or those seen within `within_ms`.
