@@ -11,9 +11,10 @@
 //! allocator, and live allocations (glibc adds 8-16 bytes to each, and
 //! rounds small ones up to 32). Structures:
 //!
-//! - the store, each tenant on UDP_SHARDS receive threads' shards (2, the
-//!   default `ingest.udp_receivers`: under load both threads see every
-//!   tenant), and its registry of admitted tenants;
+//! - the store, each tenant's events written by UDP_SHARDS receive
+//!   threads (2, the default `ingest.udp_receivers`: under load both
+//!   threads see every tenant; since issue 31 a tenant has one
+//!   accumulator whichever thread writes);
 //! - one store snapshot (every reader takes one: the detector each
 //!   interval, each scrape, the capacity sampler, each API list);
 //! - the detector after a full window of evaluations at the default
@@ -139,7 +140,7 @@ fn main() {
     );
     record_all(&store, &names, shards, 0);
     table.add(
-        &format!("store: {shards} UDP shards and the registry"),
+        &format!("store, written by {shards} UDP receive threads"),
         held(&region),
     );
 
@@ -240,7 +241,9 @@ fn main() {
         held(&region),
     );
 
-    println!("== memory per structure at {tenants} tenants x 3 kinds ({shards} UDP shards)");
+    println!(
+        "== memory per structure at {tenants} tenants x 3 kinds ({shards} UDP receive threads)"
+    );
     table.print(kept_rows);
     detect_seconds.sort_by(f64::total_cmp);
     println!(
