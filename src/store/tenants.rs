@@ -674,28 +674,31 @@ impl Store {
         let now_ms = self.clock.now_ms();
         let ttl_ms = self.limits.tenant_idle_ttl.as_millis() as u64;
         self.evict_idle_instances(now_ms, ttl_ms);
+        let mut evicted = 0;
         let mut expired: Vec<Arc<str>> = Vec::new();
         for shard in self.tenant_shards.iter() {
-            lock(shard).retain(|name, acc| {
+            let mut tenants = lock(shard);
+            tenants.retain(|name, acc| {
                 let keep = now_ms.saturating_sub(acc.last_seen_ms) < ttl_ms;
                 if !keep {
                     expired.push(name.clone());
                 }
                 keep
             });
-        }
-        let evicted = expired
-            .iter()
-            .filter(|name| ***name != *OVERFLOW_TENANT)
-            .count();
-        if expired.is_empty() {
-            return 0;
+            if expired.is_empty() {
+                continue;
+            }
+            // Under the shard's lock: a tenant back in between would
+            // otherwise lose the endpoints it admits again.
+            let mut endpoints = lock(&self.endpoint_registry);
+            for name in expired.drain(..) {
+                endpoints.remove(name.as_ref());
+                if *name != *OVERFLOW_TENANT {
+                    evicted += 1;
+                }
+            }
         }
         self.tracked.fetch_sub(evicted, Ordering::Relaxed);
-        let mut endpoints = lock(&self.endpoint_registry);
-        for name in &expired {
-            endpoints.remove(name.as_ref());
-        }
         self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
         evicted
     }
@@ -775,10 +778,13 @@ impl<'a> ShardWriter<'a> {
         let store: &'a Store = self.store;
         let tenant: &str = event.tenant.as_ref();
         let tenants = self.shard(store.shard_of(tenant));
-        if let Some(acc) = tenants.get_mut(tenant) {
+        // The bucket's own name is nobody's (ingest refuses ids that begin
+        // with `__`): never admitted, so never counted as a tenant.
+        let bucket = tenant == OVERFLOW_TENANT;
+        if let Some(acc) = tenants.get_mut(tenant).filter(|_| !bucket) {
             acc.record(event.kind, event.sample, now_ms, slot, sources);
             record_endpoint(store, acc, tenant, event);
-        } else if store.admit() {
+        } else if !bucket && store.admit() {
             let acc = tenants.entry(tenant.into()).or_default();
             acc.record(event.kind, event.sample, now_ms, slot, sources);
             record_endpoint(store, acc, tenant, event);
