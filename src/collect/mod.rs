@@ -138,8 +138,15 @@ async fn connect(
 
 /// The process ids of every session tenantwatch holds on a target (both of
 /// its tasks): its own backends are recognised by them, not by
-/// `application_name`, which any client can set.
-type OwnPids = Arc<std::sync::Mutex<BTreeSet<i32>>>;
+/// `application_name`, which any client can set. A session dropped without
+/// [`Session::close`] (a statement that outlived its deadline) is marked
+/// with the time it was dropped: its backend may run on, and stays ours
+/// until an activity read no longer lists it, or [`DROPPED_KEPT`] at most
+/// (then the pid may be a new client's).
+type OwnPids = Arc<std::sync::Mutex<BTreeMap<i32, Option<Instant>>>>;
+
+/// How long a dropped session's pid stays ours at most.
+const DROPPED_KEPT: Duration = Duration::from_secs(60);
 
 /// Held (shared) by the detail task from the moment it connects until its
 /// new session's pid is in [`OwnPids`], and (exclusive) by the cluster task
@@ -216,13 +223,18 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // A session that `close` took keeps its pid until it has gone.
+        // A session that `close` took keeps its pid until it has gone; one
+        // dropped keeps it until the activity read sees it gone.
         if let Some(connection) = &self.connection {
             connection.abort();
-            self.own_pids
+            if let Some(dropped) = self
+                .own_pids
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&self.pid);
+                .get_mut(&self.pid)
+            {
+                *dropped = Some(Instant::now());
+            }
         }
     }
 }
@@ -492,7 +504,7 @@ impl Poller {
             self.own_pids
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(pid);
+                .insert(pid, None);
             let client = Arc::new(client);
             if self.task == Task::Cluster {
                 *self
@@ -653,20 +665,35 @@ impl Poller {
         Ok(())
     }
 
+    fn own_pids(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, Option<Instant>>> {
+        self.own_pids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn poll_activity(&mut self, primary: &str) -> Result<(), PollError> {
         self.session(primary).await?;
         // No session of ours half-registered while the server lists them.
         let opening = self.opening.clone();
         let quiet = opening.write().await;
+        // Our own sessions, by process id, of both tasks: those known before
+        // the read and after it (one closed meanwhile may still be listed).
+        let mut own: BTreeSet<i32> = self.own_pids().keys().copied().collect();
         let rows = self.query(primary, queries::ACTIVITY_SQL, &[]).await;
         drop(quiet);
         let rows = rows?;
-        // Our own sessions, by process id, of both tasks.
-        let own = self
-            .own_pids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let listed: BTreeSet<i32> = rows
+            .iter()
+            .filter_map(|row| row.try_get::<_, i32>("pid").ok())
+            .collect();
+        {
+            let mut own_pids = self.own_pids();
+            own.extend(own_pids.keys().copied());
+            // A dropped session's backend is gone once it is not listed.
+            own_pids.retain(|pid, dropped| {
+                dropped.is_none_or(|at| listed.contains(pid) && at.elapsed() < DROPPED_KEPT)
+            });
+        }
         let snapshot = queries::activity_from_rows(&rows, &self.attribution, &own)
             .map_err(|err| PollError::from_pg(err, PollErrorKind::Query))?;
         lock(&self.status).activity = Some(Arc::new(snapshot));
