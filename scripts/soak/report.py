@@ -230,7 +230,7 @@ def write(soak, out_dir):
             # The kills go to the last daemon only (faults.Injector), so
             # that the first one's slope is read over one whole life; a
             # life begun at a kill is warm-up, shown, not judged.
-            ("RSS slope, last 3/4 (per 10 min, of median)", slope,
+            ("RSS slope, last 3/4 (per 10 min, of median)", None if slope is None else f"{slope * 100:+.2f}%",
              rss_bound(soak, d), not rss_judged(soak, d) or (slope is not None and abs(slope) < 0.01)),
             ("events lost below capacity, no kill", steady_lost, "0", steady_lost == 0),
             ("events lost in bursts and kills (explained below)", explained, "counted", True),
