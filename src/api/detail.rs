@@ -11,7 +11,7 @@ use crate::capacity::TenantSample;
 use crate::detect::Flag;
 use crate::event::QueryKind;
 use crate::ratelimit::RateLimits;
-use crate::store::{PgBouncerStatus, StoreSnapshot, TargetStatus, TopStatement, quantile};
+use crate::store::{PgBouncerStatus, TargetStatus, TenantSnapshot, TopStatement, quantile};
 
 /// The whole detail.
 #[derive(Debug, Serialize)]
@@ -108,7 +108,8 @@ pub struct Quota {
 /// What a tenant's detail is built from.
 pub struct DetailSources<'a> {
     pub rows: &'a [TenantRow],
-    pub store: &'a StoreSnapshot,
+    /// The tenant's event figures, if it sent any.
+    pub events: Option<&'a TenantSnapshot>,
     pub targets: &'a [TargetStatus],
     pub pgbouncers: &'a [PgBouncerStatus],
     pub flags: &'a [Flag],
@@ -119,29 +120,24 @@ pub struct DetailSources<'a> {
 /// One tenant in detail, or `None` when no source knows it.
 pub fn tenant_detail<'a>(tenant: &'a str, from: &DetailSources<'a>) -> Option<TenantDetail<'a>> {
     let summary = from.rows.iter().find(|r| r.tenant == tenant)?;
-    let events = from
-        .store
-        .tenants
-        .iter()
-        .find(|t| t.tenant == tenant)
-        .map(|t| EventFigures {
-            db_time_share: t.db_time_share,
-            window_db_time_seconds: t.window_db_time_ms / 1000.0,
-            kinds: QueryKind::ALL
-                .iter()
-                .filter_map(|k| {
-                    let totals = t.kinds[k.index()].as_ref()?;
-                    let figures = KindFigures {
-                        queries: totals.queries,
-                        errors: totals.errors,
-                        rows: totals.rows,
-                        duration_seconds_total: totals.duration_sum_ms / 1000.0,
-                        p95_seconds_since_start: quantile(0.95, &totals.buckets),
-                    };
-                    Some((k.as_str(), figures))
-                })
-                .collect(),
-        });
+    let events = from.events.map(|t| EventFigures {
+        db_time_share: t.db_time_share,
+        window_db_time_seconds: t.window_db_time_ms / 1000.0,
+        kinds: QueryKind::ALL
+            .iter()
+            .filter_map(|k| {
+                let totals = t.kinds[k.index()].as_ref()?;
+                let figures = KindFigures {
+                    queries: totals.queries,
+                    errors: totals.errors,
+                    rows: totals.rows,
+                    duration_seconds_total: totals.duration_sum_ms / 1000.0,
+                    p95_seconds_since_start: quantile(0.95, &totals.buckets),
+                };
+                Some((k.as_str(), figures))
+            })
+            .collect(),
+    });
     let targets = from
         .targets
         .iter()

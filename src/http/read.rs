@@ -186,16 +186,17 @@ fn tenant(state: &ReadState, req: &Parts) -> Response<Body> {
             .unwrap_or_default(),
     );
     let targets = state.targets.snapshot();
-    let store = state.store.snapshot();
+    let events = state.store.tenant_snapshot(&tenant);
     let judgement = read_judgement(&state.judgement);
-    let rows = api::tenant_rows(&store.summaries(), &targets, &judgement, &state.rate_limits);
+    let summaries = state.store.summaries();
+    let rows = api::tenant_rows(&summaries, &targets, &judgement, &state.rate_limits);
     let histories = state
         .tenant_histories
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let sources = DetailSources {
         rows: &rows,
-        store: &store,
+        events: events.as_ref(),
         targets: &targets,
         pgbouncers: &state.pgbouncers.snapshot(),
         flags: &judgement.flags,

@@ -602,6 +602,30 @@ impl Store {
         summaries
     }
 
+    /// One tenant's figures, its share of database time against every
+    /// tenant's: a tenant's detail without a snapshot of the others.
+    pub fn tenant_snapshot(&self, tenant: &str) -> Option<TenantSnapshot> {
+        let now_ms = self.clock.now_ms();
+        let current_slot = self.slot_at(now_ms);
+        let mut snapshot = lock(&self.tenant_shards[self.shard_of(tenant)])
+            .get(tenant)
+            .map(|acc| acc.snapshot(tenant, now_ms, current_slot))?;
+        let window_db_time_ms: f64 = self
+            .tenant_shards
+            .iter()
+            .map(|shard| {
+                lock(shard)
+                    .values()
+                    .map(|acc| acc.window_ms(current_slot))
+                    .sum::<f64>()
+            })
+            .sum();
+        if window_db_time_ms > 0.0 {
+            snapshot.db_time_share = snapshot.window_db_time_ms / window_db_time_ms;
+        }
+        Some(snapshot)
+    }
+
     /// Both snapshots: every tenant, or those seen within `within_ms`.
     fn snapshot_of(&self, within_ms: Option<u64>) -> StoreSnapshot {
         let now_ms = self.clock.now_ms();
@@ -1028,6 +1052,23 @@ mod tests {
         assert_eq!(overflow, snapshot.overflow_events as f64);
         let names: Vec<&str> = snapshot.tenants.iter().map(|t| t.tenant.as_str()).collect();
         assert!(names.is_sorted(), "tenants in id order");
+    }
+
+    #[test]
+    fn one_tenants_snapshot_is_the_full_snapshots_row() {
+        let (store, _) = store(10, 2);
+        store.writer(0).record(&query("a", QueryKind::Read, 300.0));
+        store.writer(1).record(&query("b", QueryKind::Write, 100.0));
+        store.writer(1).record(&query("a", QueryKind::Read, 100.0));
+        let full = store.snapshot();
+        for tenant in ["a", "b"] {
+            assert_eq!(
+                store.tenant_snapshot(tenant).as_ref(),
+                Some(find(&full, tenant))
+            );
+        }
+        assert_eq!(find(&full, "a").db_time_share, 0.8);
+        assert!(store.tenant_snapshot("c").is_none());
     }
 
     #[test]
