@@ -96,6 +96,13 @@ expected_instances = {EXPECTED_INSTANCES}
 fail_mode = "local"
 instance = "{d.name}"
 
+[api]
+# A day of history by default: its rings fill for 24 h, which a run of an
+# hour cannot tell from a leak. Ten minutes fill before the span the RSS
+# slope is judged on (the first quarter).
+history = "10m"
+history_resolution = "1m"
+
 [state]
 file = "{d.state}"
 save_interval = "5s"
