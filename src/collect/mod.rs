@@ -674,8 +674,12 @@ impl Poller {
     async fn poll_activity(&mut self, primary: &str) -> Result<(), PollError> {
         self.session(primary).await?;
         // No session of ours half-registered while the server lists them.
+        // Bounded: a connect that hangs (a frozen server) delays this read
+        // by a deadline at most, then it goes on without the lock.
         let opening = self.opening.clone();
-        let quiet = opening.write().await;
+        let quiet = tokio::time::timeout(self.deadline(), opening.write())
+            .await
+            .ok();
         // Our own sessions, by process id, of both tasks: those known before
         // the read and after it (one closed meanwhile may still be listed).
         let mut own: BTreeSet<i32> = self.own_pids().keys().copied().collect();
