@@ -578,7 +578,7 @@ impl Store {
     }
 
     /// Every tenant's [`TenantSummary`], in id order: a list's figures at a
-    /// fraction of a snapshot's cost (no histogram is copied, no name).
+    /// fraction of a snapshot's cost (no histogram copied, names shared).
     pub fn summaries(&self) -> Vec<TenantSummary> {
         let current_slot = self.slot_at(self.clock.now_ms());
         let mut summaries: Vec<TenantSummary> = Vec::with_capacity(self.tracked() + 1);
