@@ -114,8 +114,86 @@ fn record_all(store: &Store, names: &[String], shards: usize, round: usize) {
     }
 }
 
+/// `bench_memory churn [ROUNDS]`: tenant churn as the soak's floods make it.
+/// Each round 900 new tenant ids reach a store of `max_tenants = 600` (the
+/// rest overflow), ten steady tenants keep sending, and four detection
+/// intervals pass, each with an evaluation, a history sample and eviction
+/// (`tenant_idle_ttl` 30 s): the flood's tenants are gone before the next.
+/// Prints the bytes held (allocated less freed) after each round: a leak
+/// grows with the rounds, a bounded working set does not.
+fn churn(rounds: usize) {
+    let detect = DetectSettings::default();
+    let clock = Arc::new(ManualClock::default());
+    let store = Store::new(
+        4,
+        StoreLimits {
+            max_tenants: 600,
+            tenant_idle_ttl: Duration::from_secs(30),
+            share_window: detect.window,
+            max_endpoints_per_tenant: 20,
+            max_instances: 500,
+        },
+        clock.clone(),
+    );
+    let mut detector = Detector::new(detect.clone());
+    let mut histories = TenantHistories::new(10, 1000);
+    let steady: Vec<String> = (0..10).map(|i| format!("steady{i}")).collect();
+    let start = Instant::now();
+    let region = Region::new(GLOBAL);
+    let mut evaluation = 0;
+    println!("== tenant churn: bytes held after each round (900 new ids, max_tenants 600)");
+    for round in 0..rounds {
+        let flood: Vec<String> = (0..900).map(|i| format!("f{round}x{i}")).collect();
+        record_all(&store, &flood, 1, round);
+        for _ in 0..4 {
+            clock.advance(detect.interval);
+            record_all(&store, &steady, 2, round);
+            let snapshot = store.snapshot();
+            let samples = snapshot
+                .tenants
+                .iter()
+                .map(|t| {
+                    let sample = TenantSample {
+                        unix: evaluation as f64,
+                        queries: 1.0,
+                        db_time_share: t.db_time_share as f32,
+                        connections: 0.0,
+                        size_bytes: 0.0,
+                    };
+                    (t.tenant.clone(), sample)
+                })
+                .collect();
+            histories.record(samples);
+            let transitions = detector.evaluate(
+                start + detect.interval * evaluation,
+                SystemTime::now(),
+                Observed {
+                    store: &snapshot,
+                    targets: &[],
+                    pgbouncers: &[],
+                },
+                |_| 100.0,
+            );
+            drop((snapshot, transitions));
+            store.evict_idle();
+            evaluation += 1;
+        }
+        let held = held(&region);
+        println!(
+            "round {round:3}: {:8.1} KiB held in {} allocations, {} tenants tracked",
+            held.bytes as f64 / 1024.0,
+            held.allocations,
+            store.tracked()
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("churn") {
+        churn(args.get(1).map_or(40, |a| a.parse().unwrap()));
+        return;
+    }
     let tenants: usize = args.first().map_or(100_000, |a| a.parse().unwrap());
     let shards: usize = args.get(1).map_or(2, |a| a.parse().unwrap());
     let names: Vec<String> = (0..tenants).map(|i| format!("tenant{i}")).collect();

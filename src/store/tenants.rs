@@ -390,6 +390,9 @@ pub struct Store {
     instance_shards: Box<[Mutex<InstanceMap>]>,
     /// Tenants admitted under `max_tenants`, excluding the overflow bucket.
     tracked: AtomicUsize,
+    /// The most tenants ever tracked at once: each shard's table is kept
+    /// large enough for its part of them ([`shard_room`]).
+    peak_tracked: AtomicUsize,
     limits: StoreLimits,
     slot_ms: u64,
     clock: Arc<dyn Clock>,
@@ -495,6 +498,7 @@ impl Store {
             shard_hasher: foldhash::fast::RandomState::default(),
             instance_shards: (0..shard_count.max(1)).map(|_| Mutex::default()).collect(),
             tracked: AtomicUsize::new(0),
+            peak_tracked: AtomicUsize::new(0),
             limits,
             slot_ms,
             clock,
@@ -555,11 +559,17 @@ impl Store {
     /// Counts a tenant not yet in its shard in, if there is room for it.
     fn admit(&self) -> bool {
         let max = self.limits.max_tenants;
-        self.tracked
+        match self
+            .tracked
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
-            })
-            .is_ok()
+            }) {
+            Ok(before) => {
+                self.peak_tracked.fetch_max(before + 1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Every tenant's figures, one shard at a time (each read under its own
@@ -700,6 +710,7 @@ impl Store {
         self.evict_idle_instances(now_ms, ttl_ms);
         let mut evicted = 0;
         let mut expired: Vec<Arc<str>> = Vec::new();
+        let room = shard_room(self.peak_tracked.load(Ordering::Relaxed));
         for shard in self.tenant_shards.iter() {
             let mut tenants = lock(shard);
             tenants.retain(|name, acc| {
@@ -709,6 +720,10 @@ impl Store {
                 }
                 keep
             });
+            if tenants.capacity() < room {
+                let additional = room - tenants.len();
+                tenants.reserve(additional);
+            }
             if expired.is_empty() {
                 continue;
             }
@@ -758,6 +773,25 @@ impl Store {
             registry.remove(name.as_ref());
         }
     }
+}
+
+/// The tenants one shard's table makes room for when `peak` were tracked at
+/// once: their mean share and four standard deviations (a shard's share is
+/// binomial), and a few.
+///
+/// A table never shrinks, so each shard's grows to the most tenants it has
+/// held. Under churn (tenants evicted, others admitted, as a flood of new
+/// ids does) which shard is the fullest changes from one peak to the next,
+/// and the tables crept up for dozens of peaks, each a little, before they
+/// held still: an RSS that rose at every flood for an hour. Made room for at
+/// once, the tables hold still from the first peak, at the size they crept
+/// towards.
+fn shard_room(peak: usize) -> usize {
+    if peak == 0 {
+        return 0;
+    }
+    let mean = peak as f64 / TENANT_SHARDS as f64;
+    (mean + 4.0 * mean.sqrt() + 4.0).ceil() as usize
 }
 
 /// Records a batch of events, locking each event's tenant shard (kept
@@ -1069,6 +1103,38 @@ mod tests {
         }
         assert_eq!(find(&full, "a").db_time_share, 0.8);
         assert!(store.tenant_snapshot("c").is_none());
+    }
+
+    #[test]
+    fn after_a_peak_every_shard_has_room_for_its_share_and_churn_adds_none() {
+        let (store, clock) = store(600, 2);
+        let room = shard_room(600);
+        let capacities = |store: &Store| -> Vec<usize> {
+            store
+                .tenant_shards
+                .iter()
+                .map(|shard| lock(shard).capacity())
+                .collect()
+        };
+        let mut after_first = Vec::new();
+        for round in 0..20 {
+            let names: Vec<String> = (0..900).map(|i| format!("f{round}x{i}")).collect();
+            let mut writer = store.writer(0);
+            for name in &names {
+                writer.record(&query(name, QueryKind::Read, 1.0));
+            }
+            drop(writer);
+            clock.advance(Duration::from_secs(301));
+            store.evict_idle();
+            assert_eq!(store.tracked(), 0);
+            let now = capacities(&store);
+            assert!(now.iter().all(|c| *c >= room), "{now:?} < {room}");
+            if round == 0 {
+                after_first = now;
+            } else {
+                assert_eq!(now, after_first, "round {round}: a table grew");
+            }
+        }
     }
 
     #[test]
