@@ -388,7 +388,10 @@ class Soak:
                                          ("lock_blocker", "blocker", 10, 40), ("error_storm", "stormy", 10, 40)):
                 self.misbehaviours.append(load.Misbehaviour(kind, tenant, base + lo, base + hi, t0,
                                                             self.pgbouncer.port, sender, self.stop))
-        busy = sorted({(m.start_at, m.end_at + FOR + WINDOW) for m in self.misbehaviours})
+        # Until the report's clear bound (cooldown + window + poll and
+        # evaluation + the probe): a daemon killed before its flag cleared
+        # brings the flag back from its state file and clears it late.
+        busy = sorted({(m.start_at, m.end_at + FOR + WINDOW + 2 * POLL + 2.0) for m in self.misbehaviours})
         lanes = faultlib.plan(self.seed, self.minutes, busy)
         ctx = {"seed": self.seed, "minutes": self.minutes, "daemons": self.daemons, "primary": self.primary,
                "standby": self.standby, "pgbouncer": self.pgbouncer, "redis": self.redis,
