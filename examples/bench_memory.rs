@@ -33,12 +33,12 @@ mod scale;
 
 use std::alloc::System;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use scale::event;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tenantwatch::capacity::{CapacitySettings, TenantHistories, TenantSample};
-use tenantwatch::detect::{DetectSettings, Detector, Judgement, Observed};
+use tenantwatch::detect::{DetectSettings, Detector, Judgement};
 use tenantwatch::event::QueryKind;
 use tenantwatch::metrics::{ExpositionSettings, StoreExposition};
 use tenantwatch::ratelimit::{RateLimits, RatePolicy};
@@ -164,17 +164,12 @@ fn churn(rounds: usize) {
                 })
                 .collect();
             histories.record(samples);
-            let transitions = detector.evaluate(
+            scale::evaluate(
+                &mut detector,
+                &snapshot,
                 start + detect.interval * evaluation,
-                SystemTime::now(),
-                Observed {
-                    store: &snapshot,
-                    targets: &[],
-                    pgbouncers: &[],
-                },
-                |_| 100.0,
             );
-            drop((snapshot, transitions));
+            drop(snapshot);
             store.evict_idle();
             evaluation += 1;
         }
@@ -236,17 +231,8 @@ fn main() {
         }
         let timed = Instant::now();
         let snapshot = store.snapshot();
-        let transitions = detector.evaluate(
-            start + detect.interval * round,
-            SystemTime::now(),
-            Observed {
-                store: &snapshot,
-                targets: &[],
-                pgbouncers: &[],
-            },
-            |_| 100.0,
-        );
-        drop((snapshot, transitions));
+        scale::evaluate(&mut detector, &snapshot, start + detect.interval * round);
+        drop(snapshot);
         detect_seconds.push(timed.elapsed().as_secs_f64());
     }
     // Recording into known tenants allocates nothing: what the region

@@ -25,10 +25,10 @@
 mod scale;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use scale::event;
-use tenantwatch::detect::{DetectSettings, Detector, Judgement, Observed};
+use tenantwatch::detect::{DetectSettings, Detector, Judgement};
 use tenantwatch::event::QueryKind;
 use tenantwatch::ratelimit::{RateLimits, RatePolicy};
 use tenantwatch::store::{ManualClock, Store, StoreLimits};
@@ -100,17 +100,12 @@ fn main() {
         let timed = Instant::now();
         let snapshot = store.snapshot();
         let took_snapshot = timed.elapsed().as_secs_f64();
-        let transitions = detector.evaluate(
+        scale::evaluate(
+            &mut detector,
+            &snapshot,
             start + detect.interval * round as u32,
-            SystemTime::now(),
-            Observed {
-                store: &snapshot,
-                targets: &[],
-                pgbouncers: &[],
-            },
-            |_| 100.0,
         );
-        drop((snapshot, transitions));
+        drop(snapshot);
         if round >= warm {
             record.push(per_event);
             snapshot_s.push(took_snapshot);

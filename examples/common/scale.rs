@@ -21,3 +21,23 @@ pub fn event(tenant: &str, kind: QueryKind, i: usize) -> Event<'_> {
         instance: None,
     }
 }
+
+/// One detection interval over `snapshot`, at `at`, with no targets and a
+/// base quota of 100 for every tenant; what it returns is dropped.
+pub fn evaluate(
+    detector: &mut tenantwatch::detect::Detector,
+    snapshot: &tenantwatch::store::StoreSnapshot,
+    at: std::time::Instant,
+) {
+    let transitions = detector.evaluate(
+        at,
+        std::time::SystemTime::now(),
+        tenantwatch::detect::Observed {
+            store: snapshot,
+            targets: &[],
+            pgbouncers: &[],
+        },
+        |_| 100.0,
+    );
+    drop(transitions);
+}
