@@ -367,7 +367,9 @@ impl TenantAccumulator {
 /// keys is capped by `max_tenants` besides.
 /// Keys are `Arc<str>`: the snapshot's index of merged tenants shares them
 /// with a reference count, not an allocation.
-type TenantMap = HashMap<Arc<str>, TenantAccumulator, foldhash::fast::RandomState>;
+/// Accumulators are boxed: the table itself stays small (a name and a
+/// pointer per slot), so [`shard_room`] can leave it room to spare.
+type TenantMap = HashMap<Arc<str>, Box<TenantAccumulator>, foldhash::fast::RandomState>;
 
 /// Queries per instance, and when each was last seen.
 type InstanceMap = HashMap<Arc<str>, (f64, u64), foldhash::fast::RandomState>;
@@ -776,22 +778,26 @@ impl Store {
 }
 
 /// The tenants one shard's table makes room for when `peak` were tracked at
-/// once: their mean share and four standard deviations (a shard's share is
-/// binomial), and a few.
+/// once: twice their mean share and four standard deviations (a shard's
+/// share is binomial), and a few.
 ///
 /// A table never shrinks, so each shard's grows to the most tenants it has
 /// held. Under churn (tenants evicted, others admitted, as a flood of new
 /// ids does) which shard is the fullest changes from one peak to the next,
 /// and the tables crept up for dozens of peaks, each a little, before they
 /// held still: an RSS that rose at every flood for an hour. Made room for at
-/// once, the tables hold still from the first peak, at the size they crept
-/// towards.
+/// once, the tables hold still from the first peak.
+///
+/// Twice, because an evicted tenant leaves a tombstone in the table, and
+/// once tombstones use up the free slots the table rehashes in place only
+/// while it is at most half full; fuller, it doubles. With room for twice
+/// the most a shard plausibly holds, churn never doubles a table.
 fn shard_room(peak: usize) -> usize {
     if peak == 0 {
         return 0;
     }
     let mean = peak as f64 / TENANT_SHARDS as f64;
-    (mean + 4.0 * mean.sqrt() + 4.0).ceil() as usize
+    (2.0 * (mean + 4.0 * mean.sqrt()) + 4.0).ceil() as usize
 }
 
 /// Records a batch of events, locking each event's tenant shard (kept
@@ -1117,7 +1123,7 @@ mod tests {
                 .collect()
         };
         let mut after_first = Vec::new();
-        for round in 0..20 {
+        for round in 0..80 {
             let names: Vec<String> = (0..900).map(|i| format!("f{round}x{i}")).collect();
             let mut writer = store.writer(0);
             for name in &names {
