@@ -72,6 +72,15 @@ fn bench_gzip(c: &mut Criterion, store_10k: &Arc<Store>) {
     group.bench_function("encode_gzip_10k_tenants", |b| {
         b.iter(|| black_box(metrics::gzip(metrics::encode(&served).as_bytes()).len()))
     });
+    // The compression alone, in one part (as before issue 31) and in as
+    // many parts as `metrics::gzip` uses on this machine.
+    let text = metrics::encode(&served);
+    group.bench_function("gzip_10k_tenants_one_part", |b| {
+        b.iter(|| black_box(metrics::gzip::gzip_in_parts(text.as_bytes(), 1).len()))
+    });
+    group.bench_function("gzip_10k_tenants_in_parts", |b| {
+        b.iter(|| black_box(metrics::gzip(text.as_bytes()).len()))
+    });
 
     let (tenants, active) = (
         env_count("SCRAPE_TENANTS", 100_000),

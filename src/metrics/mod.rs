@@ -18,12 +18,14 @@
 //! - [`http`]: the listener's own counters;
 //! - [`reload`]: configuration reloads;
 //! - [`process`]: the process's memory, CPU and descriptors (`process_*`);
-//! - [`mod@encode`]: the helpers they share.
+//! - [`mod@encode`]: the helpers they share;
+//! - [`mod@gzip`]: the gzip form a scrape asks for, compressed in parts.
 
 pub mod detect;
 pub mod encode;
 pub mod events;
 pub mod format;
+pub mod gzip;
 pub mod http;
 pub mod ingest;
 pub mod pgbouncers;
@@ -44,6 +46,7 @@ use prometheus_client::registry::Registry;
 pub use detect::DetectCollector;
 pub use events::{ExpositionSettings, StoreExposition};
 pub use format::Format;
+pub use gzip::gzip;
 pub use http::{HttpLabels, HttpMetrics, RejectLabels};
 pub use ingest::IngestCollector;
 pub use reload::ReloadMetrics;
@@ -336,19 +339,6 @@ pub fn encode_protobuf(exposition: &Exposition) -> Vec<u8> {
         }
     }
     out
-}
-
-/// `plain` gzipped as `/metrics` serves it (fast level: scrapes are
-/// frequent, and text exposition compresses about tenfold even so).
-pub fn gzip(plain: &[u8]) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(plain.len() / 8),
-        flate2::Compression::fast(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(plain);
-    encoder.finish().unwrap_or_default()
 }
 
 /// One encoded exposition in one format, shared by every scraper that asks
