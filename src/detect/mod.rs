@@ -276,7 +276,7 @@ impl Detector {
     /// and returns this replica's window figures, the ones it shares with
     /// the fleet ([`fleet`]).
     pub fn observe_events(&mut self, now: Instant, store: &StoreSnapshot) -> fleet::Figures {
-        let horizon = self.settings.window + self.settings.interval / 2;
+        let horizon = self.window_reach();
         let mut tenants = self.window.advance(now, store, horizon);
         let windowed = !tenants.is_empty() || self.window_is_warm();
         for t in &store.tenants {
@@ -285,6 +285,19 @@ impl Detector {
             f.sources = t.window_sources;
         }
         fleet::Figures { tenants, windowed }
+    }
+
+    /// How old a record must be to start the window: the figures are
+    /// differenced against the record nearest one window ago (within half
+    /// an interval either side). Once this was `window + interval / 2`,
+    /// which reached back between half an interval and one and a half past
+    /// the window: an error storm's errors stayed in its window up to an
+    /// interval longer than `share_window` says, and its flag cleared that
+    /// much later (found by the soak, issue 26).
+    fn window_reach(&self) -> std::time::Duration {
+        self.settings
+            .window
+            .saturating_sub(self.settings.interval / 2)
     }
 
     /// Whether the window has a record to difference against.
@@ -312,7 +325,7 @@ impl Detector {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        let horizon = self.settings.window + self.settings.interval / 2;
+        let horizon = self.window_reach();
         let figures = events.windows();
         let mut observations = Observations::default();
         let spiking = self.judge_events(events, &figures, &mut observations);
@@ -541,6 +554,20 @@ impl Detector {
         mut observations: Observations,
     ) -> Vec<Transition> {
         let mut transitions = Vec::new();
+        // `for` and `cooldown` are counted in evaluations, as Prometheus
+        // counts a rule's `for` on its evaluation grid: a `for` of 10 s at
+        // 2 s intervals is five, and five intervals read a few milliseconds
+        // short of 10 s (an evaluation started late, the one before it
+        // early) are still five, not one fewer.
+        let interval = self.settings.interval;
+        let lasted = |since: Instant, least: std::time::Duration| {
+            let held = now.saturating_duration_since(since);
+            if interval.is_zero() {
+                return held >= least;
+            }
+            let evaluations = (least.as_secs_f64() / interval.as_secs_f64()).ceil();
+            held + interval / 2 >= interval.mul_f64(evaluations)
+        };
         // Rules that did not observe a tenant this time count as false.
         let keys: Vec<(String, RuleName)> = self.states.keys().cloned().collect();
         for key in keys {
@@ -571,7 +598,7 @@ impl Detector {
                         flag.threshold = obs.threshold;
                         flag.action = flag_action(&settings, &self.settings.guard, trusted);
                     }
-                    None if now.saturating_duration_since(since) >= settings.for_ => {
+                    None if lasted(since, settings.for_) => {
                         let flag = Flag {
                             tenant: tenant.clone(),
                             reason: rule,
@@ -595,9 +622,7 @@ impl Detector {
                 }
                 if state.raised.is_some() {
                     let since = *state.false_since.get_or_insert(now);
-                    if now.saturating_duration_since(since) >= settings.cooldown
-                        || !settings.enabled
-                    {
+                    if lasted(since, settings.cooldown) || !settings.enabled {
                         if let Some(flag) = state.raised.take() {
                             transitions.push(Transition::Cleared(flag));
                         }
@@ -1047,6 +1072,72 @@ mod tests {
             raised.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
             ["t3"]
         );
+    }
+
+    /// `for` and `cooldown` count evaluations: with evaluations started a
+    /// few milliseconds off the grid, a `for` of six intervals raises at
+    /// the sixth interval and a cool-down of three clears at the third
+    /// (each waited one interval more once: found by the soak, issue 26).
+    #[test]
+    fn for_and_cooldown_count_evaluations_whatever_their_jitter() {
+        let mut settings = DetectSettings::default();
+        let rule = settings.rules.get_mut(&RuleName::ErrorStorm).unwrap();
+        rule.for_ = Duration::from_secs(60);
+        rule.cooldown = Duration::from_secs(30);
+        let mut detector = Detector::new(settings);
+        let start = Instant::now();
+        let mut observe = |k: u64, holds: bool| {
+            // The first of a run of verdicts starts 3 ms late, the others
+            // 2 ms early.
+            let on_grid = start + Duration::from_secs(10 * k);
+            let at = if k == 1 || k == 8 {
+                on_grid + Duration::from_millis(3)
+            } else {
+                on_grid - Duration::from_millis(2)
+            };
+            let mut observations = Observations::default();
+            observations.0.insert(
+                ("t".to_owned(), RuleName::ErrorStorm),
+                Observation {
+                    holds,
+                    value: 1.0,
+                    threshold: 0.5,
+                    target: None,
+                    evidence: Evidence::NONE,
+                },
+            );
+            detector.apply_hysteresis(at, 0.0, observations)
+        };
+        for k in 1..7 {
+            assert!(observe(k, true).is_empty(), "raised at evaluation {k}");
+        }
+        assert!(matches!(observe(7, true)[..], [Transition::Raised(_)]));
+        for k in 8..11 {
+            assert!(observe(k, false).is_empty(), "cleared at evaluation {k}");
+        }
+        assert!(matches!(observe(11, false)[..], [Transition::Cleared(_)]));
+    }
+
+    /// The window's errors of a tenant whose storm (50 errors a tick)
+    /// stopped `quiet` ticks ago.
+    fn window_errors_after_a_storm(quiet: usize) -> f64 {
+        let mut fleet = Fleet::new(20);
+        fleet.run(10, |_| {});
+        fleet.run(3, |w| w.record(&query("t3", 10.0, 50.0, true)));
+        fleet.run(quiet, |_| {});
+        let snapshot = fleet.store.snapshot();
+        let now = fleet.start + fleet.elapsed;
+        fleet.detector.observe_events(now, &snapshot).tenants["t3"].errors
+    }
+
+    /// One window (six ticks) after its last error the storm is out of the
+    /// window; once the window reached back up to an interval and a half
+    /// further, and the flag cleared an interval late (issue 26's soak).
+    #[test]
+    fn the_window_reaches_back_one_window_to_the_nearest_evaluation() {
+        assert!(window_errors_after_a_storm(5) >= 50.0);
+        let after_a_window = window_errors_after_a_storm(6);
+        assert!(after_a_window < 50.0, "{after_a_window} errors");
     }
 
     #[test]

@@ -60,10 +60,15 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
         redis.warm_up().await;
     }
     loop {
-        tokio::select! {
+        // The evaluation's time is its tick's, not the clock's once the
+        // snapshots are taken: `for` and `cooldown` are whole intervals on
+        // this grid, where a clock read after a snapshot of varying cost
+        // made 5 intervals measure 9.99 s against a 10 s cooldown, and the
+        // flag wait a sixth (found by the soak, issue 26).
+        let tick = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
+            at = interval.tick() => at,
+        };
         if settings.has_changed().unwrap_or(false) {
             let new = settings.borrow_and_update().clone();
             if new.interval != detector.settings().interval {
@@ -77,7 +82,7 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
         let targets = statuses.snapshot();
         let pools = pgbouncers.snapshot();
         let policy = limits.policy();
-        let now = std::time::Instant::now();
+        let now = tick.into_std();
         let own = detector.observe_events(now, &snapshot);
         let (events, fleet_status) = match limits.redis() {
             Some(redis) => exchange_figures(redis, own, detector.settings().interval).await,
