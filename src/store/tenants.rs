@@ -395,6 +395,9 @@ pub struct Store {
     /// The most tenants ever tracked at once: each shard's table is kept
     /// large enough for its part of them ([`shard_room`]).
     peak_tracked: AtomicUsize,
+    /// Each shard's table's capacity when it was last made room in
+    /// ([`Store::evict_idle`]): the room it has without growing.
+    room_made: Box<[AtomicUsize]>,
     limits: StoreLimits,
     slot_ms: u64,
     clock: Arc<dyn Clock>,
@@ -501,6 +504,7 @@ impl Store {
             instance_shards: (0..shard_count.max(1)).map(|_| Mutex::default()).collect(),
             tracked: AtomicUsize::new(0),
             peak_tracked: AtomicUsize::new(0),
+            room_made: (0..TENANT_SHARDS).map(|_| AtomicUsize::new(0)).collect(),
             limits,
             slot_ms,
             clock,
@@ -713,7 +717,7 @@ impl Store {
         let mut evicted = 0;
         let mut expired: Vec<Arc<str>> = Vec::new();
         let room = shard_room(self.peak_tracked.load(Ordering::Relaxed));
-        for shard in self.tenant_shards.iter() {
+        for (shard, room_made) in self.tenant_shards.iter().zip(&self.room_made) {
             let mut tenants = lock(shard);
             tenants.retain(|name, acc| {
                 let keep = now_ms.saturating_sub(acc.last_seen_ms) < ttl_ms;
@@ -722,9 +726,18 @@ impl Store {
                 }
                 keep
             });
-            if tenants.capacity() < room {
-                let additional = room - tenants.len();
-                tenants.reserve(additional);
+            if room > room_made.load(Ordering::Relaxed) {
+                // Moved into a new table rather than reserved in: a table
+                // with tombstones reserves by doubling, and the capacity
+                // it reports leaves them out. Only when the room grows: a
+                // name and a pointer per tenant, a few times in a life.
+                let mut fresh = TenantMap::with_capacity_and_hasher(
+                    room.max(tenants.len()),
+                    Default::default(),
+                );
+                fresh.extend(tenants.drain());
+                *tenants = fresh;
+                room_made.store(tenants.capacity(), Ordering::Relaxed);
             }
             if expired.is_empty() {
                 continue;
@@ -791,7 +804,9 @@ impl Store {
 /// Twice, because an evicted tenant leaves a tombstone in the table, and
 /// once tombstones use up the free slots the table rehashes in place only
 /// while it is at most half full; fuller, it doubles. With room for twice
-/// the most a shard plausibly holds, churn never doubles a table.
+/// the most a shard plausibly holds, churn never doubles a table. The
+/// room is made by moving the tenants into a new table, once per growth
+/// of the room: reserving in a table with tombstones doubles it too.
 fn shard_room(peak: usize) -> usize {
     if peak == 0 {
         return 0;
@@ -1115,13 +1130,6 @@ mod tests {
     fn after_a_peak_every_shard_has_room_for_its_share_and_churn_adds_none() {
         let (store, clock) = store(600, 2);
         let room = shard_room(600);
-        let capacities = |store: &Store| -> Vec<usize> {
-            store
-                .tenant_shards
-                .iter()
-                .map(|shard| lock(shard).capacity())
-                .collect()
-        };
         let mut after_first = Vec::new();
         for round in 0..80 {
             let names: Vec<String> = (0..900).map(|i| format!("f{round}x{i}")).collect();
@@ -1133,12 +1141,64 @@ mod tests {
             clock.advance(Duration::from_secs(301));
             store.evict_idle();
             assert_eq!(store.tracked(), 0);
-            let now = capacities(&store);
-            assert!(now.iter().all(|c| *c >= room), "{now:?} < {room}");
+            let made = room_made(&store);
+            assert!(made.iter().all(|c| *c >= room), "{made:?} < {room}");
             if round == 0 {
-                after_first = now;
+                after_first = made;
             } else {
-                assert_eq!(now, after_first, "round {round}: a table grew");
+                assert_no_table_grew(&store, &after_first, round);
+            }
+        }
+    }
+
+    fn room_made(store: &Store) -> Vec<usize> {
+        store
+            .room_made
+            .iter()
+            .map(|made| made.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// A table's reported capacity leaves its tombstones out, so it may
+    /// read less than the room made; more is a table that grew.
+    fn assert_no_table_grew(store: &Store, room_made: &[usize], round: usize) {
+        for (shard, made) in store.tenant_shards.iter().zip(room_made) {
+            let capacity = lock(shard).capacity();
+            assert!(
+                capacity <= *made,
+                "round {round}: a table grew from {made} to {capacity}"
+            );
+        }
+    }
+
+    /// With a peak whose room nearly fills its tables' bucket count, and
+    /// enough tenants per shard that evictions leave tombstones, the room
+    /// is made once: once it was topped up at every eviction, and a few
+    /// tombstones made the top-up double the table.
+    #[test]
+    fn room_made_for_a_peak_near_a_bucket_boundary_is_made_once() {
+        const PEAK: usize = 52_000;
+        let (store, clock) = store(PEAK, 1);
+        let room = shard_room(PEAK);
+        assert!(
+            room > 3_500 && room <= 3_584,
+            "{room}: just under 4,096 buckets' 3,584"
+        );
+        let mut after_first = Vec::new();
+        for round in 0..4 {
+            let mut writer = store.writer(0);
+            for i in 0..PEAK {
+                writer.record(&query(&format!("b{round}x{i}"), QueryKind::Read, 1.0));
+            }
+            drop(writer);
+            clock.advance(Duration::from_secs(301));
+            store.evict_idle();
+            if round == 0 {
+                after_first = room_made(&store);
+                assert!(after_first.iter().all(|c| *c >= room));
+            } else {
+                assert_eq!(room_made(&store), after_first);
+                assert_no_table_grew(&store, &after_first, round);
             }
         }
     }
