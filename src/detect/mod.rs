@@ -565,8 +565,9 @@ impl Detector {
             if interval.is_zero() {
                 return held >= least;
             }
-            let evaluations = (least.as_secs_f64() / interval.as_secs_f64()).ceil();
-            held + interval / 2 >= interval.mul_f64(evaluations)
+            let evaluations = least.as_nanos().div_ceil(interval.as_nanos());
+            let grid = interval.as_nanos().saturating_mul(evaluations);
+            (held + interval / 2).as_nanos() >= grid
         };
         // Rules that did not observe a tenant this time count as false.
         let keys: Vec<(String, RuleName)> = self.states.keys().cloned().collect();

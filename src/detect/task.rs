@@ -82,7 +82,17 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
         let targets = statuses.snapshot();
         let pools = pgbouncers.snapshot();
         let policy = limits.policy();
-        let now = tick.into_std();
+        // A tick that fired late (an evaluation overran it, a Redis
+        // exchange waited, the first tick before Redis warmed up) carries
+        // its scheduled time: off the grid by more than half an interval,
+        // the clock's time is the truer one for rates.
+        let clock = std::time::Instant::now();
+        let tick = tick.into_std();
+        let now = if clock.saturating_duration_since(tick) <= detector.settings().interval / 2 {
+            tick
+        } else {
+            clock
+        };
         let own = detector.observe_events(now, &snapshot);
         let (events, fleet_status) = match limits.redis() {
             Some(redis) => exchange_figures(redis, own, detector.settings().interval).await,

@@ -17,12 +17,13 @@ use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 /// The least plain text worth a part of its own (and a thread).
 pub const PART_MIN_BYTES: usize = 1 << 20;
 
-/// At most this many parts, whatever the cores: the scrape shares the
-/// machine with ingest, and past a few parts a thread's start-up and the
-/// caches it misses eat what it saves.
+/// At most this many parts, whatever the cores (the calling thread
+/// compresses one of them): the scrape shares the machine with ingest, and
+/// past a few parts a thread's start-up and the caches it misses eat what
+/// it saves.
 const MAX_PARTS: usize = 4;
 
-/// gzip's header: deflate, no name or time, unknown OS (as flate2 writes it).
+/// gzip's header: deflate, no name, time or flags, unknown OS.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
 
 /// `plain` gzipped at the fast level, in as many parts as the cores
@@ -42,21 +43,29 @@ pub fn gzip_in_parts(plain: &[u8], parts: usize) -> Vec<u8> {
         vec![deflate_part(pieces[0], true)]
     } else {
         std::thread::scope(|scope| {
-            let handles: Vec<_> = pieces[1..]
+            // A part whose thread the system refuses is compressed here.
+            let parts: Vec<Result<_, (Vec<u8>, Crc)>> = pieces[1..]
                 .iter()
                 .enumerate()
-                .map(|(i, piece)| scope.spawn(move || deflate_part(piece, i + 1 == last)))
+                .map(|(i, piece)| {
+                    let last = i + 1 == last;
+                    std::thread::Builder::new()
+                        .name("metrics-gzip".into())
+                        .spawn_scoped(scope, move || deflate_part(piece, last))
+                        .map_err(|_| deflate_part(piece, last))
+                })
                 .collect();
             let mut all = vec![deflate_part(pieces[0], false)];
-            for handle in handles {
-                // A part's thread only compresses into memory; should it
-                // panic all the same, the scrape fails as a panic would
-                // have on one thread.
-                all.push(
-                    handle
+            for part in parts {
+                all.push(match part {
+                    // A part's thread only compresses into memory; should
+                    // it panic all the same, the scrape fails as a panic
+                    // would have on one thread.
+                    Ok(handle) => handle
                         .join()
                         .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-                );
+                    Err(done_here) => done_here,
+                });
             }
             all
         })
@@ -112,15 +121,15 @@ fn deflate_part(piece: &[u8], last: bool) -> (Vec<u8>, Crc) {
     let mut out = Vec::with_capacity(piece.len() / 8 + 1024);
     loop {
         let consumed = compress.total_in() as usize;
-        let status = compress.compress_vec(&piece[consumed..], &mut out, flush);
+        // miniz_oxide errs only on bad parameters or a failing output
+        // callback, neither of which a Vec with room can cause.
+        let status = compress
+            .compress_vec(&piece[consumed..], &mut out, flush)
+            .expect("deflating into a Vec with room to spare does not fail");
         let done = match status {
-            Ok(Status::StreamEnd) => true,
+            Status::StreamEnd => true,
             // A flush is complete once it returns with output room to spare.
-            Ok(_) => {
-                !last && compress.total_in() as usize == piece.len() && out.len() < out.capacity()
-            }
-            // Only a misuse of the stream (none here) errs.
-            Err(_) => true,
+            _ => !last && compress.total_in() as usize == piece.len() && out.len() < out.capacity(),
         };
         if done {
             return (out, crc);
