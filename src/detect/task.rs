@@ -60,11 +60,6 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
         redis.warm_up().await;
     }
     loop {
-        // The evaluation's time is its tick's, not the clock's once the
-        // snapshots are taken: `for` and `cooldown` are whole intervals on
-        // this grid, where a clock read after a snapshot of varying cost
-        // made 5 intervals measure 9.99 s against a 10 s cooldown, and the
-        // flag wait a sixth (found by the soak, issue 26).
         let tick = tokio::select! {
             _ = shutdown.cancelled() => return,
             at = interval.tick() => at,
@@ -82,17 +77,11 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
         let targets = statuses.snapshot();
         let pools = pgbouncers.snapshot();
         let policy = limits.policy();
-        // A tick that fired late (an evaluation overran it, a Redis
-        // exchange waited, the first tick before Redis warmed up) carries
-        // its scheduled time: off the grid by more than half an interval,
-        // the clock's time is the truer one for rates.
-        let clock = std::time::Instant::now();
-        let tick = tick.into_std();
-        let now = if clock.saturating_duration_since(tick) <= detector.settings().interval / 2 {
-            tick
-        } else {
-            clock
-        };
+        let now = evaluation_time(
+            tick.into_std(),
+            std::time::Instant::now(),
+            detector.settings().interval,
+        );
         let own = detector.observe_events(now, &snapshot);
         let (events, fleet_status) = match limits.redis() {
             Some(redis) => exchange_figures(redis, own, detector.settings().interval).await,
@@ -251,5 +240,41 @@ fn log_transition(transition: &Transition) {
             reason = flag.reason.as_str(),
             "Tenant flag cleared"
         ),
+    }
+}
+
+/// The time an evaluation is made at: its tick's, not the clock's once the
+/// snapshots are taken. `for` and `cooldown` are whole intervals on the
+/// tick grid, where a clock read after a snapshot of varying cost made five
+/// intervals measure 9.99 s against a 10 s cooldown, and the flag wait a
+/// sixth (found by the soak, issue 26). A tick that fired late (an
+/// evaluation overran it, a Redis exchange waited, the first tick before
+/// Redis warmed up) carries its scheduled time: off the grid by more than
+/// half an interval, the clock's time is the truer one for rates.
+fn evaluation_time(
+    tick: std::time::Instant,
+    clock: std::time::Instant,
+    interval: std::time::Duration,
+) -> std::time::Instant {
+    if clock.saturating_duration_since(tick) <= interval / 2 {
+        tick
+    } else {
+        clock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::evaluation_time;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn an_evaluation_is_timed_by_its_tick_unless_the_tick_fired_late() {
+        let tick = Instant::now();
+        let interval = Duration::from_secs(10);
+        let snapshots_taken = tick + Duration::from_millis(40);
+        assert_eq!(evaluation_time(tick, snapshots_taken, interval), tick);
+        let overran = tick + Duration::from_secs(7);
+        assert_eq!(evaluation_time(tick, overran, interval), overran);
     }
 }
