@@ -190,6 +190,21 @@ def plot(soak, path):
     fig.savefig(path, dpi=90)
 
 
+def write_series(soak, path):
+    """Each daemon's samples (seconds into the run, RSS, scrape time, events
+    counted, life's start), and the faults, for a look past the plot."""
+    import csv
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["daemon", "t_s", "rss_bytes", "scrape_s", "received_total", "life_started_s", "fault"])
+        for d in soak.daemons:
+            for t, rss, took, received, start in soak.series[d.name]:
+                out.writerow([d.name, f"{t - soak.t0:.1f}", rss or "", f"{took:.4f}", received,
+                              f"{start - soak.t0:.1f}" if start else "", ""])
+        for fault in soak.faults:
+            out.writerow(["", f"{fault.start - soak.t0:.1f}", "", "", "", "", fault.kind])
+
+
 def fmt(v, unit=""):
     return "n/a" if v is None else (f"{v:.3g}{unit}" if isinstance(v, float) else f"{v}{unit}")
 
@@ -324,6 +339,7 @@ def write(soak, out_dir):
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(text)
+    write_series(soak, os.path.join(out_dir, "series.csv"))
     try:
         plot(soak, os.path.join(out_dir, "soak.png"))
     except Exception as e:  # the figures stand without the picture; say why it is missing
