@@ -29,7 +29,10 @@ const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
 /// `plain` gzipped at the fast level, in as many parts as the cores
 /// (at most [`MAX_PARTS`], each at least [`PART_MIN_BYTES`]).
 pub fn gzip(plain: &[u8]) -> Vec<u8> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Read once: on Linux the standard library reads the cgroup's CPU
+    // quota from files each time it is asked, and a scrape need not.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let parts = (plain.len() / PART_MIN_BYTES).clamp(1, cores.min(MAX_PARTS));
     gzip_in_parts(plain, parts)
 }
