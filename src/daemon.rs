@@ -314,6 +314,7 @@ impl Tasks {
             config.settings.ingest.tenant_idle_ttl,
             shutdown.clone(),
         )));
+        handles.push(tokio::spawn(release_free_pages(shutdown.clone())));
         Tasks {
             handles,
             detect_settings,
@@ -657,6 +658,26 @@ pub async fn run_with_reload(
     daemon.shutdown();
     daemon.wait().await;
     Ok(())
+}
+
+/// Gives the allocator's free pages back to the kernel every
+/// [`crate::heap::RELEASE_INTERVAL`], on a blocking thread (the walk locks
+/// each heap in turn).
+async fn release_free_pages(shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(crate::heap::RELEASE_INTERVAL);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {
+                if let Ok((took, released)) =
+                    tokio::task::spawn_blocking(crate::heap::release_free_pages).await
+                {
+                    tracing::trace!(?took, released, "Gave free heap pages back");
+                }
+            }
+        }
+    }
 }
 
 async fn evict_idle_tenants(store: Arc<Store>, ttl: Duration, shutdown: CancellationToken) {
