@@ -34,10 +34,14 @@ pub fn push_label_value(out: &mut String, value: &str) {
 }
 
 fn push_escaped(out: &mut String, text: &str, quotes: bool) {
-    if !text
-        .bytes()
-        .any(|b| b == b'\\' || b == b'\n' || (quotes && b == b'"'))
-    {
+    // memchr's vectorised search: a scrape escapes a label value for each
+    // of its million lines, and a byte-by-byte scan was a tenth of it.
+    let needs_escape = if quotes {
+        memchr::memchr3(b'\\', b'\n', b'"', text.as_bytes()).is_some()
+    } else {
+        memchr::memchr2(b'\\', b'\n', text.as_bytes()).is_some()
+    };
+    if !needs_escape {
         out.push_str(text);
         return;
     }
