@@ -119,7 +119,7 @@ pub struct DetailSources<'a> {
 
 /// One tenant in detail, or `None` when no source knows it.
 pub fn tenant_detail<'a>(tenant: &'a str, from: &DetailSources<'a>) -> Option<TenantDetail<'a>> {
-    let summary = from.rows.iter().find(|r| r.tenant == tenant)?;
+    let summary = from.rows.iter().find(|r| *r.tenant == *tenant)?;
     let events = from.events.map(|t| EventFigures {
         db_time_share: t.db_time_share,
         window_db_time_seconds: t.window_db_time_ms / 1000.0,

@@ -25,7 +25,7 @@ pub use query::{
     url_encode,
 };
 pub use targets::{TargetView, target_views};
-pub use tenants::{Page, TenantRow, csv, page, tenant_rows};
+pub use tenants::{Page, TenantRow, csv, page, tenant_page, tenant_rows};
 
 #[cfg(test)]
 mod tests {
@@ -80,7 +80,7 @@ mod tests {
             &crate::detect::Judgement::default(),
             &limits,
         );
-        let names: Vec<&str> = rows.iter().map(|r| r.tenant.as_str()).collect();
+        let names: Vec<&str> = rows.iter().map(|r| &*r.tenant).collect();
         assert_eq!(names, ["a", "b", "c", "d"]);
         assert_eq!((rows[0].queries, rows[0].connections), (4.0, 2.0));
         assert_eq!(rows[0].error_ratio, 0.5);
@@ -129,6 +129,106 @@ mod tests {
         assert_eq!(seen, sorted);
     }
 
+    proptest::proptest! {
+        /// Paging through any rows (ties, filters, either order, any page
+        /// size) gives each selected row once, in the order a full sort
+        /// gives: the page's heap keeps what a sort would.
+        #[test]
+        fn pages_follow_a_full_sort(
+            rows in proptest::collection::vec((0u8..40, 0u8..4, proptest::bool::ANY), 0..120),
+            limit in 1usize..20,
+            descending in proptest::bool::ANY,
+            by_tenant in proptest::bool::ANY,
+            flagged in proptest::option::of(proptest::bool::ANY),
+        ) {
+            let mut seen_ids = std::collections::HashSet::new();
+            let rows: Vec<TenantRow> = rows
+                .iter()
+                .filter(|(id, _, _)| seen_ids.insert(*id))
+                .map(|(id, share, flag)| row(&format!("t{id}"), f64::from(*share) / 4.0, *flag, "a"))
+                .collect();
+            let mut text = format!(
+                "sort={}&order={}&limit={limit}",
+                if by_tenant { "tenant" } else { "db_time_share" },
+                if descending { "desc" } else { "asc" },
+            );
+            if let Some(f) = flagged {
+                text.push_str(&format!("&flagged={f}"));
+            }
+            let mut q = parse_list_query(Some(&text), false).unwrap();
+            let mut paged = Vec::new();
+            loop {
+                let p = page(&rows, &q);
+                proptest::prop_assert!(p.tenants.len() <= limit);
+                paged.extend(p.tenants.iter().map(|r| r.tenant.clone()));
+                match p.next_cursor {
+                    Some(cursor) => {
+                        q.cursor = parse_list_query(Some(&format!("cursor={cursor}")), false)
+                            .unwrap()
+                            .cursor;
+                    }
+                    None => break,
+                }
+            }
+            let mut expected: Vec<&TenantRow> = rows
+                .iter()
+                .filter(|r| flagged.is_none_or(|f| f != r.flags.is_empty()))
+                .collect();
+            expected.sort_by(|a, b| {
+                let by_value = if by_tenant {
+                    std::cmp::Ordering::Equal
+                } else {
+                    a.db_time_share.total_cmp(&b.db_time_share)
+                };
+                let by_value = if descending { by_value.reverse() } else { by_value };
+                by_value.then_with(|| a.tenant.cmp(&b.tenant))
+            });
+            let expected: Vec<_> = expected.iter().map(|r| r.tenant.clone()).collect();
+            proptest::prop_assert_eq!(paged, expected);
+        }
+    }
+
+    #[test]
+    fn a_page_has_its_rows_quotas_whatever_it_is_sorted_by() {
+        let summaries: Vec<crate::store::TenantSummary> = (0..30)
+            .map(|i| crate::store::TenantSummary {
+                tenant: format!("t{i:02}").into(),
+                queries: f64::from(i),
+                errors: 0.0,
+                rows: 0.0,
+                db_time_share: 0.0,
+            })
+            .collect();
+        let mut policy = crate::ratelimit::RatePolicy::default();
+        policy.tenants.insert(
+            "t03".into(),
+            crate::ratelimit::TenantOverride {
+                qps: Some(1.0),
+                ..Default::default()
+            },
+        );
+        let limits =
+            crate::ratelimit::RateLimits::new(policy, 10, std::time::Duration::from_secs(60));
+        let judgement = crate::detect::Judgement::default();
+        for (query, first) in [
+            ("sort=queries&order=asc&limit=5", "t00"),
+            ("sort=effective_qps&order=asc&limit=5", "t03"),
+        ] {
+            let q = parse_list_query(Some(query), false).unwrap();
+            let p = tenant_page(summaries.clone(), &[], &judgement, &limits, &q);
+            assert_eq!(&*p.tenants[0].tenant, first, "{query}");
+            for r in &p.tenants {
+                assert_eq!(
+                    r.effective_qps,
+                    limits.effective(&r.tenant).1.qps,
+                    "{query}: {}",
+                    r.tenant
+                );
+                assert!(r.effective_qps > 0.0);
+            }
+        }
+    }
+
     #[test]
     fn filters_and_bad_parameters() {
         let rows: Vec<TenantRow> = (0..20)
@@ -139,7 +239,7 @@ mod tests {
         let q = parse_list_query(Some("target=b&sort=tenant"), false).unwrap();
         let p = page(&rows, &q);
         assert_eq!(p.total, 15);
-        assert_eq!(p.tenants[0].tenant, "t10");
+        assert_eq!(&*p.tenants[0].tenant, "t10");
         assert_eq!(
             parse_list_query(Some("sort=db_time"), false).unwrap().sort,
             SortKey::Field(SortField::DbTimeShare)
@@ -165,7 +265,7 @@ mod tests {
     #[test]
     fn csv_has_a_header_and_a_line_per_row() {
         let rows = [row("t1", 0.5, true, "a"), row("t2", 0.25, false, "b")];
-        let text = csv(&rows.iter().collect::<Vec<_>>());
+        let text = csv(&rows);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("tenant,queries,errors"));
@@ -177,7 +277,7 @@ mod tests {
     fn csv_quotes_per_rfc_4180_and_neutralises_formulas() {
         let mut evil = row("=HYPERLINK(\"x\")", 0.0, false, "a,b");
         evil.flags = vec!["@SUM(1)".into()];
-        let text = csv(&[&evil, &row("-1", 0.0, false, "c\"d")]);
+        let text = csv(&[evil, row("-1", 0.0, false, "c\"d")]);
         let lines: Vec<&str> = text.split("\r\n").collect();
         assert!(
             lines[1].starts_with("\"'=HYPERLINK(\"\"x\"\")\","),

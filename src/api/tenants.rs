@@ -2,8 +2,9 @@
 //! target's last poll, the flags and the rate limits; sorting, cursor
 //! paging and CSV.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -15,7 +16,10 @@ use crate::store::{TargetStatus, TenantSummary};
 /// One tenant's current figures, from events and from every target.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TenantRow {
-    pub tenant: String,
+    /// Shared with the store's summary: a list of 100,000 tenants allocates
+    /// no id.
+    #[serde(serialize_with = "serialize_str")]
+    pub tenant: Arc<str>,
     pub queries: f64,
     pub errors: f64,
     pub error_ratio: f64,
@@ -41,11 +45,53 @@ pub fn tenant_rows(
     judgement: &Judgement,
     limits: &RateLimits,
 ) -> Vec<TenantRow> {
+    let mut rows = rows_without_quota(summaries.iter().cloned(), targets, judgement);
+    fill_effective_qps(&mut rows, limits);
+    rows
+}
+
+/// `GET /api/v1/tenants`: the page `q` asks for of every tenant's row.
+/// A row's quota is looked up for the page's rows only, unless the list is
+/// sorted by it: at 100,000 tenants that lookup was a quarter of a page's
+/// cost.
+pub fn tenant_page(
+    summaries: Vec<TenantSummary>,
+    targets: &[TargetStatus],
+    judgement: &Judgement,
+    limits: &RateLimits,
+    q: &ListQuery,
+) -> Page {
+    let mut rows = rows_without_quota(summaries.into_iter(), targets, judgement);
+    let sorted_by_quota = q.sort == SortKey::Field(SortField::EffectiveQps);
+    if sorted_by_quota {
+        fill_effective_qps(&mut rows, limits);
+    }
+    let mut page = page(&rows, q);
+    if !sorted_by_quota {
+        fill_effective_qps(&mut page.tenants, limits);
+    }
+    page
+}
+
+fn fill_effective_qps(rows: &mut [TenantRow], limits: &RateLimits) {
+    for row in rows {
+        row.effective_qps = limits.effective(&row.tenant).1.qps;
+    }
+}
+
+/// Every tenant's row as [`tenant_rows`] builds it, but for its
+/// `effective_qps`, left at 0.
+/// `summaries` are taken by value: each row takes its summary's id, and
+/// 100,000 reference counts go neither up nor down.
+fn rows_without_quota(
+    summaries: impl Iterator<Item = TenantSummary>,
+    targets: &[TargetStatus],
+    judgement: &Judgement,
+) -> Vec<TenantRow> {
     let mut rows = Rows {
         sorted: summaries
-            .iter()
             .map(|t| {
-                let mut row = TenantRow::probe(&t.tenant);
+                let mut row = TenantRow::probe(t.tenant);
                 row.queries = t.queries;
                 row.errors = t.errors;
                 row.rows = t.rows;
@@ -102,10 +148,13 @@ pub fn tenant_rows(
         } else {
             0.0
         };
-        row.effective_qps = limits.effective(&row.tenant).1.qps;
         row.targets.sort();
     }
     rows
+}
+
+fn serialize_str<S: serde::Serializer>(text: &Arc<str>, to: S) -> Result<S::Ok, S::Error> {
+    to.serialize_str(text)
 }
 
 /// Rows being built: the store's tenants in id order (found by binary
@@ -119,7 +168,7 @@ impl Rows {
     fn find(&mut self, tenant: &str) -> Option<&mut TenantRow> {
         match self
             .sorted
-            .binary_search_by(|row| row.tenant.as_str().cmp(tenant))
+            .binary_search_by(|row| (*row.tenant).cmp(tenant))
         {
             Ok(at) => self.sorted.get_mut(at),
             Err(_) => self.others.get_mut(tenant),
@@ -130,7 +179,7 @@ impl Rows {
     fn get(&mut self, tenant: &str) -> &mut TenantRow {
         if let Ok(at) = self
             .sorted
-            .binary_search_by(|row| row.tenant.as_str().cmp(tenant))
+            .binary_search_by(|row| (*row.tenant).cmp(tenant))
         {
             return &mut self.sorted[at];
         }
@@ -151,49 +200,61 @@ impl Rows {
 
 /// One page of rows and the cursor of the next.
 #[derive(Debug, Serialize)]
-pub struct Page<'a> {
-    pub tenants: Vec<&'a TenantRow>,
+pub struct Page {
+    pub tenants: Vec<TenantRow>,
     pub total: usize,
     pub next_cursor: Option<String>,
 }
 
 /// Filters, sorts (ties broken by tenant id, so pages are stable) and pages.
-pub fn page<'a>(rows: &'a [TenantRow], q: &ListQuery) -> Page<'a> {
-    let mut selected: Vec<&TenantRow> = rows
-        .iter()
-        .filter(|r| q.target.as_ref().is_none_or(|t| r.targets.contains(t)))
-        .filter(|r| q.flagged.is_none_or(|f| f != r.flags.is_empty()))
-        .collect();
+pub fn page(rows: &[TenantRow], q: &ListQuery) -> Page {
     let key = |r: &TenantRow| match q.sort {
         SortKey::Tenant => 0.0,
         SortKey::Field(field) => r.figure(field),
     };
-    let cmp = |a: &&TenantRow, b: &&TenantRow| {
-        let by_value = key(a).total_cmp(&key(b));
-        let by_value = if q.descending {
-            by_value.reverse()
-        } else {
-            by_value
-        };
-        by_value.then_with(|| a.tenant.cmp(&b.tenant))
-    };
-    let total = selected.len();
-    if let Some((value, tenant)) = &q.cursor {
-        let mut probe = TenantRow::probe(tenant);
-        if let SortKey::Field(field) = q.sort {
-            *probe.figure_mut(field) = *value;
+    let cursor = q.cursor.as_ref().map(|(value, tenant)| Ranked {
+        value: match q.sort {
+            SortKey::Tenant => 0.0,
+            SortKey::Field(_) => *value,
+        },
+        descending: q.descending,
+        tenant,
+    });
+    // The page's rows are kept in a heap of at most `limit`, its last row on
+    // top: most rows lose to that one on their figure alone, so a page of a
+    // large fleet costs one comparison of two numbers a row, without a sort
+    // of every row and without reading their ids.
+    let mut kept: BinaryHeap<(Ranked<'_>, usize)> = BinaryHeap::with_capacity(q.limit + 1);
+    let (mut total, mut after_cursor) = (0, 0);
+    for (at, row) in rows.iter().enumerate() {
+        if q.target.as_ref().is_some_and(|t| !row.targets.contains(t))
+            || q.flagged.is_some_and(|f| f == row.flags.is_empty())
+        {
+            continue;
         }
-        selected.retain(|r| cmp(r, &&probe) == std::cmp::Ordering::Greater);
+        total += 1;
+        let candidate = Ranked {
+            value: key(row),
+            descending: q.descending,
+            tenant: &row.tenant,
+        };
+        if cursor.as_ref().is_some_and(|c| candidate <= *c) {
+            continue;
+        }
+        after_cursor += 1;
+        if kept.len() < q.limit {
+            kept.push((candidate, at));
+        } else if let Some(mut last) = kept.peek_mut()
+            && candidate < last.0
+        {
+            *last = (candidate, at);
+        }
     }
-    let after_cursor = selected.len();
-    // The page's rows only, then those sorted: O(n) for a page of a large
-    // fleet instead of sorting every row.
-    if selected.len() > q.limit {
-        selected.select_nth_unstable_by(q.limit, cmp);
-        selected.truncate(q.limit);
-    }
-    selected.sort_by(cmp);
-    let tenants = selected;
+    let tenants: Vec<TenantRow> = kept
+        .into_sorted_vec()
+        .into_iter()
+        .map(|(_, at)| rows[at].clone())
+        .collect();
     let next_cursor = (tenants.len() < after_cursor)
         .then(|| {
             tenants
@@ -207,6 +268,40 @@ pub fn page<'a>(rows: &'a [TenantRow], q: &ListQuery) -> Page<'a> {
         next_cursor,
     }
 }
+
+/// A row's place in a list: its figure (in the list's direction), then its
+/// id.
+struct Ranked<'a> {
+    value: f64,
+    descending: bool,
+    tenant: &'a str,
+}
+
+impl Ord for Ranked<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let by_value = self.value.total_cmp(&other.value);
+        let by_value = if self.descending {
+            by_value.reverse()
+        } else {
+            by_value
+        };
+        by_value.then_with(|| self.tenant.cmp(other.tenant))
+    }
+}
+
+impl PartialOrd for Ranked<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Ranked<'_> {}
 
 impl TenantRow {
     /// The row's figure for `field`.
@@ -244,9 +339,9 @@ impl TenantRow {
     }
 
     /// A row with every figure at zero.
-    pub(crate) fn probe(tenant: &str) -> TenantRow {
+    pub(crate) fn probe(tenant: impl Into<Arc<str>>) -> TenantRow {
         TenantRow {
-            tenant: tenant.to_owned(),
+            tenant: tenant.into(),
             queries: 0.0,
             errors: 0.0,
             error_ratio: 0.0,
@@ -265,7 +360,7 @@ impl TenantRow {
 }
 
 /// The rows as CSV: a header, then one line per tenant; lists joined by `;`.
-pub fn csv(rows: &[&TenantRow]) -> String {
+pub fn csv(rows: &[TenantRow]) -> String {
     let mut out = String::from("tenant");
     for field in SortField::ALL {
         out.push(',');

@@ -157,7 +157,7 @@ fn capacity(state: &ReadState) -> Response<Body> {
                 db_time_share: r.db_time_share,
                 targets: r.targets.len(),
             };
-            (r.tenant.as_str(), share)
+            (&*r.tenant, share)
         })
         .collect();
     let histories = state
@@ -232,8 +232,14 @@ fn tenants(state: &ReadState, req: &Parts) -> Response<Body> {
         }
     };
     let targets = state.targets.snapshot();
-    let rows = rows(state, &targets);
-    let page = api::page(&rows, &query);
+    let summaries = state.store.summaries();
+    let page = api::tenant_page(
+        summaries,
+        &targets,
+        &read_judgement(&state.judgement),
+        &state.rate_limits,
+        &query,
+    );
     if !query.csv {
         let fleet = read_judgement(&state.judgement).fleet.clone();
         return json(StatusCode::OK, &scoped(&fleet, &page));
