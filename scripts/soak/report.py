@@ -121,11 +121,15 @@ def ratelimit(soak):
     return out
 
 
-def rss_slope(soak, d):
+RSS, RSS_ANON = 1, 5  # fields of a sample in soak.series
+
+
+def rss_slope(soak, d, field=RSS):
     """Per 10 minutes, as a fraction of the median, over the last three
-    quarters of the run, within the daemon's longest life there."""
+    quarters of the run, within the daemon's longest life there; of RSS or
+    of its anonymous part."""
     lo = soak.t0 + 0.25 * (soak.end - soak.t0)
-    pts = [(t, r, s) for t, r, _, _, s in soak.series[d.name] if t >= lo and r]
+    pts = [(x[0], x[field], x[4]) for x in soak.series[d.name] if x[0] >= lo and x[field]]
     by_life = collections.defaultdict(list)
     for t, r, s in pts:
         by_life[s].append((t, r))
@@ -171,14 +175,16 @@ def plot(soak, path):
     for d in soak.daemons:
         s = soak.series[d.name]
         t = [(x[0] - soak.t0) / 60 for x in s]
-        axes[0].plot(t, [(x[1] or 0) / 2**20 for x in s], label=d.name)
+        line, = axes[0].plot(t, [(x[1] or 0) / 2**20 for x in s], label=d.name)
+        axes[0].plot(t, [(x[5] or 0) / 2**20 for x in s], color=line.get_color(), linestyle=":",
+                     label=f"{d.name} anonymous")
         axes[1].plot(t, [x[2] * 1000 for x in s], label=d.name)
         rate = [0.0] + [max(0.0, (b[3] - a[3]) / (b[0] - a[0])) if b[4] == a[4] else 0.0 for a, b in zip(s, s[1:])]
         axes[2].plot(t, rate, label=d.name)
     for f in soak.faults:
         for ax in axes:
             ax.axvspan((f.start - soak.t0) / 60, (max(f.end, f.start + 1) - soak.t0) / 60, color="red", alpha=0.08)
-    axes[0].set_ylabel("RSS (MiB)")
+    axes[0].set_ylabel("RSS (MiB; dotted: anonymous)")
     axes[1].set_ylabel("/metrics scrape (ms)")
     axes[2].set_ylabel("events received /s")
     axes[2].set_xlabel("minutes (red: faults)")
@@ -196,13 +202,14 @@ def write_series(soak, path):
     import csv
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["daemon", "t_s", "rss_bytes", "scrape_s", "received_total", "life_started_s", "fault"])
+        out.writerow(["daemon", "t_s", "rss_bytes", "rss_anon_bytes", "scrape_s", "received_total",
+                      "life_started_s", "fault"])
         for d in soak.daemons:
-            for t, rss, took, received, start in soak.series[d.name]:
-                out.writerow([d.name, f"{t - soak.t0:.1f}", rss or "", f"{took:.4f}", received,
+            for t, rss, took, received, start, anon in soak.series[d.name]:
+                out.writerow([d.name, f"{t - soak.t0:.1f}", rss or "", anon or "", f"{took:.4f}", received,
                               f"{start - soak.t0:.1f}" if start else "", ""])
         for fault in soak.faults:
-            out.writerow(["", f"{fault.start - soak.t0:.1f}", "", "", "", "", fault.kind])
+            out.writerow(["", f"{fault.start - soak.t0:.1f}", "", "", "", "", "", fault.kind])
 
 
 def fmt(v, unit=""):
@@ -234,6 +241,7 @@ def write(soak, out_dir):
         found, wrong = detection(soak, d)
         det[d.name] = (found, wrong)
         slope, slope_note = rss_slope(soak, d)
+        anon_slope, _ = rss_slope(soak, d, RSS_ANON)
         hz = p99([x for _, x in soak.healthz[d.name]])
         recov = [f.recovery.get(d.name) for f in soak.faults if f.family in ("postgres", "redis")]
         worst = None if not recov else (float("inf") if None in recov else max(recov))
@@ -247,6 +255,10 @@ def write(soak, out_dir):
             # life begun at a kill is warm-up, shown, not judged.
             ("RSS slope, last 3/4 (per 10 min, of median)", None if slope is None else f"{slope * 100:+.2f}%",
              rss_bound(soak, d), not rss_judged(soak, d) or (slope is not None and abs(slope) < 0.01)),
+            # Shown beside it: RSS less the binary's pages, which grow as
+            # code runs for the first time.
+            ("  of which anonymous memory (heap, stacks)",
+             None if anon_slope is None else f"{anon_slope * 100:+.2f}%", "shown", True),
             ("events lost below capacity, no kill", steady_lost, "0", steady_lost == 0),
             ("events lost in bursts and kills (explained below)", explained, "counted", True),
             ("  of which kernel drops in bursts (events)", drops, "counted", True),

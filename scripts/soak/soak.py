@@ -143,7 +143,7 @@ class Soak:
         self.lock = threading.Lock()
         self.faults = []
         self.problems = []
-        self.series = collections.defaultdict(list)  # daemon -> (t, rss, scrape_s, received_total)
+        self.series = collections.defaultdict(list)  # daemon -> (t, rss, scrape_s, received_total, life, rss_anon)
         self.healthz = collections.defaultdict(list)
         self.nonfinite = collections.Counter()
         self.flags = collections.defaultdict(list)  # daemon -> (t, {(tenant, reason)})
@@ -255,12 +255,16 @@ class Soak:
 
     def audit_once(self, d, checkpoint, ledger):
         now = time.time()
-        rss = None
+        # RSS, and its anonymous part (the heap, stacks) apart from the
+        # binary's own pages, which grow as new code runs (a fault's first
+        # occurrence) and are no leak.
+        rss = anon = None
         pid = d.pid()
         try:
             with open(f"/proc/{pid}/status") as f:
-                rss = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
-        except (OSError, StopIteration, TypeError):
+                status = {l.split(":")[0]: l.split()[1] for l in f if l.startswith(("VmRSS:", "RssAnon:"))}
+            rss, anon = int(status["VmRSS"]) * 1024, int(status["RssAnon"]) * 1024
+        except (OSError, KeyError, TypeError, ValueError):
             pass
         try:
             took, sample = self.scrape(d)
@@ -275,7 +279,7 @@ class Soak:
         if not self.lives[d.name] or self.lives[d.name][-1] != start:
             self.lives[d.name].append(start)
         received = sum(pick(sample, "tenantwatch_events_received_total"))
-        self.series[d.name].append((now, rss, took, received, start))
+        self.series[d.name].append((now, rss, took, received, start, anon))
         if checkpoint:
             self.checkpoints[d.name].append((now, sample, ledger))
 
