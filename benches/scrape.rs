@@ -145,7 +145,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(metrics::encode(&registry).len()))
     });
     // The other two formats `/metrics` negotiates: text 0.0.4 (OpenMetrics
-    // rewritten line by line) and protobuf (prometheus-client's encoder,
+    // rewritten, runs of samples copied whole) and protobuf (prometheus-client's encoder,
     // with native histograms).
     for format in [metrics::Format::Text, metrics::Format::Protobuf] {
         let name = match format {

@@ -292,7 +292,10 @@ fn main() {
     let summaries = store.summaries();
     let rows = tenantwatch::api::tenant_rows(&summaries, &[], &judgement, &limits);
     drop(summaries);
-    table.add("API tenant rows (GET /api/v1/tenants)", held(&region));
+    table.add(
+        "API tenant rows (every tenant's, as GET /api/v1/tenants builds them)",
+        held(&region),
+    );
     drop(rows);
 
     let exposition = StoreExposition::new(Arc::new(store), &ExpositionSettings::default());

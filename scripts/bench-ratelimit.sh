@@ -196,7 +196,7 @@ callgrind_per_request() {
     local total
     total=$(callgrind_annotate "$WORK/$name.$vg.cg.$k" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
     # Heap allocations: calls into malloc, calloc and realloc, from
-    # callgrind's call counts (the crate forbids the unsafe code a counting
+    # callgrind's call counts (the crate denies the unsafe code a counting
     # global allocator would need).
     local allocations
     allocations=$(python3 - "$WORK/$name.$vg.cg.$k" <<'PY'

@@ -60,24 +60,30 @@ mod tests {
         }
         // 128 MiB in blocks under glibc's mmap threshold (so inside a heap),
         // each touched; then all but one in 256 go, so that the free ones
-        // lie between live ones and no heap's top is free.
-        let mut blocks: Vec<Vec<u8>> = (0..4096).map(|_| vec![1u8; 32 * 1024]).collect();
-        let held = rss_kib();
-        let mut at = 0;
-        blocks.retain(|_| {
-            at += 1;
-            at % 256 == 0
-        });
-        let freed = rss_kib();
-        let (_, released) = release_free_pages();
-        let after = rss_kib();
-        assert!(released, "malloc_trim released nothing");
-        // Other tests run beside this one: half of what was freed is asked.
-        assert!(
-            freed.saturating_sub(after) > 64 * 1024,
-            "RSS {held} KiB with the blocks, {freed} KiB with most freed, {after} KiB \
-             after the release: expected at least 64 MiB back"
-        );
-        assert_eq!(blocks.len(), 16);
+        // lie between live ones and no heap's top is free. RSS is the
+        // process's, and other tests run beside this one: half of what was
+        // freed is asked, in any of three tries.
+        let mut tries = Vec::new();
+        for _ in 0..3 {
+            let mut blocks: Vec<Vec<u8>> = (0..4096).map(|_| vec![1u8; 32 * 1024]).collect();
+            let held = rss_kib();
+            let mut at = 0;
+            blocks.retain(|_| {
+                at += 1;
+                at % 256 == 0
+            });
+            assert_eq!(blocks.len(), 16);
+            let freed = rss_kib();
+            let (_, released) = release_free_pages();
+            let after = rss_kib();
+            if released && freed.saturating_sub(after) > 64 * 1024 {
+                return;
+            }
+            tries.push(format!(
+                "{held} KiB with the blocks, {freed} with most freed, {after} after the \
+                 release (released: {released})"
+            ));
+        }
+        panic!("expected at least 64 MiB back; RSS {tries:?}");
     }
 }

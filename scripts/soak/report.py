@@ -198,18 +198,19 @@ def plot(soak, path):
 
 def write_series(soak, path):
     """Each daemon's samples (seconds into the run, RSS, scrape time, events
-    counted, life's start), and the faults, for a look past the plot."""
+    counted, life's start, RSS's anonymous part), and the faults, for a look
+    past the plot."""
     import csv
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["daemon", "t_s", "rss_bytes", "rss_anon_bytes", "scrape_s", "received_total",
-                      "life_started_s", "fault"])
+        out.writerow(["daemon", "t_s", "rss_bytes", "scrape_s", "received_total", "life_started_s", "fault",
+                      "rss_anon_bytes"])
         for d in soak.daemons:
             for t, rss, took, received, start, anon in soak.series[d.name]:
-                out.writerow([d.name, f"{t - soak.t0:.1f}", rss or "", anon or "", f"{took:.4f}", received,
-                              f"{start - soak.t0:.1f}" if start else "", ""])
+                out.writerow([d.name, f"{t - soak.t0:.1f}", rss or "", f"{took:.4f}", received,
+                              f"{start - soak.t0:.1f}" if start else "", "", anon or ""])
         for fault in soak.faults:
-            out.writerow(["", f"{fault.start - soak.t0:.1f}", "", "", "", "", "", fault.kind])
+            out.writerow(["", f"{fault.start - soak.t0:.1f}", "", "", "", "", fault.kind, ""])
 
 
 def fmt(v, unit=""):

@@ -258,14 +258,20 @@ class Soak:
         # RSS, and its anonymous part (the heap, stacks) apart from the
         # binary's own pages, which grow as new code runs (a fault's first
         # occurrence) and are no leak.
-        rss = anon = None
-        pid = d.pid()
+        status = {}
         try:
-            with open(f"/proc/{pid}/status") as f:
+            with open(f"/proc/{d.pid()}/status") as f:
                 status = {l.split(":")[0]: l.split()[1] for l in f if l.startswith(("VmRSS:", "RssAnon:"))}
-            rss, anon = int(status["VmRSS"]) * 1024, int(status["RssAnon"]) * 1024
-        except (OSError, KeyError, TypeError, ValueError):
+        except (OSError, TypeError, IndexError):
             pass
+
+        def kib(key):
+            try:
+                return int(status[key]) * 1024
+            except (KeyError, ValueError):
+                return None
+        # Each on its own: a kernel without RssAnon still gives the judged RSS.
+        rss, anon = kib("VmRSS"), kib("RssAnon")
         try:
             took, sample = self.scrape(d)
         except (OSError, http.client.HTTPException):

@@ -233,16 +233,11 @@ fn tenants(state: &ReadState, req: &Parts) -> Response<Body> {
     };
     let targets = state.targets.snapshot();
     let summaries = state.store.summaries();
-    let page = api::tenant_page(
-        summaries,
-        &targets,
-        &read_judgement(&state.judgement),
-        &state.rate_limits,
-        &query,
-    );
+    // One judgement for the page's flags and its scope.
+    let judgement = read_judgement(&state.judgement);
+    let page = api::tenant_page(summaries, &targets, &judgement, &state.rate_limits, &query);
     if !query.csv {
-        let fleet = read_judgement(&state.judgement).fleet.clone();
-        return json(StatusCode::OK, &scoped(&fleet, &page));
+        return json(StatusCode::OK, &scoped(&judgement.fleet, &page));
     }
     let mut response = Response::new(Full::new(Bytes::from(api::csv(&page.tenants))));
     response.headers_mut().insert(

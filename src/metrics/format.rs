@@ -6,8 +6,8 @@
 //! older agents (Telegraf before OpenMetrics, some vendors' agents) that read
 //! nothing else.
 //!
-//! The 0.0.4 text is derived from the OpenMetrics text line by line
-//! ([`openmetrics_to_text`]): the two differ only in the family names of
+//! The 0.0.4 text is derived from the OpenMetrics text
+//! ([`openmetrics_to_text`], runs of samples copied whole): the two differ only in the family names of
 //! counters (`# TYPE x_total counter`), the type names `unknown`/`info`, and
 //! the `# UNIT` and `# EOF` lines; samples are the same bytes.
 
@@ -109,13 +109,14 @@ fn media_range(range: &str) -> (f64, Option<Format>) {
 
 /// Appends the Prometheus text format 0.0.4 form of an OpenMetrics
 /// exposition `om` (as prometheus-client and [`super::text`] write it:
-/// `# HELP` before `# TYPE`, no exemplars) to `out`.
+/// `# HELP` before `# TYPE`, no exemplars, lines ended by `\n` alone, no
+/// blank line) to `out`.
 pub fn openmetrics_to_text(om: &str, out: &mut String) {
     // A family's `# HELP` waits for its `# TYPE`, which says the name.
     let mut help: Option<(&str, &str)> = None;
     let mut rest = om;
     while !rest.is_empty() {
-        if rest.starts_with('#') {
+        if rest.starts_with("# ") {
             let (line, after) = rest.split_once('\n').unwrap_or((rest, ""));
             comment_to_text(line, &mut help, out);
             rest = after;
@@ -123,7 +124,8 @@ pub fn openmetrics_to_text(om: &str, out: &mut String) {
             // Samples are the same bytes in both formats: each run of them,
             // up to the next comment line, is copied in one piece (line by
             // line, the copy was a tenth of a 10,000-tenant scrape).
-            let end = memchr::memmem::find(rest.as_bytes(), b"\n#").map_or(rest.len(), |at| at + 1);
+            let end =
+                memchr::memmem::find(rest.as_bytes(), b"\n# ").map_or(rest.len(), |at| at + 1);
             out.push_str(&rest[..end]);
             if !rest[..end].ends_with('\n') {
                 out.push('\n');
@@ -220,14 +222,14 @@ mod tests {
     }
 
     /// The conversion line by line, as it was before runs of samples were
-    /// copied whole: the reference the property test holds it to.
+    /// copied whole (df02408): the reference the property test holds it to.
     fn line_by_line(om: &str) -> String {
         let mut out = String::new();
         let mut help = None;
         for line in om.lines() {
-            if line.starts_with('#') {
+            if line.starts_with("# ") || line.is_empty() {
                 comment_to_text(line, &mut help, &mut out);
-            } else if !line.is_empty() {
+            } else {
                 out.push_str(line);
                 out.push('\n');
             }
@@ -244,16 +246,18 @@ mod tests {
                     "# TYPE [a-c]{1,3} (counter|gauge|info|histogram|unknown)",
                     proptest::strategy::Just("# UNIT a bytes".to_owned()),
                     "[a-c]{1,3}(_total)?(\\{x=\"[a-z#]{0,4}\"\\})? [0-9]{1,3}",
+                    proptest::strategy::Just("#not_a_comment 1".to_owned()),
                 ],
                 0..40,
             ),
             eof in proptest::bool::ANY,
+            unterminated in proptest::bool::ANY,
         ) {
             let mut om = lines.join("\n");
-            if !om.is_empty() {
+            if !om.is_empty() && !unterminated {
                 om.push('\n');
             }
-            if eof {
+            if eof && (om.is_empty() || om.ends_with('\n')) {
                 om.push_str("# EOF\n");
             }
             let mut text = String::new();

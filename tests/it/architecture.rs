@@ -432,3 +432,36 @@ fn a_cycle_inside_a_directory_is_found_and_a_chain_is_not() {
         .collect();
     assert_eq!(found, ["a->b", "b->c", "c->a"]);
 }
+
+/// The crate denies unsafe code (`Cargo.toml`, `src/lib.rs`) and one file,
+/// `src/heap.rs`, allows it for its one FFI call (`malloc_trim`): no other
+/// file of the crate, its tests, examples, benches or fuzz targets may.
+#[test]
+fn only_the_heap_module_allows_unsafe_code() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "examples", "benches", "fuzz", "macros"] {
+        let dir = root.join(dir);
+        if dir.is_dir() {
+            rust_files(&dir, &mut files);
+        }
+    }
+    // Spelled apart, so that this file does not match itself.
+    let lints = ["allow", "expect"].map(|level| format!("{level}(unsafe_{})", "code"));
+    let mut allowing: Vec<String> = files
+        .iter()
+        .filter(|path| !path.components().any(|c| c.as_os_str() == "target"))
+        .filter(|path| {
+            let text = std::fs::read_to_string(path).expect("a readable source file");
+            lints.iter().any(|lint| text.contains(lint.as_str()))
+        })
+        .map(|path| {
+            path.strip_prefix(root)
+                .expect("under the crate")
+                .display()
+                .to_string()
+        })
+        .collect();
+    allowing.sort();
+    assert_eq!(allowing, ["src/heap.rs"]);
+}
