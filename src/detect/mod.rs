@@ -279,9 +279,10 @@ impl Detector {
         let horizon = self.window_reach();
         let mut tenants = self.window.advance(now, store, horizon);
         let windowed = !tenants.is_empty() || self.window_is_warm();
+        let scale = young_window_scale(store, self.settings.window, self.settings.interval);
         for t in &store.tenants {
             let f = tenants.entry(t.tenant.clone()).or_default();
-            f.db_time_ms = t.window_db_time_ms;
+            f.db_time_ms = t.window_db_time_ms * scale;
             f.sources = t.window_sources;
         }
         fleet::Figures { tenants, windowed }
@@ -387,12 +388,17 @@ impl Detector {
         let evidence = |tenant: &str| sources.get(tenant).copied().unwrap_or(Evidence::NONE);
         if let Some(r) = self.enabled(RuleName::DbTimeHog) {
             let shares = events.db_time_shares();
-            let shares: Vec<(&str, f64)> = shares
+            let window = self.settings.window.as_secs_f64().max(f64::MIN_POSITIVE);
+            let times: Vec<rules::DbTime<'_>> = shares
                 .iter()
                 .filter(|(t, _)| *t != OVERFLOW_TENANT)
-                .map(|(t, share)| (t.as_str(), *share))
+                .map(|(t, share)| rules::DbTime {
+                    tenant: t.as_str(),
+                    share: *share,
+                    load: events.tenants.get(t).map_or(0.0, |f| f.db_time_ms) / 1000.0 / window,
+                })
                 .collect();
-            let verdicts = rules::db_time_hog_from_shares(r, &shares);
+            let verdicts = rules::db_time_hog_from_shares(r, &times);
             observations.add(RuleName::DbTimeHog, verdicts, None, evidence);
         }
         if let Some(r) = self.enabled(RuleName::LatencyOutlier) {
@@ -446,7 +452,9 @@ impl Detector {
             .filter(|(_, f)| f.db_time_ms > 0.0)
             .map(|(t, _)| t.as_str())
             .collect();
-        let verdicts = rules::db_time_hog_from_statements(r, &window, |t| !with_events.contains(t));
+        let verdicts = rules::db_time_hog_from_statements(r, &window, self.settings.window, |t| {
+            !with_events.contains(t)
+        });
         observations.add(RuleName::DbTimeHog, verdicts, None, postgres);
     }
 
@@ -714,6 +722,27 @@ pub fn read_judgement(shared: &SharedJudgement) -> std::sync::Arc<Judgement> {
         .clone()
 }
 
+/// What a replica's database time over its window is multiplied by so that
+/// it stands for a whole window: 1 once the store has seen a whole window,
+/// more in its first window after a start, which is empty at first. The
+/// fleet sums each replica's figures, and a restarted replica's partial
+/// window made the tenants its clients send to weigh less, and the others
+/// more, until it filled: a tenant whose events leaned to the other replica
+/// was flagged a `db_time_hog` (found by the soak, issue 26). Extrapolated
+/// as a rate over what was seen, as Prometheus's `rate()` extrapolates,
+/// from at least a quarter of the window (or one `interval`, if longer):
+/// a replica's first seconds stand for little, and replicas started
+/// together weigh alike.
+fn young_window_scale(
+    store: &StoreSnapshot,
+    window: std::time::Duration,
+    interval: std::time::Duration,
+) -> f64 {
+    let least = (window.as_millis() as f64 / 4.0).max(interval.as_millis() as f64);
+    let covered = (store.window_covered_ms as f64).max(least);
+    (store.window_whole_ms as f64 / covered).max(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -876,6 +905,73 @@ mod tests {
             change(schemas.entry(tenant.to_owned()).or_default());
             self.target.schemas = Some(Arc::new(schemas));
         }
+    }
+
+    /// Two replicas judging on the fleet's sum, one of them restarted 20 s
+    /// ago (its 60 s window starts empty). `lean`'s events all go to the
+    /// replica that kept running; the ten others' are split evenly. Its
+    /// true share is 0.2, under its bar (3 x the others' mean, 0.24);
+    /// summed with the restarted replica's partial window as if whole, it
+    /// read 0.27 against 0.22 and was flagged (the soak's restart case,
+    /// issue 26).
+    #[test]
+    fn a_restarted_replicas_young_window_counts_whole_in_the_fleet() {
+        let limits = StoreLimits {
+            max_tenants: 100,
+            tenant_idle_ttl: Duration::from_secs(3600),
+            share_window: Duration::from_secs(60),
+            max_endpoints_per_tenant: 20,
+            max_instances: 10,
+        };
+        let replica = || {
+            let clock = Arc::new(ManualClock::default());
+            (Store::new(1, limits.clone(), clock.clone()), clock)
+        };
+        let ((running, running_clock), (restarted, restarted_clock)) = (replica(), replica());
+        let second = |store: &Store, clock: &ManualClock, lean: bool| {
+            {
+                let mut w = store.writer(0);
+                for i in 0..10 {
+                    w.record(&query(&format!("t{i}"), 50.0, 1.0, false));
+                }
+                if lean {
+                    w.record(&query("lean", 250.0, 1.0, false));
+                }
+            }
+            clock.advance(Duration::from_secs(1));
+        };
+        for _ in 0..600 {
+            second(&running, &running_clock, true);
+        }
+        for _ in 0..20 {
+            second(&running, &running_clock, true);
+            second(&restarted, &restarted_clock, false);
+        }
+        let mut settings = DetectSettings::default();
+        settings.rule_mut(RuleName::DbTimeHog).for_ = Duration::ZERO;
+        let now = Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let (mut one, mut two) = (Detector::new(settings.clone()), Detector::new(settings));
+        let restarted_figures = two.observe_events(now, &restarted.snapshot());
+        let running_snapshot = running.snapshot();
+        let own = one.observe_events(now, &running_snapshot);
+        let others = [("two".to_string(), fleet::encode(&restarted_figures))];
+        let (sum, status) = fleet::merge(&own, "one", &others);
+        assert_eq!(status.replicas, 2);
+        let share = sum.db_time_shares()["lean"];
+        assert!((share - 0.2).abs() < 0.02, "lean's fleet share {share}");
+        let observed = Observed {
+            store: &running_snapshot,
+            targets: &[],
+            pgbouncers: &[],
+        };
+        let transitions = one.judge(now, wall, observed, &sum, |_| 100.0);
+        assert!(
+            !transitions
+                .iter()
+                .any(|t| matches!(t, Transition::Raised(f) if f.reason == RuleName::DbTimeHog)),
+            "{transitions:?}"
+        );
     }
 
     #[test]

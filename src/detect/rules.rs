@@ -31,14 +31,35 @@ impl Verdict {
     }
 }
 
+/// One tenant's database time over the window, as `db_time_hog` reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DbTime<'a> {
+    pub tenant: &'a str,
+    /// Its share of every tenant's database time over the window.
+    pub share: f64,
+    /// Its database time over the window per second of the window: the
+    /// sessions it kept busy on average.
+    pub load: f64,
+}
+
 /// `db_time_hog`: share of the fleet's reported database time over the
 /// window >= max(`threshold` x the mean share of the *other* active
-/// tenants, `min`). Leave-one-out: the tenant judged is not part of its own
-/// reference, so a hog among few tenants cannot raise its own bar (with the
-/// subject included, three tenants could never have a hog: 3 x 1/3 = 1). A
-/// tenant with no other active tenant is not judged: a share is relative.
-pub fn db_time_hog(r: &RuleSettings, tenants: &[&TenantSnapshot]) -> Vec<Verdict> {
-    let shares: Vec<(&str, f64)> = tenants
+/// tenants, `min`), and the tenant's load (database seconds per second over
+/// the window) >= `factor`. Leave-one-out: the tenant judged is not part of
+/// its own reference, so a hog among few tenants cannot raise its own bar
+/// (with the subject included, three tenants could never have a hog: 3 x
+/// 1/3 = 1). A tenant with no other active tenant is not judged: a share
+/// is relative. The load floor keeps a quiet fleet's largest tenant from
+/// being a hog of nothing: with every other tenant quiet, a tenant's few
+/// milliseconds are a large share of a tiny total (found by the soak, issue
+/// 26).
+pub fn db_time_hog(
+    r: &RuleSettings,
+    tenants: &[&TenantSnapshot],
+    window: Duration,
+) -> Vec<Verdict> {
+    let seconds = window.as_secs_f64().max(f64::MIN_POSITIVE);
+    let times: Vec<DbTime<'_>> = tenants
         .iter()
         .map(|t| {
             let share = if t.window_db_time_ms > 0.0 {
@@ -46,61 +67,72 @@ pub fn db_time_hog(r: &RuleSettings, tenants: &[&TenantSnapshot]) -> Vec<Verdict
             } else {
                 0.0
             };
-            (t.tenant.as_str(), share)
+            DbTime {
+                tenant: t.tenant.as_str(),
+                share,
+                load: t.window_db_time_ms / 1000.0 / seconds,
+            }
         })
         .collect();
-    db_time_hog_from_shares(r, &shares)
+    db_time_hog_from_shares(r, &times)
 }
 
-/// `db_time_hog` on each tenant's share of database time (this replica's
-/// or the fleet's), as [`db_time_hog`] judges it.
-pub fn db_time_hog_from_shares(r: &RuleSettings, shares: &[(&str, f64)]) -> Vec<Verdict> {
-    hog_verdicts(r, shares, |_| true)
+/// `db_time_hog` on each tenant's share and load of database time (this
+/// replica's or the fleet's), as [`db_time_hog`] judges it.
+pub fn db_time_hog_from_shares(r: &RuleSettings, times: &[DbTime<'_>]) -> Vec<Verdict> {
+    hog_verdicts(r, times, |_| true)
 }
 
 /// `db_time_hog` on server-side figures: each tenant's share of the
-/// statement time `pg_stat_statements` counted over the window (role and
+/// statement time `pg_stat_statements` counted over the `window` (role and
 /// database rules), judged for the tenants `judged` accepts (those that
 /// send no events; the others are judged on their events).
 pub fn db_time_hog_from_statements(
     r: &RuleSettings,
     window_seconds: &HashMap<String, f64>,
+    window: Duration,
     judged: impl Fn(&str) -> bool,
 ) -> Vec<Verdict> {
     let total: f64 = window_seconds.values().filter(|s| **s > 0.0).sum();
     if total <= 0.0 {
         return Vec::new();
     }
-    let shares: Vec<(&str, f64)> = window_seconds
+    let span = window.as_secs_f64().max(f64::MIN_POSITIVE);
+    let times: Vec<DbTime<'_>> = window_seconds
         .iter()
         .filter(|(tenant, _)| *tenant != OVERFLOW_TENANT)
-        .map(|(tenant, seconds)| (tenant.as_str(), seconds.max(0.0) / total))
+        .map(|(tenant, seconds)| DbTime {
+            tenant: tenant.as_str(),
+            share: seconds.max(0.0) / total,
+            load: seconds.max(0.0) / span,
+        })
         .collect();
-    hog_verdicts(r, &shares, judged)
+    hog_verdicts(r, &times, judged)
 }
 
 /// Leave-one-out: each judged tenant's share against `threshold` x the mean
-/// share of the *other* active tenants (at least `min`); not judged without
-/// another active tenant.
+/// share of the *other* active tenants (at least `min`), and its load
+/// against `factor`; not judged without another active tenant.
 fn hog_verdicts(
     r: &RuleSettings,
-    shares: &[(&str, f64)],
+    times: &[DbTime<'_>],
     judged: impl Fn(&str) -> bool,
 ) -> Vec<Verdict> {
-    let active = shares.iter().filter(|(_, share)| *share > 0.0).count();
-    let total_share: f64 = shares.iter().map(|(_, share)| share.max(0.0)).sum();
-    shares
+    let active = times.iter().filter(|t| t.share > 0.0).count();
+    let total_share: f64 = times.iter().map(|t| t.share.max(0.0)).sum();
+    times
         .iter()
-        .filter(|(tenant, _)| judged(tenant))
-        .filter_map(|(tenant, share)| {
-            let is_active = *share > 0.0;
+        .filter(|t| judged(t.tenant))
+        .filter_map(|t| {
+            let is_active = t.share > 0.0;
             let others = active - usize::from(is_active);
             if others == 0 {
                 return None;
             }
-            let others_mean = (total_share - share.max(0.0)).max(0.0) / others as f64;
+            let others_mean = (total_share - t.share.max(0.0)).max(0.0) / others as f64;
             let threshold = (r.threshold * others_mean).max(r.min);
-            Some(Verdict::new(tenant, *share >= threshold, *share, threshold))
+            let holds = t.share >= threshold && t.load >= r.factor;
+            Some(Verdict::new(t.tenant, holds, t.share, threshold))
         })
         .collect()
 }
@@ -345,11 +377,16 @@ mod tests {
         }
     }
 
+    /// The window of the `db_time_hog` tests.
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    /// A tenant with `share` of a fleet that keeps one session busy over
+    /// [`MINUTE`] (its load is its share).
     fn snapshot(tenant: &str, share: f64) -> TenantSnapshot {
         TenantSnapshot {
             tenant: tenant.into(),
             db_time_share: share,
-            window_db_time_ms: share * 1000.0,
+            window_db_time_ms: share * 60_000.0,
             ..TenantSnapshot::default()
         }
     }
@@ -360,10 +397,10 @@ mod tests {
         let mut tenants = vec![snapshot("hog", 0.5)];
         tenants.extend((0..19).map(|i| snapshot(&format!("t{i}"), 0.5 / 19.0)));
         let refs: Vec<&TenantSnapshot> = tenants.iter().collect();
-        let verdicts = db_time_hog(&settings(RuleName::DbTimeHog), &refs);
+        let verdicts = db_time_hog(&settings(RuleName::DbTimeHog), &refs, MINUTE);
         assert_eq!(holding(&verdicts), ["hog"]);
         assert!((verdicts[0].threshold - 0.2).abs() < 1e-12);
-        assert!(db_time_hog(&settings(RuleName::DbTimeHog), &[]).is_empty());
+        assert!(db_time_hog(&settings(RuleName::DbTimeHog), &[], MINUTE).is_empty());
     }
 
     #[test]
@@ -372,13 +409,50 @@ mod tests {
         // three could ever be a hog. Against the others' mean (0.15) it is.
         let few = [snapshot("a", 0.7), snapshot("b", 0.1), snapshot("c", 0.2)];
         let refs: Vec<&TenantSnapshot> = few.iter().collect();
-        let verdicts = db_time_hog(&settings(RuleName::DbTimeHog), &refs);
+        let verdicts = db_time_hog(&settings(RuleName::DbTimeHog), &refs, MINUTE);
         assert_eq!(holding(&verdicts), ["a"]);
         assert!((verdicts[0].threshold - 0.45).abs() < 1e-12);
         // Alone there is no one to hog from: not judged.
         let alone = [snapshot("solo", 1.0)];
         let refs: Vec<&TenantSnapshot> = alone.iter().collect();
-        assert!(db_time_hog(&settings(RuleName::DbTimeHog), &refs).is_empty());
+        assert!(db_time_hog(&settings(RuleName::DbTimeHog), &refs, MINUTE).is_empty());
+    }
+
+    /// The soak's flag (seed 2616): the fleet's load had stalled, and a
+    /// tenant with a handful of events (75 ms over a 20 s window) held 31%
+    /// of what was left beside seven others: a hog by its share, of nothing.
+    #[test]
+    fn a_quiet_fleets_largest_tenant_is_not_a_db_time_hog() {
+        let window = Duration::from_secs(20);
+        let r = settings(RuleName::DbTimeHog);
+        let quiet = |tenant: &str, ms: f64| TenantSnapshot {
+            tenant: tenant.into(),
+            db_time_share: ms / 240.0,
+            window_db_time_ms: ms,
+            ..TenantSnapshot::default()
+        };
+        let mut tenants = vec![quiet("clinic1", 75.0)];
+        tenants.extend((0..7).map(|i| quiet(&format!("t{i}"), 165.0 / 7.0)));
+        let refs: Vec<&TenantSnapshot> = tenants.iter().collect();
+        let verdicts = db_time_hog(&r, &refs, window);
+        let clinic = verdicts.iter().find(|v| v.tenant == "clinic1").unwrap();
+        assert!(
+            clinic.value >= clinic.threshold,
+            "a hog by its share: {clinic:?}"
+        );
+        assert!(holding(&verdicts).is_empty(), "{verdicts:?}");
+        // The same shares of a busy fleet (2.4 sessions): a hog.
+        for t in &mut tenants {
+            t.window_db_time_ms *= 200.0;
+        }
+        let refs: Vec<&TenantSnapshot> = tenants.iter().collect();
+        assert_eq!(holding(&db_time_hog(&r, &refs, window)), ["clinic1"]);
+        // On server-side statement time alike.
+        let quiet: HashMap<String, f64> = tenants
+            .iter()
+            .map(|t| (t.tenant.clone(), t.window_db_time_ms / 200_000.0))
+            .collect();
+        assert!(holding(&db_time_hog_from_statements(&r, &quiet, window, |_| true)).is_empty());
     }
 
     #[test]
@@ -468,15 +542,15 @@ mod tests {
             ("c".to_owned(), 3.0),
         ]
         .into();
-        let verdicts = db_time_hog_from_statements(&r, &seconds, |_| true);
+        let verdicts = db_time_hog_from_statements(&r, &seconds, MINUTE, |_| true);
         assert_eq!(holding(&verdicts), vec!["heavy"]);
         // A tenant that sends events is judged on them instead.
-        let verdicts = db_time_hog_from_statements(&r, &seconds, |t| t != "heavy");
+        let verdicts = db_time_hog_from_statements(&r, &seconds, MINUTE, |t| t != "heavy");
         assert!(holding(&verdicts).is_empty());
         assert_eq!(verdicts.len(), 3);
         // Nothing ran: nothing judged.
         let idle: HashMap<String, f64> = [("a".to_owned(), 0.0)].into();
-        assert!(db_time_hog_from_statements(&r, &idle, |_| true).is_empty());
+        assert!(db_time_hog_from_statements(&r, &idle, MINUTE, |_| true).is_empty());
     }
 
     #[test]

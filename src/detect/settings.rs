@@ -155,8 +155,9 @@ impl RuleSettings {
             ..settings
         };
         match rule {
-            // share >= max(threshold x fair share, min)
-            RuleName::DbTimeHog => s(3.0, 0.2, 0.0, 120, Warning, true),
+            // share >= max(threshold x others' mean share, min), and load
+            // (database seconds per second) >= factor
+            RuleName::DbTimeHog => s(3.0, 0.2, 0.1, 120, Warning, true),
             // p95 >= factor x fleet median p95 and >= min seconds, >= threshold queries
             RuleName::LatencyOutlier => s(50.0, 0.25, 4.0, 120, Warning, true),
             // error ratio >= threshold with >= min errors

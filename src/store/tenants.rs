@@ -521,6 +521,14 @@ pub struct StoreSnapshot {
     pub evicted: u64,
     /// All tenants' database time over the window, in milliseconds.
     pub window_db_time_ms: f64,
+    /// The span of the window's whole slots, in milliseconds: the least
+    /// the window reaches back once the store has run a window (it reaches
+    /// back this and the elapsed part of the current slot).
+    pub window_whole_ms: u64,
+    /// How far back the window reaches now, but no further than the
+    /// store's start: less than [`StoreSnapshot::window_whole_ms`] only in
+    /// its first window (a restarted replica's window starts empty).
+    pub window_covered_ms: u64,
     /// Queries per instance, by name (at most `max_instances` and
     /// [`OTHER_LABEL`]).
     pub instances: Vec<(String, f64)>,
@@ -579,6 +587,12 @@ impl Store {
             slot: self.slot_at(now_ms),
             sources: SourceSet::EMPTY,
         }
+    }
+
+    /// How far back the window reaches at `now_ms` (its slots, as
+    /// `TenantAccumulator::in_window` reads them).
+    fn window_span_ms(&self, now_ms: u64) -> u64 {
+        (WINDOW_SLOTS as u64 - 1) * self.slot_ms + now_ms % self.slot_ms
     }
 
     fn slot_at(&self, now_ms: u64) -> u32 {
@@ -741,6 +755,8 @@ impl Store {
             overflow_events: self.overflow_events.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
             window_db_time_ms,
+            window_whole_ms: (WINDOW_SLOTS as u64 - 1) * self.slot_ms,
+            window_covered_ms: now_ms.min(self.window_span_ms(now_ms)),
             instances,
             endpoints_folded: self.endpoints_folded.load(Ordering::Relaxed),
             instances_folded: self.instances_folded.load(Ordering::Relaxed),
