@@ -9,6 +9,11 @@
 //! such peaks and never came down (docs/reliability.md). `malloc_trim(0)`
 //! hands back every whole free page of every arena; the daemon calls it
 //! every [`RELEASE_INTERVAL`], off the async workers.
+//!
+//! Giving pages back frees only whole free pages: a page that holds one
+//! live allocation among freed ones stays. The more arenas, the more such
+//! half-used pages, spread over more heaps: at startup the daemon caps the
+//! arenas at one per core ([`limit_arenas`]), as `MALLOC_ARENA_MAX` would.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +30,46 @@ pub fn release_free_pages() -> (Duration, bool) {
     let started = Instant::now();
     let released = trim();
     (started.elapsed(), released)
+}
+
+/// Caps glibc's arenas at [`arena_limit`] of the cores, unless the
+/// environment sets the cap (`MALLOC_ARENA_MAX`). Call it before any thread
+/// but the main one starts. Returns the cap set, if any.
+///
+/// glibc gives a thread that finds its arena busy a new one, up to eight
+/// per core; each keeps its own heap, and memory freed in one cannot serve
+/// another. In the soak (issue 26) and a tenant-flood test beside it, the
+/// daemon's anonymous memory rose in steps of megabytes at passing peaks
+/// and stayed, though what it held did not grow (a heap profile after 2
+/// and after 14 floods held the same 6.4 MB): over 13 floods a default
+/// daemon held a median of 14.8 MiB, the same build with two arenas 7.6.
+pub fn limit_arenas() -> Option<usize> {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limit = arena_limit(cores);
+    set_arena_max(limit).then_some(limit)
+}
+
+/// One arena per core, and at least two: a thread allocating while another
+/// holds the only arena's lock would wait for it.
+pub fn arena_limit(cores: usize) -> usize {
+    cores.max(2)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn set_arena_max(limit: usize) -> bool {
+    let limit = libc::c_int::try_from(limit).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt takes two integers and no pointer; M_ARENA_MAX only
+    // caps arenas created from now on.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, limit) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn set_arena_max(_limit: usize) -> bool {
+    false
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -44,6 +89,84 @@ fn trim() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The arenas glibc has made so far, from `malloc_info`'s report (one
+    /// `<heap nr=...>` element per arena).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    fn arenas() -> usize {
+        let mut buffer: *mut libc::c_char = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        // SAFETY: open_memstream writes the buffer's address and size into
+        // the two locals; malloc_info writes to the stream; once it is
+        // closed the buffer holds `size` bytes, which are copied out before
+        // the buffer is freed.
+        let report = unsafe {
+            let stream = libc::open_memstream(&mut buffer, &mut size);
+            assert!(!stream.is_null(), "open_memstream failed");
+            libc::malloc_info(0, stream);
+            libc::fclose(stream);
+            let bytes = std::slice::from_raw_parts(buffer.cast::<u8>(), size).to_vec();
+            libc::free(buffer.cast());
+            bytes
+        };
+        String::from_utf8_lossy(&report)
+            .matches("<heap nr=")
+            .count()
+    }
+
+    #[test]
+    fn one_arena_per_core_and_at_least_two() {
+        assert_eq!(arena_limit(1), 2);
+        assert_eq!(arena_limit(2), 2);
+        assert_eq!(arena_limit(16), 16);
+    }
+
+    /// Sixteen threads allocating at once, after the cap: glibc makes no
+    /// more arenas than it allows (without it, about one per thread). Run
+    /// in a process of its own (the test binary again, this test alone),
+    /// since other tests' threads have made arenas of their own.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn busy_threads_share_the_capped_arenas() {
+        const CHILD: &str = "TENANTWATCH_ARENA_TEST_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let exe = std::env::current_exe().expect("the test binary");
+            let out = std::process::Command::new(exe)
+                .args([
+                    "--exact",
+                    "heap::tests::busy_threads_share_the_capped_arenas",
+                ])
+                .args(["--test-threads", "1", "--nocapture"])
+                .env(CHILD, "1")
+                .env_remove("MALLOC_ARENA_MAX")
+                .output()
+                .expect("the test binary runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(text.contains("1 passed"), "the child ran no test: {text}");
+            return;
+        }
+        let limit = limit_arenas().expect("the cap is set");
+        let barrier = std::sync::Barrier::new(16);
+        std::thread::scope(|scope| {
+            for _ in 0..16 {
+                scope.spawn(|| {
+                    // Each thread allocates while all the others do.
+                    barrier.wait();
+                    let held: Vec<Vec<u8>> = (0..2000).map(|i| vec![1u8; 64 + i % 512]).collect();
+                    barrier.wait();
+                    drop(held);
+                });
+            }
+        });
+        let made = arenas();
+        assert!(made <= limit, "{made} arenas with a cap of {limit}");
+    }
 
     /// Freed memory in the middle of a heap (kept there by a live
     /// allocation above it) leaves the process's RSS once released.

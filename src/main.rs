@@ -71,13 +71,15 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: arenas made before the cap stay.
+    let arenas = tenantwatch::heap::limit_arenas();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Healthcheck { addr, timeout }) => healthcheck(addr, timeout),
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Run(args)) => run(args, arenas),
         Some(Command::Demo(args)) => demo(args),
-        None => run(cli.run),
+        None => run(cli.run, arenas),
     }
 }
 
@@ -125,7 +127,8 @@ fn healthcheck(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Exit
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
+/// `arenas`: the allocator's arena cap set at start, if any.
+fn run(args: RunArgs, arenas: Option<usize>) -> ExitCode {
     let config = match &args.config {
         Some(path) => Config::load(path),
         None => Ok(Config::defaults()),
@@ -138,6 +141,10 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     tenantwatch::telemetry::init(config.settings.log.format);
+    match arenas {
+        Some(limit) => tracing::debug!(limit, "Memory allocator arenas capped"),
+        None => tracing::debug!("Memory allocator arenas left as the environment sets them"),
+    }
     let path = args.config.clone();
     with_runtime_and_signals(|shutdown| async move {
         tenantwatch::daemon::run_with_reload(config, path, shutdown.cancelled_owned())
