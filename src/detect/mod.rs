@@ -279,7 +279,7 @@ impl Detector {
         let horizon = self.window_reach();
         let mut tenants = self.window.advance(now, store, horizon);
         let windowed = !tenants.is_empty() || self.window_is_warm();
-        let scale = young_window_scale(store, self.settings.window, self.settings.interval);
+        let scale = window_scale(store, self.settings.window, self.settings.interval);
         for t in &store.tenants {
             let f = tenants.entry(t.tenant.clone()).or_default();
             f.db_time_ms = t.window_db_time_ms * scale;
@@ -723,24 +723,31 @@ pub fn read_judgement(shared: &SharedJudgement) -> std::sync::Arc<Judgement> {
 }
 
 /// What a replica's database time over its window is multiplied by so that
-/// it stands for a whole window: 1 once the store has seen a whole window,
-/// more in its first window after a start, which is empty at first. The
-/// fleet sums each replica's figures, and a restarted replica's partial
-/// window made the tenants its clients send to weigh less, and the others
-/// more, until it filled: a tenant whose events leaned to the other replica
-/// was flagged a `db_time_hog` (found by the soak, issue 26). Extrapolated
-/// as a rate over what was seen, as Prometheus's `rate()` extrapolates,
-/// from at least a quarter of the window (or one `interval`, if longer):
-/// a replica's first seconds stand for little, and replicas started
-/// together weigh alike.
-fn young_window_scale(
+/// it stands for the whole `window`, as a rate over what the store's window
+/// covers: its slots reach back between 11/12 of the window and all of it,
+/// and in the store's first window after a start, which is empty at first,
+/// only as far as the start. The fleet sums each replica's figures, and a
+/// restarted replica's partial window made the tenants its clients send to
+/// weigh less, and the others more, until it filled: a tenant whose events
+/// leaned to the other replica was flagged a `db_time_hog` (found by the
+/// soak, issue 26). Extrapolated as Prometheus's `rate()` extrapolates, from
+/// at least a quarter of the window (or one `interval`, if longer): a
+/// replica's first seconds stand for little, and replicas started together
+/// weigh alike. The figures then also give each tenant's load (database
+/// seconds per second) exactly: its database time over `window`.
+fn window_scale(
     store: &StoreSnapshot,
     window: std::time::Duration,
     interval: std::time::Duration,
 ) -> f64 {
-    let least = (window.as_millis() as f64 / 4.0).max(interval.as_millis() as f64);
+    let window_ms = window.as_millis() as f64;
+    let least = (window_ms / 4.0).max(interval.as_millis() as f64);
     let covered = (store.window_covered_ms as f64).max(least);
-    (store.window_whole_ms as f64 / covered).max(1.0)
+    if covered > 0.0 && store.window_covered_ms > 0 {
+        window_ms / covered
+    } else {
+        1.0
+    }
 }
 
 #[cfg(test)]
@@ -905,6 +912,61 @@ mod tests {
             change(schemas.entry(tenant.to_owned()).or_default());
             self.target.schemas = Some(Arc::new(schemas));
         }
+    }
+
+    /// The soak's quiet fleet (seed 2616) through the detector: `clinic1`'s
+    /// 75 ms over a 20 s window are 31% of the fleet's database time beside
+    /// seven tenants of 24 ms, over the share bar (0.295) but a load of
+    /// 0.004 sessions: not a hog. The same fleet 200 times busier is.
+    #[test]
+    fn a_quiet_fleets_largest_tenant_is_judged_on_its_load() {
+        let raised = |busier: f64| {
+            let clock = Arc::new(ManualClock::default());
+            let store = Store::new(
+                1,
+                StoreLimits {
+                    max_tenants: 100,
+                    tenant_idle_ttl: Duration::from_secs(3600),
+                    share_window: Duration::from_secs(20),
+                    max_endpoints_per_tenant: 20,
+                    max_instances: 10,
+                },
+                clock.clone(),
+            );
+            clock.advance(Duration::from_secs(25));
+            {
+                let mut w = store.writer(0);
+                w.record(&query("clinic1", 75.0 * busier, 1.0, false));
+                for i in 0..7 {
+                    w.record(&query(&format!("t{i}"), 165.0 / 7.0 * busier, 1.0, false));
+                }
+            }
+            clock.advance(Duration::from_secs(5));
+            let mut settings = DetectSettings {
+                interval: Duration::from_secs(2),
+                window: Duration::from_secs(20),
+                ..DetectSettings::default()
+            };
+            settings.rule_mut(RuleName::DbTimeHog).for_ = Duration::ZERO;
+            let mut detector = Detector::new(settings);
+            let snapshot = store.snapshot();
+            let observed = Observed {
+                store: &snapshot,
+                targets: &[],
+                pgbouncers: &[],
+            };
+            let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            detector
+                .evaluate(Instant::now(), wall, observed, |_| 100.0)
+                .into_iter()
+                .filter_map(|t| match t {
+                    Transition::Raised(f) if f.reason == RuleName::DbTimeHog => Some(f.tenant),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(raised(1.0).is_empty(), "{:?}", raised(1.0));
+        assert_eq!(raised(200.0), ["clinic1"]);
     }
 
     /// Two replicas judging on the fleet's sum, one of them restarted 20 s

@@ -521,13 +521,10 @@ pub struct StoreSnapshot {
     pub evicted: u64,
     /// All tenants' database time over the window, in milliseconds.
     pub window_db_time_ms: f64,
-    /// The span of the window's whole slots, in milliseconds: the least
-    /// the window reaches back once the store has run a window (it reaches
-    /// back this and the elapsed part of the current slot).
-    pub window_whole_ms: u64,
-    /// How far back the window reaches now, but no further than the
-    /// store's start: less than [`StoreSnapshot::window_whole_ms`] only in
-    /// its first window (a restarted replica's window starts empty).
+    /// How far back the window's figures reach now, in milliseconds: its
+    /// whole slots and the elapsed part of the current one (between 11/12
+    /// of `share_window` and all of it), or less in the store's first
+    /// window (a restarted replica's window starts empty).
     pub window_covered_ms: u64,
     /// Queries per instance, by name (at most `max_instances` and
     /// [`OTHER_LABEL`]).
@@ -755,7 +752,6 @@ impl Store {
             overflow_events: self.overflow_events.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
             window_db_time_ms,
-            window_whole_ms: (WINDOW_SLOTS as u64 - 1) * self.slot_ms,
             window_covered_ms: now_ms.min(self.window_span_ms(now_ms)),
             instances,
             endpoints_folded: self.endpoints_folded.load(Ordering::Relaxed),
