@@ -741,7 +741,11 @@ fn window_scale(
     interval: std::time::Duration,
 ) -> f64 {
     let window_ms = window.as_millis() as f64;
-    let least = (window_ms / 4.0).max(interval.as_millis() as f64);
+    // An interval longer than the window (allowed, if odd) must not make
+    // a whole window count for less.
+    let least = (window_ms / 4.0)
+        .max(interval.as_millis() as f64)
+        .min(window_ms);
     let covered = (store.window_covered_ms as f64).max(least);
     if covered > 0.0 && store.window_covered_ms > 0 {
         window_ms / covered
@@ -912,6 +916,26 @@ mod tests {
             change(schemas.entry(tenant.to_owned()).or_default());
             self.target.schemas = Some(Arc::new(schemas));
         }
+    }
+
+    #[test]
+    fn a_window_counts_as_a_rate_over_what_it_covers() {
+        let covered = |ms| StoreSnapshot {
+            window_covered_ms: ms,
+            ..StoreSnapshot::default()
+        };
+        let (minute, ten) = (Duration::from_secs(60), Duration::from_secs(10));
+        let scale = |ms, interval| window_scale(&covered(ms), minute, interval);
+        // A whole window (its slots reach back 55 to 60 s): to 60 s.
+        assert_eq!(scale(60_000, ten), 1.0);
+        assert!((scale(55_000, ten) - 60.0 / 55.0).abs() < 1e-12);
+        // A young one, from at least a quarter of the window.
+        assert_eq!(scale(20_000, ten), 3.0);
+        assert_eq!(scale(3_000, ten), 4.0);
+        // An interval past the window never shrinks a whole window.
+        assert_eq!(scale(60_000, Duration::from_secs(120)), 1.0);
+        // No figures of coverage (a hand-made snapshot): as they are.
+        assert_eq!(scale(0, ten), 1.0);
     }
 
     /// The soak's quiet fleet (seed 2616) through the detector: `clinic1`'s
