@@ -938,6 +938,19 @@ mod tests {
         assert_eq!(scale(0, ten), 1.0);
     }
 
+    /// A store of one shard for a few tenants, on a clock the test moves.
+    fn small_store(share_window: Duration) -> (Store, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        let limits = StoreLimits {
+            max_tenants: 100,
+            tenant_idle_ttl: Duration::from_secs(3600),
+            share_window,
+            max_endpoints_per_tenant: 20,
+            max_instances: 10,
+        };
+        (Store::new(1, limits, clock.clone()), clock)
+    }
+
     /// The soak's quiet fleet (seed 2616) through the detector: `clinic1`'s
     /// 75 ms over a 20 s window are 31% of the fleet's database time beside
     /// seven tenants of 24 ms, over the share bar (0.295) but a load of
@@ -945,18 +958,7 @@ mod tests {
     #[test]
     fn a_quiet_fleets_largest_tenant_is_judged_on_its_load() {
         let raised = |busier: f64| {
-            let clock = Arc::new(ManualClock::default());
-            let store = Store::new(
-                1,
-                StoreLimits {
-                    max_tenants: 100,
-                    tenant_idle_ttl: Duration::from_secs(3600),
-                    share_window: Duration::from_secs(20),
-                    max_endpoints_per_tenant: 20,
-                    max_instances: 10,
-                },
-                clock.clone(),
-            );
+            let (store, clock) = small_store(Duration::from_secs(20));
             clock.advance(Duration::from_secs(25));
             {
                 let mut w = store.writer(0);
@@ -1002,18 +1004,9 @@ mod tests {
     /// issue 26).
     #[test]
     fn a_restarted_replicas_young_window_counts_whole_in_the_fleet() {
-        let limits = StoreLimits {
-            max_tenants: 100,
-            tenant_idle_ttl: Duration::from_secs(3600),
-            share_window: Duration::from_secs(60),
-            max_endpoints_per_tenant: 20,
-            max_instances: 10,
-        };
-        let replica = || {
-            let clock = Arc::new(ManualClock::default());
-            (Store::new(1, limits.clone(), clock.clone()), clock)
-        };
-        let ((running, running_clock), (restarted, restarted_clock)) = (replica(), replica());
+        let minute = Duration::from_secs(60);
+        let ((running, running_clock), (restarted, restarted_clock)) =
+            (small_store(minute), small_store(minute));
         let second = |store: &Store, clock: &ManualClock, lean: bool| {
             {
                 let mut w = store.writer(0);
