@@ -131,7 +131,7 @@ async fn activity_is_attributed_by_each_source() {
     // detail task, each on its own timing: wait for both.
     let m = daemon
         .metrics_when(
-            "sessions of three tenants, a pooled one and a schema's tables",
+            "sessions of three tenants, a pooled one, an unattributed one and a schema's tables",
             |m| {
                 ["dbt", "rolet", "appt"].iter().all(|t| {
                     m.value(
@@ -143,6 +143,13 @@ async fn activity_is_attributed_by_each_source() {
                     &[("target", "main")],
                 ) == Some(1.0)
                     && tenant_value(m, "tenantwatch_tenant_tables", "main", "scht").is_some()
+                    // A poll between the sessions' connects sees some of
+                    // them: wait for the unattributed one too.
+                    && m.value(
+                        "tenantwatch_target_connections",
+                        &[("target", "main"), ("state", "idle")],
+                    )
+                    .is_some_and(|idle| idle >= 7.0)
             },
         )
         .await;
