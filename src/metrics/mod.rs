@@ -286,9 +286,8 @@ pub fn encode(exposition: &Exposition) -> String {
 /// its allocation: the scrape path hands back the last exposition's buffer,
 /// so a steady daemon allocates it once.
 pub fn encode_into(exposition: &Exposition, out: &mut String) {
-    out.clear();
     let expected = LAST_EXPOSITION_BYTES.load(Ordering::Relaxed);
-    out.reserve(expected + expected / 8);
+    fit_buffer(out, expected + expected / 8);
     // Writing into a String cannot fail; an error here would be a bug in a
     // collector, and a partial exposition is still better than none.
     if let Err(err) = prometheus_client::encoding::text::encode(out, &exposition.registry) {
@@ -303,6 +302,24 @@ pub fn encode_into(exposition: &Exposition, out: &mut String) {
     LAST_EXPOSITION_BYTES.store(out.len(), Ordering::Relaxed);
 }
 
+/// A reused buffer at most this much larger than what it is to hold is
+/// kept; past that it is replaced by one of the right size.
+const BUFFER_SLACK_KEPT: usize = 256 * 1024;
+
+/// Empties `out` and gives it room for `wanted` bytes, exactly: a reused
+/// buffer grown by doubling kept up to twice the largest exposition for
+/// good, and one that grew for a passing peak (a flood of new tenants,
+/// evicted since) kept the peak's pages resident after the exposition
+/// shrank (the soak's RSS, issue 26). Such a buffer is replaced.
+fn fit_buffer(out: &mut String, wanted: usize) {
+    out.clear();
+    if out.capacity() > wanted.saturating_mul(2).max(BUFFER_SLACK_KEPT) {
+        *out = String::with_capacity(wanted);
+    } else {
+        out.reserve_exact(wanted);
+    }
+}
+
 /// Encodes the exposition in `format`, reusing `buffer` where it can (the
 /// text formats).
 pub fn encode_format(exposition: &Exposition, format: Format, buffer: String) -> bytes::Bytes {
@@ -315,8 +332,9 @@ pub fn encode_format(exposition: &Exposition, format: Format, buffer: String) ->
         Format::Text => {
             let openmetrics = encode(exposition);
             let mut out = buffer;
-            out.clear();
-            out.reserve(openmetrics.len());
+            // The text form differs from OpenMetrics in a few comment
+            // lines per family, either way.
+            fit_buffer(&mut out, openmetrics.len() + openmetrics.len() / 8);
             format::openmetrics_to_text(&openmetrics, &mut out);
             bytes::Bytes::from(out)
         }
@@ -489,6 +507,31 @@ mod tests {
             &HttpMetrics::default(),
             &ExpositionSettings::default(),
         )
+    }
+
+    #[test]
+    fn a_buffer_grown_for_a_passing_peak_is_replaced_once_the_exposition_shrinks() {
+        // Room for exactly what is asked, not the doubling's twice as much.
+        let mut fresh = String::new();
+        fit_buffer(&mut fresh, 1_000_000);
+        assert_eq!(fresh.capacity(), 1_000_000);
+        // Somewhat larger than needed: kept, allocation and all.
+        let mut kept = String::with_capacity(500_000);
+        kept.push_str("last exposition");
+        let at = kept.as_ptr();
+        fit_buffer(&mut kept, 300_000);
+        assert_eq!(
+            (kept.as_ptr(), kept.capacity(), kept.len()),
+            (at, 500_000, 0)
+        );
+        // Grown for a flood of tenants since evicted: replaced.
+        let mut peak = String::with_capacity(8 << 20);
+        fit_buffer(&mut peak, 300_000);
+        assert_eq!(peak.capacity(), 300_000);
+        // Small buffers are not worth replacing.
+        let mut small = String::with_capacity(200_000);
+        fit_buffer(&mut small, 1_000);
+        assert_eq!(small.capacity(), 200_000);
     }
 
     #[tokio::test]
