@@ -302,22 +302,24 @@ pub fn encode_into(exposition: &Exposition, out: &mut String) {
     LAST_EXPOSITION_BYTES.store(out.len(), Ordering::Relaxed);
 }
 
-/// A reused buffer at most this much larger than what it is to hold is
-/// kept; past that it is replaced by one of the right size.
-const BUFFER_SLACK_KEPT: usize = 256 * 1024;
+/// A reused buffer of this capacity or less is kept whatever it is to
+/// hold: replacing it would save little.
+const SMALLEST_BUFFER_REPLACED: usize = 256 * 1024;
 
-/// Empties `out` and gives it room for `wanted` bytes, exactly: a reused
-/// buffer grown by doubling kept up to twice the largest exposition for
-/// good, and one that grew for a passing peak (a flood of new tenants,
-/// evicted since) kept the peak's pages resident after the exposition
-/// shrank (the soak's RSS, issue 26). Such a buffer is replaced.
+/// Empties `out` and gives it room for at least `wanted` bytes (the last
+/// exposition's size and an eighth), growing it by exactly what is missing
+/// rather than by doubling, and replacing it when it holds more than twice
+/// `wanted`. Doubling kept up to twice the largest exposition for good, and
+/// a buffer grown for a passing peak (a flood of new tenants, evicted
+/// since) kept the peak's pages resident after the exposition shrank (the
+/// soak's RSS, issue 26).
 fn fit_buffer(out: &mut String, wanted: usize) {
     out.clear();
-    if out.capacity() > wanted.saturating_mul(2).max(BUFFER_SLACK_KEPT) {
-        *out = String::with_capacity(wanted);
-    } else {
-        out.reserve_exact(wanted);
+    if out.capacity() > wanted.saturating_mul(2).max(SMALLEST_BUFFER_REPLACED) {
+        // Freed before the new one is made: the two are not held at once.
+        *out = String::new();
     }
+    out.reserve_exact(wanted);
 }
 
 /// Encodes the exposition in `format`, reusing `buffer` where it can (the
@@ -440,10 +442,10 @@ impl SharedExposition {
         }
         let _permit = heavy.try_acquire().map_err(|_| Busy)?;
         // The new exposition is written into the last one's buffer when no
-        // scraper still sends it. A fresh buffer of several megabytes per
-        // encode, freed after the next, made glibc raise its mmap threshold
-        // to that size and serve later ones from arenas that keep what is
-        // freed: RSS grew with every generation (docs/performance.md).
+        // scraper still sends it: a fresh buffer of several megabytes per
+        // encode costs its page faults every time (and, before the daemon
+        // fixed glibc's mmap threshold, made glibc raise it and serve later
+        // buffers from arenas that keep what is freed; docs/performance.md).
         let buffer = last
             .take()
             .and_then(Encoded::into_buffer)
@@ -532,6 +534,23 @@ mod tests {
         let mut small = String::with_capacity(200_000);
         fit_buffer(&mut small, 1_000);
         assert_eq!(small.capacity(), 200_000);
+    }
+
+    #[test]
+    fn the_text_format_writes_into_a_buffer_of_its_own_size() {
+        // The text path sizes its buffer from the exposition it converts
+        // (the OpenMetrics path from the shared last size, which other
+        // tests move).
+        let exposition = exposition_of_a_few_tenants();
+        let peak = String::with_capacity(8 << 20);
+        let text = encode_format(&exposition, Format::Text, peak);
+        let buffer = Vec::from(text.try_into_mut().expect("nothing else holds it"));
+        assert!(
+            buffer.capacity() < SMALLEST_BUFFER_REPLACED,
+            "a {}-byte exposition kept a buffer of {}",
+            buffer.len(),
+            buffer.capacity()
+        );
     }
 
     #[tokio::test]
