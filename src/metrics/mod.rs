@@ -442,10 +442,12 @@ impl SharedExposition {
         }
         let _permit = heavy.try_acquire().map_err(|_| Busy)?;
         // The new exposition is written into the last one's buffer when no
-        // scraper still sends it: a fresh buffer of several megabytes per
-        // encode costs its page faults every time (and, before the daemon
-        // fixed glibc's mmap threshold, made glibc raise it and serve later
-        // buffers from arenas that keep what is freed; docs/performance.md).
+        // scraper still sends it. A fresh buffer of several megabytes per
+        // encode, freed after the next, made glibc raise its mmap threshold
+        // to that size and serve later ones from arenas that keep what is
+        // freed: RSS grew with every generation (docs/performance.md). With
+        // the threshold fixed instead, each fresh buffer's page faults
+        // doubled a 10,000-tenant scrape (issue 26).
         let buffer = last
             .take()
             .and_then(Encoded::into_buffer)
