@@ -311,8 +311,8 @@ const SMALLEST_BUFFER_REPLACED: usize = 256 * 1024;
 /// rather than by doubling, and replacing it when it holds more than twice
 /// `wanted`. Doubling kept up to twice the largest exposition for good, and
 /// a buffer grown for a passing peak (a flood of new tenants, evicted
-/// since) kept the peak's pages resident after the exposition shrank (the
-/// soak's RSS, issue 26).
+/// since) kept the peak's pages resident after the exposition shrank (seen
+/// in a heap profile of a tenant flood, issue 26).
 fn fit_buffer(out: &mut String, wanted: usize) {
     out.clear();
     if out.capacity() > wanted.saturating_mul(2).max(SMALLEST_BUFFER_REPLACED) {
