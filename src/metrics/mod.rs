@@ -306,8 +306,8 @@ pub fn encode_into(exposition: &Exposition, out: &mut String) {
 /// hold: replacing it would save little.
 const SMALLEST_BUFFER_REPLACED: usize = 256 * 1024;
 
-/// Empties `out` and gives it room for at least `wanted` bytes (the last
-/// exposition's size and an eighth), growing it by exactly what is missing
+/// Empties `out` and gives it room for at least `wanted` bytes (what the
+/// caller expects to write, and an eighth), growing it by exactly what is missing
 /// rather than by doubling, and replacing it when it holds more than twice
 /// `wanted`. Doubling kept up to twice the largest exposition for good, and
 /// a buffer grown for a passing peak (a flood of new tenants, evicted
