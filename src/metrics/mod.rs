@@ -323,8 +323,15 @@ fn fit_buffer(out: &mut String, wanted: usize) {
 }
 
 /// Encodes the exposition in `format`, reusing `buffer` where it can (the
-/// text formats).
-pub fn encode_format(exposition: &Exposition, format: Format, buffer: String) -> bytes::Bytes {
+/// text formats). The text format is converted from an OpenMetrics
+/// exposition written into `scratch`, which the caller keeps for the next
+/// text encode.
+pub fn encode_format(
+    exposition: &Exposition,
+    format: Format,
+    buffer: String,
+    scratch: &mut String,
+) -> bytes::Bytes {
     match format {
         Format::OpenMetrics => {
             let mut out = buffer;
@@ -332,12 +339,12 @@ pub fn encode_format(exposition: &Exposition, format: Format, buffer: String) ->
             bytes::Bytes::from(out)
         }
         Format::Text => {
-            let openmetrics = encode(exposition);
+            encode_into(exposition, scratch);
             let mut out = buffer;
             // The text form differs from OpenMetrics in a few comment
             // lines per family, either way.
-            fit_buffer(&mut out, openmetrics.len() + openmetrics.len() / 8);
-            format::openmetrics_to_text(&openmetrics, &mut out);
+            fit_buffer(&mut out, scratch.len() + scratch.len() / 8);
+            format::openmetrics_to_text(scratch, &mut out);
             bytes::Bytes::from(out)
         }
         Format::Protobuf => bytes::Bytes::from(encode_protobuf(exposition)),
@@ -404,7 +411,20 @@ impl Encoded {
 pub struct SharedExposition {
     exposition: Arc<Exposition>,
     max_age: std::time::Duration,
-    last: [tokio::sync::Mutex<Option<Arc<Encoded>>>; 3],
+    last: [tokio::sync::Mutex<Slot>; 3],
+}
+
+/// What one format keeps between encodes.
+#[derive(Debug, Default)]
+struct Slot {
+    encoded: Option<Arc<Encoded>>,
+    /// The text format's OpenMetrics intermediate, written afresh by each
+    /// text encode. Kept, like the exposition's own buffer, so that a
+    /// text scrape (curl's, a sidecar's) does not allocate and free a
+    /// buffer of the whole exposition every time: freed buffers that large
+    /// left the arenas fragmented beside a tenant flood's allocations
+    /// (issue 26).
+    scratch: String,
 }
 
 /// No permit for heavy work was free: answer 503 and let the client retry.
@@ -432,9 +452,9 @@ impl SharedExposition {
         let arrived = std::time::Instant::now();
         // Held across the encode on purpose: concurrent scrapers wait for
         // this encode instead of starting their own.
-        let mut last = self.last[format.index()].lock().await;
+        let mut slot = self.last[format.index()].lock().await;
         let published = self.exposition.published();
-        if let Some(encoded) = last.as_ref()
+        if let Some(encoded) = slot.encoded.as_ref()
             && (encoded.at >= arrived
                 || (encoded.at.elapsed() < self.max_age && encoded.published == published))
         {
@@ -448,14 +468,20 @@ impl SharedExposition {
         // freed: RSS grew with every generation (docs/performance.md). With
         // the threshold fixed instead, each fresh buffer's page faults
         // doubled a 10,000-tenant scrape (issue 26).
-        let buffer = last
+        let buffer = slot
+            .encoded
             .take()
             .and_then(Encoded::into_buffer)
             .unwrap_or_default();
+        let mut scratch = std::mem::take(&mut slot.scratch);
         let exposition = self.exposition.clone();
-        let plain = tokio::task::spawn_blocking(move || encode_format(&exposition, format, buffer))
-            .await
-            .map_err(|_| Busy)?;
+        let (plain, scratch) = tokio::task::spawn_blocking(move || {
+            let plain = encode_format(&exposition, format, buffer, &mut scratch);
+            (plain, scratch)
+        })
+        .await
+        .map_err(|_| Busy)?;
+        slot.scratch = scratch;
         let encoded = Arc::new(Encoded {
             at: std::time::Instant::now(),
             format,
@@ -463,7 +489,7 @@ impl SharedExposition {
             plain,
             gzip: std::sync::OnceLock::new(),
         });
-        *last = Some(encoded.clone());
+        slot.encoded = Some(encoded.clone());
         Ok(encoded)
     }
 }
@@ -545,7 +571,7 @@ mod tests {
         // tests move).
         let exposition = exposition_of_a_few_tenants();
         let peak = String::with_capacity(8 << 20);
-        let text = encode_format(&exposition, Format::Text, peak);
+        let text = encode_format(&exposition, Format::Text, peak, &mut String::new());
         let buffer = Vec::from(text.try_into_mut().expect("nothing else holds it"));
         assert!(
             buffer.capacity() < SMALLEST_BUFFER_REPLACED,
@@ -583,6 +609,7 @@ mod tests {
         let last = shared.last[Format::OpenMetrics.index()]
             .lock()
             .await
+            .encoded
             .take()
             .expect("the last exposition is kept");
         let buffer = last.into_buffer().expect("no scraper holds it");
@@ -594,11 +621,49 @@ mod tests {
         let mut buffer = buffer;
         buffer.reserve(1 << 16);
         let reserved = buffer.as_ptr();
-        let third = encode_format(&shared.exposition, Format::OpenMetrics, buffer);
+        let third = encode_format(
+            &shared.exposition,
+            Format::OpenMetrics,
+            buffer,
+            &mut String::new(),
+        );
         assert_eq!(third.as_ptr(), reserved);
         let text = std::str::from_utf8(&third).unwrap();
         assert!(text.contains("tenant=\"initech\""), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+    #[tokio::test]
+    async fn a_text_scrape_converts_from_the_last_text_scrapes_intermediate() {
+        let shared = SharedExposition::new(exposition_of_a_few_tenants(), Duration::ZERO);
+        let heavy = tokio::sync::Semaphore::new(1);
+        let scrape = || async {
+            std::thread::sleep(Duration::from_millis(2));
+            shared
+                .current(&heavy, Format::Text)
+                .await
+                .expect("a permit is free")
+        };
+
+        drop(scrape().await);
+        // Room made, as above, so that what is checked is the reuse: other
+        // tests move the shared size the intermediate is fitted to (but not
+        // past what a buffer this size is kept for).
+        let kept = {
+            let mut slot = shared.last[Format::Text.index()].lock().await;
+            let room = SMALLEST_BUFFER_REPLACED - 1024 - slot.scratch.len();
+            slot.scratch.reserve_exact(room);
+            slot.scratch.as_ptr()
+        };
+        let second = scrape().await;
+        let slot = shared.last[Format::Text.index()].lock().await;
+        assert_eq!(slot.scratch.as_ptr(), kept);
+        assert!(
+            slot.scratch.ends_with("# EOF\n"),
+            "the intermediate is OpenMetrics"
+        );
+        let text = std::str::from_utf8(&second.plain).unwrap();
+        assert!(text.contains("tenant=\"initech\""), "{text}");
+        assert!(!text.contains("# EOF"));
     }
 }
 
@@ -663,7 +728,7 @@ mod format_tests {
     fn the_text_format_is_the_openmetrics_one_less_its_differences() {
         let exposition = tests::exposition_of_a_few_tenants();
         let openmetrics = encode(&exposition);
-        let text = encode_format(&exposition, Format::Text, String::new());
+        let text = encode_format(&exposition, Format::Text, String::new(), &mut String::new());
         let text = std::str::from_utf8(&text).unwrap();
         assert!(!text.contains("# EOF"));
         assert!(text.contains("# TYPE tenantwatch_tenant_queries_total counter\n"));
