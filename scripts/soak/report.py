@@ -121,7 +121,7 @@ def ratelimit(soak):
     return out
 
 
-RSS, RSS_ANON = 1, 5  # fields of a sample in soak.series
+RSS, RSS_ANON, TRACKED = 1, 5, 6  # fields of a sample in soak.series
 
 
 def rss_slope(soak, d, field=RSS):
@@ -204,13 +204,13 @@ def write_series(soak, path):
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["daemon", "t_s", "rss_bytes", "scrape_s", "received_total", "life_started_s", "fault",
-                      "rss_anon_bytes"])
+                      "rss_anon_bytes", "tenants_tracked"])
         for d in soak.daemons:
-            for t, rss, took, received, start, anon in soak.series[d.name]:
+            for t, rss, took, received, start, anon, tracked in soak.series[d.name]:
                 out.writerow([d.name, f"{t - soak.t0:.1f}", rss or "", f"{took:.4f}", received,
-                              f"{start - soak.t0:.1f}" if start else "", "", anon or ""])
+                              f"{start - soak.t0:.1f}" if start else "", "", anon or "", f"{tracked:.0f}"])
         for fault in soak.faults:
-            out.writerow(["", f"{fault.start - soak.t0:.1f}", "", "", "", "", fault.kind, ""])
+            out.writerow(["", f"{fault.start - soak.t0:.1f}", "", "", "", "", fault.kind, "", ""])
 
 
 def fmt(v, unit=""):
@@ -246,6 +246,9 @@ def write(soak, out_dir):
         hz = p99([x for _, x in soak.healthz[d.name]])
         recov = [f.recovery.get(d.name) for f in soak.faults if f.family in ("postgres", "redis")]
         worst = None if not recov else (float("inf") if None in recov else max(recov))
+        # The tenant flood: the store fills to max_tenants and holds there.
+        tracked = max((x[TRACKED] for x in soak.series[d.name]), default=0)
+        floods = sum(1 for f in soak.faults if f.kind == "tenant_flood")
         figures = [
             ("panics, crashes, unexpected exits", soak.panics.get(d.name, 0) + soak.unexpected[d.name], "0",
              soak.panics.get(d.name, 0) + soak.unexpected[d.name] == 0),
@@ -260,6 +263,9 @@ def write(soak, out_dir):
             # code runs for the first time.
             ("  of which anonymous memory (heap, stacks)",
              None if anon_slope is None else f"{anon_slope * 100:+.2f}%", "shown", True),
+            ("tenants tracked, peak (floods past max_tenants)",
+             f"{tracked:.0f}" + (f" ({floods} flood{'s' if floods != 1 else ''})" if floods else ""),
+             f"<= {soak.max_tenants}", tracked <= soak.max_tenants),
             ("events lost below capacity, no kill", steady_lost, "0", steady_lost == 0),
             ("events lost in bursts and kills (explained below)", explained, "counted", True),
             ("  of which kernel drops in bursts (events)", drops, "counted", True),

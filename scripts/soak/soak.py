@@ -139,11 +139,13 @@ def pick(sample, name, **want):
 class Soak:
     def __init__(self, minutes, seed, binary, run_dir):
         self.minutes, self.seed, self.binary, self.dir = minutes, seed, binary, run_dir
+        self.max_tenants = MAX_TENANTS
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.faults = []
         self.problems = []
-        self.series = collections.defaultdict(list)  # daemon -> (t, rss, scrape_s, received_total, life, rss_anon)
+        # daemon -> (t, rss, scrape_s, received_total, life, rss_anon, tenants_tracked)
+        self.series = collections.defaultdict(list)
         self.healthz = collections.defaultdict(list)
         self.nonfinite = collections.Counter()
         self.flags = collections.defaultdict(list)  # daemon -> (t, {(tenant, reason)})
@@ -285,7 +287,8 @@ class Soak:
         if not self.lives[d.name] or self.lives[d.name][-1] != start:
             self.lives[d.name].append(start)
         received = sum(pick(sample, "tenantwatch_events_received_total"))
-        self.series[d.name].append((now, rss, took, received, start, anon))
+        tracked = sum(pick(sample, "tenantwatch_tenants_tracked"))
+        self.series[d.name].append((now, rss, took, received, start, anon, tracked))
         if checkpoint:
             self.checkpoints[d.name].append((now, sample, ledger))
 
