@@ -293,10 +293,8 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), StateError> {
         path: path.to_owned(),
         source,
     };
-    let body = serde_json::to_vec(saved).map_err(|e| write_error(std::io::Error::other(e)))?;
     let (mut file, tmp) = create_temporary(path).map_err(write_error)?;
-    let written = file
-        .write_all(&body)
+    let written = write_json(saved, &mut file)
         .and_then(|()| file.sync_all())
         .and_then(|()| {
             drop(file);
@@ -307,6 +305,20 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), StateError> {
         return Err(write_error(err));
     }
     sync_directory(path).map_err(write_error)
+}
+
+/// The most of the state's JSON held in memory at once while it is saved.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Writes `saved` as JSON to `out` through a buffer of
+/// [`WRITE_BUFFER_BYTES`], never the whole text at once: with a full
+/// capacity history the text is megabytes, made every `save_interval`, and
+/// as one passing allocation it was a peak the allocator's heaps kept pages
+/// of (issue 26).
+fn write_json(saved: &Saved, out: impl std::io::Write) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, out);
+    serde_json::to_writer(&mut out, saved).map_err(std::io::Error::from)?;
+    out.flush()
 }
 
 /// The directory `path` is in (`.` for a bare file name).
@@ -487,6 +499,55 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, ["state.json"], "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_large_state_is_written_in_pieces_not_made_whole_first() {
+        /// Records the bytes and the largest single write it is given.
+        #[derive(Default)]
+        struct Recorder {
+            bytes: Vec<u8>,
+            largest_write: usize,
+        }
+        impl std::io::Write for Recorder {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.largest_write = self.largest_write.max(buf.len());
+                self.bytes.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let saved = Saved {
+            version: VERSION,
+            baselines: (0..20_000)
+                .map(|i| {
+                    (
+                        format!("tenant-{i:05}"),
+                        Baseline {
+                            rate: f64::from(i) / 7.0,
+                            samples: 9,
+                        },
+                    )
+                })
+                .collect(),
+            ..Saved::default()
+        };
+        let mut recorder = Recorder::default();
+        write_json(&saved, &mut recorder).unwrap();
+        let whole = serde_json::to_vec(&saved).unwrap();
+        assert!(
+            whole.len() > 8 * WRITE_BUFFER_BYTES,
+            "{} bytes",
+            whole.len()
+        );
+        assert_eq!(recorder.bytes, whole, "the same text as made whole");
+        assert!(
+            recorder.largest_write <= WRITE_BUFFER_BYTES,
+            "a write of {} bytes",
+            recorder.largest_write
+        );
     }
 
     #[cfg(unix)]
