@@ -4,7 +4,8 @@
 Each build runs as the soak's `tw1` does, at a smaller scale: 300 steady
 tenants over UDP (1,000 datagrams of 20 events a second), a gzip'd
 `/metrics` in OpenMetrics and in text and a tenant page a second, the
-Redis rate-limit backend (a `redis-server` each), `max_tenants = 600`;
+Redis rate-limit backend (a `redis-server` each), a state file saved every
+5 s as the soak's daemons have, `max_tenants = 600`;
 every PERIOD seconds a flood of 900 new tenant ids, evicted TTL after. Every second it samples
 each daemon's RSS and its anonymous part (`/proc/<pid>/status`) and prints,
 per build, the medians before the first flood, while a flood's tenants are
@@ -70,6 +71,9 @@ instance = "{name}"
 [api]
 history = "10m"
 history_resolution = "1m"
+[state]
+file = "{os.path.join(OUT, name + '.state.json')}"
+save_interval = "5s"
 """
 
 
@@ -82,6 +86,11 @@ class Daemon:
         redis_port = free_port()
         self.redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
                                       stdout=subprocess.DEVNULL)
+        # Each run starts empty: a state file left by an earlier run would
+        # be loaded.
+        state = os.path.join(OUT, f"{self.name}.state.json")
+        if os.path.exists(state):
+            os.remove(state)
         path = os.path.join(OUT, f"{self.name}.toml")
         with open(path, "w") as f:
             f.write(config(self.http, self.udp, redis_port, self.name))
