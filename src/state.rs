@@ -312,9 +312,8 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Writes `saved` as JSON to `out` through a buffer of
 /// [`WRITE_BUFFER_BYTES`], never the whole text at once: with a full
-/// capacity history the text is megabytes, made every `save_interval`, and
-/// as one passing allocation it was a peak the allocator's heaps kept pages
-/// of (issue 26).
+/// capacity history the text is megabytes, and it was made whole every
+/// `save_interval`, a passing peak of that size (issue 26).
 fn write_json(saved: &Saved, out: impl std::io::Write) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, out);
     serde_json::to_writer(&mut out, saved).map_err(std::io::Error::from)?;

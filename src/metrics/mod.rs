@@ -421,9 +421,8 @@ struct Slot {
     /// The text format's OpenMetrics intermediate, written afresh by each
     /// text encode. Kept, like the exposition's own buffer, so that a
     /// text scrape (curl's, a sidecar's) does not allocate and free a
-    /// buffer of the whole exposition every time: freed buffers that large
-    /// left the arenas fragmented beside a tenant flood's allocations
-    /// (issue 26).
+    /// buffer of the whole exposition every time (issue 26; no effect on
+    /// memory was measurable in a tenant-flood test, docs/performance.md).
     scratch: String,
 }
 
@@ -466,8 +465,9 @@ impl SharedExposition {
         // encode, freed after the next, made glibc raise its mmap threshold
         // to that size and serve later ones from arenas that keep what is
         // freed: RSS grew with every generation (docs/performance.md). With
-        // the threshold fixed instead, each fresh buffer's page faults
-        // doubled a 10,000-tenant scrape (issue 26).
+        // the threshold fixed instead, the fresh buffers' page faults cost a
+        // 10,000-tenant scrape 1.16 to 2 times as much, by machine (issue
+        // 26).
         let buffer = slot
             .encoded
             .take()
@@ -632,6 +632,7 @@ mod tests {
         assert!(text.contains("tenant=\"initech\""), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
+
     #[tokio::test]
     async fn a_text_scrape_converts_from_the_last_text_scrapes_intermediate() {
         let shared = SharedExposition::new(exposition_of_a_few_tenants(), Duration::ZERO);
