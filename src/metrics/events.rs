@@ -159,7 +159,9 @@ impl StoreExposition {
 
     /// Appends the store's families to `out`.
     pub fn encode(&self, out: &mut String) {
-        self.encode_snapshot(&self.snapshot(), out);
+        let snapshot = self.snapshot();
+        self.encode_snapshot(&snapshot, out);
+        self.store.recycle(snapshot);
     }
 
     fn encode_snapshot(&self, snapshot: &StoreSnapshot, out: &mut String) {
