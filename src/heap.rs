@@ -14,6 +14,18 @@
 //! live allocation among freed ones stays. The more arenas, the more such
 //! half-used pages, spread over more heaps: at startup the daemon caps the
 //! arenas at one per core ([`limit_arenas`]), as `MALLOC_ARENA_MAX` would.
+//!
+//! Large passing buffers (an exposition in the text format, a gzip'd body,
+//! a state file's text) are the other source of such pages: glibc gives an
+//! allocation pages of its own (mmap) above a threshold, but raises the
+//! threshold to the size of each such block freed, so that after the first
+//! scrape the next ones' buffers come from the heaps, where long-lived
+//! allocations made meanwhile pin their pages. The daemon fixes the
+//! threshold ([`fix_mmap_threshold`]), as `MALLOC_MMAP_THRESHOLD_` would.
+//! Each block above it is then mapped, faulted and zeroed afresh, so the
+//! largest a scrape needs are kept between uses instead: the exposition's
+//! buffers (`metrics::SharedExposition`) and the store snapshot's rows
+//! (`Store::recycle`).
 
 use std::time::{Duration, Instant};
 
@@ -52,6 +64,22 @@ pub fn limit_arenas() -> Option<usize> {
     set_arena_max(limit).then_some(limit)
 }
 
+/// Allocations of this size or more get pages of their own, given back to
+/// the kernel when freed: above the largest per-tenant structure, below
+/// an exposition of a few hundred tenants.
+pub const MMAP_THRESHOLD: usize = 256 * 1024;
+
+/// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD`], unless the
+/// environment sets it (`MALLOC_MMAP_THRESHOLD_`); a fixed threshold is no
+/// longer raised as large blocks are freed. Returns the threshold set, if
+/// any.
+pub fn fix_mmap_threshold() -> Option<usize> {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return None;
+    }
+    set_mmap_threshold(MMAP_THRESHOLD).then_some(MMAP_THRESHOLD)
+}
+
 /// One arena per core, and at least two: a thread allocating while another
 /// holds the only arena's lock would wait for it.
 pub fn arena_limit(cores: usize) -> usize {
@@ -69,6 +97,20 @@ fn set_arena_max(limit: usize) -> bool {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn set_arena_max(_limit: usize) -> bool {
+    false
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn set_mmap_threshold(bytes: usize) -> bool {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt takes two integers and no pointer; M_MMAP_THRESHOLD
+    // applies to allocations made from now on.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn set_mmap_threshold(_bytes: usize) -> bool {
     false
 }
 
@@ -122,34 +164,41 @@ mod tests {
         assert_eq!(arena_limit(16), 16);
     }
 
+    /// Runs the test `name` again in a process of its own (the test binary,
+    /// this test alone), with `CHILD` set; the allocator's settings and
+    /// history are the process's, and other tests' threads have made and
+    /// used arenas of their own. Returns whether this is the child.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn in_a_process_of_its_own(name: &str) -> bool {
+        const CHILD: &str = "TENANTWATCH_HEAP_TEST_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            return true;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = std::process::Command::new(exe)
+            .args(["--exact", name, "--test-threads", "1", "--nocapture"])
+            .env(CHILD, "1")
+            .env_remove("MALLOC_ARENA_MAX")
+            .env_remove("MALLOC_MMAP_THRESHOLD_")
+            .output()
+            .expect("the test binary runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("1 passed"), "the child ran no test: {text}");
+        false
+    }
+
     /// Sixteen threads more than the cap allocating at once, after the
     /// cap: glibc makes no more arenas than it allows (without it, one per
-    /// thread up to eight per core). Run in a process of its own (the test
-    /// binary again, this test alone), since other tests' threads have made
-    /// arenas of their own.
+    /// thread up to eight per core).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn busy_threads_share_the_capped_arenas() {
-        const CHILD: &str = "TENANTWATCH_ARENA_TEST_CHILD";
-        if std::env::var_os(CHILD).is_none() {
-            let exe = std::env::current_exe().expect("the test binary");
-            let out = std::process::Command::new(exe)
-                .args([
-                    "--exact",
-                    "heap::tests::busy_threads_share_the_capped_arenas",
-                ])
-                .args(["--test-threads", "1", "--nocapture"])
-                .env(CHILD, "1")
-                .env_remove("MALLOC_ARENA_MAX")
-                .output()
-                .expect("the test binary runs");
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(text.contains("1 passed"), "the child ran no test: {text}");
+        if !in_a_process_of_its_own("heap::tests::busy_threads_share_the_capped_arenas") {
             return;
         }
         let limit = limit_arenas().expect("the cap is set");
@@ -171,6 +220,37 @@ mod tests {
         // could not be read would count none).
         assert!(made >= 2, "malloc_info reported {made} arenas");
         assert!(made <= limit, "{made} arenas with a cap of {limit}");
+    }
+
+    /// A large block freed does not move large blocks after it into the
+    /// heaps: the next one, half its size, still gets pages of its own,
+    /// counted in `mallinfo2`'s `hblkhd` (glibc's dynamic threshold, left
+    /// alone, would have risen to the freed block's size).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_large_block_freed_leaves_the_next_ones_mapped() {
+        if !in_a_process_of_its_own("heap::tests::a_large_block_freed_leaves_the_next_ones_mapped")
+        {
+            return;
+        }
+        fn mapped_bytes() -> usize {
+            // SAFETY: mallinfo2 takes nothing and returns a plain struct.
+            unsafe { libc::mallinfo2() }.hblkhd
+        }
+        assert_eq!(fix_mmap_threshold(), Some(MMAP_THRESHOLD));
+        let big = vec![1u8; 4 * MMAP_THRESHOLD];
+        assert!(mapped_bytes() >= big.len(), "the first block is mapped");
+        drop(big);
+        let before = mapped_bytes();
+        let next = vec![1u8; 2 * MMAP_THRESHOLD];
+        let after = mapped_bytes();
+        assert!(
+            after >= before + next.len(),
+            "{} bytes mapped for a block of {}",
+            after.saturating_sub(before),
+            next.len()
+        );
     }
 
     /// Freed memory in the middle of a heap (kept there by a live

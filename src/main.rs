@@ -73,13 +73,14 @@ struct RunArgs {
 fn main() -> ExitCode {
     // Before any thread starts: arenas made before the cap stay.
     let arenas = tenantwatch::heap::limit_arenas();
+    let mmap_threshold = tenantwatch::heap::fix_mmap_threshold();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Healthcheck { addr, timeout }) => healthcheck(addr, timeout),
-        Some(Command::Run(args)) => run(args, arenas),
+        Some(Command::Run(args)) => run(args, arenas, mmap_threshold),
         Some(Command::Demo(args)) => demo(args),
-        None => run(cli.run, arenas),
+        None => run(cli.run, arenas, mmap_threshold),
     }
 }
 
@@ -127,8 +128,9 @@ fn healthcheck(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Exit
     }
 }
 
-/// `arenas`: the allocator's arena cap set at start, if any.
-fn run(args: RunArgs, arenas: Option<usize>) -> ExitCode {
+/// `arenas`, `mmap_threshold`: the allocator's arena cap and mmap
+/// threshold set at start, if any.
+fn run(args: RunArgs, arenas: Option<usize>, mmap_threshold: Option<usize>) -> ExitCode {
     let config = match &args.config {
         Some(path) => Config::load(path),
         None => Ok(Config::defaults()),
@@ -144,6 +146,10 @@ fn run(args: RunArgs, arenas: Option<usize>) -> ExitCode {
     match arenas {
         Some(limit) => tracing::debug!(limit, "Memory allocator arenas capped"),
         None => tracing::debug!("Memory allocator arenas left as the environment sets them"),
+    }
+    match mmap_threshold {
+        Some(bytes) => tracing::debug!(bytes, "Memory allocator mmap threshold fixed"),
+        None => tracing::debug!("Memory allocator mmap threshold left as the environment sets it"),
     }
     let path = args.config.clone();
     with_runtime_and_signals(|shutdown| async move {
