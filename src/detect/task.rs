@@ -98,7 +98,6 @@ pub async fn run(task: DetectTask, shutdown: CancellationToken) {
             &events,
             |tenant| policy.base_quota(tenant).rate.qps,
         );
-        store.recycle(snapshot);
         transitions.iter().for_each(log_transition);
         let mut advice = detector.advice();
         let shared_advice = match limits.redis() {

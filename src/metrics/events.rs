@@ -150,11 +150,8 @@ impl StoreExposition {
     /// The store's tenants to expose: those with an event within
     /// `idle_after`.
     fn snapshot(&self) -> StoreSnapshot {
-        if self.idle_after.is_zero() {
-            self.store.snapshot()
-        } else {
-            self.store.snapshot_recent(self.idle_after)
-        }
+        let within = (!self.idle_after.is_zero()).then_some(self.idle_after);
+        self.store.exposition_snapshot(within)
     }
 
     /// Appends the store's families to `out`.

@@ -453,18 +453,22 @@ pub struct Store {
     instance_registry: Mutex<std::collections::HashSet<Box<str>>>,
     endpoints_folded: AtomicU64,
     instances_folded: AtomicU64,
-    /// Earlier snapshots' vectors, emptied and kept for the next ones
-    /// ([`Store::recycle`]). A snapshot's rows are the largest block a
-    /// scrape or a detector pass allocates (7.5 MiB at 10,000 tenants);
-    /// above glibc's fixed mmap threshold (src/heap.rs) a fresh one would
-    /// be mapped, faulted and zeroed each time.
-    spare_rows: Mutex<Vec<Vec<TenantSnapshot>>>,
-    spare_keys: Mutex<Vec<(u128, u32)>>,
+    /// The last exposition snapshot's vectors, emptied and kept for the
+    /// next ([`Store::exposition_snapshot`]).
+    spare: Mutex<SnapshotRoom>,
 }
 
-/// At most this many snapshots' rows are kept for reuse: a scrape's and a
-/// detector pass's may be taken at once.
-const SPARE_SNAPSHOTS: usize = 2;
+/// Room for a snapshot: its rows and the keys that put them in order.
+/// A snapshot's rows are the largest block a scrape allocates (7.5 MiB at
+/// 10,000 tenants); above glibc's fixed mmap threshold (src/heap.rs) fresh
+/// ones would be mapped, faulted and zeroed at every scrape. Only the
+/// exposition's is kept: the detector's and the API's cover every tenant
+/// (25 MiB at 100,000), and kept they would hold that much for good.
+#[derive(Debug, Default)]
+struct SnapshotRoom {
+    rows: Vec<TenantSnapshot>,
+    keys: Vec<(u128, u32)>,
+}
 
 /// `spare`, emptied, with room for `room` items; or a new vector when the
 /// spare has over twice that room (grown for a tenant flood since evicted:
@@ -586,8 +590,7 @@ impl Store {
             instance_registry: Mutex::default(),
             endpoints_folded: AtomicU64::new(0),
             instances_folded: AtomicU64::new(0),
-            spare_rows: Mutex::default(),
-            spare_keys: Mutex::default(),
+            spare: Mutex::default(),
         }
     }
 
@@ -661,7 +664,7 @@ impl Store {
     /// Every tenant's figures, one shard at a time (each read under its own
     /// lock), in id order.
     pub fn snapshot(&self) -> StoreSnapshot {
-        self.snapshot_of(None)
+        self.snapshot_of(None, false)
     }
 
     /// As [`Store::snapshot`], with only the tenants that had an event
@@ -670,7 +673,7 @@ impl Store {
     /// admitted tenant.
     pub fn snapshot_recent(&self, within: Duration) -> StoreSnapshot {
         let within_ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
-        self.snapshot_of(Some(within_ms))
+        self.snapshot_of(Some(within_ms), false)
     }
 
     /// Every tenant's [`TenantSummary`], in id order: a list's figures at a
@@ -725,26 +728,25 @@ impl Store {
         Some(snapshot)
     }
 
-    /// Takes back a snapshot's rows for a later snapshot to fill, so that
-    /// a scrape or a detector pass allocates no large block once warm. A
-    /// snapshot not given back is simply freed.
+    /// The exposition's snapshot: as [`Store::snapshot_recent`] (or
+    /// [`Store::snapshot`] without `within`), filling the vectors of the
+    /// last one given back with [`Store::recycle`], so that a warm scrape
+    /// allocates no large block.
+    pub fn exposition_snapshot(&self, within: Option<Duration>) -> StoreSnapshot {
+        let within_ms = within.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
+        self.snapshot_of(within_ms, true)
+    }
+
+    /// Takes back an exposition snapshot's rows for the next one to fill.
     pub fn recycle(&self, snapshot: StoreSnapshot) {
         let mut rows = snapshot.tenants;
         rows.clear();
-        let mut spares = lock(&self.spare_rows);
-        if spares.len() < SPARE_SNAPSHOTS {
-            spares.push(rows);
-        }
+        lock(&self.spare).rows = rows;
     }
 
-    /// A kept snapshot's rows, emptied, or new ones ([`reused`]).
-    fn spare_rows(&self, room: usize) -> Vec<TenantSnapshot> {
-        let spare = lock(&self.spare_rows).pop();
-        reused(spare.unwrap_or_default(), room)
-    }
-
-    /// Both snapshots: every tenant, or those seen within `within_ms`.
-    fn snapshot_of(&self, within_ms: Option<u64>) -> StoreSnapshot {
+    /// Both snapshots: every tenant, or those seen within `within_ms`;
+    /// in the exposition's kept room if `reuse` ([`SnapshotRoom`]).
+    fn snapshot_of(&self, within_ms: Option<u64>, reuse: bool) -> StoreSnapshot {
         let now_ms = self.clock.now_ms();
         let current_slot = self.slot_at(now_ms);
         // Snapshots are a few hundred bytes each: built in place, then put
@@ -754,8 +756,13 @@ impl Store {
         // it does not touch costs no RSS): a growing vector copied them all
         // at each doubling.
         let room = self.tracked() + 1;
-        let mut tenants_in_shard_order = self.spare_rows(room);
-        let mut keyed = reused(std::mem::take(&mut *lock(&self.spare_keys)), room);
+        let spare = if reuse {
+            std::mem::take(&mut *lock(&self.spare))
+        } else {
+            SnapshotRoom::default()
+        };
+        let mut tenants_in_shard_order = reused(spare.rows, room);
+        let mut keyed = reused(spare.keys, room);
         for shard in self.tenant_shards.iter() {
             let tenants = lock(shard);
             for (name, acc) in tenants.iter() {
@@ -767,7 +774,9 @@ impl Store {
             }
         }
         let order = id_order(&mut keyed, |at| tenants_in_shard_order[at].tenant.as_str());
-        *lock(&self.spare_keys) = keyed;
+        if reuse {
+            lock(&self.spare).keys = keyed;
+        }
         let mut tenants = tenants_in_shard_order;
         permute(&mut tenants, order);
         let mut instances: HashMap<Arc<str>, f64, foldhash::fast::RandomState> = HashMap::default();
@@ -1478,23 +1487,24 @@ mod tests {
         );
     }
 
-    /// A snapshot given back lends its rows to the next one, which holds
-    /// the same figures as a snapshot made without them; a third taken while
-    /// both are out gets rows of its own.
+    /// An exposition snapshot given back lends its rows to the next one,
+    /// which holds the same figures as a snapshot made without them; a
+    /// third taken while the second is out gets rows of its own.
     #[test]
     fn a_recycled_snapshots_rows_are_filled_by_the_next() {
         let (store, _) = store(10, 2);
         for tenant in ["a", "b", "c"] {
             store.writer(0).record(&query(tenant, QueryKind::Read, 1.0));
         }
-        let first = store.snapshot();
+        let first = store.exposition_snapshot(None);
         let rows = first.tenants.as_ptr();
         store.recycle(first);
-        let second = store.snapshot();
+        let second = store.exposition_snapshot(None);
         assert_eq!(second.tenants.as_ptr(), rows, "the rows were not reused");
-        let third = store.snapshot();
+        let third = store.exposition_snapshot(Some(Duration::from_secs(60)));
         assert_ne!(third.tenants.as_ptr(), rows);
         assert_eq!(second.tenants, third.tenants);
+        assert_eq!(second.tenants, store.snapshot().tenants);
         let names: Vec<&str> = second.tenants.iter().map(|t| t.tenant.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
     }
