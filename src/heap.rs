@@ -15,17 +15,19 @@
 //! half-used pages, spread over more heaps: at startup the daemon caps the
 //! arenas at one per core ([`limit_arenas`]), as `MALLOC_ARENA_MAX` would.
 //!
-//! Large passing buffers (an exposition in the text format, a gzip'd body,
-//! a state file's text) are the other source of such pages: glibc gives an
+//! Large passing buffers (a store snapshot's rows, a gzip'd body, the
+//! detector's tables) are the other source of such pages: glibc gives an
 //! allocation pages of its own (mmap) above a threshold, but raises the
 //! threshold to the size of each such block freed, so that after the first
 //! scrape the next ones' buffers come from the heaps, where long-lived
-//! allocations made meanwhile pin their pages. The daemon fixes the
-//! threshold ([`fix_mmap_threshold`]), as `MALLOC_MMAP_THRESHOLD_` would.
-//! Each block above it is then mapped, faulted and zeroed afresh, so the
-//! largest a scrape needs are kept between uses instead: the exposition's
-//! buffers (`metrics::SharedExposition`) and the store snapshot's rows
-//! (`Store::recycle`).
+//! allocations made meanwhile pin their pages (the one-hour soak's RSS
+//! crept without a fixed threshold and not with it, docs/reliability.md).
+//! The daemon fixes the threshold ([`fix_mmap_threshold`]), as
+//! `MALLOC_MMAP_THRESHOLD_` would. Each block above it is then mapped,
+//! faulted and zeroed afresh, so the largest a scrape needs are kept
+//! between scrapes instead: the exposition's buffers
+//! (`metrics::SharedExposition`) and its snapshot's rows
+//! (`Store::exposition_snapshot`).
 
 use std::time::{Duration, Instant};
 
