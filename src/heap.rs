@@ -89,12 +89,9 @@ pub fn arena_limit(cores: usize) -> usize {
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
 fn set_arena_max(limit: usize) -> bool {
-    let limit = libc::c_int::try_from(limit).unwrap_or(libc::c_int::MAX);
-    // SAFETY: mallopt takes two integers and no pointer; M_ARENA_MAX only
-    // caps arenas created from now on.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, limit) == 1 }
+    // M_ARENA_MAX only caps arenas created from now on.
+    mallopt(libc::M_ARENA_MAX, limit)
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -103,17 +100,23 @@ fn set_arena_max(_limit: usize) -> bool {
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
 fn set_mmap_threshold(bytes: usize) -> bool {
-    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: mallopt takes two integers and no pointer; M_MMAP_THRESHOLD
-    // applies to allocations made from now on.
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
+    // M_MMAP_THRESHOLD applies to allocations made from now on.
+    mallopt(libc::M_MMAP_THRESHOLD, bytes)
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn set_mmap_threshold(_bytes: usize) -> bool {
     false
+}
+
+/// Sets one of glibc's malloc options; `value` past `c_int` is clamped.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn mallopt(option: libc::c_int, value: usize) -> bool {
+    let value = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt takes two integers and no pointer.
+    unsafe { libc::mallopt(option, value) == 1 }
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
