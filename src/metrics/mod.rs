@@ -464,10 +464,9 @@ impl SharedExposition {
         // scraper still sends it. A fresh buffer of several megabytes per
         // encode, freed after the next, made glibc raise its mmap threshold
         // to that size and serve later ones from arenas that keep what is
-        // freed: RSS grew with every generation (docs/performance.md). With
-        // the threshold fixed instead, the fresh buffers' page faults cost
-        // the gzip'd text scrape at 10,000 tenants 2 times as much, and
-        // 1.16 times once the text intermediate was kept too (issue 26).
+        // freed: RSS grew with every generation (docs/performance.md). The
+        // threshold is now fixed (src/heap.rs), so a fresh buffer would be
+        // mapped and faulted at every scrape: kept, it costs neither.
         let buffer = slot
             .encoded
             .take()
