@@ -72,7 +72,7 @@ instance = "{name}"
 history = "10m"
 history_resolution = "1m"
 [state]
-file = "{os.path.join(OUT, name + '.state.json')}"
+file = "{os.path.join(OUT, name + ".state.json")}"
 save_interval = "5s"
 """
 
@@ -84,8 +84,10 @@ class Daemon:
         self.binary, self.http, self.udp = binary, free_port(), free_port()
         self.name = f"b{index}"
         redis_port = free_port()
-        self.redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
-                                      stdout=subprocess.DEVNULL)
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
         # Each run starts empty: a state file left by an earlier run would
         # be loaded.
         state = os.path.join(OUT, f"{self.name}.state.json")
@@ -94,15 +96,20 @@ class Daemon:
         path = os.path.join(OUT, f"{self.name}.toml")
         with open(path, "w") as f:
             f.write(config(self.http, self.udp, redis_port, self.name))
-        self.log = open(os.path.join(OUT, f"{self.name}.log"), "w")
-        self.proc = subprocess.Popen([binary, "run", "--config", path], stdout=self.log, stderr=self.log)
+        self.log_path = os.path.join(OUT, f"{self.name}.log")
+        with open(self.log_path, "w") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([binary, "run", "--config", path], stdout=log, stderr=log)
         self.tracked = None
         self.samples = []  # (t, rss MiB, anon MiB, tenants tracked)
 
     def memory(self):
         try:
             with open(f"/proc/{self.proc.pid}/status") as f:
-                status = {l.split(":")[0]: int(l.split()[1]) for l in f if l.startswith(("VmRSS:", "RssAnon:"))}
+                status = {
+                    line.split(":")[0]: int(line.split()[1])
+                    for line in f
+                    if line.startswith(("VmRSS:", "RssAnon:"))
+                }
             return status["VmRSS"] / 1024, status["RssAnon"] / 1024
         except (OSError, KeyError, ValueError):
             return None, None
@@ -113,8 +120,10 @@ def steady(daemons, stop):
     rng = random.Random(1)
     while not stop.is_set():
         for _ in range(50):
-            lines = [f"tenantwatch.query:{rng.random() * 5:.3g}|ms|#tenant:t{rng.randrange(300):03d},kind:read"
-                     for _ in range(20)]
+            lines = [
+                f"tenantwatch.query:{rng.random() * 5:.3g}|ms|#tenant:t{rng.randrange(300):03d},kind:read"
+                for _ in range(20)
+            ]
             datagram = "\n".join(lines).encode()
             for d in daemons:
                 sock.sendto(datagram, ("127.0.0.1", d.udp))
@@ -129,8 +138,10 @@ def scrape(d, stop):
     while not stop.is_set():
         try:
             for accept in FORMATS:
-                req = urllib.request.Request(f"http://127.0.0.1:{d.http}/metrics",
-                                             headers={"Accept-Encoding": "gzip", "Accept": accept})
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{d.http}/metrics",
+                    headers={"Accept-Encoding": "gzip", "Accept": accept},
+                )
                 with urllib.request.urlopen(req, timeout=5) as r:
                     body = r.read()
                     if r.headers.get("Content-Encoding") == "gzip":
@@ -138,8 +149,9 @@ def scrape(d, stop):
                 for line in body.decode().splitlines():
                     if line.startswith("tenantwatch_tenants_tracked "):
                         d.tracked = float(line.split()[1])
-            with urllib.request.urlopen(f"http://127.0.0.1:{d.http}/api/v1/tenants?sort=db_time&limit=50",
-                                        timeout=5) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{d.http}/api/v1/tenants?sort=db_time&limit=50", timeout=5
+            ) as r:
                 r.read()
         except OSError as e:
             print(f"{d.name}: scrape failed: {e}", file=sys.stderr)
@@ -150,7 +162,7 @@ def flood(daemons, round_):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     lines = [f"tenantwatch.query:1|ms|#tenant:flood{round_}x{i},kind:read" for i in range(900)]
     for i in range(0, 900, 25):
-        datagram = "\n".join(lines[i:i + 25]).encode()
+        datagram = "\n".join(lines[i : i + 25]).encode()
         for d in daemons:
             sock.sendto(datagram, ("127.0.0.1", d.udp))
         time.sleep(0.002)
@@ -180,10 +192,12 @@ def summary(d, floods_at):
     held = [s for s in d.samples if s[0] >= first and s[3] is not None and s[3] > 300]
     gaps = [settled(d, floods_at, i) for i in range(len(floods_at))]
     after = [s for gap in gaps for s in gap]
-    return (f"| {d.binary} | {median(s[2] for s in before):.2f} | {median(s[2] for s in held):.2f} | "
-            f"{median(s[2] for s in after):.2f} | "
-            f"{median(s[2] for s in gaps[-1]) - median(s[2] for s in gaps[0]):+.2f} | "
-            f"{median(s[1] for s in after):.2f} | {max(s[1] or 0 for s in d.samples):.2f} |")
+    return (
+        f"| {d.binary} | {median(s[2] for s in before):.2f} | {median(s[2] for s in held):.2f} | "
+        f"{median(s[2] for s in after):.2f} | "
+        f"{median(s[2] for s in gaps[-1]) - median(s[2] for s in gaps[0]):+.2f} | "
+        f"{median(s[1] for s in after):.2f} | {max(s[1] or 0 for s in d.samples):.2f} |"
+    )
 
 
 def main():
@@ -212,7 +226,9 @@ def main():
                 next_flood += PERIOD
             for d in daemons:
                 if d.proc.poll() is not None:
-                    sys.exit(f"bench-flood-rss: {d.binary} exited ({d.proc.returncode}); see {d.log.name}")
+                    sys.exit(
+                        f"bench-flood-rss: {d.binary} exited ({d.proc.returncode}); see {d.log_path}"
+                    )
                 rss, anon = d.memory()
                 d.samples.append((now, rss, anon, d.tracked))
             time.sleep(1)
@@ -221,10 +237,14 @@ def main():
             for d in daemons:
                 for t, rss, anon, tracked in d.samples:
                     f.write(f"{d.binary},{t:.1f},{rss},{anon},{tracked}\n")
-        print(f"{FLOODS} floods of 900 new ids into max_tenants = 600, every {PERIOD:.0f} s, tenant_idle_ttl {TTL}; "
-              f"anonymous memory (MiB, medians) unless said")
-        print("| build | before the first flood | flood tenants held | after eviction | "
-              "after eviction, last gap less first | RSS after eviction | RSS peak |")
+        print(
+            f"{FLOODS} floods of 900 new ids into max_tenants = 600, every {PERIOD:.0f} s, tenant_idle_ttl {TTL}; "
+            f"anonymous memory (MiB, medians) unless said"
+        )
+        print(
+            "| build | before the first flood | flood tenants held | after eviction | "
+            "after eviction, last gap less first | RSS after eviction | RSS peak |"
+        )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for d in daemons:
             print(summary(d, floods_at))
@@ -237,7 +257,6 @@ def main():
                 d.proc.wait(20)
             except subprocess.TimeoutExpired:
                 d.proc.kill()
-            d.log.close()
             d.redis.kill()
             d.redis.wait()
 

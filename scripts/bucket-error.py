@@ -26,6 +26,7 @@ linearly inside a bucket, so the error grows with the ratio between bounds;
 at a bound itself the answer is exact, which is why the default set has one
 at the slow-query alert's 1 s threshold.
 """
+
 import math
 import sys
 from statistics import NormalDist, median
@@ -55,9 +56,11 @@ def report(name, bounds):
                 p95 = 10 ** (decade + i / 100)
                 mu = math.log(p95) - 1.6449 * sigma
                 errors.append(abs(histogram_quantile(bounds, mu, sigma) - p95) / p95)
-            span = f"{10**decade:g}-{10**(decade+1):g} s"
+            span = f"{10**decade:g}-{10 ** (decade + 1):g} s"
             within = sum(e < 0.10 for e in errors) / len(errors)
-            print(f"  {span:>16} {sigma:>5} {median(errors):>9.0%} {max(errors):>9.0%} {within:>10.0%}")
+            print(
+                f"  {span:>16} {sigma:>5} {median(errors):>9.0%} {max(errors):>9.0%} {within:>10.0%}"
+            )
 
 
 def measured(binary):
@@ -89,10 +92,15 @@ def measured(binary):
     with open(f"{work}/tw.toml", "w") as f:
         f.write(f'[server]\nlisten = "127.0.0.1:{tw_port}"\n[ingest]\nudp_listen = ""\n')
     with open(f"{work}/prometheus.yml", "w") as f:
-        f.write(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tw\n"
-                f"    static_configs:\n      - targets: ['127.0.0.1:{tw_port}']\n")
-    daemon = subprocess.Popen([binary, "run", "--config", f"{work}/tw.toml"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        f.write(
+            f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tw\n"
+            f"    static_configs:\n      - targets: ['127.0.0.1:{tw_port}']\n"
+        )
+    daemon = subprocess.Popen(
+        [binary, "run", "--config", f"{work}/tw.toml"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     prometheus = None
     try:
         base = f"http://127.0.0.1:{tw_port}"
@@ -113,31 +121,52 @@ def measured(binary):
                 ledger[tenant] = (sigma, p95, durations)
                 for start in range(0, len(durations), 5_000):
                     body = "".join(
-                        json.dumps({"tenant": tenant, "kind": "read", "duration_ms": d * 1000}) + "\n"
-                        for d in durations[start:start + 5_000])
-                    urllib.request.urlopen(urllib.request.Request(
-                        f"{base}/v1/events", data=body.encode(), method="POST",
-                        headers={"Content-Type": "application/x-ndjson"}), timeout=30).read()
+                        json.dumps({"tenant": tenant, "kind": "read", "duration_ms": d * 1000})
+                        + "\n"
+                        for d in durations[start : start + 5_000]
+                    )
+                    urllib.request.urlopen(
+                        urllib.request.Request(
+                            f"{base}/v1/events",
+                            data=body.encode(),
+                            method="POST",
+                            headers={"Content-Type": "application/x-ndjson"},
+                        ),
+                        timeout=30,
+                    ).read()
         prometheus = subprocess.Popen(
-            ["prometheus", f"--config.file={work}/prometheus.yml",
-             f"--storage.tsdb.path={work}/data", f"--web.listen-address=127.0.0.1:{prom_port}",
-             "--enable-feature=native-histograms"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        query = ("histogram_quantile(0.95, sum by (tenant) "
-                 "(tenantwatch_tenant_query_duration_seconds))")
+            [
+                "prometheus",
+                f"--config.file={work}/prometheus.yml",
+                f"--storage.tsdb.path={work}/data",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--enable-feature=native-histograms",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        query = (
+            "histogram_quantile(0.95, sum by (tenant) (tenantwatch_tenant_query_duration_seconds))"
+        )
         native = {}
         for _ in range(120):
             time.sleep(1)
             try:
-                reply = json.loads(get(f"http://127.0.0.1:{prom_port}/api/v1/query?"
-                                       + urllib.parse.urlencode({"query": query})))
+                reply = json.loads(
+                    get(
+                        f"http://127.0.0.1:{prom_port}/api/v1/query?"
+                        + urllib.parse.urlencode({"query": query})
+                    )
+                )
             except OSError:
                 continue
             native = {r["metric"]["tenant"]: float(r["value"][1]) for r in reply["data"]["result"]}
             if len(native) == len(ledger):
                 break
         if len(native) != len(ledger):
-            sys.exit(f"bucket-error.py: Prometheus answered for {len(native)} of {len(ledger)} tenants")
+            sys.exit(
+                f"bucket-error.py: Prometheus answered for {len(native)} of {len(ledger)} tenants"
+            )
         classic = classic_p95s(get(f"{base}/metrics", "application/openmetrics-text"))
     finally:
         for process in (prometheus, daemon):
@@ -147,19 +176,28 @@ def measured(binary):
         shutil.rmtree(work, ignore_errors=True)
 
     print("measured: tenantwatch + Prometheus (native histograms), 20,000 latencies per tenant")
-    print(f"  {'true p95':>16} {'sigma':>5} {'native median':>13} {'native worst':>12}"
-          f" {'classic median':>14} {'classic worst':>13}")
+    print(
+        f"  {'true p95':>16} {'sigma':>5} {'native median':>13} {'native worst':>12}"
+        f" {'classic median':>14} {'classic worst':>13}"
+    )
     for sigma in (0.5, 1.0):
         for decade in range(-3, 1):
-            rows = [(t, sorted(d)[int(0.95 * len(d))]) for t, (s, p95, d) in ledger.items()
-                    if s == sigma and 10 ** decade <= p95 < 10 ** (decade + 1) * 1.0001]
+            rows = [
+                (t, sorted(d)[int(0.95 * len(d))])
+                for t, (s, p95, d) in ledger.items()
+                if s == sigma and 10**decade <= p95 < 10 ** (decade + 1) * 1.0001
+            ]
             n_err = [abs(native[t] - truth) / truth for t, truth in rows]
             c_err = [abs(classic[t] - truth) / truth for t, truth in rows]
-            span = f"{10**decade:g}-{10**(decade+1):g} s"
-            print(f"  {span:>16} {sigma:>5} {median(n_err):>12.1%} {max(n_err):>12.1%}"
-                  f" {median(c_err):>13.0%} {max(c_err):>13.0%}")
-    worst = max(abs(native[t] - sorted(d)[int(0.95 * len(d))]) / sorted(d)[int(0.95 * len(d))]
-                for t, (_, _, d) in ledger.items())
+            span = f"{10**decade:g}-{10 ** (decade + 1):g} s"
+            print(
+                f"  {span:>16} {sigma:>5} {median(n_err):>12.1%} {max(n_err):>12.1%}"
+                f" {median(c_err):>13.0%} {max(c_err):>13.0%}"
+            )
+    worst = max(
+        abs(native[t] - sorted(d)[int(0.95 * len(d))]) / sorted(d)[int(0.95 * len(d))]
+        for t, (_, _, d) in ledger.items()
+    )
     print(f"  worst native error over all {len(ledger)} tenants: {worst:.2%}")
     return worst
 
@@ -168,9 +206,12 @@ def classic_p95s(exposition):
     """Each tenant's p95 from the classic buckets of an OpenMetrics
     exposition, interpolated as Prometheus' histogram_quantile does."""
     import re
+
     buckets = {}
-    pattern = re.compile(r'^tenantwatch_tenant_query_duration_seconds_bucket'
-                         r'\{le="([^"]+)",tenant="([^"]+)"\} (\S+)$')
+    pattern = re.compile(
+        r"^tenantwatch_tenant_query_duration_seconds_bucket"
+        r'\{le="([^"]+)",tenant="([^"]+)"\} (\S+)$'
+    )
     for line in exposition.splitlines():
         m = pattern.match(line)
         if m:
@@ -185,7 +226,9 @@ def classic_p95s(exposition):
                 if math.isinf(bound):
                     out[tenant] = prev_bound
                 else:
-                    out[tenant] = prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+                    out[tenant] = prev_bound + (bound - prev_bound) * (rank - prev_count) / (
+                        count - prev_count
+                    )
                 break
             prev_bound, prev_count = bound, count
     return out

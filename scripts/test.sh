@@ -98,6 +98,9 @@ fi
 "$venv/bin/ruff" check --no-cache clients/python && "$venv/bin/ruff" format --no-cache --check clients/python \
   && (cd clients/python && "../../$venv/bin/mypy" --cache-dir=../../target/mypy-cache) || {
   echo "scripts/test.sh: ruff or mypy failed on clients/python" >&2; exit 1; }
+# The bench and soak scripts, with the client's rules (scripts/ruff.toml).
+"$venv/bin/ruff" check --no-cache scripts && "$venv/bin/ruff" format --no-cache --check scripts || {
+  echo "scripts/test.sh: ruff failed on scripts/ (see scripts/ruff.toml)" >&2; exit 1; }
 
 # Express for the Node recipe of docs/integration.md (npm registry).
 if [ ! -d target/node/node_modules/express ]; then

@@ -6,6 +6,7 @@ would end the misbehaviour it is meant to be judged on).
 
 Every fault is recorded as (kind, family, target, start, end, note)."""
 
+import contextlib
 import os
 import random
 import signal
@@ -16,10 +17,22 @@ import time
 import load
 
 FAMILIES = {
-    "postgres": ["pg_fast_restart", "pg_kill9", "pg_freeze", "standby_restart",
-                 "pgbouncer_restart", "pgbouncer_pause", "pgbouncer_refuse_admin"],
+    "postgres": [
+        "pg_fast_restart",
+        "pg_kill9",
+        "pg_freeze",
+        "standby_restart",
+        "pgbouncer_restart",
+        "pgbouncer_pause",
+        "pgbouncer_refuse_admin",
+    ],
     "redis": ["redis_kill_restart_empty", "redis_freeze"],
-    "daemon": ["daemon_kill9", "daemon_sighup_valid", "daemon_sighup_broken", "daemon_sigterm_during_scrapes"],
+    "daemon": [
+        "daemon_kill9",
+        "daemon_sighup_valid",
+        "daemon_sighup_broken",
+        "daemon_sigterm_during_scrapes",
+    ],
     "clients": ["metrics_never_read", "udp_burst", "hostile_lines", "tenant_flood"],
 }
 # Seconds between two faults of a lane in a long run: each kind several
@@ -31,7 +44,14 @@ QUIET = {"daemon_kill9", "daemon_sigterm_during_scrapes"} | set(FAMILIES["postgr
 
 class Fault:
     def __init__(self, kind, family, target, start, end, note=""):
-        self.kind, self.family, self.target, self.start, self.end, self.note = kind, family, target, start, end, note
+        self.kind, self.family, self.target, self.start, self.end, self.note = (
+            kind,
+            family,
+            target,
+            start,
+            end,
+            note,
+        )
         self.recovery = {}  # daemon -> seconds from end to up == 1 with fresh figures
 
     def row(self, t0):
@@ -69,8 +89,14 @@ class Injector:
     """Carries out the faults on the parts; every method returns the note."""
 
     def __init__(self, parts, sender, hostile, capacity, stop, log):
-        self.p, self.sender, self.hostile, self.capacity, self.stop, self.log = \
-            parts, sender, hostile, capacity, stop, log
+        self.p, self.sender, self.hostile, self.capacity, self.stop, self.log = (
+            parts,
+            sender,
+            hostile,
+            capacity,
+            stop,
+            log,
+        )
         self.rng = random.Random(parts["seed"] + 1)
         self.daemon_turn = 0
         self.flood_round = 0
@@ -174,7 +200,9 @@ class Injector:
 
     def daemon_sighup_valid(self):
         daemon = self.next_daemon(False)
-        text = daemon.good_config.replace("default_qps = 100.0", f"default_qps = {self.rng.choice([90.0, 110.0])}")
+        text = daemon.good_config.replace(
+            "default_qps = 100.0", f"default_qps = {self.rng.choice([90.0, 110.0])}"
+        )
         with open(daemon.config, "w") as f:
             f.write(text)
         daemon.signal(signal.SIGHUP)
@@ -184,7 +212,9 @@ class Injector:
             f.write(daemon.good_config)
         daemon.signal(signal.SIGHUP)
         if ok is not True:
-            self.p["problems"].append(f"{daemon.name}: a valid SIGHUP was not applied (reload_successful={ok})")
+            self.p["problems"].append(
+                f"{daemon.name}: a valid SIGHUP was not applied (reload_successful={ok})"
+            )
         return f"{daemon.name}: default_qps changed, applied={ok}; restored"
 
     def daemon_sighup_broken(self):
@@ -199,7 +229,9 @@ class Injector:
             f.write(daemon.good_config)
         daemon.signal(signal.SIGHUP)
         if not (refused and alive):
-            self.p["problems"].append(f"{daemon.name}: broken SIGHUP: refused={refused} alive={alive}")
+            self.p["problems"].append(
+                f"{daemon.name}: broken SIGHUP: refused={refused} alive={alive}"
+            )
         return f"{daemon.name}: broken file refused={refused}, still running={alive}; restored"
 
     def daemon_sigterm_during_scrapes(self):
@@ -209,6 +241,7 @@ class Injector:
         def scrape():
             for _ in range(20):
                 results.append(self.p["scrape_status"](daemon))
+
         scrapers = [threading.Thread(target=scrape, daemon=True) for _ in range(4)]
         for s in scrapers:
             s.start()
@@ -222,7 +255,9 @@ class Injector:
             self.p["problems"].append(f"{daemon.name}: exit status {code} after SIGTERM (want 0)")
         self.restart_daemon(daemon)
         broken = sum(1 for r in results if r not in (200, 503, None))
-        return f"{daemon.name}: SIGTERM under 4 scrapers, exit {code}, odd answers {broken}; restarted"
+        return (
+            f"{daemon.name}: SIGTERM under 4 scrapers, exit {code}, odd answers {broken}; restarted"
+        )
 
     def metrics_never_read(self):
         daemon = self.next_daemon(False)
@@ -243,17 +278,17 @@ class Injector:
     def udp_burst(self):
         rate = 3.0 * self.capacity
         datagrams = load.burst(self.sender, rate, 5.0, self.stop)
-        return f"{datagrams} datagrams, {rate:.0f} events/s (3x capacity) for 5 s on top of the load"
+        return (
+            f"{datagrams} datagrams, {rate:.0f} events/s (3x capacity) for 5 s on top of the load"
+        )
 
     def hostile_lines(self):
         daemon = self.next_daemon(False)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         n = 0
         for payload in self.hostile:
-            try:
+            with contextlib.suppress(OSError):
                 sock.sendto(payload[:65000], ("127.0.0.1", daemon.udp_port))
-            except OSError:
-                pass
             self.p["post_raw"](daemon, payload)
             n += 1
         return f"{daemon.name}: {n} hostile payloads over UDP and HTTP"
@@ -265,9 +300,12 @@ class Injector:
         self.flood_round += 1
         count = int(self.p["max_tenants"] * 1.5)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        lines = [f"tenantwatch.query:1|ms|#tenant:flood{self.flood_round}x{i},kind:read" for i in range(count)]
+        lines = [
+            f"tenantwatch.query:1|ms|#tenant:flood{self.flood_round}x{i},kind:read"
+            for i in range(count)
+        ]
         for i in range(0, count, 25):
-            datagram = "\n".join(lines[i:i + 25]).encode()
+            datagram = "\n".join(lines[i : i + 25]).encode()
             for daemon in self.p["daemons"]:
                 sock.sendto(datagram, ("127.0.0.1", daemon.udp_port))
             time.sleep(0.002)
@@ -300,9 +338,18 @@ def hostile_corpus(repo):
             for name in sorted(os.listdir(d)):
                 with open(os.path.join(d, name), "rb") as f:
                     out.append(f.read())
-    out += [b"\xff\xfe\xfd" * 100, b"tenantwatch.query:NaN|ms|#tenant:h1", b"tenantwatch.query:inf|ms|#tenant:h1",
-            b"tenantwatch.query:-5|ms|#tenant:h1", b"tenantwatch.query:1|ms|@0.0000001|#tenant:h1",
-            b'{"tenant":"h1","kind":"read","duration_ms":1e999}', b'{"tenant":"h1","kind":"read","duration_ms":-1}',
-            b'{"tenant":"' + b"x" * 5000 + b'","kind":"read","duration_ms":1}', b"{" * 10000,
-            b"tenantwatch.query:1|ms|#tenant:" + b"y" * 3000, b"\n" * 5000, b"tenantwatch.query:1|zz|#tenant:h1"]
+    out += [
+        b"\xff\xfe\xfd" * 100,
+        b"tenantwatch.query:NaN|ms|#tenant:h1",
+        b"tenantwatch.query:inf|ms|#tenant:h1",
+        b"tenantwatch.query:-5|ms|#tenant:h1",
+        b"tenantwatch.query:1|ms|@0.0000001|#tenant:h1",
+        b'{"tenant":"h1","kind":"read","duration_ms":1e999}',
+        b'{"tenant":"h1","kind":"read","duration_ms":-1}',
+        b'{"tenant":"' + b"x" * 5000 + b'","kind":"read","duration_ms":1}',
+        b"{" * 10000,
+        b"tenantwatch.query:1|ms|#tenant:" + b"y" * 3000,
+        b"\n" * 5000,
+        b"tenantwatch.query:1|zz|#tenant:h1",
+    ]
     return out

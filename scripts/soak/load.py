@@ -7,6 +7,7 @@ Event senders stop at a checkpoint (`Gate`) so the auditor can compare the
 ledger with each daemon's counters with nothing in flight."""
 
 import collections
+import contextlib
 import http.client
 import json
 import random
@@ -69,7 +70,9 @@ class Ledger:
 
     def sent_between(self, daemon, start, end):
         with self.lock:
-            return sum(n for (d, s), n in self.per_second.items() if d == daemon and start <= s <= end)
+            return sum(
+                n for (d, s), n in self.per_second.items() if d == daemon and start <= s <= end
+            )
 
 
 # Durations keep three significant digits: at the soak's rates (over a
@@ -81,7 +84,15 @@ def dogstatsd_line(tenant, kind, ms, error):
 
 
 def ndjson_line(tenant, kind, ms, error):
-    return json.dumps({"tenant": tenant, "kind": kind, "duration_ms": float(f"{ms:.3g}"), "rows": 3, "error": error})
+    return json.dumps(
+        {
+            "tenant": tenant,
+            "kind": kind,
+            "duration_ms": float(f"{ms:.3g}"),
+            "rows": 3,
+            "error": error,
+        }
+    )
 
 
 class EventSender(threading.Thread):
@@ -113,7 +124,14 @@ class EventSender(threading.Thread):
             lines = []
             for _ in range(batch):
                 tenant, kind = self.rng.choice(tenants), self.rng.choice(KINDS)
-                lines.append(make(tenant, kind, self.rng.uniform(0.2, 1.0) * scale_ms, self.rng.random() < 0.001))
+                lines.append(
+                    make(
+                        tenant,
+                        kind,
+                        self.rng.uniform(0.2, 1.0) * scale_ms,
+                        self.rng.random() < 0.001,
+                    )
+                )
             self.pool.append((fmt, "\n".join(lines).encode(), batch))
 
     def post(self, daemon, body):
@@ -141,7 +159,9 @@ class EventSender(threading.Thread):
             # The misbehaving tenants' ordinary traffic: 5 events/s each.
             self.trickle_at = now
             for tenant in self.trickle:
-                self.extra.append((tenant, self.rng.choice(KINDS), self.rng.uniform(0.2, 1.0), False))
+                self.extra.append(
+                    (tenant, self.rng.choice(KINDS), self.rng.uniform(0.2, 1.0), False)
+                )
         owners = set()
         if self.extra:
             fmt = ("dogstatsd", "ndjson", "http")[self.i % 3]
@@ -160,10 +180,9 @@ class EventSender(threading.Thread):
             if status is None or not 200 <= status < 300:
                 self.ledger.http_refused[daemon.name] += counts
         else:
-            try:
+            # OSError: ICMP port unreachable from an earlier datagram (the daemon is down).
+            with contextlib.suppress(OSError):
                 self.sock.sendto(payload, ("127.0.0.1", daemon.udp_port))
-            except OSError:
-                pass  # ICMP port unreachable from an earlier datagram: the daemon is down
             self.ledger.add(daemon.name, counts, now)
         sent = time.time()
         for owner in owners:
@@ -193,10 +212,8 @@ def burst(sender, rate, seconds, stop):
         i += 1
         daemon = sender.daemons[i % len(sender.daemons)]
         _, payload, counts = udp[i % len(udp)]
-        try:
+        with contextlib.suppress(OSError):
             sock.sendto(payload, ("127.0.0.1", daemon.udp_port))
-        except OSError:
-            pass
         sender.ledger.add(daemon.name, counts, time.time())
         next_at += sender.batch / rate
         delay = next_at - time.time()
@@ -217,15 +234,23 @@ class RateLimitClient(threading.Thread):
         self.conns = {}
 
     def ask(self, daemon):
-        conn = self.conns.get(daemon.name) or http.client.HTTPConnection("127.0.0.1", daemon.http_port, timeout=5)
+        conn = self.conns.get(daemon.name) or http.client.HTTPConnection(
+            "127.0.0.1", daemon.http_port, timeout=5
+        )
         try:
-            conn.request("POST", "/v1/ratelimit/check", json.dumps({"tenant": self.tenant}),
-                         {"Content-Type": "application/json"})
+            conn.request(
+                "POST",
+                "/v1/ratelimit/check",
+                json.dumps({"tenant": self.tenant}),
+                {"Content-Type": "application/json"},
+            )
             reply = conn.getresponse()
             body = json.loads(reply.read() or b"{}")
             self.conns[daemon.name] = conn
             if reply.status in (200, 429):
-                self.answers.append((time.time(), daemon.name, bool(body.get("allowed")), body.get("backend")))
+                self.answers.append(
+                    (time.time(), daemon.name, bool(body.get("allowed")), body.get("backend"))
+                )
             else:
                 self.errors[reply.status] += 1
         except (OSError, http.client.HTTPException, ValueError):
@@ -250,8 +275,15 @@ class RateLimitClient(threading.Thread):
 def connect(port, db="app", autocommit=True):
     # prepare_threshold=None: no server-side prepared statements, which
     # PgBouncer's transaction mode would send to another server connection.
-    return psycopg.connect(host="127.0.0.1", port=port, user="app", dbname=db, connect_timeout=3,
-                           autocommit=autocommit, prepare_threshold=None)
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=port,
+        user="app",
+        dbname=db,
+        connect_timeout=3,
+        autocommit=autocommit,
+        prepare_threshold=None,
+    )
 
 
 class SqlTenants(threading.Thread):
@@ -272,9 +304,13 @@ class SqlTenants(threading.Thread):
             try:
                 if conn is None:
                     conn = connect(self.port)
-                conn.execute(f"UPDATE tenant_{tenant}.t SET v = v + 1 WHERE id = %s /* tenant='{tenant}' */",
-                             (self.rng.randint(1, 50),))
-                conn.execute(f"SELECT count(*) FROM tenant_{tenant}.t /* tenant='{tenant}' */").fetchone()
+                conn.execute(
+                    f"UPDATE tenant_{tenant}.t SET v = v + 1 WHERE id = %s /* tenant='{tenant}' */",
+                    (self.rng.randint(1, 50),),
+                )
+                conn.execute(
+                    f"SELECT count(*) FROM tenant_{tenant}.t /* tenant='{tenant}' */"
+                ).fetchone()
                 self.done += 1
             except psycopg.Error:
                 self.failed += 1
@@ -341,16 +377,20 @@ class Misbehaviour(threading.Thread):
     def db_time_hog(self):
         """Four sessions running 0.4 s queries back to back, and the app
         reporting each as an event with its measured duration."""
+
         def worker():
             try:
                 with connect(self.port) as conn:
                     while self.until_end():
                         t = time.time()
-                        conn.execute(f"SELECT pg_sleep(0.4), count(*) FROM tenant_{self.tenant}.t "
-                                     f"/* tenant='{self.tenant}' */").fetchone()
+                        conn.execute(
+                            f"SELECT pg_sleep(0.4), count(*) FROM tenant_{self.tenant}.t "
+                            f"/* tenant='{self.tenant}' */"
+                        ).fetchone()
                         self.report((time.time() - t) * 1000.0, False)
             except psycopg.Error as e:
                 self.problems.append(f"hog session: {e}".strip()[:200])
+
         workers = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
         for w in workers:
             w.start()
@@ -359,7 +399,9 @@ class Misbehaviour(threading.Thread):
 
     def idle_in_transaction(self):
         with connect(self.port, autocommit=False) as conn:
-            conn.execute(f"SELECT v FROM tenant_{self.tenant}.t WHERE id = 1 /* tenant='{self.tenant}' */")
+            conn.execute(
+                f"SELECT v FROM tenant_{self.tenant}.t WHERE id = 1 /* tenant='{self.tenant}' */"
+            )
             self.in_effect = time.time()
             while self.until_end():
                 time.sleep(0.2)
@@ -368,7 +410,9 @@ class Misbehaviour(threading.Thread):
     def lock_blocker(self):
         """Holds a row lock that four other sessions queue behind."""
         with connect(self.port, autocommit=False) as conn:
-            conn.execute(f"SELECT v FROM tenant_{self.tenant}.t WHERE id = 1 FOR UPDATE /* tenant='{self.tenant}' */")
+            conn.execute(
+                f"SELECT v FROM tenant_{self.tenant}.t WHERE id = 1 FOR UPDATE /* tenant='{self.tenant}' */"
+            )
 
             waiting = []
 
@@ -381,9 +425,12 @@ class Misbehaviour(threading.Thread):
                             # is met from the third on.
                             if len(waiting) == LOCK_WAITERS_NEEDED:
                                 self.in_effect = waiting[-1]
-                        w.execute(f"UPDATE tenant_{self.tenant}.t SET v = v + 1 WHERE id = 1 /* tenant='queue' */")
+                        w.execute(
+                            f"UPDATE tenant_{self.tenant}.t SET v = v + 1 WHERE id = 1 /* tenant='queue' */"
+                        )
                 except psycopg.Error as e:
                     self.problems.append(f"waiter: {e}".strip()[:200])
+
             waiters = [threading.Thread(target=waiter, daemon=True) for _ in range(4)]
             for w in waiters:
                 w.start()
@@ -399,7 +446,9 @@ class Misbehaviour(threading.Thread):
             while self.until_end():
                 for _ in range(5):
                     try:
-                        conn.execute(f"SELECT * FROM tenant_{self.tenant}.missing /* tenant='{self.tenant}' */")
+                        conn.execute(
+                            f"SELECT * FROM tenant_{self.tenant}.missing /* tenant='{self.tenant}' */"
+                        )
                     except psycopg.errors.UndefinedTable:
                         self.report(1.0, True)
                 time.sleep(0.1)

@@ -7,6 +7,7 @@ knows how to tell that it is ready again; the fault schedule uses only these
 methods. As root, PostgreSQL and PgBouncer run as the `postgres` user (both
 refuse root)."""
 
+import contextlib
 import glob
 import os
 import shutil
@@ -33,16 +34,18 @@ def free_udp_port():
 def need(binary, package):
     path = shutil.which(binary)
     if path is None:
-        for candidate in glob.glob(f"/usr/lib/postgresql/*/bin/{binary}") + [f"/usr/sbin/{binary}"]:
+        for candidate in [*glob.glob(f"/usr/lib/postgresql/*/bin/{binary}"), f"/usr/sbin/{binary}"]:
             if os.path.exists(candidate):
                 return candidate
-        raise SystemExit(f"soak: `{binary}` is missing; install it (Debian: apt-get install {package})")
+        raise SystemExit(
+            f"soak: `{binary}` is missing; install it (Debian: apt-get install {package})"
+        )
     return path
 
 
 def as_pg(cmd):
     """Runs PostgreSQL and PgBouncer as `postgres` when we are root."""
-    return ["runuser", "-u", "postgres", "--"] + cmd if ROOT else cmd
+    return ["runuser", "-u", "postgres", "--", *cmd] if ROOT else cmd
 
 
 def wait_port(port, timeout=30.0):
@@ -71,16 +74,55 @@ class Postgres:
 
     def start(self):
         opts = f"-p {self.port} -k {self.sockdir}"
-        subprocess.run(as_pg([self.pg_ctl, "-D", self.data, "-l", self.log, "-o", opts, "-w", "-t", "60", "start"]),
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            as_pg(
+                [
+                    self.pg_ctl,
+                    "-D",
+                    self.data,
+                    "-l",
+                    self.log,
+                    "-o",
+                    opts,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
     def stop(self, mode="fast"):
-        subprocess.run(as_pg([self.pg_ctl, "-D", self.data, "-m", mode, "-w", "-t", "60", "stop"]),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            as_pg([self.pg_ctl, "-D", self.data, "-m", mode, "-w", "-t", "60", "stop"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def restart(self):
-        subprocess.run(as_pg([self.pg_ctl, "-D", self.data, "-l", self.log, "-o", f"-p {self.port} -k {self.sockdir}",
-                              "-m", "fast", "-w", "-t", "60", "restart"]), check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            as_pg(
+                [
+                    self.pg_ctl,
+                    "-D",
+                    self.data,
+                    "-l",
+                    self.log,
+                    "-o",
+                    f"-p {self.port} -k {self.sockdir}",
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    "60",
+                    "restart",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
     def pid(self):
         try:
@@ -99,23 +141,42 @@ class Postgres:
         pid = self.pid()
         if not pid:
             return
-        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        children = subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True
+        ).stdout.split()
         for p in [pid] + [int(c) for c in children]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, sig)
-            except ProcessLookupError:
-                pass
 
     def ready(self):
-        return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode == 0
+        return (
+            subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode
+            == 0
+        )
 
 
 def psql(port, db, sql, user="postgres", check=True, timeout=600):
     """One psql run; a hung server (a PAUSE that waits on a transaction)
     gives up after `timeout` seconds as a failed run."""
-    argv = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", db]
+    argv = [
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-U",
+        user,
+        "-d",
+        db,
+    ]
     try:
-        return subprocess.run(argv, input=sql, text=True, capture_output=True, check=check, timeout=timeout)
+        return subprocess.run(
+            argv, input=sql, text=True, capture_output=True, check=check, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         if check:
             raise
@@ -133,31 +194,72 @@ def make_cluster(run_dir, schemas, databases):
     data1 = os.path.join(run_dir, "pg-primary")
     os.makedirs(data1)
     chown_pg(data1)
-    subprocess.run(as_pg([initdb, "-D", data1, "-U", "postgres", "--auth=trust", "-E", "UTF8"]), check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        as_pg([initdb, "-D", data1, "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     with open(os.path.join(data1, "postgresql.conf"), "a") as f:
-        f.write("listen_addresses = '127.0.0.1'\nwal_level = replica\nmax_wal_senders = 5\nhot_standby = on\n"
-                "max_connections = 200\nfsync = off\nsynchronous_commit = off\nshared_buffers = 64MB\n"
-                "log_min_messages = warning\n")
+        f.write(
+            "listen_addresses = '127.0.0.1'\nwal_level = replica\nmax_wal_senders = 5\nhot_standby = on\n"
+            "max_connections = 200\nfsync = off\nsynchronous_commit = off\nshared_buffers = 64MB\n"
+            "log_min_messages = warning\n"
+        )
     with open(os.path.join(data1, "pg_hba.conf"), "w") as f:
-        f.write("local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n")
+        f.write(
+            "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n"
+        )
     primary = Postgres("primary", data1, free_port(), sockdir)
     primary.start()
-    sql = ["CREATE ROLE tenantwatch LOGIN IN ROLE pg_monitor;", "CREATE ROLE app LOGIN;",
-           "GRANT CREATE ON DATABASE postgres TO app;", "CREATE DATABASE app OWNER app;"]
+    sql = [
+        "CREATE ROLE tenantwatch LOGIN IN ROLE pg_monitor;",
+        "CREATE ROLE app LOGIN;",
+        "GRANT CREATE ON DATABASE postgres TO app;",
+        "CREATE DATABASE app OWNER app;",
+    ]
     psql(primary.port, "postgres", "\n".join(sql))
     body = ["SET ROLE app;"]
     for s in schemas:
-        body.append(f"CREATE SCHEMA tenant_{s}; CREATE TABLE tenant_{s}.t(id int PRIMARY KEY, v int);"
-                    f"INSERT INTO tenant_{s}.t SELECT g, 0 FROM generate_series(1, 50) g;")
+        body.append(
+            f"CREATE SCHEMA tenant_{s}; CREATE TABLE tenant_{s}.t(id int PRIMARY KEY, v int);"
+            f"INSERT INTO tenant_{s}.t SELECT g, 0 FROM generate_series(1, 50) g;"
+        )
     psql(primary.port, "app", "\n".join(body))
-    psql(primary.port, "postgres", "\n".join(f"CREATE DATABASE tenantdb_{d} OWNER app;" for d in databases))
+    psql(
+        primary.port,
+        "postgres",
+        "\n".join(f"CREATE DATABASE tenantdb_{d} OWNER app;" for d in databases),
+    )
     for d in databases:
-        psql(primary.port, f"tenantdb_{d}", "SET ROLE app; CREATE TABLE t(id int PRIMARY KEY, v int);"
-             "INSERT INTO t SELECT g, 0 FROM generate_series(1, 20) g;")
+        psql(
+            primary.port,
+            f"tenantdb_{d}",
+            "SET ROLE app; CREATE TABLE t(id int PRIMARY KEY, v int);"
+            "INSERT INTO t SELECT g, 0 FROM generate_series(1, 20) g;",
+        )
     data2 = os.path.join(run_dir, "pg-standby")
-    subprocess.run(as_pg(["pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres", "-D", data2,
-                          "-R", "-X", "stream", "-c", "fast"]), check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        as_pg(
+            [
+                "pg_basebackup",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(primary.port),
+                "-U",
+                "postgres",
+                "-D",
+                data2,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ]
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     standby = Postgres("standby", data2, free_port(), sockdir)
     standby.start()
     return primary, standby
@@ -172,11 +274,11 @@ class Process:
         self.exits = []  # (time, returncode) of every exit we saw
 
     def start(self):
-        out = open(self.log, "ab")
         argv = as_pg(self.argv) if self.user_pg else self.argv
-        self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
-        out.close()
+        with open(self.log, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
 
     def pid(self):
         return self.proc.pid if self.proc else None
@@ -213,8 +315,12 @@ class PgBouncer(Process):
         self.ini = os.path.join(self.dir, "pgbouncer.ini")
         self.pg_port = pg_port
         self.write_ini(refuse_stats=False)
-        super().__init__("pgbouncer", [need("pgbouncer", "pgbouncer"), self.ini],
-                         os.path.join(run_dir, "pgbouncer.log"), user_pg=True)
+        super().__init__(
+            "pgbouncer",
+            [need("pgbouncer", "pgbouncer"), self.ini],
+            os.path.join(run_dir, "pgbouncer.log"),
+            user_pg=True,
+        )
 
     def write_ini(self, refuse_stats):
         users = os.path.join(self.dir, "users.txt")
@@ -223,11 +329,13 @@ class PgBouncer(Process):
         # Refusing the admin console: tenantwatch is no longer a stats user.
         stats = "nobody" if refuse_stats else "tenantwatch"
         with open(self.ini, "w") as f:
-            f.write(f"[databases]\n* = host=127.0.0.1 port={self.pg_port}\n\n[pgbouncer]\n"
-                    f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
-                    f"auth_type = trust\nauth_file = {users}\nadmin_users = postgres\nstats_users = {stats}\n"
-                    "pool_mode = transaction\ndefault_pool_size = 30\nmax_client_conn = 400\n"
-                    f"pidfile = {self.dir}/pgbouncer.pid\n")
+            f.write(
+                f"[databases]\n* = host=127.0.0.1 port={self.pg_port}\n\n[pgbouncer]\n"
+                f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+                f"auth_type = trust\nauth_file = {users}\nadmin_users = postgres\nstats_users = {stats}\n"
+                "pool_mode = transaction\ndefault_pool_size = 30\nmax_client_conn = 400\n"
+                f"pidfile = {self.dir}/pgbouncer.pid\n"
+            )
         chown_pg(users)
         chown_pg(self.ini)
 
@@ -241,9 +349,23 @@ class PgBouncer(Process):
 class Redis(Process):
     def __init__(self, run_dir):
         self.port = free_port()
-        super().__init__("redis", [need("redis-server", "redis-server"), "--port", str(self.port), "--bind",
-                                   "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", run_dir],
-                         os.path.join(run_dir, "redis.log"))
+        super().__init__(
+            "redis",
+            [
+                need("redis-server", "redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                run_dir,
+            ],
+            os.path.join(run_dir, "redis.log"),
+        )
 
     def ready(self):
         try:
@@ -265,8 +387,12 @@ class Daemon(Process):
         with open(self.config, "w") as f:
             f.write(self.good_config)
         env = dict(os.environ, TENANTWATCH_LOG="info")
-        super().__init__(name, [binary, "run", "--config", self.config], os.path.join(run_dir, f"{name}.log"),
-                         env=env)
+        super().__init__(
+            name,
+            [binary, "run", "--config", self.config],
+            os.path.join(run_dir, f"{name}.log"),
+            env=env,
+        )
 
     def url(self, path):
         return f"http://127.0.0.1:{self.http_port}{path}"
@@ -278,11 +404,19 @@ class Prometheus(Process):
         cfg = os.path.join(run_dir, "prometheus.yml")
         targets = ", ".join(f"'127.0.0.1:{d.http_port}'" for d in daemons)
         with open(cfg, "w") as f:
-            f.write(f"global:\n  scrape_interval: {interval}s\n  evaluation_interval: {interval}s\n"
-                    f"rule_files: ['{rules}']\nscrape_configs:\n"
-                    f"  - job_name: tenantwatch\n    static_configs: [{{targets: [{targets}]}}]\n"
-                    f"  - job_name: prometheus\n    static_configs: [{{targets: ['127.0.0.1:{self.port}']}}]\n")
-        super().__init__("prometheus", [need("prometheus", "prometheus"), f"--config.file={cfg}",
-                                        f"--storage.tsdb.path={run_dir}/prometheus-data",
-                                        f"--web.listen-address=127.0.0.1:{self.port}"],
-                         os.path.join(run_dir, "prometheus.log"))
+            f.write(
+                f"global:\n  scrape_interval: {interval}s\n  evaluation_interval: {interval}s\n"
+                f"rule_files: ['{rules}']\nscrape_configs:\n"
+                f"  - job_name: tenantwatch\n    static_configs: [{{targets: [{targets}]}}]\n"
+                f"  - job_name: prometheus\n    static_configs: [{{targets: ['127.0.0.1:{self.port}']}}]\n"
+            )
+        super().__init__(
+            "prometheus",
+            [
+                need("prometheus", "prometheus"),
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={run_dir}/prometheus-data",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            os.path.join(run_dir, "prometheus.log"),
+        )

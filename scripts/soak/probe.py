@@ -10,7 +10,8 @@ import sys
 import time
 import urllib.request
 
-out = open(sys.argv[1], "a", buffering=1)
+# Open for the life of the process, which ends at SIGTERM.
+out = open(sys.argv[1], "a", buffering=1)  # noqa: SIM115
 daemons = [a.split(":") for a in sys.argv[2:]]
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 i = 0
@@ -28,10 +29,17 @@ while True:
         if i % 4 == 0:
             t = time.time()
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/flags", timeout=5) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/v1/flags", timeout=5
+                ) as r:
                     body = json.loads(r.read())
                 items = body.get("flags", []) if isinstance(body, dict) else body
-                out.write(json.dumps({"t": t, "d": name, "flags": [[f["tenant"], f["reason"]] for f in items]}) + "\n")
+                out.write(
+                    json.dumps(
+                        {"t": t, "d": name, "flags": [[f["tenant"], f["reason"]] for f in items]}
+                    )
+                    + "\n"
+                )
             except (OSError, ValueError, KeyError, TypeError):
                 pass
     time.sleep(max(0.0, 0.5 - (time.time() - t)))

@@ -7,6 +7,7 @@ out of bounds. Run it with scripts/soak.sh."""
 
 import collections
 import http.client
+import itertools
 import json
 import os
 import re
@@ -20,10 +21,10 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-import faults as faultlib  # noqa: E402
-import load  # noqa: E402
-import parts  # noqa: E402
-import report  # noqa: E402
+import faults as faultlib
+import load
+import parts
+import report
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 POLL = 2.0  # targets' and PgBouncer's poll_interval, and detect.interval
@@ -34,7 +35,7 @@ MAX_TENANTS = 600
 EXPECTED_INSTANCES = 2  # ratelimit.redis.expected_instances: each daemon's share while Redis is out
 RL = {"rl0": (20.0, 20), "rl1": (50.0, 10)}  # tenant: (qps, burst), asked at 3x and 1.5x
 BATCH = 20
-SAMPLE = re.compile(r'^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)')
+SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -44,10 +45,15 @@ def config_text(pr, pgb, redis):
             f'[[targets]]\nname = "{name}"\ndsn = "host=127.0.0.1 port={pg.port} user=tenantwatch dbname=app"\n'
             f'poll_interval = "{POLL:.0f}s"\nstats_interval = "10s"\nsize_interval = "30s"\n'
             f'statement_timeout = "1s"\nlock_timeout = "500ms"\nconnect_timeout = "1s"\ndatabases = ["*"]\n\n'
-            for name, pg in (("primary", pr[0]), ("standby", pr[1])))
-        rl = "".join(f"[ratelimit.tenants.{t}]\nqps = {q}\nburst = {b}\n" for t, (q, b) in RL.items())
-        rules = "".join(f'[detect.rules.{r}]\nfor = "{FOR:.0f}s"\ncooldown = "{FOR:.0f}s"\n'
-                        for r in ("db_time_hog", "error_storm", "lock_blocker"))
+            for name, pg in (("primary", pr[0]), ("standby", pr[1]))
+        )
+        rl = "".join(
+            f"[ratelimit.tenants.{t}]\nqps = {q}\nburst = {b}\n" for t, (q, b) in RL.items()
+        )
+        rules = "".join(
+            f'[detect.rules.{r}]\nfor = "{FOR:.0f}s"\ncooldown = "{FOR:.0f}s"\n'
+            for r in ("db_time_hog", "error_storm", "lock_blocker")
+        )
         return f"""# Written by scripts/soak: windows scaled down so a misbehaviour is judged in seconds.
 [server]
 listen = "127.0.0.1:{d.http_port}"
@@ -107,6 +113,7 @@ history_resolution = "1m"
 file = "{d.state}"
 save_interval = "5s"
 """
+
     return make
 
 
@@ -132,8 +139,11 @@ def get(url, timeout=5.0):
 
 
 def pick(sample, name, **want):
-    return [v for (n, labels), v in sample.items()
-            if n == name and all((k, w) in labels for k, w in want.items())]
+    return [
+        v
+        for (n, labels), v in sample.items()
+        if n == name and all((k, w) in labels for k, w in want.items())
+    ]
 
 
 class Soak:
@@ -166,7 +176,9 @@ class Soak:
     def start_parts(self):
         t = time.time()
         self.schemas = [f"t{i:03d}" for i in range(300)] + ["hog", "idler", "blocker", "stormy"]
-        self.primary, self.standby = parts.make_cluster(self.dir, self.schemas, [f"d{i:02d}" for i in range(30)])
+        self.primary, self.standby = parts.make_cluster(
+            self.dir, self.schemas, [f"d{i:02d}" for i in range(30)]
+        )
         self.pgbouncer = parts.PgBouncer(self.dir, self.primary.port)
         self.pgbouncer.start()
         self.redis = parts.Redis(self.dir)
@@ -180,8 +192,9 @@ class Soak:
             d = parts.Daemon.__new__(parts.Daemon)
             d.name = name
             parts.Daemon.__init__(d, self.binary, self.dir, name, make)
-            checked = subprocess.run([self.binary, "check-config", d.config], capture_output=True,
-                                                    text=True)
+            checked = subprocess.run(
+                [self.binary, "check-config", d.config], capture_output=True, text=True
+            )
             if checked.returncode != 0:
                 raise SystemExit(f"soak: {d.config} refused: {checked.stdout}{checked.stderr}")
             d.start()
@@ -189,17 +202,25 @@ class Soak:
         for d in self.daemons:
             if not self.wait_healthy(d, 60):
                 raise SystemExit(f"soak: daemon {d.name} did not answer /healthz; see {d.log}")
-        self.prometheus = parts.Prometheus(self.dir, self.daemons, os.path.join(REPO, "alerts", "tenantwatch.rules.yml"),
-                                           self.prom_interval)
+        self.prometheus = parts.Prometheus(
+            self.dir,
+            self.daemons,
+            os.path.join(REPO, "alerts", "tenantwatch.rules.yml"),
+            self.prom_interval,
+        )
         self.prometheus.start()
         if not parts.wait_port(self.prometheus.port):
             raise SystemExit(f"soak: prometheus did not start; see {self.prometheus.log}")
-        self.log(f"parts up in {time.time() - t:.0f}s: primary :{self.primary.port}, standby :{self.standby.port}, "
-                 f"pgbouncer :{self.pgbouncer.port}, redis :{self.redis.port}, prometheus :{self.prometheus.port}, "
-                 + ", ".join(f"{d.name} http :{d.http_port} udp :{d.udp_port}" for d in self.daemons))
+        self.log(
+            f"parts up in {time.time() - t:.0f}s: primary :{self.primary.port}, standby :{self.standby.port}, "
+            f"pgbouncer :{self.pgbouncer.port}, redis :{self.redis.port}, prometheus :{self.prometheus.port}, "
+            + ", ".join(f"{d.name} http :{d.http_port} udp :{d.udp_port}" for d in self.daemons)
+        )
 
     def stop_parts(self):
-        procs = getattr(self, "daemons", []) + [getattr(self, n, None) for n in ("prometheus", "pgbouncer", "redis")]
+        procs = getattr(self, "daemons", []) + [
+            getattr(self, n, None) for n in ("prometheus", "pgbouncer", "redis")
+        ]
         for p in procs:
             if p is not None:
                 p.signal(signal.SIGCONT)
@@ -225,7 +246,7 @@ class Soak:
 
     def scrape(self, d, timeout=10.0):
         t = time.time()
-        status, body = get(d.url("/metrics"), timeout)
+        _status, body = get(d.url("/metrics"), timeout)
         return time.time() - t, parse(body.decode("utf-8", "replace"))
 
     # --- capacity -------------------------------------------------------------
@@ -237,8 +258,11 @@ class Soak:
         d = self.daemons[0]
         _, before = self.scrape(d)
         import socket
+
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        payload = "\n".join(f"tenantwatch.query:0|ms|#tenant:probe{i % 4},kind:read" for i in range(BATCH)).encode()
+        payload = "\n".join(
+            f"tenantwatch.query:0|ms|#tenant:probe{i % 4},kind:read" for i in range(BATCH)
+        ).encode()
         sent, t = 0, time.time()
         while time.time() - t < 3.0:
             sock.sendto(payload, ("127.0.0.1", d.udp_port))
@@ -246,11 +270,17 @@ class Soak:
         elapsed = time.time() - t
         time.sleep(1.5)
         _, after = self.scrape(d)
-        counted = sum(pick(after, "tenantwatch_tenant_queries_total")) - sum(pick(before, "tenantwatch_tenant_queries_total"))
-        drops = sum(pick(after, "tenantwatch_udp_kernel_drops_total")) - sum(pick(before, "tenantwatch_udp_kernel_drops_total"))
+        counted = sum(pick(after, "tenantwatch_tenant_queries_total")) - sum(
+            pick(before, "tenantwatch_tenant_queries_total")
+        )
+        drops = sum(pick(after, "tenantwatch_udp_kernel_drops_total")) - sum(
+            pick(before, "tenantwatch_udp_kernel_drops_total")
+        )
         self.capacity = counted / elapsed
-        self.capacity_note = (f"sent {sent} events in {elapsed:.1f}s, counted {counted:.0f}, kernel drops {drops:.0f} "
-                              f"datagrams: " + ("daemon-limited" if drops > 0 else "sender-limited (a lower bound)"))
+        self.capacity_note = (
+            f"sent {sent} events in {elapsed:.1f}s, counted {counted:.0f}, kernel drops {drops:.0f} "
+            f"datagrams: " + ("daemon-limited" if drops > 0 else "sender-limited (a lower bound)")
+        )
         self.log(f"capacity {self.capacity:.0f} events/s ({self.capacity_note})")
 
     # --- auditing -------------------------------------------------------------
@@ -263,7 +293,11 @@ class Soak:
         status = {}
         try:
             with open(f"/proc/{d.pid()}/status") as f:
-                status = {l.split(":")[0]: l.split()[1] for l in f if l.startswith(("VmRSS:", "RssAnon:"))}
+                status = {
+                    line.split(":")[0]: line.split()[1]
+                    for line in f
+                    if line.startswith(("VmRSS:", "RssAnon:"))
+                }
         except (OSError, TypeError, IndexError):
             pass
 
@@ -272,6 +306,7 @@ class Soak:
                 return int(status[key]) * 1024
             except (KeyError, ValueError):
                 return None
+
         # Each on its own: a kernel without RssAnon still gives the judged RSS.
         rss, anon = kib("VmRSS"), kib("RssAnon")
         try:
@@ -350,8 +385,11 @@ class Soak:
         is read, so a daemon watched only once the other had recovered was
         read that late (seed 2620: 4.12 s for `tw2`, read after `tw1`'s
         3.55 s, the only figure out of bounds)."""
-        name = "edge" if fault.kind.startswith("pgbouncer") else (
-            "standby" if fault.kind.startswith("standby") else "primary")
+        name = (
+            "edge"
+            if fault.kind.startswith("pgbouncer")
+            else ("standby" if fault.kind.startswith("standby") else "primary")
+        )
         section = "pgbouncers" if name == "edge" else "targets"
         t = None
         while time.time() < fault.end + 60 and not self.stop.is_set():
@@ -374,8 +412,14 @@ class Soak:
             if f.family != "redis":
                 continue
             for d in self.daemons:
-                f.recovery[d.name] = next((t - f.end for t, dn, _, backend in answers
-                                           if dn == d.name and t >= f.end and backend == "redis"), None)
+                f.recovery[d.name] = next(
+                    (
+                        t - f.end
+                        for t, dn, _, backend in answers
+                        if dn == d.name and t >= f.end and backend == "redis"
+                    ),
+                    None,
+                )
 
     # --- the run ------------------------------------------------------------
 
@@ -388,43 +432,96 @@ class Soak:
         steady = [f"t{i:03d}" for i in range(40)]
         self.ledger = load.Ledger()
         self.gate = load.Gate(senders=1)
-        sender = load.EventSender(self.daemons, steady, ["hog", "idler", "blocker", "stormy"], rate, self.ledger,
-                                  self.gate, self.stop, self.seed)
-        rl_clients = [load.RateLimitClient(self.daemons, t, q * (3.0 if t == "rl0" else 1.5), self.stop)
-                      for t, (q, _) in RL.items()]
-        sql = [load.SqlTenants(self.pgbouncer.port, [f"t{i:03d}" for i in range(300)], self.stop, self.seed + k)
-               for k in range(3)]
+        sender = load.EventSender(
+            self.daemons,
+            steady,
+            ["hog", "idler", "blocker", "stormy"],
+            rate,
+            self.ledger,
+            self.gate,
+            self.stop,
+            self.seed,
+        )
+        rl_clients = [
+            load.RateLimitClient(self.daemons, t, q * (3.0 if t == "rl0" else 1.5), self.stop)
+            for t, (q, _) in RL.items()
+        ]
+        sql = [
+            load.SqlTenants(
+                self.pgbouncer.port, [f"t{i:03d}" for i in range(300)], self.stop, self.seed + k
+            )
+            for k in range(3)
+        ]
         self.t0 = t0 = time.time() + 5
         span = self.minutes * 60
         self.misbehaviours = []
         cycle = 600 if self.minutes >= 10 else span
         for c in range(max(1, int(span // cycle))):
             base = c * cycle
-            for kind, tenant, lo, hi in (("db_time_hog", "hog", 10, 40), ("idle_in_transaction", "idler", 10, 40),
-                                         ("lock_blocker", "blocker", 10, 40), ("error_storm", "stormy", 10, 40)):
-                self.misbehaviours.append(load.Misbehaviour(kind, tenant, base + lo, base + hi, t0,
-                                                            self.pgbouncer.port, sender, self.stop))
+            for kind, tenant, lo, hi in (
+                ("db_time_hog", "hog", 10, 40),
+                ("idle_in_transaction", "idler", 10, 40),
+                ("lock_blocker", "blocker", 10, 40),
+                ("error_storm", "stormy", 10, 40),
+            ):
+                self.misbehaviours.append(
+                    load.Misbehaviour(
+                        kind,
+                        tenant,
+                        base + lo,
+                        base + hi,
+                        t0,
+                        self.pgbouncer.port,
+                        sender,
+                        self.stop,
+                    )
+                )
         # Until the report's clear bound (cooldown + window + poll and
         # evaluation + the probe): a daemon killed before its flag cleared
         # brings the flag back from its state file and clears it late.
-        busy = sorted({(m.start_at, m.end_at + FOR + WINDOW + 2 * POLL + 2.0) for m in self.misbehaviours})
+        busy = sorted(
+            {(m.start_at, m.end_at + FOR + WINDOW + 2 * POLL + 2.0) for m in self.misbehaviours}
+        )
         lanes = faultlib.plan(self.seed, self.minutes, busy)
-        ctx = {"seed": self.seed, "minutes": self.minutes, "daemons": self.daemons, "primary": self.primary,
-               "standby": self.standby, "pgbouncer": self.pgbouncer, "redis": self.redis,
-               "freeze_seconds": 3 * POLL, "poll_timeout": 1, "redis_timeout": "50ms", "max_tenants": MAX_TENANTS,
-               "healthy": self.healthy, "reload_ok": self.reload_ok, "scrape_status": self.scrape_status,
-               "post_raw": self.post_raw, "expected_exit": self.expected_exit, "problems": self.problems}
-        injector = faultlib.Injector(ctx, sender, faultlib.hostile_corpus(REPO), self.capacity, self.stop, self.log)
-        self.log(f"seed {self.seed}; {self.minutes} min; load {rate:.0f} events/s over {len(steady)} tenants; "
-                 f"faults planned: {sum(len(l) for l in lanes.values())}")
-        for th in [sender] + rl_clients + sql + self.misbehaviours:
+        ctx = {
+            "seed": self.seed,
+            "minutes": self.minutes,
+            "daemons": self.daemons,
+            "primary": self.primary,
+            "standby": self.standby,
+            "pgbouncer": self.pgbouncer,
+            "redis": self.redis,
+            "freeze_seconds": 3 * POLL,
+            "poll_timeout": 1,
+            "redis_timeout": "50ms",
+            "max_tenants": MAX_TENANTS,
+            "healthy": self.healthy,
+            "reload_ok": self.reload_ok,
+            "scrape_status": self.scrape_status,
+            "post_raw": self.post_raw,
+            "expected_exit": self.expected_exit,
+            "problems": self.problems,
+        }
+        injector = faultlib.Injector(
+            ctx, sender, faultlib.hostile_corpus(REPO), self.capacity, self.stop, self.log
+        )
+        self.log(
+            f"seed {self.seed}; {self.minutes} min; load {rate:.0f} events/s over {len(steady)} tenants; "
+            f"faults planned: {sum(len(lane) for lane in lanes.values())}"
+        )
+        for th in [sender, *rl_clients, *sql, *self.misbehaviours]:
             th.start()
         self.start_probe()
         threads = [threading.Thread(target=self.audit_loop, daemon=True)]
         lane_lock = threading.Lock()
         for lane in lanes.values():
-            threads.append(threading.Thread(target=faultlib.run_lane,
-                                            args=(injector, lane, t0, self.faults, lane_lock), daemon=True))
+            threads.append(
+                threading.Thread(
+                    target=faultlib.run_lane,
+                    args=(injector, lane, t0, self.faults, lane_lock),
+                    daemon=True,
+                )
+            )
         for th in threads:
             th.start()
         watchers = []
@@ -446,7 +543,7 @@ class Soak:
         for w in watchers:
             w.join(60)
         self.stop.set()
-        for th in threads + [sender] + rl_clients:
+        for th in [*threads, sender, *rl_clients]:
             th.join(15)
         self.rl_clients, self.sql, self.sender = rl_clients, sql, sender
         self.redis_recovery()
@@ -475,8 +572,12 @@ class Soak:
 
     def post_raw(self, d, payload):
         try:
-            req = urllib.request.Request(d.url("/v1/events"), data=payload, method="POST",
-                                         headers={"Content-Type": "application/x-ndjson"})
+            req = urllib.request.Request(
+                d.url("/v1/events"),
+                data=payload,
+                method="POST",
+                headers={"Content-Type": "application/x-ndjson"},
+            )
             urllib.request.urlopen(req, timeout=5).read()
         except (OSError, http.client.HTTPException):
             pass
@@ -488,29 +589,40 @@ class Soak:
         def q(expr, at):
             url = base + "query?" + urllib.parse.urlencode({"query": expr, "time": f"{at:.3f}"})
             return json.loads(get(url, 30)[1])["data"]["result"]
+
         try:
-            out["rule_failures"] = sum(float(r["value"][1]) for r in
-                                       q("sum(prometheus_rule_evaluation_failures_total)", time.time()))
+            out["rule_failures"] = sum(
+                float(r["value"][1])
+                for r in q("sum(prometheus_rule_evaluation_failures_total)", time.time())
+            )
             rules = json.loads(get(base + "rules", 30)[1])["data"]["groups"]
-            out["rules_unhealthy"] = [r["name"] for g in rules for r in g["rules"] if r.get("health") != "ok"]
+            out["rules_unhealthy"] = [
+                r["name"] for g in rules for r in g["rules"] if r.get("health") != "ok"
+            ]
             for d in self.daemons:
                 # Each life of the daemon, less one scrape at each end: a
                 # reset inside one is a counter going back without a restart.
                 starts = [s for s in self.lives[d.name] if s] + [self.end]
                 total = 0.0
-                for lo, hi in zip(starts, starts[1:]):
+                for lo, hi in itertools.pairwise(starts):
                     lo, hi = max(lo, self.t0) + 2 * self.prom_interval, hi - self.prom_interval
                     if hi - lo < 3 * self.prom_interval:
                         continue
                     sel = f'instance="127.0.0.1:{d.http_port}"'
-                    names = {r["metric"]["__name__"] for r in
-                             q(f'count by (__name__)({{__name__=~"tenantwatch_.+_total",{sel}}})', hi)}
+                    names = {
+                        r["metric"]["__name__"]
+                        for r in q(
+                            f'count by (__name__)({{__name__=~"tenantwatch_.+_total",{sel}}})', hi
+                        )
+                    }
                     for name in sorted(names):
                         for r in q(f"sum(resets({name}{{{sel}}}[{int(hi - lo)}s]))", hi):
                             if float(r["value"][1]) > 0:
                                 total += float(r["value"][1])
-                                self.problems.append(f"{d.name}: {name} reset {r['value'][1]} times between "
-                                                     f"{lo - self.t0:.0f}s and {hi - self.t0:.0f}s")
+                                self.problems.append(
+                                    f"{d.name}: {name} reset {r['value'][1]} times between "
+                                    f"{lo - self.t0:.0f}s and {hi - self.t0:.0f}s"
+                                )
                 out["resets"][d.name] = total
         except (OSError, ValueError, KeyError) as e:
             self.problems.append(f"prometheus queries failed: {e}")
@@ -527,7 +639,10 @@ def main():
     os.makedirs(run_dir)
     if parts.ROOT:
         shutil.chown(run_dir, "postgres", "postgres")
-    print(f"[soak] seed {seed} (repeat with SOAK_SEED={seed}), {minutes:g} minutes, run dir {run_dir}", flush=True)
+    print(
+        f"[soak] seed {seed} (repeat with SOAK_SEED={seed}), {minutes:g} minutes, run dir {run_dir}",
+        flush=True,
+    )
     soak = Soak(minutes, seed, binary, run_dir)
     try:
         soak.run()
