@@ -9,6 +9,7 @@
 #   SOAK_MINUTES=3 scripts/soak.sh          # the short form CI runs
 #   SOAK_SEED=4242 SOAK_MINUTES=3 scripts/soak.sh   # repeat a run
 #   SOAK_PROFILE=release scripts/soak.sh    # a release build (default: debug)
+#   SOAK_FULL_LOAD=1 scripts/soak.sh        # two event senders, near the asked rate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -97,14 +97,40 @@ def ndjson_line(tenant, kind, ms, error):
 
 class EventSender(threading.Thread):
     """Sends `rate` events/s spread over `tenants`, in batches of `batch`
-    lines, alternating the daemon and the format; ledgers every line.
+    lines, alternating the daemon and the `formats`; ledgers every line.
     `extra` lets the misbehaviours add their own lines (tenant, kind, ms,
-    error); the `trickle` tenants send 5 ordinary events/s each through it."""
+    error); the `trickle` tenants send 5 ordinary events/s each through it.
 
-    def __init__(self, daemons, tenants, trickle, rate, ledger, gate, stop, seed, batch=20):
+    By default the soak runs one, sending every format. A request waits
+    for its answer, and with the formats in one thread those waits hold
+    the datagrams back: it reaches about a tenth of the rate it asks for.
+    With SOAK_FULL_LOAD=1 it runs two: one for the datagrams (DogStatsD
+    and NDJSON, 20 lines each) and one for `POST /v1/events` (larger
+    bodies, as an application batches them). `total_rate` is the rate of
+    all senders together, which the durations are scaled by; `min_sleep`
+    is how far ahead of its pace a sender must be before it sleeps (a
+    sleep lasts at least some 60 us, more than a batch's share of a
+    second at a million events a second)."""
+
+    def __init__(
+        self,
+        daemons,
+        tenants,
+        trickle,
+        rate,
+        ledger,
+        gate,
+        stop,
+        seed,
+        batch=20,
+        formats=("dogstatsd", "ndjson"),
+        total_rate=None,
+        min_sleep=0.0,
+    ):
         super().__init__(daemon=True)
         self.daemons, self.tenants, self.rate, self.ledger = daemons, tenants, rate, ledger
-        self.gate, self.stop, self.batch = gate, stop, batch
+        self.gate, self.stop, self.batch, self.formats = gate, stop, batch, formats
+        self.min_sleep = min_sleep
         self.rng = random.Random(seed)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.extra = collections.deque()
@@ -116,10 +142,10 @@ class EventSender(threading.Thread):
         # them), each with its line count. Durations shrink
         # with the rate so the healthy tenants' summed database time stays
         # near 0.6 s/s, which a db-time hog must dwarf.
-        scale_ms = 1000.0 / rate
+        scale_ms = 1000.0 / (total_rate or rate)
         self.pool = []
         for k in range(300):
-            fmt = ("dogstatsd", "ndjson", "http")[k % 3]
+            fmt = formats[k % len(formats)]
             make = dogstatsd_line if fmt == "dogstatsd" else ndjson_line
             lines = []
             for _ in range(batch):
@@ -164,7 +190,7 @@ class EventSender(threading.Thread):
                 )
         owners = set()
         if self.extra:
-            fmt = ("dogstatsd", "ndjson", "http")[self.i % 3]
+            fmt = self.formats[self.i % len(self.formats)]
             make = dogstatsd_line if fmt == "dogstatsd" else ndjson_line
             lines = []
             while self.extra and len(lines) < self.batch:
@@ -195,7 +221,7 @@ class EventSender(threading.Thread):
             self.one_batch()
             next_at += self.batch / self.rate
             delay = next_at - time.time()
-            if delay > 0:
+            if delay > self.min_sleep:
                 time.sleep(delay)
             elif delay < -1:
                 next_at = time.time()  # behind by more than a second: do not try to catch up

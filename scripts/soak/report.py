@@ -310,7 +310,8 @@ def write(soak, out_dir):
         f"# tenantwatch soak: {soak.minutes:g} minutes, seed {soak.seed}",
         "",
         f"- started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(soak.t0))}; repeat with "
-        f"`SOAK_SEED={soak.seed} SOAK_MINUTES={soak.minutes:g} scripts/soak.sh`",
+        f"`{'SOAK_FULL_LOAD=1 ' if soak.full_load else ''}SOAK_SEED={soak.seed} "
+        f"SOAK_MINUTES={soak.minutes:g} scripts/soak.sh`",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, {platform.release()}; binary {soak.binary}",
         f"- capacity {soak.capacity:.0f} events/s ({soak.capacity_note}); steady load asked "
         f"{soak.rate:.0f} events/s, sent {sum(soak.ledger.sent.values()) / (soak.end - soak.t0):.0f} events/s "
@@ -518,7 +519,8 @@ def write(soak, out_dir):
                     else f"UDP burst: {r['kernel_drop_events']:.0f} events in kernel-dropped "
                     "datagrams"
                     if r["burst"]
-                    else "UNEXPLAINED"
+                    else f"UNEXPLAINED; kernel-dropped datagrams held "
+                    f"{r['kernel_drop_events']:.0f} events"
                 ) + f" ({', '.join(r['kinds'])})"
                 lines.append(
                     f"| {name} | {r['t1'] - soak.t0:.0f}s | {r['t2'] - soak.t0:.0f}s | {r['sent']} | "
