@@ -136,6 +136,11 @@ class EventSender(threading.Thread):
         self.extra = collections.deque()
         self.conns = {}
         self.i = 0
+        # Each daemon must get every format: when the daemons' count divides
+        # the formats', alternating both with every batch would pair each
+        # daemon with the same formats for good, so the format then moves on
+        # once per round of the daemons.
+        self.stride = len(daemons) if len(formats) % len(daemons) == 0 else 1
         self.trickle, self.trickle_at = trickle, 0.0
         ledger.tenants.update(tenants, trickle)
         # Payloads made once (formatting lines costs more than sending
@@ -190,7 +195,7 @@ class EventSender(threading.Thread):
                 )
         owners = set()
         if self.extra:
-            fmt = self.formats[self.i % len(self.formats)]
+            fmt = self.formats[self.i // self.stride % len(self.formats)]
             make = dogstatsd_line if fmt == "dogstatsd" else ndjson_line
             lines = []
             while self.extra and len(lines) < self.batch:
@@ -199,7 +204,7 @@ class EventSender(threading.Thread):
                 owners.update(owner)
             payload, counts = "\n".join(lines).encode(), len(lines)
         else:
-            fmt, payload, counts = self.pool[self.i % len(self.pool)]
+            fmt, payload, counts = self.pool[self.i // self.stride % len(self.pool)]
         if fmt == "http":
             status = self.post(daemon, payload)
             self.ledger.add(daemon.name, counts, now)
