@@ -73,6 +73,21 @@ class Postgres:
         self.log = os.path.join(os.path.dirname(data), f"{name}.log")
 
     def start(self):
+        self.ctl("start")
+
+    def stop(self, mode="fast"):
+        subprocess.run(
+            as_pg([self.pg_ctl, "-D", self.data, "-m", mode, "-w", "-t", "60", "stop"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def restart(self):
+        self.ctl("restart", "-m", "fast")
+
+    def ctl(self, action, *options):
+        """`pg_ctl start` or `restart` with the cluster's port, socket
+        directory and log, waiting up to 60 s for it to be ready."""
         opts = f"-p {self.port} -k {self.sockdir}"
         subprocess.run(
             as_pg(
@@ -84,40 +99,11 @@ class Postgres:
                     self.log,
                     "-o",
                     opts,
+                    *options,
                     "-w",
                     "-t",
                     "60",
-                    "start",
-                ]
-            ),
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-
-    def stop(self, mode="fast"):
-        subprocess.run(
-            as_pg([self.pg_ctl, "-D", self.data, "-m", mode, "-w", "-t", "60", "stop"]),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def restart(self):
-        subprocess.run(
-            as_pg(
-                [
-                    self.pg_ctl,
-                    "-D",
-                    self.data,
-                    "-l",
-                    self.log,
-                    "-o",
-                    f"-p {self.port} -k {self.sockdir}",
-                    "-m",
-                    "fast",
-                    "-w",
-                    "-t",
-                    "60",
-                    "restart",
+                    action,
                 ]
             ),
             check=True,
