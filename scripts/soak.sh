@@ -9,7 +9,7 @@
 #   SOAK_MINUTES=3 scripts/soak.sh          # the short form CI runs
 #   SOAK_SEED=4242 SOAK_MINUTES=3 scripts/soak.sh   # repeat a run
 #   SOAK_PROFILE=release scripts/soak.sh    # a release build (default: debug)
-#   SOAK_FULL_LOAD=1 scripts/soak.sh        # two event senders, near the asked rate
+#   SOAK_FULL_LOAD=0 scripts/soak.sh        # the one event sender of runs before 2026-12-08 (a tenth of the load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,4 +41,19 @@ else
 fi
 mkdir -p target/soak
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
-SOAK_BINARY="$target_dir/$profile/tenantwatch" exec "$venv/bin/python" scripts/soak/soak.py
+
+# The daemons ask for a 32 MiB UDP receive buffer (scripts/soak/soak.py,
+# UDP_RECV_BUFFER), which Linux grants only up to net.core.rmem_max: raise
+# it for the run when we may (as root), and put it back after.
+want_rmem=$((32 * 1024 * 1024))
+rmem_file=/proc/sys/net/core/rmem_max
+old_rmem=$(cat "$rmem_file" 2>/dev/null || echo 0)
+if [ "$old_rmem" -lt "$want_rmem" ]; then
+  if [ "$(id -u)" = 0 ] && echo "$want_rmem" > "$rmem_file" 2>/dev/null; then
+    trap 'echo "$old_rmem" > "$rmem_file"' EXIT
+    echo "scripts/soak.sh: net.core.rmem_max raised from $old_rmem to $want_rmem for the run"
+  else
+    echo "scripts/soak.sh: net.core.rmem_max is $old_rmem; the soak wants $want_rmem (sysctl -w net.core.rmem_max=$want_rmem, as root), or datagrams may be lost" >&2
+  fi
+fi
+SOAK_BINARY="$target_dir/$profile/tenantwatch" "$venv/bin/python" scripts/soak/soak.py

@@ -10,6 +10,7 @@ import collections
 import contextlib
 import http.client
 import json
+import multiprocessing
 import random
 import socket
 import threading
@@ -20,23 +21,33 @@ import psycopg
 KINDS = ("read", "write", "other")
 # Waiters the lock_blocker rule needs (its default threshold).
 LOCK_WAITERS_NEEDED = 3
+# The most a sender makes up when it falls behind its pace (seconds).
+CATCH_UP = 0.02
+
+
+# A process of its own starts afresh (no fork of this threaded one).
+MP = multiprocessing.get_context("spawn")
 
 
 class Gate:
     """Senders pass through `gate.wait()` between batches; the auditor
-    closes it, waits for every sender to be parked, reads, and reopens."""
+    closes it, waits for every sender to be parked, reads, and reopens.
+    Its event and semaphore work across processes (DatagramProcess)."""
 
     def __init__(self, senders):
-        self.open = threading.Event()
+        self.open = MP.Event()
         self.open.set()
-        self.parked = threading.Semaphore(0)
+        self.parked = MP.Semaphore(0)
         self.senders = senders
         self.lock = threading.Lock()
 
     def wait(self):
-        if not self.open.is_set():
-            self.parked.release()
-            self.open.wait()
+        """Parks while the gate is closed; says whether it did."""
+        if self.open.is_set():
+            return False
+        self.parked.release()
+        self.open.wait()
+        return True
 
     def close(self):
         self.open.clear()
@@ -59,16 +70,40 @@ class Ledger:
         self.tenants = set()
         self.http_refused = collections.Counter()  # per daemon: the client saw the failure
 
+        # Per-second counts a DatagramProcess writes (`attach`), and what
+        # of them is already in `sent` and `per_second`.
+        self.external = []
+
     def add(self, daemon, n, now):
         with self.lock:
             self.sent[daemon] += n
             self.per_second[(daemon, int(now))] += n
 
+    def attach(self, counts, names, base, span):
+        """Counts written by another process: `counts[i * span + s]` lines
+        sent to daemon `names[i]` in second `base + s`."""
+        with self.lock:
+            self.external.append((counts, names, base, span, [0] * len(counts)))
+
+    def fold(self):
+        """Takes in what the attached processes counted since the last fold."""
+        with self.lock:
+            for counts, names, base, span, folded in self.external:
+                now = list(counts)
+                for k, (n, before) in enumerate(zip(now, folded, strict=True)):
+                    if n != before:
+                        daemon, second = names[k // span], base + k % span
+                        self.sent[daemon] += n - before
+                        self.per_second[(daemon, second)] += n - before
+                        folded[k] = n
+
     def snapshot(self):
+        self.fold()
         with self.lock:
             return collections.Counter(self.sent)
 
     def sent_between(self, daemon, start, end):
+        self.fold()
         with self.lock:
             return sum(
                 n for (d, s), n in self.per_second.items() if d == daemon and start <= s <= end
@@ -101,12 +136,13 @@ class EventSender(threading.Thread):
     `extra` lets the misbehaviours add their own lines (tenant, kind, ms,
     error); the `trickle` tenants send 5 ordinary events/s each through it.
 
-    By default the soak runs one, sending every format. A request waits
-    for its answer, and with the formats in one thread those waits hold
-    the datagrams back: it reaches about a tenth of the rate it asks for.
-    With SOAK_FULL_LOAD=1 it runs two: one for the datagrams (DogStatsD
-    and NDJSON, 20 lines each) and one for `POST /v1/events` (larger
-    bodies, as an application batches them). `total_rate` is the rate of
+    The soak runs two: one for a tenth of the datagrams (DogStatsD and
+    NDJSON, 20 lines each), which carries the misbehaviours' lines, beside
+    a DatagramProcess for the rest, and one for `POST /v1/events` (larger
+    bodies, as an application batches them). With SOAK_FULL_LOAD=0 it runs
+    one, sending every format: a request waits for its answer, and with
+    the formats in one thread those waits hold the datagrams back, so it
+    reaches about a tenth of the rate it asks for. `total_rate` is the rate of
     all senders together, which the durations are scaled by; `min_sleep`
     is how far ahead of its pace a sender must be before it sleeps (a
     sleep lasts at least some 60 us, more than a batch's share of a
@@ -222,14 +258,88 @@ class EventSender(threading.Thread):
     def run(self):
         next_at = time.time()
         while not self.stop.is_set():
-            self.gate.wait()
+            if self.gate.wait():
+                next_at = time.time()  # parked at a checkpoint: the pause is not made up
             self.one_batch()
             next_at += self.batch / self.rate
             delay = next_at - time.time()
             if delay > self.min_sleep:
                 time.sleep(delay)
-            elif delay < -1:
-                next_at = time.time()  # behind by more than a second: do not try to catch up
+            elif delay < -CATCH_UP:
+                # Behind (the sender had no core for a while): make up at
+                # most CATCH_UP, so that what the daemons get in any short
+                # span is never much above the rate asked.
+                next_at = time.time() - CATCH_UP
+
+
+def _send_datagrams(ports, payloads, rate, stride, counts, base, span, gate_open, parked, stop):
+    """A DatagramProcess's loop: `payloads` ((bytes, lines) each) in turn,
+    alternating `ports`, at `rate` lines/s, counting each datagram's lines
+    per port and second in `counts`; parks while `gate_open` is clear."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    next_at, i = time.time(), 0
+    while not stop.is_set():
+        if not gate_open.is_set():
+            parked.release()
+            gate_open.wait()
+            next_at = time.time()
+        i += 1
+        d = i % len(ports)
+        payload, lines = payloads[i // stride % len(payloads)]
+        with contextlib.suppress(OSError):
+            sock.sendto(payload, ("127.0.0.1", ports[d]))
+        counts[d * span + min(span - 1, max(0, int(time.time()) - base))] += lines
+        next_at += lines / rate
+        delay = next_at - time.time()
+        if delay > 0.001:
+            time.sleep(delay)
+        elif delay < -CATCH_UP:
+            next_at = time.time() - CATCH_UP
+
+
+class DatagramProcess(threading.Thread):
+    """The pool's datagrams (DogStatsD and NDJSON) at `rate`, sent from a
+    Python process of its own: in this one, every thread (the other
+    senders, the rate-limit and SQL clients, the auditor) shares one
+    interpreter lock, and a sender here reaches about a quarter of a
+    million events/s. The thread starts the process, stops it with `stop`
+    and joins it; the ledger reads its counts (`Ledger.attach`), and it
+    parks at the gate like the others (count it in `Gate(senders=...)`)."""
+
+    def __init__(self, sender, rate, ledger, gate, stop, seconds):
+        super().__init__(daemon=True)
+        udp = [(payload, lines) for fmt, payload, lines in sender.pool if fmt != "http"]
+        formats = len({fmt for fmt, _, _ in sender.pool if fmt != "http"})
+        stride = len(sender.daemons) if formats % len(sender.daemons) == 0 else 1
+        span = int(seconds) + 600
+        base = int(time.time())
+        counts = MP.RawArray("q", len(sender.daemons) * span)
+        ledger.attach(counts, [d.name for d in sender.daemons], base, span)
+        self.stop, self.child_stop = stop, MP.Event()
+        self.process = MP.Process(
+            target=_send_datagrams,
+            args=(
+                [d.udp_port for d in sender.daemons],
+                udp,
+                rate,
+                stride,
+                counts,
+                base,
+                span,
+                gate.open,
+                gate.parked,
+                self.child_stop,
+            ),
+            daemon=True,
+        )
+
+    def run(self):
+        self.process.start()
+        self.stop.wait()
+        self.child_stop.set()
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
 
 
 def burst(sender, rate, seconds, stop):
@@ -237,12 +347,16 @@ def burst(sender, rate, seconds, stop):
     lines are ledgered like the steady ones), pausing at checkpoints."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp = [p for p in sender.pool if p[0] != "http"]
+    # The pool alternates its datagram formats; moving on once per round of
+    # the daemons gives each daemon every format (as EventSender.stride).
+    formats = len({p[0] for p in udp})
+    stride = len(sender.daemons) if formats % len(sender.daemons) == 0 else 1
     end, i, next_at = time.time() + seconds, 0, time.time()
     while time.time() < end and not stop.is_set():
         sender.gate.open.wait()
         i += 1
         daemon = sender.daemons[i % len(sender.daemons)]
-        _, payload, counts = udp[i % len(udp)]
+        _, payload, counts = udp[i // stride % len(udp)]
         with contextlib.suppress(OSError):
             sock.sendto(payload, ("127.0.0.1", daemon.udp_port))
         sender.ledger.add(daemon.name, counts, time.time())

@@ -7,7 +7,17 @@ import os
 import platform
 import time
 
-from soak import BATCH, EXPECTED_INSTANCES, FOR, IDLE_THRESHOLD, POLL, RL, WINDOW, pick
+from soak import (
+    BATCH,
+    EXPECTED_INSTANCES,
+    FOR,
+    IDLE_THRESHOLD,
+    POLL,
+    RL,
+    UDP_RECV_BUFFER,
+    WINDOW,
+    pick,
+)
 
 LEDGER_TENANT_PREFIXES = ("t0", "hog", "idler", "blocker", "stormy")
 
@@ -310,12 +320,14 @@ def write(soak, out_dir):
         f"# tenantwatch soak: {soak.minutes:g} minutes, seed {soak.seed}",
         "",
         f"- started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(soak.t0))}; repeat with "
-        f"`{'SOAK_FULL_LOAD=1 ' if soak.full_load else ''}SOAK_SEED={soak.seed} "
+        f"`{'' if soak.full_load else 'SOAK_FULL_LOAD=0 '}SOAK_SEED={soak.seed} "
         f"SOAK_MINUTES={soak.minutes:g} scripts/soak.sh`",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, {platform.release()}; binary {soak.binary}",
         f"- capacity {soak.capacity:.0f} events/s ({soak.capacity_note}); steady load asked "
         f"{soak.rate:.0f} events/s, sent {sum(soak.ledger.sent.values()) / (soak.end - soak.t0):.0f} events/s "
         "on average (bursts included)",
+        f"- UDP receive buffer granted {soak.udp_buffer / 2**20:.0f} MiB a daemon "
+        f"(`ingest.udp_recv_buffer_bytes` {UDP_RECV_BUFFER / 2**20:.0f} MiB)",
         f"- faults injected: {len(soak.faults)}; misbehaviours: {len(soak.misbehaviours)}",
         "",
     ]
