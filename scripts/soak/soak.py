@@ -716,6 +716,8 @@ def main():
         flush=True,
     )
     soak = Soak(minutes, seed, binary, run_dir, full_load)
+    # A SIGTERM (a CI timeout, a user's kill) stops every part as the end does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         soak.run()
     finally:
