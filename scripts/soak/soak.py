@@ -250,6 +250,9 @@ class Soak:
         )
 
     def stop_parts(self):
+        probe = getattr(self, "probe", None)
+        if probe is not None and probe.poll() is None:
+            probe.terminate()  # still running: the run did not reach its end
         procs = getattr(self, "daemons", []) + [
             getattr(self, n, None) for n in ("prometheus", "pgbouncer", "redis")
         ]
