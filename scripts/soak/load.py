@@ -32,6 +32,36 @@ DATAGRAM_NICE = 10
 MP = multiprocessing.get_context("spawn")
 
 
+def format_stride(formats, daemons):
+    """How many batches a sender keeps one format for. Each daemon must get
+    every format: when the daemons' count divides the formats', alternating
+    both with every batch would pair each daemon with the same formats for
+    good, so the format then moves on once per round of the daemons."""
+    return daemons if formats % daemons == 0 else 1
+
+
+def datagrams(sender):
+    """The sender's pooled datagrams ((payload, lines) each, formats in
+    turn) and the stride that gives each daemon every format."""
+    udp = [(payload, lines) for fmt, payload, lines in sender.pool if fmt != "http"]
+    formats = len({fmt for fmt, _, _ in sender.pool if fmt != "http"})
+    return udp, format_stride(formats, len(sender.daemons))
+
+
+def pace(next_at, step, min_sleep):
+    """Sleeps until `next_at` + `step` when at least `min_sleep` ahead of
+    it; when behind, makes up at most CATCH_UP (a sender that had no core
+    for a while must not send the daemons a burst above the rate asked).
+    Returns the next batch's time."""
+    next_at += step
+    delay = next_at - time.time()
+    if delay > min_sleep:
+        time.sleep(delay)
+    elif delay < -CATCH_UP:
+        next_at = time.time() - CATCH_UP
+    return next_at
+
+
 class Gate:
     """Senders pass through `gate.wait()` between batches; the auditor
     closes it, waits for every sender to be parked, reads, and reopens.
@@ -42,7 +72,6 @@ class Gate:
         self.open.set()
         self.parked = MP.Semaphore(0)
         self.senders = senders
-        self.lock = threading.Lock()
 
     def wait(self):
         """Parks while the gate is closed; says whether it did."""
@@ -175,11 +204,7 @@ class EventSender(threading.Thread):
         self.extra = collections.deque()
         self.conns = {}
         self.i = 0
-        # Each daemon must get every format: when the daemons' count divides
-        # the formats', alternating both with every batch would pair each
-        # daemon with the same formats for good, so the format then moves on
-        # once per round of the daemons.
-        self.stride = len(daemons) if len(formats) % len(daemons) == 0 else 1
+        self.stride = format_stride(len(formats), len(daemons))
         self.trickle, self.trickle_at = trickle, 0.0
         ledger.tenants.update(tenants, trickle)
         # Payloads made once (formatting lines costs more than sending
@@ -264,15 +289,7 @@ class EventSender(threading.Thread):
             if self.gate.wait():
                 next_at = time.time()  # parked at a checkpoint: the pause is not made up
             self.one_batch()
-            next_at += self.batch / self.rate
-            delay = next_at - time.time()
-            if delay > self.min_sleep:
-                time.sleep(delay)
-            elif delay < -CATCH_UP:
-                # Behind (the sender had no core for a while): make up at
-                # most CATCH_UP, so that what the daemons get in any short
-                # span is never much above the rate asked.
-                next_at = time.time() - CATCH_UP
+            next_at = pace(next_at, self.batch / self.rate, self.min_sleep)
 
 
 def _send_datagrams(ports, payloads, rate, stride, counts, base, span, gate_open, parked, stop):
@@ -301,12 +318,7 @@ def _send_datagrams(ports, payloads, rate, stride, counts, base, span, gate_open
         with contextlib.suppress(OSError):
             sock.sendto(payload, ("127.0.0.1", ports[d]))
         counts[d * span + min(span - 1, max(0, int(time.time()) - base))] += lines
-        next_at += lines / rate
-        delay = next_at - time.time()
-        if delay > 0.001:
-            time.sleep(delay)
-        elif delay < -CATCH_UP:
-            next_at = time.time() - CATCH_UP
+        next_at = pace(next_at, lines / rate, 0.001)
 
 
 class DatagramProcess(threading.Thread):
@@ -320,9 +332,7 @@ class DatagramProcess(threading.Thread):
 
     def __init__(self, sender, rate, ledger, gate, stop, seconds):
         super().__init__(daemon=True)
-        udp = [(payload, lines) for fmt, payload, lines in sender.pool if fmt != "http"]
-        formats = len({fmt for fmt, _, _ in sender.pool if fmt != "http"})
-        stride = len(sender.daemons) if formats % len(sender.daemons) == 0 else 1
+        udp, stride = datagrams(sender)
         span = int(seconds) + 600
         base = int(time.time())
         counts = MP.RawArray("q", len(sender.daemons) * span)
@@ -358,17 +368,13 @@ def burst(sender, rate, seconds, stop):
     """UDP at `rate` events/s for `seconds`, from the sender's pool (so the
     lines are ledgered like the steady ones), pausing at checkpoints."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp = [p for p in sender.pool if p[0] != "http"]
-    # The pool alternates its datagram formats; moving on once per round of
-    # the daemons gives each daemon every format (as EventSender.stride).
-    formats = len({p[0] for p in udp})
-    stride = len(sender.daemons) if formats % len(sender.daemons) == 0 else 1
+    udp, stride = datagrams(sender)
     end, i, next_at = time.time() + seconds, 0, time.time()
     while time.time() < end and not stop.is_set():
         sender.gate.open.wait()
         i += 1
         daemon = sender.daemons[i % len(sender.daemons)]
-        _, payload, counts = udp[i // stride % len(udp)]
+        payload, counts = udp[i // stride % len(udp)]
         with contextlib.suppress(OSError):
             sock.sendto(payload, ("127.0.0.1", daemon.udp_port))
         sender.ledger.add(daemon.name, counts, time.time())
